@@ -1,0 +1,37 @@
+//! # jwtgate: an offline, JWT-only MQTT edge gateway
+//!
+//! jwtgate is a TLS-only MQTT broker for device fleets. A device connects
+//! with username `JWT` and a signed JSON Web Token as its password. The token
+//! is verified **locally**, against key material that lives in a directory on
+//! the edge box, so the gateway keeps working when the link to the identity
+//! provider is down. The token's `topics` claim (the name is configurable)
+//! lists the MQTT topic filters the device may use, and every PUBLISH, every
+//! SUBSCRIBE filter and the will message are checked against it.
+//!
+//! ## The model
+//!
+//! - A [`config::Config`] is parsed once from TOML and handed down.
+//! - [`keys::KeyStore`] is the one owner of the verification keys: an
+//!   immutable [`keys::KeySet`] swapped atomically, read by connections as a
+//!   snapshot.
+//! - [`token`] turns a compact JWT into a [`token::VerifiedToken`] (subject,
+//!   key id, expiry, and the [`acl::Grants`] it carries), or says exactly why
+//!   not. It also mints development tokens.
+//! - [`acl::Grants`] is the one place that decides "may this client do this".
+//! - [`tls`] loads the server certificate behind a resolver that can be
+//!   swapped at run time; [`firstrun`] creates development material so a
+//!   first run needs nothing hand-made.
+//! - [`gateway`] owns the connection layer: the TLS listener, one task per
+//!   connection that speaks MQTT 3.1, 3.1.1 and 5 with rumqttd's codec, and a
+//!   handle on rumqttd's router, which does routing, QoS, retained messages
+//!   and sessions.
+//!
+//! The `jwtgate` binary is a thin command-line layer over this library.
+
+pub mod acl;
+pub mod config;
+pub mod firstrun;
+pub mod gateway;
+pub mod keys;
+pub mod tls;
+pub mod token;
