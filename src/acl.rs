@@ -1,34 +1,124 @@
-//! (in progress: the acl helper replaces this file; signatures are the contract)
+//! Authorization: may this client publish to this topic, or subscribe with
+//! this filter?
+//!
+//! # The model
+//!
+//! A device's token carries a list of MQTT topic filters in its `topics`
+//! claim. Each one is a **grant**: a [`TopicFilter`] naming the set of topics
+//! the device may use. The grants of one connection are held in [`Grants`],
+//! and two rules decide everything:
+//!
+//! 1. **Publish**: a PUBLISH (or will message) to topic `t` is allowed iff `t`
+//!    is a valid topic name and some grant matches `t`
+//!    ([`TopicFilter::matches_topic`]).
+//! 2. **Subscribe**: a SUBSCRIBE with filter `f` is allowed iff `f` is a valid
+//!    filter and some single grant *covers* `f`, i.e. every topic `f` matches
+//!    is also matched by that grant ([`TopicFilter::covers`]). Comparing
+//!    filters as sets of topics, not as strings, is what keeps a device
+//!    granted `sensors/+/temp` from subscribing to `sensors/#`, while still
+//!    letting a device granted `sensors/#` subscribe to `sensors/+/temp`. A
+//!    filter is never narrowed to what is granted; it is accepted or refused
+//!    whole.
+//!
+//! A shared subscription request `$share/{group}/{filter}` is authorized on
+//! its inner `{filter}`, because that is the set of topics it delivers; the
+//! group name only chooses which session receives each message. A grant
+//! cannot itself be a `$share/...` filter: [`Grants::from_claim`] rejects it,
+//! since it would silently grant nothing but the literal topic.
+//!
+//! # The `$` rule
+//!
+//! MQTT (3.1.1 §4.7.2, 5 §4.7.2) reserves topics whose first level starts
+//! with `$` (such as `$SYS/...`) for the server: a filter whose first level is
+//! a wildcard (`#`, `+`, `+/...`) does not match them. So a grant of `#` does
+//! not reach `$SYS/uptime`; only a grant that spells out the `$` level, such
+//! as `$SYS/#`, does. Matching and covering apply the rule identically, so a
+//! grant of `#` does not cover a subscription to `$SYS/#` either.
+//!
+//! Matching runs on every PUBLISH, so nothing here allocates after a grant
+//! has been parsed: levels are walked with `split('/')`.
+
 use std::fmt;
 
+/// The longest topic name or filter MQTT can carry: a UTF-8 string field has
+/// a two-byte length prefix.
+const MAX_LEN: usize = 65535;
+
+/// The prefix that turns a SUBSCRIBE filter into a shared subscription.
+const SHARE_PREFIX: &str = "$share/";
+
 /// A validated MQTT topic filter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// It can only be built by [`TopicFilter::parse`], so holding one means the
+/// filter obeys every MQTT rule: matching never has to cope with a `#` in the
+/// middle or a `+` glued to other characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicFilter(String);
 
+/// Why a string is not a valid topic filter (or not a grantable one).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
     #[error("empty topic filter")]
     Empty,
+    #[error("topic filter is {len} bytes long; MQTT allows at most 65535")]
+    TooLong { len: usize },
+    #[error("topic filter contains the NUL character (U+0000)")]
+    Nul,
+    #[error("`#` may only be the last level of a topic filter")]
+    MultiLevelNotLast,
+    /// `level` counts from 1.
+    #[error(
+        "level {level} mixes a wildcard (`+` or `#`) with other characters; a wildcard must be a whole level"
+    )]
+    WildcardInLevel { level: usize },
+    #[error(
+        "`$share/...` is a shared-subscription request, not a grantable filter; grant the filter after the group name instead"
+    )]
+    SharedSubscription,
 }
 
+/// Why a string is not a valid topic name (the topic of a PUBLISH).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
     #[error("empty topic name")]
     Empty,
+    #[error("topic name is {len} bytes long; MQTT allows at most 65535")]
+    TooLong { len: usize },
+    #[error("topic name contains the NUL character (U+0000)")]
+    Nul,
+    #[error("topic name contains the wildcard `{0}`; wildcards are only allowed in filters")]
+    Wildcard(char),
 }
 
 impl TopicFilter {
-    pub fn parse(_s: &str) -> Result<Self, FilterError> {
-        todo!()
+    /// Parses a topic filter, saying which MQTT rule it breaks if it is not
+    /// valid.
+    pub fn parse(s: &str) -> Result<Self, FilterError> {
+        Filter::parse(s).map(|f| TopicFilter(f.0.to_owned()))
     }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
-    pub fn matches_topic(&self, _topic: &str) -> bool {
-        todo!()
+
+    /// Whether this filter matches the topic name `topic`.
+    ///
+    /// A string that is not a valid topic name (empty, too long, or holding a
+    /// NUL or wildcard) is matched by nothing, so no caller can be tricked
+    /// into treating `a/+` as a concrete topic.
+    pub fn matches_topic(&self, topic: &str) -> bool {
+        validate_topic_name(topic).is_ok() && self.view().matches(topic)
     }
-    pub fn covers(&self, _other: &TopicFilter) -> bool {
-        todo!()
+
+    /// Whether every topic that `other` matches is also matched by `self`:
+    /// the rule that decides if a subscription to `other` stays within a
+    /// grant of `self`.
+    pub fn covers(&self, other: &TopicFilter) -> bool {
+        self.view().covers(other.view())
+    }
+
+    fn view(&self) -> Filter<'_> {
+        Filter(&self.0)
     }
 }
 
@@ -38,10 +128,147 @@ impl fmt::Display for TopicFilter {
     }
 }
 
-pub fn validate_topic_name(_topic: &str) -> Result<(), TopicError> {
-    todo!()
+/// Checks that `topic` may be used as the topic of a PUBLISH.
+pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
+    if topic.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if topic.len() > MAX_LEN {
+        return Err(TopicError::TooLong { len: topic.len() });
+    }
+    // All three are ASCII, which never occurs inside a multi-byte UTF-8
+    // sequence, so scanning bytes is exact and cheaper than decoding chars.
+    match topic.bytes().find(|b| matches!(b, b'\0' | b'+' | b'#')) {
+        Some(b'\0') => Err(TopicError::Nul),
+        Some(wildcard) => Err(TopicError::Wildcard(char::from(wildcard))),
+        None => Ok(()),
+    }
 }
 
+/// A borrowed filter that has passed validation. It lets a SUBSCRIBE request
+/// be checked in place, without copying it into a [`TopicFilter`].
+#[derive(Debug, Clone, Copy)]
+struct Filter<'a>(&'a str);
+
+impl<'a> Filter<'a> {
+    fn parse(s: &'a str) -> Result<Self, FilterError> {
+        if s.is_empty() {
+            return Err(FilterError::Empty);
+        }
+        if s.len() > MAX_LEN {
+            return Err(FilterError::TooLong { len: s.len() });
+        }
+        if s.contains('\0') {
+            return Err(FilterError::Nul);
+        }
+        let mut levels = s.split('/').enumerate().peekable();
+        while let Some((index, level)) = levels.next() {
+            match level {
+                "+" => {}
+                "#" if levels.peek().is_some() => return Err(FilterError::MultiLevelNotLast),
+                "#" => {}
+                _ if level.contains(['+', '#']) => {
+                    return Err(FilterError::WildcardInLevel { level: index + 1 });
+                }
+                _ => {}
+            }
+        }
+        Ok(Filter(s))
+    }
+
+    /// The `$` rule hinges on this: only a first-level wildcard is kept away
+    /// from `$` topics. A valid filter starting with `+` or `#` has that
+    /// wildcard as its whole first level.
+    fn starts_with_wildcard(self) -> bool {
+        self.0.starts_with(['+', '#'])
+    }
+
+    /// `topic` must already be a valid topic name.
+    fn matches(self, topic: &str) -> bool {
+        if self.starts_with_wildcard() && topic.starts_with('$') {
+            return false;
+        }
+        let mut topic_levels = topic.split('/');
+        for level in self.0.split('/') {
+            match level {
+                // `#` also matches the parent level, so running out of topic
+                // levels here is still a match.
+                "#" => return true,
+                "+" => {
+                    if topic_levels.next().is_none() {
+                        return false;
+                    }
+                }
+                literal => {
+                    if topic_levels.next() != Some(literal) {
+                        return false;
+                    }
+                }
+            }
+        }
+        topic_levels.next().is_none()
+    }
+
+    fn covers(self, other: Filter<'_>) -> bool {
+        if self.starts_with_wildcard() && other.0.starts_with('$') {
+            // `other` names a `$` topic literally; `self` cannot match it.
+            return false;
+        }
+        let mut theirs = other.expanded().split('/');
+        for ours in self.0.split('/') {
+            match ours {
+                "#" => return true,
+                "+" => match theirs.next() {
+                    // Their `#` matches the parent level too, which has no
+                    // level here at all (`expanded` handles the exceptions).
+                    Some("#") | None => return false,
+                    Some(_) => {}
+                },
+                literal => {
+                    if theirs.next() != Some(literal) {
+                        return false;
+                    }
+                }
+            }
+        }
+        theirs.next().is_none()
+    }
+
+    /// `self`, spelled so that no `#` stands where its parent would be the
+    /// empty string.
+    ///
+    /// A `#` also matches its parent: the topic made of the levels before
+    /// it. When those levels spell the empty string, which is no topic, the
+    /// `#` needs at least one level, so `#` is the same set as `+/#` and `/#`
+    /// the same as `/+/#`. Comparing the covered filter in the longer form
+    /// lets a `+` in the covering filter line up with that level.
+    fn expanded(self) -> &'a str {
+        match self.0 {
+            "#" => "+/#",
+            "/#" => "/+/#",
+            filter => filter,
+        }
+    }
+}
+
+/// The filter a SUBSCRIBE request asks for: itself, or for a shared
+/// subscription the filter after the group name. `None` if malformed.
+fn requested_filter(requested: &str) -> Option<Filter<'_>> {
+    let Some(shared) = requested.strip_prefix(SHARE_PREFIX) else {
+        return Filter::parse(requested).ok();
+    };
+    // The length limit applies to the whole string as it is sent.
+    if requested.len() > MAX_LEN {
+        return None;
+    }
+    let (group, filter) = shared.split_once('/')?;
+    if group.is_empty() || group.contains(['+', '#', '\0']) {
+        return None;
+    }
+    Filter::parse(filter).ok()
+}
+
+/// The topic filters one device has been granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
     filters: Vec<TopicFilter>,
@@ -51,16 +278,566 @@ impl Grants {
     pub fn new(filters: Vec<TopicFilter>) -> Self {
         Grants { filters }
     }
+
+    /// Builds grants from the entries of a token's topics claim.
+    ///
+    /// One bad entry does not void the token: valid entries are kept
+    /// (without duplicates) and each rejected entry comes back with the
+    /// reason, for the caller to log.
+    pub fn from_claim<S: AsRef<str>>(
+        values: impl IntoIterator<Item = S>,
+    ) -> (Grants, Vec<(String, FilterError)>) {
+        let mut filters = Vec::new();
+        let mut rejected = Vec::new();
+        for value in values {
+            let value = value.as_ref();
+            let parsed = if value.starts_with(SHARE_PREFIX) {
+                Err(FilterError::SharedSubscription)
+            } else {
+                TopicFilter::parse(value)
+            };
+            match parsed {
+                Ok(filter) => filters.push(filter),
+                Err(error) => rejected.push((value.to_owned(), error)),
+            }
+        }
+        filters.sort_unstable();
+        filters.dedup();
+        (Grants { filters }, rejected)
+    }
+
     pub fn filters(&self) -> &[TopicFilter] {
         &self.filters
     }
+
     pub fn is_empty(&self) -> bool {
         self.filters.is_empty()
     }
-    pub fn may_publish(&self, _topic: &str) -> bool {
-        todo!()
+
+    /// Rule 1: `topic` is a valid topic name and some grant matches it.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        validate_topic_name(topic).is_ok() && self.filters.iter().any(|g| g.view().matches(topic))
     }
-    pub fn may_subscribe(&self, _filter: &str) -> bool {
-        todo!()
+
+    /// Rule 2: `filter` (possibly `$share/{group}/{filter}`) is a valid filter
+    /// and some single grant covers it.
+    pub fn may_subscribe(&self, filter: &str) -> bool {
+        requested_filter(filter)
+            .is_some_and(|requested| self.filters.iter().any(|g| g.view().covers(requested)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(s: &str) -> TopicFilter {
+        match TopicFilter::parse(s) {
+            Ok(f) => f,
+            Err(e) => panic!("{s:?} should be a valid filter: {e}"),
+        }
+    }
+
+    fn covers(ours: &str, theirs: &str) -> bool {
+        filter(ours).covers(&filter(theirs))
+    }
+
+    fn grants(filters: &[&str]) -> Grants {
+        Grants::new(filters.iter().map(|s| filter(s)).collect())
+    }
+
+    #[test]
+    fn valid_filters_parse() {
+        for s in [
+            "a",
+            "/",
+            "//",
+            "a//b",
+            "a/",
+            "/a",
+            "#",
+            "+",
+            "+/+",
+            "a/#",
+            "/#",
+            "+/a/#",
+            "$SYS/#",
+            "a/+/b",
+            "a b/ü/$x",
+        ] {
+            assert_eq!(filter(s).as_str(), s);
+            assert_eq!(filter(s).to_string(), s);
+        }
+    }
+
+    #[test]
+    fn invalid_filters_say_which_rule() {
+        let cases = [
+            ("", FilterError::Empty),
+            ("a\0b", FilterError::Nul),
+            ("#/a", FilterError::MultiLevelNotLast),
+            ("a/#/b", FilterError::MultiLevelNotLast),
+            ("#/#", FilterError::MultiLevelNotLast),
+            ("a#", FilterError::WildcardInLevel { level: 1 }),
+            ("##", FilterError::WildcardInLevel { level: 1 }),
+            ("+a", FilterError::WildcardInLevel { level: 1 }),
+            ("a/b+", FilterError::WildcardInLevel { level: 2 }),
+            ("a/#b", FilterError::WildcardInLevel { level: 2 }),
+            ("a/+#", FilterError::WildcardInLevel { level: 2 }),
+            ("a//x+y/#", FilterError::WildcardInLevel { level: 3 }),
+        ];
+        for (s, error) in cases {
+            assert_eq!(TopicFilter::parse(s), Err(error), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn length_limit_is_65535_bytes() {
+        let longest = "a".repeat(MAX_LEN);
+        assert!(TopicFilter::parse(&longest).is_ok());
+        assert_eq!(validate_topic_name(&longest), Ok(()));
+        let too_long = "a".repeat(MAX_LEN + 1);
+        assert_eq!(
+            TopicFilter::parse(&too_long),
+            Err(FilterError::TooLong { len: MAX_LEN + 1 })
+        );
+        assert_eq!(
+            validate_topic_name(&too_long),
+            Err(TopicError::TooLong { len: MAX_LEN + 1 })
+        );
+    }
+
+    #[test]
+    fn topic_names() {
+        for t in ["a", "/", "a//b", "a/", "/a", "$SYS/x", "ü"] {
+            assert_eq!(validate_topic_name(t), Ok(()), "{t:?}");
+        }
+        assert_eq!(validate_topic_name(""), Err(TopicError::Empty));
+        assert_eq!(validate_topic_name("a\0"), Err(TopicError::Nul));
+        assert_eq!(validate_topic_name("a/+"), Err(TopicError::Wildcard('+')));
+        assert_eq!(validate_topic_name("a+b"), Err(TopicError::Wildcard('+')));
+        assert_eq!(validate_topic_name("a/#"), Err(TopicError::Wildcard('#')));
+        assert_eq!(validate_topic_name("x#"), Err(TopicError::Wildcard('#')));
+    }
+
+    #[test]
+    fn multi_level_wildcard_matches_parent_and_below() {
+        let f = filter("a/#");
+        for t in ["a", "a/", "a/b", "a/b/c", "a//"] {
+            assert!(f.matches_topic(t), "{t:?}");
+        }
+        for t in ["ab", "b", "/a", "b/a"] {
+            assert!(!f.matches_topic(t), "{t:?}");
+        }
+        let all = filter("#");
+        for t in ["a", "/", "a/b/c", "x$"] {
+            assert!(all.matches_topic(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn single_level_wildcard_matches_one_level() {
+        let f = filter("a/+");
+        assert!(f.matches_topic("a/b"));
+        assert!(f.matches_topic("a/"));
+        assert!(!f.matches_topic("a"));
+        assert!(!f.matches_topic("a/b/c"));
+        let two = filter("+/+");
+        for t in ["/", "a/", "/b", "a/b", "a/$x"] {
+            assert!(two.matches_topic(t), "{t:?}");
+        }
+        assert!(!two.matches_topic("a"));
+        assert!(!two.matches_topic("a//"));
+        assert!(filter("+").matches_topic("a"));
+        assert!(!filter("+").matches_topic("/"));
+        assert!(filter("sensors/+/temp").matches_topic("sensors/x/temp"));
+        assert!(!filter("sensors/+/temp").matches_topic("sensors/x/hum"));
+    }
+
+    #[test]
+    fn empty_levels_and_trailing_slash_are_literal() {
+        assert!(filter("a//b").matches_topic("a//b"));
+        assert!(!filter("a//b").matches_topic("a/b"));
+        assert!(filter("a/").matches_topic("a/"));
+        assert!(!filter("a/").matches_topic("a"));
+        assert!(!filter("a").matches_topic("a/"));
+        assert!(filter("/a").matches_topic("/a"));
+        assert!(!filter("/a").matches_topic("a"));
+        assert!(filter("/+").matches_topic("/"));
+    }
+
+    #[test]
+    fn first_level_wildcards_skip_dollar_topics() {
+        for f in ["#", "+", "+/#", "+/x", "+/+"] {
+            for t in ["$SYS", "$SYS/x", "$x/x", "$"] {
+                assert!(!filter(f).matches_topic(t), "{f:?} vs {t:?}");
+            }
+        }
+        assert!(filter("$SYS/#").matches_topic("$SYS"));
+        assert!(filter("$SYS/#").matches_topic("$SYS/x"));
+        assert!(filter("$SYS/+").matches_topic("$SYS/x"));
+        assert!(filter("$SYS").matches_topic("$SYS"));
+        // Only the first level is special.
+        assert!(filter("a/#").matches_topic("a/$SYS"));
+        assert!(filter("a/+").matches_topic("a/$x"));
+        assert!(filter("#").matches_topic("x$/a"));
+    }
+
+    #[test]
+    fn invalid_topic_names_match_nothing() {
+        for t in ["", "a/+", "a/#", "+", "#", "a\0"] {
+            assert!(!filter("#").matches_topic(t), "{t:?}");
+        }
+        assert!(!filter("a/+").matches_topic("a/+"));
+    }
+
+    #[test]
+    fn covers_examples() {
+        for theirs in [
+            "sensors/+/temp",
+            "sensors/a",
+            "sensors/#",
+            "sensors",
+            "sensors/+",
+        ] {
+            assert!(covers("sensors/#", theirs), "{theirs:?}");
+        }
+        assert!(covers("sensors/+", "sensors/a"));
+        assert!(covers("sensors/+", "sensors/+"));
+        assert!(!covers("sensors/+", "sensors/#"));
+        assert!(!covers("sensors/+", "sensors/a/b"));
+        assert!(!covers("sensors/+", "sensors"));
+        assert!(covers("temperature", "temperature"));
+        assert!(!covers("temperature", "#"));
+        assert!(!covers("temperature", "+"));
+        assert!(!covers("temperature", "temperature/#"));
+        assert!(covers("+/+", "a/+"));
+        assert!(!covers("a/+", "+/+"));
+        assert!(!covers("sensors/+/temp", "sensors/#"));
+        assert!(!covers("a/#", "b/#"));
+        assert!(!covers("a/b/#", "a"));
+        assert!(covers("a/+/#", "a/b"));
+        assert!(!covers("a/+/#", "a/#"));
+        assert!(!covers("a//b", "a/+/b"));
+        assert!(covers("a/+/b", "a//b"));
+    }
+
+    #[test]
+    fn hash_covers_everything_but_dollar_topics() {
+        for theirs in ["#", "+", "a", "/", "a/b/#", "+/#", "+/$x", "x$/#", "/#"] {
+            assert!(covers("#", theirs), "{theirs:?}");
+        }
+        for theirs in ["$SYS/#", "$SYS", "$x/+", "$"] {
+            assert!(!covers("#", theirs), "{theirs:?}");
+            assert!(!covers("+/#", theirs), "{theirs:?}");
+            assert!(!covers("+", theirs), "{theirs:?}");
+        }
+        assert!(covers("$SYS/#", "$SYS/+"));
+        assert!(covers("$SYS/#", "$SYS"));
+        assert!(!covers("$SYS/#", "#"));
+    }
+
+    #[test]
+    fn hash_with_an_empty_parent_needs_a_level() {
+        // The parent of these `#` would be the empty topic, which does not
+        // exist, so `+/#` = `#` and `/+/#` = `/#`.
+        assert!(covers("+/#", "#"));
+        assert!(covers("#", "+/#"));
+        assert!(covers("+/#", "+/#"));
+        assert!(covers("/+/#", "/#"));
+        assert!(covers("/#", "/+/#"));
+        assert!(covers("+/+/#", "/#"));
+        assert!(covers("+/+/#", "/+/#"));
+        assert!(!covers("+/+/#", "#"));
+        assert!(!covers("+/+/#", "+/#"));
+        assert!(!covers("+", "#"));
+        assert!(!covers("/+", "/#"));
+        // A non-empty parent is a real topic that `+` cannot match.
+        assert!(!covers("a/+/#", "a/#"));
+        assert!(!covers("//+/#", "//#"));
+    }
+
+    #[test]
+    fn may_publish_needs_a_matching_grant() {
+        let g = grants(&["sensors/+/temp", "cmd/dev1/#"]);
+        assert!(g.may_publish("sensors/x/temp"));
+        assert!(g.may_publish("cmd/dev1"));
+        assert!(g.may_publish("cmd/dev1/reboot"));
+        assert!(!g.may_publish("sensors/x/hum"));
+        assert!(!g.may_publish("cmd/dev2"));
+        assert!(!g.may_publish("sensors/+/temp"));
+        assert!(!g.may_publish(""));
+        let all = grants(&["#"]);
+        assert!(all.may_publish("anything/at/all"));
+        assert!(!all.may_publish("$SYS/x"));
+        assert!(!all.may_publish("a/#"));
+        assert!(!Grants::default().may_publish("a"));
+    }
+
+    #[test]
+    fn may_subscribe_needs_a_covering_grant() {
+        let g = grants(&["sensors/#", "cmd/+"]);
+        assert!(g.may_subscribe("sensors/#"));
+        assert!(g.may_subscribe("sensors/+/temp"));
+        assert!(g.may_subscribe("sensors"));
+        assert!(g.may_subscribe("cmd/x"));
+        assert!(g.may_subscribe("cmd/+"));
+        assert!(!g.may_subscribe("cmd/#"));
+        assert!(!g.may_subscribe("#"));
+        assert!(!g.may_subscribe("+/temp"));
+        assert!(!g.may_subscribe("sensors/#/x"));
+        assert!(!g.may_subscribe(""));
+        // No union of grants: each subscription must fit inside one grant.
+        let split = grants(&["a/b", "a/c"]);
+        assert!(!split.may_subscribe("a/+"));
+        assert!(!Grants::default().may_subscribe("a"));
+    }
+
+    #[test]
+    fn shared_subscriptions_are_checked_on_the_inner_filter() {
+        let g = grants(&["sensors/#"]);
+        assert!(g.may_subscribe("$share/group/sensors/+/temp"));
+        assert!(g.may_subscribe("$share/g/sensors"));
+        assert!(!g.may_subscribe("$share/g/other"));
+        assert!(!g.may_subscribe("$share/sensors/#"));
+        let all = grants(&["#"]);
+        assert!(all.may_subscribe("$share/g/#"));
+        assert!(!all.may_subscribe("$share/g/$SYS/#"));
+        for malformed in [
+            "$share/",
+            "$share/g",
+            "$share//a",
+            "$share/g/",
+            "$share/+/a",
+            "$share/#/a",
+            "$share/g+/a",
+            "$share/g#/a",
+            "$share/g\0/a",
+            "$share/g/a/#/b",
+            "$share/g/a+",
+        ] {
+            assert!(!all.may_subscribe(malformed), "{malformed:?}");
+        }
+        // Without the slash it is not a shared subscription, just a `$`
+        // topic filter.
+        assert!(!all.may_subscribe("$share"));
+        assert!(grants(&["$share"]).may_subscribe("$share"));
+        let too_long = format!("$share/{}/a", "g".repeat(MAX_LEN));
+        assert!(!all.may_subscribe(&too_long));
+    }
+
+    #[test]
+    fn from_claim_keeps_valid_entries_and_reports_the_rest() {
+        let (g, rejected) = Grants::from_claim([
+            "sensors/#",
+            "",
+            "a/#/b",
+            "cmd/+",
+            "sensors/#",
+            "x+",
+            "$share/g/a",
+        ]);
+        assert_eq!(g, grants(&["cmd/+", "sensors/#"]));
+        assert_eq!(
+            rejected,
+            vec![
+                (String::new(), FilterError::Empty),
+                ("a/#/b".to_owned(), FilterError::MultiLevelNotLast),
+                ("x+".to_owned(), FilterError::WildcardInLevel { level: 1 }),
+                ("$share/g/a".to_owned(), FilterError::SharedSubscription),
+            ]
+        );
+        let (owned, none) = Grants::from_claim(vec![String::from("a")]);
+        assert_eq!(owned.filters(), &[filter("a")]);
+        assert!(none.is_empty());
+        let (empty, none) = Grants::from_claim(Vec::<String>::new());
+        assert!(empty.is_empty());
+        assert!(none.is_empty());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::sync::LazyLock;
+
+        /// Deepest generated filter. The oracle enumerates topics up to one
+        /// level deeper (see `ALL_TOPICS`).
+        const MAX_DEPTH: usize = 4;
+
+        /// Levels shared by filters and topics, small so that they collide
+        /// often; `$x` exercises the `$` rule and `""` empty levels.
+        const LEVELS: [&str; 4] = ["a", "b", "", "$x"];
+
+        fn level() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(&LEVELS[..])
+        }
+
+        fn filter_level() -> impl Strategy<Value = &'static str> {
+            prop_oneof![3 => level(), 2 => Just("+")]
+        }
+
+        /// Valid filters of 1..=MAX_DEPTH levels, often ending in `#`. Short
+        /// filters are favoured: equivalences such as `+/#` = `#` live there.
+        fn filter_strategy() -> impl Strategy<Value = TopicFilter> {
+            prop_oneof![1..=2usize, 1..=MAX_DEPTH]
+                .prop_flat_map(|depth| {
+                    (prop::collection::vec(filter_level(), depth), any::<bool>())
+                })
+                .prop_filter_map("not a valid filter", |(mut levels, hash)| {
+                    if hash {
+                        levels.pop();
+                        levels.push("#");
+                    }
+                    TopicFilter::parse(&levels.join("/")).ok()
+                })
+        }
+
+        fn topic_strategy() -> impl Strategy<Value = String> {
+            prop::collection::vec(prop_oneof![level(), Just("c")], 1..=MAX_DEPTH + 2)
+                .prop_map(|levels| levels.join("/"))
+                .prop_filter("empty topic name", |t| !t.is_empty())
+        }
+
+        /// Every valid topic name of 1..=MAX_DEPTH + 1 levels over `LEVELS`
+        /// plus `c` and `$y`, which no filter mentions.
+        ///
+        /// This decides `covers` exactly for generated filters:
+        /// - Within one level, a filter only tells apart each literal it
+        ///   names, "any other level", and (first level only) whether the
+        ///   level starts with `$`. `LEVELS` holds every literal a filter can
+        ///   name, `c` stands for any other level and `$y` for any other `$`
+        ///   level, so every class of level is represented.
+        /// - A filter of at most N = `MAX_DEPTH` levels can only match a topic
+        ///   of more than N levels through a trailing `#`, which decides from
+        ///   the levels before it. So a topic of more than N + 1 levels is
+        ///   matched exactly when its first N + 1 levels are, and N + 1 is as
+        ///   deep as the enumeration needs to go (N levels would not do: a
+        ///   topic of exactly N levels can be matched by a filter without `#`).
+        static ALL_TOPICS: LazyLock<Vec<String>> = LazyLock::new(|| {
+            let alphabet: Vec<&str> = LEVELS.iter().copied().chain(["c", "$y"]).collect();
+            let mut topics = Vec::new();
+            let mut layer = vec![String::new()];
+            for depth in 1..=MAX_DEPTH + 1 {
+                layer = layer
+                    .iter()
+                    .flat_map(|prefix| {
+                        alphabet.iter().map(move |level| {
+                            if depth == 1 {
+                                (*level).to_owned()
+                            } else {
+                                format!("{prefix}/{level}")
+                            }
+                        })
+                    })
+                    .collect();
+                topics.extend(layer.iter().filter(|t| !t.is_empty()).cloned());
+            }
+            topics
+        });
+
+        fn covers_by_enumeration(ours: &TopicFilter, theirs: &TopicFilter) -> bool {
+            ALL_TOPICS
+                .iter()
+                .all(|t| !theirs.matches_topic(t) || ours.matches_topic(t))
+        }
+
+        /// Random pairs reach few of the cases where `covers` holds; every
+        /// filter of up to three levels is few enough to check them all,
+        /// comparing each filter's set of matched topics as a bitset.
+        #[test]
+        fn covers_agrees_with_enumeration_for_every_short_filter() {
+            let symbols: Vec<&str> = LEVELS.iter().copied().chain(["+", "#"]).collect();
+            let mut candidates: Vec<String> = symbols.iter().map(|s| (*s).to_owned()).collect();
+            let mut layer = candidates.clone();
+            for _ in 1..3 {
+                layer = layer
+                    .iter()
+                    .flat_map(|prefix| symbols.iter().map(move |s| format!("{prefix}/{s}")))
+                    .collect();
+                candidates.extend(layer.iter().cloned());
+            }
+            let filters: Vec<TopicFilter> = candidates
+                .iter()
+                .filter_map(|s| TopicFilter::parse(s).ok())
+                .collect();
+            let matched: Vec<Vec<u64>> = filters
+                .iter()
+                .map(|f| {
+                    let mut bits = vec![0u64; ALL_TOPICS.len().div_ceil(64)];
+                    for (i, t) in ALL_TOPICS.iter().enumerate() {
+                        if f.matches_topic(t) {
+                            bits[i / 64] |= 1 << (i % 64);
+                        }
+                    }
+                    bits
+                })
+                .collect();
+            for (ours, ours_bits) in filters.iter().zip(&matched) {
+                for (theirs, theirs_bits) in filters.iter().zip(&matched) {
+                    let subset = theirs_bits.iter().zip(ours_bits).all(|(t, o)| t & !o == 0);
+                    assert_eq!(ours.covers(theirs), subset, "{ours} covers {theirs}");
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn covers_is_sound(
+                ours in filter_strategy(),
+                theirs in filter_strategy(),
+                topics in prop::collection::vec(topic_strategy(), 1..32),
+            ) {
+                if ours.covers(&theirs) {
+                    for t in &topics {
+                        prop_assert!(!theirs.matches_topic(t) || ours.matches_topic(t), "{t:?}");
+                    }
+                }
+            }
+
+            #[test]
+            fn every_filter_covers_itself(f in filter_strategy()) {
+                prop_assert!(f.covers(&f));
+            }
+
+            #[test]
+            fn a_topic_name_as_filter_is_exactly_itself(
+                topic in topic_strategy(),
+                other in topic_strategy(),
+                f in filter_strategy(),
+            ) {
+                let exact = filter(&topic);
+                prop_assert!(exact.matches_topic(&topic));
+                prop_assert_eq!(exact.matches_topic(&other), topic == other);
+                prop_assert_eq!(exact.covers(&filter(&other)), topic == other);
+                prop_assert_eq!(exact.covers(&f), f.as_str() == topic);
+            }
+
+            #[test]
+            fn covers_agrees_with_enumeration(
+                ours in filter_strategy(),
+                theirs in filter_strategy(),
+            ) {
+                prop_assert_eq!(ours.covers(&theirs), covers_by_enumeration(&ours, &theirs));
+            }
+
+            #[test]
+            fn grants_never_panic_on_any_string(s in ".*", t in "\\PC*") {
+                let g = grants(&["#", "a/+", "$SYS/#"]);
+                for input in [&s, &t] {
+                    let _ = g.may_publish(input);
+                    let _ = g.may_subscribe(input);
+                    let _ = Grants::from_claim([input]);
+                }
+            }
+
+            #[test]
+            fn grants_never_panic_on_mqtt_shaped_strings(s in "(\\$share/)?[ab/+#$\\x00]{0,12}") {
+                let g = grants(&["#", "a/+", "$SYS/#"]);
+                let _ = g.may_publish(&s);
+                let _ = g.may_subscribe(&s);
+                let (parsed, _) = Grants::from_claim([&s]);
+                prop_assert!(parsed.filters().iter().all(|f| f.covers(f)));
+            }
+        }
     }
 }

@@ -1,1 +1,1283 @@
-//! (in progress)
+//! Typed gateway configuration, parsed once from TOML.
+//!
+//! ## The model
+//!
+//! A [`Config`] is built once at start-up, by [`Config::load`] from a file or
+//! by [`Config::defaults`] when no file is given, and then handed down to the
+//! rest of the gateway as plain data. Nothing reads the file again and
+//! nothing downstream re-validates: once a `Config` exists, every value in it
+//! is usable. Timeouts are [`Duration`]s, the reaction to a refused publish is
+//! a [`DenyPublish`], the algorithm allow-list is a list of
+//! [`jsonwebtoken::Algorithm`]s, and every path has already been resolved
+//! against the directory of the file it came from.
+//!
+//! Parsing happens in two steps. serde first reads the text into private
+//! "raw" structs that mirror the file (every key optional, every value
+//! wrapped in [`toml::Spanned`] so we remember where it was written). Those
+//! are then checked and converted into the public types. Either step can
+//! fail, and both produce a [`ConfigError::Invalid`] that names the file,
+//! the line and column, and the key with its table, e.g.
+//!
+//! ```text
+//! /etc/jwtgate.toml:7:19: [limits] max_packet_size: must be at least 1024 bytes
+//! ```
+//!
+//! Errors raised by toml itself (syntax errors, unknown keys, wrong types)
+//! carry only a byte span, so the key they concern is recovered by looking
+//! that span up in toml's spanned document tree.
+
+use std::fmt::Display;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// The port MQTT over TLS is registered on.
+const DEFAULT_PORT: u16 = 8883;
+
+/// MQTT's remaining-length field cannot describe a larger packet.
+const MQTT_MAX_PACKET_SIZE: i64 = 268_435_455;
+
+/// rumqttd panics when asked for smaller in-memory log segments.
+const MIN_SEGMENT_SIZE: i64 = 1024;
+
+/// Below this even a CONNECT with a realistic JWT does not fit.
+const MIN_PACKET_SIZE: i64 = 1024;
+
+/// The names `jsonwebtoken::Algorithm::from_str` accepts, for error messages.
+const ALGORITHM_NAMES: &str =
+    "HS256, HS384, HS512, ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA";
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file this configuration was read from; `None` for the built-in
+    /// defaults.
+    pub source: Option<PathBuf>,
+    /// Address of the TLS listener. There is no plaintext listener.
+    pub listen: SocketAddr,
+    pub tls: TlsPaths,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub router: RouterSettings,
+}
+
+/// Where the server certificate and its key live (already resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// How device tokens are verified and what a refused publish costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Directory holding the verification keys (already resolved).
+    pub keys_dir: PathBuf,
+    /// Name of the claim listing the topic filters a device may use; never
+    /// empty.
+    pub topics_claim: String,
+    /// Clock-skew allowance applied to `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Required `iss`, when set; never empty.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values, when set; never an empty list.
+    pub audience: Option<Vec<String>>,
+    /// Reject tokens without a `kid` header.
+    pub require_kid: bool,
+    /// Reject tokens without an `exp` claim.
+    pub require_exp: bool,
+    /// Longest accepted `exp - iat`, when set; never zero.
+    pub max_token_lifetime: Option<Duration>,
+    /// Accepted signature algorithms, when set; never an empty list.
+    pub algorithms: Option<Vec<Algorithm>>,
+    /// What happens to a connection after a refused PUBLISH.
+    pub deny_publish: DenyPublish,
+}
+
+/// What happens to a connection after the gateway refuses one of its
+/// PUBLISH packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DenyPublish {
+    /// Discard the packet (with a negative acknowledgement where the
+    /// protocol has one) and keep the connection.
+    #[default]
+    Drop,
+    /// Close the connection.
+    Disconnect,
+}
+
+/// Per-connection resource limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a client may take to complete the TLS handshake; never zero.
+    pub handshake_timeout: Duration,
+    /// How long a client may take, once TLS is up, to send CONNECT; never
+    /// zero.
+    pub connect_timeout: Duration,
+    /// Largest accepted MQTT packet in bytes, between 1024 and 268435455.
+    pub max_packet_size: usize,
+    /// Most simultaneous connections; never zero.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 1024 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Tuning handed to rumqttd's router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterSettings {
+    /// Outgoing packets queued per connection; at least 1.
+    pub max_outgoing_packet_count: u64,
+    /// Bytes per in-memory log segment; at least 1024.
+    pub max_segment_size: usize,
+    /// Segments kept per topic log; at least 1.
+    pub max_segment_count: usize,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        RouterSettings {
+            max_outgoing_packet_count: 10_000,
+            max_segment_size: 4 * 1024 * 1024,
+            max_segment_count: 4,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    /// The file was read but is not a valid configuration. `line` and
+    /// `column` are 1-based and point at the offending key or value; `key`
+    /// is the key with its table (`[limits] max_packet_size`) when known.
+    #[error("{}:{line}:{column}: {}", path.display(), with_key(key.as_deref(), message))]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: Option<String>,
+        message: String,
+    },
+}
+
+fn with_key(key: Option<&str>, message: &str) -> String {
+    match key {
+        Some(key) => format!("{key}: {message}"),
+        None => message.to_owned(),
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths in it resolve
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = path.parent().unwrap_or(Path::new(""));
+        Config::parse(&text, path, base_dir)
+    }
+
+    /// Parses config text; `origin` is the file name used in error messages
+    /// (and recorded as [`Config::source`]), relative paths resolve against
+    /// `base_dir`.
+    pub fn parse(text: &str, origin: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
+        let doc = Document { text, origin };
+        let raw: RawConfig = toml::from_str(text).map_err(|err| doc.toml_error(&err))?;
+        let mut config = raw.validate(&doc, base_dir)?;
+        config.source = Some(origin.to_path_buf());
+        Ok(config)
+    }
+
+    /// The built-in defaults used by `jwtgate serve` with no `--config`:
+    /// keys in `base_dir/keys`, the certificate and key in
+    /// `base_dir/keys/tls/`, listening on 0.0.0.0:8883.
+    pub fn defaults(base_dir: &Path) -> Config {
+        Config {
+            source: None,
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)),
+            tls: TlsPaths {
+                cert: base_dir.join("keys/tls/server.crt"),
+                key: base_dir.join("keys/tls/server.key"),
+            },
+            auth: AuthConfig {
+                keys_dir: base_dir.join("keys"),
+                topics_claim: "topics".to_owned(),
+                leeway: Duration::from_secs(5),
+                issuer: None,
+                audience: None,
+                // The development HS256 tokens carry no kid.
+                require_kid: false,
+                require_exp: true,
+                max_token_lifetime: None,
+                algorithms: None,
+                deny_publish: DenyPublish::Drop,
+            },
+            limits: Limits::default(),
+            router: RouterSettings::default(),
+        }
+    }
+}
+
+// The raw structs mirror the file one to one. Every key is optional so that
+// absence means "use the default", and values stay `Spanned` until they have
+// been checked, so a failed check can point at the exact place.
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a TOML document")]
+struct RawConfig {
+    listen: Option<Spanned<String>>,
+    /// Compatibility alias for `[auth] deny_publish`.
+    deny_publish: Option<Spanned<DenyPublish>>,
+    tls: RawTls,
+    auth: RawAuth,
+    limits: RawLimits,
+    router: RawRouter,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [tls] table")]
+struct RawTls {
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [auth] table")]
+struct RawAuth {
+    keys_dir: Option<Spanned<PathBuf>>,
+    topics_claim: Option<Spanned<String>>,
+    leeway_secs: Option<Spanned<i64>>,
+    issuer: Option<Spanned<String>>,
+    audience: Option<Spanned<Audience>>,
+    require_kid: Option<bool>,
+    require_exp: Option<bool>,
+    max_token_lifetime_secs: Option<Spanned<i64>>,
+    algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    deny_publish: Option<Spanned<DenyPublish>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [limits] table")]
+struct RawLimits {
+    handshake_timeout_secs: Option<Spanned<i64>>,
+    connect_timeout_secs: Option<Spanned<i64>>,
+    max_packet_size: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [router] table")]
+struct RawRouter {
+    max_outgoing_packet_count: Option<Spanned<i64>>,
+    max_segment_size: Option<Spanned<i64>>,
+    max_segment_count: Option<Spanned<i64>>,
+}
+
+/// `audience` is written either as one string or as a list of strings.
+struct Audience(Vec<String>);
+
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AudienceVisitor;
+
+        impl<'de> Visitor<'de> for AudienceVisitor {
+            type Value = Audience;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Audience, E> {
+                Ok(Audience(vec![value.to_owned()]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Audience, A::Error> {
+                let mut values = Vec::new();
+                while let Some(value) = seq.next_element::<String>()? {
+                    values.push(value);
+                }
+                Ok(Audience(values))
+            }
+        }
+
+        deserializer.deserialize_any(AudienceVisitor)
+    }
+}
+
+/// The text being parsed and the name to report it under.
+struct Document<'a> {
+    text: &'a str,
+    origin: &'a Path,
+}
+
+impl Document<'_> {
+    fn invalid(&self, at: usize, key: Option<String>, message: impl Display) -> ConfigError {
+        let (line, column) = line_column(self.text, at);
+        ConfigError::Invalid {
+            path: self.origin.to_path_buf(),
+            line,
+            column,
+            key,
+            message: message.to_string(),
+        }
+    }
+
+    /// An error about a value whose key we know.
+    fn bad<T>(&self, value: &Spanned<T>, key: &str, message: impl Display) -> ConfigError {
+        self.invalid(value.span().start, Some(key.to_owned()), message)
+    }
+
+    fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
+        // toml always attaches a span in practice; the start of the file is
+        // the honest fallback if a future version does not.
+        let span = err.span().unwrap_or(0..0);
+        let key = key_at(self.text, &span);
+        self.invalid(span.start, key, err.message())
+    }
+
+    /// Checks an integer against `range` and converts it to the target type.
+    fn int<T: TryFrom<i64>>(
+        &self,
+        value: &Spanned<i64>,
+        key: &str,
+        range: RangeInclusive<i64>,
+        unit: &str,
+    ) -> Result<T, ConfigError> {
+        let n = *value.get_ref();
+        let (min, max) = (*range.start(), *range.end());
+        let amount = |bound: i64| match unit {
+            "" => bound.to_string(),
+            _ => format!("{bound} {unit}"),
+        };
+        if n < min {
+            let message = match min {
+                0 => "must not be negative".to_owned(),
+                1 => "must be greater than 0".to_owned(),
+                _ => format!("must be at least {}", amount(min)),
+            };
+            return Err(self.bad(value, key, message));
+        }
+        if n > max {
+            return Err(self.bad(value, key, format!("must be at most {}", amount(max))));
+        }
+        T::try_from(n).map_err(|_| self.bad(value, key, "is too large for this platform"))
+    }
+
+    fn seconds(&self, value: &Spanned<i64>, key: &str, min: i64) -> Result<Duration, ConfigError> {
+        self.int(value, key, min..=i64::MAX, "seconds")
+            .map(Duration::from_secs)
+    }
+
+    fn path(
+        &self,
+        value: &Spanned<PathBuf>,
+        key: &str,
+        base_dir: &Path,
+    ) -> Result<PathBuf, ConfigError> {
+        if value.get_ref().as_os_str().is_empty() {
+            return Err(self.bad(value, key, "must not be empty"));
+        }
+        // `join` keeps absolute paths as they are.
+        Ok(base_dir.join(value.get_ref()))
+    }
+}
+
+impl RawConfig {
+    fn validate(self, doc: &Document<'_>, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::defaults(base_dir);
+        if let Some(listen) = &self.listen {
+            config.listen = listen.get_ref().parse().map_err(|_| {
+                doc.bad(
+                    listen,
+                    "listen",
+                    format!(
+                        "`{}` is not an IP address and port (for example \"0.0.0.0:8883\")",
+                        listen.get_ref()
+                    ),
+                )
+            })?;
+        }
+        self.tls.validate(doc, base_dir, &mut config.tls)?;
+        let deny_publish = match (self.deny_publish, &self.auth.deny_publish) {
+            (Some(top), Some(auth)) => {
+                let (auth_line, _) = line_column(doc.text, auth.span().start);
+                return Err(doc.bad(
+                    &top,
+                    "deny_publish",
+                    format!(
+                        "given both at the top level and as [auth] deny_publish (line \
+                         {auth_line}); keep only [auth] deny_publish"
+                    ),
+                ));
+            }
+            (Some(top), None) => Some(top.into_inner()),
+            (None, auth) => auth.as_ref().map(|auth| *auth.get_ref()),
+        };
+        self.auth.validate(doc, base_dir, &mut config.auth)?;
+        if let Some(deny_publish) = deny_publish {
+            config.auth.deny_publish = deny_publish;
+        }
+        self.limits.validate(doc, &mut config.limits)?;
+        self.router.validate(doc, &mut config.router)?;
+        Ok(config)
+    }
+}
+
+impl RawTls {
+    fn validate(
+        self,
+        doc: &Document<'_>,
+        base_dir: &Path,
+        tls: &mut TlsPaths,
+    ) -> Result<(), ConfigError> {
+        if let Some(cert) = &self.cert {
+            tls.cert = doc.path(cert, "[tls] cert", base_dir)?;
+        }
+        if let Some(key) = &self.key {
+            tls.key = doc.path(key, "[tls] key", base_dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl RawAuth {
+    fn validate(
+        self,
+        doc: &Document<'_>,
+        base_dir: &Path,
+        auth: &mut AuthConfig,
+    ) -> Result<(), ConfigError> {
+        if let Some(keys_dir) = &self.keys_dir {
+            auth.keys_dir = doc.path(keys_dir, "[auth] keys_dir", base_dir)?;
+        }
+        if let Some(claim) = self.topics_claim {
+            if claim.get_ref().is_empty() {
+                return Err(doc.bad(&claim, "[auth] topics_claim", "must not be empty"));
+            }
+            auth.topics_claim = claim.into_inner();
+        }
+        if let Some(leeway) = &self.leeway_secs {
+            auth.leeway = doc.seconds(leeway, "[auth] leeway_secs", 0)?;
+        }
+        if let Some(issuer) = self.issuer {
+            if issuer.get_ref().is_empty() {
+                return Err(doc.bad(
+                    &issuer,
+                    "[auth] issuer",
+                    "must not be empty (leave it out to accept any issuer)",
+                ));
+            }
+            auth.issuer = Some(issuer.into_inner());
+        }
+        if let Some(audience) = self.audience {
+            let values = &audience.get_ref().0;
+            if values.is_empty() {
+                return Err(doc.bad(
+                    &audience,
+                    "[auth] audience",
+                    "must not be an empty list (leave it out to accept any audience)",
+                ));
+            }
+            if values.iter().any(String::is_empty) {
+                return Err(doc.bad(
+                    &audience,
+                    "[auth] audience",
+                    "must not contain an empty string",
+                ));
+            }
+            auth.audience = Some(audience.into_inner().0);
+        }
+        if let Some(require_kid) = self.require_kid {
+            auth.require_kid = require_kid;
+        }
+        if let Some(require_exp) = self.require_exp {
+            auth.require_exp = require_exp;
+        }
+        if let Some(lifetime) = &self.max_token_lifetime_secs {
+            auth.max_token_lifetime =
+                Some(doc.seconds(lifetime, "[auth] max_token_lifetime_secs", 1)?);
+        }
+        if let Some(names) = &self.algorithms {
+            if names.get_ref().is_empty() {
+                return Err(doc.bad(
+                    names,
+                    "[auth] algorithms",
+                    "must not be an empty list (leave it out to accept every algorithm \
+                     the keys support)",
+                ));
+            }
+            let algorithms = names
+                .get_ref()
+                .iter()
+                .map(|name| {
+                    name.get_ref().parse::<Algorithm>().map_err(|_| {
+                        doc.bad(
+                            name,
+                            "[auth] algorithms",
+                            format!(
+                                "unknown algorithm `{}`, expected one of {ALGORITHM_NAMES}",
+                                name.get_ref()
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            auth.algorithms = Some(algorithms);
+        }
+        Ok(())
+    }
+}
+
+impl RawLimits {
+    fn validate(self, doc: &Document<'_>, limits: &mut Limits) -> Result<(), ConfigError> {
+        if let Some(secs) = &self.handshake_timeout_secs {
+            limits.handshake_timeout = doc.seconds(secs, "[limits] handshake_timeout_secs", 1)?;
+        }
+        if let Some(secs) = &self.connect_timeout_secs {
+            limits.connect_timeout = doc.seconds(secs, "[limits] connect_timeout_secs", 1)?;
+        }
+        if let Some(size) = &self.max_packet_size {
+            limits.max_packet_size = doc.int(
+                size,
+                "[limits] max_packet_size",
+                MIN_PACKET_SIZE..=MQTT_MAX_PACKET_SIZE,
+                "bytes",
+            )?;
+        }
+        if let Some(count) = &self.max_connections {
+            limits.max_connections =
+                doc.int(count, "[limits] max_connections", 1..=i64::MAX, "")?;
+        }
+        Ok(())
+    }
+}
+
+impl RawRouter {
+    fn validate(self, doc: &Document<'_>, router: &mut RouterSettings) -> Result<(), ConfigError> {
+        if let Some(count) = &self.max_outgoing_packet_count {
+            router.max_outgoing_packet_count = doc.int(
+                count,
+                "[router] max_outgoing_packet_count",
+                1..=i64::MAX,
+                "",
+            )?;
+        }
+        if let Some(size) = &self.max_segment_size {
+            router.max_segment_size = doc.int(
+                size,
+                "[router] max_segment_size",
+                MIN_SEGMENT_SIZE..=i64::MAX,
+                "bytes",
+            )?;
+        }
+        if let Some(count) = &self.max_segment_count {
+            router.max_segment_count =
+                doc.int(count, "[router] max_segment_count", 1..=i64::MAX, "")?;
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `at` in `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line_start = before.rfind('\n').map_or(0, |nl| nl + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Names the key an error span from toml points into, as `key`,
+/// `[table] key` or `[table]`.
+fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
+    // The recoverable parser still yields the keys it could read when the
+    // text has a syntax error.
+    let (root, _) = DeTable::parse_recoverable(text);
+    let mut path = Vec::new();
+    if let Some(is_table) = find_key(root.get_ref(), span.start, &mut path) {
+        return Some(render_key(&path, is_table));
+    }
+    // A duplicate key is not in the tree; its span still covers the key
+    // itself, which we recognise by what follows it.
+    let word = text.get(span.clone())?;
+    let after = text.get(span.end..)?.trim_start_matches([' ', '\t']);
+    let is_bare_key = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    (is_bare_key && after.starts_with(['=', '.', ']'])).then(|| word.to_owned())
+}
+
+/// Depth-first search for the innermost key whose name or value covers
+/// `at`, filling `path`; returns whether that key holds a table.
+fn find_key(table: &DeTable<'_>, at: usize, path: &mut Vec<String>) -> Option<bool> {
+    let covers = |span: Range<usize>| span.start <= at && at <= span.end;
+    for (key, value) in table.iter() {
+        path.push(key.get_ref().to_string());
+        // A `[table]` header's span covers only the header, so look inside
+        // before deciding the table itself is meant.
+        if let DeValue::Table(inner) = value.get_ref() {
+            if let Some(found) = find_key(inner, at, path) {
+                return Some(found);
+            }
+        }
+        if covers(key.span()) || covers(value.span()) {
+            return Some(value.get_ref().is_table());
+        }
+        path.pop();
+    }
+    None
+}
+
+fn render_key(path: &[String], is_table: bool) -> String {
+    match path {
+        _ if is_table => format!("[{}]", path.join(".")),
+        [key] => key.clone(),
+        [tables @ .., key] => format!("[{}] {key}", tables.join(".")),
+        [] => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGIN: &str = "conf/jwtgate.toml";
+    const BASE: &str = "/srv/jwtgate";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new(ORIGIN), Path::new(BASE))
+    }
+
+    /// Parses `text`, which must fail, and returns the error's parts and
+    /// its rendered form.
+    fn invalid(text: &str) -> (usize, usize, Option<String>, String, String) {
+        match parse(text) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(err @ ConfigError::Invalid { .. }) => {
+                let shown = err.to_string();
+                let ConfigError::Invalid {
+                    path,
+                    line,
+                    column,
+                    key,
+                    message,
+                } = err
+                else {
+                    unreachable!()
+                };
+                assert_eq!(path, Path::new(ORIGIN));
+                (line, column, key, message, shown)
+            }
+            Err(err) => panic!("expected ConfigError::Invalid, got {err:?}"),
+        }
+    }
+
+    const FULL_EXAMPLE: &str = r#"
+listen = "0.0.0.0:8883"          # TLS only; there is no plaintext listener. default "0.0.0.0:8883"
+[tls]
+cert = "keys/tls/server.crt"     # PEM chain; default "keys/tls/server.crt"
+key  = "keys/tls/server.key"     # PEM private key (PKCS#8, PKCS#1 or SEC1); default "keys/tls/server.key"
+[auth]
+keys_dir = "keys"                # default "keys"
+topics_claim = "topics"          # default "topics"; must be non-empty
+leeway_secs = 5                  # clock-skew allowance for exp/nbf; default 5, 0 allowed
+issuer = "https://tenant.example/"   # optional; enforced when set
+audience = "api"                 # optional; a string OR a list of strings; enforced when set; empty list is an error
+require_kid = false              # default false (the seed's HS256 tokens carry no kid)
+require_exp = true               # default true
+max_token_lifetime_secs = 86400  # optional cap on exp - iat; must be > 0
+algorithms = ["HS256", "RS256"]  # optional allow-list; each must be a jsonwebtoken::Algorithm name; empty list is an error
+deny_publish = "drop"            # "drop" (default) | "disconnect": what happens to a connection after a refused PUBLISH
+[limits]
+handshake_timeout_secs = 10      # TLS handshake timeout; default 10; must be > 0
+connect_timeout_secs = 10        # time from TLS up to a CONNECT packet; default 10; must be > 0
+max_packet_size = 1048576        # bytes, default 1 MiB; minimum 1024, maximum 268435455 (MQTT's limit)
+max_connections = 10000          # default 10000; must be > 0
+[router]                         # rumqttd router tuning
+max_outgoing_packet_count = 10000  # default 10000; must be >= 1
+max_segment_size = 4194304       # bytes per in-memory log segment; default 4 MiB; minimum 1024 (rumqttd panics below that)
+max_segment_count = 4            # segments kept per topic log; default 4; must be >= 1
+"#;
+
+    #[test]
+    fn full_example_parses_to_the_documented_values() {
+        let config = parse(FULL_EXAMPLE).expect("the documented example is valid");
+        let base = Path::new(BASE);
+        assert_eq!(
+            config,
+            Config {
+                source: Some(PathBuf::from(ORIGIN)),
+                listen: "0.0.0.0:8883".parse().expect("literal address"),
+                tls: TlsPaths {
+                    cert: base.join("keys/tls/server.crt"),
+                    key: base.join("keys/tls/server.key"),
+                },
+                auth: AuthConfig {
+                    keys_dir: base.join("keys"),
+                    topics_claim: "topics".to_owned(),
+                    leeway: Duration::from_secs(5),
+                    issuer: Some("https://tenant.example/".to_owned()),
+                    audience: Some(vec!["api".to_owned()]),
+                    require_kid: false,
+                    require_exp: true,
+                    max_token_lifetime: Some(Duration::from_secs(86_400)),
+                    algorithms: Some(vec![Algorithm::HS256, Algorithm::RS256]),
+                    deny_publish: DenyPublish::Drop,
+                },
+                limits: Limits {
+                    handshake_timeout: Duration::from_secs(10),
+                    connect_timeout: Duration::from_secs(10),
+                    max_packet_size: 1_048_576,
+                    max_connections: 10_000,
+                },
+                router: RouterSettings {
+                    max_outgoing_packet_count: 10_000,
+                    max_segment_size: 4_194_304,
+                    max_segment_count: 4,
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn the_documented_example_matches_the_defaults_where_it_states_them() {
+        let example = parse(FULL_EXAMPLE).expect("the documented example is valid");
+        let defaults = Config::defaults(Path::new(BASE));
+        assert_eq!(example.listen, defaults.listen);
+        assert_eq!(example.tls, defaults.tls);
+        assert_eq!(example.limits, defaults.limits);
+        assert_eq!(example.router, defaults.router);
+        assert_eq!(example.auth.keys_dir, defaults.auth.keys_dir);
+        assert_eq!(example.auth.leeway, defaults.auth.leeway);
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let config = parse("").expect("an empty file is valid");
+        assert_eq!(
+            config,
+            Config {
+                source: Some(PathBuf::from(ORIGIN)),
+                ..Config::defaults(Path::new(BASE))
+            }
+        );
+        // Spot-check the defaults themselves rather than trusting `defaults`.
+        assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 8883)));
+        assert_eq!(
+            config.tls.cert,
+            Path::new("/srv/jwtgate/keys/tls/server.crt")
+        );
+        assert_eq!(
+            config.tls.key,
+            Path::new("/srv/jwtgate/keys/tls/server.key")
+        );
+        assert_eq!(config.auth.keys_dir, Path::new("/srv/jwtgate/keys"));
+        assert_eq!(config.auth.topics_claim, "topics");
+        assert_eq!(config.auth.leeway, Duration::from_secs(5));
+        assert!(!config.auth.require_kid);
+        assert!(config.auth.require_exp);
+        assert_eq!(config.auth.issuer, None);
+        assert_eq!(config.auth.audience, None);
+        assert_eq!(config.auth.max_token_lifetime, None);
+        assert_eq!(config.auth.algorithms, None);
+        assert_eq!(config.auth.deny_publish, DenyPublish::Drop);
+        assert_eq!(config.limits.max_packet_size, 1024 * 1024);
+        assert_eq!(config.router.max_segment_size, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn empty_tables_and_comments_are_valid() {
+        let config = parse("# nothing here\n[tls]\n[auth]\n[limits]\n[router]\n")
+            .expect("empty tables are valid");
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.router, RouterSettings::default());
+    }
+
+    #[test]
+    fn defaults_have_no_source() {
+        let config = Config::defaults(Path::new("/var/lib/jwtgate"));
+        assert_eq!(config.source, None);
+        assert_eq!(config.auth.keys_dir, Path::new("/var/lib/jwtgate/keys"));
+        assert_eq!(
+            config.tls.cert,
+            Path::new("/var/lib/jwtgate/keys/tls/server.crt")
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_dir_and_absolute_ones_stay() {
+        let absolute = std::env::temp_dir().join("certs").join("gateway.pem");
+        let text = format!(
+            "[tls]\ncert = '{}'\nkey = 'private/tls.key'\n[auth]\nkeys_dir = '../shared/keys'\n",
+            absolute.display()
+        );
+        let config = parse(&text).expect("valid paths");
+        assert_eq!(config.tls.cert, absolute);
+        assert_eq!(config.tls.key, Path::new("/srv/jwtgate/private/tls.key"));
+        assert_eq!(
+            config.auth.keys_dir,
+            Path::new("/srv/jwtgate/../shared/keys")
+        );
+    }
+
+    #[test]
+    fn every_key_can_be_changed() {
+        let config = parse(
+            r#"
+listen = "[::1]:9883"
+[auth]
+topics_claim = "mqtt_topics"
+leeway_secs = 0
+require_kid = true
+require_exp = false
+algorithms = ["EdDSA", "ES256", "PS512"]
+deny_publish = "disconnect"
+[limits]
+handshake_timeout_secs = 3
+connect_timeout_secs = 7
+max_packet_size = 268435455
+max_connections = 1
+[router]
+max_outgoing_packet_count = 1
+max_segment_size = 1024
+max_segment_count = 1
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(
+            config.listen,
+            SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 9883))
+        );
+        assert_eq!(config.auth.topics_claim, "mqtt_topics");
+        assert_eq!(config.auth.leeway, Duration::ZERO);
+        assert!(config.auth.require_kid);
+        assert!(!config.auth.require_exp);
+        assert_eq!(
+            config.auth.algorithms,
+            Some(vec![Algorithm::EdDSA, Algorithm::ES256, Algorithm::PS512])
+        );
+        assert_eq!(config.auth.deny_publish, DenyPublish::Disconnect);
+        assert_eq!(
+            config.limits,
+            Limits {
+                handshake_timeout: Duration::from_secs(3),
+                connect_timeout: Duration::from_secs(7),
+                max_packet_size: 268_435_455,
+                max_connections: 1,
+            }
+        );
+        assert_eq!(
+            config.router,
+            RouterSettings {
+                max_outgoing_packet_count: 1,
+                max_segment_size: 1024,
+                max_segment_count: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn audience_may_be_a_string_or_a_list() {
+        let one = parse("[auth]\naudience = \"api\"\n").expect("string audience");
+        assert_eq!(one.auth.audience, Some(vec!["api".to_owned()]));
+
+        let many = parse("[auth]\naudience = [\"api\", \"mqtt\"]\n").expect("list audience");
+        assert_eq!(
+            many.auth.audience,
+            Some(vec!["api".to_owned(), "mqtt".to_owned()])
+        );
+    }
+
+    #[test]
+    fn audience_errors_name_the_key() {
+        let (line, _, key, message, _) = invalid("\n[auth]\naudience = []\n");
+        assert_eq!(line, 3);
+        assert_eq!(key.as_deref(), Some("[auth] audience"));
+        assert!(message.contains("empty list"), "{message}");
+
+        let (line, column, key, message, _) = invalid("[auth]\naudience = [\"api\", 7]\n");
+        assert_eq!((line, column), (2, 20));
+        assert_eq!(key.as_deref(), Some("[auth] audience"));
+        assert!(message.contains("expected a string"), "{message}");
+
+        let (_, _, key, message, _) = invalid("[auth]\naudience = 7\n");
+        assert_eq!(key.as_deref(), Some("[auth] audience"));
+        assert!(
+            message.contains("expected a string or a list of strings"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key_names_file_line_and_key() {
+        let (line, column, key, message, shown) =
+            invalid("listen = \"0.0.0.0:8883\"\n\nlisten_plain = \"0.0.0.0:1883\"\n");
+        assert_eq!((line, column), (3, 1));
+        assert_eq!(key.as_deref(), Some("listen_plain"));
+        assert!(
+            message.contains("unknown field `listen_plain`"),
+            "{message}"
+        );
+        assert!(
+            shown.starts_with("conf/jwtgate.toml:3:1: listen_plain: unknown field"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_auth_names_file_line_and_table() {
+        let (line, column, key, message, shown) = invalid("[auth]\nleeway_secs = 5\nleeway = 5\n");
+        assert_eq!((line, column), (3, 1));
+        assert_eq!(key.as_deref(), Some("[auth] leeway"));
+        assert!(message.contains("unknown field `leeway`"), "{message}");
+        assert!(
+            message.contains("`leeway_secs`"),
+            "lists the valid keys: {message}"
+        );
+        assert!(
+            shown.starts_with("conf/jwtgate.toml:3:1: [auth] leeway: unknown field `leeway`"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unknown_table_is_named() {
+        let (line, _, key, message, _) = invalid("[auth]\n[plaintext]\nlisten = 1\n");
+        assert_eq!(line, 2);
+        assert_eq!(key.as_deref(), Some("[plaintext]"));
+        assert!(message.contains("unknown field `plaintext`"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        // (text, line, column, key, part of the message)
+        let cases = [
+            (
+                "[router]\nmax_segment_size = 10\n",
+                2,
+                20,
+                "[router] max_segment_size",
+                "must be at least 1024 bytes",
+            ),
+            (
+                "[auth]\n\nleeway_secs = -1\n",
+                3,
+                15,
+                "[auth] leeway_secs",
+                "must not be negative",
+            ),
+            (
+                "[auth]\ndeny_publish = \"maybe\"\n",
+                2,
+                16,
+                "[auth] deny_publish",
+                "unknown variant `maybe`, expected `drop` or `disconnect`",
+            ),
+            (
+                "[auth]\nalgorithms = [\"HS256\", \"HS999\"]\n",
+                2,
+                24,
+                "[auth] algorithms",
+                "unknown algorithm `HS999`",
+            ),
+            (
+                "listen = \"nonsense\"\n",
+                1,
+                10,
+                "listen",
+                "`nonsense` is not an IP address and port",
+            ),
+            (
+                "[limits]\nmax_packet_size = 1023\n",
+                2,
+                19,
+                "[limits] max_packet_size",
+                "must be at least 1024 bytes",
+            ),
+            (
+                "[limits]\nmax_packet_size = 268435456\n",
+                2,
+                19,
+                "[limits] max_packet_size",
+                "must be at most 268435455 bytes",
+            ),
+            (
+                "[limits]\nhandshake_timeout_secs = 0\n",
+                2,
+                26,
+                "[limits] handshake_timeout_secs",
+                "must be greater than 0",
+            ),
+            (
+                "[limits]\nconnect_timeout_secs = 0\n",
+                2,
+                24,
+                "[limits] connect_timeout_secs",
+                "must be greater than 0",
+            ),
+            (
+                "[limits]\nmax_connections = 0\n",
+                2,
+                19,
+                "[limits] max_connections",
+                "must be greater than 0",
+            ),
+            (
+                "[router]\nmax_outgoing_packet_count = 0\n",
+                2,
+                29,
+                "[router] max_outgoing_packet_count",
+                "must be greater than 0",
+            ),
+            (
+                "[router]\nmax_segment_count = 0\n",
+                2,
+                21,
+                "[router] max_segment_count",
+                "must be greater than 0",
+            ),
+            (
+                "[auth]\nmax_token_lifetime_secs = 0\n",
+                2,
+                27,
+                "[auth] max_token_lifetime_secs",
+                "must be greater than 0",
+            ),
+            (
+                "[auth]\ntopics_claim = \"\"\n",
+                2,
+                16,
+                "[auth] topics_claim",
+                "must not be empty",
+            ),
+            (
+                "[auth]\nissuer = \"\"\n",
+                2,
+                10,
+                "[auth] issuer",
+                "must not be empty",
+            ),
+            (
+                "[auth]\nalgorithms = []\n",
+                2,
+                14,
+                "[auth] algorithms",
+                "must not be an empty list",
+            ),
+            (
+                "[tls]\ncert = \"\"\n",
+                2,
+                8,
+                "[tls] cert",
+                "must not be empty",
+            ),
+            (
+                "[auth]\nleeway_secs = \"5\"\n",
+                2,
+                15,
+                "[auth] leeway_secs",
+                "invalid type: string \"5\"",
+            ),
+            (
+                "[auth]\nrequire_kid = \"yes\"\n",
+                2,
+                15,
+                "[auth] require_kid",
+                "invalid type: string \"yes\", expected a boolean",
+            ),
+            ("auth = 3\n", 1, 8, "auth", "expected the [auth] table"),
+            (
+                "auth = { leeway_secs = -1 }\n",
+                1,
+                24,
+                "[auth] leeway_secs",
+                "must not be negative",
+            ),
+            (
+                "auth.leeway_secs = -1\n",
+                1,
+                20,
+                "[auth] leeway_secs",
+                "must not be negative",
+            ),
+        ];
+        for (text, line, column, key, fragment) in cases {
+            let (got_line, got_column, got_key, message, shown) = invalid(text);
+            assert_eq!(
+                (got_line, got_column),
+                (line, column),
+                "position for {text:?}"
+            );
+            assert_eq!(got_key.as_deref(), Some(key), "key for {text:?}");
+            assert!(message.contains(fragment), "{text:?} gave {message:?}");
+            let prefix = format!("{ORIGIN}:{line}:{column}: {key}: ");
+            assert!(shown.starts_with(&prefix), "{text:?} shown as {shown:?}");
+        }
+    }
+
+    #[test]
+    fn display_has_the_documented_shape() {
+        let (_, _, _, _, shown) = invalid("[limits]\nmax_packet_size = 10\n");
+        assert_eq!(
+            shown,
+            "conf/jwtgate.toml:2:19: [limits] max_packet_size: must be at least 1024 bytes"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_and_key() {
+        let (line, column, key, message, _) = invalid("[auth]\nissuer = \"a\"\nleeway_secs = \n");
+        assert_eq!((line, column), (3, 15));
+        assert_eq!(key.as_deref(), Some("[auth] leeway_secs"));
+        assert!(!message.is_empty());
+
+        let (line, _, key, _, _) = invalid("listen = nonsense\n");
+        assert_eq!(line, 1);
+        assert_eq!(key.as_deref(), Some("listen"));
+    }
+
+    #[test]
+    fn duplicate_keys_are_named() {
+        let (line, column, key, message, _) = invalid("[auth]\nleeway_secs = 1\nleeway_secs = 2\n");
+        assert_eq!((line, column), (3, 1));
+        assert_eq!(key.as_deref(), Some("leeway_secs"));
+        assert!(message.contains("duplicate key"), "{message}");
+
+        let (line, _, key, _, _) = invalid("[auth]\n[limits]\n[auth]\n");
+        assert_eq!(line, 3);
+        assert_eq!(key.as_deref(), Some("[auth]"));
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        let (line, column, key, _, _) = invalid("auth = { issuer = \"é\", leeway_secs = -1 }\n");
+        // "é" is two bytes but one column.
+        assert_eq!((line, column), (1, 38));
+        assert_eq!(key.as_deref(), Some("[auth] leeway_secs"));
+    }
+
+    #[test]
+    fn top_level_deny_publish_is_an_alias() {
+        let config = parse("deny_publish = \"disconnect\"\n").expect("alias is valid");
+        assert_eq!(config.auth.deny_publish, DenyPublish::Disconnect);
+
+        let config = parse("[auth]\ndeny_publish = \"disconnect\"\n").expect("valid");
+        assert_eq!(config.auth.deny_publish, DenyPublish::Disconnect);
+
+        let (line, _, key, message, _) = invalid("deny_publish = \"maybe\"\n");
+        assert_eq!(line, 1);
+        assert_eq!(key.as_deref(), Some("deny_publish"));
+        assert!(message.contains("unknown variant `maybe`"), "{message}");
+    }
+
+    #[test]
+    fn deny_publish_in_both_places_is_an_error_naming_both() {
+        let (line, column, key, message, shown) =
+            invalid("deny_publish = \"drop\"\n[auth]\ndeny_publish = \"drop\"\n");
+        assert_eq!((line, column), (1, 16));
+        assert_eq!(key.as_deref(), Some("deny_publish"));
+        assert!(
+            message.contains("[auth] deny_publish (line 3)"),
+            "{message}"
+        );
+        assert!(
+            shown.starts_with("conf/jwtgate.toml:1:16: deny_publish: given both"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn every_algorithm_named_in_errors_is_accepted() {
+        for name in ALGORITHM_NAMES.split(", ") {
+            let config = parse(&format!("[auth]\nalgorithms = [\"{name}\"]\n"))
+                .unwrap_or_else(|err| panic!("{name}: {err}"));
+            let algorithms = config.auth.algorithms.expect("algorithms were given");
+            assert_eq!(format!("{:?}", algorithms[0]), name);
+        }
+    }
+
+    #[test]
+    fn load_reads_a_file_and_resolves_against_its_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("jwtgate.toml");
+        std::fs::write(&path, "[auth]\nkeys_dir = \"trust\"\nleeway_secs = 2\n").expect("write");
+        let config = Config::load(&path).expect("valid file");
+        assert_eq!(config.source, Some(path.clone()));
+        assert_eq!(config.auth.keys_dir, dir.path().join("trust"));
+        assert_eq!(config.auth.leeway, Duration::from_secs(2));
+        assert_eq!(config.tls.cert, dir.path().join("keys/tls/server.crt"));
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("jwtgate.toml");
+        std::fs::write(&path, "[limits]\nmax_connections = -3\n").expect("write");
+        let err = Config::load(&path).expect_err("invalid file");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:2:19: [limits] max_connections: must be greater than 0",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn load_on_a_missing_file_names_the_path() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("missing.toml");
+        let err = Config::load(&path).expect_err("file does not exist");
+        let ConfigError::Read {
+            path: reported,
+            source,
+        } = &err
+        else {
+            panic!("expected ConfigError::Read, got {err:?}");
+        };
+        assert_eq!(reported, &path);
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(&format!("cannot read config file {}: ", path.display())),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn config_can_be_shared_across_tasks() {
+        fn assert_shareable<T: Send + Sync + Clone + std::fmt::Debug + 'static>() {}
+        fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
+        assert_shareable::<Config>();
+        assert_error::<ConfigError>();
+    }
+}

@@ -26,6 +26,8 @@
 //!   handle on rumqttd's router, which does routing, QoS, retained messages
 //!   and sessions.
 //!
+//! - [`readiness`] tells systemd when the gateway is up.
+//!
 //! The `jwtgate` binary is a thin command-line layer over this library.
 
 pub mod acl;
@@ -33,5 +35,6 @@ pub mod config;
 pub mod firstrun;
 pub mod gateway;
 pub mod keys;
+pub mod readiness;
 pub mod tls;
 pub mod token;

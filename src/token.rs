@@ -1,1 +1,1325 @@
-//! (in progress)
+//! Device tokens: verifying one on CONNECT, and minting development ones.
+//!
+//! ## The model
+//!
+//! [`verify`] turns the password of a CONNECT into a [`VerifiedToken`], or
+//! into a [`TokenError`] that says exactly why not. It runs locally against
+//! a [`KeySet`] snapshot and a [`Policy`] built once from the configuration,
+//! and it runs for every CONNECT (thousands per second when a fleet comes
+//! back after a power cut), so everything that can be prepared ahead is:
+//! keys are parsed and checked when they are loaded, the policy when the
+//! configuration is.
+//!
+//! The steps, in order, each refusing the token on failure:
+//!
+//! 1. Size: more than [`MAX_TOKEN_BYTES`] is refused before any parsing.
+//! 2. Shape and header: three base64url parts; the header is JSON with a
+//!    string `alg` and optionally `kid`. A header with `crit` is refused,
+//!    since no extension is understood here.
+//! 3. Algorithm: `alg` must be in the policy's allow-list.
+//! 4. Key: a token naming a `kid` is checked with exactly that key, and only
+//!    if that key allows `alg`. The algorithm is therefore always one the
+//!    *key* was configured for, never one the token picks on its own: that
+//!    is what defeats `alg: none` and an HS256 token "signed" with an RSA
+//!    public key. A token without `kid` (refused if the policy requires one)
+//!    is tried against every key allowing `alg`; the first that verifies
+//!    wins.
+//! 5. Signature, before the claims are even decoded.
+//! 6. Claims: `exp` (required unless the policy says otherwise), `nbf`,
+//!    both with the policy's leeway; `iss` and `aud` when the policy names
+//!    them (an `aud` is ignored when the policy names none, since identity
+//!    providers routinely set one); `exp - iat` against the lifetime cap.
+//! 7. Topics: the claim the policy names (possibly a namespaced URL) holds
+//!    an array of topic filters, or a single one as a string. Invalid
+//!    filters are dropped and returned for the caller to log.
+//!
+//! Errors never contain the token. The few values they echo from it (`kid`,
+//! `alg`, `iss`) are clipped and printed with `Debug` quoting, so a hostile
+//! token can neither flood nor forge log lines. What the caller logs about
+//! the device comes from the [`VerifiedToken`] (subject, key id) or from
+//! [`TokenError::key_id`], never from parsing the token a second time.
+//!
+//! [`mint`] creates HS256 development tokens, such as those `jwtgate mint`
+//! prints, with any key that holds an HMAC secret.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Header};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Map, Value};
+
+use crate::acl::{FilterError, Grants};
+use crate::config::AuthConfig;
+use crate::keys::{Key, KeySet};
+
+/// Longest accepted token, in bytes. A CONNECT password beyond this is
+/// refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// How much of an unauthenticated value (a `kid`, an `alg`) an error echoes.
+const ECHO_CHARS: usize = 64;
+
+/// The registered claim names that `verify` reads itself; a topics claim
+/// by one of these names would be ambiguous.
+const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+
+/// How tokens are judged; built once from the configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    topics_claim: String,
+    leeway: u64,
+    issuer: Option<String>,
+    audience: Option<Vec<String>>,
+    require_kid: bool,
+    require_exp: bool,
+    max_lifetime: Option<u64>,
+    /// `None` accepts every algorithm some key allows.
+    algorithms: Option<Vec<Algorithm>>,
+}
+
+impl Policy {
+    /// Takes the configuration as it is: [`AuthConfig`] is validated when it
+    /// is parsed. Sub-second parts of the durations are dropped (JWT times
+    /// are whole seconds), which only makes the lifetime cap stricter.
+    pub fn from_config(auth: &AuthConfig) -> Policy {
+        Policy {
+            topics_claim: auth.topics_claim.clone(),
+            leeway: auth.leeway.as_secs(),
+            issuer: auth.issuer.clone(),
+            audience: auth.audience.clone(),
+            require_kid: auth.require_kid,
+            require_exp: auth.require_exp,
+            max_lifetime: auth.max_token_lifetime.map(|max| max.as_secs()),
+            algorithms: auth.algorithms.clone(),
+        }
+    }
+
+    fn allows(&self, alg: Algorithm) -> bool {
+        self.algorithms
+            .as_ref()
+            .is_none_or(|algorithms| algorithms.contains(&alg))
+    }
+}
+
+/// A token whose signature and claims have been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub subject: Option<String>,
+    /// The key that verified the signature.
+    pub key_id: String,
+    pub key_file: std::path::PathBuf,
+    /// `exp`, in seconds since the Unix epoch.
+    pub expires_at: Option<u64>,
+    pub jti: Option<String>,
+    /// The valid filters of the topics claim. May be empty; whether that is
+    /// worth a connection is the caller's call.
+    pub grants: Grants,
+    /// Entries of the topics claim that are not valid filters, for the
+    /// caller to log.
+    pub rejected_filters: Vec<(String, FilterError)>,
+}
+
+/// Why a token was refused.
+///
+/// The variants up to [`TokenError::KeyUnusable`] are found before the
+/// signature is trusted; the rest are about the claims of a token whose
+/// signature held.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is {len} bytes long; at most {MAX_TOKEN_BYTES} are accepted")]
+    TooLarge { len: usize },
+    #[error("malformed token: {0}")]
+    Malformed(Malformed),
+    #[error("unsupported signature algorithm {alg:?}")]
+    UnsupportedAlgorithm { alg: String },
+    #[error("the token header has \"crit\" parameters, and none are supported")]
+    CriticalHeader,
+    #[error("signature algorithm {alg:?} is not allowed by the policy")]
+    AlgorithmNotAllowed { alg: Algorithm },
+    #[error("the token names no key (\"kid\"), and the policy requires one")]
+    KidRequired,
+    #[error("no key has id {kid:?}")]
+    UnknownKey { kid: String },
+    #[error("key {kid:?} does not allow signature algorithm {alg:?}")]
+    KeyRefusesAlgorithm { kid: String, alg: Algorithm },
+    #[error("no key allows signature algorithm {alg:?}")]
+    NoKeyForAlgorithm { alg: Algorithm },
+    #[error("{}", BadSignatureText(kid.as_deref()))]
+    BadSignature {
+        /// The key the token named; `None` when it named none and no key
+        /// allowing its algorithm verified it.
+        kid: Option<String>,
+    },
+    #[error("key {kid:?} cannot verify signatures: {reason}")]
+    KeyUnusable { kid: String, reason: String },
+    #[error("the claims are not a base64url-encoded JSON object")]
+    ClaimsNotAnObject,
+    #[error("claim {claim:?} has the wrong type")]
+    BadClaim { claim: &'static str },
+    #[error("no \"exp\" claim")]
+    MissingExp,
+    #[error("expired at {exp} (Unix time)")]
+    Expired { exp: u64 },
+    #[error("not valid before {nbf} (Unix time)")]
+    NotYetValid { nbf: u64 },
+    #[error("no \"iat\" claim, needed to check the token lifetime")]
+    MissingIat,
+    #[error("lifetime of {lifetime} s exceeds the maximum of {max} s")]
+    LifetimeTooLong { lifetime: u64, max: u64 },
+    #[error("no \"iss\" claim")]
+    MissingIssuer,
+    #[error("issuer {iss:?} is not the expected one")]
+    WrongIssuer { iss: String },
+    #[error("no \"aud\" claim")]
+    MissingAudience,
+    #[error("no accepted audience in \"aud\"")]
+    WrongAudience,
+    #[error("the token has no topics claim")]
+    MissingTopics,
+    #[error("the topics claim is neither a topic filter string nor an array of them")]
+    BadTopicsClaim,
+}
+
+impl TokenError {
+    /// The key the token named or was checked with, when it got that far
+    /// and the key is to blame or to credit (for logging).
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            TokenError::UnknownKey { kid }
+            | TokenError::KeyRefusesAlgorithm { kid, .. }
+            | TokenError::KeyUnusable { kid, .. } => Some(kid),
+            TokenError::BadSignature { kid } => kid.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+struct BadSignatureText<'a>(Option<&'a str>);
+
+impl fmt::Display for BadSignatureText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(kid) => write!(f, "the signature does not verify with key {kid:?}"),
+            None => f.write_str("the signature verifies with none of the keys for its algorithm"),
+        }
+    }
+}
+
+/// Which part of a token could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("not three base64url parts separated by dots")]
+    Shape,
+    #[error("the header is not base64url-encoded JSON with a string \"alg\"")]
+    Header,
+    #[error("the signature is not base64url")]
+    Signature,
+}
+
+/// Verifies a compact JWT against `keys` under `policy`; see the module
+/// documentation for the steps.
+pub fn verify(token: &str, keys: &KeySet, policy: &Policy) -> Result<VerifiedToken, TokenError> {
+    verify_at(token, keys, policy, unix_now())
+}
+
+/// Seconds since the Unix epoch. A clock set before 1970 counts as 1970;
+/// an edge box whose clock was lost will refuse `nbf` tokens either way.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+fn verify_at(
+    token: &str,
+    keys: &KeySet,
+    policy: &Policy,
+    now: u64,
+) -> Result<VerifiedToken, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::TooLarge { len: token.len() });
+    }
+    let parts = Parts::split(token)?;
+    let header = parts.header()?;
+    let alg = Algorithm::from_str(&header.alg).map_err(|_| TokenError::UnsupportedAlgorithm {
+        alg: echo(&header.alg),
+    })?;
+    if header.crit.is_some() {
+        return Err(TokenError::CriticalHeader);
+    }
+    if !policy.allows(alg) {
+        return Err(TokenError::AlgorithmNotAllowed { alg });
+    }
+    let key = verifying_key(&parts, header.kid.as_deref(), alg, keys, policy)?;
+
+    let claims = parts.claims()?;
+    let subject = string_claim(&claims, "sub")?.map(str::to_owned);
+    let checked = check_claims(&claims, policy, now)?;
+    Ok(VerifiedToken {
+        subject,
+        key_id: key.id().to_owned(),
+        key_file: key.source().to_path_buf(),
+        expires_at: checked.exp,
+        jti: checked.jti,
+        grants: checked.grants,
+        rejected_filters: checked.rejected_filters,
+    })
+}
+
+/// The three base64url segments of a compact JWS.
+struct Parts<'t> {
+    /// `header.claims`, the signed bytes.
+    message: &'t str,
+    header: &'t str,
+    claims: &'t str,
+    signature: &'t str,
+}
+
+/// The header members looked at; the rest (`typ`, and `jwk`, `jku`, `x5c`
+/// which would name keys the token brought along) is ignored on purpose.
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<IgnoredAny>,
+}
+
+impl<'t> Parts<'t> {
+    fn split(token: &'t str) -> Result<Parts<'t>, TokenError> {
+        let shape = TokenError::Malformed(Malformed::Shape);
+        let (message, signature) = token.rsplit_once('.').ok_or(shape.clone())?;
+        let (header, claims) = message.split_once('.').ok_or(shape.clone())?;
+        if claims.contains('.') {
+            return Err(shape);
+        }
+        Ok(Parts {
+            message,
+            header,
+            claims,
+            signature,
+        })
+    }
+
+    fn header(&self) -> Result<RawHeader, TokenError> {
+        let malformed = TokenError::Malformed(Malformed::Header);
+        let json = URL_SAFE_NO_PAD
+            .decode(self.header)
+            .map_err(|_| malformed.clone())?;
+        serde_json::from_slice(&json).map_err(|_| malformed)
+    }
+
+    fn claims(&self) -> Result<Map<String, Value>, TokenError> {
+        let json = URL_SAFE_NO_PAD
+            .decode(self.claims)
+            .map_err(|_| TokenError::ClaimsNotAnObject)?;
+        serde_json::from_slice(&json).map_err(|_| TokenError::ClaimsNotAnObject)
+    }
+
+    fn is_signed_by(&self, key: &Key, alg: Algorithm) -> Result<bool, TokenError> {
+        jsonwebtoken::crypto::verify(
+            self.signature,
+            self.message.as_bytes(),
+            key.decoding_key(),
+            alg,
+        )
+        .map_err(|error| match error.kind() {
+            ErrorKind::Base64(_) => TokenError::Malformed(Malformed::Signature),
+            _ => TokenError::KeyUnusable {
+                kid: key.id().to_owned(),
+                reason: error.to_string(),
+            },
+        })
+    }
+}
+
+/// Picks the key by `kid` (or tries the candidates) and checks the
+/// signature with it.
+fn verifying_key<'k>(
+    parts: &Parts<'_>,
+    kid: Option<&str>,
+    alg: Algorithm,
+    keys: &'k KeySet,
+    policy: &Policy,
+) -> Result<&'k Key, TokenError> {
+    match kid {
+        Some(kid) => {
+            let key = keys
+                .get(kid)
+                .ok_or_else(|| TokenError::UnknownKey { kid: echo(kid) })?;
+            if !key.allows(alg) {
+                return Err(TokenError::KeyRefusesAlgorithm {
+                    kid: key.id().to_owned(),
+                    alg,
+                });
+            }
+            if parts.is_signed_by(key, alg)? {
+                Ok(key)
+            } else {
+                Err(TokenError::BadSignature {
+                    kid: Some(key.id().to_owned()),
+                })
+            }
+        }
+        None if policy.require_kid => Err(TokenError::KidRequired),
+        None => {
+            let mut tried_any = false;
+            for key in keys.candidates(alg) {
+                tried_any = true;
+                if parts.is_signed_by(key, alg)? {
+                    return Ok(key);
+                }
+            }
+            Err(if tried_any {
+                TokenError::BadSignature { kid: None }
+            } else {
+                TokenError::NoKeyForAlgorithm { alg }
+            })
+        }
+    }
+}
+
+/// What the claims contribute to a [`VerifiedToken`], besides the subject.
+struct CheckedClaims {
+    exp: Option<u64>,
+    jti: Option<String>,
+    grants: Grants,
+    rejected_filters: Vec<(String, FilterError)>,
+}
+
+fn check_claims(
+    claims: &Map<String, Value>,
+    policy: &Policy,
+    now: u64,
+) -> Result<CheckedClaims, TokenError> {
+    let exp = numeric_date(claims, "exp")?;
+    match exp {
+        None if policy.require_exp => return Err(TokenError::MissingExp),
+        Some(exp) if now >= exp.saturating_add(policy.leeway) => {
+            return Err(TokenError::Expired { exp });
+        }
+        _ => {}
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")?
+        && now.saturating_add(policy.leeway) < nbf
+    {
+        return Err(TokenError::NotYetValid { nbf });
+    }
+    if let Some(max) = policy.max_lifetime {
+        // Without both ends, a lifetime cannot be bounded.
+        let exp = exp.ok_or(TokenError::MissingExp)?;
+        let iat = numeric_date(claims, "iat")?.ok_or(TokenError::MissingIat)?;
+        let lifetime = exp.saturating_sub(iat);
+        if lifetime > max {
+            return Err(TokenError::LifetimeTooLong { lifetime, max });
+        }
+    }
+    if let Some(expected) = &policy.issuer {
+        match string_claim(claims, "iss")? {
+            None => return Err(TokenError::MissingIssuer),
+            Some(iss) if iss != expected => return Err(TokenError::WrongIssuer { iss: echo(iss) }),
+            Some(_) => {}
+        }
+    }
+    if let Some(accepted) = &policy.audience {
+        check_audience(claims.get("aud"), accepted)?;
+    }
+    let jti = string_claim(claims, "jti")?.map(str::to_owned);
+
+    let topics: Vec<&str> = match claims.get(&policy.topics_claim) {
+        None => return Err(TokenError::MissingTopics),
+        Some(Value::String(filter)) => vec![filter],
+        Some(Value::Array(filters)) => filters
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<_>>()
+            .ok_or(TokenError::BadTopicsClaim)?,
+        Some(_) => return Err(TokenError::BadTopicsClaim),
+    };
+    let (grants, rejected_filters) = Grants::from_claim(topics);
+    Ok(CheckedClaims {
+        exp,
+        jti,
+        grants,
+        rejected_filters,
+    })
+}
+
+/// `aud` may be one string or an array of them (RFC 7519 §4.1.3); one
+/// accepted value is enough.
+fn check_audience(aud: Option<&Value>, accepted: &[String]) -> Result<(), TokenError> {
+    let is_accepted = |value: &str| accepted.iter().any(|one| one == value);
+    let found = match aud {
+        None | Some(Value::Null) => return Err(TokenError::MissingAudience),
+        Some(Value::String(aud)) => is_accepted(aud),
+        Some(Value::Array(auds)) => {
+            let auds: Vec<&str> = auds
+                .iter()
+                .map(Value::as_str)
+                .collect::<Option<_>>()
+                .ok_or(TokenError::BadClaim { claim: "aud" })?;
+            auds.into_iter().any(is_accepted)
+        }
+        Some(_) => return Err(TokenError::BadClaim { claim: "aud" }),
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(TokenError::WrongAudience)
+    }
+}
+
+/// An optional string claim; `null` counts as absent.
+fn string_claim<'c>(
+    claims: &'c Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<&'c str>, TokenError> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(value)) => Ok(Some(value)),
+        Some(_) => Err(TokenError::BadClaim { claim: name }),
+    }
+}
+
+/// An optional NumericDate claim (RFC 7519 §2): seconds since the epoch,
+/// possibly fractional (the fraction is dropped); `null` counts as absent.
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<u64>, TokenError> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(number)) => match (number.as_u64(), number.as_f64()) {
+            (Some(seconds), _) => Ok(Some(seconds)),
+            // `as` saturates, so an absurdly large date stays absurdly large.
+            (None, Some(seconds)) if seconds.is_finite() && seconds >= 0.0 => {
+                Ok(Some(seconds as u64))
+            }
+            _ => Err(TokenError::BadClaim { claim: name }),
+        },
+        Some(_) => Err(TokenError::BadClaim { claim: name }),
+    }
+}
+
+/// An unauthenticated value, cut short for an error message.
+fn echo(untrusted: &str) -> String {
+    match untrusted.char_indices().nth(ECHO_CHARS) {
+        Some((end, _)) => format!("{}...", &untrusted[..end]),
+        None => untrusted.to_owned(),
+    }
+}
+
+/// What [`mint`] puts in a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MintClaims {
+    pub subject: String,
+    /// Topic filters, written as given (verify will judge them).
+    pub topics: Vec<String>,
+    /// Whole seconds; at least one.
+    pub ttl: Duration,
+    /// The claim the topics go in, as the gateway's policy names it.
+    pub topics_claim: String,
+    pub issuer: Option<String>,
+    /// Written as one string when there is one, as an array when several,
+    /// not at all when empty.
+    pub audience: Vec<String>,
+}
+
+/// Why no token was minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("key {kid:?} is not an HMAC key; only HMAC keys can mint")]
+    NotHmac { kid: String },
+    #[error("key {kid:?} does not allow HS256")]
+    Hs256NotAllowed { kid: String },
+    #[error("the topics cannot go in claim {0:?}, which is a registered claim")]
+    ReservedClaimName(String),
+    #[error("the time to live must be at least one second")]
+    ZeroTtl,
+    #[error("the time to live is too long")]
+    TtlTooLong,
+    #[error("the system clock is set before 1970")]
+    ClockBeforeEpoch,
+    #[error("no random bytes for the token id")]
+    Random,
+    #[error("the token would be {len} bytes long; the gateway accepts at most {MAX_TOKEN_BYTES}")]
+    TooLarge { len: usize },
+    #[error("cannot sign: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
+/// Mints an HS256 token with `key`: header `kid` = the key id; claims
+/// `sub`, `iat`, `exp`, a random `jti`, the topics, and `iss`/`aud` when
+/// given.
+pub fn mint(key: &Key, claims: &MintClaims) -> Result<String, MintError> {
+    let signing_key = key.signing_key().ok_or_else(|| MintError::NotHmac {
+        kid: key.id().to_owned(),
+    })?;
+    if !key.allows(Algorithm::HS256) {
+        return Err(MintError::Hs256NotAllowed {
+            kid: key.id().to_owned(),
+        });
+    }
+    if REGISTERED_CLAIMS.contains(&claims.topics_claim.as_str()) {
+        return Err(MintError::ReservedClaimName(claims.topics_claim.clone()));
+    }
+    let ttl = claims.ttl.as_secs();
+    if ttl == 0 {
+        return Err(MintError::ZeroTtl);
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| MintError::ClockBeforeEpoch)?
+        .as_secs();
+    let exp = now.checked_add(ttl).ok_or(MintError::TtlTooLong)?;
+    let mut jti = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut jti).map_err(|_| MintError::Random)?;
+
+    let mut payload = Map::new();
+    payload.insert("sub".into(), claims.subject.clone().into());
+    payload.insert("iat".into(), now.into());
+    payload.insert("exp".into(), exp.into());
+    payload.insert("jti".into(), URL_SAFE_NO_PAD.encode(jti).into());
+    if let Some(issuer) = &claims.issuer {
+        payload.insert("iss".into(), issuer.clone().into());
+    }
+    match claims.audience.as_slice() {
+        [] => {}
+        [one] => {
+            payload.insert("aud".into(), one.clone().into());
+        }
+        several => {
+            payload.insert("aud".into(), several.to_vec().into());
+        }
+    }
+    payload.insert(claims.topics_claim.clone(), claims.topics.clone().into());
+
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(key.id().to_owned());
+    let token = jsonwebtoken::encode(&header, &payload, signing_key)?;
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(MintError::TooLarge { len: token.len() });
+    }
+    Ok(token)
+}
+
+/// Why a time to live did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TtlError {
+    #[error(
+        "{0:?} is not a time to live; expected a whole number with an optional unit s, m, h or d (90, 90s, 30m, 1h, 7d)"
+    )]
+    Invalid(String),
+    #[error("unknown unit {0:?}; expected s, m, h or d")]
+    UnknownUnit(String),
+    #[error("the time to live must be more than zero")]
+    Zero,
+    #[error("the time to live is too long")]
+    TooLong,
+}
+
+/// Parses a time to live as `jwtgate mint --ttl` takes it: a whole number
+/// of seconds, or with a unit: `90`, `90s`, `30m`, `1h`, `7d`.
+pub fn parse_ttl(text: &str) -> Result<Duration, TtlError> {
+    let trimmed = text.trim();
+    let unit_at = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(unit_at);
+    if digits.is_empty() {
+        return Err(TtlError::Invalid(text.to_owned()));
+    }
+    let unit_seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 60 * 60,
+        "d" => 24 * 60 * 60,
+        _ => return Err(TtlError::UnknownUnit(unit.to_owned())),
+    };
+    // Only digits are left, so the parse can only fail by overflowing.
+    let count: u64 = digits.parse().map_err(|_| TtlError::TooLong)?;
+    if count == 0 {
+        return Err(TtlError::Zero);
+    }
+    count
+        .checked_mul(unit_seconds)
+        .map(Duration::from_secs)
+        .ok_or(TtlError::TooLong)
+}
+
+#[cfg(test)]
+mod tests {
+    // Tests panic on purpose when a fixture cannot be set up.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::config::Config;
+    use crate::keys::KeyStore;
+    use crate::keys::testing::{self, b64url};
+    use base64::engine::general_purpose::STANDARD;
+    use jsonwebtoken::EncodingKey;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::path::Path;
+    use std::sync::{Arc, OnceLock};
+
+    const SECRET: &[u8] = b"a development secret of 32 bytes";
+    const NOW: u64 = 1_700_000_000;
+
+    /// One key directory for all tests: `dev.b64` (HMAC) and `idp.json`
+    /// with an RSA, an EC P-256 and an Ed25519 key, plus the private keys.
+    struct Fixture {
+        keys: Arc<KeySet>,
+        rsa: EncodingKey,
+        rsa_public_pem: String,
+        ec: EncodingKey,
+        ed: EncodingKey,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let (rsa, ec, ed) = (testing::rsa("rsa"), testing::ec("ec"), testing::ed("ed"));
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("dev.b64"), STANDARD.encode(SECRET)).unwrap();
+            let jwks = testing::jwks(&[rsa.jwk.clone(), ec.jwk.clone(), ed.jwk.clone()]);
+            std::fs::write(dir.path().join("idp.json"), jwks).unwrap();
+            let (store, report) = KeyStore::open(dir.path()).unwrap();
+            assert!(report.issues.is_empty(), "{report}");
+            Fixture {
+                keys: store.snapshot(),
+                rsa: rsa.encoding_key(),
+                rsa_public_pem: rsa.pair.public_key_pem(),
+                ec: ec.encoding_key(),
+                ed: ed.encoding_key(),
+            }
+        })
+    }
+
+    fn policy(edit: impl FnOnce(&mut AuthConfig)) -> Policy {
+        let mut auth = Config::defaults(Path::new("/unused")).auth;
+        edit(&mut auth);
+        Policy::from_config(&auth)
+    }
+
+    fn hmac() -> EncodingKey {
+        EncodingKey::from_secret(SECRET)
+    }
+
+    fn claims() -> Value {
+        json!({ "sub": "dev-1", "exp": NOW + 600, "topics": ["devices/dev-1/#"] })
+    }
+
+    fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value, key: &EncodingKey) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    fn compact(header: &Value, claims: &Value, signature: &[u8]) -> String {
+        format!(
+            "{}.{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes()),
+            b64url(signature)
+        )
+    }
+
+    fn check_with(token: &str, policy: &Policy) -> Result<VerifiedToken, TokenError> {
+        verify_at(token, &fixture().keys, policy, NOW)
+    }
+
+    fn check(token: &str) -> Result<VerifiedToken, TokenError> {
+        check_with(token, &policy(|_| {}))
+    }
+
+    fn dev_key() -> &'static Key {
+        fixture().keys.get("dev").unwrap()
+    }
+
+    fn mint_claims(subject: &str, topics: &[&str]) -> MintClaims {
+        MintClaims {
+            subject: subject.to_owned(),
+            topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
+            ttl: Duration::from_secs(3600),
+            topics_claim: "topics".to_owned(),
+            issuer: None,
+            audience: Vec::new(),
+        }
+    }
+
+    fn filters(token: &VerifiedToken) -> Vec<&str> {
+        token.grants.filters().iter().map(|f| f.as_str()).collect()
+    }
+
+    #[test]
+    fn hs256_mint_then_verify() {
+        let token = mint(
+            dev_key(),
+            &mint_claims("dev-1", &["devices/dev-1/#", "a/#/b"]),
+        )
+        .unwrap();
+        let verified = verify(&token, &fixture().keys, &policy(|_| {})).unwrap();
+        assert_eq!(verified.subject.as_deref(), Some("dev-1"));
+        assert_eq!(verified.key_id, "dev");
+        assert_eq!(verified.key_file, dev_key().source());
+        assert_eq!(filters(&verified), ["devices/dev-1/#"]);
+        assert_eq!(verified.rejected_filters.len(), 1);
+        assert_eq!(verified.rejected_filters[0].0, "a/#/b");
+        assert_eq!(verified.jti.as_ref().map(String::len), Some(22));
+        let exp = verified.expires_at.unwrap();
+        assert!(exp.abs_diff(unix_now() + 3600) <= 5, "{exp}");
+
+        // A second token differs by its jti.
+        let again = mint(dev_key(), &mint_claims("dev-1", &["x"])).unwrap();
+        let again = verify(&again, &fixture().keys, &policy(|_| {})).unwrap();
+        assert_ne!(again.jti, verified.jti);
+    }
+
+    #[test]
+    fn minted_issuer_and_audience_pass_a_policy_requiring_them() {
+        let policy = policy(|auth| {
+            auth.issuer = Some("https://idp.example".into());
+            auth.audience = Some(vec!["gw-1".into(), "gw-2".into()]);
+            auth.max_token_lifetime = Some(Duration::from_secs(3600));
+        });
+        for audience in [vec!["gw-2"], vec!["other", "gw-1"]] {
+            let claims = MintClaims {
+                issuer: Some("https://idp.example".into()),
+                audience: audience.into_iter().map(str::to_owned).collect(),
+                ..mint_claims("dev-1", &["t"])
+            };
+            let token = mint(dev_key(), &claims).unwrap();
+            verify(&token, &fixture().keys, &policy).unwrap();
+        }
+    }
+
+    #[test]
+    fn asymmetric_tokens_verify_against_their_jwk() {
+        let f = fixture();
+        for (alg, kid, key) in [
+            (Algorithm::RS256, "rsa", &f.rsa),
+            (Algorithm::PS256, "rsa", &f.rsa),
+            (Algorithm::RS512, "rsa", &f.rsa),
+            (Algorithm::ES256, "ec", &f.ec),
+            (Algorithm::EdDSA, "ed", &f.ed),
+        ] {
+            let verified = check(&sign(alg, Some(kid), &claims(), key)).unwrap();
+            assert_eq!(verified.key_id, kid, "{alg:?}");
+            assert_eq!(verified.expires_at, Some(NOW + 600));
+            assert_eq!(filters(&verified), ["devices/dev-1/#"]);
+            // Without kid, the candidates for the algorithm are tried.
+            let verified = check(&sign(alg, None, &claims(), key)).unwrap();
+            assert_eq!(verified.key_id, kid, "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_verifies_only_its_own_signatures() {
+        let f = fixture();
+        let token = sign(Algorithm::ES256, Some("ec"), &claims(), &f.ec);
+        let (message, _) = token.rsplit_once('.').unwrap();
+        let other = sign(Algorithm::ES256, None, &json!({ "other": 1 }), &f.ec);
+        let (_, signature) = other.rsplit_once('.').unwrap();
+        assert_eq!(
+            check(&format!("{message}.{signature}")),
+            Err(TokenError::BadSignature {
+                kid: Some("ec".into())
+            })
+        );
+        let wrong_secret = EncodingKey::from_secret(b"not the secret");
+        assert_eq!(
+            check(&sign(Algorithm::HS256, None, &claims(), &wrong_secret)),
+            Err(TokenError::BadSignature { kid: None })
+        );
+    }
+
+    #[test]
+    fn unknown_kid_is_refused() {
+        let token = sign(Algorithm::HS256, Some("nope"), &claims(), &hmac());
+        assert_eq!(
+            check(&token),
+            Err(TokenError::UnknownKey { kid: "nope".into() })
+        );
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        for header in [
+            json!({ "alg": "none" }),
+            json!({ "alg": "none", "kid": "dev" }),
+            json!({ "alg": "None", "typ": "JWT" }),
+        ] {
+            let token = compact(&header, &claims(), b"");
+            assert!(
+                matches!(check(&token), Err(TokenError::UnsupportedAlgorithm { .. })),
+                "{header}"
+            );
+        }
+        let token = compact(&json!({ "alg": "none" }), &claims(), b"");
+        assert_eq!(
+            check(&token).unwrap_err().to_string(),
+            "unsupported signature algorithm \"none\""
+        );
+    }
+
+    #[test]
+    fn hs256_signed_with_the_rsa_public_key_is_refused() {
+        let f = fixture();
+        let forged_key = EncodingKey::from_secret(f.rsa_public_pem.as_bytes());
+        let forged = sign(Algorithm::HS256, Some("rsa"), &claims(), &forged_key);
+        assert_eq!(
+            check(&forged),
+            Err(TokenError::KeyRefusesAlgorithm {
+                kid: "rsa".into(),
+                alg: Algorithm::HS256
+            })
+        );
+        // Without kid only the HMAC keys are candidates for HS256.
+        let forged = sign(Algorithm::HS256, None, &claims(), &forged_key);
+        assert_eq!(check(&forged), Err(TokenError::BadSignature { kid: None }));
+    }
+
+    #[test]
+    fn expiry_and_not_before_with_leeway() {
+        let token = |claims: Value| sign(Algorithm::HS256, Some("dev"), &claims, &hmac());
+        let no_leeway = policy(|auth| auth.leeway = Duration::ZERO);
+        let topics = json!(["t"]);
+
+        let just_expired = token(json!({ "exp": NOW - 3, "topics": topics }));
+        check(&just_expired).unwrap();
+        assert_eq!(
+            check_with(&just_expired, &no_leeway).unwrap_err(),
+            TokenError::Expired { exp: NOW - 3 }
+        );
+        let expires_now = token(json!({ "exp": NOW, "topics": topics }));
+        assert_eq!(
+            check_with(&expires_now, &no_leeway).unwrap_err(),
+            TokenError::Expired { exp: NOW }
+        );
+        let long_expired = token(json!({ "exp": NOW - 100, "sub": "d", "topics": topics }));
+        let error = check(&long_expired).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("expired at {} (Unix time)", NOW - 100)
+        );
+
+        let soon = token(json!({ "exp": NOW + 60, "nbf": NOW + 3, "topics": topics }));
+        check(&soon).unwrap();
+        assert_eq!(
+            check_with(&soon, &no_leeway).unwrap_err(),
+            TokenError::NotYetValid { nbf: NOW + 3 }
+        );
+        let later = token(json!({ "exp": NOW + 600, "nbf": NOW + 100, "topics": topics }));
+        assert_eq!(
+            check(&later).unwrap_err(),
+            TokenError::NotYetValid { nbf: NOW + 100 }
+        );
+
+        let fractional = token(json!({ "exp": (NOW + 10) as f64 + 0.5, "topics": topics }));
+        assert_eq!(check(&fractional).unwrap().expires_at, Some(NOW + 10));
+        for bad in [json!("soon"), json!(-1), json!(true)] {
+            let bad = token(json!({ "exp": bad, "topics": topics }));
+            assert_eq!(
+                check(&bad).unwrap_err(),
+                TokenError::BadClaim { claim: "exp" }
+            );
+        }
+    }
+
+    #[test]
+    fn exp_is_required_unless_the_policy_says_otherwise() {
+        let token = sign(Algorithm::HS256, None, &json!({ "topics": "t" }), &hmac());
+        assert_eq!(check(&token).unwrap_err(), TokenError::MissingExp);
+        let relaxed = policy(|auth| auth.require_exp = false);
+        assert_eq!(check_with(&token, &relaxed).unwrap().expires_at, None);
+    }
+
+    #[test]
+    fn issuer_and_audience_when_configured() {
+        let strict = policy(|auth| {
+            auth.issuer = Some("idp".into());
+            auth.audience = Some(vec!["gw-1".into(), "gw-2".into()]);
+        });
+        let with = |extra: Value| {
+            let mut claims = claims();
+            for (name, value) in extra.as_object().unwrap() {
+                claims[name] = value.clone();
+            }
+            sign(Algorithm::HS256, Some("dev"), &claims, &hmac())
+        };
+        check_with(&with(json!({ "iss": "idp", "aud": "gw-2" })), &strict).unwrap();
+        check_with(
+            &with(json!({ "iss": "idp", "aud": ["x", "gw-1"] })),
+            &strict,
+        )
+        .unwrap();
+        let cases = [
+            (json!({ "aud": "gw-1" }), TokenError::MissingIssuer),
+            (
+                json!({ "iss": "evil", "aud": "gw-1" }),
+                TokenError::WrongIssuer { iss: "evil".into() },
+            ),
+            (
+                json!({ "iss": 1, "aud": "gw-1" }),
+                TokenError::BadClaim { claim: "iss" },
+            ),
+            (json!({ "iss": "idp" }), TokenError::MissingAudience),
+            (
+                json!({ "iss": "idp", "aud": "gw-3" }),
+                TokenError::WrongAudience,
+            ),
+            (
+                json!({ "iss": "idp", "aud": [] }),
+                TokenError::WrongAudience,
+            ),
+            (
+                json!({ "iss": "idp", "aud": ["gw-1", 2] }),
+                TokenError::BadClaim { claim: "aud" },
+            ),
+        ];
+        for (extra, expected) in cases {
+            assert_eq!(
+                check_with(&with(extra.clone()), &strict).unwrap_err(),
+                expected,
+                "{extra}"
+            );
+        }
+        // Not configured: not checked.
+        check(&with(json!({ "iss": "anyone", "aud": "anything" }))).unwrap();
+    }
+
+    #[test]
+    fn lifetime_cap() {
+        let capped = policy(|auth| auth.max_token_lifetime = Some(Duration::from_secs(3600)));
+        let token = |claims: Value| sign(Algorithm::HS256, Some("dev"), &claims, &hmac());
+        let topics = json!("t");
+        check_with(
+            &token(json!({ "iat": NOW, "exp": NOW + 3600, "topics": topics })),
+            &capped,
+        )
+        .unwrap();
+        assert_eq!(
+            check_with(
+                &token(json!({ "iat": NOW, "exp": NOW + 3601, "topics": topics })),
+                &capped
+            )
+            .unwrap_err(),
+            TokenError::LifetimeTooLong {
+                lifetime: 3601,
+                max: 3600
+            }
+        );
+        assert_eq!(
+            check_with(
+                &token(json!({ "exp": NOW + 60, "topics": topics })),
+                &capped
+            )
+            .unwrap_err(),
+            TokenError::MissingIat
+        );
+        let uncapped_exp = policy(|auth| {
+            auth.require_exp = false;
+            auth.max_token_lifetime = Some(Duration::from_secs(3600));
+        });
+        assert_eq!(
+            check_with(
+                &token(json!({ "iat": NOW, "topics": topics })),
+                &uncapped_exp
+            )
+            .unwrap_err(),
+            TokenError::MissingExp
+        );
+    }
+
+    #[test]
+    fn require_kid() {
+        let strict = policy(|auth| auth.require_kid = true);
+        let token = sign(Algorithm::HS256, None, &claims(), &hmac());
+        assert_eq!(check_with(&token, &strict), Err(TokenError::KidRequired));
+        let token = sign(Algorithm::HS256, Some("dev"), &claims(), &hmac());
+        check_with(&token, &strict).unwrap();
+    }
+
+    #[test]
+    fn algorithm_allow_list() {
+        let only_es256 = policy(|auth| auth.algorithms = Some(vec![Algorithm::ES256]));
+        let token = sign(Algorithm::HS256, Some("dev"), &claims(), &hmac());
+        assert_eq!(
+            check_with(&token, &only_es256),
+            Err(TokenError::AlgorithmNotAllowed {
+                alg: Algorithm::HS256
+            })
+        );
+        let token = sign(Algorithm::ES256, Some("ec"), &claims(), &fixture().ec);
+        check_with(&token, &only_es256).unwrap();
+        // No key at all for ES384.
+        let token = compact(&json!({ "alg": "ES384" }), &claims(), &[0; 96]);
+        assert_eq!(
+            check(&token),
+            Err(TokenError::NoKeyForAlgorithm {
+                alg: Algorithm::ES384
+            })
+        );
+    }
+
+    #[test]
+    fn critical_header_is_refused() {
+        let token = compact(
+            &json!({ "alg": "HS256", "kid": "dev", "crit": ["b64"], "b64": false }),
+            &claims(),
+            b"sig",
+        );
+        assert_eq!(check(&token), Err(TokenError::CriticalHeader));
+    }
+
+    #[test]
+    fn too_large_token_is_refused_before_parsing() {
+        let token = "x".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(
+            check(&token),
+            Err(TokenError::TooLarge {
+                len: MAX_TOKEN_BYTES + 1
+            })
+        );
+        let topics: Vec<String> = (0..2000).map(|i| format!("t/{i}")).collect();
+        let claims = MintClaims {
+            topics,
+            ..mint_claims("dev", &[])
+        };
+        assert!(matches!(
+            mint(dev_key(), &claims),
+            Err(MintError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_tokens_say_which_part() {
+        let good = sign(Algorithm::HS256, Some("dev"), &claims(), &hmac());
+        let (message, _) = good.rsplit_once('.').unwrap();
+        let cases = [
+            ("", Malformed::Shape),
+            ("abc", Malformed::Shape),
+            ("a.b", Malformed::Shape),
+            ("a.b.c.d", Malformed::Shape),
+            ("!!.e30.", Malformed::Header),
+            ("e30.e30.", Malformed::Header),
+            ("W10.e30.", Malformed::Header),
+            (&*format!("{message}.not*base64"), Malformed::Signature),
+        ];
+        for (token, part) in cases {
+            assert_eq!(check(token), Err(TokenError::Malformed(part)), "{token:?}");
+        }
+        let not_json = format!(
+            "{}.{}",
+            message.split_once('.').unwrap().0,
+            b64url(b"not json")
+        );
+        let signed = format!(
+            "{not_json}.{}",
+            jsonwebtoken::crypto::sign(not_json.as_bytes(), &hmac(), Algorithm::HS256).unwrap()
+        );
+        assert_eq!(check(&signed).unwrap_err(), TokenError::ClaimsNotAnObject);
+    }
+
+    #[test]
+    fn topics_claim_forms() {
+        let token = |claims: Value| sign(Algorithm::HS256, Some("dev"), &claims, &hmac());
+        let single = check(&token(json!({ "exp": NOW + 60, "topics": "a/+" }))).unwrap();
+        assert_eq!(filters(&single), ["a/+"]);
+        let empty = check(&token(json!({ "exp": NOW + 60, "topics": [] }))).unwrap();
+        assert!(empty.grants.is_empty());
+        assert_eq!(
+            check(&token(json!({ "exp": NOW + 60 }))).unwrap_err(),
+            TokenError::MissingTopics
+        );
+        for bad in [json!(3), json!(null), json!(["a", 1]), json!({ "a": "b" })] {
+            assert_eq!(
+                check(&token(json!({ "exp": NOW + 60, "topics": bad }))).unwrap_err(),
+                TokenError::BadTopicsClaim
+            );
+        }
+        let namespaced = policy(|auth| auth.topics_claim = "https://example.com/topics".into());
+        let claims = json!({ "exp": NOW + 60, "https://example.com/topics": ["x/#"] });
+        let verified = check_with(&token(claims), &namespaced).unwrap();
+        assert_eq!(filters(&verified), ["x/#"]);
+    }
+
+    #[test]
+    fn errors_never_contain_the_token() {
+        let f = fixture();
+        let long_kid = "k".repeat(4000);
+        let tokens = [
+            sign(Algorithm::HS256, Some(&long_kid), &claims(), &hmac()),
+            sign(
+                Algorithm::HS256,
+                Some("dev"),
+                &claims(),
+                &EncodingKey::from_secret(b"wrong"),
+            ),
+            sign(Algorithm::ES256, Some("ec"), &json!({ "exp": 1 }), &f.ec),
+            compact(&json!({ "alg": "x".repeat(500) }), &claims(), b""),
+        ];
+        for token in tokens {
+            let error = check(&token).unwrap_err().to_string();
+            let (message, signature) = token.rsplit_once('.').unwrap();
+            assert!(
+                !error.contains(message) && (signature.is_empty() || !error.contains(signature))
+            );
+            assert!(error.len() < 200, "{error}");
+        }
+    }
+
+    #[test]
+    fn mint_refusals() {
+        let ec = fixture().keys.get("ec").unwrap();
+        assert!(matches!(
+            mint(ec, &mint_claims("d", &["t"])),
+            Err(MintError::NotHmac { .. })
+        ));
+        let reserved = MintClaims {
+            topics_claim: "sub".into(),
+            ..mint_claims("d", &["t"])
+        };
+        assert!(matches!(
+            mint(dev_key(), &reserved),
+            Err(MintError::ReservedClaimName(_))
+        ));
+        let instant = MintClaims {
+            ttl: Duration::from_millis(999),
+            ..mint_claims("d", &["t"])
+        };
+        assert!(matches!(mint(dev_key(), &instant), Err(MintError::ZeroTtl)));
+        let forever = MintClaims {
+            ttl: Duration::from_secs(u64::MAX),
+            ..mint_claims("d", &["t"])
+        };
+        assert!(matches!(
+            mint(dev_key(), &forever),
+            Err(MintError::TtlTooLong)
+        ));
+    }
+
+    #[test]
+    fn ttl_parsing() {
+        for (text, seconds) in [
+            ("90", 90),
+            ("90s", 90),
+            ("30m", 1800),
+            ("1h", 3600),
+            (" 7d\n", 604_800),
+        ] {
+            assert_eq!(
+                parse_ttl(text),
+                Ok(Duration::from_secs(seconds)),
+                "{text:?}"
+            );
+        }
+        assert_eq!(parse_ttl(""), Err(TtlError::Invalid(String::new())));
+        assert_eq!(parse_ttl("h"), Err(TtlError::Invalid("h".into())));
+        assert_eq!(parse_ttl("-5m"), Err(TtlError::Invalid("-5m".into())));
+        assert_eq!(parse_ttl("1.5h"), Err(TtlError::UnknownUnit(".5h".into())));
+        assert_eq!(parse_ttl("5 m"), Err(TtlError::UnknownUnit(" m".into())));
+        assert_eq!(parse_ttl("1w"), Err(TtlError::UnknownUnit("w".into())));
+        assert_eq!(parse_ttl("0s"), Err(TtlError::Zero));
+        assert_eq!(parse_ttl("99999999999999999999"), Err(TtlError::TooLong));
+        assert_eq!(parse_ttl("999999999999999999d"), Err(TtlError::TooLong));
+    }
+
+    const BASE64URL: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    proptest! {
+        #[test]
+        fn verify_never_panics_on_any_string(token in any::<String>()) {
+            let _ = check(&token);
+        }
+
+        #[test]
+        fn verify_never_panics_on_three_base64url_parts(
+            header in prop::collection::vec(any::<u8>(), 0..80),
+            claims in prop::collection::vec(any::<u8>(), 0..200),
+            signature in prop::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let token = format!("{}.{}.{}", b64url(&header), b64url(&claims), b64url(&signature));
+            let _ = check(&token);
+        }
+
+        #[test]
+        fn verify_never_panics_on_plausible_headers(
+            alg in prop::sample::select(vec!["HS256", "HS512", "RS256", "PS384", "ES256", "ES384", "EdDSA", "none", ""]),
+            kid in prop::option::of(prop::sample::select(vec!["dev", "rsa", "ec", "ed", "nope", ""])),
+            claims in "\\PC{0,200}",
+            signature in prop::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let header = json!({ "alg": alg, "kid": kid });
+            let token = format!(
+                "{}.{}.{}",
+                b64url(header.to_string().as_bytes()),
+                b64url(claims.as_bytes()),
+                b64url(&signature)
+            );
+            let _ = check(&token);
+        }
+
+        #[test]
+        fn a_changed_byte_is_refused_or_harmless(
+            at in any::<prop::sample::Index>(),
+            replacement in 0x20u8..0x7f,
+        ) {
+            let policy = policy(|_| {});
+            let token = mint(dev_key(), &mint_claims("dev-1", &["devices/dev-1/#"])).unwrap();
+            let original = verify(&token, &fixture().keys, &policy).unwrap();
+            let at = at.index(token.len());
+            prop_assume!(token.as_bytes()[at] != replacement);
+            let mut bytes = token.into_bytes();
+            bytes[at] = replacement;
+            let changed = String::from_utf8(bytes).unwrap();
+            // Accepting is only tolerable if the change was in bits base64
+            // does not carry, so that the token means the same.
+            if let Ok(verified) = verify(&changed, &fixture().keys, &policy) {
+                prop_assert_eq!(verified, original);
+            }
+        }
+
+        #[test]
+        fn a_changed_base64_character_is_refused(
+            at in any::<prop::sample::Index>(),
+            replacement in prop::sample::select(BASE64URL.chars().collect::<Vec<_>>()),
+        ) {
+            let token = mint(dev_key(), &mint_claims("dev-1", &["devices/dev-1/#"])).unwrap();
+            let at = at.index(token.len());
+            prop_assume!(token.as_bytes()[at] != b'.' && token.as_bytes()[at] != replacement as u8);
+            let mut changed = token.clone();
+            changed.replace_range(at..=at, replacement.encode_utf8(&mut [0; 4]));
+            let result = verify(&changed, &fixture().keys, &policy(|_| {}));
+            prop_assert!(result.is_err(), "accepted {:?}", changed);
+        }
+
+        #[test]
+        fn mint_verify_round_trip(
+            subject in "\\PC{0,40}",
+            topics in prop::collection::vec("[a-z0-9/+#$]{1,12}", 0..8),
+        ) {
+            let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let token = mint(dev_key(), &mint_claims(&subject, &topic_refs)).unwrap();
+            let verified = verify(&token, &fixture().keys, &policy(|_| {})).unwrap();
+            prop_assert_eq!(verified.subject.as_deref(), Some(subject.as_str()));
+            prop_assert_eq!(verified.key_id.as_str(), "dev");
+            for topic in &topics {
+                let granted = verified.grants.filters().iter().any(|f| f.as_str() == topic);
+                let rejected = verified.rejected_filters.iter().any(|(t, _)| t == topic);
+                prop_assert!(granted != rejected, "{:?} granted {} rejected {}", topic, granted, rejected);
+            }
+            for filter in verified.grants.filters() {
+                prop_assert!(topics.iter().any(|t| t == filter.as_str()));
+            }
+        }
+    }
+}

@@ -1,1 +1,164 @@
-//! (in progress)
+//! The gateway: a TLS-only MQTT front end on rumqttd's router.
+//!
+//! The shape, from the outside in:
+//!
+//! - [`Gateway::bind`] loads the key set and the server certificate, starts
+//!   rumqttd's router thread and binds the TLS listener. Nothing listens in
+//!   plaintext.
+//! - [`Gateway::run`] is the accept loop (`listener`): TCP_NODELAY, a cap on
+//!   connections, a TLS handshake with a timeout, then one task per client.
+//! - Each task (`connection`) answers CONNECT itself, authorizes every
+//!   packet, and talks to the router through a local link (`router`), with
+//!   MQTT framing from rumqttd's codec behind a guard (`codec`).
+//! - One live connection per client (`sessions`); acks put back in the
+//!   order the router needs (`acks`).
+//! - Shutdown: the future given to `run` resolves, the listener stops, every
+//!   connection is told (MQTT 5 clients get DISCONNECT "server shutting
+//!   down") and given a moment to finish.
+
+mod acks;
+mod codec;
+mod connection;
+mod listener;
+mod router;
+mod sessions;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{error, warn};
+
+use crate::config::{Config, DenyPublish, Limits};
+use crate::keys::{KeyDirError, KeyStore};
+use crate::tls::{self, CertResolver, TlsError};
+use crate::token::Policy;
+
+pub use codec::Version;
+
+/// What every connection task shares: settings fixed at start, and handles
+/// on the key set, the router and the session registry.
+struct Shared {
+    limits: Limits,
+    leeway: Duration,
+    deny_publish: DenyPublish,
+    policy: Policy,
+    keys: Arc<KeyStore>,
+    router: Arc<router::RouterHandle>,
+    sessions: Arc<sessions::Sessions>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("keys: {0}")]
+    Keys(#[from] KeyDirError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet running, gateway.
+pub struct Gateway {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    certs: Arc<CertResolver>,
+    shared: Arc<Shared>,
+}
+
+/// Extra router slots over the connection cap: a taken-over session's slot
+/// is released a moment after its successor's link is requested.
+const ROUTER_SLOT_MARGIN: usize = 64;
+
+impl Gateway {
+    /// Loads keys and certificate, starts the router and binds the listener.
+    pub async fn bind(config: &Config) -> Result<Gateway, StartError> {
+        let (keys, report) = KeyStore::open(&config.auth.keys_dir)?;
+        report.log();
+        let certs = Arc::new(CertResolver::load(&config.tls.cert, &config.tls.key)?);
+        let acceptor = TlsAcceptor::from(tls::server_config(Arc::clone(&certs))?);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let router = router::RouterHandle::spawn(
+            &config.router,
+            config.limits.max_connections + ROUTER_SLOT_MARGIN,
+        );
+        let shared = Shared {
+            limits: config.limits.clone(),
+            leeway: config.auth.leeway,
+            deny_publish: config.auth.deny_publish,
+            policy: Policy::from_config(&config.auth),
+            keys: Arc::new(keys),
+            router: Arc::new(router),
+            sessions: Arc::default(),
+        };
+        Ok(Gateway {
+            listener,
+            acceptor,
+            certs,
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The key store connections verify against.
+    pub fn keys(&self) -> Arc<KeyStore> {
+        Arc::clone(&self.shared.keys)
+    }
+
+    /// The server certificate in use for new handshakes.
+    pub fn certs(&self) -> Arc<CertResolver> {
+        Arc::clone(&self.certs)
+    }
+
+    /// Serves clients until `shutdown` resolves, then closes every
+    /// connection, giving each up to `SHUTDOWN_GRACE` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Gateway {
+            listener,
+            acceptor,
+            shared,
+            ..
+        } = self;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::select! {
+            () = listener::accept_loop(&listener, &acceptor, &shared, &stopped, &mut connections) => {
+                error!("the listener stopped accepting connections");
+            }
+            () = shutdown => {}
+        }
+        drop(listener);
+        let _ = stop.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                remaining = connections.len(),
+                "connections still open after the shutdown grace period; closing them"
+            );
+            connections.shutdown().await;
+        }
+    }
+}
+
+/// How long connections get to finish once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
