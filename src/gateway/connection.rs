@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use super::Shared;
 use super::acks::AckOrder;
 use super::codec::{Codec, CodecError, Inbound, PublishHeader, Version, sniff_version};
+use super::losses::LossTracker;
 use super::router::Link;
 use super::sessions::{Claim, session_key};
 use crate::acl::{Grants, TopicFilter, validate_topic_name};
@@ -297,6 +298,7 @@ pub(super) async fn serve<S>(
         release_acks: AckOrder::default(),
         subacks: HashMap::new(),
         refused_qos2: HashSet::new(),
+        losses: LossTracker::default(),
     };
     let ending = session
         .run(&mut wire, &mut claim, shutdown, keep_alive, expires_at)
@@ -435,6 +437,7 @@ struct Session {
     /// QoS 2 PUBLISHes refused with a PUBREC (MQTT 3.1.1 has no failure
     /// code there): their PUBREL is answered here, not by the router.
     refused_qos2: HashSet<u16>,
+    losses: LossTracker,
 }
 
 impl Session {
@@ -681,6 +684,9 @@ impl Session {
                     },
                     None,
                 ));
+                for filter in &unsubscribe.filters {
+                    self.losses.unsubscribed(filter);
+                }
                 to_router.push(Packet::Unsubscribe(unsubscribe, None));
                 None
             }
@@ -768,6 +774,7 @@ impl Session {
                 }
                 None => {
                     layout.push(None);
+                    self.losses.subscribed(&filter.path);
                     allowed.push(filter);
                 }
             }
@@ -794,6 +801,9 @@ impl Session {
         let packet = match notification {
             Notification::Forward(forward) => {
                 let publish = forward.publish;
+                if let Some((_, offset)) = forward.cursor {
+                    self.count_losses(&publish, offset);
+                }
                 if self.check_deliveries && !self.may_receive(&publish) {
                     self.skip_delivery(wire, publish);
                     return false;
@@ -830,6 +840,23 @@ impl Session {
             _ => {}
         }
         false
+    }
+
+    fn count_losses(&mut self, publish: &Publish, offset: u64) {
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            return;
+        };
+        let lost = self.losses.delivered(topic, offset);
+        if lost > 0 {
+            let total = self.shared.losses.add(lost);
+            warn!(
+                client_id = self.client_id,
+                topic,
+                lost,
+                total_lost = total,
+                "subscriber fell behind the router's log; messages dropped (see [router] max_segment_size/max_segment_count)"
+            );
+        }
     }
 
     fn may_receive(&self, publish: &Publish) -> bool {

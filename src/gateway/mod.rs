@@ -11,7 +11,8 @@
 //!   packet, and talks to the router through a local link (`router`), with
 //!   MQTT framing from rumqttd's codec behind a guard (`codec`).
 //! - One live connection per client (`sessions`); acks put back in the
-//!   order the router needs (`acks`).
+//!   order the router needs (`acks`); messages the router dropped for a slow
+//!   subscriber counted and logged (`losses`).
 //! - Shutdown: the future given to `run` resolves, the listener stops, every
 //!   connection is told (MQTT 5 clients get DISCONNECT "server shutting
 //!   down") and given a moment to finish.
@@ -20,6 +21,7 @@ mod acks;
 mod codec;
 mod connection;
 mod listener;
+mod losses;
 mod router;
 mod sessions;
 
@@ -49,6 +51,8 @@ struct Shared {
     keys: Arc<KeyStore>,
     router: Arc<router::RouterHandle>,
     sessions: Arc<sessions::Sessions>,
+    /// Messages the router dropped before delivery, since start.
+    losses: losses::LossCounter,
 }
 
 /// Why the gateway could not start.
@@ -103,6 +107,7 @@ impl Gateway {
             keys: Arc::new(keys),
             router: Arc::new(router),
             sessions: Arc::default(),
+            losses: losses::LossCounter::default(),
         };
         Ok(Gateway {
             listener,
@@ -156,6 +161,10 @@ impl Gateway {
                 "connections still open after the shutdown grace period; closing them"
             );
             connections.shutdown().await;
+        }
+        let lost = shared.losses.total();
+        if lost > 0 {
+            warn!(lost, "messages dropped for slow subscribers since start");
         }
     }
 }
