@@ -21,8 +21,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::{BufMut, BytesMut};
 use rumqttd::protocol::{
-    self, ConnAck, ConnectReturnCode, Packet, Protocol, QoS, SubAck, SubscribeReasonCode, v4::V4,
-    v5::V5,
+    self, ConnAck, ConnectReturnCode, DisconnectProperties, Packet, Protocol, QoS, SubAck,
+    SubscribeReasonCode, v4::V4, v5::V5,
 };
 
 /// Fixed-header packet types (MQTT 3.1.1 §2.2.1, MQTT 5 §2.1.2).
@@ -255,7 +255,7 @@ impl Codec {
         let start = out.len();
         let is_publish = matches!(packet, Packet::Publish(..));
         match self.version {
-            Version::V5 => V5.write(packet, out),
+            Version::V5 => V5.write(for_v5(packet), out),
             Version::V3_1 | Version::V3_1_1 => V4.write(for_v4(packet), out),
         }
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
@@ -289,6 +289,28 @@ fn publish_header(frame: &[u8], header: usize) -> Result<PublishHeader, CodecErr
         }
     };
     Ok(PublishHeader { qos, pkid })
+}
+
+/// rumqttd 0.20 mis-encodes an MQTT 5 DISCONNECT that has a reason code
+/// but no properties (its remaining length is one byte short), and encodes
+/// one with empty properties as a plain "normal disconnection". A reason
+/// string makes it encode correctly, so every DISCONNECT carries one.
+fn for_v5(packet: Packet) -> Packet {
+    match packet {
+        Packet::Disconnect(disconnect, properties) => {
+            let mut properties = properties.unwrap_or(DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: None,
+                user_properties: Vec::new(),
+                server_reference: None,
+            });
+            if properties.reason_string.is_none() {
+                properties.reason_string = Some(format!("{:?}", disconnect.reason_code));
+            }
+            Packet::Disconnect(disconnect, Some(properties))
+        }
+        other => other,
+    }
 }
 
 /// Removes what MQTT 3.1.1 cannot carry, so `V4::write` never meets it.
@@ -474,6 +496,29 @@ mod tests {
             .encode(Packet::SubAck(ack, Some(props)), &mut out)
             .unwrap();
         assert_eq!(&out[..], &[0x90, 0x04, 0x00, 0x07, 0x01, 0x80]);
+    }
+
+    #[test]
+    fn v5_disconnect_carries_its_reason_code() {
+        let codec = Codec::new(Version::V5, 1024);
+        let mut out = BytesMut::new();
+        let disconnect = rumqttd::protocol::Disconnect {
+            reason_code: rumqttd::protocol::DisconnectReasonCode::KeepAliveTimeout,
+        };
+        codec
+            .encode(Packet::Disconnect(disconnect, None), &mut out)
+            .unwrap();
+        // Decoding what was written gives the reason back, with nothing left.
+        let mut wire = out.clone();
+        let decoded = V5.read_mut(&mut wire, 1024).unwrap();
+        assert!(wire.is_empty());
+        match decoded {
+            Packet::Disconnect(d, _) => assert_eq!(
+                d.reason_code,
+                rumqttd::protocol::DisconnectReasonCode::KeepAliveTimeout
+            ),
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
     }
 
     #[test]

@@ -24,9 +24,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use rumqttd::Notification;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter,
-    LastWill, Login, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, Publish, QoS, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectProperties,
+    DisconnectReasonCode, Filter, LastWill, Login, Packet, PingResp, PubAck, PubAckReason, PubComp,
+    PubCompReason, PubRec, PubRecReason, Publish, QoS, SubAck, Subscribe, SubscribeReasonCode,
+    UnsubAck, UnsubAckReason,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -49,6 +50,8 @@ const MAX_ROUTER_BACKLOG: usize = 1_000;
 /// Bytes of pending output after which router notifications are flushed
 /// to the client before more are taken.
 const WRITE_BATCH: usize = 64 * 1024;
+/// How much room the input buffer gets before each socket read.
+const READ_CHUNK: usize = 16 * 1024;
 /// How long a new connection waits for an older one with the same client
 /// id to let go of its session.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
@@ -461,6 +464,11 @@ impl Session {
             return Ending::Vanished;
         }
         loop {
+            // Read in large chunks: a nearly full buffer would make the
+            // next read return a few bytes at a time.
+            if wire.input.capacity() - wire.input.len() < READ_CHUNK / 4 {
+                wire.input.reserve(READ_CHUNK);
+            }
             let congested =
                 self.link.backlog() > MAX_ROUTER_BACKLOG || self.shared.router.congested();
             tokio::select! {
@@ -827,16 +835,12 @@ impl Session {
                 self.release_acks.sent(rel.pkid);
                 wire.queue(Packet::PubRel(rel, properties));
             }
-            Some(
-                packet @ (Packet::PubAck(..)
-                | Packet::PubRec(..)
-                | Packet::PubComp(..)
-                | Packet::Disconnect(..)),
-            ) => {
+            Some(packet @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..))) => {
                 wire.queue(packet);
             }
             // UNSUBACK and PINGRESP are the gateway's own to send; the
-            // CONNACK was sent already.
+            // CONNACK was sent already; a router DISCONNECT is followed by
+            // the link closing, and the session's end tells the client.
             _ => {}
         }
         false
@@ -946,7 +950,16 @@ impl Session {
             }
         }
         if let (true, Some(reason_code)) = (self.version.is_v5(), ending.reason()) {
-            wire.queue(Packet::Disconnect(Disconnect { reason_code }, None));
+            let properties = match &ending {
+                Ending::Protocol(_, detail) => Some(DisconnectProperties {
+                    session_expiry_interval: None,
+                    reason_string: Some(detail.clone()),
+                    user_properties: Vec::new(),
+                    server_reference: None,
+                }),
+                _ => None,
+            };
+            wire.queue(Packet::Disconnect(Disconnect { reason_code }, properties));
             let _ = wire.flush().await;
         }
         let _ = wire.stream.shutdown().await;

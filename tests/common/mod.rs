@@ -1,0 +1,1198 @@
+//! Shared harness for jwtgate's integration tests.
+//!
+//! Everything here talks to the real thing: a real [`Gateway`] bound on
+//! `127.0.0.1:0` inside the test's tokio runtime, real TLS, real MQTT
+//! clients.
+//!
+//! - [`TestGateway`]: a gateway in a temporary directory with development
+//!   material (CA, server certificate for localhost/127.0.0.1, `keys/dev.b64`)
+//!   created by [`firstrun::ensure_dev_material`]. [`TestGateway::token`]
+//!   mints tokens with the dev secret through the library;
+//!   [`TestGateway::sign`] signs hand-built claims for tokens the minter will
+//!   not produce (expired, no topics claim, ...). Dropping it (or
+//!   [`TestGateway::stop`]) shuts the gateway down.
+//! - [`V4Client`] / [`V5Client`]: rumqttc clients over TLS trusting the dev
+//!   CA, whose event loop runs in a task that stops at the first error (no
+//!   automatic reconnect), with helpers to wait for CONNACK, SUBACK, a
+//!   PUBLISH, a PUBACK, the end of the connection, or to check that nothing
+//!   arrives within a short window. Options come from
+//!   [`TestGateway::v4_options`] / [`TestGateway::v5_options`] and are
+//!   adjusted with rumqttc's own setters (`set_clean_session`,
+//!   `set_keep_alive`, `set_last_will`, `set_credentials`) before
+//!   [`V4Client::start`].
+//! - [`RawClient`] and the [`mqtt`] encoders: a bare TLS socket for bytes no
+//!   client library will send (MQTT 3.1, forbidden packets, garbage).
+//!
+//! Timeouts here ([`WAIT`]) only keep a broken test from hanging; the short
+//! [`QUIET`] window is for negative checks ("nothing arrives"), never a
+//! speed requirement.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jwtgate::config::Config;
+use jwtgate::firstrun;
+use jwtgate::gateway::Gateway;
+use jwtgate::keys::{self, KeyStore};
+use jwtgate::token::{self, MintClaims};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+
+/// Upper bound for anything a test waits on; only there to fail instead of
+/// hanging.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// The window of a negative check: nothing may arrive within it.
+pub const QUIET: Duration = Duration::from_millis(300);
+/// The name the dev server certificate is issued for.
+pub const SERVER_NAME: &str = "localhost";
+
+/// Installs a tracing subscriber once per test binary (`RUST_LOG` wins;
+/// default `info,rumqttd=warn`). Output goes through the test writer, so it
+/// shows only for failing tests or with `--nocapture`.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Seconds since the epoch, for hand-built claims.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A rustls client config trusting exactly the CA certificates in `ca_pem`.
+pub fn client_tls_config(ca_pem: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots
+            .add(cert.expect("CA PEM parses"))
+            .expect("CA certificate is usable");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// rumqttc options for a TLS connection to `localhost:port` trusting
+/// `ca_pem`, username `JWT` and `token` as password, clean session, 30 s
+/// keep-alive, packet limits large enough for big tokens.
+pub fn v4_options_for(
+    port: u16,
+    ca_pem: &[u8],
+    client_id: &str,
+    token: &str,
+) -> rumqttc::MqttOptions {
+    let mut opts = rumqttc::MqttOptions::new(client_id, SERVER_NAME, port);
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(client_tls_config(ca_pem)),
+    ));
+    opts.set_credentials("JWT", token);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    opts
+}
+
+/// The MQTT 5 counterpart of [`v4_options_for`].
+pub fn v5_options_for(
+    port: u16,
+    ca_pem: &[u8],
+    client_id: &str,
+    token: &str,
+) -> rumqttc::v5::MqttOptions {
+    let mut opts = rumqttc::v5::MqttOptions::new(client_id, SERVER_NAME, port);
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(client_tls_config(ca_pem)),
+    ));
+    opts.set_credentials("JWT", token);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(Some(256 * 1024));
+    opts
+}
+
+// ---------------------------------------------------------------------------
+// The gateway under test
+// ---------------------------------------------------------------------------
+
+/// A running in-process gateway with development material in a temp dir.
+pub struct TestGateway {
+    dir: tempfile::TempDir,
+    config: Config,
+    addr: SocketAddr,
+    ca_pem: Vec<u8>,
+    secret_path: PathBuf,
+    keys: Arc<KeyStore>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// A gateway with the default configuration (listening on 127.0.0.1:0).
+    pub async fn start() -> TestGateway {
+        TestGateway::start_with(|_| {}).await
+    }
+
+    /// A gateway whose default configuration is adjusted by `tweak` before
+    /// binding. `listen` is already `127.0.0.1:0` when `tweak` runs.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestGateway {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let material =
+            firstrun::ensure_dev_material(&dir.path().join("keys")).expect("dev material");
+        let ca_path = material.ca_cert.clone().expect("a dev CA is created");
+        let ca_pem = std::fs::read(&ca_path).expect("read dev CA");
+        let mut config = Config::defaults(dir.path());
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        tweak(&mut config);
+        let gateway = Gateway::bind(&config).await.expect("gateway binds");
+        let addr = gateway.local_addr().expect("local address");
+        let keys = gateway.keys();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.run(async move {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            dir,
+            config,
+            addr,
+            ca_pem,
+            secret_path: material.secret,
+            keys,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The development CA certificate (PEM) clients must trust.
+    pub fn ca_pem(&self) -> &[u8] {
+        &self.ca_pem
+    }
+
+    /// The temp directory the gateway lives in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The keys directory the gateway verifies tokens against.
+    pub fn keys_dir(&self) -> &Path {
+        &self.config.auth.keys_dir
+    }
+
+    /// The configuration the gateway was bound with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The gateway's own key store (for reload/rotation tests).
+    pub fn key_store(&self) -> Arc<KeyStore> {
+        Arc::clone(&self.keys)
+    }
+
+    /// The raw bytes of the dev HMAC secret.
+    pub fn secret(&self) -> Vec<u8> {
+        let text = std::fs::read_to_string(&self.secret_path).expect("read dev secret");
+        keys::decode_secret(&text).expect("dev secret decodes")
+    }
+
+    /// A token for `sub` granting `topics`, valid for `ttl`, minted by the
+    /// library with the newest HMAC secret of the gateway's key set.
+    pub fn token(&self, sub: &str, topics: &[&str], ttl: Duration) -> String {
+        let keys = self.keys.snapshot();
+        let key = keys.newest_hmac().expect("an HMAC secret is loaded");
+        token::mint(key, &self.claims(sub, topics, ttl)).expect("mint")
+    }
+
+    /// Like [`TestGateway::token`], signed with the key `kid` of the
+    /// gateway's current key set.
+    pub fn token_signed_by(&self, kid: &str, sub: &str, topics: &[&str], ttl: Duration) -> String {
+        let keys = self.keys.snapshot();
+        let key = keys
+            .get(kid)
+            .unwrap_or_else(|| panic!("no key {kid:?} in the key set"));
+        token::mint(key, &self.claims(sub, topics, ttl)).expect("mint")
+    }
+
+    /// Mint claims matching the gateway's policy (topics claim name,
+    /// issuer, audience).
+    pub fn claims(&self, sub: &str, topics: &[&str], ttl: Duration) -> MintClaims {
+        MintClaims {
+            subject: sub.to_owned(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            ttl,
+            topics_claim: self.config.auth.topics_claim.clone(),
+            issuer: self.config.auth.issuer.clone(),
+            audience: self.config.auth.audience.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Signs arbitrary `claims` with HS256 and the dev secret (no `kid`).
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        sign_hs256(&self.secret(), claims)
+    }
+
+    /// rumqttc v4 options for this gateway (see [`v4_options_for`]).
+    pub fn v4_options(&self, client_id: &str, token: &str) -> rumqttc::MqttOptions {
+        v4_options_for(self.port(), &self.ca_pem, client_id, token)
+    }
+
+    /// rumqttc v5 options for this gateway (see [`v5_options_for`]).
+    pub fn v5_options(&self, client_id: &str, token: &str) -> rumqttc::v5::MqttOptions {
+        v5_options_for(self.port(), &self.ca_pem, client_id, token)
+    }
+
+    /// A v4 client with default options, connected (CONNACK success
+    /// asserted).
+    pub async fn v4_connected(&self, client_id: &str, token: &str) -> V4Client {
+        let mut client = V4Client::start(self.v4_options(client_id, token));
+        let ack = client.connack().await;
+        assert_eq!(
+            ack.code,
+            rumqttc::ConnectReturnCode::Success,
+            "{client_id}: CONNACK"
+        );
+        client
+    }
+
+    /// A v5 client with default options, connected (CONNACK success
+    /// asserted).
+    pub async fn v5_connected(&self, client_id: &str, token: &str) -> V5Client {
+        let mut client = V5Client::start(self.v5_options(client_id, token));
+        let ack = client.connack().await;
+        assert_eq!(
+            ack.code,
+            rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success,
+            "{client_id}: CONNACK"
+        );
+        client
+    }
+
+    /// A raw TLS connection to this gateway.
+    pub async fn raw(&self) -> RawClient {
+        RawClient::connect(self.addr, &self.ca_pem).await
+    }
+
+    /// Stops the gateway and waits for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("gateway stops within the shutdown grace")
+                .expect("gateway task did not panic");
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Signs `claims` with HS256 and `secret`, without a `kid`.
+pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("sign claims")
+}
+
+// ---------------------------------------------------------------------------
+// rumqttc clients
+// ---------------------------------------------------------------------------
+
+/// Spawns a task polling an event loop and forwarding every event, stopping
+/// after the first error (rumqttc would otherwise reconnect).
+macro_rules! spawn_event_loop {
+    ($eventloop:expr, $tx:expr) => {{
+        let mut eventloop = $eventloop;
+        let tx = $tx;
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(event) => {
+                        if tx.send(Ok(event)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        })
+    }};
+}
+
+/// A rumqttc MQTT 3.1.1 client whose event loop runs in its own task.
+pub struct V4Client {
+    pub client: rumqttc::AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<rumqttc::Event, rumqttc::ConnectionError>>,
+    task: JoinHandle<()>,
+    /// Publishes seen while waiting for something else, in arrival order.
+    pending: Vec<rumqttc::Publish>,
+    ended: Option<String>,
+}
+
+impl V4Client {
+    /// Starts connecting with `opts`; nothing is awaited yet.
+    pub fn start(opts: rumqttc::MqttOptions) -> V4Client {
+        let (client, eventloop) = rumqttc::AsyncClient::new(opts, 64);
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = spawn_event_loop!(eventloop, tx);
+        V4Client {
+            client,
+            events,
+            task,
+            pending: Vec::new(),
+            ended: None,
+        }
+    }
+
+    /// The next incoming packet, `Err` with the reason once the connection
+    /// ended; panics after [`WAIT`].
+    async fn next_incoming(&mut self, what: &str) -> Result<rumqttc::Packet, String> {
+        self.next_incoming_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("timed out waiting for {what}"))
+    }
+
+    /// Like `next_incoming`, but `None` when `window` passes first.
+    async fn next_incoming_within(
+        &mut self,
+        window: Duration,
+    ) -> Option<Result<rumqttc::Packet, String>> {
+        if let Some(reason) = &self.ended {
+            return Some(Err(reason.clone()));
+        }
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return None,
+                Ok(event) => event,
+            };
+            match event {
+                Some(Ok(rumqttc::Event::Incoming(packet))) => return Some(Ok(packet)),
+                Some(Ok(rumqttc::Event::Outgoing(_))) => {}
+                Some(Err(e)) => {
+                    let reason = format!("{e:?}");
+                    self.ended = Some(reason.clone());
+                    return Some(Err(reason));
+                }
+                None => {
+                    let reason = "event loop stopped".to_owned();
+                    self.ended = Some(reason.clone());
+                    return Some(Err(reason));
+                }
+            }
+        }
+    }
+
+    /// Waits for the CONNACK. A refusal (which rumqttc reports as an error)
+    /// is returned as a CONNACK with that code.
+    pub async fn connack(&mut self) -> rumqttc::ConnAck {
+        if let Some(reason) = &self.ended {
+            panic!("connection ended before CONNACK: {reason}");
+        }
+        loop {
+            let event = tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .expect("timed out waiting for CONNACK");
+            match event {
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => return ack,
+                Some(Ok(_)) => {}
+                Some(Err(rumqttc::ConnectionError::ConnectionRefused(code))) => {
+                    self.ended = Some(format!("refused: {code:?}"));
+                    return rumqttc::ConnAck::new(code, false);
+                }
+                Some(Err(e)) => panic!("connection failed before CONNACK: {e:?}"),
+                None => panic!("event loop stopped before CONNACK"),
+            }
+        }
+    }
+
+    /// Subscribes to one filter and returns the SUBACK codes.
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::QoS,
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("queue SUBSCRIBE");
+        self.suback().await
+    }
+
+    /// Subscribes to several filters in one SUBSCRIBE and returns the
+    /// SUBACK codes.
+    pub async fn subscribe_many(
+        &mut self,
+        filters: &[(&str, rumqttc::QoS)],
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
+        let filters = filters
+            .iter()
+            .map(|(path, qos)| rumqttc::SubscribeFilter::new((*path).to_owned(), *qos));
+        self.client
+            .subscribe_many(filters)
+            .await
+            .expect("queue SUBSCRIBE");
+        self.suback().await
+    }
+
+    /// Waits for the next SUBACK and returns its codes.
+    pub async fn suback(&mut self) -> Vec<rumqttc::SubscribeReasonCode> {
+        loop {
+            match self.next_incoming("SUBACK").await {
+                Ok(rumqttc::Packet::SubAck(ack)) => return ack.return_codes,
+                Ok(rumqttc::Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => panic!("connection ended while waiting for SUBACK: {e}"),
+            }
+        }
+    }
+
+    /// Publishes and, for QoS 1/2, waits for the PUBACK/PUBCOMP.
+    pub async fn publish(&mut self, topic: &str, qos: rumqttc::QoS, retain: bool, payload: &[u8]) {
+        self.client
+            .publish(topic, qos, retain, payload.to_vec())
+            .await
+            .expect("queue PUBLISH");
+        let done = |p: &rumqttc::Packet| match qos {
+            rumqttc::QoS::AtMostOnce => true,
+            rumqttc::QoS::AtLeastOnce => matches!(p, rumqttc::Packet::PubAck(_)),
+            rumqttc::QoS::ExactlyOnce => matches!(p, rumqttc::Packet::PubComp(_)),
+        };
+        if qos == rumqttc::QoS::AtMostOnce {
+            return;
+        }
+        loop {
+            match self.next_incoming("publish acknowledgement").await {
+                Ok(p) if done(&p) => return,
+                Ok(rumqttc::Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => panic!("connection ended while waiting for the publish ack: {e}"),
+            }
+        }
+    }
+
+    /// Waits for a PUBLISH on `topic`; publishes on other topics are kept
+    /// for [`V4Client::take_other_publishes`].
+    pub async fn expect_publish(&mut self, topic: &str) -> rumqttc::Publish {
+        if let Some(i) = self.pending.iter().position(|p| p.topic == topic) {
+            return self.pending.remove(i);
+        }
+        loop {
+            match self.next_incoming(&format!("a PUBLISH on {topic}")).await {
+                Ok(rumqttc::Packet::Publish(p)) if p.topic == topic => return p,
+                Ok(rumqttc::Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => panic!("connection ended while waiting for a PUBLISH on {topic}: {e}"),
+            }
+        }
+    }
+
+    /// Every PUBLISH that arrives within `window` (plus those already
+    /// buffered). Stops early if the connection ends.
+    pub async fn publishes_within(&mut self, window: Duration) -> Vec<rumqttc::Publish> {
+        let mut seen = std::mem::take(&mut self.pending);
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_incoming_within(left).await {
+                None | Some(Err(_)) => return seen,
+                Some(Ok(rumqttc::Packet::Publish(p))) => seen.push(p),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Asserts that no PUBLISH arrives within [`QUIET`].
+    pub async fn expect_no_publish(&mut self) {
+        let seen = self.publishes_within(QUIET).await;
+        assert!(seen.is_empty(), "expected no PUBLISH, got {seen:?}");
+    }
+
+    /// Publishes buffered while waiting for something else.
+    pub fn take_other_publishes(&mut self) -> Vec<rumqttc::Publish> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Waits for the next incoming packet of any kind (publishes included).
+    pub async fn next_packet(&mut self) -> Result<rumqttc::Packet, String> {
+        if !self.pending.is_empty() {
+            return Ok(rumqttc::Packet::Publish(self.pending.remove(0)));
+        }
+        self.next_incoming("a packet").await
+    }
+
+    /// Waits until the connection ends (the server closed it); returns the
+    /// error rumqttc reported. Panics after [`WAIT`].
+    pub async fn closed(&mut self) -> String {
+        loop {
+            match self.next_incoming("the connection to close").await {
+                Ok(rumqttc::Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    }
+
+    /// True while the event loop has not reported an error.
+    pub async fn is_open(&mut self) -> bool {
+        // Drain whatever is queued without waiting.
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => self.ended = Some(format!("{e:?}")),
+            }
+        }
+        self.ended.is_none() && !self.task.is_finished()
+    }
+
+    /// Sends DISCONNECT and waits for the event loop to finish.
+    pub async fn disconnect(mut self) {
+        if self.ended.is_none() {
+            let _ = self.client.disconnect().await;
+            let _ = tokio::time::timeout(WAIT, &mut self.task).await;
+        }
+        self.task.abort();
+    }
+
+    /// Drops the TCP connection without DISCONNECT (aborts the event loop,
+    /// which owns the socket).
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for V4Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A rumqttc MQTT 5 client whose event loop runs in its own task.
+pub struct V5Client {
+    pub client: rumqttc::v5::AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>>,
+    task: JoinHandle<()>,
+    pending: Vec<rumqttc::v5::mqttbytes::v5::Publish>,
+    /// The reason of a DISCONNECT the server sent, once one arrived.
+    server_disconnect: Option<rumqttc::v5::mqttbytes::v5::DisconnectReasonCode>,
+    ended: Option<V5End>,
+}
+
+/// How an MQTT 5 connection ended.
+#[derive(Debug, Clone)]
+pub struct V5End {
+    /// The reason in the server's DISCONNECT, if one arrived.
+    pub disconnect: Option<rumqttc::v5::mqttbytes::v5::DisconnectReasonCode>,
+    /// What rumqttc reported.
+    pub error: String,
+}
+
+impl V5Client {
+    /// Starts connecting with `opts`; nothing is awaited yet.
+    pub fn start(opts: rumqttc::v5::MqttOptions) -> V5Client {
+        let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, 64);
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = spawn_event_loop!(eventloop, tx);
+        V5Client {
+            client,
+            events,
+            task,
+            pending: Vec::new(),
+            server_disconnect: None,
+            ended: None,
+        }
+    }
+
+    fn end_from(&mut self, error: Option<rumqttc::v5::ConnectionError>) -> V5End {
+        use rumqttc::v5::{ConnectionError, StateError};
+        let from_error = match &error {
+            Some(ConnectionError::MqttState(StateError::ServerDisconnect {
+                reason_code, ..
+            })) => Some(*reason_code),
+            _ => None,
+        };
+        let end = V5End {
+            disconnect: self.server_disconnect.or(from_error),
+            error: error.map_or_else(|| "event loop stopped".to_owned(), |e| format!("{e:?}")),
+        };
+        self.ended = Some(end.clone());
+        end
+    }
+
+    async fn next_incoming(
+        &mut self,
+        what: &str,
+    ) -> Result<rumqttc::v5::mqttbytes::v5::Packet, V5End> {
+        self.next_incoming_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("timed out waiting for {what}"))
+    }
+
+    async fn next_incoming_within(
+        &mut self,
+        window: Duration,
+    ) -> Option<Result<rumqttc::v5::mqttbytes::v5::Packet, V5End>> {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        if let Some(end) = &self.ended {
+            return Some(Err(end.clone()));
+        }
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return None,
+                Ok(event) => event,
+            };
+            match event {
+                Some(Ok(rumqttc::v5::Event::Incoming(Packet::Disconnect(d)))) => {
+                    self.server_disconnect = Some(d.reason_code);
+                }
+                Some(Ok(rumqttc::v5::Event::Incoming(packet))) => return Some(Ok(packet)),
+                Some(Ok(rumqttc::v5::Event::Outgoing(_))) => {}
+                Some(Err(e)) => return Some(Err(self.end_from(Some(e)))),
+                None => return Some(Err(self.end_from(None))),
+            }
+        }
+    }
+
+    /// Waits for the CONNACK. A refusal (which rumqttc reports as an error)
+    /// is returned as a CONNACK with that code.
+    pub async fn connack(&mut self) -> rumqttc::v5::mqttbytes::v5::ConnAck {
+        use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet};
+        if let Some(end) = &self.ended {
+            panic!("connection ended before CONNACK: {end:?}");
+        }
+        loop {
+            let event = tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .expect("timed out waiting for CONNACK");
+            match event {
+                Some(Ok(rumqttc::v5::Event::Incoming(Packet::ConnAck(ack)))) => return ack,
+                Some(Ok(_)) => {}
+                Some(Err(rumqttc::v5::ConnectionError::ConnectionRefused(code))) => {
+                    self.ended = Some(V5End {
+                        disconnect: None,
+                        error: format!("refused: {code:?}"),
+                    });
+                    return ConnAck {
+                        session_present: false,
+                        code,
+                        properties: None,
+                    };
+                }
+                Some(Err(e)) => panic!("connection failed before CONNACK: {e:?}"),
+                None => panic!("event loop stopped before CONNACK"),
+            }
+        }
+    }
+
+    /// Subscribes to one filter and returns the SUBACK codes.
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::v5::mqttbytes::QoS,
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("queue SUBSCRIBE");
+        self.suback().await
+    }
+
+    /// Subscribes to several filters in one SUBSCRIBE and returns the
+    /// SUBACK codes.
+    pub async fn subscribe_many(
+        &mut self,
+        filters: &[(&str, rumqttc::v5::mqttbytes::QoS)],
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
+        let filters = filters
+            .iter()
+            .map(|(path, qos)| rumqttc::v5::mqttbytes::v5::Filter::new((*path).to_owned(), *qos));
+        self.client
+            .subscribe_many(filters)
+            .await
+            .expect("queue SUBSCRIBE");
+        self.suback().await
+    }
+
+    /// Waits for the next SUBACK and returns its codes.
+    pub async fn suback(&mut self) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        loop {
+            match self.next_incoming("SUBACK").await {
+                Ok(Packet::SubAck(ack)) => return ack.return_codes,
+                Ok(Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => panic!("connection ended while waiting for SUBACK: {e:?}"),
+            }
+        }
+    }
+
+    /// Publishes at QoS 0 (nothing awaited) or QoS 1 (the PUBACK is
+    /// returned).
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        qos: rumqttc::v5::mqttbytes::QoS,
+        retain: bool,
+        payload: &[u8],
+    ) -> Option<rumqttc::v5::mqttbytes::v5::Packet> {
+        use rumqttc::v5::mqttbytes::{QoS, v5::Packet};
+        self.client
+            .publish(topic, qos, retain, payload.to_vec())
+            .await
+            .expect("queue PUBLISH");
+        if qos == QoS::AtMostOnce {
+            return None;
+        }
+        loop {
+            match self.next_incoming("publish acknowledgement").await {
+                Ok(p @ Packet::PubAck(_)) if qos == QoS::AtLeastOnce => return Some(p),
+                Ok(p @ Packet::PubComp(_)) if qos == QoS::ExactlyOnce => return Some(p),
+                Ok(p @ Packet::PubRec(_)) if qos == QoS::ExactlyOnce => {
+                    // A failure PUBREC ends the exchange.
+                    if let Packet::PubRec(rec) = &p {
+                        if rec.reason != rumqttc::v5::mqttbytes::v5::PubRecReason::Success {
+                            return Some(p);
+                        }
+                    }
+                }
+                Ok(Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => panic!("connection ended while waiting for the publish ack: {e:?}"),
+            }
+        }
+    }
+
+    /// Waits for a PUBLISH on `topic`; publishes on other topics are kept.
+    pub async fn expect_publish(&mut self, topic: &str) -> rumqttc::v5::mqttbytes::v5::Publish {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| p.topic == topic.as_bytes())
+        {
+            return self.pending.remove(i);
+        }
+        loop {
+            match self.next_incoming(&format!("a PUBLISH on {topic}")).await {
+                Ok(Packet::Publish(p)) if p.topic == topic.as_bytes() => return p,
+                Ok(Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => panic!("connection ended while waiting for a PUBLISH on {topic}: {e:?}"),
+            }
+        }
+    }
+
+    /// Every PUBLISH that arrives within `window` (plus those already
+    /// buffered). Stops early if the connection ends.
+    pub async fn publishes_within(
+        &mut self,
+        window: Duration,
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        let mut seen = std::mem::take(&mut self.pending);
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_incoming_within(left).await {
+                None | Some(Err(_)) => return seen,
+                Some(Ok(Packet::Publish(p))) => seen.push(p),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Asserts that no PUBLISH arrives within [`QUIET`].
+    pub async fn expect_no_publish(&mut self) {
+        let seen = self.publishes_within(QUIET).await;
+        assert!(seen.is_empty(), "expected no PUBLISH, got {seen:?}");
+    }
+
+    /// Waits until the connection ends; returns the server's DISCONNECT
+    /// reason (if any) and rumqttc's error. Panics after [`WAIT`].
+    pub async fn closed(&mut self) -> V5End {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        loop {
+            match self.next_incoming("the connection to close").await {
+                Ok(Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(end) => return end,
+            }
+        }
+    }
+
+    /// True while the event loop has not reported an error.
+    pub async fn is_open(&mut self) -> bool {
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(
+                    p,
+                ))) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => {
+                    self.end_from(Some(e));
+                }
+            }
+        }
+        self.ended.is_none() && !self.task.is_finished()
+    }
+
+    /// Sends DISCONNECT and waits for the event loop to finish.
+    pub async fn disconnect(mut self) {
+        if self.ended.is_none() {
+            let _ = self.client.disconnect().await;
+            let _ = tokio::time::timeout(WAIT, &mut self.task).await;
+        }
+        self.task.abort();
+    }
+
+    /// Drops the TCP connection without DISCONNECT.
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for V5Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw sockets
+// ---------------------------------------------------------------------------
+
+/// A bare TLS connection for hand-made bytes.
+pub struct RawClient {
+    stream: TlsStream<TcpStream>,
+    buf: Vec<u8>,
+}
+
+/// What a raw read saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// One complete MQTT frame (fixed header included).
+    Packet(Vec<u8>),
+    /// The server closed the connection (or reset it); any bytes of an
+    /// incomplete frame are included.
+    Closed(Vec<u8>),
+}
+
+impl RawClient {
+    /// Connects over TCP and completes the TLS handshake (server name
+    /// `localhost`, trusting `ca_pem`).
+    pub async fn connect(addr: SocketAddr, ca_pem: &[u8]) -> RawClient {
+        let tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("TCP connect timed out")
+            .expect("TCP connect");
+        let connector = TlsConnector::from(client_tls_config(ca_pem));
+        let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("server name");
+        let stream = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+            .await
+            .expect("TLS handshake timed out")
+            .expect("TLS handshake");
+        RawClient {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes` and flushes. Errors (the server may already have
+    /// closed) are returned, not raised.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Like [`RawClient::send`], panicking on error.
+    pub async fn send_ok(&mut self, bytes: &[u8]) {
+        self.send(bytes).await.expect("raw send");
+    }
+
+    /// Reads one MQTT frame or the end of the connection; `None` when
+    /// `window` passes first.
+    pub async fn read_within(&mut self, window: Duration) -> Option<Read> {
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            if let Some(size) = mqtt::frame_len(&self.buf) {
+                if self.buf.len() >= size {
+                    let frame: Vec<u8> = self.buf.drain(..size).collect();
+                    return Some(Read::Packet(frame));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(Read::Closed(std::mem::take(&mut self.buf))),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads one MQTT frame; panics if the connection closes or after
+    /// [`WAIT`].
+    pub async fn read_packet(&mut self) -> Vec<u8> {
+        match self.read_within(WAIT).await {
+            Some(Read::Packet(p)) => p,
+            Some(Read::Closed(rest)) => {
+                panic!("connection closed while reading a packet ({rest:02x?})")
+            }
+            None => panic!("timed out reading a packet"),
+        }
+    }
+
+    /// Reads until the server closes the connection; returns the frames
+    /// received before the close. Bytes that do not make up a whole frame
+    /// when the connection closes (a malformed packet) are returned as a
+    /// last, incomplete "frame", so callers comparing frames see them.
+    /// Panics after [`WAIT`].
+    pub async fn expect_closed(&mut self) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        loop {
+            match self.read_within(WAIT).await {
+                Some(Read::Packet(p)) => frames.push(p),
+                Some(Read::Closed(rest)) => {
+                    if !rest.is_empty() {
+                        frames.push(rest);
+                    }
+                    return frames;
+                }
+                None => panic!("connection still open after {WAIT:?}; received {frames:02x?}"),
+            }
+        }
+    }
+}
+
+/// Hand-encoded MQTT packets for raw sockets. `level` is the protocol
+/// level: 3 (MQTT 3.1, `MQIsdp`), 4 (3.1.1) or 5.
+pub mod mqtt {
+    /// The CONNACK for a successful 3.1/3.1.1 CONNECT without a session.
+    pub const CONNACK_OK_V4: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
+    pub const PINGREQ: [u8; 2] = [0xC0, 0x00];
+    pub const PINGRESP: [u8; 2] = [0xD0, 0x00];
+    pub const DISCONNECT: [u8; 2] = [0xE0, 0x00];
+
+    /// The total length of the frame at the front of `buf`, once its fixed
+    /// header is complete.
+    pub fn frame_len(buf: &[u8]) -> Option<usize> {
+        let mut value = 0usize;
+        for (i, byte) in buf.iter().skip(1).take(4).enumerate() {
+            value |= usize::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(1 + i + 1 + value);
+            }
+        }
+        None
+    }
+
+    fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let mut byte = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                byte |= 0x80;
+            }
+            out.push(byte);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    fn string(s: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&u16::try_from(s.len()).expect("short string").to_be_bytes());
+        out.extend_from_slice(s);
+    }
+
+    fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        remaining_length(body.len(), &mut out);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A CONNECT, built up and then [`Connect::encode`]d.
+    #[derive(Debug, Clone)]
+    pub struct Connect {
+        level: u8,
+        client_id: String,
+        username: Option<String>,
+        password: Option<String>,
+        keep_alive: u16,
+        clean: bool,
+        will: Option<(String, Vec<u8>)>,
+    }
+
+    impl Connect {
+        /// Clean session, keep-alive 30 s, no credentials, no will.
+        pub fn new(level: u8, client_id: &str) -> Connect {
+            Connect {
+                level,
+                client_id: client_id.to_owned(),
+                username: None,
+                password: None,
+                keep_alive: 30,
+                clean: true,
+                will: None,
+            }
+        }
+
+        pub fn username(mut self, username: &str) -> Connect {
+            self.username = Some(username.to_owned());
+            self
+        }
+
+        pub fn password(mut self, password: &str) -> Connect {
+            self.password = Some(password.to_owned());
+            self
+        }
+
+        pub fn keep_alive(mut self, secs: u16) -> Connect {
+            self.keep_alive = secs;
+            self
+        }
+
+        pub fn clean(mut self, clean: bool) -> Connect {
+            self.clean = clean;
+            self
+        }
+
+        /// A QoS 0, non-retained will.
+        pub fn will(mut self, topic: &str, payload: &[u8]) -> Connect {
+            self.will = Some((topic.to_owned(), payload.to_vec()));
+            self
+        }
+
+        pub fn encode(&self) -> Vec<u8> {
+            let v5 = self.level == 5;
+            let mut body = Vec::new();
+            string(if self.level == 3 { b"MQIsdp" } else { b"MQTT" }, &mut body);
+            body.push(self.level);
+            let mut flags = 0;
+            if self.clean {
+                flags |= 0x02;
+            }
+            if self.will.is_some() {
+                flags |= 0x04;
+            }
+            if self.password.is_some() {
+                flags |= 0x40;
+            }
+            if self.username.is_some() {
+                flags |= 0x80;
+            }
+            body.push(flags);
+            body.extend_from_slice(&self.keep_alive.to_be_bytes());
+            if v5 {
+                body.push(0); // no properties
+            }
+            string(self.client_id.as_bytes(), &mut body);
+            if let Some((topic, payload)) = &self.will {
+                if v5 {
+                    body.push(0); // no will properties
+                }
+                string(topic.as_bytes(), &mut body);
+                string(payload, &mut body);
+            }
+            if let Some(u) = &self.username {
+                string(u.as_bytes(), &mut body);
+            }
+            if let Some(p) = &self.password {
+                string(p.as_bytes(), &mut body);
+            }
+            frame(0x10, &body)
+        }
+    }
+
+    /// A SUBSCRIBE for one filter.
+    pub fn subscribe(level: u8, pkid: u16, filter: &str, qos: u8) -> Vec<u8> {
+        let mut body = pkid.to_be_bytes().to_vec();
+        if level == 5 {
+            body.push(0);
+        }
+        string(filter.as_bytes(), &mut body);
+        body.push(qos);
+        frame(0x82, &body)
+    }
+
+    /// A PUBLISH (no retain, no dup); `pkid` is used for QoS > 0.
+    pub fn publish(level: u8, topic: &str, payload: &[u8], qos: u8, pkid: u16) -> Vec<u8> {
+        let mut body = Vec::new();
+        string(topic.as_bytes(), &mut body);
+        if qos > 0 {
+            body.extend_from_slice(&pkid.to_be_bytes());
+        }
+        if level == 5 {
+            body.push(0);
+        }
+        body.extend_from_slice(payload);
+        frame(0x30 | (qos << 1), &body)
+    }
+
+    /// The topic and payload of a PUBLISH frame (3.1/3.1.1 layout).
+    pub fn parse_publish_v4(frame_bytes: &[u8]) -> Option<(String, Vec<u8>)> {
+        if frame_bytes.first()? >> 4 != 3 {
+            return None;
+        }
+        let qos = (frame_bytes[0] >> 1) & 0x03;
+        let mut at = 1;
+        while frame_bytes.get(at)? & 0x80 != 0 {
+            at += 1;
+        }
+        at += 1;
+        let topic = frame_bytes.get(at + 2..)?;
+        let topic_len = usize::from(u16::from_be_bytes([frame_bytes[at], frame_bytes[at + 1]]));
+        let topic = String::from_utf8(topic.get(..topic_len)?.to_vec()).ok()?;
+        at += 2 + topic_len;
+        if qos > 0 {
+            at += 2;
+        }
+        Some((topic, frame_bytes.get(at..)?.to_vec()))
+    }
+}
