@@ -314,6 +314,12 @@ impl Grants {
         self.filters.is_empty()
     }
 
+    /// A token that grants nothing is an identity without rights: it is not
+    /// worth a connection.
+    pub fn may_connect(&self) -> bool {
+        !self.is_empty()
+    }
+
     /// Rule 1: `topic` is a valid topic name and some grant matches it.
     pub fn may_publish(&self, topic: &str) -> bool {
         validate_topic_name(topic).is_ok() && self.filters.iter().any(|g| g.view().matches(topic))

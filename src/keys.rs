@@ -136,6 +136,7 @@ impl Key {
         self.algorithms.contains(&alg)
     }
 
+    /// The key as jsonwebtoken verifies with it.
     pub fn decoding_key(&self) -> &DecodingKey {
         &self.decoding
     }
@@ -146,7 +147,8 @@ impl Key {
     }
 }
 
-/// An immutable set of keys, indexed by key id.
+/// An immutable set of keys, indexed by key id. `KeySet::default()` is the
+/// empty set.
 #[derive(Debug, Default)]
 pub struct KeySet {
     by_kid: BTreeMap<String, Arc<Key>>,

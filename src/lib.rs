@@ -18,6 +18,7 @@
 //!   key id, expiry, and the [`acl::Grants`] it carries), or says exactly why
 //!   not. It also mints development tokens.
 //! - [`acl::Grants`] is the one place that decides "may this client do this".
+//! - [`check`] answers "would the gateway accept this token?" offline.
 //! - [`tls`] loads the server certificate behind a resolver that can be
 //!   swapped at run time; [`firstrun`] creates development material so a
 //!   first run needs nothing hand-made.
@@ -26,15 +27,21 @@
 //!   handle on rumqttd's router, which does routing, QoS, retained messages
 //!   and sessions.
 //!
+//! - [`reload`] swaps in new keys and certificates when files change (or
+//!   on SIGHUP) and makes live connections re-check their tokens.
 //! - [`readiness`] tells systemd when the gateway is up.
+//! - [`provision`], the only part that talks to the identity provider, backs `jwtgate-provision`.
 //!
 //! The `jwtgate` binary is a thin command-line layer over this library.
 
 pub mod acl;
+pub mod check;
 pub mod config;
 pub mod firstrun;
 pub mod gateway;
 pub mod keys;
+pub mod provision;
 pub mod readiness;
+pub mod reload;
 pub mod tls;
 pub mod token;

@@ -2,19 +2,23 @@
 //!
 //! - `jwtgate serve [--config PATH]` runs the gateway. Without `--config` it
 //!   is the first-run default: `./keys`, with development TLS material and a
-//!   secret created there when absent.
+//!   secret created there when absent. SIGHUP reloads keys and certificate.
 //! - `jwtgate mint --sub ID --topics a,b --ttl 1h` prints an HS256 token
 //!   signed with a secret from the keys directory.
+//! - `jwtgate check TOKEN` says offline whether the gateway would accept a
+//!   token, and why (not).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use jwtgate::config::Config;
 use jwtgate::firstrun;
 use jwtgate::gateway::Gateway;
-use jwtgate::keys::KeyStore;
-use jwtgate::token::{self, MintClaims};
+use jwtgate::keys::{KeySet, KeyStore};
+use jwtgate::token::{self, MintClaims, Policy};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -41,6 +45,25 @@ enum Command {
         /// Listen on this address instead of the config's `listen`.
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<std::net::SocketAddr>,
+    },
+    /// Check a token against the keys directory, offline: would the gateway
+    /// accept it, with which key, for whom, until when, granting what?
+    /// Exit status 0 only when it would be accepted.
+    #[command(
+        after_help = "Examples:\n  jwtgate check \"$TOKEN\"\n  jwtgate check --config /etc/jwtgate/jwtgate.toml --json - < device.jwt"
+    )]
+    Check {
+        /// The token, or `-` to read it from standard input.
+        token: String,
+        /// Config file, for its keys directory and token policy.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Keys directory (default: the config's, else ./keys).
+        #[arg(long, value_name = "DIR")]
+        keys_dir: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print an HS256 token signed with a secret from the keys directory.
     #[command(
@@ -78,6 +101,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Check {
+            token,
+            config,
+            keys_dir,
+            json,
+        } => return check(&token, config, keys_dir, json),
         Command::Serve { config, listen } => serve(config, listen),
         Command::Mint {
             sub,
@@ -113,6 +142,7 @@ fn serve(config_path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> 
         if config_path.is_none() {
             print_first_run_help(&config, addr.port());
         }
+        tokio::spawn(reload_on_sighup(gateway.reloader()));
         if let Err(e) = jwtgate::readiness::notify("READY=1") {
             tracing::warn!(error = %e, "could not notify systemd of readiness");
         }
@@ -168,6 +198,24 @@ fn display_relative(path: &Path, base: &Path) -> String {
         .to_string()
 }
 
+/// Reloads keys and certificate on every SIGHUP (`systemctl reload`).
+async fn reload_on_sighup(reloader: std::sync::Arc<jwtgate::reload::Reloader>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading keys and certificate");
+        let reloader = std::sync::Arc::clone(&reloader);
+        if let Err(e) = tokio::task::spawn_blocking(move || reloader.reload()).await {
+            tracing::error!(error = %e, "reload failed");
+        }
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let terminate = async {
@@ -187,6 +235,66 @@ async fn shutdown_signal() {
     }
 }
 
+/// The config (the given file, or the built-in defaults) and the key set of
+/// its keys directory, or of `keys_dir` when given.
+fn config_and_keys(
+    config_path: Option<PathBuf>,
+    keys_dir: Option<PathBuf>,
+) -> Result<(Config, Arc<KeySet>), String> {
+    let mut config = match &config_path {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::defaults(&std::env::current_dir().map_err(|e| e.to_string())?),
+    };
+    if let Some(dir) = keys_dir {
+        config.auth.keys_dir = dir;
+    }
+    let (store, report) = KeyStore::open(&config.auth.keys_dir).map_err(|e| e.to_string())?;
+    report.log();
+    Ok((config, store.snapshot()))
+}
+
+fn check(
+    token: &str,
+    config_path: Option<PathBuf>,
+    keys_dir: Option<PathBuf>,
+    json: bool,
+) -> ExitCode {
+    let token = if token == "-" {
+        let mut text = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+            eprintln!("jwtgate: reading the token from stdin: {e}");
+            return ExitCode::from(2);
+        }
+        text
+    } else {
+        token.to_owned()
+    };
+    let (config, keys) = match config_and_keys(config_path, keys_dir) {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            eprintln!("jwtgate: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = jwtgate::check::check(&token, &keys, &Policy::from_config(&config.auth));
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("jwtgate: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{report}");
+    }
+    if report.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn mint(
     sub: String,
     topics: Vec<String>,
@@ -195,15 +303,9 @@ fn mint(
     config_path: Option<PathBuf>,
     kid: Option<String>,
 ) -> Result<(), String> {
-    let config = match &config_path {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
-        None => Config::defaults(&std::env::current_dir().map_err(|e| e.to_string())?),
-    };
-    let keys_dir = keys_dir.unwrap_or(config.auth.keys_dir);
     let ttl = token::parse_ttl(ttl).map_err(|e| format!("--ttl: {e}"))?;
-    let (store, report) = KeyStore::open(&keys_dir).map_err(|e| e.to_string())?;
-    report.log();
-    let keys = store.snapshot();
+    let (config, keys) = config_and_keys(config_path, keys_dir)?;
+    let keys_dir = &config.auth.keys_dir;
     let key = match &kid {
         Some(kid) => keys
             .get(kid)

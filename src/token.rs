@@ -43,6 +43,7 @@
 //! prints, with any key that holds an HMAC secret.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -65,8 +66,8 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// How much of an unauthenticated value (a `kid`, an `alg`) an error echoes.
 const ECHO_CHARS: usize = 64;
 
-/// The registered claim names that `verify` reads itself; a topics claim
-/// by one of these names would be ambiguous.
+/// Registered claim names `mint` writes or `verify` reads; topics under one
+/// of these names would clash with it.
 const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
 
 /// How tokens are judged; built once from the configuration.
@@ -75,6 +76,7 @@ pub struct Policy {
     topics_claim: String,
     leeway: u64,
     issuer: Option<String>,
+    /// One of these must be in `aud`; `None` leaves `aud` unchecked.
     audience: Option<Vec<String>>,
     require_kid: bool,
     require_exp: bool,
@@ -113,7 +115,7 @@ pub struct VerifiedToken {
     pub subject: Option<String>,
     /// The key that verified the signature.
     pub key_id: String,
-    pub key_file: std::path::PathBuf,
+    pub key_file: PathBuf,
     /// `exp`, in seconds since the Unix epoch.
     pub expires_at: Option<u64>,
     pub jti: Option<String>,
@@ -228,8 +230,9 @@ pub fn verify(token: &str, keys: &KeySet, policy: &Policy) -> Result<VerifiedTok
     verify_at(token, keys, policy, unix_now())
 }
 
-/// Seconds since the Unix epoch. A clock set before 1970 counts as 1970;
-/// an edge box whose clock was lost will refuse `nbf` tokens either way.
+/// Seconds since the Unix epoch. A clock set before 1970 reads as 1970
+/// rather than failing: such a clock says nothing either way, and `exp`,
+/// `nbf` are judged against it all the same.
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -91,6 +91,9 @@ enum Ending {
     TokenExpired,
     TakenOver,
     Shutdown,
+    /// After a reload the token no longer verifies: its key was removed or
+    /// replaced, or the deny list names it.
+    Revoked(String),
     /// A PUBLISH was refused and `deny_publish = "disconnect"`.
     PublishDenied,
     /// The router dropped the link.
@@ -110,7 +113,7 @@ impl Ending {
             Ending::TokenExpired => Some(DisconnectReasonCode::MaximumConnectTime),
             Ending::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
             Ending::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
-            Ending::PublishDenied => Some(DisconnectReasonCode::NotAuthorized),
+            Ending::PublishDenied | Ending::Revoked(_) => Some(DisconnectReasonCode::NotAuthorized),
             Ending::RouterClosed => Some(DisconnectReasonCode::UnspecifiedError),
         }
     }
@@ -118,7 +121,8 @@ impl Ending {
     fn publishes_will(&self) -> bool {
         match self {
             Ending::Disconnected { publish_will } => *publish_will,
-            Ending::TakenOver | Ending::Shutdown => false,
+            // A revoked device's will was authorized by what is now revoked.
+            Ending::TakenOver | Ending::Shutdown | Ending::Revoked(_) => false,
             Ending::Vanished
             | Ending::Protocol(..)
             | Ending::KeepAliveTimeout
@@ -225,8 +229,8 @@ pub(super) async fn serve<S>(
         login,
         will.as_ref(),
     );
-    let token = match admitted {
-        Ok(token) => token,
+    let (token, credential) = match admitted {
+        Ok(admitted) => admitted,
         Err((refusal, reason)) => {
             info!(%peer, client_id, reason = %reason, code = ?refusal.code(), "connection refused");
             refuse(&mut wire, refusal).await;
@@ -289,6 +293,7 @@ pub(super) async fn serve<S>(
         .map(|exp| deadline_from_unix(exp + shared.leeway.as_secs()));
     let mut session = Session {
         shared: Arc::clone(&shared),
+        credential,
         client_id,
         version,
         grants: token.grants,
@@ -346,7 +351,7 @@ fn admit(
     id_acceptable: bool,
     login: Option<Login>,
     will: Option<&LastWill>,
-) -> Result<VerifiedToken, (Refusal, String)> {
+) -> Result<(VerifiedToken, String), (Refusal, String)> {
     let login = login.ok_or((Refusal::BadCredentials, "no username".to_owned()))?;
     if login.username != "JWT" {
         return Err((Refusal::BadCredentials, "username is not JWT".to_owned()));
@@ -372,7 +377,7 @@ fn admit(
     for (filter, why) in &token.rejected_filters {
         warn!(client_id, filter, reason = %why, "ignoring an invalid filter in the token");
     }
-    if token.grants.is_empty() {
+    if !token.grants.may_connect() {
         return Err((
             Refusal::NotAuthorized,
             "the token grants no topics".to_owned(),
@@ -387,7 +392,7 @@ fn admit(
             ));
         }
     }
-    Ok(token)
+    Ok((token, login.password))
 }
 
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<S>, refusal: Refusal) {
@@ -424,6 +429,8 @@ fn deadline_from_unix(unix_secs: u64) -> Instant {
 /// A connected client's state.
 struct Session {
     shared: Arc<Shared>,
+    /// The token, kept to re-check it when keys or the deny list change.
+    credential: String,
     client_id: String,
     version: Version,
     grants: Grants,
@@ -452,6 +459,8 @@ impl Session {
         keep_alive: Option<Duration>,
         expires_at: Option<Instant>,
     ) -> Ending {
+        let mut reloads = self.shared.reloads.clone();
+        reloads.mark_unchanged();
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let expiry = sleep_until(expires_at.unwrap_or(far));
         let idle = sleep_until(keep_alive.map_or(far, |k| Instant::now() + k));
@@ -477,6 +486,12 @@ impl Session {
                 _ = claim.taken_over() => return Ending::TakenOver,
                 _ = &mut expiry => return Ending::TokenExpired,
                 _ = &mut idle => return Ending::KeepAliveTimeout,
+                Ok(()) = reloads.changed() => {
+                    let keys = self.shared.keys.snapshot();
+                    if let Err(e) = token::verify(&self.credential, &keys, &self.shared.policy) {
+                        return Ending::Revoked(e.to_string());
+                    }
+                }
                 notification = self.link.next() => {
                     let Some(notification) = notification else {
                         return Ending::RouterClosed;
@@ -951,12 +966,14 @@ impl Session {
         }
         if let (true, Some(reason_code)) = (self.version.is_v5(), ending.reason()) {
             let properties = match &ending {
-                Ending::Protocol(_, detail) => Some(DisconnectProperties {
-                    session_expiry_interval: None,
-                    reason_string: Some(detail.clone()),
-                    user_properties: Vec::new(),
-                    server_reference: None,
-                }),
+                Ending::Protocol(_, detail) | Ending::Revoked(detail) => {
+                    Some(DisconnectProperties {
+                        session_expiry_interval: None,
+                        reason_string: Some(detail.clone()),
+                        user_properties: Vec::new(),
+                        server_reference: None,
+                    })
+                }
                 _ => None,
             };
             wire.queue(Packet::Disconnect(Disconnect { reason_code }, properties));

@@ -2,7 +2,8 @@
 //!
 //! The shape, from the outside in:
 //!
-//! - [`Gateway::bind`] loads the key set and the server certificate, starts
+//! - [`Gateway::bind`] loads the key set and the server certificate (both
+//!   reloadable at run time, see [`crate::reload`]), starts
 //!   rumqttd's router thread and binds the TLS listener. Nothing listens in
 //!   plaintext.
 //! - [`Gateway::run`] is the accept loop (`listener`): TCP_NODELAY, a cap on
@@ -36,6 +37,7 @@ use tracing::{error, warn};
 
 use crate::config::{Config, DenyPublish, Limits};
 use crate::keys::{KeyDirError, KeyStore};
+use crate::reload::{self, Reloader};
 use crate::tls::{self, CertResolver, TlsError};
 use crate::token::Policy;
 
@@ -49,6 +51,9 @@ struct Shared {
     deny_publish: DenyPublish,
     policy: Policy,
     keys: Arc<KeyStore>,
+    /// Bumped after every reload of keys and certificate: connections then
+    /// re-check their token.
+    reloads: tokio::sync::watch::Receiver<u64>,
     router: Arc<router::RouterHandle>,
     sessions: Arc<sessions::Sessions>,
     /// Messages the router dropped before delivery, since start.
@@ -73,7 +78,7 @@ pub enum StartError {
 pub struct Gateway {
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    certs: Arc<CertResolver>,
+    reloader: Arc<Reloader>,
     shared: Arc<Shared>,
 }
 
@@ -86,8 +91,10 @@ impl Gateway {
     pub async fn bind(config: &Config) -> Result<Gateway, StartError> {
         let (keys, report) = KeyStore::open(&config.auth.keys_dir)?;
         report.log();
+        let keys = Arc::new(keys);
         let certs = Arc::new(CertResolver::load(&config.tls.cert, &config.tls.key)?);
         let acceptor = TlsAcceptor::from(tls::server_config(Arc::clone(&certs))?);
+        let reloader = Arc::new(Reloader::new(Arc::clone(&keys), certs, config.tls.clone()));
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -104,7 +111,8 @@ impl Gateway {
             leeway: config.auth.leeway,
             deny_publish: config.auth.deny_publish,
             policy: Policy::from_config(&config.auth),
-            keys: Arc::new(keys),
+            keys,
+            reloads: reloader.subscribe(),
             router: Arc::new(router),
             sessions: Arc::default(),
             losses: losses::LossCounter::default(),
@@ -112,7 +120,7 @@ impl Gateway {
         Ok(Gateway {
             listener,
             acceptor,
-            certs,
+            reloader,
             shared: Arc::new(shared),
         })
     }
@@ -127,9 +135,10 @@ impl Gateway {
         Arc::clone(&self.shared.keys)
     }
 
-    /// The server certificate in use for new handshakes.
-    pub fn certs(&self) -> Arc<CertResolver> {
-        Arc::clone(&self.certs)
+    /// Reloads keys and certificate on demand (the binary calls it on
+    /// SIGHUP); the file watcher started by [`Gateway::run`] calls it too.
+    pub fn reloader(&self) -> Arc<Reloader> {
+        Arc::clone(&self.reloader)
     }
 
     /// Serves clients until `shutdown` resolves, then closes every
@@ -138,9 +147,15 @@ impl Gateway {
         let Gateway {
             listener,
             acceptor,
+            reloader,
             shared,
-            ..
         } = self;
+        // Without a watcher, SIGHUP still reloads; say so and go on.
+        let watcher = reload::watch_files(reloader)
+            .inspect_err(|e| {
+                error!(error = %e, "cannot watch the keys directory; reload with SIGHUP");
+            })
+            .ok();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut connections = tokio::task::JoinSet::new();
         tokio::select! {
@@ -161,6 +176,9 @@ impl Gateway {
                 "connections still open after the shutdown grace period; closing them"
             );
             connections.shutdown().await;
+        }
+        if let Some(watcher) = watcher {
+            watcher.abort();
         }
         let lost = shared.losses.total();
         if lost > 0 {

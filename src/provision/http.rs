@@ -1,0 +1,445 @@
+//! The one way provisioning talks to the provider: HTTPS (plain HTTP only
+//! on loopback), timeouts, and bounded retries when the provider is busy.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_rustls::rustls::crypto::aws_lc_rs;
+use ureq::Agent;
+use ureq::http::{Response, Uri};
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
+
+use super::{Error, TokenRequest};
+
+const TOKEN_PATH: &str = "/oauth/token";
+const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// Tries per request when the provider answers 429 or 5xx.
+const ATTEMPTS: u32 = 4;
+/// The wait before the first retry, doubled for each further one unless
+/// the provider sends `Retry-After`.
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+/// No wait is longer, whatever `Retry-After` says: this runs in setup
+/// scripts and timers, not in a queue.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Larger than any token answer or key set (the gateway's key loader has
+/// the same limit).
+const MAX_ANSWER_BYTES: u64 = crate::keys::MAX_KEY_FILE_BYTES;
+/// How much of an unexpected body an error shows.
+const SNIPPET_BYTES: usize = 160;
+
+const USER_AGENT: &str = concat!("jwtgate-provision/", env!("CARGO_PKG_VERSION"));
+
+/// The identity provider (an Auth0 tenant, or anything with the same
+/// endpoints), reached over HTTPS.
+#[derive(Debug)]
+pub struct Provider {
+    /// Scheme, authority and any path prefix, without a trailing `/`.
+    base: String,
+    agent: Agent,
+}
+
+/// A request to one of the provider's two endpoints.
+pub(super) enum Endpoint<'a> {
+    /// `POST /oauth/token`.
+    Token {
+        body: &'a TokenRequest<'a>,
+        forwarded_for: Option<IpAddr>,
+    },
+    /// `GET /.well-known/jwks.json`.
+    Jwks,
+}
+
+/// The provider's final answer to a request.
+pub(super) struct Answer {
+    pub url: String,
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// Set when the answer is still a 429 or 5xx after every attempt.
+    pub gave_up_after: Option<u32>,
+}
+
+impl Answer {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    pub fn unexpected(&self) -> Error {
+        Error::UnexpectedAnswer {
+            url: self.url.clone(),
+            status: self.status,
+            snippet: self.snippet(),
+        }
+    }
+
+    /// The first bytes of the body, quoted, for an error message.
+    pub fn snippet(&self) -> String {
+        if self.body.is_empty() {
+            return "(empty)".to_owned();
+        }
+        let head = &self.body[..self.body.len().min(SNIPPET_BYTES)];
+        let ellipsis = if head.len() < self.body.len() {
+            "..."
+        } else {
+            ""
+        };
+        format!("{:?}{ellipsis}", String::from_utf8_lossy(head))
+    }
+}
+
+impl Provider {
+    /// Checks `domain` (refusing plain HTTP except on loopback; a bare host
+    /// name means `https://`) and sets up the client, trusting the Mozilla
+    /// roots and the certificates of `ca_file`. Nothing is sent yet.
+    pub fn new(domain: &str, ca_file: Option<&Path>) -> Result<Provider, Error> {
+        let (base, loopback) = parse_domain(domain)?;
+        let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .map(|der| Certificate::from_der(der))
+            .collect();
+        if let Some(path) = ca_file {
+            roots.extend(read_ca_file(path)?);
+        }
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::Specific(Arc::new(roots)))
+            .unversioned_rustls_crypto_provider(Arc::new(aws_lc_rs::default_provider()))
+            .build();
+        let mut config = Agent::config_builder()
+            .http_status_as_error(false)
+            // A redirect of a POST carrying a password is not followed
+            // anywhere; it is reported as the unexpected answer it is.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .timeout_resolve(Some(CONNECT_TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_recv_response(Some(READ_TIMEOUT))
+            .timeout_recv_body(Some(READ_TIMEOUT))
+            .user_agent(USER_AGENT)
+            .tls_config(tls);
+        if loopback {
+            // A proxy from the environment cannot reach this machine's
+            // loopback interface.
+            config = config.proxy(None);
+        }
+        Ok(Provider {
+            base,
+            agent: config.build().new_agent(),
+        })
+    }
+
+    /// Sends `endpoint` until it gets an answer that is not 429 or 5xx, at
+    /// most [`ATTEMPTS`] times. Transport failures (unreachable, TLS,
+    /// timeout) are errors at once: retrying them would only delay the
+    /// message.
+    pub(super) fn send(&self, endpoint: &Endpoint<'_>) -> Result<Answer, Error> {
+        let url = match endpoint {
+            Endpoint::Token { .. } => format!("{}{TOKEN_PATH}", self.base),
+            Endpoint::Jwks => format!("{}{JWKS_PATH}", self.base),
+        };
+        let mut attempt = 1;
+        loop {
+            let response = self
+                .send_once(&url, endpoint)
+                .map_err(|error| transport_error(&url, error))?;
+            let retry_after = retry_after(&response);
+            let mut answer = read_answer(url.clone(), response)?;
+            if !is_busy(&answer) {
+                return Ok(answer);
+            }
+            if attempt == ATTEMPTS {
+                answer.gave_up_after = Some(attempt);
+                return Ok(answer);
+            }
+            let wait = backoff(attempt, retry_after);
+            tracing::warn!(
+                "{url} answered HTTP {}; retrying in {} s (attempt {} of {ATTEMPTS})",
+                answer.status,
+                wait.as_secs_f32(),
+                attempt + 1,
+            );
+            std::thread::sleep(wait);
+            attempt += 1;
+        }
+    }
+
+    fn send_once(
+        &self,
+        url: &str,
+        endpoint: &Endpoint<'_>,
+    ) -> Result<Response<ureq::Body>, ureq::Error> {
+        match endpoint {
+            Endpoint::Token {
+                body,
+                forwarded_for,
+            } => {
+                let mut request = self.agent.post(url).header("accept", "application/json");
+                if let Some(ip) = forwarded_for {
+                    request = request.header("auth0-forwarded-for", ip.to_string());
+                }
+                request.send_json(body)
+            }
+            Endpoint::Jwks => self
+                .agent
+                .get(url)
+                .header("accept", "application/json")
+                .call(),
+        }
+    }
+}
+
+/// Splits `--domain` into the base URL requests are made under and whether
+/// it is a loopback address.
+fn parse_domain(domain: &str) -> Result<(String, bool), Error> {
+    let bad = |reason| Error::BadDomain {
+        domain: domain.to_owned(),
+        reason,
+    };
+    let trimmed = domain.trim();
+    let url = if trimmed.contains("://") {
+        trimmed.to_owned()
+    } else {
+        format!("https://{trimmed}")
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    let Some(authority) = uri.authority() else {
+        return Err(bad("no host name"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(bad("credentials do not belong in the URL"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("a query does not belong in the URL"));
+    }
+    let loopback = is_loopback(authority.host());
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if loopback => {}
+        Some("http") => {
+            return Err(Error::NotHttps {
+                domain: domain.to_owned(),
+            });
+        }
+        _ => return Err(bad("the scheme must be https://")),
+    }
+    let path = uri.path().trim_end_matches('/');
+    Ok((
+        format!(
+            "{}://{authority}{path}",
+            uri.scheme_str().unwrap_or("https")
+        ),
+        loopback,
+    ))
+}
+
+fn is_loopback(host: &str) -> bool {
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn read_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, Error> {
+    let failed = |source| Error::CaFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let pem = std::fs::read(path).map_err(failed)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .map(|cert| cert.map(|der| Certificate::from_der(&der).to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(failed)?;
+    if certs.is_empty() {
+        return Err(Error::CaFileEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_answer(url: String, mut response: Response<ureq::Body>) -> Result<Answer, Error> {
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_ANSWER_BYTES)
+        .read_to_vec()
+        .map_err(|error| transport_error(&url, error))?;
+    Ok(Answer {
+        url,
+        status,
+        body,
+        gave_up_after: None,
+    })
+}
+
+/// 429 and 5xx say "later", except Auth0's 429 `too_many_attempts`, which
+/// blocks an account after failed logins: retrying it only adds failures.
+fn is_busy(answer: &Answer) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Code {
+        error: String,
+    }
+    match answer.status {
+        500..=599 => true,
+        429 => serde_json::from_slice::<Code>(&answer.body)
+            .map_or(true, |code| code.error != "too_many_attempts"),
+        _ => false,
+    }
+}
+
+/// `Retry-After` in seconds; the HTTP-date form is rare on APIs and falls
+/// back to the backoff.
+fn retry_after(response: &Response<ureq::Body>) -> Option<Duration> {
+    let value = response.headers().get("retry-after")?.to_str().ok()?;
+    value.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// The wait after failed attempt `attempt` (from 1).
+fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    retry_after
+        .unwrap_or_else(|| FIRST_WAIT.saturating_mul(1 << (attempt - 1).min(16)))
+        .min(MAX_WAIT)
+}
+
+fn transport_error(url: &str, error: ureq::Error) -> Error {
+    let url = url.to_owned();
+    match error {
+        ureq::Error::Timeout(what) => Error::Timeout {
+            url,
+            what: what.to_string(),
+        },
+        ureq::Error::BodyExceedsLimit(limit) => Error::TooLarge { url, limit },
+        ureq::Error::Tls(reason) => Error::Tls {
+            url,
+            reason: reason.to_owned(),
+        },
+        ureq::Error::Rustls(error) => Error::Tls {
+            url,
+            reason: error.to_string(),
+        },
+        // rustls reports handshake failures through the socket's I/O.
+        ureq::Error::Io(error) if is_tls(&error) => Error::Tls {
+            url,
+            reason: error.to_string(),
+        },
+        ureq::Error::Io(error) => Error::Unreachable {
+            url,
+            reason: error.to_string(),
+        },
+        ureq::Error::HostNotFound => Error::Unreachable {
+            url,
+            reason: "host not found".to_owned(),
+        },
+        other => Error::Unreachable {
+            url,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn is_tls(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<tokio_rustls::rustls::Error>())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn domains() {
+        for (domain, base, loopback) in [
+            (
+                "https://tenant.eu.auth0.com",
+                "https://tenant.eu.auth0.com",
+                false,
+            ),
+            (
+                "https://tenant.eu.auth0.com/",
+                "https://tenant.eu.auth0.com",
+                false,
+            ),
+            ("tenant.eu.auth0.com", "https://tenant.eu.auth0.com", false),
+            (
+                "https://idp.example/prefix/",
+                "https://idp.example/prefix",
+                false,
+            ),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080", true),
+            ("http://localhost:8080", "http://localhost:8080", true),
+            ("http://[::1]:8080", "http://[::1]:8080", true),
+        ] {
+            assert_eq!(
+                parse_domain(domain).unwrap(),
+                (base.to_owned(), loopback),
+                "{domain}"
+            );
+        }
+        for insecure in [
+            "http://tenant.eu.auth0.com",
+            "http://10.0.0.1:8080",
+            "http://[::2]:1",
+        ] {
+            assert!(
+                matches!(parse_domain(insecure), Err(Error::NotHttps { .. })),
+                "{insecure}"
+            );
+        }
+        for bad in ["ftp://x", "https://", "https://u:p@x", "https://x/?a=b", ""] {
+            assert!(
+                matches!(parse_domain(bad), Err(Error::BadDomain { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_honours_retry_after_and_is_capped() {
+        let waits: Vec<_> = (1..=4)
+            .map(|attempt| backoff(attempt, None).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8]);
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(backoff(1, Some(Duration::from_secs(3600))), MAX_WAIT);
+        assert_eq!(backoff(40, None), MAX_WAIT);
+    }
+
+    #[test]
+    fn busy_answers() {
+        let answer = |status, body: &str| Answer {
+            url: String::new(),
+            status,
+            body: body.as_bytes().to_vec(),
+            gave_up_after: None,
+        };
+        assert!(is_busy(&answer(503, "")));
+        assert!(is_busy(&answer(429, r#"{"error":"too_many_requests"}"#)));
+        assert!(is_busy(&answer(429, "slow down")));
+        assert!(!is_busy(&answer(429, r#"{"error":"too_many_attempts"}"#)));
+        assert!(!is_busy(&answer(403, "")));
+    }
+
+    #[test]
+    fn snippets_are_short_and_quoted() {
+        let answer = Answer {
+            url: String::new(),
+            status: 200,
+            body: format!("<html>\n{}", "x".repeat(500)).into_bytes(),
+            gave_up_after: None,
+        };
+        let snippet = answer.snippet();
+        assert!(snippet.starts_with("\"<html>\\n"), "{snippet}");
+        assert!(snippet.ends_with("\"..."), "{snippet}");
+        assert!(snippet.len() < SNIPPET_BYTES + 10);
+    }
+}

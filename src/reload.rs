@@ -1,0 +1,193 @@
+//! Hot reload of the key set and the TLS certificate.
+//!
+//! Operators rotate keys on an edge box by dropping files, with no restart.
+//! A [`Reloader`] re-reads both kinds of material and swaps them in:
+//!
+//! - the key set through [`KeyStore::reload`], which keeps a broken file's
+//!   previous keys and drops a removed file's keys;
+//! - the server certificate through [`CertResolver::reload`], which keeps
+//!   the old pair when the new one is broken or half-rotated. New handshakes
+//!   see the new certificate; established connections keep theirs.
+//!
+//! After every reload the reloader bumps a generation number that live
+//! connections watch: each re-checks its token against the new key set and
+//! deny list, so removing a key or revoking a token closes the connections
+//! that depended on it.
+//!
+//! Reloads are triggered by [`watch_files`] (a `notify` watcher on the keys
+//! directory and the certificate's directories, debounced so that a file
+//! written in several steps is read once it is complete) and by the binary
+//! on SIGHUP.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::config::TlsPaths;
+use crate::keys::KeyStore;
+use crate::tls::CertResolver;
+
+/// How long the files must be quiet before a reload: editors, `cp` and
+/// `tar` write a file in several steps.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Re-reads keys and certificate and tells live connections.
+pub struct Reloader {
+    keys: Arc<KeyStore>,
+    certs: Arc<CertResolver>,
+    tls: TlsPaths,
+    generation: watch::Sender<u64>,
+}
+
+impl Reloader {
+    pub fn new(keys: Arc<KeyStore>, certs: Arc<CertResolver>, tls: TlsPaths) -> Reloader {
+        Reloader {
+            keys,
+            certs,
+            tls,
+            generation: watch::channel(0).0,
+        }
+    }
+
+    /// Reloads keys and certificate, logs what happened, and wakes every
+    /// connection to re-check its token. A failure leaves the material in
+    /// force untouched.
+    pub fn reload(&self) {
+        match self.keys.reload() {
+            Ok(report) => report.log(),
+            Err(e) => error!(error = %e, "key reload failed; the keys in force are kept"),
+        }
+        match self.certs.reload(&self.tls.cert, &self.tls.key) {
+            Ok(()) => debug!(cert = %self.tls.cert.display(), "server certificate loaded"),
+            Err(e) => {
+                error!(error = %e, "TLS reload failed; the certificate in force is kept");
+            }
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Resolves each time a reload has happened.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
+
+    /// The directories whose changes call for a reload.
+    fn watched_dirs(&self) -> BTreeSet<PathBuf> {
+        let mut dirs = BTreeSet::new();
+        dirs.insert(self.keys.dir().to_path_buf());
+        for file in [&self.tls.cert, &self.tls.key] {
+            if let Some(parent) = file.parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+        dirs
+    }
+}
+
+/// True for the files a change to which means nothing: the dotfiles and
+/// `*.tmp` files of an atomic drop, before their rename.
+fn is_scratch(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.starts_with('.') || name.ends_with(".tmp")
+}
+
+/// True for an event that may change what a reload reads. Reading the
+/// files (a reload opens every one) must not count, or each reload would
+/// trigger the next.
+fn is_change(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
+    ) && !event.paths.iter().all(|p| is_scratch(p))
+}
+
+/// Watches the keys directory and the certificate's directories and
+/// reloads after each burst of changes, until the returned task is dropped
+/// or aborted.
+pub fn watch_files(reloader: Arc<Reloader>) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut watcher: RecommendedWatcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) if is_change(&event) => {
+                let _ = tx.send(());
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "file watcher error"),
+        })?;
+    for dir in reloader.watched_dirs() {
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        info!(dir = %dir.display(), "watching for key and certificate changes");
+    }
+    Ok(tokio::spawn(async move {
+        // The watcher stops when dropped; it lives as long as this task.
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            // Wait for a quiet moment, then read everything once.
+            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+            let reloader = Arc::clone(&reloader);
+            if let Err(e) = tokio::task::spawn_blocking(move || reloader.reload()).await {
+                error!(error = %e, "reload task failed");
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_files_are_the_atomic_drop_leftovers() {
+        assert!(is_scratch(Path::new("/k/.new.json.tmp")));
+        assert!(is_scratch(Path::new("/k/new.json.tmp")));
+        assert!(is_scratch(Path::new("/k/.hidden")));
+        assert!(!is_scratch(Path::new("/k/provider.json")));
+        assert!(!is_scratch(Path::new("/k/revoked")));
+    }
+}
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_key_file_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("keys");
+        let material = crate::firstrun::ensure_dev_material(&keys_dir).unwrap();
+        let (keys, _) = KeyStore::open(&keys_dir).unwrap();
+        let keys = Arc::new(keys);
+        let certs =
+            Arc::new(CertResolver::load(&material.server_cert, &material.server_key).unwrap());
+        let reloader = Arc::new(Reloader::new(
+            Arc::clone(&keys),
+            certs,
+            TlsPaths {
+                cert: material.server_cert.clone(),
+                key: material.server_key.clone(),
+            },
+        ));
+        let mut reloads = reloader.subscribe();
+        let task = watch_files(Arc::clone(&reloader)).unwrap();
+        std::fs::write(
+            keys_dir.join("new.b64"),
+            "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n",
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), reloads.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(keys.snapshot().get("new").is_some());
+        task.abort();
+    }
+}
