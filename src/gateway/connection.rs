@@ -133,6 +133,46 @@ impl Ending {
     }
 }
 
+/// The acks a client sends for what the router forwarded to it.
+#[derive(Debug, Clone, Copy)]
+enum ClientAck {
+    /// PUBACK: a QoS 1 delivery arrived.
+    Ack,
+    /// PUBREC: a QoS 2 delivery arrived.
+    Rec,
+    /// PUBCOMP: a QoS 2 release completed.
+    Comp,
+}
+
+impl ClientAck {
+    /// The same ack, as the router takes it (it only takes success).
+    fn packet(self, pkid: u16) -> Packet {
+        match self {
+            ClientAck::Ack => Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            ),
+            ClientAck::Rec => Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            ),
+            ClientAck::Comp => Packet::PubComp(
+                PubComp {
+                    pkid,
+                    reason: PubCompReason::Success,
+                },
+                None,
+            ),
+        }
+    }
+}
+
 /// The byte side of a connection: the TLS stream and its buffers.
 struct Wire<S> {
     stream: S,
@@ -610,63 +650,15 @@ impl Session {
                 }
             }
             Packet::PubAck(ack, _) => {
-                if self.publish_acks.acked(ack.pkid) {
-                    to_router.extend(self.publish_acks.release().map(|pkid| {
-                        Packet::PubAck(
-                            PubAck {
-                                pkid,
-                                reason: PubAckReason::Success,
-                            },
-                            None,
-                        )
-                    }));
-                } else {
-                    debug!(
-                        client_id = self.client_id,
-                        pkid = ack.pkid,
-                        "unexpected PUBACK ignored"
-                    );
-                }
+                self.client_acked(ClientAck::Ack, ack.pkid, to_router);
                 None
             }
             Packet::PubRec(rec, _) => {
-                if self.publish_acks.acked(rec.pkid) {
-                    to_router.extend(self.publish_acks.release().map(|pkid| {
-                        Packet::PubRec(
-                            PubRec {
-                                pkid,
-                                reason: PubRecReason::Success,
-                            },
-                            None,
-                        )
-                    }));
-                } else {
-                    debug!(
-                        client_id = self.client_id,
-                        pkid = rec.pkid,
-                        "unexpected PUBREC ignored"
-                    );
-                }
+                self.client_acked(ClientAck::Rec, rec.pkid, to_router);
                 None
             }
             Packet::PubComp(comp, _) => {
-                if self.release_acks.acked(comp.pkid) {
-                    to_router.extend(self.release_acks.release().map(|pkid| {
-                        Packet::PubComp(
-                            PubComp {
-                                pkid,
-                                reason: PubCompReason::Success,
-                            },
-                            None,
-                        )
-                    }));
-                } else {
-                    debug!(
-                        client_id = self.client_id,
-                        pkid = comp.pkid,
-                        "unexpected PUBCOMP ignored"
-                    );
-                }
+                self.client_acked(ClientAck::Comp, comp.pkid, to_router);
                 None
             }
             Packet::PubRel(rel, _) => {
@@ -896,31 +888,29 @@ impl Session {
             .codec
             .encode(Packet::Publish(publish, None), &mut scratch);
         if let Ok(Some(header)) = header {
-            if header.qos != QoS::AtMostOnce {
-                self.publish_acks.sent(header.pkid);
-                self.publish_acks.acked(header.pkid);
-                let acks: Vec<Packet> = self
-                    .publish_acks
-                    .release()
-                    .map(|pkid| match header.qos {
-                        QoS::ExactlyOnce => Packet::PubRec(
-                            PubRec {
-                                pkid,
-                                reason: PubRecReason::Success,
-                            },
-                            None,
-                        ),
-                        _ => Packet::PubAck(
-                            PubAck {
-                                pkid,
-                                reason: PubAckReason::Success,
-                            },
-                            None,
-                        ),
-                    })
-                    .collect();
-                let _ = self.link.send(acks);
-            }
+            let ack = match header.qos {
+                QoS::AtMostOnce => return,
+                QoS::AtLeastOnce => ClientAck::Ack,
+                QoS::ExactlyOnce => ClientAck::Rec,
+            };
+            self.publish_acks.sent(header.pkid);
+            let mut acks = Vec::new();
+            self.client_acked(ack, header.pkid, &mut acks);
+            let _ = self.link.send(acks);
+        }
+    }
+
+    /// Records the client's (or, for a skipped delivery, the gateway's) ack
+    /// and hands the router every ack it may now have, in its order.
+    fn client_acked(&mut self, ack: ClientAck, pkid: u16, to_router: &mut Vec<Packet>) {
+        let order = match ack {
+            ClientAck::Ack | ClientAck::Rec => &mut self.publish_acks,
+            ClientAck::Comp => &mut self.release_acks,
+        };
+        if order.acked(pkid) {
+            to_router.extend(order.release().map(|pkid| ack.packet(pkid)));
+        } else {
+            debug!(client_id = self.client_id, pkid, ack = ?ack, "unexpected ack ignored");
         }
     }
 
