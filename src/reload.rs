@@ -101,14 +101,18 @@ fn is_scratch(path: &Path) -> bool {
 }
 
 /// True for an event that may change what a reload reads. Reading the
-/// files (a reload opens every one) must not count, or each reload would
-/// trigger the next.
+/// files must not count: a reload opens every one (and may update access
+/// times), and so does `jwtgate mint` or `check`; each would trigger the
+/// next reload.
 fn is_change(event: &notify::Event) -> bool {
     use notify::EventKind;
-    matches!(
-        event.kind,
-        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
-    ) && !event.paths.iter().all(|p| is_scratch(p))
+    use notify::event::ModifyKind;
+    let relevant = match event.kind {
+        EventKind::Modify(ModifyKind::Metadata(_)) | EventKind::Access(_) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any => true,
+        EventKind::Other => false,
+    };
+    relevant && !event.paths.iter().all(|p| is_scratch(p))
 }
 
 /// Watches the keys directory and the certificate's directories and
@@ -147,6 +151,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reading_the_files_is_not_a_change() {
+        use notify::event::{AccessKind, CreateKind, MetadataKind, ModifyKind};
+        use notify::{Event, EventKind};
+        let at = |kind| Event::new(kind).add_path(PathBuf::from("/k/dev.b64"));
+        assert!(!is_change(&at(EventKind::Access(AccessKind::Any))));
+        assert!(!is_change(&at(EventKind::Modify(ModifyKind::Metadata(
+            MetadataKind::AccessTime
+        )))));
+        assert!(is_change(&at(EventKind::Create(CreateKind::File))));
+        assert!(is_change(&at(EventKind::Modify(ModifyKind::Any))));
+        let scratch = Event::new(EventKind::Create(CreateKind::File))
+            .add_path(PathBuf::from("/k/.dev.b64.tmp"));
+        assert!(!is_change(&scratch));
+    }
+
+    #[test]
     fn scratch_files_are_the_atomic_drop_leftovers() {
         assert!(is_scratch(Path::new("/k/.new.json.tmp")));
         assert!(is_scratch(Path::new("/k/new.json.tmp")));
@@ -154,10 +174,6 @@ mod tests {
         assert!(!is_scratch(Path::new("/k/provider.json")));
         assert!(!is_scratch(Path::new("/k/revoked")));
     }
-}
-#[cfg(test)]
-mod watch_tests {
-    use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_key_file_is_loaded() {
