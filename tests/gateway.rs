@@ -1283,3 +1283,107 @@ async fn binary_reports_config_errors() {
         "the line is named: {stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Limits: each one closes only the client that exceeds it.
+// ---------------------------------------------------------------------------
+
+/// Reads a plain TCP connection until the peer closes it; true when it was
+/// closed within `WAIT` without the peer sending anything.
+async fn tcp_closed_silently(tcp: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 64];
+    matches!(
+        tokio::time::timeout(WAIT, tcp.read(&mut chunk)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_closes_only_the_newcomer() {
+    let gw = TestGateway::start_with(|cfg| cfg.limits.max_connections = 2).await;
+    let token = gw.token("cap", &["cap/#"], HOUR);
+    let mut first = gw.v4_connected("cap-1", &token).await;
+    let second = gw.v4_connected("cap-2", &token).await;
+
+    // Past the cap the socket is closed before TLS: no handshake, no bytes.
+    let mut third = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    assert!(tcp_closed_silently(&mut third).await);
+
+    // The two admitted clients are untouched.
+    first.subscribe("cap/x", QoS::AtLeastOnce).await;
+    first
+        .publish("cap/x", QoS::AtLeastOnce, false, b"still here")
+        .await;
+    assert_eq!(
+        &first.expect_publish("cap/x").await.payload[..],
+        b"still here"
+    );
+
+    // A freed slot is usable again.
+    second.disconnect().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = V4Client::start(gw.v4_options("cap-3", &token));
+        if c.connack().await.code == ConnectReturnCode::Success {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_and_connect_timeouts_close_idle_sockets() {
+    let gw = TestGateway::start_with(|cfg| {
+        cfg.limits.handshake_timeout = Duration::from_secs(1);
+        cfg.limits.connect_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // TCP without TLS: closed when the handshake timeout passes.
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let started = Instant::now();
+    assert!(tcp_closed_silently(&mut tcp).await);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // TLS up, no CONNECT: closed when the connect timeout passes.
+    let mut raw = gw.raw().await;
+    let started = Instant::now();
+    assert!(raw.expect_closed().await.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_packets_close_only_their_sender() {
+    let gw = TestGateway::start_with(|cfg| cfg.limits.max_packet_size = 2048).await;
+    let token = gw.token("big", &["big/#"], HOUR);
+    let mut bystander = gw.v4_connected("bystander", &token).await;
+    bystander.subscribe("big/#", QoS::AtLeastOnce).await;
+
+    // MQTT 5 clients learn the limit from CONNACK and do not send more.
+    let mut v5 = gw.v5_connected("big-v5", &token).await;
+    v5.client
+        .publish("big/x", QoS5::AtMostOnce, false, vec![0u8; 4096])
+        .await
+        .unwrap();
+    let end = v5.closed().await;
+    assert!(end.error.contains("max: 2048"), "{end:?}");
+
+    // A 3.1.1 client has no such hint; its oversized PUBLISH closes it.
+    let mut sender = gw.v4_connected("big-sender", &token).await;
+    sender
+        .client
+        .publish("big/x", QoS::AtMostOnce, false, vec![0u8; 4096])
+        .await
+        .unwrap();
+    let closed = sender.closed().await;
+    assert!(!closed.is_empty());
+    bystander.expect_no_publish().await;
+    bystander
+        .publish("big/y", QoS::AtLeastOnce, false, b"small")
+        .await;
+    assert_eq!(
+        &bystander.expect_publish("big/y").await.payload[..],
+        b"small"
+    );
+}
