@@ -13,21 +13,22 @@
 //!   id is the JWK's `kid`, or `{name}#{index}` when it has none.
 //!
 //! Dotfiles and `*.tmp` files are ignored, so writing `.x.tmp` and renaming
-//! it into place is an atomic drop. Every other name (`revoked`, `README`)
-//! is ignored too. Symbolic links are followed, because that is how
-//! Kubernetes mounts secrets.
+//! it into place is an atomic drop. Every other name (`README`) is ignored
+//! too, except `revoked`, the deny list. Symbolic links are followed,
+//! because that is how Kubernetes mounts secrets.
 //!
 //! A load never fails because of one file. Only an unreadable directory is
-//! an error ([`KeyDirError`]); a bad file, a bad key inside a JWK set or a
-//! key id defined twice is a [`LoadIssue`] in the [`LoadReport`], and every
-//! other key stays in force. A key id defined by several files is taken
-//! from the file whose name sorts first, so the outcome never depends on
-//! directory order.
+//! an error ([`KeyDirError`]); a bad file, a bad key inside a JWK set, a
+//! key id defined twice or a malformed deny-list line is a [`LoadIssue`] in
+//! the [`LoadReport`], and everything else stays in force. A key id defined
+//! by several files is taken from the file whose name sorts first, so the
+//! outcome never depends on directory order.
 //!
 //! [`KeyStore::reload`] is built for a directory that is being edited while
 //! the gateway runs: a file that now fails to load keeps the keys of its
-//! last good version until a good version arrives, while a file that is gone
-//! takes its keys with it. Either way the new [`KeySet`] replaces the old
+//! last good version until a good version arrives (a deny list that cannot
+//! be read keeps its last entries), while a file that is gone takes its
+//! keys (or entries) with it. Either way the new [`KeySet`] replaces the old
 //! one atomically; a connection verifies against the snapshot it took.
 //!
 //! Keys are parsed and checked (curve points, RSA sizes, base64) here, once,
@@ -37,8 +38,18 @@
 //! Nothing here logs by itself: [`LoadReport::log`] does, when the caller
 //! decides to (the gateway at start and on reload; `jwtgate mint` may not
 //! want to).
+//!
+//! ## The deny list
+//!
+//! `revoked` lists tokens that are refused although their signature holds,
+//! one `jti:<id>`, `sub:<id>` or `kid:<id>` per line, with `#` comments
+//! (see [`parse_deny_list`]). It is part of the [`KeySet`], loaded and
+//! swapped with the keys, so a reload never pairs new keys with an old deny
+//! list. [`crate::token::verify`] consults it once a signature has held;
+//! since every live connection re-verifies its token after a reload, adding
+//! an entry also closes the connections it names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
@@ -59,7 +70,8 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde::Deserialize;
 
-/// Key files are small; anything larger is a mistake (or an attack on the
+/// Key files are small, and so is a deny list (1 MiB holds some 25,000
+/// `jti:` entries); anything larger is a mistake (or an attack on the
 /// loader), and is refused without being read to the end.
 pub const MAX_KEY_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -147,8 +159,8 @@ impl Key {
     }
 }
 
-/// An immutable set of keys, indexed by key id. `KeySet::default()` is the
-/// empty set.
+/// An immutable set of keys, indexed by key id, with the deny list loaded
+/// along with them. `KeySet::default()` is the empty set.
 #[derive(Debug, Default)]
 pub struct KeySet {
     by_kid: BTreeMap<String, Arc<Key>>,
@@ -156,6 +168,8 @@ pub struct KeySet {
     /// lost a key id clash). The next reload falls back on these when a
     /// file turns bad.
     files: BTreeMap<PathBuf, KeyFile>,
+    /// Shared with the next set when the file cannot be read then.
+    deny: Arc<DenyList>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +231,209 @@ impl KeySet {
             .get(key.id())
             .is_some_and(|in_force| Arc::ptr_eq(in_force, key))
     }
+
+    /// The deny list loaded with these keys.
+    pub fn deny_list(&self) -> &DenyList {
+        &self.deny
+    }
+}
+
+/// The deny list's file name in the keys directory.
+pub const DENY_LIST_FILE: &str = "revoked";
+
+/// What a deny-list entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyKind {
+    /// One token, by its `jti` claim.
+    Jti,
+    /// Every token of one subject (`sub` claim), usually one device.
+    Sub,
+    /// Every token verified with one key, by its key id: the key is
+    /// disabled without removing its file.
+    Kid,
+}
+
+impl DenyKind {
+    const ALL: [DenyKind; 3] = [DenyKind::Jti, DenyKind::Sub, DenyKind::Kid];
+
+    /// The prefix that names it in the file, without the colon.
+    pub fn name(self) -> &'static str {
+        match self {
+            DenyKind::Jti => "jti",
+            DenyKind::Sub => "sub",
+            DenyKind::Kid => "kid",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<DenyKind> {
+        DenyKind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+impl fmt::Display for DenyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One deny-list entry; displayed as it is written in the file,
+/// `kind:id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyEntry {
+    pub kind: DenyKind,
+    pub id: String,
+}
+
+impl fmt::Display for DenyEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.id)
+    }
+}
+
+/// The token ids, subjects and key ids whose tokens are refused even
+/// though their signature holds. `DenyList::default()` is the empty list.
+///
+/// One set per kind, so that a lookup borrows the token's `&str` instead of
+/// building an entry for every CONNECT.
+#[derive(Debug, Default)]
+pub struct DenyList {
+    jti: HashSet<String>,
+    sub: HashSet<String>,
+    kid: HashSet<String>,
+}
+
+impl DenyList {
+    fn ids(&self, kind: DenyKind) -> &HashSet<String> {
+        match kind {
+            DenyKind::Jti => &self.jti,
+            DenyKind::Sub => &self.sub,
+            DenyKind::Kid => &self.kid,
+        }
+    }
+
+    fn insert(&mut self, entry: DenyEntry) {
+        let ids = match entry.kind {
+            DenyKind::Jti => &mut self.jti,
+            DenyKind::Sub => &mut self.sub,
+            DenyKind::Kid => &mut self.kid,
+        };
+        ids.insert(entry.id);
+    }
+
+    /// Distinct entries (an entry listed twice counts once).
+    pub fn len(&self) -> usize {
+        self.jti.len() + self.sub.len() + self.kid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, kind: DenyKind, id: &str) -> bool {
+        self.ids(kind).contains(id)
+    }
+
+    /// The entry that refuses a token with this `jti` and subject, verified
+    /// with key `kid`, if any. The most specific entry is named when
+    /// several match: the token's, then the subject's, then the key's.
+    pub fn matching(&self, jti: Option<&str>, sub: Option<&str>, kid: &str) -> Option<DenyEntry> {
+        [
+            (DenyKind::Jti, jti),
+            (DenyKind::Sub, sub),
+            (DenyKind::Kid, Some(kid)),
+        ]
+        .into_iter()
+        .find_map(|(kind, id)| {
+            let id = id?;
+            self.contains(kind, id).then(|| DenyEntry {
+                kind,
+                id: id.to_owned(),
+            })
+        })
+    }
+}
+
+/// A deny-list line that was left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {error}; line ignored")]
+pub struct BadDenyLine {
+    /// From 1.
+    pub line: usize,
+    pub error: DenyLineError,
+}
+
+/// Why a deny-list line is not an entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DenyLineError {
+    #[error("no \"kind:\" prefix; expected jti:<id>, sub:<id> or kid:<id>")]
+    NoKind,
+    #[error("unknown kind {0:?}; expected jti, sub or kid")]
+    UnknownKind(String),
+    #[error("\"{0}:\" without an id")]
+    EmptyId(DenyKind),
+    #[error("the {0} id contains whitespace (a comment starts with '#' after whitespace)")]
+    SpaceInId(DenyKind),
+}
+
+/// The longest unknown kind a [`DenyLineError`] echoes: enough to spot a
+/// typo, too little to copy a pasted token into the log.
+const ECHO_KIND_CHARS: usize = 16;
+
+/// Parses the text of a deny list: one `jti:<id>`, `sub:<id>` or
+/// `kid:<id>` per line. Blank lines are skipped; `#` starts a comment at
+/// the start of a line or after whitespace (so an id may contain `#`, as
+/// in `jti:a#1`); whitespace around the entry and after the colon is
+/// ignored. Ids cannot contain whitespace, since `sub:ab cd` is more likely
+/// a missing `#` than a subject with a space. A malformed line is returned
+/// with its number and left out; every other entry stands.
+pub fn parse_deny_list(text: &str) -> (DenyList, Vec<BadDenyLine>) {
+    let mut list = DenyList::default();
+    let mut bad = Vec::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for (index, line) in text.lines().enumerate() {
+        let entry = strip_comment(line).trim();
+        if entry.is_empty() {
+            continue;
+        }
+        match parse_deny_entry(entry) {
+            Ok(entry) => list.insert(entry),
+            Err(error) => bad.push(BadDenyLine {
+                line: index + 1,
+                error,
+            }),
+        }
+    }
+    (list, bad)
+}
+
+/// `line` up to a `#` that opens the line or follows whitespace.
+fn strip_comment(line: &str) -> &str {
+    let mut after_space = true;
+    for (at, ch) in line.char_indices() {
+        if ch == '#' && after_space {
+            return &line[..at];
+        }
+        after_space = ch.is_whitespace();
+    }
+    line
+}
+
+fn parse_deny_entry(entry: &str) -> Result<DenyEntry, DenyLineError> {
+    let (kind, id) = entry.split_once(':').ok_or(DenyLineError::NoKind)?;
+    let kind = kind.trim_end();
+    let kind = DenyKind::from_name(kind)
+        .ok_or_else(|| DenyLineError::UnknownKind(kind.chars().take(ECHO_KIND_CHARS).collect()))?;
+    let id = id.trim_start();
+    if id.is_empty() {
+        return Err(DenyLineError::EmptyId(kind));
+    }
+    if id.contains(char::is_whitespace) {
+        return Err(DenyLineError::SpaceInId(kind));
+    }
+    Ok(DenyEntry {
+        kind,
+        id: id.to_owned(),
+    })
 }
 
 /// Owns the key set in force and the directory it comes from.
@@ -285,16 +502,25 @@ pub struct LoadReport {
     pub keys: usize,
     /// Files that provided them (including files kept from before).
     pub files: usize,
+    /// Deny-list entries in force after the load.
+    pub revoked: usize,
     pub issues: Vec<LoadIssue>,
 }
 
 impl LoadReport {
-    /// Logs the outcome: one `warn` per issue, with the file and the reason,
-    /// and an `error` when no key at all is in force (every CONNECT will be
-    /// refused), otherwise an `info` summary.
+    /// Logs the outcome: one `warn` per issue, with the file and the reason
+    /// (an `error` for a deny list that cannot be read, since tokens it
+    /// revokes may then be accepted), and an `error` when no key at all is
+    /// in force (every CONNECT will be refused), otherwise an `info`
+    /// summary.
     pub fn log(&self) {
         for issue in &self.issues {
-            tracing::warn!(file = %issue.file.display(), reason = %issue.problem, "key file problem");
+            let (file, reason) = (issue.file.display(), &issue.problem);
+            if matches!(issue.problem, Problem::DenyList { .. }) {
+                tracing::error!(%file, %reason, "keys directory problem");
+            } else {
+                tracing::warn!(%file, %reason, "keys directory problem");
+            }
         }
         if self.keys == 0 {
             tracing::error!(
@@ -302,7 +528,13 @@ impl LoadReport {
                 "no verification keys loaded: every token will be refused"
             );
         } else {
-            tracing::info!(dir = %self.dir.display(), keys = self.keys, files = self.files, "verification keys loaded");
+            tracing::info!(
+                dir = %self.dir.display(),
+                keys = self.keys,
+                files = self.files,
+                revoked = self.revoked,
+                "verification keys loaded"
+            );
         }
     }
 }
@@ -311,10 +543,11 @@ impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} keys from {} files in {}",
+            "{} keys from {} files in {}, {} deny-list entries",
             self.keys,
             self.files,
-            self.dir.display()
+            self.dir.display(),
+            self.revoked
         )?;
         for issue in &self.issues {
             write!(f, "\n  {issue}")?;
@@ -349,6 +582,15 @@ pub enum Problem {
     /// This file defines a key id that `kept_from` (whose name sorts first)
     /// already defines; this file's key with that id was left out.
     DuplicateKid { kid: String, kept_from: PathBuf },
+    /// The deny list as it is now could not be read. `kept_previous`
+    /// counts the entries of its last good version, which stay in force.
+    DenyList {
+        error: FileError,
+        kept_previous: usize,
+    },
+    /// One line of the deny list was left out; its other entries are in
+    /// force.
+    DenyLine(BadDenyLine),
 }
 
 impl fmt::Display for Problem {
@@ -371,6 +613,18 @@ impl fmt::Display for Problem {
                 "key id {kid:?} is already defined by {}; this file's key left out",
                 kept_from.display()
             ),
+            Problem::DenyList {
+                error,
+                kept_previous: 0,
+            } => write!(f, "{error}; nothing is revoked until it can be read"),
+            Problem::DenyList {
+                error,
+                kept_previous,
+            } => write!(
+                f,
+                "{error}; its previous version ({kept_previous} entries) stays in force"
+            ),
+            Problem::DenyLine(bad) => write!(f, "{bad}"),
         }
     }
 }
@@ -834,13 +1088,54 @@ fn load(dir: &Path, previous: &KeySet) -> Result<(KeySet, LoadReport), KeyDirErr
         }
     }
 
+    let deny = load_deny_list(dir, &previous.deny, &mut issues);
     let report = LoadReport {
         dir: dir.to_path_buf(),
         keys: by_kid.len(),
         files: files.len(),
+        revoked: deny.len(),
         issues,
     };
-    Ok((KeySet { by_kid, files }, report))
+    Ok((
+        KeySet {
+            by_kid,
+            files,
+            deny,
+        },
+        report,
+    ))
+}
+
+/// Loads `dir/revoked`. No file is an empty list; a file that cannot be
+/// read keeps `previous`, as a broken key file keeps its keys, so that a
+/// bad write never un-revokes anything.
+fn load_deny_list(
+    dir: &Path,
+    previous: &Arc<DenyList>,
+    issues: &mut Vec<LoadIssue>,
+) -> Arc<DenyList> {
+    let path = dir.join(DENY_LIST_FILE);
+    match read_text(&path) {
+        Ok(None) => Arc::default(),
+        Ok(Some((text, _))) => {
+            let (list, bad) = parse_deny_list(&text);
+            issues.extend(bad.into_iter().map(|bad| LoadIssue {
+                file: path.clone(),
+                problem: Problem::DenyLine(bad),
+            }));
+            Arc::new(list)
+        }
+        Err(error) => {
+            issues.push(LoadIssue {
+                file: path,
+                problem: Problem::DenyList {
+                    error,
+                    kept_previous: previous.len(),
+                },
+            });
+            Arc::clone(previous)
+        }
+    }
 }
 
 /// The key files in `dir`, sorted by path.
@@ -871,9 +1166,10 @@ fn key_files(dir: &Path) -> Result<Vec<(PathBuf, FileKind)>, KeyDirError> {
 
 type LoadedFile = (KeyFile, Vec<SkippedJwk>);
 
-/// Reads and parses one key file; `None` when it is gone or turned out not
-/// to be a regular file (a directory named `x.json`).
-fn read_key_file(path: &Path, kind: FileKind) -> Result<Option<LoadedFile>, FileError> {
+/// Reads a key file or the deny list as text, with its modification time;
+/// `None` when it is gone or turned out not to be a regular file (a
+/// directory named `x.json`).
+fn read_text(path: &Path) -> Result<Option<(String, SystemTime)>, FileError> {
     let metadata = match fs::metadata(path) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -895,7 +1191,14 @@ fn read_key_file(path: &Path, kind: FileKind) -> Result<Option<LoadedFile>, File
         return Err(FileError::TooLarge);
     }
     let text = String::from_utf8(bytes).map_err(|_| FileError::NotUtf8)?;
+    Ok(Some((text, modified)))
+}
 
+/// Reads and parses one key file; `None` when [`read_text`] finds none.
+fn read_key_file(path: &Path, kind: FileKind) -> Result<Option<LoadedFile>, FileError> {
+    let Some((text, modified)) = read_text(path)? else {
+        return Ok(None);
+    };
     let (keys, skipped) = match kind {
         FileKind::Secret => {
             let id = path
@@ -923,83 +1226,10 @@ fn read_key_file(path: &Path, kind: FileKind) -> Result<Option<LoadedFile>, File
     Ok(Some((file, skipped)))
 }
 
-/// Key material for tests, here and in `token`.
+/// Key material for tests, here, in `token` and in the integration tests
+/// (which include the file with `#[path]`).
 #[cfg(test)]
-pub(crate) mod testing {
-    #![allow(clippy::unwrap_used)]
-
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use jsonwebtoken::EncodingKey;
-    use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ED25519, PKCS_RSA_SHA256};
-    use serde_json::{Value, json};
-
-    /// A generated key pair and its public half as a JWK.
-    pub(crate) struct TestKey {
-        pub(crate) pair: KeyPair,
-        pub(crate) jwk: Value,
-    }
-
-    impl TestKey {
-        /// The private key, for signing test tokens.
-        pub(crate) fn encoding_key(&self) -> EncodingKey {
-            let pem = self.pair.serialize_pem();
-            match self.jwk["kty"].as_str() {
-                Some("RSA") => EncodingKey::from_rsa_pem(pem.as_bytes()),
-                Some("EC") => EncodingKey::from_ec_pem(pem.as_bytes()),
-                _ => EncodingKey::from_ed_pem(pem.as_bytes()),
-            }
-            .unwrap()
-        }
-    }
-
-    pub(crate) fn b64url(bytes: &[u8]) -> String {
-        URL_SAFE_NO_PAD.encode(bytes)
-    }
-
-    pub(crate) fn rsa(kid: &str) -> TestKey {
-        let pair = KeyPair::generate_for(&PKCS_RSA_SHA256).unwrap();
-        let public = aws_lc_rs::rsa::PublicKey::from_der(pair.public_key_raw()).unwrap();
-        let jwk = json!({
-            "kty": "RSA", "kid": kid, "use": "sig",
-            "n": b64url(public.modulus().big_endian_without_leading_zero()),
-            "e": b64url(public.exponent().big_endian_without_leading_zero()),
-        });
-        TestKey { pair, jwk }
-    }
-
-    pub(crate) fn ec(kid: &str) -> TestKey {
-        let pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let point = pair.public_key_raw();
-        let jwk = json!({
-            "kty": "EC", "crv": "P-256", "kid": kid,
-            "x": b64url(&point[1..33]), "y": b64url(&point[33..]),
-        });
-        TestKey { pair, jwk }
-    }
-
-    pub(crate) fn ed(kid: &str) -> TestKey {
-        let pair = KeyPair::generate_for(&PKCS_ED25519).unwrap();
-        let jwk = json!({ "kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64url(pair.public_key_raw()) });
-        TestKey { pair, jwk }
-    }
-
-    pub(crate) fn rsa_jwk(kid: &str) -> Value {
-        rsa(kid).jwk
-    }
-
-    pub(crate) fn ec_jwk(kid: &str) -> Value {
-        ec(kid).jwk
-    }
-
-    pub(crate) fn ed_jwk(kid: &str) -> Value {
-        ed(kid).jwk
-    }
-
-    pub(crate) fn jwks(keys: &[Value]) -> String {
-        json!({ "keys": keys }).to_string()
-    }
-}
+pub(crate) mod testing;
 
 #[cfg(test)]
 mod tests {
@@ -1198,7 +1428,7 @@ mod tests {
         write(dir.path(), ".hidden.b64", secret);
         write(dir.path(), "next.b64.tmp", secret);
         write(dir.path(), ".x.tmp", secret);
-        write(dir.path(), "revoked", "whatever");
+        write(dir.path(), "revoked", "kid:real");
         write(dir.path(), "README.md", "not a key");
         fs::create_dir(dir.path().join("tls")).unwrap();
         write(&dir.path().join("tls"), "inner.b64", secret);
@@ -1365,5 +1595,146 @@ mod tests {
         write(dir.path(), "idp.json", &jwks(&[ec_jwk("ec")]));
         let (store, _) = open(dir.path());
         assert!(store.snapshot().newest_hmac().is_none());
+    }
+
+    #[test]
+    fn deny_list_syntax() {
+        let text = "\u{feff}# revoked devices\r\n\
+                    jti:7f1c9a0e3b\r\n\
+                    \n\
+                    \t sub:thermostat-7c        # stolen unit\n\
+                    kid: fleet-2025#old\n\
+                    sub:thermostat-7c\n\
+                    jti:a#1 # an id may contain '#'\n";
+        let (list, bad) = parse_deny_list(text);
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(list.len(), 4);
+        assert!(list.contains(DenyKind::Jti, "7f1c9a0e3b"));
+        assert!(list.contains(DenyKind::Sub, "thermostat-7c"));
+        assert!(list.contains(DenyKind::Kid, "fleet-2025#old"));
+        assert!(list.contains(DenyKind::Jti, "a#1"));
+        // Kinds are separate: a subject named like a jti is not that jti.
+        assert!(!list.contains(DenyKind::Jti, "thermostat-7c"));
+    }
+
+    #[test]
+    fn malformed_deny_lines_are_named_and_skipped() {
+        let text = "jti:ok\n\
+                    thermostat-7c\n\
+                    uid:42\n\
+                    sub:   # nothing\n\
+                    sub:ab cd\n\
+                    eyJhbGciOiJIUzI1NiJ9.very-long-kind-that-is-clipped:x\n\
+                    kid:ok\n";
+        let (list, bad) = parse_deny_list(text);
+        assert_eq!(list.len(), 2);
+        let reasons: Vec<String> = bad.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            [
+                "line 2: no \"kind:\" prefix; expected jti:<id>, sub:<id> or kid:<id>; line ignored",
+                "line 3: unknown kind \"uid\"; expected jti, sub or kid; line ignored",
+                "line 4: \"sub:\" without an id; line ignored",
+                "line 5: the sub id contains whitespace (a comment starts with '#' after whitespace); line ignored",
+                "line 6: unknown kind \"eyJhbGciOiJIUzI1\"; expected jti, sub or kid; line ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn deny_list_matches_the_most_specific_entry() {
+        let (list, _) = parse_deny_list("kid:dev\nsub:d1\njti:t1\n");
+        let entry = |kind, id: &str| {
+            Some(DenyEntry {
+                kind,
+                id: id.to_owned(),
+            })
+        };
+        assert_eq!(
+            list.matching(Some("t1"), Some("d1"), "dev"),
+            entry(DenyKind::Jti, "t1")
+        );
+        assert_eq!(
+            list.matching(Some("t2"), Some("d1"), "dev"),
+            entry(DenyKind::Sub, "d1")
+        );
+        assert_eq!(
+            list.matching(None, None, "dev"),
+            entry(DenyKind::Kid, "dev")
+        );
+        assert_eq!(list.matching(Some("t2"), Some("d2"), "other"), None);
+        assert_eq!(entry(DenyKind::Sub, "d1").unwrap().to_string(), "sub:d1");
+    }
+
+    #[test]
+    fn deny_list_is_loaded_with_the_keys_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "dev.b64", "c2VjcmV0");
+        write(dir.path(), DENY_LIST_FILE, "sub:d1\nnonsense\njti:t1\n");
+        let (store, report) = open(dir.path());
+        assert_eq!(report.revoked, 2);
+        assert!(
+            report.to_string().contains("2 deny-list entries"),
+            "{report}"
+        );
+        let issues: Vec<String> = report.issues.iter().map(ToString::to_string).collect();
+        let revoked = dir.path().join(DENY_LIST_FILE);
+        assert_eq!(issues.len(), 1);
+        assert!(
+            issues[0].starts_with(&format!("{}: line 2: no \"kind:\"", revoked.display())),
+            "{issues:?}"
+        );
+        let set = store.snapshot();
+        assert!(set.deny_list().contains(DenyKind::Sub, "d1"));
+        assert_eq!(kids(&set), ["dev"]);
+    }
+
+    #[test]
+    fn unreadable_deny_list_keeps_its_previous_entries_and_a_removed_one_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, report) = open(dir.path());
+        assert_eq!(report.revoked, 0);
+        assert!(report.issues.is_empty(), "no deny list is no problem");
+
+        write(dir.path(), DENY_LIST_FILE, "sub:d1\nsub:d2\n");
+        let report = store.reload().unwrap();
+        assert_eq!(report.revoked, 2);
+        let before = store.snapshot();
+
+        // Not UTF-8: as unreadable as a file can be without chmod, which
+        // root (CI containers) ignores.
+        fs::write(dir.path().join(DENY_LIST_FILE), b"sub:d3\n\xff\n").unwrap();
+        let report = store.reload().unwrap();
+        assert_eq!(report.revoked, 2);
+        assert!(matches!(
+            report.issues[..],
+            [LoadIssue {
+                problem: Problem::DenyList {
+                    error: FileError::NotUtf8,
+                    kept_previous: 2
+                },
+                ..
+            }]
+        ));
+        assert!(report.to_string().contains("(2 entries) stays in force"));
+        let after = store.snapshot();
+        // The very same list, not a re-read one.
+        assert!(std::ptr::eq(after.deny_list(), before.deny_list()));
+
+        fs::remove_file(dir.path().join(DENY_LIST_FILE)).unwrap();
+        let report = store.reload().unwrap();
+        assert_eq!(report.revoked, 0);
+        assert!(store.snapshot().deny_list().is_empty());
+
+        // Unreadable from the first load: nothing to keep, and it says so.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(DENY_LIST_FILE), b"\xff").unwrap();
+        let (_, report) = open(dir.path());
+        assert!(
+            report
+                .to_string()
+                .contains("nothing is revoked until it can be read"),
+            "{report}"
+        );
     }
 }

@@ -25,19 +25,23 @@
 //!    is tried against every key allowing `alg`; the first that verifies
 //!    wins.
 //! 5. Signature, before the claims are even decoded.
-//! 6. Claims: `exp` (required unless the policy says otherwise), `nbf`,
+//! 6. Deny list: a token whose `jti`, `sub` or verifying key id the key
+//!    set's deny list names is refused. Only now, so that "revoked" is said
+//!    only of genuine tokens and a forger learns nothing from it.
+//! 7. Claims: `exp` (required unless the policy says otherwise), `nbf`,
 //!    both with the policy's leeway; `iss` and `aud` when the policy names
 //!    them (an `aud` is ignored when the policy names none, since identity
 //!    providers routinely set one); `exp - iat` against the lifetime cap.
-//! 7. Topics: the claim the policy names (possibly a namespaced URL) holds
+//! 8. Topics: the claim the policy names (possibly a namespaced URL) holds
 //!    an array of topic filters, or a single one as a string. Invalid
 //!    filters are dropped and returned for the caller to log.
 //!
 //! Errors never contain the token. The few values they echo from it (`kid`,
-//! `alg`, `iss`) are clipped and printed with `Debug` quoting, so a hostile
-//! token can neither flood nor forge log lines. What the caller logs about
-//! the device comes from the [`VerifiedToken`] (subject, key id) or from
-//! [`TokenError::key_id`], never from parsing the token a second time.
+//! `alg`, `iss`, the deny-list entry that matched) are clipped and printed
+//! with `Debug` quoting, so a hostile token can neither flood nor forge log
+//! lines. What the caller logs about the device comes from the
+//! [`VerifiedToken`] (subject, key id) or from [`TokenError::key_id`], never
+//! from parsing the token a second time.
 //!
 //! [`mint`] creates HS256 development tokens, such as those `jwtgate mint`
 //! prints, with any key that holds an HMAC secret.
@@ -57,7 +61,7 @@ use serde_json::{Map, Value};
 
 use crate::acl::{FilterError, Grants};
 use crate::config::AuthConfig;
-use crate::keys::{Key, KeySet};
+use crate::keys::{DenyEntry, Key, KeySet};
 
 /// Longest accepted token, in bytes. A CONNECT password beyond this is
 /// refused before any parsing.
@@ -130,8 +134,8 @@ pub struct VerifiedToken {
 /// Why a token was refused.
 ///
 /// The variants up to [`TokenError::KeyUnusable`] are found before the
-/// signature is trusted; the rest are about the claims of a token whose
-/// signature held.
+/// signature is trusted; the rest are about a token whose signature held:
+/// whether it is revoked, and its claims.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("token is {len} bytes long; at most {MAX_TOKEN_BYTES} are accepted")]
@@ -160,6 +164,13 @@ pub enum TokenError {
     },
     #[error("key {kid:?} cannot verify signatures: {reason}")]
     KeyUnusable { kid: String, reason: String },
+    #[error("revoked by the deny-list entry {:?}", echo(&by.to_string()))]
+    Revoked {
+        /// The entry that matched (the most specific, if several did).
+        by: DenyEntry,
+        /// The key that verified the signature.
+        kid: String,
+    },
     #[error("the claims are not a base64url-encoded JSON object")]
     ClaimsNotAnObject,
     #[error("claim {claim:?} has the wrong type")]
@@ -195,7 +206,8 @@ impl TokenError {
         match self {
             TokenError::UnknownKey { kid }
             | TokenError::KeyRefusesAlgorithm { kid, .. }
-            | TokenError::KeyUnusable { kid, .. } => Some(kid),
+            | TokenError::KeyUnusable { kid, .. }
+            | TokenError::Revoked { kid, .. } => Some(kid),
             TokenError::BadSignature { kid } => kid.as_deref(),
             _ => None,
         }
@@ -262,14 +274,21 @@ fn verify_at(
     let key = verifying_key(&parts, header.kid.as_deref(), alg, keys, policy)?;
 
     let claims = parts.claims()?;
-    let subject = string_claim(&claims, "sub")?.map(str::to_owned);
+    let subject = string_claim(&claims, "sub")?;
+    let jti = string_claim(&claims, "jti")?;
+    if let Some(by) = keys.deny_list().matching(jti, subject, key.id()) {
+        return Err(TokenError::Revoked {
+            by,
+            kid: key.id().to_owned(),
+        });
+    }
     let checked = check_claims(&claims, policy, now)?;
     Ok(VerifiedToken {
-        subject,
+        subject: subject.map(str::to_owned),
         key_id: key.id().to_owned(),
         key_file: key.source().to_path_buf(),
         expires_at: checked.exp,
-        jti: checked.jti,
+        jti: jti.map(str::to_owned),
         grants: checked.grants,
         rejected_filters: checked.rejected_filters,
     })
@@ -389,10 +408,10 @@ fn verifying_key<'k>(
     }
 }
 
-/// What the claims contribute to a [`VerifiedToken`], besides the subject.
+/// What the claims contribute to a [`VerifiedToken`], besides the subject
+/// and `jti`.
 struct CheckedClaims {
     exp: Option<u64>,
-    jti: Option<String>,
     grants: Grants,
     rejected_filters: Vec<(String, FilterError)>,
 }
@@ -434,8 +453,6 @@ fn check_claims(
     if let Some(accepted) = &policy.audience {
         check_audience(claims.get("aud"), accepted)?;
     }
-    let jti = string_claim(claims, "jti")?.map(str::to_owned);
-
     let topics: Vec<&str> = match claims.get(&policy.topics_claim) {
         None => return Err(TokenError::MissingTopics),
         Some(Value::String(filter)) => vec![filter],
@@ -449,7 +466,6 @@ fn check_claims(
     let (grants, rejected_filters) = Grants::from_claim(topics);
     Ok(CheckedClaims {
         exp,
-        jti,
         grants,
         rejected_filters,
     })
@@ -664,8 +680,8 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::keys::KeyStore;
     use crate::keys::testing::{self, b64url};
+    use crate::keys::{DenyKind, KeyStore};
     use base64::engine::general_purpose::STANDARD;
     use jsonwebtoken::EncodingKey;
     use proptest::prelude::*;
@@ -1039,6 +1055,89 @@ mod tests {
             )
             .unwrap_err(),
             TokenError::MissingExp
+        );
+    }
+
+    #[test]
+    fn deny_list_refuses_by_jti_sub_and_verifying_key() {
+        let f = fixture();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dev.b64"), STANDARD.encode(SECRET)).unwrap();
+        let ec = testing::ec("ec");
+        std::fs::write(
+            dir.path().join("idp.json"),
+            testing::jwks(std::slice::from_ref(&ec.jwk)),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(crate::keys::DENY_LIST_FILE),
+            "jti:leaked\nsub:stolen\nkid:ec\n",
+        )
+        .unwrap();
+        let (store, _) = KeyStore::open(dir.path()).unwrap();
+        let keys = store.snapshot();
+        let check = |token: &str| verify_at(token, &keys, &policy(|_| {}), NOW);
+        let with = |extra: Value| {
+            let mut claims = claims();
+            for (name, value) in extra.as_object().unwrap() {
+                claims[name] = value.clone();
+            }
+            claims
+        };
+        let revoked = |kind, id: &str, kid: &str| {
+            Err(TokenError::Revoked {
+                by: DenyEntry {
+                    kind,
+                    id: id.to_owned(),
+                },
+                kid: kid.to_owned(),
+            })
+        };
+
+        let hs = |claims: &Value| sign(Algorithm::HS256, Some("dev"), claims, &hmac());
+        check(&hs(&with(json!({ "jti": "fine" })))).unwrap();
+        assert_eq!(
+            check(&hs(&with(json!({ "jti": "leaked" })))),
+            revoked(DenyKind::Jti, "leaked", "dev")
+        );
+        assert_eq!(
+            check(&hs(&with(json!({ "sub": "stolen" })))),
+            revoked(DenyKind::Sub, "stolen", "dev")
+        );
+        // A revoked token that has also expired is reported as revoked.
+        assert_eq!(
+            check(&hs(&with(json!({ "sub": "stolen", "exp": 1 })))),
+            revoked(DenyKind::Sub, "stolen", "dev")
+        );
+        // By key: with or without kid in the header, it is the key that
+        // verified the signature that counts.
+        let ec_key = ec.encoding_key();
+        for kid in [Some("ec"), None] {
+            assert_eq!(
+                check(&sign(Algorithm::ES256, kid, &claims(), &ec_key)),
+                revoked(DenyKind::Kid, "ec", "ec")
+            );
+        }
+        // A forgery is refused for its signature: the deny list is not
+        // revealed to whoever lacks the key.
+        let forged = sign(
+            Algorithm::ES256,
+            Some("ec"),
+            &with(json!({ "sub": "stolen" })),
+            &f.ec,
+        );
+        assert_eq!(
+            check(&forged),
+            Err(TokenError::BadSignature {
+                kid: Some("ec".into())
+            })
+        );
+
+        let error = check(&hs(&with(json!({ "jti": "leaked" })))).unwrap_err();
+        assert_eq!(error.key_id(), Some("dev"));
+        assert_eq!(
+            error.to_string(),
+            "revoked by the deny-list entry \"jti:leaked\""
         );
     }
 

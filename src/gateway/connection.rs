@@ -409,7 +409,11 @@ fn admit(
         // A token that verifies but carries no usable grant is a valid
         // identity without rights; anything else is a bad credential.
         let refusal = match &e {
-            TokenError::MissingTopics | TokenError::BadTopicsClaim => Refusal::NotAuthorized,
+            // Revocation too: the token is authentic, the identity may not
+            // connect; it matches the DISCONNECT a live connection gets.
+            TokenError::MissingTopics | TokenError::BadTopicsClaim | TokenError::Revoked { .. } => {
+                Refusal::NotAuthorized
+            }
             _ => Refusal::BadCredentials,
         };
         (refusal, e.to_string())

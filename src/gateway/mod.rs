@@ -79,6 +79,9 @@ pub struct Gateway {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     reloader: Arc<Reloader>,
+    /// The file watcher; `None` when it could not start (SIGHUP still
+    /// reloads).
+    watcher: Option<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
 }
 
@@ -117,10 +120,18 @@ impl Gateway {
             sessions: Arc::default(),
             losses: losses::LossCounter::default(),
         };
+        // Watch from now on, so that a key dropped between start and the
+        // first client is not missed.
+        let watcher = reload::watch_files(Arc::clone(&reloader))
+            .inspect_err(|e| {
+                error!(error = %e, "cannot watch the keys directory; reload with SIGHUP");
+            })
+            .ok();
         Ok(Gateway {
             listener,
             acceptor,
             reloader,
+            watcher,
             shared: Arc::new(shared),
         })
     }
@@ -136,7 +147,7 @@ impl Gateway {
     }
 
     /// Reloads keys and certificate on demand (the binary calls it on
-    /// SIGHUP); the file watcher started by [`Gateway::run`] calls it too.
+    /// SIGHUP); the file watcher started by [`Gateway::bind`] calls it too.
     pub fn reloader(&self) -> Arc<Reloader> {
         Arc::clone(&self.reloader)
     }
@@ -147,15 +158,10 @@ impl Gateway {
         let Gateway {
             listener,
             acceptor,
-            reloader,
+            watcher,
             shared,
+            ..
         } = self;
-        // Without a watcher, SIGHUP still reloads; say so and go on.
-        let watcher = reload::watch_files(reloader)
-            .inspect_err(|e| {
-                error!(error = %e, "cannot watch the keys directory; reload with SIGHUP");
-            })
-            .ok();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut connections = tokio::task::JoinSet::new();
         tokio::select! {

@@ -21,7 +21,15 @@
 //!   `set_keep_alive`, `set_last_will`, `set_credentials`) before
 //!   [`V4Client::start`].
 //! - [`RawClient`] and the [`mqtt`] encoders: a bare TLS socket for bytes no
-//!   client library will send (MQTT 3.1, forbidden packets, garbage).
+//!   client library will send (MQTT 3.1, forbidden packets, garbage), and
+//!   the certificate a new handshake is shown.
+//! - Key rotation: [`write_atomically`] (the `.x.tmp` + rename drop) and
+//!   [`drop_secret`], [`jwk`] (generated RSA, EC and Ed25519 key pairs with
+//!   their JWKs, the library's own test helper), tokens signed by hand
+//!   ([`device_claims`], [`sign_jwt`], [`sign_hs256_kid`]), [`capture_logs`]
+//!   (the test binary's log, to wait for what the gateway reports) and
+//!   [`ServedBinary`] (the `jwtgate` binary as a child process, for
+//!   signals). `benches/rotation.rs` includes this harness too.
 //!
 //! Timeouts here ([`WAIT`]) only keep a broken test from hanging; the short
 //! [`QUIET`] window is for negative checks ("nothing arrives"), never a
@@ -31,8 +39,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Once};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, Once, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jwtgate::config::Config;
 use jwtgate::firstrun;
@@ -943,6 +951,18 @@ impl RawClient {
         }
     }
 
+    /// The certificate (DER) the server presented in this connection's
+    /// handshake. Every [`RawClient::connect`] builds a new client
+    /// configuration, so this is a full handshake, never a resumed one.
+    pub fn peer_certificate(&self) -> Vec<u8> {
+        let (_, connection) = self.stream.get_ref();
+        connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .expect("the server presented a certificate")
+            .to_vec()
+    }
+
     /// Writes `bytes` and flushes. Errors (the server may already have
     /// closed) are returned, not raised.
     pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -1194,5 +1214,258 @@ pub mod mqtt {
             at += 2;
         }
         Some((topic, frame_bytes.get(at..)?.to_vec()))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Key rotation: files, key material, logs, the binary
+// ---------------------------------------------------------------------------
+
+/// Generated key pairs and their JWKs. The file is the library's own test
+/// helper (`src/keys/testing.rs`), included rather than copied so that unit
+/// and integration tests build JWKs the same way.
+#[path = "../../src/keys/testing.rs"]
+pub mod jwk;
+
+/// Claims for device `sub`: an hour to live, its own topic tree
+/// `devices/{sub}/#`.
+pub fn device_claims(sub: &str) -> serde_json::Value {
+    serde_json::json!({
+        "sub": sub,
+        "exp": now_unix() + 3600,
+        "topics": [format!("devices/{sub}/#")],
+    })
+}
+
+/// Signs `claims` with `alg` and `key`, naming `kid` in the header when
+/// given.
+pub fn sign_jwt(
+    alg: jsonwebtoken::Algorithm,
+    kid: Option<&str>,
+    claims: &serde_json::Value,
+    key: &jsonwebtoken::EncodingKey,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).expect("sign claims")
+}
+
+/// Signs `claims` with HS256 and `secret`, naming key `kid`.
+pub fn sign_hs256_kid(secret: &[u8], kid: &str, claims: &serde_json::Value) -> String {
+    sign_jwt(
+        jsonwebtoken::Algorithm::HS256,
+        Some(kid),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+}
+
+/// Writes `contents` to `path` the way operators are told to drop key
+/// files: into `.{name}.tmp` next to it, then renamed over it, so that a
+/// reader sees the old file or the new one, never half of one. Returns the
+/// instant of the rename, the moment the new file appeared.
+pub fn write_atomically(path: &Path, contents: impl AsRef<[u8]>) -> Instant {
+    let name = path
+        .file_name()
+        .expect("a file path")
+        .to_str()
+        .expect("a UTF-8 file name");
+    let scratch = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&scratch, contents).expect("write the scratch file");
+    let renamed = Instant::now();
+    std::fs::rename(&scratch, path).expect("rename the scratch file into place");
+    renamed
+}
+
+/// Drops the HMAC secret `{kid}.b64` (standard base64) into the keys
+/// directory `dir` with [`write_atomically`]; returns the instant of the
+/// rename.
+pub fn drop_secret(dir: &Path, kid: &str, secret: &[u8]) -> Instant {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(secret);
+    write_atomically(&dir.join(format!("{kid}.b64")), text)
+}
+
+/// A TCP port that was free a moment ago, for a child process to listen on.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// The log of this test binary, captured so that a test can wait for what
+/// the gateway reports (a key file it left out, a certificate it refused).
+/// Every test's gateway logs here; tests tell their lines apart by the
+/// paths of their own temporary directory.
+pub struct Logs {
+    text: Mutex<String>,
+}
+
+static CAPTURED: OnceLock<Logs> = OnceLock::new();
+
+/// Installs the capturing subscriber (level `info,rumqttd=warn`, whatever
+/// `RUST_LOG` says, so that the lines tests wait for are always there) and
+/// returns the log. Lines also go to the test output, as with
+/// [`init_tracing`]. Only the first subscriber of a process is installed,
+/// so in a test binary that uses this, every test must call it before it
+/// starts a gateway.
+pub fn capture_logs() -> &'static Logs {
+    static INSTALL: Once = Once::new();
+    let logs = CAPTURED.get_or_init(|| Logs {
+        text: Mutex::default(),
+    });
+    INSTALL.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,rumqttd=warn"))
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init()
+            .expect("capture_logs() runs before any other tracing subscriber is installed");
+    });
+    logs
+}
+
+impl Logs {
+    /// Where the log ends now: [`Logs::wait_for_line`] from here only sees
+    /// what is logged later.
+    pub fn position(&self) -> usize {
+        self.text
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Waits until a line logged after `since` contains every one of
+    /// `needles`, and returns it. Panics after [`WAIT`].
+    pub async fn wait_for_line(&self, since: usize, needles: &[&str]) -> String {
+        self.wait_for(since, &format!("a line with {needles:?}"), |line| {
+            needles.iter().all(|needle| line.contains(needle))
+        })
+        .await
+    }
+
+    /// Waits until a line logged after `since` satisfies `wanted` (`what`
+    /// describes it for the panic message), and returns it. Panics after
+    /// [`WAIT`].
+    pub async fn wait_for(
+        &self,
+        since: usize,
+        what: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let text = self.text.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(line) = text[since..].lines().find(|line| wanted(line)) {
+                    return line.to_owned();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line within {WAIT:?}: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Appends to [`CAPTURED`] and passes the bytes on to the test output.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(logs) = CAPTURED.get() {
+            logs.text
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push_str(&String::from_utf8_lossy(buf));
+        }
+        tracing_subscriber::fmt::TestWriter::new().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `jwtgate serve --config CONFIG --listen 127.0.0.1:PORT` as a child
+/// process, its log (stderr, level `info,rumqttd=warn`) in a file. Killed
+/// when dropped.
+pub struct ServedBinary {
+    child: tokio::process::Child,
+    log_path: PathBuf,
+    port: u16,
+}
+
+impl ServedBinary {
+    /// Starts the binary with `config` on a free port, writing its log to
+    /// `log_path`, and waits until it accepts TCP connections.
+    pub async fn start(config: &Path, log_path: PathBuf) -> ServedBinary {
+        let port = free_port();
+        let log = std::fs::File::create(&log_path).expect("create the log file");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info,rumqttd=warn")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn jwtgate serve");
+        let mut served = ServedBinary {
+            child,
+            log_path,
+            port,
+        };
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if let Ok(Some(status)) = served.child.try_wait() {
+                panic!("jwtgate serve exited early ({status}):\n{}", served.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "jwtgate serve never listened:\n{}",
+                served.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        served
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("the child is running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// Waits until the log, after its first `since` bytes, contains
+    /// `needle`. Panics after [`WAIT`].
+    pub async fn wait_for_log(&self, since: usize, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.log().get(since..).unwrap_or("").contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log within {WAIT:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
