@@ -33,9 +33,9 @@ use serde_json::{Value, json};
 /// target is 1 s; this only catches a reload that never comes.
 const RELOAD_LIMIT: Duration = Duration::from_secs(5);
 
-/// What a CONNECT with a revoked token gets: `admit()` in
-/// `src/gateway/connection.rs` answers every token error except a missing
-/// or malformed topics claim with "bad user name or password".
+/// What a CONNECT with a revoked token gets: the token is authentic but the
+/// identity may not connect, so "not authorized", the same code a live
+/// connection's DISCONNECT carries when it is revoked.
 const REVOKED_AT_CONNECT: ConnectReturnCode = ConnectReturnCode::NotAuthorized;
 
 /// A gateway for this binary's tests, once its file watcher is up. The log
