@@ -50,8 +50,10 @@ const MAX_ROUTER_BACKLOG: usize = 1_000;
 /// Bytes of pending output after which router notifications are flushed
 /// to the client before more are taken.
 const WRITE_BATCH: usize = 64 * 1024;
-/// How much room the input buffer gets before each socket read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Room the input buffer gets before a socket read: from the minimum,
+/// doubled each time a read fills it, up to the maximum.
+const MIN_READ_CHUNK: usize = 1024;
+const MAX_READ_CHUNK: usize = 32 * 1024;
 /// How long a new connection waits for an older one with the same client
 /// id to let go of its session.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
@@ -243,7 +245,7 @@ pub(super) async fn serve<S>(
         stream,
         codec: Codec::new(version, limit),
         input,
-        output: BytesMut::with_capacity(4096),
+        output: BytesMut::new(),
     };
     let connect = match wire.codec.decode(&mut wire.input) {
         Ok(Some(Inbound {
@@ -256,6 +258,11 @@ pub(super) async fn serve<S>(
         }
     };
     let (connect, will, login) = connect;
+    if wire.input.is_empty() {
+        // The CONNECT needed a few KiB (it carries the token); an idle
+        // device should not keep them.
+        wire.input = BytesMut::new();
+    }
     let mut client_id = connect.client_id;
     let assigned_id = client_id.is_empty();
     if assigned_id {
@@ -516,12 +523,14 @@ impl Session {
         if wire.flush().await.is_err() {
             return Ending::Vanished;
         }
+        // Reads start small, so the thousands of idle devices of a fleet
+        // hold little memory, and grow while a client keeps filling them.
+        let mut chunk = MIN_READ_CHUNK;
         loop {
-            // Read in large chunks: a nearly full buffer would make the
-            // next read return a few bytes at a time.
-            if wire.input.capacity() - wire.input.len() < READ_CHUNK / 4 {
-                wire.input.reserve(READ_CHUNK);
+            if wire.input.capacity() - wire.input.len() < chunk / 2 {
+                wire.input.reserve(chunk);
             }
+            let room = wire.input.capacity() - wire.input.len();
             let congested =
                 self.link.backlog() > MAX_ROUTER_BACKLOG || self.shared.router.congested();
             tokio::select! {
@@ -557,6 +566,7 @@ impl Session {
                 read = wire.stream.read_buf(&mut wire.input), if !congested => {
                     match read {
                         Ok(0) | Err(_) => return Ending::Vanished,
+                        Ok(n) if n >= room => chunk = (chunk * 2).min(MAX_READ_CHUNK),
                         Ok(_) => {}
                     }
                     if let Some(k) = keep_alive {
