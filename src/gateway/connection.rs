@@ -207,7 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
 /// Serves one accepted (TLS-established) connection to the end.
 pub(super) async fn serve<S>(
-    stream: S,
+    mut stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
@@ -215,7 +215,6 @@ pub(super) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut input = BytesMut::with_capacity(4096);
-    let mut stream = stream;
     let limit = shared.limits.max_packet_size;
     let version = match tokio::time::timeout(
         shared.limits.connect_timeout,

@@ -56,7 +56,10 @@ pub(super) async fn accept_loop(
             let handshake =
                 tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await;
             match handshake {
-                Ok(Ok(tls)) => connection::serve(tls, peer, shared, shutdown).await,
+                // Boxed: the TLS stream is over a kilobyte and the
+                // connection future moves it around; every idle device's
+                // task would carry several copies of its slot.
+                Ok(Ok(tls)) => connection::serve(Box::new(tls), peer, shared, shutdown).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
