@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # jwtgate vs Mosquitto, side by side, on loopback, in one command.
 #
-#   bash benches/compare.sh            # full run (~12 minutes)
-#   bash benches/compare.sh --quick    # short run (~3-4 minutes)
+#   bash benches/compare.sh            # full run (~9 minutes plus the build)
+#   bash benches/compare.sh --quick    # short run (~3 minutes)
 #
 # What it does:
 #   1. installs Mosquitto (Debian's `mosquitto` package) if it is missing;
@@ -23,8 +23,8 @@
 #   7. stops everything it started (trap on EXIT).
 #
 # Options:
-#   --quick            fewer clients, shorter runs, one idle round
-#   --rounds N         rounds of the fast scenarios (default 3)
+#   --quick            fewer clients, shorter runs, 2 rounds, one idle round
+#   --rounds N         rounds of the fast scenarios (default 3; --quick: 2)
 #   --idle-rounds N    rounds of the idle scenario (default 2; --quick: 1)
 #   --scenarios LIST   comma-separated subset of: connect,connect-resume,
 #                      fanin-qos0,fanin-qos1,fanout,fanout-rate,latency,idle
@@ -35,7 +35,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QUICK=0
-ROUNDS=3
+ROUNDS=
 IDLE_ROUNDS=
 SCENARIOS="connect,connect-resume,fanin-qos0,fanin-qos1,fanout,fanout-rate,latency,idle"
 OUT=
@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS=$2; shift ;;
         --out) OUT=$2; shift ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -56,10 +56,10 @@ done
 
 if [ "$QUICK" = 1 ]; then
     CLIENTS=1000; DURATION=3s; IDLE_CLIENTS=5000; SUBSCRIBERS=100; SETTLE=2s
-    : "${IDLE_ROUNDS:=1}"
+    : "${ROUNDS:=2}" "${IDLE_ROUNDS:=1}"
 else
     CLIENTS=2000; DURATION=10s; IDLE_CLIENTS=10000; SUBSCRIBERS=100; SETTLE=3s
-    : "${IDLE_ROUNDS:=2}"
+    : "${ROUNDS:=3}" "${IDLE_ROUNDS:=2}"
 fi
 JWT_PORT=${JWT_PORT:-18883}
 MOSQ_PORT=${MOSQ_PORT:-18884}
