@@ -75,6 +75,10 @@ pub enum FilterError {
         "`$share/...` is a shared-subscription request, not a grantable filter; grant the filter after the group name instead"
     )]
     SharedSubscription,
+    #[error(
+        "a shared subscription needs `$share/{{group}}/{{filter}}` with a group free of wildcards"
+    )]
+    BadShareGroup,
 }
 
 /// Why a string is not a valid topic name (the topic of a PUBLISH).
@@ -251,21 +255,49 @@ impl<'a> Filter<'a> {
     }
 }
 
+/// A SUBSCRIBE filter as the client wrote it: a plain filter, or a shared
+/// subscription `$share/{group}/{filter}` to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestedFilter<'a> {
+    /// The share group, for a shared subscription.
+    pub group: Option<&'a str>,
+    /// The filter itself, validated: the topics this subscription delivers.
+    pub filter: &'a str,
+}
+
+impl<'a> RequestedFilter<'a> {
+    /// Splits and validates a SUBSCRIBE filter. A share group must be
+    /// non-empty and free of wildcards (MQTT 5 §4.8.2).
+    pub fn parse(requested: &'a str) -> Result<Self, FilterError> {
+        let Some(shared) = requested.strip_prefix(SHARE_PREFIX) else {
+            return Filter::parse(requested).map(|f| RequestedFilter {
+                group: None,
+                filter: f.0,
+            });
+        };
+        // The length limit applies to the whole string as it is sent.
+        if requested.len() > MAX_LEN {
+            return Err(FilterError::TooLong {
+                len: requested.len(),
+            });
+        }
+        let (group, filter) = shared.split_once('/').ok_or(FilterError::BadShareGroup)?;
+        if group.is_empty() || group.contains(['+', '#', '\0']) {
+            return Err(FilterError::BadShareGroup);
+        }
+        Filter::parse(filter).map(|f| RequestedFilter {
+            group: Some(group),
+            filter: f.0,
+        })
+    }
+}
+
 /// The filter a SUBSCRIBE request asks for: itself, or for a shared
 /// subscription the filter after the group name. `None` if malformed.
 fn requested_filter(requested: &str) -> Option<Filter<'_>> {
-    let Some(shared) = requested.strip_prefix(SHARE_PREFIX) else {
-        return Filter::parse(requested).ok();
-    };
-    // The length limit applies to the whole string as it is sent.
-    if requested.len() > MAX_LEN {
-        return None;
-    }
-    let (group, filter) = shared.split_once('/')?;
-    if group.is_empty() || group.contains(['+', '#', '\0']) {
-        return None;
-    }
-    Filter::parse(filter).ok()
+    RequestedFilter::parse(requested)
+        .ok()
+        .map(|r| Filter(r.filter))
 }
 
 /// The topic filters one device has been granted.

@@ -67,6 +67,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: Limits,
     pub router: RouterSettings,
+    pub sessions: SessionSettings,
 }
 
 /// Where the server certificate and its key live (already resolved).
@@ -129,6 +130,10 @@ pub struct Limits {
     pub max_packet_size: usize,
     /// Most simultaneous connections; never zero.
     pub max_connections: usize,
+    pub max_property_bytes: usize,
+    pub max_topic_aliases: u16,
+    pub max_keep_alive: Option<u16>,
+    pub memory_budget: usize,
 }
 
 impl Default for Limits {
@@ -138,6 +143,10 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1024 * 1024,
             max_connections: 10_000,
+            max_property_bytes: 65536,
+            max_topic_aliases: 64,
+            max_keep_alive: None,
+            memory_budget: 512 << 20,
         }
     }
 }
@@ -238,6 +247,7 @@ impl Config {
             },
             limits: Limits::default(),
             router: RouterSettings::default(),
+            sessions: SessionSettings::default(),
         }
     }
 }
@@ -758,7 +768,9 @@ max_segment_count = 4            # segments kept per topic log; default 4; must 
                     connect_timeout: Duration::from_secs(10),
                     max_packet_size: 1_048_576,
                     max_connections: 10_000,
+                    ..Limits::default()
                 },
+                sessions: SessionSettings::default(),
                 router: RouterSettings {
                     max_outgoing_packet_count: 10_000,
                     max_segment_size: 4_194_304,
@@ -893,6 +905,7 @@ max_segment_count = 1
                 connect_timeout: Duration::from_secs(7),
                 max_packet_size: 268_435_455,
                 max_connections: 1,
+                ..Limits::default()
             }
         );
         assert_eq!(
@@ -1280,4 +1293,36 @@ max_segment_count = 1
         assert_shareable::<Config>();
         assert_error::<ConfigError>();
     }
+}
+
+// TEMPORARY-STUB (replaced by the config-sessions branch)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSettings {
+    pub max_inflight: u16,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    pub slow_subscriber: SlowSubscriber,
+    pub slow_subscriber_timeout: Duration,
+    pub max_subscriptions: usize,
+    pub max_session_expiry: Duration,
+}
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            max_inflight: 1000,
+            max_queued_messages: 1000,
+            max_queued_bytes: 8 << 20,
+            slow_subscriber: SlowSubscriber::Disconnect,
+            slow_subscriber_timeout: Duration::from_secs(2),
+            max_subscriptions: 100,
+            max_session_expiry: Duration::from_secs(86400),
+        }
+    }
+}
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowSubscriber {
+    #[default]
+    Disconnect,
+    Drop,
 }

@@ -22,11 +22,14 @@
 //! - [`tls`] loads the server certificate behind a resolver that can be
 //!   swapped at run time; [`firstrun`] creates development material so a
 //!   first run needs nothing hand-made.
-//! - [`gateway`] owns the connection layer: the TLS listener, one task per
-//!   connection that speaks MQTT 3.1, 3.1.1 and 5 with rumqttd's codec, and a
-//!   handle on rumqttd's router, which does routing, QoS, retained messages
-//!   and sessions.
-//!
+//! - [`broker`] is jwtgate's routing core: the subscription index, retained
+//!   messages, sessions with their queues and QoS exchanges, and delivery
+//!   with back-pressure, all on the publishing and subscribing clients' own
+//!   tasks.
+//! - [`gateway`] owns the connection layer: the TLS listener and one task
+//!   per connection that speaks MQTT 3.1, 3.1.1 and 5 (framing from
+//!   rumqttd's codec), authorizes every packet and drives its session in
+//!   the routing core.
 //! - [`reload`] swaps in new keys and certificates when files change (or
 //!   on SIGHUP) and makes live connections re-check their tokens.
 //! - [`readiness`] tells systemd when the gateway is up.
@@ -35,6 +38,7 @@
 //! The `jwtgate` binary is a thin command-line layer over this library.
 
 pub mod acl;
+pub mod broker;
 pub mod check;
 pub mod config;
 pub mod firstrun;

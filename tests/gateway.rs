@@ -352,7 +352,6 @@ async fn pubsub_round_trip_at_qos_0_1_2() {
 /// MQTT 3.1.1 §3.8.4 / MQTT 5 §3.8.2.1: a message is delivered at the
 /// lower of its publish QoS and the subscription's granted QoS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known limitation: rumqttd 0.20's router delivers at the subscription's QoS (README, Known limitations)"]
 async fn delivery_qos_is_the_minimum_of_publish_and_subscription() {
     let gw = TestGateway::start().await;
     let token = gw.token("dev3q", &["sensors/#"], HOUR);

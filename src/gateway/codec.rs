@@ -15,15 +15,22 @@
 //! - Encoding for 3.1/3.1.1 clients strips MQTT 5 properties (`V4::write`
 //!   panics on them) and maps reason codes to the few 3.1.1 knows.
 //! - PUBLISH QoS and packet id are crate-private on rumqttd's `Publish`, so
-//!   they are read from the wire form and returned beside the packet.
+//!   they are read from the wire form and returned beside the packet, and
+//!   PUBLISH packets to clients are written here ([`Codec::encode_publish`]):
+//!   rumqttd cannot build one with a QoS, and writing it directly from the
+//!   routing core's message lets each subscriber get its own packet id,
+//!   subscription identifiers and remaining expiry without copying the
+//!   message into rumqttd's types first.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::{BufMut, BytesMut};
 use rumqttd::protocol::{
-    self, ConnAck, ConnectReturnCode, DisconnectProperties, Packet, Protocol, QoS, SubAck,
+    self, ConnAck, ConnectReturnCode, DisconnectProperties, Packet, Protocol, SubAck,
     SubscribeReasonCode, v4::V4, v5::V5,
 };
+
+use crate::broker::{Properties, QoS};
 
 /// Fixed-header packet types (MQTT 3.1.1 §2.2.1, MQTT 5 §2.1.2).
 const CONNECT: u8 = 1;
@@ -84,6 +91,8 @@ pub enum CodecError {
 pub struct PublishHeader {
     pub qos: QoS,
     pub pkid: u16,
+    /// Bytes of MQTT 5 properties (0 for 3.1/3.1.1).
+    pub properties_len: usize,
 }
 
 /// One decoded client packet.
@@ -186,6 +195,24 @@ fn upgrade_v31_connect(buf: &mut BytesMut, header: usize, size: usize) {
     *buf = out;
 }
 
+/// The routing core's QoS for rumqttd's.
+pub fn broker_qos(qos: protocol::QoS) -> QoS {
+    match qos {
+        protocol::QoS::AtMostOnce => QoS::AtMostOnce,
+        protocol::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        protocol::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+/// rumqttd's QoS for the routing core's.
+pub fn wire_qos(qos: QoS) -> protocol::QoS {
+    match qos {
+        QoS::AtMostOnce => protocol::QoS::AtMostOnce,
+        QoS::AtLeastOnce => protocol::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => protocol::QoS::ExactlyOnce,
+    }
+}
+
 /// The per-connection codec, once the version is known.
 #[derive(Debug, Clone, Copy)]
 pub struct Codec {
@@ -226,7 +253,7 @@ impl Codec {
             upgrade_v31_connect(buf, header, size);
         }
         let publish = if kind == PUBLISH {
-            Some(publish_header(&buf[..size], header)?)
+            Some(publish_header(&buf[..size], header, self.version.is_v5())?)
         } else {
             None
         };
@@ -245,50 +272,205 @@ impl Codec {
         }
     }
 
-    /// Appends `packet` to `out` in this client's protocol version. For a
-    /// PUBLISH, returns its QoS and packet id as written.
-    pub fn encode(
-        &self,
-        packet: Packet,
-        out: &mut BytesMut,
-    ) -> Result<Option<PublishHeader>, CodecError> {
-        let start = out.len();
-        let is_publish = matches!(packet, Packet::Publish(..));
+    /// Appends `packet` (anything but a PUBLISH, see
+    /// [`Codec::encode_publish`]) to `out` in this client's protocol
+    /// version.
+    pub fn encode(&self, packet: Packet, out: &mut BytesMut) -> Result<(), CodecError> {
         match self.version {
             Version::V5 => V5.write(for_v5(packet), out),
             Version::V3_1 | Version::V3_1_1 => V4.write(for_v4(packet), out),
         }
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
-        if !is_publish {
-            return Ok(None);
+        .map(drop)
+        .map_err(|e| CodecError::Malformed(e.to_string()))
+    }
+
+    /// The size of `publish` on the wire for this client, fixed header
+    /// included: what a client's maximum packet size is compared with.
+    pub fn publish_size(&self, publish: &OutgoingPublish<'_>) -> usize {
+        let remaining = self.publish_remaining(publish);
+        1 + varint_len(remaining) + remaining
+    }
+
+    fn publish_remaining(&self, publish: &OutgoingPublish<'_>) -> usize {
+        let mut len = 2 + publish.topic.len() + publish.payload.len();
+        if publish.qos != QoS::AtMostOnce {
+            len += 2;
         }
-        let frame = &out[start..];
-        let (len_len, _) = remaining_length(frame)?
-            .ok_or_else(|| CodecError::Malformed("encoded PUBLISH is incomplete".into()))?;
-        publish_header(frame, 1 + len_len).map(Some)
+        if self.version.is_v5() {
+            let properties = publish.properties_len();
+            len += varint_len(properties) + properties;
+        }
+        len
+    }
+
+    /// Appends a PUBLISH to `out`.
+    pub fn encode_publish(&self, publish: &OutgoingPublish<'_>, out: &mut BytesMut) {
+        let remaining = self.publish_remaining(publish);
+        out.reserve(1 + varint_len(remaining) + remaining);
+        out.put_u8(
+            (PUBLISH << 4)
+                | (u8::from(publish.dup) << 3)
+                | ((publish.qos as u8) << 1)
+                | u8::from(publish.retain),
+        );
+        put_varint(out, remaining);
+        put_str(out, publish.topic.as_bytes());
+        if publish.qos != QoS::AtMostOnce {
+            out.put_u16(publish.pkid);
+        }
+        if self.version.is_v5() {
+            put_varint(out, publish.properties_len());
+            publish.put_properties(out);
+        }
+        out.put_slice(publish.payload);
     }
 }
 
-fn publish_header(frame: &[u8], header: usize) -> Result<PublishHeader, CodecError> {
+/// A PUBLISH to one client, borrowed from the routing core's message.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingPublish<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub qos: QoS,
+    /// 0 for QoS 0.
+    pub pkid: u16,
+    pub dup: bool,
+    pub retain: bool,
+    pub properties: Option<&'a Properties>,
+    /// Message expiry interval left, in seconds.
+    pub expiry: Option<u32>,
+    pub subscription_ids: &'a [u32],
+}
+
+// MQTT 5 property identifiers of a PUBLISH (§3.3.2.3).
+const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
+const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
+const CONTENT_TYPE: u8 = 0x03;
+const RESPONSE_TOPIC: u8 = 0x08;
+const CORRELATION_DATA: u8 = 0x09;
+const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
+const USER_PROPERTY: u8 = 0x26;
+
+impl OutgoingPublish<'_> {
+    fn properties_len(&self) -> usize {
+        let field = |len: Option<usize>| len.map_or(0, |len| 1 + 2 + len);
+        let mut len = self.expiry.map_or(0, |_| 1 + 4);
+        len += self
+            .subscription_ids
+            .iter()
+            .map(|&id| 1 + varint_len(id as usize))
+            .sum::<usize>();
+        if let Some(p) = self.properties {
+            len += p.payload_format_indicator.map_or(0, |_| 1 + 1);
+            len += field(p.content_type.as_ref().map(String::len));
+            len += field(p.response_topic.as_ref().map(String::len));
+            len += field(p.correlation_data.as_ref().map(|d| d.len()));
+            len += p
+                .user_properties
+                .iter()
+                .map(|(k, v)| 1 + 2 + k.len() + 2 + v.len())
+                .sum::<usize>();
+        }
+        len
+    }
+
+    fn put_properties(&self, out: &mut BytesMut) {
+        if let Some(format) = self.properties.and_then(|p| p.payload_format_indicator) {
+            out.put_u8(PAYLOAD_FORMAT_INDICATOR);
+            out.put_u8(format);
+        }
+        if let Some(expiry) = self.expiry {
+            out.put_u8(MESSAGE_EXPIRY_INTERVAL);
+            out.put_u32(expiry);
+        }
+        if let Some(p) = self.properties {
+            if let Some(content_type) = &p.content_type {
+                out.put_u8(CONTENT_TYPE);
+                put_str(out, content_type.as_bytes());
+            }
+            if let Some(topic) = &p.response_topic {
+                out.put_u8(RESPONSE_TOPIC);
+                put_str(out, topic.as_bytes());
+            }
+            if let Some(data) = &p.correlation_data {
+                out.put_u8(CORRELATION_DATA);
+                put_str(out, data);
+            }
+        }
+        for &id in self.subscription_ids {
+            out.put_u8(SUBSCRIPTION_IDENTIFIER);
+            put_varint(out, id as usize);
+        }
+        for (key, value) in self.properties.map_or(&[][..], |p| &p.user_properties) {
+            out.put_u8(USER_PROPERTY);
+            put_str(out, key.as_bytes());
+            put_str(out, value.as_bytes());
+        }
+    }
+}
+
+/// Bytes of a variable byte integer (MQTT §1.5.5).
+fn varint_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+fn put_varint(out: &mut BytesMut, mut value: usize) {
+    loop {
+        let mut byte = (value % 128) as u8;
+        value /= 128;
+        if value > 0 {
+            byte |= 0x80;
+        }
+        out.put_u8(byte);
+        if value == 0 {
+            break;
+        }
+    }
+}
+
+/// A length-prefixed string or binary field. Every one written here came
+/// from a decoded MQTT field or a validated topic, so it fits the prefix.
+fn put_str(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u16(u16::try_from(bytes.len()).unwrap_or(u16::MAX));
+    out.put_slice(bytes);
+}
+
+fn publish_header(frame: &[u8], header: usize, v5: bool) -> Result<PublishHeader, CodecError> {
     let qos = match (frame[0] >> 1) & 0b11 {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
         2 => QoS::ExactlyOnce,
         _ => return Err(CodecError::Malformed("PUBLISH with QoS 3".into())),
     };
+    let topic = mqtt_str(frame, header)
+        .ok_or_else(|| CodecError::Malformed("PUBLISH without topic".into()))?;
+    let mut at = header + 2 + topic.len();
     let pkid = match qos {
         QoS::AtMostOnce => 0,
-        QoS::AtLeastOnce | QoS::ExactlyOnce => {
-            let topic = mqtt_str(frame, header)
-                .ok_or_else(|| CodecError::Malformed("PUBLISH without topic".into()))?;
-            let at = header + 2 + topic.len();
-            match frame.get(at..at + 2) {
-                Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
-                _ => return Err(CodecError::Malformed("PUBLISH without packet id".into())),
+        QoS::AtLeastOnce | QoS::ExactlyOnce => match frame.get(at..at + 2) {
+            Some(&[hi, lo]) => {
+                at += 2;
+                u16::from_be_bytes([hi, lo])
             }
-        }
+            _ => return Err(CodecError::Malformed("PUBLISH without packet id".into())),
+        },
     };
-    Ok(PublishHeader { qos, pkid })
+    // The properties length is a variable byte integer, like the remaining
+    // length, whose reader skips the one byte before it.
+    let properties_len = match at.checked_sub(1).and_then(|start| frame.get(start..)) {
+        Some(rest) if v5 => remaining_length(rest)?.map_or(0, |(_, len)| len),
+        _ => 0,
+    };
+    Ok(PublishHeader {
+        qos,
+        pkid,
+        properties_len,
+    })
 }
 
 /// rumqttd 0.20 mis-encodes an MQTT 5 DISCONNECT that has a reason code
@@ -323,6 +505,7 @@ fn for_v4(packet: Packet) -> Packet {
             },
             None,
         ),
+        // PUBLISH is written by `encode_publish`, never by rumqttd.
         Packet::Publish(p, _) => Packet::Publish(p, None),
         Packet::PubAck(p, _) => Packet::PubAck(p, None),
         Packet::PubRec(p, _) => Packet::PubRec(p, None),
@@ -462,9 +645,98 @@ mod tests {
             inbound.publish,
             Some(PublishHeader {
                 qos: QoS::AtLeastOnce,
-                pkid: 0x1234
+                pkid: 0x1234,
+                properties_len: 0,
             })
         );
+    }
+
+    #[test]
+    fn v5_publish_header_has_the_properties_length() {
+        // QoS 1 PUBLISH, topic "t", pkid 1, 5 bytes of properties (message
+        // expiry interval 60), payload "x".
+        let mut buf = BytesMut::from(
+            &[
+                0x32u8, 0x0c, 0x00, 0x01, b't', 0x00, 0x01, 0x05, 0x02, 0, 0, 0, 60, b'x',
+            ][..],
+        );
+        let codec = Codec::new(Version::V5, 1024);
+        let header = codec
+            .decode(&mut buf)
+            .ok()
+            .flatten()
+            .and_then(|i| i.publish);
+        assert_eq!(header.map(|h| h.properties_len), Some(5));
+    }
+
+    fn decode_v5_publish(
+        out: &BytesMut,
+    ) -> (
+        rumqttd::protocol::Publish,
+        Option<rumqttd::protocol::PublishProperties>,
+        PublishHeader,
+    ) {
+        let mut wire = out.clone();
+        let codec = Codec::new(Version::V5, 1 << 20);
+        let inbound = codec.decode(&mut wire).unwrap().unwrap();
+        assert!(wire.is_empty(), "exactly one frame");
+        match inbound.packet {
+            Packet::Publish(p, props) => (p, props, inbound.publish.unwrap()),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn encoded_publish_round_trips_through_rumqttd() {
+        let properties = Properties {
+            payload_format_indicator: Some(1),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("reply/here".into()),
+            correlation_data: Some(bytes::Bytes::from_static(b"\x00\x01")),
+            user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+        };
+        let publish = OutgoingPublish {
+            topic: "sensors/t",
+            payload: b"21.5",
+            qos: QoS::ExactlyOnce,
+            pkid: 513,
+            dup: true,
+            retain: true,
+            properties: Some(&properties),
+            expiry: Some(30),
+            subscription_ids: &[7, 300],
+        };
+        let codec = Codec::new(Version::V5, 1 << 20);
+        let mut out = BytesMut::new();
+        codec.encode_publish(&publish, &mut out);
+        assert_eq!(out.len(), codec.publish_size(&publish));
+        let (decoded, props, header) = decode_v5_publish(&out);
+        assert_eq!(&decoded.topic[..], b"sensors/t");
+        assert_eq!(&decoded.payload[..], b"21.5");
+        assert!(decoded.retain);
+        assert_eq!((header.qos, header.pkid), (QoS::ExactlyOnce, 513));
+        assert_eq!(out[0] & 0x08, 0x08, "DUP");
+        let props = props.unwrap();
+        assert_eq!(props.payload_format_indicator, Some(1));
+        assert_eq!(props.message_expiry_interval, Some(30));
+        assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(props.response_topic.as_deref(), Some("reply/here"));
+        assert_eq!(props.correlation_data.as_deref(), Some(&b"\x00\x01"[..]));
+        assert_eq!(props.user_properties, properties.user_properties);
+        assert_eq!(props.subscription_identifiers, vec![7, 300]);
+
+        // The same message to a 3.1.1 client: no properties at all.
+        let v4 = Codec::new(Version::V3_1_1, 1 << 20);
+        let mut out = BytesMut::new();
+        let plain = OutgoingPublish {
+            qos: QoS::AtMostOnce,
+            pkid: 0,
+            dup: false,
+            ..publish
+        };
+        v4.encode_publish(&plain, &mut out);
+        assert_eq!(out.len(), v4.publish_size(&plain));
+        assert_eq!(&out[..], b"\x31\x0f\x00\x09sensors/t21.5");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::{Shared, connection};
 
@@ -31,8 +31,15 @@ pub(super) async fn accept_loop(
 ) {
     let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
     loop {
-        // Reap finished tasks so the set holds only live connections.
-        while connections.try_join_next().is_some() {}
+        // Reap finished tasks so the set holds only live connections. A
+        // panic is a bug: it ends only its own connection, but it is said.
+        while let Some(finished) = connections.try_join_next() {
+            if let Err(e) = finished {
+                if e.is_panic() {
+                    error!(error = %e, "a connection task panicked");
+                }
+            }
+        }
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {

@@ -1,30 +1,29 @@
-//! The gateway: a TLS-only MQTT front end on rumqttd's router.
+//! The gateway: a TLS-only MQTT front end on jwtgate's routing core.
 //!
 //! The shape, from the outside in:
 //!
 //! - [`Gateway::bind`] loads the key set and the server certificate (both
-//!   reloadable at run time, see [`crate::reload`]), starts
-//!   rumqttd's router thread and binds the TLS listener. Nothing listens in
-//!   plaintext.
+//!   reloadable at run time, see [`crate::reload`]), creates the routing
+//!   core ([`crate::broker`]) and binds the TLS listener. Nothing listens
+//!   in plaintext.
 //! - [`Gateway::run`] is the accept loop (`listener`): TCP_NODELAY, a cap on
 //!   connections, a TLS handshake with a timeout, then one task per client.
-//! - Each task (`connection`) answers CONNECT itself, authorizes every
-//!   packet, and talks to the router through a local link (`router`), with
-//!   MQTT framing from rumqttd's codec behind a guard (`codec`).
-//! - One live connection per client (`sessions`); acks put back in the
-//!   order the router needs (`acks`); messages the router dropped for a slow
-//!   subscriber counted and logged (`losses`).
+//! - Each task answers CONNECT itself (`connection`), then runs the
+//!   client's session loop (`client`): every packet authorized, publishes
+//!   routed on the task itself, deliveries written from the session's
+//!   mailbox. MQTT framing comes from rumqttd's codec behind a guard
+//!   (`codec`); the socket is driven in both directions at once (`wire`).
+//! - One live connection per session (`takeover`).
 //! - Shutdown: the future given to `run` resolves, the listener stops, every
 //!   connection is told (MQTT 5 clients get DISCONNECT "server shutting
 //!   down") and given a moment to finish.
 
-mod acks;
+mod client;
 mod codec;
 mod connection;
 mod listener;
-mod losses;
-mod router;
-mod sessions;
+mod takeover;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +34,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, warn};
 
+use crate::broker::Broker;
+use crate::broker::store::MemoryStore;
 use crate::config::{Config, DenyPublish, Limits};
 use crate::keys::{KeyDirError, KeyStore};
 use crate::reload::{self, Reloader};
@@ -44,7 +45,7 @@ use crate::token::Policy;
 pub use codec::Version;
 
 /// What every connection task shares: settings fixed at start, and handles
-/// on the key set, the router and the session registry.
+/// on the key set, the routing core and the takeover registry.
 struct Shared {
     limits: Limits,
     leeway: Duration,
@@ -54,10 +55,8 @@ struct Shared {
     /// Bumped after every reload of keys and certificate: connections then
     /// re-check their token.
     reloads: tokio::sync::watch::Receiver<u64>,
-    router: Arc<router::RouterHandle>,
-    sessions: Arc<sessions::Sessions>,
-    /// Messages the router dropped before delivery, since start.
-    losses: losses::LossCounter,
+    broker: Arc<Broker>,
+    takeover: Arc<takeover::Registry>,
 }
 
 /// Why the gateway could not start.
@@ -85,12 +84,9 @@ pub struct Gateway {
     shared: Arc<Shared>,
 }
 
-/// Extra router slots over the connection cap: a taken-over session's slot
-/// is released a moment after its successor's link is requested.
-const ROUTER_SLOT_MARGIN: usize = 64;
-
 impl Gateway {
-    /// Loads keys and certificate, starts the router and binds the listener.
+    /// Loads keys and certificate, creates the routing core and binds the
+    /// listener.
     pub async fn bind(config: &Config) -> Result<Gateway, StartError> {
         let (keys, report) = KeyStore::open(&config.auth.keys_dir)?;
         report.log();
@@ -105,9 +101,10 @@ impl Gateway {
                     addr: config.listen,
                     source,
                 })?;
-        let router = router::RouterHandle::spawn(
-            &config.router,
-            config.limits.max_connections + ROUTER_SLOT_MARGIN,
+        let broker = Broker::new(
+            &config.sessions,
+            config.limits.memory_budget,
+            Arc::new(MemoryStore::new()),
         );
         let shared = Shared {
             limits: config.limits.clone(),
@@ -116,9 +113,8 @@ impl Gateway {
             policy: Policy::from_config(&config.auth),
             keys,
             reloads: reloader.subscribe(),
-            router: Arc::new(router),
-            sessions: Arc::default(),
-            losses: losses::LossCounter::default(),
+            broker,
+            takeover: Arc::default(),
         };
         // Watch from now on, so that a key dropped between start and the
         // first client is not missed.
@@ -144,6 +140,12 @@ impl Gateway {
     /// The key store connections verify against.
     pub fn keys(&self) -> Arc<KeyStore> {
         Arc::clone(&self.shared.keys)
+    }
+
+    /// The routing core: sessions, subscriptions, and what its overflow
+    /// policies did ([`Broker::stats`]).
+    pub fn broker(&self) -> Arc<Broker> {
+        Arc::clone(&self.shared.broker)
     }
 
     /// Reloads keys and certificate on demand (the binary calls it on
@@ -186,9 +188,16 @@ impl Gateway {
         if let Some(watcher) = watcher {
             watcher.abort();
         }
-        let lost = shared.losses.total();
-        if lost > 0 {
-            warn!(lost, "messages dropped for slow subscribers since start");
+        let stats = shared.broker.stats().snapshot();
+        if stats != Default::default() {
+            warn!(
+                dropped = stats.dropped,
+                evicted = stats.evicted,
+                expired = stats.expired,
+                oversized = stats.oversized,
+                retained_refused = stats.retained_refused,
+                "messages not delivered since start (slow subscribers, expiry, size limits, memory budget)"
+            );
         }
     }
 }

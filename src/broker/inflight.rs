@@ -1,0 +1,309 @@
+//! QoS 1 and 2 exchanges in progress with a client, both ways.
+//!
+//! They are part of the session (MQTT 5 §4.1): a persistent session keeps
+//! them while its client is away, and the next connection re-sends what
+//! was not acknowledged, in the order it was first sent (§4.4). While a
+//! connection holds the session it owns its [`Inflight`] outright, so the
+//! hot path (assign a packet id, take an ack) needs no lock.
+//!
+//! **Outgoing.** Each QoS 1/2 delivery gets a packet id and waits in send
+//! order for PUBACK, or for PUBREC and then (after our PUBREL) PUBCOMP.
+//! Packet ids are handed out in increasing order, wrapping from 65535 to 1,
+//! so the waiting ids are always sorted by their distance from the oldest
+//! one: finding an ack is a binary search, and the next id is free unless
+//! the ids have gone all the way round to the oldest waiting one (then
+//! nothing more is sent until it is acknowledged).
+//!
+//! **Incoming.** A QoS 2 PUBLISH is routed once, when it first arrives; its
+//! packet id is remembered until the client's PUBREL, so a re-sent PUBLISH
+//! (DUP) is acknowledged again without being routed twice (§4.3.3, the
+//! "store the packet identifier" method).
+
+use std::collections::{HashSet, VecDeque};
+
+use super::mailbox::Delivery;
+use super::message::QoS;
+
+#[derive(Debug, Default)]
+pub struct Inflight {
+    outgoing: VecDeque<Outgoing>,
+    /// The id the next outgoing delivery gets (1..=65535).
+    next_id: u16,
+    /// QoS 2 packet ids received and PUBREC'd, awaiting PUBREL.
+    incoming: HashSet<u16>,
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    id: u16,
+    stage: Stage,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// PUBLISH sent; awaiting PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published(Delivery),
+    /// PUBREL sent; awaiting PUBCOMP. The message itself is no longer
+    /// needed.
+    Released,
+}
+
+/// Something to send again when a session is resumed.
+#[derive(Debug)]
+pub enum Resend<'a> {
+    /// The PUBLISH again, with DUP set.
+    Publish(u16, &'a Delivery),
+    /// The PUBREL again.
+    Release(u16),
+}
+
+/// A client acknowledgement that matched nothing: a protocol slip the
+/// connection logs and otherwise ignores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no QoS exchange is waiting for this acknowledgement of packet {0}")]
+pub struct UnexpectedAck(pub u16);
+
+/// Distance of `id` after `base` on the 1..=65535 ring.
+fn ring_distance(base: u16, id: u16) -> u32 {
+    (u32::from(id) + 65535 - u32::from(base)) % 65535
+}
+
+impl Inflight {
+    /// Outgoing deliveries awaiting acknowledgement.
+    pub fn outgoing(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    /// How many more packet ids can be handed out before the ring reaches
+    /// the oldest waiting one.
+    pub fn free_ids(&self) -> usize {
+        match self.outgoing.front() {
+            None => 65535,
+            Some(oldest) => ring_distance(self.peek_id(), oldest.id) as usize,
+        }
+    }
+
+    fn peek_id(&self) -> u16 {
+        self.next_id.max(1)
+    }
+
+    /// Records a QoS 1/2 delivery as sent and returns its packet id, and
+    /// the delivery to write. The caller checks [`Inflight::free_ids`]
+    /// first.
+    pub fn send(&mut self, delivery: Delivery) -> (u16, &Delivery) {
+        debug_assert!(delivery.qos != QoS::AtMostOnce);
+        let id = self.peek_id();
+        self.next_id = if id == u16::MAX { 1 } else { id + 1 };
+        self.outgoing.push_back(Outgoing {
+            id,
+            stage: Stage::Published(delivery),
+        });
+        match self.outgoing.back().map(|o| &o.stage) {
+            Some(Stage::Published(delivery)) => (id, delivery),
+            _ => unreachable!("just pushed"),
+        }
+    }
+
+    fn position(&self, id: u16) -> Option<usize> {
+        let base = self.outgoing.front()?.id;
+        let target = ring_distance(base, id);
+        self.outgoing
+            .binary_search_by_key(&target, |o| ring_distance(base, o.id))
+            .ok()
+    }
+
+    /// PUBACK for a QoS 1 delivery: the exchange is over.
+    pub fn puback(&mut self, id: u16) -> Result<(), UnexpectedAck> {
+        match self.position(id) {
+            Some(i)
+                if matches!(&self.outgoing[i].stage,
+                    Stage::Published(d) if d.qos == QoS::AtLeastOnce) =>
+            {
+                self.outgoing.remove(i);
+                Ok(())
+            }
+            _ => Err(UnexpectedAck(id)),
+        }
+    }
+
+    /// PUBREC for a QoS 2 delivery. On success the caller sends PUBREL;
+    /// a failure reason code (MQTT 5) ends the exchange instead (§4.3.3).
+    pub fn pubrec(&mut self, id: u16, success: bool) -> Result<(), UnexpectedAck> {
+        let i = self.position(id).ok_or(UnexpectedAck(id))?;
+        let entry = &mut self.outgoing[i];
+        match &entry.stage {
+            Stage::Published(d) if d.qos == QoS::ExactlyOnce => {}
+            // A PUBREC repeated after our PUBREL: send PUBREL again.
+            Stage::Released if success => return Ok(()),
+            _ => return Err(UnexpectedAck(id)),
+        }
+        if success {
+            entry.stage = Stage::Released;
+        } else {
+            self.outgoing.remove(i);
+        }
+        Ok(())
+    }
+
+    /// PUBCOMP: the QoS 2 exchange is over.
+    pub fn pubcomp(&mut self, id: u16) -> Result<(), UnexpectedAck> {
+        match self.position(id) {
+            Some(i) if matches!(self.outgoing[i].stage, Stage::Released) => {
+                self.outgoing.remove(i);
+                Ok(())
+            }
+            _ => Err(UnexpectedAck(id)),
+        }
+    }
+
+    /// Gives up on an exchange without an ack (a re-send the client would
+    /// not accept).
+    pub fn abandon(&mut self, id: u16) {
+        if let Some(i) = self.position(id) {
+            self.outgoing.remove(i);
+        }
+    }
+
+    /// What a resumed session sends again, oldest first.
+    pub fn resend(&self) -> impl Iterator<Item = Resend<'_>> {
+        self.outgoing.iter().map(|o| match &o.stage {
+            Stage::Published(d) => Resend::Publish(o.id, d),
+            Stage::Released => Resend::Release(o.id),
+        })
+    }
+
+    /// Drops unacknowledged deliveries `keep` rejects (a resumed session
+    /// whose new token grants less); PUBRELs are kept, their message is
+    /// delivered already.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Delivery) -> bool) {
+        self.outgoing.retain(|o| match &o.stage {
+            Stage::Published(d) => keep(d),
+            Stage::Released => true,
+        });
+    }
+
+    /// A QoS 2 PUBLISH arrived with `id`: true if it is new and must be
+    /// routed, false for a re-send of one already routed.
+    pub fn receive(&mut self, id: u16) -> bool {
+        self.incoming.insert(id)
+    }
+
+    /// PUBREL for `id`: forgets it. False if it was not known (the client
+    /// still gets its PUBCOMP; MQTT 5 with "packet identifier not found").
+    pub fn release(&mut self, id: u16) -> bool {
+        self.incoming.remove(&id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::budget::Budget;
+    use crate::broker::message::{Message, Properties, Publication};
+    use proptest::prelude::*;
+
+    fn delivery(qos: QoS) -> Delivery {
+        let budget = Budget::new(1 << 20);
+        let message = Message::new(
+            Publication {
+                topic: "t".into(),
+                payload: bytes::Bytes::from_static(b"x"),
+                qos,
+                retain: false,
+                properties: Properties::default(),
+                expiry: None,
+            },
+            &budget,
+        );
+        Delivery {
+            message,
+            qos,
+            retain: false,
+            subscription_ids: Box::new([]),
+        }
+    }
+
+    #[test]
+    fn qos1_and_qos2_exchanges() {
+        let mut inflight = Inflight::default();
+        let a = inflight.send(delivery(QoS::AtLeastOnce)).0;
+        let b = inflight.send(delivery(QoS::ExactlyOnce)).0;
+        assert_eq!((a, b), (1, 2));
+        assert_eq!(inflight.puback(b), Err(UnexpectedAck(b)), "b is QoS 2");
+        assert_eq!(
+            inflight.pubcomp(b),
+            Err(UnexpectedAck(b)),
+            "not released yet"
+        );
+        inflight.pubrec(b, true).unwrap();
+        inflight.pubrec(b, true).unwrap();
+        assert!(matches!(
+            inflight.resend().collect::<Vec<_>>()[..],
+            [Resend::Publish(1, _), Resend::Release(2)]
+        ));
+        inflight.puback(a).unwrap();
+        assert_eq!(inflight.puback(a), Err(UnexpectedAck(a)));
+        inflight.pubcomp(b).unwrap();
+        assert_eq!(inflight.outgoing(), 0);
+    }
+
+    #[test]
+    fn a_failed_pubrec_ends_the_exchange() {
+        let mut inflight = Inflight::default();
+        let id = inflight.send(delivery(QoS::ExactlyOnce)).0;
+        inflight.pubrec(id, false).unwrap();
+        assert_eq!(inflight.outgoing(), 0);
+    }
+
+    #[test]
+    fn ids_wrap_and_never_collide_with_a_waiting_one() {
+        let mut inflight = Inflight::default();
+        assert_eq!(inflight.free_ids(), 65535);
+        let oldest = inflight.send(delivery(QoS::AtLeastOnce)).0;
+        for _ in 0..65533 {
+            let id = inflight.send(delivery(QoS::AtLeastOnce)).0;
+            inflight.puback(id).unwrap();
+        }
+        // 65534 ids used; one more is free, then the ring reaches `oldest`.
+        assert_eq!(inflight.free_ids(), 1);
+        let last = inflight.send(delivery(QoS::AtLeastOnce)).0;
+        assert_eq!(last, 65535);
+        assert_eq!(inflight.free_ids(), 0, "the next id would be {oldest}");
+        inflight.puback(oldest).unwrap();
+        assert_eq!(inflight.free_ids(), 65534);
+        assert_eq!(inflight.send(delivery(QoS::AtLeastOnce)).0, 1);
+        inflight.puback(last).unwrap();
+        inflight.puback(1).unwrap();
+        assert_eq!(inflight.outgoing(), 0);
+    }
+
+    #[test]
+    fn incoming_qos2_is_routed_once_per_id() {
+        let mut inflight = Inflight::default();
+        assert!(inflight.receive(7));
+        assert!(!inflight.receive(7), "a DUP re-send");
+        assert!(inflight.release(7));
+        assert!(!inflight.release(7));
+        assert!(inflight.receive(7), "a new message may reuse the id");
+    }
+
+    proptest! {
+        /// Whatever order acks come in, each sent id is found exactly once
+        /// and the window empties.
+        #[test]
+        fn acks_in_any_order(start in 1u16..=u16::MAX, n in 1usize..200, seed: u64) {
+            let mut inflight = Inflight { next_id: start, ..Inflight::default() };
+            let mut ids: Vec<u16> = (0..n).map(|_| inflight.send(delivery(QoS::AtLeastOnce)).0).collect();
+            let mut x = seed | 1;
+            for i in (1..ids.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                ids.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            for id in ids {
+                prop_assert_eq!(inflight.puback(id), Ok(()));
+                prop_assert_eq!(inflight.puback(id), Err(UnexpectedAck(id)));
+            }
+            prop_assert_eq!(inflight.outgoing(), 0);
+        }
+    }
+}

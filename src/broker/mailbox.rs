@@ -1,0 +1,570 @@
+//! A session's queue of messages waiting to be sent, and the two wake-ups
+//! around it.
+//!
+//! Publishers put [`Delivery`]s in ([`Mailbox::offer`]); the connection
+//! serving the session takes them out in batches ([`Mailbox::take`]). The
+//! queue is bounded in messages and in bytes. What happens at the bound is
+//! the heart of back-pressure:
+//!
+//! - While the session is connected, a full queue answers [`Offer::Full`]:
+//!   the publisher stops reading its socket and waits for room
+//!   ([`Mailbox::room`]), so TCP paces the device and nothing is lost.
+//! - A publisher waits for one subscriber only up to its hold-back bound.
+//!   Past it, the publisher calls [`Mailbox::overflow`], which starts an
+//!   *overflow episode*: the policy applies to this message and, until the
+//!   subscriber has drained half its queue, to every later one at once,
+//!   without making anyone wait again.
+//! - While the session is offline nobody waits: a full queue overflows
+//!   straight away.
+//!
+//! Overflow makes room by dropping the oldest QoS 0 message; with none to
+//! drop, the new message is dropped. Under the `disconnect` policy a QoS 1/2
+//! overflow also evicts the connection ([`Taken::Evicted`]). Every drop is
+//! counted; the first of an episode and its end are reported so they can be
+//! logged once, not per message.
+//!
+//! The connection is woken ([`Mailbox::ready`]) when the queue goes from
+//! empty to non-empty, not per message: a busy subscriber takes a whole
+//! batch per wake-up. Publishers are woken when the queue is down to three
+//! quarters of its bound, so a woken crowd finds room for all of them.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+
+use super::budget::Budget;
+use super::message::{Message, QoS};
+use crate::config::SlowSubscriber;
+
+/// One message on its way to one session, as that session gets it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(published QoS, the subscription's QoS).
+    pub qos: QoS,
+    /// The RETAIN flag on the wire: set for retained messages sent on
+    /// subscribe, and for live ones only under "retain as published".
+    pub retain: bool,
+    /// Identifiers of the subscriptions it matched (MQTT 5).
+    pub subscription_ids: Box<[u32]>,
+}
+
+/// How much one session may have waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub policy: SlowSubscriber,
+}
+
+/// What became of an offered delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// The session is connected and its queue is full: wait for room, up to
+    /// the hold-back bound.
+    Full,
+    /// The overflow policy dropped a message (the new one or an older QoS 0
+    /// one). `first` marks the first drop of an overflow episode.
+    Dropped {
+        first: bool,
+    },
+    /// The session has ended; nothing is delivered to it any more.
+    Closed,
+}
+
+/// What [`Mailbox::take`] found besides the deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Business as usual.
+    Ok,
+    /// An overflow episode ended; this many messages were dropped in it.
+    Recovered { dropped: u64 },
+    /// The slow-subscriber policy wants this connection closed.
+    Evicted,
+}
+
+#[derive(Debug)]
+pub struct Mailbox {
+    limits: QueueLimits,
+    state: Mutex<State>,
+    /// Wakes the connection serving the session.
+    ready: Notify,
+    /// Wakes publishers waiting for room.
+    room: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Delivery>,
+    bytes: usize,
+    /// QoS 0 deliveries in the queue: overflow drops those first.
+    qos0: usize,
+    online: bool,
+    closed: bool,
+    /// Messages dropped in the current overflow episode, if one is going on.
+    overflow: Option<u64>,
+    evicted: bool,
+    /// Some publisher waits for room.
+    waiting: bool,
+}
+
+impl State {
+    fn push(&mut self, delivery: Delivery) {
+        self.bytes += delivery.message.cost();
+        self.qos0 += usize::from(delivery.qos == QoS::AtMostOnce);
+        self.queue.push_back(delivery);
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Delivery> {
+        let delivery = self.queue.remove(index)?;
+        self.bytes -= delivery.message.cost();
+        self.qos0 -= usize::from(delivery.qos == QoS::AtMostOnce);
+        Some(delivery)
+    }
+
+    /// Whether `cost` more bytes fit. An empty queue always takes one
+    /// message, however large: otherwise it could never be delivered.
+    fn fits(&self, limits: &QueueLimits, cost: usize, budget: &Budget) -> bool {
+        self.queue.is_empty()
+            || (self.queue.len() < limits.max_messages
+                && self.bytes + cost <= limits.max_bytes
+                && !budget.exhausted())
+    }
+
+    /// Down to three quarters of the bound: worth waking publishers for.
+    fn has_room(&self, limits: &QueueLimits) -> bool {
+        self.queue.len() <= limits.max_messages - limits.max_messages / 4
+            && self.bytes <= limits.max_bytes - limits.max_bytes / 4
+    }
+
+    /// Down to half the bound: an overflow episode is over.
+    fn recovered(&self, limits: &QueueLimits) -> bool {
+        self.queue.len() <= limits.max_messages / 2 && self.bytes <= limits.max_bytes / 2
+    }
+}
+
+impl Mailbox {
+    pub fn new(limits: QueueLimits) -> Mailbox {
+        Mailbox {
+            limits,
+            state: Mutex::default(),
+            ready: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing under this lock can panic halfway through an update.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `delivery` if it fits; see the module docs for when it does
+    /// not.
+    pub fn offer(&self, delivery: Delivery, budget: &Budget) -> Offer {
+        let mut state = self.state();
+        if state.closed {
+            return Offer::Closed;
+        }
+        if state.fits(&self.limits, delivery.message.cost(), budget) {
+            let was_empty = state.queue.is_empty();
+            state.push(delivery);
+            drop(state);
+            if was_empty {
+                self.ready.notify_one();
+            }
+            return Offer::Queued;
+        }
+        if state.online && state.overflow.is_none() {
+            state.waiting = true;
+            return Offer::Full;
+        }
+        self.overflow_locked(state, delivery, budget)
+    }
+
+    /// Applies the overflow policy to a delivery a publisher has waited for
+    /// long enough, starting an overflow episode.
+    pub fn overflow(&self, delivery: Delivery, budget: &Budget) -> Offer {
+        let state = self.state();
+        if state.closed {
+            return Offer::Closed;
+        }
+        self.overflow_locked(state, delivery, budget)
+    }
+
+    fn overflow_locked(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        delivery: Delivery,
+        budget: &Budget,
+    ) -> Offer {
+        let first = state.overflow.is_none();
+        let mut dropped = 0;
+        let mut wake = false;
+        if delivery.qos != QoS::AtMostOnce
+            && state.online
+            && self.limits.policy == SlowSubscriber::Disconnect
+            && !state.evicted
+        {
+            state.evicted = true;
+            wake = true;
+        }
+        let cost = delivery.message.cost();
+        while !state.fits(&self.limits, cost, budget) && state.qos0 > 0 {
+            let oldest = state.queue.iter().position(|d| d.qos == QoS::AtMostOnce);
+            if oldest.and_then(|i| state.remove(i)).is_none() {
+                break;
+            }
+            dropped += 1;
+        }
+        if state.fits(&self.limits, cost, budget) {
+            state.push(delivery);
+        } else {
+            dropped += 1;
+        }
+        *state.overflow.get_or_insert(0) += dropped;
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+        if dropped == 0 {
+            Offer::Queued
+        } else {
+            Offer::Dropped { first }
+        }
+    }
+
+    /// Queues a delivery regardless of the bound: for retained messages
+    /// sent on subscribe, which are in memory already and must not be lost
+    /// to the subscriber's own backlog.
+    pub fn force(&self, delivery: Delivery) {
+        let mut state = self.state();
+        if state.closed {
+            return;
+        }
+        let was_empty = state.queue.is_empty();
+        state.push(delivery);
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Moves up to `max` deliveries into `out`, oldest first, stopping at a
+    /// QoS 1/2 delivery once `inflight_room` of them have been taken.
+    pub fn take(&self, max: usize, mut inflight_room: usize, out: &mut Vec<Delivery>) -> Taken {
+        let mut state = self.state();
+        if state.evicted {
+            return Taken::Evicted;
+        }
+        let mut taken = 0;
+        while taken < max {
+            let Some(front) = state.queue.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce {
+                if inflight_room == 0 {
+                    break;
+                }
+                inflight_room -= 1;
+            }
+            if let Some(delivery) = state.remove(0) {
+                out.push(delivery);
+            }
+            taken += 1;
+        }
+        let wake = state.waiting && state.has_room(&self.limits);
+        if wake {
+            state.waiting = false;
+        }
+        let recovered = match state.overflow {
+            Some(dropped) if state.recovered(&self.limits) => {
+                state.overflow = None;
+                Taken::Recovered { dropped }
+            }
+            _ => Taken::Ok,
+        };
+        drop(state);
+        if wake {
+            self.room.notify_waiters();
+        }
+        recovered
+    }
+
+    /// Resolves when there may be deliveries to take (or an eviction).
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Resolves when a delivery would fit again, or when waiting is
+    /// pointless (the session went offline or ended). The caller offers
+    /// again either way.
+    pub async fn room(&self, budget: &Budget) {
+        let notified = self.room.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut state = self.state();
+            if state.closed
+                || !state.online
+                || state.overflow.is_some()
+                || (state.has_room(&self.limits) && !budget.exhausted())
+            {
+                return;
+            }
+            state.waiting = true;
+        }
+        notified.await;
+    }
+
+    /// Whether an offer would be queued right now (for choosing a shared
+    /// subscription member).
+    pub fn accepts_now(&self, budget: &Budget) -> bool {
+        let state = self.state();
+        state.online && !state.closed && state.overflow.is_none() && {
+            state.queue.len() < self.limits.max_messages
+                && state.bytes < self.limits.max_bytes
+                && !budget.exhausted()
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.state().online
+    }
+
+    /// A connection now serves the session (or no longer does). Publishers
+    /// waiting for an offline session stop waiting.
+    pub fn set_online(&self, online: bool) {
+        let mut state = self.state();
+        state.online = online;
+        state.evicted = false;
+        drop(state);
+        self.room.notify_waiters();
+    }
+
+    /// The session has ended: drops what is queued and refuses the rest.
+    /// Returns how many deliveries were dropped.
+    pub fn close(&self) -> usize {
+        let mut state = self.state();
+        state.closed = true;
+        let dropped = state.queue.len();
+        state.queue = VecDeque::new();
+        state.bytes = 0;
+        state.qos0 = 0;
+        drop(state);
+        self.room.notify_waiters();
+        self.ready.notify_one();
+        dropped
+    }
+
+    /// Keeps only the deliveries `keep` accepts (a resumed session whose
+    /// new token grants less).
+    pub fn retain(&self, mut keep: impl FnMut(&Delivery) -> bool) {
+        let mut state = self.state();
+        let mut index = 0;
+        while index < state.queue.len() {
+            if keep(&state.queue[index]) {
+                index += 1;
+            } else {
+                state.remove(index);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.state().queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::message::{Properties, Publication};
+    use bytes::Bytes;
+
+    fn limits(max_messages: usize, policy: SlowSubscriber) -> QueueLimits {
+        QueueLimits {
+            max_messages,
+            max_bytes: 1 << 20,
+            policy,
+        }
+    }
+
+    fn delivery(budget: &Arc<Budget>, payload: &str, qos: QoS) -> Delivery {
+        let message = Message::new(
+            Publication {
+                topic: "t".into(),
+                payload: Bytes::copy_from_slice(payload.as_bytes()),
+                qos,
+                retain: false,
+                properties: Properties::default(),
+                expiry: None,
+            },
+            budget,
+        );
+        Delivery {
+            message,
+            qos,
+            retain: false,
+            subscription_ids: Box::new([]),
+        }
+    }
+
+    fn payloads(mailbox: &Mailbox) -> Vec<String> {
+        let mut out = Vec::new();
+        mailbox.take(usize::MAX, usize::MAX, &mut out);
+        out.iter()
+            .map(|d| String::from_utf8_lossy(d.message.payload()).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_connected_full_queue_makes_publishers_wait() {
+        let budget = Budget::new(1 << 30);
+        let mailbox = Mailbox::new(limits(2, SlowSubscriber::Disconnect));
+        mailbox.set_online(true);
+        for p in ["a", "b"] {
+            assert_eq!(
+                mailbox.offer(delivery(&budget, p, QoS::AtLeastOnce), &budget),
+                Offer::Queued
+            );
+        }
+        assert_eq!(
+            mailbox.offer(delivery(&budget, "c", QoS::AtLeastOnce), &budget),
+            Offer::Full
+        );
+        assert_eq!(payloads(&mailbox), ["a", "b"]);
+    }
+
+    #[test]
+    fn overflow_drops_the_oldest_qos0_then_the_new_message() {
+        let budget = Budget::new(1 << 30);
+        let mailbox = Mailbox::new(limits(3, SlowSubscriber::Drop));
+        // Offline: no one waits, overflow at once.
+        mailbox.offer(delivery(&budget, "q1", QoS::AtLeastOnce), &budget);
+        mailbox.offer(delivery(&budget, "old0", QoS::AtMostOnce), &budget);
+        mailbox.offer(delivery(&budget, "q1b", QoS::AtLeastOnce), &budget);
+        assert_eq!(
+            mailbox.offer(delivery(&budget, "new0", QoS::AtMostOnce), &budget),
+            Offer::Dropped { first: true }
+        );
+        assert_eq!(
+            mailbox.offer(delivery(&budget, "late1", QoS::AtLeastOnce), &budget),
+            Offer::Dropped { first: false },
+            "a QoS 1 message displaces the queued QoS 0 one"
+        );
+        assert_eq!(
+            mailbox.offer(delivery(&budget, "later1", QoS::AtLeastOnce), &budget),
+            Offer::Dropped { first: false },
+            "with no QoS 0 message left, the new one is dropped"
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            mailbox.take(10, 10, &mut out),
+            Taken::Recovered { dropped: 3 }
+        );
+        let got: Vec<_> = out.iter().map(|d| d.message.payload().clone()).collect();
+        assert_eq!(got, ["q1", "q1b", "late1"]);
+    }
+
+    #[test]
+    fn disconnect_policy_evicts_on_qos1_overflow_only() {
+        let budget = Budget::new(1 << 30);
+        let mailbox = Mailbox::new(limits(1, SlowSubscriber::Disconnect));
+        mailbox.set_online(true);
+        mailbox.offer(delivery(&budget, "a", QoS::AtMostOnce), &budget);
+        assert_eq!(
+            mailbox.overflow(delivery(&budget, "b", QoS::AtMostOnce), &budget),
+            Offer::Dropped { first: true }
+        );
+        let mut out = Vec::new();
+        assert_eq!(mailbox.take(0, 0, &mut out), Taken::Ok);
+        mailbox.overflow(delivery(&budget, "c", QoS::AtLeastOnce), &budget);
+        assert_eq!(mailbox.take(10, 10, &mut out), Taken::Evicted);
+    }
+
+    #[test]
+    fn take_stops_at_the_inflight_window_and_wakes_publishers() {
+        let budget = Budget::new(1 << 30);
+        let mailbox = Mailbox::new(limits(4, SlowSubscriber::Disconnect));
+        mailbox.set_online(true);
+        for (p, qos) in [
+            ("a", QoS::AtLeastOnce),
+            ("b", QoS::AtMostOnce),
+            ("c", QoS::AtLeastOnce),
+            ("d", QoS::AtMostOnce),
+        ] {
+            mailbox.offer(delivery(&budget, p, qos), &budget);
+        }
+        assert_eq!(
+            mailbox.offer(delivery(&budget, "e", QoS::AtMostOnce), &budget),
+            Offer::Full
+        );
+        let mut out = Vec::new();
+        mailbox.take(10, 1, &mut out);
+        assert_eq!(out.len(), 2, "a (the one QoS 1 slot) and b, not c");
+        assert_eq!(mailbox.len(), 2);
+        // Room again: a waiting publisher would now be let through.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(1), mailbox.room(&budget))
+                .await
+                .unwrap();
+        });
+    }
+
+    #[test]
+    fn byte_bound_and_budget_count() {
+        let budget = Budget::new(1 << 30);
+        let mailbox = Mailbox::new(QueueLimits {
+            max_messages: 100,
+            max_bytes: 300,
+            policy: SlowSubscriber::Drop,
+        });
+        mailbox.set_online(true);
+        let big = "x".repeat(100);
+        assert_eq!(
+            mailbox.offer(delivery(&budget, &big, QoS::AtLeastOnce), &budget),
+            Offer::Queued
+        );
+        assert_eq!(
+            mailbox.offer(delivery(&budget, &big, QoS::AtLeastOnce), &budget),
+            Offer::Full
+        );
+
+        let tight = Budget::new(1);
+        let other = Mailbox::new(limits(100, SlowSubscriber::Drop));
+        other.set_online(true);
+        assert_eq!(
+            other.offer(delivery(&tight, "a", QoS::AtLeastOnce), &tight),
+            Offer::Queued
+        );
+        assert_eq!(
+            other.offer(delivery(&tight, "b", QoS::AtLeastOnce), &tight),
+            Offer::Full,
+            "past the global budget only an empty queue takes a message"
+        );
+    }
+
+    #[test]
+    fn a_closed_mailbox_refuses_and_forgets() {
+        let budget = Budget::new(1 << 30);
+        let mailbox = Mailbox::new(limits(4, SlowSubscriber::Drop));
+        mailbox.offer(delivery(&budget, "a", QoS::AtLeastOnce), &budget);
+        assert_eq!(mailbox.close(), 1);
+        assert_eq!(
+            mailbox.offer(delivery(&budget, "b", QoS::AtLeastOnce), &budget),
+            Offer::Closed
+        );
+        assert!(mailbox.is_empty());
+        assert_eq!(budget.used(), 0);
+    }
+}

@@ -1,0 +1,679 @@
+//! jwtgate's routing core: subscriptions, retained messages, sessions and
+//! delivery with back-pressure.
+//!
+//! # The model
+//!
+//! There is no router thread. A PUBLISH is routed on its publisher's own
+//! task: [`Broker::publish`] matches its topic against the subscription
+//! [`index`], merges the subscriptions of one session into one delivery
+//! (at the highest QoS, with every subscription identifier), and puts a
+//! [`Delivery`] into each subscriber session's bounded [`mailbox`]. The
+//! subscriber's connection task is woken once per batch, not per message,
+//! and turns deliveries into PUBLISH packets on its own socket. A message
+//! crosses at most one task boundary between publisher and subscriber.
+//!
+//! **Back-pressure, not loss.** When a connected subscriber's queue is
+//! full, [`Broker::publish`] returns a [`Pending`] publication; the
+//! publisher's connection stops reading its socket and awaits
+//! [`Pending::advance`] until every subscriber has taken the message, so
+//! TCP paces the device. Only its QoS 1 PUBACK (or QoS 2 PUBREC) waits for
+//! that, so a PUBACKed message is in every matching subscriber's queue.
+//! One subscriber may hold a publisher back for at most `[sessions]
+//! slow_subscriber_timeout`; then that subscriber's overflow policy applies
+//! (see [`mailbox`]), every drop is counted ([`Stats`]) and logged, and the
+//! publisher goes on.
+//!
+//! **Sessions** are keyed by token subject and client id
+//! ([`SessionKey`]). A connection [`Broker::attach`]es to one (new, or a
+//! resumed persistent one with its queue and in-flight exchanges) and
+//! [`Broker::detach`]es when it ends: the session then ends, or is parked
+//! (its subscriptions kept, its queue still filling up to its bound) until
+//! its expiry, with its will published after the will delay unless the
+//! client comes back first.
+//!
+//! **Memory** is bounded per session (messages and bytes queued, in-flight
+//! window, subscriptions) and gateway-wide by a [`budget`] that every
+//! message, MQTT 5 properties included, is charged to while it lives.
+//!
+//! **Storage**: retained messages and parked sessions go through the
+//! [`store::Store`] trait; [`store::MemoryStore`] keeps them in memory.
+//!
+//! Authorization is not done here: the connection layer only hands the
+//! broker what the token allows ([`crate::acl`]).
+
+pub mod budget;
+pub mod index;
+pub mod inflight;
+pub mod mailbox;
+pub mod message;
+pub mod retained;
+pub mod session;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{info, warn};
+
+use crate::acl::{FilterError, Grants, RequestedFilter};
+use crate::config::SessionSettings;
+pub use budget::Budget;
+pub use index::SubscriptionOptions;
+use index::{Index, Subscriber};
+pub use inflight::{Inflight, Resend, UnexpectedAck};
+pub use mailbox::{Delivery, Offer, QueueLimits, Taken};
+pub use message::{Message, Properties, Publication, QoS};
+pub use session::{Session, SessionKey};
+use store::{SessionRecord, Store};
+
+/// The routing core. One per gateway, shared by every connection.
+pub struct Broker {
+    settings: SessionSettings,
+    limits: QueueLimits,
+    index: RwLock<Index>,
+    sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
+    store: Arc<dyn Store>,
+    budget: Arc<Budget>,
+    stats: Stats,
+    /// Set while retained messages are refused for want of memory, so the
+    /// refusal is logged once per episode.
+    refusing_retained: AtomicBool,
+}
+
+/// What the overflow policies and limits did, since start.
+#[derive(Debug, Default)]
+pub struct Stats {
+    dropped: AtomicU64,
+    evicted: AtomicU64,
+    expired: AtomicU64,
+    oversized: AtomicU64,
+    retained_refused: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Deliveries dropped by a full queue's overflow policy.
+    pub dropped: u64,
+    /// Connections closed by the `disconnect` slow-subscriber policy.
+    pub evicted: u64,
+    /// Deliveries whose message expired before it could be sent.
+    pub expired: u64,
+    /// Deliveries larger than their client's maximum packet size.
+    pub oversized: u64,
+    /// Retained messages not stored because the memory budget was used up.
+    pub retained_refused: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            dropped: load(&self.dropped),
+            evicted: load(&self.evicted),
+            expired: load(&self.expired),
+            oversized: load(&self.oversized),
+            retained_refused: load(&self.retained_refused),
+        }
+    }
+
+    pub fn evicted(&self) {
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn expired(&self) {
+        self.expired.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn oversized(&self) {
+        self.oversized.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A session a connection has just taken.
+#[derive(Debug)]
+pub struct Attached {
+    pub session: Arc<Session>,
+    /// A stored session was resumed (CONNACK "session present").
+    pub present: bool,
+    /// Its QoS exchanges, empty for a new session.
+    pub inflight: Inflight,
+}
+
+/// When retained messages are sent for a new subscription (MQTT 5
+/// §3.8.3.1; MQTT 3.1.1 always sends them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainHandling {
+    OnSubscribe,
+    OnNewSubscription,
+    Never,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("invalid filter: {0}")]
+    Invalid(#[from] FilterError),
+    #[error("the session already has the maximum of {0} subscriptions")]
+    TooMany(usize),
+}
+
+/// A will to publish when its session's connection ends.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub publication: Publication,
+    /// MQTT 5 will delay interval.
+    pub delay: Duration,
+}
+
+/// One session a message goes to, with what its subscriptions ask for.
+#[derive(Debug)]
+struct Target {
+    session: Arc<Session>,
+    qos: QoS,
+    retain_as_published: bool,
+    ids: Vec<u32>,
+    shared: bool,
+}
+
+/// A publication some subscriber has not taken yet; see the module docs.
+#[derive(Debug)]
+#[must_use = "a pending publication must be advanced until done"]
+pub struct Pending {
+    message: Arc<Message>,
+    waiting: Vec<(Target, Instant)>,
+}
+
+impl Pending {
+    /// Every subscriber has taken the message (or its policy dropped it).
+    pub fn is_done(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Waits until the first waiting subscriber has room or its hold-back
+    /// bound passes, then offers the message again to all that wait.
+    /// Cancel-safe: dropping the future loses nothing.
+    pub async fn advance(&mut self, broker: &Broker) {
+        let Some((target, deadline)) = self.waiting.first() else {
+            return;
+        };
+        let session = Arc::clone(&target.session);
+        let deadline = tokio::time::Instant::from_std(*deadline);
+        tokio::select! {
+            () = session.mailbox().room(&broker.budget) => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+        let now = Instant::now();
+        let message = &self.message;
+        self.waiting.retain(|(target, deadline)| {
+            broker.offer(target, message, *deadline <= now) == Offer::Full
+        });
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Broker {
+    /// A broker with `settings`, a gateway-wide message budget of
+    /// `memory_budget` bytes, and the sessions `store` kept parked. Must
+    /// run inside a tokio runtime (parked sessions get expiry timers).
+    pub fn new(
+        settings: &SessionSettings,
+        memory_budget: usize,
+        store: Arc<dyn Store>,
+    ) -> Arc<Broker> {
+        let broker = Arc::new(Broker {
+            limits: QueueLimits {
+                max_messages: settings.max_queued_messages,
+                max_bytes: settings.max_queued_bytes,
+                policy: settings.slow_subscriber,
+            },
+            settings: settings.clone(),
+            index: RwLock::default(),
+            sessions: Mutex::default(),
+            store,
+            budget: Budget::new(memory_budget),
+            stats: Stats::default(),
+            refusing_retained: AtomicBool::new(false),
+        });
+        broker.restore();
+        broker
+    }
+
+    /// Brings back the sessions the store kept parked.
+    fn restore(self: &Arc<Self>) {
+        let now = SystemTime::now();
+        for (key, record) in self.store.sessions() {
+            let Ok(left) = record.expires_at.duration_since(now) else {
+                self.store.remove_session(&key);
+                continue;
+            };
+            let session = Arc::new(Session::new(key.clone(), self.limits));
+            for (requested, options) in &record.subscriptions {
+                let Ok(parsed) = RequestedFilter::parse(requested) else {
+                    continue;
+                };
+                session
+                    .state()
+                    .subscriptions
+                    .insert(requested.as_str().into(), *options);
+                self.write_index().insert(
+                    parsed.group,
+                    parsed.filter,
+                    Subscriber {
+                        session: Arc::clone(&session),
+                        options: *options,
+                    },
+                );
+            }
+            session.state().inflight = Some(Inflight::default());
+            self.arm_expiry(&session, left);
+            lock(&self.sessions).insert(key, session);
+        }
+    }
+
+    pub fn settings(&self) -> &SessionSettings {
+        &self.settings
+    }
+
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Sessions known, connected or parked.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// Builds a message charged to this broker's budget.
+    pub fn message(&self, publication: Publication) -> Arc<Message> {
+        Message::new(publication, &self.budget)
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives a connection the session `key`: the stored one unless
+    /// `clean_start` (which discards it), else a new one. The caller must
+    /// hold the key's takeover claim, so no other connection has it.
+    pub fn attach(self: &Arc<Self>, key: SessionKey, clean_start: bool) -> Attached {
+        let mut sessions = lock(&self.sessions);
+        let discarded = match sessions.get(&key) {
+            Some(existing) if !clean_start => {
+                // Still under the registry lock, so an expiry firing now
+                // sees the session attached and leaves it alone.
+                let existing = Arc::clone(existing);
+                let inflight = {
+                    let mut state = existing.state();
+                    for timer in [state.expiry.take(), state.will.take()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        timer.abort();
+                    }
+                    state.attached = true;
+                    state.inflight.take().unwrap_or_default()
+                };
+                existing.mailbox().set_online(true);
+                drop(sessions);
+                self.store.remove_session(&key);
+                return Attached {
+                    session: existing,
+                    present: true,
+                    inflight,
+                };
+            }
+            Some(_) => sessions.remove(&key),
+            None => None,
+        };
+        let session = Arc::new(Session::new(key.clone(), self.limits));
+        session.state().attached = true;
+        session.mailbox().set_online(true);
+        sessions.insert(key, Arc::clone(&session));
+        drop(sessions);
+        if let Some(old) = discarded {
+            // A new connection before the will delay passed: no will.
+            if let Some(will) = old.state().will.take() {
+                will.abort();
+            }
+            self.retire(&old);
+        }
+        Attached {
+            session,
+            present: false,
+            inflight: Inflight::default(),
+        }
+    }
+
+    /// The connection holding `session` is gone. With a zero `expiry` (or
+    /// none allowed) the session ends now; otherwise it is parked with its
+    /// exchanges for up to `expiry`. `will`, if given, is published after
+    /// its delay, or when the session ends if that comes first.
+    pub fn detach(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        inflight: Inflight,
+        expiry: Duration,
+        will: Option<Will>,
+    ) {
+        let expiry = expiry.min(self.settings.max_session_expiry);
+        if expiry.is_zero() {
+            self.end(&session);
+        } else {
+            let subscriptions = {
+                let mut state = session.state();
+                state.attached = false;
+                state.inflight = Some(inflight);
+                state
+                    .subscriptions
+                    .iter()
+                    .map(|(k, o)| (k.to_string(), *o))
+                    .collect()
+            };
+            session.mailbox().set_online(false);
+            self.arm_expiry(&session, expiry);
+            self.store.save_session(
+                session.key(),
+                SessionRecord {
+                    subscriptions,
+                    expires_at: SystemTime::now() + expiry,
+                },
+            );
+        }
+        if let Some(will) = will {
+            let delay = will.delay.min(expiry);
+            let broker = Arc::clone(self);
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let message = broker.message(will.publication);
+                let mut pending = broker.publish(message, None);
+                while !pending.is_done() {
+                    pending.advance(&broker).await;
+                }
+            });
+            if !delay.is_zero() {
+                session.state().will = Some(task.abort_handle());
+            }
+        }
+    }
+
+    fn arm_expiry(self: &Arc<Self>, session: &Arc<Session>, after: Duration) {
+        let broker = Arc::downgrade(self);
+        let parked = Arc::clone(session);
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(broker) = broker.upgrade() {
+                broker.expire(&parked);
+            }
+        });
+        session.state().expiry = Some(timer.abort_handle());
+    }
+
+    /// A parked session's expiry has come.
+    fn expire(&self, session: &Arc<Session>) {
+        if self.unregister(session, true) {
+            info!(session = %session.key(), "session expired");
+            self.retire(session);
+        }
+    }
+
+    /// Ends a session for good: out of the registry, the index and the
+    /// store, its queue dropped. A pending will is left to fire.
+    fn end(&self, session: &Arc<Session>) {
+        self.unregister(session, false);
+        self.retire(session);
+    }
+
+    /// Takes `session` out of the registry if it is still the one there.
+    /// With `only_if_parked`, a session a connection holds is left alone,
+    /// and false returned.
+    fn unregister(&self, session: &Arc<Session>, only_if_parked: bool) -> bool {
+        let mut sessions = lock(&self.sessions);
+        if only_if_parked && session.state().attached {
+            return false;
+        }
+        if sessions
+            .get(session.key())
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            sessions.remove(session.key());
+        }
+        true
+    }
+
+    /// Everything of ending a session but the registry.
+    fn retire(&self, session: &Arc<Session>) {
+        let subscriptions = {
+            let mut state = session.state();
+            state.ended = true;
+            state.attached = false;
+            if let Some(expiry) = state.expiry.take() {
+                expiry.abort();
+            }
+            std::mem::take(&mut state.subscriptions)
+        };
+        if !subscriptions.is_empty() {
+            let mut index = self.write_index();
+            for requested in subscriptions.keys() {
+                if let Ok(parsed) = RequestedFilter::parse(requested) {
+                    index.remove(parsed.group, parsed.filter, session);
+                }
+            }
+        }
+        let dropped = session.mailbox().close();
+        if dropped > 0 {
+            info!(session = %session.key(), dropped, "session ended with undelivered messages");
+        }
+        self.store.remove_session(session.key());
+    }
+
+    /// Subscribes `session` to `requested` (a filter or `$share/...`),
+    /// replacing a subscription to the same filter, and queues the
+    /// retained messages `retain_handling` asks for. Returns whether the
+    /// subscription existed before.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        requested: &str,
+        options: SubscriptionOptions,
+        retain_handling: RetainHandling,
+    ) -> Result<bool, SubscribeError> {
+        let parsed = RequestedFilter::parse(requested)?;
+        let existed = {
+            let mut state = session.state();
+            let existed = state.subscriptions.contains_key(requested);
+            if !existed && state.subscriptions.len() >= self.settings.max_subscriptions {
+                return Err(SubscribeError::TooMany(self.settings.max_subscriptions));
+            }
+            state.subscriptions.insert(requested.into(), options);
+            self.write_index().insert(
+                parsed.group,
+                parsed.filter,
+                Subscriber {
+                    session: Arc::clone(session),
+                    options,
+                },
+            );
+            existed
+        };
+        let send_retained = parsed.group.is_none()
+            && match retain_handling {
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscription => !existed,
+                RetainHandling::Never => false,
+            };
+        if send_retained {
+            let ids: Box<[u32]> = options.id.into_iter().collect();
+            self.store.retained(parsed.filter, &mut |message| {
+                session.mailbox().force(Delivery {
+                    message: Arc::clone(message),
+                    qos: message.qos().min(options.qos),
+                    retain: true,
+                    subscription_ids: ids.clone(),
+                });
+            });
+        }
+        Ok(existed)
+    }
+
+    /// Removes `session`'s subscription to `requested`; whether it had one.
+    pub fn unsubscribe(&self, session: &Arc<Session>, requested: &str) -> bool {
+        let mut state = session.state();
+        if state.subscriptions.remove(requested).is_none() {
+            return false;
+        }
+        match RequestedFilter::parse(requested) {
+            Ok(parsed) => self
+                .write_index()
+                .remove(parsed.group, parsed.filter, session),
+            Err(_) => false,
+        }
+    }
+
+    /// Narrows a resumed session to what a new token grants: subscriptions
+    /// it does not cover are removed (and returned, for the log), and
+    /// queued or unacknowledged messages on topics it does not grant are
+    /// dropped.
+    pub fn restrict(
+        &self,
+        session: &Arc<Session>,
+        grants: &Grants,
+        inflight: &mut Inflight,
+    ) -> Vec<String> {
+        let removed: Vec<String> = session
+            .subscriptions()
+            .into_iter()
+            .filter(|requested| !grants.may_subscribe(requested))
+            .collect();
+        for requested in &removed {
+            self.unsubscribe(session, requested);
+        }
+        let allowed = |d: &Delivery| grants.may_publish(d.message.topic());
+        session.mailbox().retain(allowed);
+        inflight.retain(allowed);
+        removed
+    }
+
+    /// Routes `message` (published by `publisher`'s session, if any) to
+    /// every matching subscription, and stores or clears it as the
+    /// retained message of its topic when it has the RETAIN flag.
+    pub fn publish(&self, message: Arc<Message>, publisher: Option<&Arc<Session>>) -> Pending {
+        if message.retain() {
+            self.update_retained(&message);
+        }
+        let mut targets = Vec::new();
+        self.read_index()
+            .matches(message.topic(), &self.budget, |m| {
+                let subscriber = m.subscriber;
+                if subscriber.options.no_local
+                    && publisher.is_some_and(|p| Arc::ptr_eq(p, &subscriber.session))
+                {
+                    return;
+                }
+                targets.push(Target {
+                    session: Arc::clone(&subscriber.session),
+                    qos: subscriber.options.qos,
+                    retain_as_published: subscriber.options.retain_as_published,
+                    ids: subscriber.options.id.into_iter().collect(),
+                    shared: m.shared,
+                });
+            });
+        merge_per_session(&mut targets);
+        let deadline = Instant::now() + self.settings.slow_subscriber_timeout;
+        let waiting = targets
+            .into_iter()
+            .filter(|target| self.offer(target, &message, false) == Offer::Full)
+            .map(|target| (target, deadline))
+            .collect();
+        Pending { message, waiting }
+    }
+
+    fn update_retained(&self, message: &Arc<Message>) {
+        if message.payload().is_empty() {
+            self.store.clear_retained(message.topic());
+        } else if self.budget.exhausted() {
+            self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
+            if !self.refusing_retained.swap(true, Ordering::Relaxed) {
+                warn!(
+                    topic = message.topic(),
+                    budget = self.budget.limit(),
+                    "memory budget used up: retained messages are not stored until memory frees up (see [limits] memory_budget_mb)"
+                );
+            }
+        } else {
+            if self.refusing_retained.swap(false, Ordering::Relaxed) {
+                info!("retained messages are stored again");
+            }
+            self.store.retain(Arc::clone(message));
+        }
+    }
+
+    /// Offers `message` to one target; with `overflow`, its policy applies
+    /// if it is still full.
+    fn offer(&self, target: &Target, message: &Arc<Message>, overflow: bool) -> Offer {
+        let delivery = Delivery {
+            message: Arc::clone(message),
+            qos: message.qos().min(target.qos),
+            retain: target.retain_as_published && message.retain(),
+            subscription_ids: target.ids.as_slice().into(),
+        };
+        let mailbox = target.session.mailbox();
+        let offer = if overflow {
+            mailbox.overflow(delivery, &self.budget)
+        } else {
+            mailbox.offer(delivery, &self.budget)
+        };
+        if let Offer::Dropped { first } = offer {
+            let total = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if first {
+                warn!(
+                    session = %target.session.key(),
+                    online = mailbox.is_online(),
+                    queued = mailbox.len(),
+                    total_dropped = total,
+                    "slow subscriber: queue full, messages dropped"
+                );
+            }
+        }
+        offer
+    }
+}
+
+/// Several subscriptions of one session that match one message make one
+/// delivery, at the highest of their QoS and with all their identifiers
+/// (MQTT 5 §3.3.4). Shared-subscription deliveries stay separate.
+fn merge_per_session(targets: &mut Vec<Target>) {
+    if targets.len() < 2 {
+        return;
+    }
+    targets.sort_unstable_by_key(|t| (t.shared, Arc::as_ptr(&t.session)));
+    let mut merged: Vec<Target> = Vec::with_capacity(targets.len());
+    for target in targets.drain(..) {
+        match merged.last_mut() {
+            Some(last)
+                if !target.shared
+                    && !last.shared
+                    && Arc::ptr_eq(&last.session, &target.session) =>
+            {
+                last.qos = last.qos.max(target.qos);
+                last.retain_as_published |= target.retain_as_published;
+                last.ids.extend(target.ids);
+            }
+            _ => merged.push(target),
+        }
+    }
+    *targets = merged;
+}

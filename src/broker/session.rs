@@ -1,0 +1,114 @@
+//! One session: the routing core's state for one client identity.
+//!
+//! A session is named by a [`SessionKey`], the token's subject together
+//! with the client id, so a device can only ever resume its own sessions.
+//! It outlives connections when the client asks for that (MQTT 3.1.1 clean
+//! session 0, MQTT 5 session expiry), up to `[sessions]
+//! max_session_expiry`.
+//!
+//! What a session holds, and who touches it:
+//!
+//! - its [`Mailbox`]: messages waiting to be sent, filled by publishers on
+//!   their own tasks and drained by the connection serving the session;
+//! - its subscriptions, as the client made them (the index holds the same
+//!   subscriptions keyed by topic);
+//! - its [`Inflight`] exchanges, parked here while no connection holds
+//!   them (a connection owns them outright while it does);
+//! - the timers of a parked session: its expiry and a delayed will.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::task::AbortHandle;
+
+use super::index::SubscriptionOptions;
+use super::inflight::Inflight;
+use super::mailbox::{Mailbox, QueueLimits};
+
+/// The name of a session: whose token, which client id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    subject: Box<str>,
+    client_id: Box<str>,
+}
+
+impl SessionKey {
+    pub fn new(subject: &str, client_id: &str) -> SessionKey {
+        SessionKey {
+            subject: subject.into(),
+            client_id: client_id.into(),
+        }
+    }
+
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (sub {:?})", self.client_id, self.subject)
+    }
+}
+
+#[derive(Debug)]
+pub struct Session {
+    key: SessionKey,
+    mailbox: Mailbox,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    /// Requested filter (`$share/...` included) to options.
+    pub subscriptions: HashMap<Box<str>, SubscriptionOptions>,
+    /// The exchanges of a parked session.
+    pub inflight: Option<Inflight>,
+    /// A connection holds the session.
+    pub attached: bool,
+    /// The session is over; it only lingers in tasks that still hold it.
+    pub ended: bool,
+    pub expiry: Option<AbortHandle>,
+    pub will: Option<AbortHandle>,
+}
+
+impl Session {
+    pub fn new(key: SessionKey, limits: QueueLimits) -> Session {
+        Session {
+            key,
+            mailbox: Mailbox::new(limits),
+            state: Mutex::default(),
+        }
+    }
+
+    pub fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+        // Updates under this lock are single assignments and map edits
+        // that cannot panic halfway.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The filters this session is subscribed to, as requested.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut filters: Vec<String> = self
+            .state()
+            .subscriptions
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        filters.sort();
+        filters
+    }
+}

@@ -1,0 +1,129 @@
+//! The storage seam: where retained messages and persistent sessions live.
+//!
+//! The routing core keeps live state (queues, in-flight exchanges,
+//! subscriptions of connected clients) in memory. What should outlive a
+//! client's connection, and one day a restart, goes through [`Store`]:
+//!
+//! - **retained messages**, one per topic, found by filter;
+//! - **parked sessions**: a persistent session's subscriptions and expiry
+//!   while no connection holds it. The broker saves the record when the
+//!   client goes away, removes it when the session is resumed or ends, and
+//!   reads them all back when it starts.
+//!
+//! [`MemoryStore`] keeps both for the life of the process. A durable store
+//! (the uplink's store-and-forward) implements the same trait.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Instant, SystemTime};
+
+use super::index::SubscriptionOptions;
+use super::message::Message;
+use super::retained::RetainedTree;
+use super::session::SessionKey;
+
+/// What is kept of a persistent session while its client is away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Subscriptions as the client made them (`$share/...` included).
+    pub subscriptions: Vec<(String, SubscriptionOptions)>,
+    /// When the session ends unless a client resumes it.
+    pub expires_at: SystemTime,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Makes `message` the retained message of its topic.
+    fn retain(&self, message: Arc<Message>);
+    /// Removes the retained message of `topic`.
+    fn clear_retained(&self, topic: &str);
+    /// Visits the unexpired retained messages matching `filter` (valid).
+    fn retained(&self, filter: &str, visit: &mut dyn FnMut(&Arc<Message>));
+    /// Parks a persistent session whose client went away.
+    fn save_session(&self, key: &SessionKey, record: SessionRecord);
+    /// Forgets a parked session (resumed, or ended).
+    fn remove_session(&self, key: &SessionKey);
+    /// Every parked session, read once at start.
+    fn sessions(&self) -> Vec<(SessionKey, SessionRecord)>;
+}
+
+/// Retained messages set between purges of expired ones: the purge walks
+/// the whole tree, so it runs now and then, not on every set.
+const PURGE_EVERY: u32 = 1024;
+
+/// The in-memory [`Store`].
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    retained: RwLock<RetainedTree>,
+    sets_since_purge: Mutex<u32>,
+    sessions: Mutex<HashMap<SessionKey, SessionRecord>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// Retained messages stored (expired ones not yet purged included).
+    pub fn retained_count(&self) -> usize {
+        self.retained
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Store for MemoryStore {
+    fn retain(&self, message: Arc<Message>) {
+        let mut tree = self
+            .retained
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        tree.set(message);
+        let mut sets = self
+            .sets_since_purge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *sets += 1;
+        if *sets >= PURGE_EVERY {
+            *sets = 0;
+            tree.purge(Instant::now());
+        }
+    }
+
+    fn clear_retained(&self, topic: &str) {
+        self.retained
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear(topic);
+    }
+
+    fn retained(&self, filter: &str, visit: &mut dyn FnMut(&Arc<Message>)) {
+        self.retained
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .matching(filter, Instant::now(), visit);
+    }
+
+    fn save_session(&self, key: &SessionKey, record: SessionRecord) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), record);
+    }
+
+    fn remove_session(&self, key: &SessionKey) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+
+    fn sessions(&self) -> Vec<(SessionKey, SessionRecord)> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+}

@@ -1,0 +1,168 @@
+//! The byte side of a connection: the TLS stream, its buffers and codec.
+//!
+//! Reading and writing happen in one future, [`Wire::progress`], which the
+//! connection's loop waits on beside everything else (deliveries, timers,
+//! takeover, shutdown). A write is never awaited on its own: a client that
+//! stops reading fills its socket, the loop keeps serving its timers and
+//! its eviction, and only the gateway's own output for it waits. Teardown
+//! writes (the last DISCONNECT, a refusal's CONNACK) get a deadline
+//! ([`Wire::flush_within`]) for the same reason.
+//!
+//! Buffers grow with use and shrink back when idle, so the thousands of
+//! quiet devices of a fleet hold little memory: reads start at 1 KiB and
+//! double while a client keeps filling them; the output buffer is freed
+//! once written out if it grew large.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rumqttd::protocol::Packet;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tracing::warn;
+
+use super::codec::{Codec, OutgoingPublish};
+
+/// Room the input buffer gets before a socket read: from the minimum,
+/// doubled each time a read fills it, up to the maximum.
+const MIN_READ_CHUNK: usize = 1024;
+const MAX_READ_CHUNK: usize = 32 * 1024;
+/// An emptied output buffer larger than this is freed rather than kept.
+const KEEP_OUTPUT: usize = 8 * 1024;
+
+pub(super) struct Wire<S> {
+    pub stream: S,
+    pub codec: Codec,
+    pub input: BytesMut,
+    pub output: BytesMut,
+    /// Bytes went to the stream since its last flush.
+    unflushed: bool,
+    chunk: usize,
+}
+
+/// What [`Wire::progress`] did.
+#[derive(Debug)]
+pub(super) enum Progress {
+    /// Bytes arrived in `input`.
+    Read,
+    /// Output went out (or was flushed).
+    Wrote,
+    /// The peer closed the connection.
+    Closed,
+    Failed(io::Error),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    pub fn new(stream: S, codec: Codec, input: BytesMut) -> Wire<S> {
+        Wire {
+            stream,
+            codec,
+            input,
+            output: BytesMut::new(),
+            unflushed: false,
+            chunk: MIN_READ_CHUNK,
+        }
+    }
+
+    /// Queues a packet (anything but PUBLISH) for the client.
+    pub fn queue(&mut self, packet: Packet) {
+        if let Err(e) = self.codec.encode(packet, &mut self.output) {
+            // Only the gateway's own packets are encoded here; a failure is
+            // a bug in what was built, not something the client did.
+            warn!(error = %e, "could not encode a packet for the client");
+        }
+    }
+
+    /// Queues a PUBLISH for the client.
+    pub fn queue_publish(&mut self, publish: &OutgoingPublish<'_>) {
+        self.codec.encode_publish(publish, &mut self.output);
+    }
+
+    /// Writes pending output and, if `read`, reads input: whichever the
+    /// socket allows first. Cancel-safe.
+    pub async fn progress(&mut self, read: bool) -> Progress {
+        if read && self.input.capacity() - self.input.len() < self.chunk / 2 {
+            self.input.reserve(self.chunk);
+        }
+        poll_fn(|cx| {
+            let mut wrote = false;
+            while !self.output.is_empty() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.output) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Progress::Closed),
+                    Poll::Ready(Ok(n)) => {
+                        self.output.advance(n);
+                        self.unflushed = true;
+                        wrote = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Progress::Failed(e)),
+                    Poll::Pending => break,
+                }
+            }
+            if self.output.is_empty() && self.unflushed {
+                match Pin::new(&mut self.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.unflushed = false;
+                        wrote = true;
+                        if self.output.capacity() > KEEP_OUTPUT {
+                            self.output = BytesMut::new();
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Progress::Failed(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if wrote {
+                return Poll::Ready(Progress::Wrote);
+            }
+            if !read {
+                return Poll::Pending;
+            }
+            let room = self.input.capacity() - self.input.len();
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.input) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Progress::Closed),
+                Poll::Ready(Ok(n)) => {
+                    if n >= room {
+                        self.chunk = (self.chunk * 2).min(MAX_READ_CHUNK);
+                    }
+                    Poll::Ready(Progress::Read)
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Progress::Failed(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Whether output is waiting to go out.
+    pub fn wants_write(&self) -> bool {
+        !self.output.is_empty() || self.unflushed
+    }
+
+    /// Writes everything out, giving up after `limit`: for the last words
+    /// to a client that may have stopped reading.
+    pub async fn flush_within(&mut self, limit: Duration) -> io::Result<()> {
+        let flush = async {
+            while self.wants_write() {
+                match self.progress(false).await {
+                    Progress::Wrote | Progress::Read => {}
+                    Progress::Closed => return Err(io::ErrorKind::WriteZero.into()),
+                    Progress::Failed(e) => return Err(e),
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(limit, flush)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Flushes what is queued (within `limit`) and closes the stream.
+    pub async fn close(&mut self, limit: Duration) {
+        if self.flush_within(limit).await.is_ok() {
+            let _ = tokio::time::timeout(limit, self.stream.shutdown()).await;
+        }
+    }
+}
