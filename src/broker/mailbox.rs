@@ -133,10 +133,10 @@ impl State {
                 && !budget.exhausted())
     }
 
-    /// Down to three quarters of the bound: worth waking publishers for.
+    /// Below three quarters of the bound: worth waking publishers for.
     fn has_room(&self, limits: &QueueLimits) -> bool {
-        self.queue.len() <= limits.max_messages - limits.max_messages / 4
-            && self.bytes <= limits.max_bytes - limits.max_bytes / 4
+        self.queue.len() < limits.max_messages - limits.max_messages / 4
+            && self.bytes < limits.max_bytes - limits.max_bytes / 4
     }
 
     /// Down to half the bound: an overflow episode is over.
@@ -167,24 +167,17 @@ impl Mailbox {
         if state.closed {
             return Offer::Closed;
         }
-        if state.fits(&self.limits, delivery.message.cost(), budget) {
-            let was_empty = state.queue.is_empty();
-            state.push(delivery);
-            drop(state);
-            if was_empty {
-                self.ready.notify_one();
-            }
-            return Offer::Queued;
-        }
-        if state.online && state.overflow.is_none() {
+        let full = !state.fits(&self.limits, delivery.message.cost(), budget);
+        if full && state.online && state.overflow.is_none() {
             state.waiting = true;
             return Offer::Full;
         }
         self.overflow_locked(state, delivery, budget)
     }
 
-    /// Applies the overflow policy to a delivery a publisher has waited for
-    /// long enough, starting an overflow episode.
+    /// Queues `delivery` if it fits, and applies the overflow policy
+    /// (starting an overflow episode) if it does not: for a delivery a
+    /// publisher has waited for long enough, or one that must not wait.
     pub fn overflow(&self, delivery: Delivery, budget: &Budget) -> Offer {
         let state = self.state();
         if state.closed {
@@ -199,6 +192,16 @@ impl Mailbox {
         delivery: Delivery,
         budget: &Budget,
     ) -> Offer {
+        let cost = delivery.message.cost();
+        let was_empty = state.queue.is_empty();
+        if state.fits(&self.limits, cost, budget) {
+            state.push(delivery);
+            drop(state);
+            if was_empty {
+                self.ready.notify_one();
+            }
+            return Offer::Queued;
+        }
         let first = state.overflow.is_none();
         let mut dropped = 0;
         let mut wake = false;
@@ -210,7 +213,6 @@ impl Mailbox {
             state.evicted = true;
             wake = true;
         }
-        let cost = delivery.message.cost();
         while !state.fits(&self.limits, cost, budget) && state.qos0 > 0 {
             let oldest = state.queue.iter().position(|d| d.qos == QoS::AtMostOnce);
             if oldest.and_then(|i| state.remove(i)).is_none() {
@@ -297,10 +299,10 @@ impl Mailbox {
         self.ready.notified().await;
     }
 
-    /// Resolves when a delivery would fit again, or when waiting is
-    /// pointless (the session went offline or ended). The caller offers
-    /// again either way.
-    pub async fn room(&self, budget: &Budget) {
+    /// Resolves when `cost` more bytes would fit, or when waiting is
+    /// pointless (the session went offline, ended or overflows). The caller
+    /// offers again either way.
+    pub async fn room(&self, cost: usize, budget: &Budget) {
         let notified = self.room.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -309,7 +311,7 @@ impl Mailbox {
             if state.closed
                 || !state.online
                 || state.overflow.is_some()
-                || (state.has_room(&self.limits) && !budget.exhausted())
+                || state.fits(&self.limits, cost, budget)
             {
                 return;
             }
@@ -515,7 +517,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            tokio::time::timeout(std::time::Duration::from_secs(1), mailbox.room(&budget))
+            tokio::time::timeout(std::time::Duration::from_secs(1), mailbox.room(1, &budget))
                 .await
                 .unwrap();
         });

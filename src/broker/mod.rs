@@ -202,7 +202,7 @@ impl Pending {
         let session = Arc::clone(&target.session);
         let deadline = tokio::time::Instant::from_std(*deadline);
         tokio::select! {
-            () = session.mailbox().room(&broker.budget) => {}
+            () = session.mailbox().room(self.message.cost(), &broker.budget) => {}
             () = tokio::time::sleep_until(deadline) => {}
         }
         let now = Instant::now();
@@ -593,9 +593,15 @@ impl Broker {
             });
         merge_per_session(&mut targets);
         let deadline = Instant::now() + self.settings.slow_subscriber_timeout;
+        // A publisher never waits for its own session: it could not drain
+        // it while it waits (its acks are not read), so its own overflow
+        // applies at once.
         let waiting = targets
             .into_iter()
-            .filter(|target| self.offer(target, &message, false) == Offer::Full)
+            .filter(|target| {
+                let own = publisher.is_some_and(|p| Arc::ptr_eq(p, &target.session));
+                self.offer(target, &message, own) == Offer::Full
+            })
             .map(|target| (target, deadline))
             .collect();
         Pending { message, waiting }

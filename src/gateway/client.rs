@@ -328,13 +328,20 @@ impl Client {
     fn pump<S: AsyncRead + AsyncWrite + Unpin>(&mut self, wire: &mut Wire<S>) -> Option<Ending> {
         let mut batch = std::mem::take(&mut self.batch);
         let mut ending = None;
-        while wire.output.len() < WRITE_BATCH {
+        loop {
+            // With the output full nothing is taken, but an eviction is
+            // still noticed: a stalled client is exactly the one to evict.
+            let max = if wire.output.len() < WRITE_BATCH {
+                TAKE_BATCH
+            } else {
+                0
+            };
             let room = self
                 .limits
                 .inflight
                 .saturating_sub(self.inflight.outgoing())
                 .min(self.inflight.free_ids());
-            match self.session.mailbox().take(TAKE_BATCH, room, &mut batch) {
+            match self.session.mailbox().take(max, room, &mut batch) {
                 Taken::Evicted => {
                     ending = Some(Ending::SlowSubscriber);
                     break;
