@@ -5,9 +5,10 @@
 //! - **inbound**: each packet the client sends is authorized against its
 //!   token's grants and handed to the routing core ([`crate::broker`]).
 //!   PUBLISH is routed right here, on this task. When a subscriber's queue
-//!   is full the publication is *pending*: this client's socket is not read
-//!   until every subscriber has taken it (or its hold-back bound passed),
-//!   and only then does the client get its PUBACK/PUBREC;
+//!   is full the publication is *pending*: the client's next publishes are
+//!   not taken (only its acks and pings, and its socket only a little
+//!   ahead) until every subscriber has taken it or its hold-back bound
+//!   passed, and only then does the client get its PUBACK/PUBREC;
 //! - **outbound**: when the session's mailbox has deliveries, they are
 //!   taken in batches and written as PUBLISH packets, QoS 1/2 ones within
 //!   the in-flight window (min of `[sessions] max_inflight` and the
@@ -24,6 +25,7 @@
 //! complete in the background, and the session goes back to the routing
 //! core with its will.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +63,9 @@ const WRITE_BATCH: usize = 64 * 1024;
 const MAX_UNWRITTEN: usize = 4 * WRITE_BATCH;
 /// Deliveries taken from the mailbox per lock.
 const TAKE_BATCH: usize = 64;
+/// Packets put aside while a publication waits, in bytes, past which the
+/// client is not read until it is through.
+const LOOKAHEAD: usize = 64 * 1024;
 /// How long a closing connection may take to write its last packets.
 const LAST_WORDS: Duration = Duration::from_secs(1);
 
@@ -187,6 +192,9 @@ pub(super) struct Client {
     /// A publication some subscriber has not taken yet, and the ack its
     /// publisher gets once it has.
     pending: Option<(Pending, Option<Packet>)>,
+    /// Packets read while a publication waits, with their sizes.
+    deferred: VecDeque<(Inbound, usize)>,
+    deferred_bytes: usize,
     /// Scratch space for deliveries taken from the mailbox.
     batch: Vec<Delivery>,
 }
@@ -220,6 +228,8 @@ impl Client {
             aliases: Vec::new(),
             alias_bytes: 0,
             pending: None,
+            deferred: VecDeque::new(),
+            deferred_bytes: 0,
             batch: Vec::new(),
         }
     }
@@ -254,7 +264,7 @@ impl Client {
             if let Some(ending) = self.pump(wire) {
                 return ending;
             }
-            let read = self.pending.is_none() && wire.output.len() < MAX_UNWRITTEN;
+            let read = self.deferred_bytes < LOOKAHEAD && wire.output.len() < MAX_UNWRITTEN;
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Ending::Shutdown,
@@ -395,30 +405,54 @@ impl Client {
         }
     }
 
-    /// Handles every complete packet in the input buffer, until one ends
-    /// the session or a publication has to wait for its subscribers.
+    /// Handles the client's packets: first those put aside while a
+    /// publication waited, then every complete one in the input buffer.
+    ///
+    /// While a publication waits, only acknowledgements and pings are
+    /// handled; the rest is put aside, in order, up to [`LOOKAHEAD`] bytes.
+    /// Acks concern what the gateway sends, so taking them ahead of the
+    /// client's own publishes reorders nothing that matters, and it lets a
+    /// waiting client keep draining its own queue (two devices flooding
+    /// each other would otherwise each wait for the other's acks).
     fn take_input<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         wire: &mut Wire<S>,
     ) -> Option<Ending> {
-        while self.pending.is_none() {
-            let inbound = match wire.codec.decode(&mut wire.input) {
-                Ok(Some(inbound)) => inbound,
-                Ok(None) => break,
-                Err(e) => {
-                    let code = match e {
-                        CodecError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
-                        CodecError::ForbiddenPacketType(_) => DisconnectReasonCode::ProtocolError,
-                        _ => DisconnectReasonCode::MalformedPacket,
+        loop {
+            let waiting = self.pending.is_some();
+            let deferred = if waiting {
+                None
+            } else {
+                self.deferred.pop_front()
+            };
+            let inbound = match deferred {
+                Some((inbound, size)) => {
+                    self.deferred_bytes -= size;
+                    inbound
+                }
+                None => {
+                    if waiting && self.deferred_bytes >= LOOKAHEAD {
+                        return None;
+                    }
+                    let before = wire.input.len();
+                    let inbound = match wire.codec.decode(&mut wire.input) {
+                        Ok(Some(inbound)) => inbound,
+                        Ok(None) => return None,
+                        Err(e) => return Some(codec_error(e)),
                     };
-                    return Some(Ending::Protocol(code, e.to_string()));
+                    if waiting && !is_ack(&inbound.packet) {
+                        let size = before - wire.input.len();
+                        self.deferred_bytes += size;
+                        self.deferred.push_back((inbound, size));
+                        continue;
+                    }
+                    inbound
                 }
             };
             if let Some(ending) = self.handle(wire, inbound) {
                 return Some(ending);
             }
         }
-        None
     }
 
     /// Handles one client packet.
@@ -850,6 +884,29 @@ impl Client {
             .broker
             .detach(self.session, self.inflight, self.session_expiry, will);
     }
+}
+
+/// The end of a connection whose bytes do not decode.
+fn codec_error(e: CodecError) -> Ending {
+    let code = match e {
+        CodecError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
+        CodecError::ForbiddenPacketType(_) => DisconnectReasonCode::ProtocolError,
+        _ => DisconnectReasonCode::MalformedPacket,
+    };
+    Ending::Protocol(code, e.to_string())
+}
+
+/// Packets about what the gateway sends, which may be taken ahead of the
+/// client's own publishes.
+fn is_ack(packet: &Packet) -> bool {
+    matches!(
+        packet,
+        Packet::PubAck(..)
+            | Packet::PubRec(..)
+            | Packet::PubComp(..)
+            | Packet::PubRel(..)
+            | Packet::PingReq(_)
+    )
 }
 
 /// Advances the pending publication, if there is one.
