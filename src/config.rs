@@ -51,6 +51,16 @@ const MIN_SEGMENT_SIZE: i64 = 1024;
 /// Below this even a CONNECT with a realistic JWT does not fit.
 const MIN_PACKET_SIZE: i64 = 1024;
 
+/// Below this a CONNECT or PUBLISH with a few ordinary MQTT 5 properties
+/// would be refused.
+const MIN_PROPERTY_BYTES: i64 = 256;
+
+/// The largest `[limits] memory_budget_mb`: 1 TiB.
+const MAX_MEMORY_BUDGET_MB: i64 = 1024 * 1024;
+
+/// Bytes in one `memory_budget_mb`.
+const MIB: usize = 1024 * 1024;
+
 /// The names `jsonwebtoken::Algorithm::from_str` accepts, for error messages.
 const ALGORITHM_NAMES: &str =
     "HS256, HS384, HS512, ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA";
@@ -129,6 +139,27 @@ pub struct Limits {
     pub max_packet_size: usize,
     /// Most simultaneous connections; never zero.
     pub max_connections: usize,
+    /// Most MQTT 5 property bytes (user properties included) accepted in one
+    /// packet, between 256 and 268435455. Properties are copied to every
+    /// subscriber, so one packet must not be able to carry an unbounded
+    /// amount of them inside `max_packet_size`; more is refused with reason
+    /// 0x97 (quota exceeded).
+    pub max_property_bytes: usize,
+    /// Topic aliases granted to each MQTT 5 client in CONNACK (0 grants
+    /// none). Every alias is a topic the gateway remembers for the life of
+    /// the connection, so the number is bounded per client.
+    pub max_topic_aliases: u16,
+    /// Longest keep-alive a client may have, in seconds (1 to 65535), when
+    /// set. A client asking for a longer one, or for none (0), is given this
+    /// one (MQTT 5 "server keep alive" in CONNACK; MQTT 3.1.1 clients are
+    /// held to it silently), so a dead connection and its session's queue
+    /// are noticed within a bounded time. `None` takes what the client asks.
+    pub max_keep_alive: Option<u16>,
+    /// Bytes of application messages held in memory across the whole
+    /// gateway (queued, in flight and retained); at least 1 MiB. The
+    /// per-session bounds alone would let many sessions together exhaust
+    /// the edge box's memory.
+    pub memory_budget: usize,
 }
 
 impl Default for Limits {
@@ -138,6 +169,10 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1024 * 1024,
             max_connections: 10_000,
+            max_property_bytes: 64 * 1024,
+            max_topic_aliases: 64,
+            max_keep_alive: None,
+            memory_budget: 512 * MIB,
         }
     }
 }
@@ -287,6 +322,10 @@ struct RawLimits {
     connect_timeout_secs: Option<Spanned<i64>>,
     max_packet_size: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    max_property_bytes: Option<Spanned<i64>>,
+    max_topic_aliases: Option<Spanned<i64>>,
+    max_keep_alive_secs: Option<Spanned<i64>>,
+    memory_budget_mb: Option<Spanned<i64>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -572,6 +611,37 @@ impl RawLimits {
             limits.max_connections =
                 doc.int(count, "[limits] max_connections", 1..=i64::MAX, "")?;
         }
+        if let Some(size) = &self.max_property_bytes {
+            limits.max_property_bytes = doc.int(
+                size,
+                "[limits] max_property_bytes",
+                MIN_PROPERTY_BYTES..=MQTT_MAX_PACKET_SIZE,
+                "bytes",
+            )?;
+        }
+        if let Some(count) = &self.max_topic_aliases {
+            limits.max_topic_aliases = doc.int(
+                count,
+                "[limits] max_topic_aliases",
+                0..=i64::from(u16::MAX),
+                "",
+            )?;
+        }
+        if let Some(secs) = &self.max_keep_alive_secs {
+            limits.max_keep_alive = Some(doc.int(
+                secs,
+                "[limits] max_keep_alive_secs",
+                1..=i64::from(u16::MAX),
+                "seconds",
+            )?);
+        }
+        if let Some(value) = &self.memory_budget_mb {
+            let key = "[limits] memory_budget_mb";
+            let mb: usize = doc.int(value, key, 1..=MAX_MEMORY_BUDGET_MB, "MiB")?;
+            limits.memory_budget = mb
+                .checked_mul(MIB)
+                .ok_or_else(|| doc.bad(value, key, "is too large for this platform"))?;
+        }
         Ok(())
     }
 }
@@ -701,6 +771,24 @@ mod tests {
         }
     }
 
+    /// Checks that each `(text, line, column, key, part of the message)`
+    /// fails with that position, key and message, shown as
+    /// `file:line:column: key: message`.
+    fn assert_invalid_cases(cases: &[(&str, usize, usize, &str, &str)]) {
+        for &(text, line, column, key, fragment) in cases {
+            let (got_line, got_column, got_key, message, shown) = invalid(text);
+            assert_eq!(
+                (got_line, got_column),
+                (line, column),
+                "position for {text:?}"
+            );
+            assert_eq!(got_key.as_deref(), Some(key), "key for {text:?}");
+            assert!(message.contains(fragment), "{text:?} gave {message:?}");
+            let prefix = format!("{ORIGIN}:{line}:{column}: {key}: ");
+            assert!(shown.starts_with(&prefix), "{text:?} shown as {shown:?}");
+        }
+    }
+
     const FULL_EXAMPLE: &str = r#"
 listen = "0.0.0.0:8883"          # TLS only; there is no plaintext listener. default "0.0.0.0:8883"
 [tls]
@@ -722,6 +810,10 @@ handshake_timeout_secs = 10      # TLS handshake timeout; default 10; must be > 
 connect_timeout_secs = 10        # time from TLS up to a CONNECT packet; default 10; must be > 0
 max_packet_size = 1048576        # bytes, default 1 MiB; minimum 1024, maximum 268435455 (MQTT's limit)
 max_connections = 10000          # default 10000; must be > 0
+max_property_bytes = 65536       # MQTT 5 property bytes per packet; default 64 KiB; 256 to 268435455
+max_topic_aliases = 64           # aliases granted per MQTT 5 client; default 64; 0 grants none
+max_keep_alive_secs = 600        # optional cap on the client's keep-alive; 1 to 65535
+memory_budget_mb = 512           # messages in memory, gateway-wide; default 512; 1 to 1048576
 [router]                         # rumqttd router tuning
 max_outgoing_packet_count = 10000  # default 10000; must be >= 1
 max_segment_size = 4194304       # bytes per in-memory log segment; default 4 MiB; minimum 1024 (rumqttd panics below that)
@@ -758,6 +850,10 @@ max_segment_count = 4            # segments kept per topic log; default 4; must 
                     connect_timeout: Duration::from_secs(10),
                     max_packet_size: 1_048_576,
                     max_connections: 10_000,
+                    max_property_bytes: 65_536,
+                    max_topic_aliases: 64,
+                    max_keep_alive: Some(600),
+                    memory_budget: 512 * 1024 * 1024,
                 },
                 router: RouterSettings {
                     max_outgoing_packet_count: 10_000,
@@ -774,7 +870,14 @@ max_segment_count = 4            # segments kept per topic log; default 4; must 
         let defaults = Config::defaults(Path::new(BASE));
         assert_eq!(example.listen, defaults.listen);
         assert_eq!(example.tls, defaults.tls);
-        assert_eq!(example.limits, defaults.limits);
+        // max_keep_alive_secs is the one optional key the example sets.
+        assert_eq!(
+            example.limits,
+            Limits {
+                max_keep_alive: Some(600),
+                ..defaults.limits
+            }
+        );
         assert_eq!(example.router, defaults.router);
         assert_eq!(example.auth.keys_dir, defaults.auth.keys_dir);
         assert_eq!(example.auth.leeway, defaults.auth.leeway);
@@ -811,6 +914,10 @@ max_segment_count = 4            # segments kept per topic log; default 4; must 
         assert_eq!(config.auth.algorithms, None);
         assert_eq!(config.auth.deny_publish, DenyPublish::Drop);
         assert_eq!(config.limits.max_packet_size, 1024 * 1024);
+        assert_eq!(config.limits.max_property_bytes, 65_536);
+        assert_eq!(config.limits.max_topic_aliases, 64);
+        assert_eq!(config.limits.max_keep_alive, None);
+        assert_eq!(config.limits.memory_budget, 512 * 1024 * 1024);
         assert_eq!(config.router.max_segment_size, 4 * 1024 * 1024);
     }
 
@@ -866,6 +973,10 @@ handshake_timeout_secs = 3
 connect_timeout_secs = 7
 max_packet_size = 268435455
 max_connections = 1
+max_property_bytes = 256
+max_topic_aliases = 0
+max_keep_alive_secs = 65535
+memory_budget_mb = 3
 [router]
 max_outgoing_packet_count = 1
 max_segment_size = 1024
@@ -893,6 +1004,10 @@ max_segment_count = 1
                 connect_timeout: Duration::from_secs(7),
                 max_packet_size: 268_435_455,
                 max_connections: 1,
+                max_property_bytes: 256,
+                max_topic_aliases: 0,
+                max_keep_alive: Some(65_535),
+                memory_budget: 3 * 1024 * 1024,
             }
         );
         assert_eq!(
@@ -1130,17 +1245,109 @@ max_segment_count = 1
                 "must not be negative",
             ),
         ];
-        for (text, line, column, key, fragment) in cases {
-            let (got_line, got_column, got_key, message, shown) = invalid(text);
-            assert_eq!(
-                (got_line, got_column),
-                (line, column),
-                "position for {text:?}"
-            );
-            assert_eq!(got_key.as_deref(), Some(key), "key for {text:?}");
-            assert!(message.contains(fragment), "{text:?} gave {message:?}");
-            let prefix = format!("{ORIGIN}:{line}:{column}: {key}: ");
-            assert!(shown.starts_with(&prefix), "{text:?} shown as {shown:?}");
+        assert_invalid_cases(&cases);
+    }
+
+    #[test]
+    fn new_limits_keys_are_bounded() {
+        // (text, line, column, key, part of the message)
+        let cases = [
+            (
+                "[limits]\nmax_property_bytes = 255\n",
+                2,
+                22,
+                "[limits] max_property_bytes",
+                "must be at least 256 bytes",
+            ),
+            (
+                "[limits]\nmax_property_bytes = 268435456\n",
+                2,
+                22,
+                "[limits] max_property_bytes",
+                "must be at most 268435455 bytes",
+            ),
+            (
+                "[limits]\nmax_topic_aliases = -1\n",
+                2,
+                21,
+                "[limits] max_topic_aliases",
+                "must not be negative",
+            ),
+            (
+                "[limits]\nmax_topic_aliases = 65536\n",
+                2,
+                21,
+                "[limits] max_topic_aliases",
+                "must be at most 65535",
+            ),
+            (
+                "[limits]\nmax_keep_alive_secs = 0\n",
+                2,
+                23,
+                "[limits] max_keep_alive_secs",
+                "must be greater than 0",
+            ),
+            (
+                "[limits]\nmax_keep_alive_secs = 65536\n",
+                2,
+                23,
+                "[limits] max_keep_alive_secs",
+                "must be at most 65535 seconds",
+            ),
+            (
+                "[limits]\nmemory_budget_mb = 0\n",
+                2,
+                20,
+                "[limits] memory_budget_mb",
+                "must be greater than 0",
+            ),
+            (
+                "[limits]\nmemory_budget_mb = 1048577\n",
+                2,
+                20,
+                "[limits] memory_budget_mb",
+                "must be at most 1048576 MiB",
+            ),
+        ];
+        assert_invalid_cases(&cases);
+    }
+
+    #[test]
+    fn new_limits_keys_accept_their_bounds() {
+        let low = parse(
+            "[limits]\nmax_property_bytes = 256\nmax_topic_aliases = 0\nmax_keep_alive_secs = 1\n\
+             memory_budget_mb = 1\n",
+        )
+        .expect("lowest values are valid");
+        assert_eq!(low.limits.max_property_bytes, 256);
+        assert_eq!(low.limits.max_topic_aliases, 0);
+        assert_eq!(low.limits.max_keep_alive, Some(1));
+        assert_eq!(low.limits.memory_budget, 1024 * 1024);
+
+        let high = parse(
+            "[limits]\nmax_property_bytes = 268435455\nmax_topic_aliases = 65535\n\
+             max_keep_alive_secs = 65535\n",
+        )
+        .expect("highest values are valid");
+        assert_eq!(high.limits.max_property_bytes, 268_435_455);
+        assert_eq!(high.limits.max_topic_aliases, u16::MAX);
+        assert_eq!(high.limits.max_keep_alive, Some(u16::MAX));
+    }
+
+    #[test]
+    fn memory_budget_is_stored_in_bytes() {
+        let config = parse("[limits]\nmemory_budget_mb = 64\n").expect("valid budget");
+        assert_eq!(config.limits.memory_budget, 64 * 1024 * 1024);
+
+        let largest = parse("[limits]\nmemory_budget_mb = 1048576\n");
+        if cfg!(target_pointer_width = "64") {
+            let config = largest.expect("1 TiB fits in 64 bits");
+            assert_eq!(config.limits.memory_budget, 1 << 40);
+        } else {
+            let (line, column, key, message, _) = invalid("[limits]\nmemory_budget_mb = 1048576\n");
+            assert_eq!((line, column), (2, 20));
+            assert_eq!(key.as_deref(), Some("[limits] memory_budget_mb"));
+            assert_eq!(message, "is too large for this platform");
         }
     }
 
