@@ -118,6 +118,24 @@ async fn inflight_window_is_respected(
     }
 }
 
+/// §4.9: the server may send a client fewer unacknowledged QoS 1/2
+/// PUBLISHes than its Receive Maximum; jwtgate's window is the lower of
+/// [sessions] max_inflight and the client's Receive Maximum, so with
+/// max_inflight 2 a client allowing 100 still has at most 2 in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_max_inflight_bounds_deliveries_below_receive_maximum() {
+    let gw = TestGateway::start_with(|c| c.sessions.max_inflight = 2).await;
+    let token = gw.token("flowcap", &["flowcap/#"], HOUR);
+    let (mut sub, _) = Client5::connect(&gw, "flowcap-sub", &token, |o| {
+        o.set_manual_acks(true);
+        o.set_receive_maximum(Some(100));
+    })
+    .await;
+    sub.subscribe(vec![Filter::new("flowcap/#", QoS::AtLeastOnce)], None)
+        .await;
+    inflight_window_is_respected(&gw, &token, &mut sub, "flowcap/m", 2).await;
+}
+
 // ---------------------------------------------------------------------------
 // 2. Maximum packet size
 // ---------------------------------------------------------------------------
@@ -290,6 +308,49 @@ async fn session_is_discarded_after_its_expiry_interval() {
     let (mut kept, ack) = Client5::connect(&gw, "offqx-60s", &token, persistent(60)).await;
     assert!(ack.session_present, "the 60 s session is kept: {ack:?}");
     assert_eq!(&kept.expect_publish("offqx/x").await.payload[..], b"queued");
+}
+
+/// §3.2.2.3.2: a server that uses a Session Expiry Interval other than the
+/// one of the CONNECT says so in CONNACK; jwtgate caps it at [sessions]
+/// max_session_expiry. A client asking for no more gets what it asked for
+/// (the property absent or equal). §4.1: the capped interval is the one
+/// that applies: the session is gone once it has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_is_capped_by_max_session_expiry() {
+    let gw =
+        TestGateway::start_with(|c| c.sessions.max_session_expiry = Duration::from_secs(2)).await;
+    let token = gw.token("secap", &["secap/#"], HOUR);
+
+    let (mut sub, ack) = Client5::connect(&gw, "secap-long", &token, persistent(3600)).await;
+    assert_eq!(
+        ack.properties
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval),
+        Some(2),
+        "asked for 3600 s, capped at 2 s: {ack:?}"
+    );
+    sub.subscribe(vec![Filter::new("secap/#", QoS::AtLeastOnce)], None)
+        .await;
+    sub.disconnect().await;
+
+    let (short, ack) = Client5::connect(&gw, "secap-short", &token, persistent(1)).await;
+    assert_eq!(
+        ack.properties
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval)
+            .unwrap_or(1),
+        1,
+        "asked for 1 s, under the cap: {ack:?}"
+    );
+    short.disconnect().await;
+
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let (mut sub, ack) = Client5::connect(&gw, "secap-long", &token, persistent(3600)).await;
+    assert!(
+        !ack.session_present,
+        "the session ended after the capped 2 s, not 3600 s: {ack:?}"
+    );
+    sub.expect_no_publish().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -529,6 +590,55 @@ async fn retained_messages_set_replace_and_delete() {
 }
 
 // ---------------------------------------------------------------------------
+// 7. Server keep alive
+// ---------------------------------------------------------------------------
+
+/// §3.2.2.3.14 and §3.1.2.10: with [limits] max_keep_alive 2 s, a client
+/// asking for a longer Keep Alive, or for 0 (none), gets Server Keep Alive 2
+/// in CONNACK and must use it; one asking for less keeps its own (no
+/// property). The server then enforces what it announced: a silent client
+/// is disconnected after 1.5 x 2 s (never before the 2 s themselves), not
+/// after the 60 s it asked for, nor never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_keep_alive_caps_and_is_enforced() {
+    let gw = TestGateway::start_with(|c| c.limits.max_keep_alive = Some(2)).await;
+    let token = gw.token("ska", &["ska/#"], HOUR);
+
+    let mut silent = Vec::new();
+    for (asked, announced) in [(60, Some(2)), (0, Some(2)), (1, None)] {
+        let (mut raw, connack) = Raw5::connect(
+            &gw,
+            v5::Connect::new(&format!("ska-{asked}"), &token).keep_alive(asked),
+        )
+        .await;
+        assert_eq!(
+            connack.props.u16(v5::SERVER_KEEP_ALIVE),
+            announced,
+            "asked for keep alive {asked}: {connack:?}"
+        );
+        if announced.is_some() {
+            // Both silent clients wait for their close at the same time.
+            let since = Instant::now();
+            silent.push(tokio::spawn(async move {
+                let reason = raw.closed().await;
+                (asked, reason, since.elapsed())
+            }));
+        }
+    }
+    for close in silent {
+        let (asked, reason, after) = close.await.expect("the close watcher did not panic");
+        assert!(
+            after >= Duration::from_secs(2),
+            "asked for {asked}, told 2 s: closed after only {after:?}"
+        );
+        assert!(
+            reason.is_none_or(|r| r == 0x8D),
+            "asked for {asked}: a DISCONNECT says Keep Alive timeout (0x8D): {reason:02x?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 // 8. Topic alias
 // ---------------------------------------------------------------------------
 
@@ -548,10 +658,11 @@ async fn topic_aliases_resolve_and_are_authorized() {
 
     let token = gw.token("alias-pub", &["alias/ok/#"], HOUR);
     let (mut publisher, connack) = Raw5::connect(&gw, v5::Connect::new("alias-pub", &token)).await;
+    assert_eq!(gw.config().limits.max_topic_aliases, 64, "the default");
     assert_eq!(
         connack.props.u16(v5::TOPIC_ALIAS_MAXIMUM),
         Some(64),
-        "CONNACK Topic Alias Maximum = the default [limits] max_topic_aliases: {connack:?}"
+        "CONNACK Topic Alias Maximum = [limits] max_topic_aliases: {connack:?}"
     );
 
     let alias = |n: u16| v5::Props::new().u16(v5::TOPIC_ALIAS, n);
@@ -632,6 +743,55 @@ async fn topic_alias_errors_disconnect() {
             raw.closed().await,
             Some(reason),
             "{what}: DISCONNECT reason, then the close"
+        );
+    }
+}
+
+/// §3.2.2.3.8: CONNACK Topic Alias Maximum is [limits] max_topic_aliases
+/// as configured (absent when 0: no aliases); §3.3.2.3.4: the highest
+/// granted alias works, the next one is a Topic Alias invalid error
+/// (DISCONNECT 0x94).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_alias_maximum_follows_the_config() {
+    for maximum in [3u16, 0] {
+        let gw = TestGateway::start_with(|c| c.limits.max_topic_aliases = maximum).await;
+        let token = gw.token("aliasmax", &["alias/#"], HOUR);
+        let (mut raw, connack) = Raw5::connect(&gw, v5::Connect::new("aliasmax", &token)).await;
+        assert_eq!(
+            connack.props.u16(v5::TOPIC_ALIAS_MAXIMUM).unwrap_or(0),
+            maximum,
+            "CONNACK Topic Alias Maximum: {connack:?}"
+        );
+        let alias = |n: u16| v5::Props::new().u16(v5::TOPIC_ALIAS, n);
+        if maximum > 0 {
+            raw.send(&v5::publish(
+                "alias/max",
+                b"set",
+                1,
+                false,
+                1,
+                &alias(maximum),
+            ))
+            .await;
+            assert_eq!(raw.puback().await, (1, 0x00), "alias {maximum} set");
+            raw.send(&v5::publish("", b"used", 1, false, 2, &alias(maximum)))
+                .await;
+            assert_eq!(raw.puback().await, (2, 0x00), "alias {maximum} used");
+        }
+        raw.send(&v5::publish(
+            "alias/over",
+            b"x",
+            1,
+            false,
+            3,
+            &alias(maximum + 1),
+        ))
+        .await;
+        assert_eq!(
+            raw.closed().await,
+            Some(0x94),
+            "alias {} with a maximum of {maximum}",
+            maximum + 1
         );
     }
 }
@@ -780,11 +940,12 @@ async fn disconnect_setting_expiry_after_zero_is_a_protocol_error() {
 
 /// §3.9.3: SUBACK carries one reason code per topic filter of the
 /// SUBSCRIBE, in order: the granted QoS, or 0x87 Not authorized (a filter
-/// outside the token's grants) or 0x8F Topic Filter invalid; the granted
-/// ones work.
+/// outside the token's grants), 0x8F Topic Filter invalid, or 0x97 Quota
+/// exceeded (past [sessions] max_subscriptions; replacing an existing
+/// subscription is not a new one). The granted ones work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suback_has_a_reason_code_per_filter() {
-    let gw = TestGateway::start().await;
+    let gw = TestGateway::start_with(|c| c.sessions.max_subscriptions = 3).await;
     let token = gw.token("subf", &["subf/#"], HOUR);
     let (mut raw, _) = Raw5::connect(&gw, v5::Connect::new("subf", &token)).await;
     let codes = raw
@@ -796,23 +957,34 @@ async fn suback_has_a_reason_code_per_filter() {
                 ("other/x", 1),
                 ("subf/#/x", 1),
                 ("subf/c", 2),
+                ("subf/d", 1),
             ],
         )
         .await;
     assert_eq!(
         codes,
-        vec![0x00, 0x01, 0x87, 0x8F, 0x02],
-        "granted QoS 0, 1; not authorized; topic filter invalid; granted QoS 2"
+        vec![0x00, 0x01, 0x87, 0x8F, 0x02, 0x97],
+        "granted QoS 0, 1; not authorized; topic filter invalid; granted QoS 2; \
+         quota exceeded (a 4th subscription, at most 3)"
+    );
+    let codes = raw.subscribe(2, &[("subf/a", 1), ("subf/e", 0)]).await;
+    assert_eq!(
+        codes,
+        vec![0x01, 0x97],
+        "replacing subf/a is granted, a 4th filter is not"
     );
 
     let (mut publisher, _) = Client5::connect(&gw, "subf-pub", &token, |_| {}).await;
-    publisher
-        .publish("subf/c", QoS::AtLeastOnce, false, "to c", None)
-        .await;
+    for topic in ["other/x", "subf/d", "subf/e", "subf/c"] {
+        publisher
+            .publish(topic, QoS::AtLeastOnce, false, topic.to_owned(), None)
+            .await;
+    }
     let got = raw.expect_publish().await;
     assert_eq!(
-        (got.topic.as_str(), &got.payload[..]),
-        ("subf/c", &b"to c"[..])
+        (got.topic.as_str(), got.qos, &got.payload[..]),
+        ("subf/c", 1, &b"subf/c"[..]),
+        "of these, only subf/c is subscribed"
     );
 }
 
@@ -1278,6 +1450,62 @@ async fn delivered_qos_is_min_of_publish_and_granted() {
 }
 
 // ---------------------------------------------------------------------------
+// 16. Property bytes
+// ---------------------------------------------------------------------------
+
+/// §3.4.2.1: PUBACK 0x97 Quota exceeded answers a QoS 1 PUBLISH whose
+/// properties (§3.3.2.3) exceed [limits] max_property_bytes; the message is
+/// not delivered and the publisher stays connected. One within the limit
+/// goes through with its properties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_properties_over_max_property_bytes_get_quota_exceeded() {
+    let gw = TestGateway::start_with(|c| c.limits.max_property_bytes = 1024).await;
+    let token = gw.token("pb", &["pb/#"], HOUR);
+    let (mut sub, _) = Client5::connect(&gw, "pb-sub", &token, |_| {}).await;
+    sub.subscribe(vec![Filter::new("pb/#", QoS::AtLeastOnce)], None)
+        .await;
+    let with_value = |len: usize| PublishProperties {
+        user_properties: vec![("k".to_owned(), "v".repeat(len))],
+        ..PublishProperties::default()
+    };
+
+    let (mut publisher, _) = Client5::connect(&gw, "pb-pub", &token, |_| {}).await;
+    let ack = publisher
+        .publish(
+            "pb/big",
+            QoS::AtLeastOnce,
+            false,
+            "x",
+            Some(with_value(2000)),
+        )
+        .await;
+    assert_eq!(
+        puback_reason(ack),
+        PubAckReason::QuotaExceeded,
+        "2000 bytes of properties, 1024 allowed"
+    );
+    let ack = publisher
+        .publish(
+            "pb/small",
+            QoS::AtLeastOnce,
+            false,
+            "x",
+            Some(with_value(100)),
+        )
+        .await;
+    assert_eq!(puback_reason(ack), PubAckReason::Success, "100 bytes");
+
+    let got = sub.expect_publish("pb/small").await;
+    assert_eq!(
+        got.properties.unwrap_or_default().user_properties,
+        with_value(100).user_properties
+    );
+    let rest = sub.publishes_within(QUIET).await;
+    assert!(rest.is_empty(), "pb/big not delivered: {:?}", topics(&rest));
+    assert!(publisher.is_open().await, "the publisher stays connected");
+}
+
+// ---------------------------------------------------------------------------
 // Helpers: rumqttc v5 with every packet visible
 // ---------------------------------------------------------------------------
 
@@ -1673,6 +1901,7 @@ impl Raw5 {
 /// server sends.
 mod v5 {
     pub const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
+    pub const SERVER_KEEP_ALIVE: u8 = 0x13;
     pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
     pub const TOPIC_ALIAS: u8 = 0x23;
 
@@ -1787,6 +2016,11 @@ mod v5 {
 
         pub fn will(mut self, will: Will) -> Connect {
             self.will = Some(will);
+            self
+        }
+
+        pub fn keep_alive(mut self, secs: u16) -> Connect {
+            self.keep_alive = secs;
             self
         }
 
