@@ -11,6 +11,13 @@
 //! [`Raw5`]: the harness's [`RawClient`] with the hand-written MQTT 5
 //! encoder and decoder in [`v5`] at the bottom of this file.
 //!
+//! The tests' own logic was checked against Mosquitto 2.0.11 (same test
+//! bodies, TLS, a stand-in for `TestGateway`): every behaviour Mosquitto
+//! implements passes there, except where it departs from the spec (it
+//! sends a second message after a single PUBACK beyond Receive Maximum,
+//! accepts No Local on a shared subscription) or where issue 8 chose
+//! differently (noted on the test).
+//!
 //! Waits are bounded by [`WAIT`] only so a broken test fails instead of
 //! hanging; [`QUIET`] is the window of "nothing arrives" checks. Lower
 //! bounds on elapsed time (a will not published before its delay, a
@@ -713,6 +720,7 @@ async fn topic_aliases_resolve_and_are_authorized() {
 /// Maximum the server granted, is a Topic Alias invalid error (DISCONNECT
 /// 0x94); an empty topic with an alias the server has no mapping for is a
 /// Protocol Error (DISCONNECT 0x82). Either way the connection is closed.
+/// (0x94 for alias 0 is issue 8's choice; Mosquitto 2.0.11 says 0x81.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_alias_errors_disconnect() {
     let gw = TestGateway::start().await;
@@ -773,10 +781,19 @@ async fn topic_alias_maximum_follows_the_config() {
                 &alias(maximum),
             ))
             .await;
-            assert_eq!(raw.puback().await, (1, 0x00), "alias {maximum} set");
+            let (pkid, reason) = raw.puback().await;
+            assert!(
+                pkid == 1 && matches!(reason, 0x00 | 0x10),
+                "alias {maximum} set (0x10, no subscribers, is a success too): \
+                 PUBACK {pkid} {reason:#04x}"
+            );
             raw.send(&v5::publish("", b"used", 1, false, 2, &alias(maximum)))
                 .await;
-            assert_eq!(raw.puback().await, (2, 0x00), "alias {maximum} used");
+            let (pkid, reason) = raw.puback().await;
+            assert!(
+                pkid == 2 && matches!(reason, 0x00 | 0x10),
+                "alias {maximum} used: PUBACK {pkid} {reason:#04x}"
+            );
         }
         raw.send(&v5::publish(
             "alias/over",
@@ -942,7 +959,9 @@ async fn disconnect_setting_expiry_after_zero_is_a_protocol_error() {
 /// SUBSCRIBE, in order: the granted QoS, or 0x87 Not authorized (a filter
 /// outside the token's grants), 0x8F Topic Filter invalid, or 0x97 Quota
 /// exceeded (past [sessions] max_subscriptions; replacing an existing
-/// subscription is not a new one). The granted ones work.
+/// subscription is not a new one). The granted ones work. (SUBACK 0x8F for
+/// an ill-formed filter such as `a/#/b` is issue 8's choice, as HiveMQ and
+/// EMQX do; Mosquitto 2.0.11 closes the connection with 0x81 instead.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suback_has_a_reason_code_per_filter() {
     let gw = TestGateway::start_with(|c| c.sessions.max_subscriptions = 3).await;
@@ -994,8 +1013,10 @@ async fn suback_has_a_reason_code_per_filter() {
 
 /// §3.2.2.3.12: subscription identifiers are available (CONNACK property
 /// absent or 1). §3.8.2.1.2 and §3.3.4: a PUBLISH carries the identifiers
-/// of the matching subscriptions; with two overlapping subscriptions of one
-/// session it arrives once, at the higher QoS, carrying both.
+/// of the matching subscriptions. With two overlapping subscriptions of one
+/// session the spec lets a server send one copy or one per subscription;
+/// jwtgate sends one (issue 8), at the higher QoS, which must then carry
+/// both identifiers [MQTT-3.3.4-4]. (Mosquitto 2.0.11 sends two copies.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_identifiers_are_delivered() {
     let gw = TestGateway::start().await;
