@@ -265,6 +265,11 @@ impl Client {
                 return ending;
             }
             let read = self.deferred_bytes < LOOKAHEAD && wire.output.len() < MAX_UNWRITTEN;
+            if let (false, Some(k)) = (read, keep_alive) {
+                // Keep-alive measures the client's silence, which cannot
+                // be told while the gateway is not reading it.
+                idle.as_mut().reset(Instant::now() + k);
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Ending::Shutdown,
