@@ -169,14 +169,19 @@ impl ClientLimits {
     }
 }
 
+/// Who a client is, as its CONNECT established.
+pub(super) struct Identity {
+    pub client_id: String,
+    pub version: Version,
+    /// The token, kept to re-check it when keys or the deny list change.
+    pub credential: String,
+    pub grants: Grants,
+}
+
 /// A connected client's state.
 pub(super) struct Client {
     shared: Arc<Shared>,
-    /// The token, kept to re-check it when keys or the deny list change.
-    credential: String,
-    client_id: String,
-    version: Version,
-    grants: Grants,
+    id: Identity,
     will: Option<Will>,
     session: Arc<Session>,
     inflight: Inflight,
@@ -200,13 +205,9 @@ pub(super) struct Client {
 }
 
 impl Client {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: Arc<Shared>,
-        credential: String,
-        client_id: String,
-        version: Version,
-        grants: Grants,
+        id: Identity,
         will: Option<Will>,
         attached: Attached,
         session_expiry: Duration,
@@ -214,10 +215,7 @@ impl Client {
     ) -> Client {
         Client {
             shared,
-            credential,
-            client_id,
-            version,
-            grants,
+            id,
             will,
             session: attached.session,
             resend: attached.inflight.outgoing() > 0,
@@ -278,7 +276,7 @@ impl Client {
                 () = &mut idle => return Ending::KeepAliveTimeout,
                 Ok(()) = reloads.changed() => {
                     let keys = shared.keys.snapshot();
-                    if let Err(e) = token::verify(&self.credential, &keys, &shared.policy) {
+                    if let Err(e) = token::verify(&self.id.credential, &keys, &shared.policy) {
                         return Ending::Revoked(e.to_string());
                     }
                 }
@@ -363,7 +361,7 @@ impl Client {
                 }
                 Taken::Recovered { dropped } => {
                     warn!(
-                        client_id = self.client_id,
+                        client_id = self.id.client_id,
                         dropped, "slow subscriber: caught up after dropping messages"
                     );
                 }
@@ -394,7 +392,7 @@ impl Client {
         if size > self.limits.max_packet {
             stats.oversized();
             debug!(
-                client_id = self.client_id,
+                client_id = self.id.client_id,
                 topic = delivery.message.topic(),
                 size,
                 max = self.limits.max_packet,
@@ -480,7 +478,7 @@ impl Client {
             }
             Packet::PubAck(ack, _) => {
                 if let Err(e) = self.inflight.puback(ack.pkid) {
-                    debug!(client_id = self.client_id, error = %e, "PUBACK ignored");
+                    debug!(client_id = self.id.client_id, error = %e, "PUBACK ignored");
                 }
                 None
             }
@@ -498,13 +496,13 @@ impl Client {
                         None,
                     )),
                     Ok(()) => {}
-                    Err(e) => debug!(client_id = self.client_id, error = %e, "PUBREC ignored"),
+                    Err(e) => debug!(client_id = self.id.client_id, error = %e, "PUBREC ignored"),
                 }
                 None
             }
             Packet::PubComp(comp, _) => {
                 if let Err(e) = self.inflight.pubcomp(comp.pkid) {
-                    debug!(client_id = self.client_id, error = %e, "PUBCOMP ignored");
+                    debug!(client_id = self.id.client_id, error = %e, "PUBCOMP ignored");
                 }
                 None
             }
@@ -513,7 +511,7 @@ impl Client {
                 // PUBLISH it refused, for a 3.1.1 client that cannot tell)
                 // still gets its PUBCOMP, so the client can move on.
                 let known = self.inflight.release(rel.pkid);
-                let reason = if known || !self.version.is_v5() {
+                let reason = if known || !self.id.version.is_v5() {
                     PubCompReason::Success
                 } else {
                     PubCompReason::PacketIdentifierNotFound
@@ -587,7 +585,7 @@ impl Client {
         }
         if header.properties_len > self.limits.max_property_bytes {
             info!(
-                client_id = self.client_id,
+                client_id = self.id.client_id,
                 topic,
                 bytes = header.properties_len,
                 max = self.limits.max_property_bytes,
@@ -596,9 +594,9 @@ impl Client {
             self.refuse_publish(wire, header, PubAckReason::QuotaExceeded);
             return None;
         }
-        if !self.grants.may_publish(&topic) {
+        if !self.id.grants.may_publish(&topic) {
             info!(
-                client_id = self.client_id,
+                client_id = self.id.client_id,
                 topic, "publish refused: topic not granted"
             );
             self.refuse_publish(wire, header, PubAckReason::NotAuthorized);
@@ -755,7 +753,7 @@ impl Client {
                 }
             };
             if !matches!(code, SubscribeReasonCode::Success(_)) {
-                info!(client_id = self.client_id, filter = filter.path, reason = ?code, "subscription refused");
+                info!(client_id = self.id.client_id, filter = filter.path, reason = ?code, "subscription refused");
             }
             return_codes.push(code);
         }
@@ -783,7 +781,7 @@ impl Client {
                 "No Local on a shared subscription".into(),
             ));
         }
-        if !self.grants.may_subscribe(&filter.path) {
+        if !self.id.grants.may_subscribe(&filter.path) {
             return Ok(SubscribeReasonCode::NotAuthorized);
         }
         let qos = broker_qos(filter.qos);
@@ -847,7 +845,7 @@ impl Client {
         match &ending {
             Ending::Protocol(_, detail) => {
                 info!(
-                    client_id = self.client_id,
+                    client_id = self.id.client_id,
                     reason = detail,
                     "closing: protocol error"
                 );
@@ -855,14 +853,14 @@ impl Client {
             Ending::SlowSubscriber => {
                 self.shared.broker.stats().evicted();
                 warn!(
-                    client_id = self.client_id,
+                    client_id = self.id.client_id,
                     queued = self.session.mailbox().len(),
                     "slow subscriber: disconnecting (see [sessions] slow_subscriber)"
                 );
             }
-            other => info!(client_id = self.client_id, ending = ?other, "client disconnected"),
+            other => info!(client_id = self.id.client_id, ending = ?other, "client disconnected"),
         }
-        if let (true, Some(reason_code)) = (self.version.is_v5(), ending.reason()) {
+        if let (true, Some(reason_code)) = (self.id.version.is_v5(), ending.reason()) {
             let properties = ending.detail().map(|detail| DisconnectProperties {
                 session_expiry_interval: None,
                 reason_string: Some(detail),

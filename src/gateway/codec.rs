@@ -177,18 +177,7 @@ fn upgrade_v31_connect(buf: &mut BytesMut, header: usize, size: usize) {
     let rest = &frame[header + V31_NAME..];
     let mut out = BytesMut::with_capacity(size + buf.len());
     out.put_u8(frame[0]);
-    let mut remaining = rest.len() + 2 + 4 + 1;
-    loop {
-        let mut byte = (remaining % 128) as u8;
-        remaining /= 128;
-        if remaining > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if remaining == 0 {
-            break;
-        }
-    }
+    put_varint(&mut out, rest.len() + 2 + 4 + 1);
     out.put_slice(b"\x00\x04MQTT\x04");
     out.put_slice(rest);
     out.put_slice(buf);

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::Shared;
-use super::client::{Client, ClientLimits};
+use super::client::{Client, ClientLimits, Identity};
 use super::codec::{Codec, CodecError, Inbound, Version, broker_qos, sniff_version};
 use super::wire::Wire;
 use crate::acl::validate_topic_name;
@@ -256,12 +256,15 @@ pub(super) async fn serve<S>(
     let expires_at = token
         .expires_at
         .map(|exp| deadline_from_unix(exp + shared.leeway.as_secs()));
-    let mut client = Client::new(
-        Arc::clone(&shared),
-        credential,
+    let id = Identity {
         client_id,
         version,
-        token.grants,
+        credential,
+        grants: token.grants,
+    };
+    let mut client = Client::new(
+        Arc::clone(&shared),
+        id,
         will,
         attached,
         session_expiry,
