@@ -157,7 +157,7 @@ keys_dir = "keys"
 [limits]
 max_connections = $((IDLE_CLIENTS + 2000))
 
-[router]
+[sessions]
 EOF
 
 cat >"$WORK/mosquitto.conf" <<EOF

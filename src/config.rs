@@ -45,11 +45,24 @@ const DEFAULT_PORT: u16 = 8883;
 /// MQTT's remaining-length field cannot describe a larger packet.
 const MQTT_MAX_PACKET_SIZE: i64 = 268_435_455;
 
-/// rumqttd panics when asked for smaller in-memory log segments.
-const MIN_SEGMENT_SIZE: i64 = 1024;
-
 /// Below this even a CONNECT with a realistic JWT does not fit.
 const MIN_PACKET_SIZE: i64 = 1024;
+
+/// Below this one session could not queue even one realistic message.
+const MIN_QUEUED_BYTES: i64 = 1024;
+
+/// Below this a CONNECT or PUBLISH with a few ordinary MQTT 5 properties
+/// would be refused.
+const MIN_PROPERTY_BYTES: i64 = 256;
+
+/// MQTT 5 carries the session expiry interval in four bytes.
+const MQTT_MAX_SESSION_EXPIRY_SECS: i64 = u32::MAX as i64;
+
+/// The largest `[limits] memory_budget_mb`: 1 TiB.
+const MAX_MEMORY_BUDGET_MB: i64 = 1024 * 1024;
+
+/// Bytes in one `memory_budget_mb`.
+const MIB: usize = 1024 * 1024;
 
 /// The names `jsonwebtoken::Algorithm::from_str` accepts, for error messages.
 const ALGORITHM_NAMES: &str =
@@ -66,7 +79,7 @@ pub struct Config {
     pub tls: TlsPaths,
     pub auth: AuthConfig,
     pub limits: Limits,
-    pub router: RouterSettings,
+    pub sessions: SessionSettings,
 }
 
 /// Where the server certificate and its key live (already resolved).
@@ -129,6 +142,27 @@ pub struct Limits {
     pub max_packet_size: usize,
     /// Most simultaneous connections; never zero.
     pub max_connections: usize,
+    /// Most MQTT 5 property bytes (user properties included) accepted in one
+    /// packet, between 256 and 268435455. Properties are copied to every
+    /// subscriber, so one packet must not be able to carry an unbounded
+    /// amount of them inside `max_packet_size`; more is refused with reason
+    /// 0x97 (quota exceeded).
+    pub max_property_bytes: usize,
+    /// Topic aliases granted to each MQTT 5 client in CONNACK (0 grants
+    /// none). Every alias is a topic the gateway remembers for the life of
+    /// the connection, so the number is bounded per client.
+    pub max_topic_aliases: u16,
+    /// Longest keep-alive a client may have, in seconds (1 to 65535), when
+    /// set. A client asking for a longer one, or for none (0), is given this
+    /// one (MQTT 5 "server keep alive" in CONNACK; MQTT 3.1.1 clients are
+    /// held to it silently), so a dead connection and its session's queue
+    /// are noticed within a bounded time. `None` takes what the client asks.
+    pub max_keep_alive: Option<u16>,
+    /// Bytes of application messages held in memory across the whole
+    /// gateway (queued, in flight and retained); at least 1 MiB. The
+    /// per-session bounds alone would let many sessions together exhaust
+    /// the edge box's memory.
+    pub memory_budget: usize,
 }
 
 impl Default for Limits {
@@ -138,29 +172,76 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1024 * 1024,
             max_connections: 10_000,
+            max_property_bytes: 64 * 1024,
+            max_topic_aliases: 64,
+            max_keep_alive: None,
+            memory_budget: 512 * MIB,
         }
     }
 }
 
-/// Tuning handed to rumqttd's router.
+/// How sessions queue and deliver messages (jwtgate's routing core).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouterSettings {
-    /// Outgoing packets queued per connection; at least 1.
-    pub max_outgoing_packet_count: u64,
-    /// Bytes per in-memory log segment; at least 1024.
-    pub max_segment_size: usize,
-    /// Segments kept per topic log; at least 1.
-    pub max_segment_count: usize,
+pub struct SessionSettings {
+    /// Most QoS 1 and 2 messages sent to one client and not yet
+    /// acknowledged; at least 1. Also capped by the client's MQTT 5 receive
+    /// maximum. Bounds what a client that stops acknowledging keeps held in
+    /// memory, and what is re-sent when it resumes.
+    pub max_inflight: u16,
+    /// Most messages waiting for one session (connected or offline); at
+    /// least 1. A full queue holds its publishers back, then the
+    /// `slow_subscriber` policy applies.
+    pub max_queued_messages: usize,
+    /// Most bytes (topic + payload + properties) waiting for one session; at
+    /// least 1024. Counts what a message really costs, so a few large
+    /// messages cannot exceed what `max_queued_messages` small ones would.
+    pub max_queued_bytes: usize,
+    /// What happens to a subscriber whose queue stays full past
+    /// `slow_subscriber_timeout`.
+    pub slow_subscriber: SlowSubscriber,
+    /// How long one full subscriber queue may hold a publisher back before
+    /// the `slow_subscriber` policy applies to that subscriber; never zero.
+    /// Bounds how far one stalled device can slow every publisher on its
+    /// topics.
+    pub slow_subscriber_timeout: Duration,
+    /// Most subscriptions one session may hold; at least 1. More gets SUBACK
+    /// "quota exceeded". Bounds the subscription index one device can grow.
+    pub max_subscriptions: usize,
+    /// Cap on the MQTT 5 session expiry interval a client asks for, and the
+    /// expiry of MQTT 3.1.1 persistent (clean session 0) sessions; at most
+    /// 4294967295 seconds (MQTT 5's largest). Bounds how long a device that
+    /// never comes back keeps its session and queue. Zero: no session
+    /// outlives its connection.
+    pub max_session_expiry: Duration,
 }
 
-impl Default for RouterSettings {
+impl Default for SessionSettings {
     fn default() -> Self {
-        RouterSettings {
-            max_outgoing_packet_count: 10_000,
-            max_segment_size: 4 * 1024 * 1024,
-            max_segment_count: 4,
+        SessionSettings {
+            max_inflight: 1000,
+            max_queued_messages: 1000,
+            max_queued_bytes: 8 * MIB,
+            slow_subscriber: SlowSubscriber::Disconnect,
+            slow_subscriber_timeout: Duration::from_millis(2000),
+            max_subscriptions: 100,
+            max_session_expiry: Duration::from_secs(86_400),
         }
     }
+}
+
+/// What happens to a subscriber whose queue has held a publisher back for
+/// `[sessions] slow_subscriber_timeout_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowSubscriber {
+    /// Close the slow subscriber's connection (MQTT 5 reason 0x97, quota
+    /// exceeded); the device reconnects and resumes. Its QoS 0 messages are
+    /// still dropped oldest first.
+    #[default]
+    Disconnect,
+    /// Keep the connection and drop messages for it (QoS 0 oldest first),
+    /// counted and logged.
+    Drop,
 }
 
 /// Why a configuration could not be loaded.
@@ -237,7 +318,7 @@ impl Config {
                 deny_publish: DenyPublish::Drop,
             },
             limits: Limits::default(),
-            router: RouterSettings::default(),
+            sessions: SessionSettings::default(),
         }
     }
 }
@@ -255,7 +336,10 @@ struct RawConfig {
     tls: RawTls,
     auth: RawAuth,
     limits: RawLimits,
-    router: RawRouter,
+    sessions: RawSessions,
+    /// rumqttd's router's table, gone with it; read only to refuse it with
+    /// an error naming the replacement.
+    router: Option<Spanned<RawRouter>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -287,14 +371,33 @@ struct RawLimits {
     connect_timeout_secs: Option<Spanned<i64>>,
     max_packet_size: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    max_property_bytes: Option<Spanned<i64>>,
+    max_topic_aliases: Option<Spanned<i64>>,
+    max_keep_alive_secs: Option<Spanned<i64>>,
+    memory_budget_mb: Option<Spanned<i64>>,
 }
 
 #[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [sessions] table")]
+struct RawSessions {
+    max_inflight: Option<Spanned<i64>>,
+    max_queued_messages: Option<Spanned<i64>>,
+    max_queued_bytes: Option<Spanned<i64>>,
+    slow_subscriber: Option<Spanned<SlowSubscriber>>,
+    slow_subscriber_timeout_ms: Option<Spanned<i64>>,
+    max_subscriptions: Option<Spanned<i64>>,
+    max_session_expiry_secs: Option<Spanned<i64>>,
+}
+
+/// The keys rumqttd's router took. Their values are not read (any type is
+/// taken), only where they were written, so that each gets an error naming
+/// its replacement; any other key is an ordinary unknown-key error.
+#[derive(Default, Deserialize)]
 #[serde(default, deny_unknown_fields, expecting = "the [router] table")]
 struct RawRouter {
-    max_outgoing_packet_count: Option<Spanned<i64>>,
-    max_segment_size: Option<Spanned<i64>>,
-    max_segment_count: Option<Spanned<i64>>,
+    max_outgoing_packet_count: Option<Spanned<de::IgnoredAny>>,
+    max_segment_size: Option<Spanned<de::IgnoredAny>>,
+    max_segment_count: Option<Spanned<de::IgnoredAny>>,
 }
 
 /// `audience` is written either as one string or as a list of strings.
@@ -392,6 +495,16 @@ impl Document<'_> {
             .map(Duration::from_secs)
     }
 
+    fn milliseconds(
+        &self,
+        value: &Spanned<i64>,
+        key: &str,
+        min: i64,
+    ) -> Result<Duration, ConfigError> {
+        self.int(value, key, min..=i64::MAX, "milliseconds")
+            .map(Duration::from_millis)
+    }
+
     fn path(
         &self,
         value: &Spanned<PathBuf>,
@@ -442,7 +555,10 @@ impl RawConfig {
             config.auth.deny_publish = deny_publish;
         }
         self.limits.validate(doc, &mut config.limits)?;
-        self.router.validate(doc, &mut config.router)?;
+        if let Some(router) = &self.router {
+            return Err(RawRouter::refuse(router, doc));
+        }
+        self.sessions.validate(doc, &mut config.sessions)?;
         Ok(config)
     }
 }
@@ -572,33 +688,122 @@ impl RawLimits {
             limits.max_connections =
                 doc.int(count, "[limits] max_connections", 1..=i64::MAX, "")?;
         }
+        if let Some(size) = &self.max_property_bytes {
+            limits.max_property_bytes = doc.int(
+                size,
+                "[limits] max_property_bytes",
+                MIN_PROPERTY_BYTES..=MQTT_MAX_PACKET_SIZE,
+                "bytes",
+            )?;
+        }
+        if let Some(count) = &self.max_topic_aliases {
+            limits.max_topic_aliases = doc.int(
+                count,
+                "[limits] max_topic_aliases",
+                0..=i64::from(u16::MAX),
+                "",
+            )?;
+        }
+        if let Some(secs) = &self.max_keep_alive_secs {
+            limits.max_keep_alive = Some(doc.int(
+                secs,
+                "[limits] max_keep_alive_secs",
+                1..=i64::from(u16::MAX),
+                "seconds",
+            )?);
+        }
+        if let Some(value) = &self.memory_budget_mb {
+            let key = "[limits] memory_budget_mb";
+            let mb: usize = doc.int(value, key, 1..=MAX_MEMORY_BUDGET_MB, "MiB")?;
+            limits.memory_budget = mb
+                .checked_mul(MIB)
+                .ok_or_else(|| doc.bad(value, key, "is too large for this platform"))?;
+        }
+        Ok(())
+    }
+}
+
+impl RawSessions {
+    fn validate(
+        self,
+        doc: &Document<'_>,
+        sessions: &mut SessionSettings,
+    ) -> Result<(), ConfigError> {
+        if let Some(count) = &self.max_inflight {
+            sessions.max_inflight = doc.int(
+                count,
+                "[sessions] max_inflight",
+                1..=i64::from(u16::MAX),
+                "",
+            )?;
+        }
+        if let Some(count) = &self.max_queued_messages {
+            sessions.max_queued_messages =
+                doc.int(count, "[sessions] max_queued_messages", 1..=i64::MAX, "")?;
+        }
+        if let Some(size) = &self.max_queued_bytes {
+            sessions.max_queued_bytes = doc.int(
+                size,
+                "[sessions] max_queued_bytes",
+                MIN_QUEUED_BYTES..=i64::MAX,
+                "bytes",
+            )?;
+        }
+        if let Some(policy) = &self.slow_subscriber {
+            sessions.slow_subscriber = *policy.get_ref();
+        }
+        if let Some(ms) = &self.slow_subscriber_timeout_ms {
+            sessions.slow_subscriber_timeout =
+                doc.milliseconds(ms, "[sessions] slow_subscriber_timeout_ms", 1)?;
+        }
+        if let Some(count) = &self.max_subscriptions {
+            sessions.max_subscriptions =
+                doc.int(count, "[sessions] max_subscriptions", 1..=i64::MAX, "")?;
+        }
+        if let Some(secs) = &self.max_session_expiry_secs {
+            sessions.max_session_expiry = doc
+                .int(
+                    secs,
+                    "[sessions] max_session_expiry_secs",
+                    0..=MQTT_MAX_SESSION_EXPIRY_SECS,
+                    "seconds",
+                )
+                .map(Duration::from_secs)?;
+        }
         Ok(())
     }
 }
 
 impl RawRouter {
-    fn validate(self, doc: &Document<'_>, router: &mut RouterSettings) -> Result<(), ConfigError> {
-        if let Some(count) = &self.max_outgoing_packet_count {
-            router.max_outgoing_packet_count = doc.int(
-                count,
-                "[router] max_outgoing_packet_count",
-                1..=i64::MAX,
-                "",
-            )?;
+    /// The error for a `[router]` table: the first old key in it, in file
+    /// order, with its replacement, or the table itself when it is empty.
+    fn refuse(router: &Spanned<RawRouter>, doc: &Document<'_>) -> ConfigError {
+        const QUEUES: &str =
+            "rumqttd's router is gone: use [sessions] max_inflight and max_queued_messages";
+        const LOG: &str = "rumqttd's router is gone: use [sessions] max_queued_bytes and \
+                           [limits] memory_budget_mb";
+        let raw = router.get_ref();
+        let first = [
+            (
+                &raw.max_outgoing_packet_count,
+                "max_outgoing_packet_count",
+                QUEUES,
+            ),
+            (&raw.max_segment_size, "max_segment_size", LOG),
+            (&raw.max_segment_count, "max_segment_count", LOG),
+        ]
+        .into_iter()
+        .filter_map(|(value, key, message)| value.as_ref().map(|value| (value, key, message)))
+        .min_by_key(|(value, _, _)| value.span().start);
+        match first {
+            Some((value, key, message)) => doc.bad(value, &format!("[router] {key}"), message),
+            None => doc.bad(
+                router,
+                "[router]",
+                "the [router] table is no longer used: jwtgate's routing core is configured \
+                 in [sessions]",
+            ),
         }
-        if let Some(size) = &self.max_segment_size {
-            router.max_segment_size = doc.int(
-                size,
-                "[router] max_segment_size",
-                MIN_SEGMENT_SIZE..=i64::MAX,
-                "bytes",
-            )?;
-        }
-        if let Some(count) = &self.max_segment_count {
-            router.max_segment_count =
-                doc.int(count, "[router] max_segment_count", 1..=i64::MAX, "")?;
-        }
-        Ok(())
     }
 }
 
@@ -701,6 +906,24 @@ mod tests {
         }
     }
 
+    /// Checks that each `(text, line, column, key, part of the message)`
+    /// fails with that position, key and message, shown as
+    /// `file:line:column: key: message`.
+    fn assert_invalid_cases(cases: &[(&str, usize, usize, &str, &str)]) {
+        for &(text, line, column, key, fragment) in cases {
+            let (got_line, got_column, got_key, message, shown) = invalid(text);
+            assert_eq!(
+                (got_line, got_column),
+                (line, column),
+                "position for {text:?}"
+            );
+            assert_eq!(got_key.as_deref(), Some(key), "key for {text:?}");
+            assert!(message.contains(fragment), "{text:?} gave {message:?}");
+            let prefix = format!("{ORIGIN}:{line}:{column}: {key}: ");
+            assert!(shown.starts_with(&prefix), "{text:?} shown as {shown:?}");
+        }
+    }
+
     const FULL_EXAMPLE: &str = r#"
 listen = "0.0.0.0:8883"          # TLS only; there is no plaintext listener. default "0.0.0.0:8883"
 [tls]
@@ -722,10 +945,18 @@ handshake_timeout_secs = 10      # TLS handshake timeout; default 10; must be > 
 connect_timeout_secs = 10        # time from TLS up to a CONNECT packet; default 10; must be > 0
 max_packet_size = 1048576        # bytes, default 1 MiB; minimum 1024, maximum 268435455 (MQTT's limit)
 max_connections = 10000          # default 10000; must be > 0
-[router]                         # rumqttd router tuning
-max_outgoing_packet_count = 10000  # default 10000; must be >= 1
-max_segment_size = 4194304       # bytes per in-memory log segment; default 4 MiB; minimum 1024 (rumqttd panics below that)
-max_segment_count = 4            # segments kept per topic log; default 4; must be >= 1
+max_property_bytes = 65536       # MQTT 5 property bytes per packet; default 64 KiB; 256 to 268435455
+max_topic_aliases = 64           # aliases granted per MQTT 5 client; default 64; 0 grants none
+max_keep_alive_secs = 600        # optional cap on the client's keep-alive; 1 to 65535
+memory_budget_mb = 512           # messages in memory, gateway-wide; default 512; 1 to 1048576
+[sessions]                       # jwtgate's routing core
+max_inflight = 1000              # unacknowledged QoS 1/2 per client; default 1000; 1 to 65535
+max_queued_messages = 1000       # per session; default 1000; must be >= 1
+max_queued_bytes = 8388608       # per session; default 8 MiB; minimum 1024
+slow_subscriber = "disconnect"   # "disconnect" (default) | "drop"
+slow_subscriber_timeout_ms = 2000  # default 2000; must be > 0
+max_subscriptions = 100          # per session; default 100; must be > 0
+max_session_expiry_secs = 86400  # default 86400; 0 allowed
 "#;
 
     #[test]
@@ -758,11 +989,19 @@ max_segment_count = 4            # segments kept per topic log; default 4; must 
                     connect_timeout: Duration::from_secs(10),
                     max_packet_size: 1_048_576,
                     max_connections: 10_000,
+                    max_property_bytes: 65_536,
+                    max_topic_aliases: 64,
+                    max_keep_alive: Some(600),
+                    memory_budget: 512 * 1024 * 1024,
                 },
-                router: RouterSettings {
-                    max_outgoing_packet_count: 10_000,
-                    max_segment_size: 4_194_304,
-                    max_segment_count: 4,
+                sessions: SessionSettings {
+                    max_inflight: 1000,
+                    max_queued_messages: 1000,
+                    max_queued_bytes: 8_388_608,
+                    slow_subscriber: SlowSubscriber::Disconnect,
+                    slow_subscriber_timeout: Duration::from_millis(2000),
+                    max_subscriptions: 100,
+                    max_session_expiry: Duration::from_secs(86_400),
                 },
             }
         );
@@ -774,8 +1013,15 @@ max_segment_count = 4            # segments kept per topic log; default 4; must 
         let defaults = Config::defaults(Path::new(BASE));
         assert_eq!(example.listen, defaults.listen);
         assert_eq!(example.tls, defaults.tls);
-        assert_eq!(example.limits, defaults.limits);
-        assert_eq!(example.router, defaults.router);
+        // max_keep_alive_secs is the one optional key the example sets.
+        assert_eq!(
+            example.limits,
+            Limits {
+                max_keep_alive: Some(600),
+                ..defaults.limits
+            }
+        );
+        assert_eq!(example.sessions, defaults.sessions);
         assert_eq!(example.auth.keys_dir, defaults.auth.keys_dir);
         assert_eq!(example.auth.leeway, defaults.auth.leeway);
     }
@@ -811,15 +1057,31 @@ max_segment_count = 4            # segments kept per topic log; default 4; must 
         assert_eq!(config.auth.algorithms, None);
         assert_eq!(config.auth.deny_publish, DenyPublish::Drop);
         assert_eq!(config.limits.max_packet_size, 1024 * 1024);
-        assert_eq!(config.router.max_segment_size, 4 * 1024 * 1024);
+        assert_eq!(config.limits.max_property_bytes, 65_536);
+        assert_eq!(config.limits.max_topic_aliases, 64);
+        assert_eq!(config.limits.max_keep_alive, None);
+        assert_eq!(config.limits.memory_budget, 512 * 1024 * 1024);
+        assert_eq!(config.sessions.max_inflight, 1000);
+        assert_eq!(config.sessions.max_queued_messages, 1000);
+        assert_eq!(config.sessions.max_queued_bytes, 8 * 1024 * 1024);
+        assert_eq!(config.sessions.slow_subscriber, SlowSubscriber::Disconnect);
+        assert_eq!(
+            config.sessions.slow_subscriber_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(config.sessions.max_subscriptions, 100);
+        assert_eq!(
+            config.sessions.max_session_expiry,
+            Duration::from_secs(86_400)
+        );
     }
 
     #[test]
     fn empty_tables_and_comments_are_valid() {
-        let config = parse("# nothing here\n[tls]\n[auth]\n[limits]\n[router]\n")
+        let config = parse("# nothing here\n[tls]\n[auth]\n[limits]\n[sessions]\n")
             .expect("empty tables are valid");
         assert_eq!(config.limits, Limits::default());
-        assert_eq!(config.router, RouterSettings::default());
+        assert_eq!(config.sessions, SessionSettings::default());
     }
 
     #[test]
@@ -866,10 +1128,18 @@ handshake_timeout_secs = 3
 connect_timeout_secs = 7
 max_packet_size = 268435455
 max_connections = 1
-[router]
-max_outgoing_packet_count = 1
-max_segment_size = 1024
-max_segment_count = 1
+max_property_bytes = 256
+max_topic_aliases = 0
+max_keep_alive_secs = 65535
+memory_budget_mb = 3
+[sessions]
+max_inflight = 65535
+max_queued_messages = 1
+max_queued_bytes = 1024
+slow_subscriber = "drop"
+slow_subscriber_timeout_ms = 1
+max_subscriptions = 1
+max_session_expiry_secs = 0
 "#,
         )
         .expect("valid config");
@@ -893,14 +1163,22 @@ max_segment_count = 1
                 connect_timeout: Duration::from_secs(7),
                 max_packet_size: 268_435_455,
                 max_connections: 1,
+                max_property_bytes: 256,
+                max_topic_aliases: 0,
+                max_keep_alive: Some(65_535),
+                memory_budget: 3 * 1024 * 1024,
             }
         );
         assert_eq!(
-            config.router,
-            RouterSettings {
-                max_outgoing_packet_count: 1,
-                max_segment_size: 1024,
-                max_segment_count: 1,
+            config.sessions,
+            SessionSettings {
+                max_inflight: 65_535,
+                max_queued_messages: 1,
+                max_queued_bytes: 1024,
+                slow_subscriber: SlowSubscriber::Drop,
+                slow_subscriber_timeout: Duration::from_millis(1),
+                max_subscriptions: 1,
+                max_session_expiry: Duration::ZERO,
             }
         );
     }
@@ -982,10 +1260,10 @@ max_segment_count = 1
         // (text, line, column, key, part of the message)
         let cases = [
             (
-                "[router]\nmax_segment_size = 10\n",
+                "[sessions]\nmax_queued_bytes = 10\n",
                 2,
                 20,
-                "[router] max_segment_size",
+                "[sessions] max_queued_bytes",
                 "must be at least 1024 bytes",
             ),
             (
@@ -1052,17 +1330,17 @@ max_segment_count = 1
                 "must be greater than 0",
             ),
             (
-                "[router]\nmax_outgoing_packet_count = 0\n",
+                "[sessions]\nmax_inflight = 0\n",
                 2,
-                29,
-                "[router] max_outgoing_packet_count",
+                16,
+                "[sessions] max_inflight",
                 "must be greater than 0",
             ),
             (
-                "[router]\nmax_segment_count = 0\n",
+                "[sessions]\nmax_subscriptions = 0\n",
                 2,
                 21,
-                "[router] max_segment_count",
+                "[sessions] max_subscriptions",
                 "must be greater than 0",
             ),
             (
@@ -1130,18 +1408,345 @@ max_segment_count = 1
                 "must not be negative",
             ),
         ];
-        for (text, line, column, key, fragment) in cases {
-            let (got_line, got_column, got_key, message, shown) = invalid(text);
-            assert_eq!(
-                (got_line, got_column),
-                (line, column),
-                "position for {text:?}"
-            );
-            assert_eq!(got_key.as_deref(), Some(key), "key for {text:?}");
-            assert!(message.contains(fragment), "{text:?} gave {message:?}");
-            let prefix = format!("{ORIGIN}:{line}:{column}: {key}: ");
-            assert!(shown.starts_with(&prefix), "{text:?} shown as {shown:?}");
+        assert_invalid_cases(&cases);
+    }
+
+    #[test]
+    fn new_limits_and_sessions_keys_are_bounded() {
+        // (text, line, column, key, part of the message)
+        let cases = [
+            (
+                "[limits]\nmax_property_bytes = 255\n",
+                2,
+                22,
+                "[limits] max_property_bytes",
+                "must be at least 256 bytes",
+            ),
+            (
+                "[limits]\nmax_property_bytes = 268435456\n",
+                2,
+                22,
+                "[limits] max_property_bytes",
+                "must be at most 268435455 bytes",
+            ),
+            (
+                "[limits]\nmax_topic_aliases = -1\n",
+                2,
+                21,
+                "[limits] max_topic_aliases",
+                "must not be negative",
+            ),
+            (
+                "[limits]\nmax_topic_aliases = 65536\n",
+                2,
+                21,
+                "[limits] max_topic_aliases",
+                "must be at most 65535",
+            ),
+            (
+                "[limits]\nmax_keep_alive_secs = 0\n",
+                2,
+                23,
+                "[limits] max_keep_alive_secs",
+                "must be greater than 0",
+            ),
+            (
+                "[limits]\nmax_keep_alive_secs = 65536\n",
+                2,
+                23,
+                "[limits] max_keep_alive_secs",
+                "must be at most 65535 seconds",
+            ),
+            (
+                "[limits]\nmemory_budget_mb = 0\n",
+                2,
+                20,
+                "[limits] memory_budget_mb",
+                "must be greater than 0",
+            ),
+            (
+                "[limits]\nmemory_budget_mb = 1048577\n",
+                2,
+                20,
+                "[limits] memory_budget_mb",
+                "must be at most 1048576 MiB",
+            ),
+            (
+                "[sessions]\nmax_inflight = 65536\n",
+                2,
+                16,
+                "[sessions] max_inflight",
+                "must be at most 65535",
+            ),
+            (
+                "[sessions]\nmax_queued_messages = 0\n",
+                2,
+                23,
+                "[sessions] max_queued_messages",
+                "must be greater than 0",
+            ),
+            (
+                "[sessions]\nmax_queued_bytes = 1023\n",
+                2,
+                20,
+                "[sessions] max_queued_bytes",
+                "must be at least 1024 bytes",
+            ),
+            (
+                "[sessions]\nslow_subscriber_timeout_ms = 0\n",
+                2,
+                30,
+                "[sessions] slow_subscriber_timeout_ms",
+                "must be greater than 0",
+            ),
+            (
+                "[sessions]\nmax_session_expiry_secs = -1\n",
+                2,
+                27,
+                "[sessions] max_session_expiry_secs",
+                "must not be negative",
+            ),
+            (
+                "[sessions]\nmax_session_expiry_secs = 4294967296\n",
+                2,
+                27,
+                "[sessions] max_session_expiry_secs",
+                "must be at most 4294967295 seconds",
+            ),
+            (
+                "[sessions]\nslow_subscriber = \"block\"\n",
+                2,
+                19,
+                "[sessions] slow_subscriber",
+                "unknown variant `block`, expected `disconnect` or `drop`",
+            ),
+            (
+                "[sessions]\nslow_subscriber = true\n",
+                2,
+                19,
+                "[sessions] slow_subscriber",
+                "wanted string or table",
+            ),
+            (
+                "[sessions]\nmax_inflight = \"1000\"\n",
+                2,
+                16,
+                "[sessions] max_inflight",
+                "invalid type: string \"1000\"",
+            ),
+            (
+                "sessions = 3\n",
+                1,
+                12,
+                "sessions",
+                "expected the [sessions] table",
+            ),
+        ];
+        assert_invalid_cases(&cases);
+    }
+
+    #[test]
+    fn new_limits_and_sessions_keys_accept_their_bounds() {
+        let low = parse(
+            "[limits]\nmax_property_bytes = 256\nmax_topic_aliases = 0\nmax_keep_alive_secs = 1\n\
+             memory_budget_mb = 1\n[sessions]\nmax_inflight = 1\nmax_queued_bytes = 1024\n\
+             max_session_expiry_secs = 0\n",
+        )
+        .expect("lowest values are valid");
+        assert_eq!(low.limits.max_property_bytes, 256);
+        assert_eq!(low.limits.max_topic_aliases, 0);
+        assert_eq!(low.limits.max_keep_alive, Some(1));
+        assert_eq!(low.limits.memory_budget, 1024 * 1024);
+        assert_eq!(low.sessions.max_inflight, 1);
+        assert_eq!(low.sessions.max_queued_bytes, 1024);
+        assert_eq!(low.sessions.max_session_expiry, Duration::ZERO);
+
+        let high = parse(
+            "[limits]\nmax_property_bytes = 268435455\nmax_topic_aliases = 65535\n\
+             max_keep_alive_secs = 65535\n[sessions]\nmax_inflight = 65535\n\
+             max_queued_messages = 1000000\nslow_subscriber_timeout_ms = 60000\n\
+             max_subscriptions = 100000\nmax_session_expiry_secs = 4294967295\n",
+        )
+        .expect("highest values are valid");
+        assert_eq!(high.limits.max_property_bytes, 268_435_455);
+        assert_eq!(high.limits.max_topic_aliases, u16::MAX);
+        assert_eq!(high.limits.max_keep_alive, Some(u16::MAX));
+        assert_eq!(high.sessions.max_inflight, u16::MAX);
+        assert_eq!(high.sessions.max_queued_messages, 1_000_000);
+        assert_eq!(
+            high.sessions.slow_subscriber_timeout,
+            Duration::from_secs(60)
+        );
+        assert_eq!(high.sessions.max_subscriptions, 100_000);
+        assert_eq!(
+            high.sessions.max_session_expiry,
+            Duration::from_secs(u64::from(u32::MAX))
+        );
+    }
+
+    #[test]
+    fn memory_budget_is_stored_in_bytes() {
+        let config = parse("[limits]\nmemory_budget_mb = 64\n").expect("valid budget");
+        assert_eq!(config.limits.memory_budget, 64 * 1024 * 1024);
+
+        let largest = parse("[limits]\nmemory_budget_mb = 1048576\n");
+        if cfg!(target_pointer_width = "64") {
+            let config = largest.expect("1 TiB fits in 64 bits");
+            assert_eq!(config.limits.memory_budget, 1 << 40);
+        } else {
+            let (line, column, key, message, _) = invalid("[limits]\nmemory_budget_mb = 1048576\n");
+            assert_eq!((line, column), (2, 20));
+            assert_eq!(key.as_deref(), Some("[limits] memory_budget_mb"));
+            assert_eq!(message, "is too large for this platform");
         }
+    }
+
+    #[test]
+    fn slow_subscriber_takes_disconnect_or_drop() {
+        let config = parse("[sessions]\nslow_subscriber = \"disconnect\"\n").expect("valid");
+        assert_eq!(config.sessions.slow_subscriber, SlowSubscriber::Disconnect);
+        let config = parse("[sessions]\nslow_subscriber = \"drop\"\n").expect("valid");
+        assert_eq!(config.sessions.slow_subscriber, SlowSubscriber::Drop);
+        assert_eq!(SlowSubscriber::default(), SlowSubscriber::Disconnect);
+
+        let (line, column, key, message, shown) =
+            invalid("[sessions]\nslow_subscriber = \"Drop\"\n");
+        assert_eq!((line, column), (2, 19));
+        assert_eq!(key.as_deref(), Some("[sessions] slow_subscriber"));
+        assert!(
+            message.contains("unknown variant `Drop`, expected `disconnect` or `drop`"),
+            "{message}"
+        );
+        assert!(
+            shown
+                .starts_with("conf/jwtgate.toml:2:19: [sessions] slow_subscriber: unknown variant"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_sessions_is_named() {
+        let (line, column, key, message, _) = invalid("[sessions]\nmax_queue = 5\n");
+        assert_eq!((line, column), (2, 1));
+        assert_eq!(key.as_deref(), Some("[sessions] max_queue"));
+        assert!(message.contains("unknown field `max_queue`"), "{message}");
+        assert!(
+            message.contains("`max_queued_messages`"),
+            "lists the valid keys: {message}"
+        );
+    }
+
+    const QUEUES_MOVED: &str =
+        "rumqttd's router is gone: use [sessions] max_inflight and max_queued_messages";
+    const LOG_MOVED: &str =
+        "rumqttd's router is gone: use [sessions] max_queued_bytes and [limits] memory_budget_mb";
+    const ROUTER_TABLE_GONE: &str = "the [router] table is no longer used: jwtgate's routing \
+                                     core is configured in [sessions]";
+
+    #[test]
+    fn old_router_keys_name_their_replacement() {
+        let cases = [
+            (
+                "[router]\nmax_outgoing_packet_count = 10000\n",
+                2,
+                29,
+                "[router] max_outgoing_packet_count",
+                QUEUES_MOVED,
+            ),
+            (
+                "[router]\nmax_segment_size = 4194304\n",
+                2,
+                20,
+                "[router] max_segment_size",
+                LOG_MOVED,
+            ),
+            (
+                "[router]\nmax_segment_count = 4\n",
+                2,
+                21,
+                "[router] max_segment_count",
+                LOG_MOVED,
+            ),
+            // The value is not read: a wrong type still gets the replacement.
+            (
+                "[router]\nmax_segment_size = \"4 MiB\"\n",
+                2,
+                20,
+                "[router] max_segment_size",
+                LOG_MOVED,
+            ),
+            // Other ways to write the table.
+            (
+                "router = { max_segment_count = 4 }\n",
+                1,
+                32,
+                "[router] max_segment_count",
+                LOG_MOVED,
+            ),
+            (
+                "router.max_outgoing_packet_count = 1\n",
+                1,
+                36,
+                "[router] max_outgoing_packet_count",
+                QUEUES_MOVED,
+            ),
+        ];
+        for (text, line, column, key, message) in cases {
+            let (got_line, got_column, got_key, got_message, shown) = invalid(text);
+            assert_eq!((got_line, got_column), (line, column), "{text:?}");
+            assert_eq!(got_key.as_deref(), Some(key), "{text:?}");
+            assert_eq!(got_message, message, "{text:?}");
+            assert_eq!(
+                shown,
+                format!("{ORIGIN}:{line}:{column}: {key}: {message}"),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_old_router_key_in_the_file_is_reported() {
+        let (line, _, key, message, _) = invalid(
+            "[router]\nmax_segment_count = 4\nmax_outgoing_packet_count = 1\nmax_segment_size = 1024\n",
+        );
+        assert_eq!(line, 2);
+        assert_eq!(key.as_deref(), Some("[router] max_segment_count"));
+        assert_eq!(message, LOG_MOVED);
+
+        let (line, _, key, message, _) = invalid(
+            "[sessions]\nmax_inflight = 10\n[router]\nmax_outgoing_packet_count = 1\nmax_segment_count = 4\n",
+        );
+        assert_eq!(line, 4);
+        assert_eq!(key.as_deref(), Some("[router] max_outgoing_packet_count"));
+        assert_eq!(message, QUEUES_MOVED);
+    }
+
+    #[test]
+    fn an_empty_router_table_is_refused() {
+        let (line, column, key, message, shown) = invalid("[auth]\n\n[router]\n");
+        assert_eq!((line, column), (3, 1));
+        assert_eq!(key.as_deref(), Some("[router]"));
+        assert_eq!(message, ROUTER_TABLE_GONE);
+        assert_eq!(
+            shown,
+            format!("{ORIGIN}:3:1: [router]: {ROUTER_TABLE_GONE}")
+        );
+
+        let (line, column, key, message, _) = invalid("router = {}\n");
+        assert_eq!((line, column), (1, 10));
+        assert_eq!(key.as_deref(), Some("[router]"));
+        assert_eq!(message, ROUTER_TABLE_GONE);
+    }
+
+    #[test]
+    fn unknown_keys_in_router_are_ordinary_unknown_keys() {
+        let (line, column, key, message, _) = invalid("[router]\nmax_inflight = 10\n");
+        assert_eq!((line, column), (2, 1));
+        assert_eq!(key.as_deref(), Some("[router] max_inflight"));
+        assert!(
+            message.contains("unknown field `max_inflight`"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -105,10 +105,8 @@ impl Gateway {
                     addr: config.listen,
                     source,
                 })?;
-        let router = router::RouterHandle::spawn(
-            &config.router,
-            config.limits.max_connections + ROUTER_SLOT_MARGIN,
-        );
+        let router =
+            router::RouterHandle::spawn(config.limits.max_connections + ROUTER_SLOT_MARGIN);
         let shared = Shared {
             limits: config.limits.clone(),
             leeway: config.auth.leeway,

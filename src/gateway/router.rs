@@ -29,8 +29,6 @@ use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
 use rumqttd::{Notification, Router, RouterConfig};
 
-use crate::config::RouterSettings;
-
 /// How long a new link may wait for the router's answer.
 const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,6 +53,15 @@ pub struct RouterHandle {
     queued_events: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
+// rumqttd's router tuning, fixed at what the removed `[router]` keys
+// defaulted to, until jwtgate's own routing core replaces the router.
+/// Outgoing packets queued per link and router pass.
+const MAX_OUTGOING_PACKET_COUNT: u64 = 10_000;
+/// Bytes per in-memory log segment.
+const MAX_SEGMENT_SIZE: usize = 4 * 1024 * 1024;
+/// Segments kept per topic log.
+const MAX_SEGMENT_COUNT: usize = 4;
+
 /// Events the router's channel holds (rumqttd's channel size) before a
 /// sender blocks.
 const ROUTER_CHANNEL_CAPACITY: usize = 1000;
@@ -63,12 +70,12 @@ impl RouterHandle {
     /// Starts the router thread. `max_connections` must cover every
     /// connection the gateway admits: the router silently ignores a link
     /// request past it.
-    pub fn spawn(settings: &RouterSettings, max_connections: usize) -> RouterHandle {
+    pub fn spawn(max_connections: usize) -> RouterHandle {
         let config = RouterConfig {
             max_connections,
-            max_outgoing_packet_count: settings.max_outgoing_packet_count,
-            max_segment_size: settings.max_segment_size,
-            max_segment_count: settings.max_segment_count,
+            max_outgoing_packet_count: MAX_OUTGOING_PACKET_COUNT,
+            max_segment_size: MAX_SEGMENT_SIZE,
+            max_segment_count: MAX_SEGMENT_COUNT,
             ..RouterConfig::default()
         };
         // The router's channel type names a private rumqttd type, so it is
