@@ -8,18 +8,22 @@
 //! never acknowledges, drops its connection mid-delivery or stops reading;
 //! the real binary where a test needs the process's memory.
 //!
-//! The limits on waits ([`WAIT`]) only keep a broken test
-//! from hanging, and [`QUIET`] is the window of a negative check; none is a
-//! speed requirement.
+//! The limits on waits ([`WAIT`]) only keep a broken test from hanging, and
+//! [`QUIET`] is the window of a negative check; none is a speed
+//! requirement.
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{QUIET, RawClient, Read, TestGateway, V4Client, V5Client, WAIT, capture_logs, mqtt};
-use jwtgate::config::Config;
+use jwtgate::config::{Config, SlowSubscriber};
 use rumqttc::v5::mqttbytes::QoS as QoS5;
-use rumqttc::v5::mqttbytes::v5::{Filter, SubscribeReasonCode as Sub5};
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, Packet as Packet5, PubAckReason, PubRecReason, PublishProperties,
+    SubscribeReasonCode as Sub5, UnsubAckReason,
+};
 use rumqttc::{QoS, SubscribeReasonCode};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -1223,5 +1227,561 @@ fn client_ids_with_wildcards_dollar_and_slash_are_accepted() {
                 );
             }
         }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Offline queue bounds
+// ---------------------------------------------------------------------------
+
+/// A persistent session's offline queue keeps at most `[sessions]
+/// max_queued_messages` messages and `max_queued_bytes` bytes; publishers
+/// are not held back by an offline session (every publish is PUBACKed).
+#[test]
+fn offline_queue_is_bounded_by_max_queued_messages_and_bytes() {
+    run(async {
+        let gw = start_with(|cfg| {
+            cfg.sessions.max_queued_messages = 5;
+            cfg.sessions.max_queued_bytes = 4096;
+        })
+        .await;
+        let token = gw.token("bounded", &["bound/#"], HOUR);
+        for (id, filter) in [("by-count", "bound/count"), ("by-bytes", "bound/bytes")] {
+            let mut c = V4Client::start(persistent_v4(&gw, id, &token));
+            c.connack().await;
+            c.subscribe(filter, QoS::AtLeastOnce).await;
+            c.disconnect().await;
+        }
+        let mut publisher = gw.v4_connected("bound-pub", &token).await;
+        // 20 small messages: the count is the bound.
+        for n in 0..20 {
+            publisher
+                .publish(
+                    "bound/count",
+                    QoS::AtLeastOnce,
+                    false,
+                    format!("{n}").as_bytes(),
+                )
+                .await;
+        }
+        // 10 messages of 1 KiB: the bytes are the bound.
+        for n in 0..10u8 {
+            publisher
+                .publish("bound/bytes", QoS::AtLeastOnce, false, &[b'a' + n; 1024])
+                .await;
+        }
+
+        let mut c = V4Client::start(persistent_v4(&gw, "by-count", &token));
+        assert!(c.connack().await.session_present);
+        let got = c.publishes_within(QUIET).await;
+        assert_eq!(
+            got.len(),
+            5,
+            "max_queued_messages = 5 keeps 5 of the 20 sent offline: {:?}",
+            got.iter().map(|p| text(&p.payload)).collect::<Vec<_>>()
+        );
+        let mut c = V4Client::start(persistent_v4(&gw, "by-bytes", &token));
+        assert!(c.connack().await.session_present);
+        let got = c.publishes_within(QUIET).await;
+        assert!(
+            (1..=4).contains(&got.len()),
+            "max_queued_bytes = 4096 keeps one to four of ten 1 KiB messages, got {}",
+            got.len()
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Back-pressure and the slow-subscriber policy
+// ---------------------------------------------------------------------------
+
+/// The id of a flood message: its payload up to the padding.
+fn flood_id(payload: &[u8]) -> String {
+    text(payload.split(|b| *b == b' ').next().unwrap_or_default())
+}
+
+/// A QoS 1 publisher sending `count` messages `{name}-{n}` (padded with
+/// spaces to `size` bytes) to `topic`, with up to 100 in flight, as fast as
+/// the gateway takes them. Returns the ids the gateway PUBACKed, in order;
+/// stops early at the first error or when nothing happens for [`WAIT`].
+async fn flood(
+    opts: rumqttc::MqttOptions,
+    topic: &str,
+    name: &str,
+    count: usize,
+    size: usize,
+) -> Vec<String> {
+    use rumqttc::{Event, Outgoing, Packet};
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100);
+    let ids: Vec<String> = (0..count).map(|n| format!("{name}-{n}")).collect();
+    let producer = tokio::spawn({
+        let ids = ids.clone();
+        let topic = topic.to_owned();
+        async move {
+            for id in ids {
+                let mut payload = id.into_bytes();
+                payload.resize(size.max(payload.len()), b' ');
+                if client
+                    .publish(&topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    // The event loop sends publishes in the order they were queued: the
+    // n-th outgoing PUBLISH is ids[n]; a PUBACK names it by packet id.
+    let mut sent = 0;
+    let mut in_flight: HashMap<u16, usize> = HashMap::new();
+    let mut acked = Vec::with_capacity(count);
+    while acked.len() < count {
+        match tokio::time::timeout(WAIT, eventloop.poll()).await {
+            Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                in_flight.insert(pkid, sent);
+                sent += 1;
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                if let Some(n) = in_flight.remove(&ack.pkid) {
+                    acked.push(ids[n].clone());
+                }
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+    producer.abort();
+    acked
+}
+
+/// The flood ids `sub` receives until it holds every one of `wanted`, or
+/// until nothing more arrives for [`WAIT`].
+async fn receive_ids(sub: &mut V4Client, wanted: &[String]) -> HashSet<String> {
+    let mut got = HashSet::new();
+    let mut progress = tokio::time::Instant::now();
+    while !wanted.iter().all(|id| got.contains(id)) && progress.elapsed() < WAIT {
+        for p in sub.publishes_within(Duration::from_millis(50)).await {
+            got.insert(flood_id(&p.payload));
+            progress = tokio::time::Instant::now();
+        }
+    }
+    got
+}
+
+/// The ids of `wanted` missing from `got`, for a readable failure.
+fn missing<'a>(wanted: &'a [String], got: &HashSet<String>) -> Vec<&'a String> {
+    wanted.iter().filter(|id| !got.contains(*id)).collect()
+}
+
+/// Ten publishers flood one QoS 1 subscriber that reads as fast as it can,
+/// through a subscriber queue of 50 messages: the publishers are paced,
+/// nothing is dropped, and every message PUBACKed to a publisher is
+/// delivered (at least once), counted by payload.
+#[test]
+fn ten_publishers_flooding_one_qos1_subscriber_lose_no_acknowledged_message() {
+    run(async {
+        const PUBLISHERS: usize = 10;
+        const COUNT: usize = 2_000;
+        let gw = start_with(|cfg| cfg.sessions.max_queued_messages = 50).await;
+        let token = gw.token("fan-in", &["fan-in/#"], HOUR);
+        let mut sub = gw.v4_connected("fan-in-sub", &token).await;
+        sub.subscribe("fan-in/#", QoS::AtLeastOnce).await;
+        let floods: Vec<_> = (0..PUBLISHERS)
+            .map(|i| {
+                let opts = gw.v4_options(&format!("fan-in-pub-{i}"), &token);
+                tokio::spawn(async move {
+                    flood(opts, &format!("fan-in/{i}"), &format!("p{i}"), COUNT, 1024).await
+                })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for flood in floods {
+            acked.push(flood.await.expect("flood task"));
+        }
+        let all: Vec<String> = acked.iter().flatten().cloned().collect();
+        let got = receive_ids(&mut sub, &all).await;
+        let lost = missing(&all, &got);
+        assert!(
+            lost.is_empty(),
+            "{} of {} PUBACKed messages never delivered, e.g. {:?}",
+            lost.len(),
+            all.len(),
+            &lost[..lost.len().min(10)]
+        );
+        for (i, acked) in acked.iter().enumerate() {
+            assert_eq!(
+                acked.len(),
+                COUNT,
+                "publisher {i} finished: all its messages PUBACKed"
+            );
+        }
+    });
+}
+
+/// Two publishers of 1,000 QoS 1 messages of 512 bytes on `busy/t`
+/// (publishing through `token`), two well-behaved QoS 1 subscribers reading
+/// as fast as they can. Asserts that both publishers finish (every message
+/// PUBACKed) and both well-behaved subscribers receive every message,
+/// whatever a stalled subscriber on the same topic does. Returns the ids
+/// published.
+async fn busy_topic(gw: &TestGateway, token: &str) -> Vec<String> {
+    const COUNT: usize = 1_000;
+    let mut good = Vec::new();
+    for i in 0..2 {
+        let mut c = gw.v4_connected(&format!("good-{i}"), token).await;
+        c.subscribe("busy/#", QoS::AtLeastOnce).await;
+        good.push(c);
+    }
+    let floods: Vec<_> = (0..2)
+        .map(|i| {
+            let opts = gw.v4_options(&format!("busy-pub-{i}"), token);
+            tokio::spawn(async move { flood(opts, "busy/t", &format!("b{i}"), COUNT, 512).await })
+        })
+        .collect();
+    let mut published = Vec::new();
+    for (i, flood) in floods.into_iter().enumerate() {
+        let acked = flood.await.expect("flood task");
+        assert_eq!(
+            acked.len(),
+            COUNT,
+            "publisher {i} finished: a stalled subscriber holds it back only up to the bound"
+        );
+        published.extend(acked);
+    }
+    for (i, c) in good.iter_mut().enumerate() {
+        let got = receive_ids(c, &published).await;
+        let lost = missing(&published, &got);
+        assert!(
+            lost.is_empty(),
+            "well-behaved subscriber {i} missed {} of {}, e.g. {:?}",
+            lost.len(),
+            published.len(),
+            &lost[..lost.len().min(10)]
+        );
+    }
+    published
+}
+
+/// A subscriber on a 4 KiB receive buffer that subscribes to `busy/#` at
+/// `qos` and then never reads again.
+async fn stalled_subscriber(
+    gw: &TestGateway,
+    level: u8,
+    client_id: &str,
+    token: &str,
+    qos: u8,
+) -> RawDevice {
+    let raw = RawClient::connect_with_receive_buffer(gw.addr(), gw.ca_pem(), 4096).await;
+    let (mut device, _) = RawDevice::connect_over(raw, level, client_id, token, false).await;
+    assert_eq!(device.subscribe("busy/#", qos).await, granted(qos));
+    device
+}
+
+/// The reason code of an MQTT 5 DISCONNECT frame (0 when it has none).
+fn disconnect_reason(frame: &[u8]) -> Option<u8> {
+    match frame {
+        [0xE0, 0x00] => Some(0x00),
+        [0xE0, _, reason, ..] => Some(*reason),
+        _ => None,
+    }
+}
+
+/// `slow_subscriber = "disconnect"`: one subscriber stops reading on a busy
+/// topic. The publishers wait for it at most `slow_subscriber_timeout`,
+/// then its connection is closed (MQTT 5: DISCONNECT 0x97 if the socket
+/// still takes it) and logged; the well-behaved subscribers receive every
+/// message and the publishers finish.
+#[test]
+fn stalled_subscriber_is_disconnected_and_the_others_get_everything() {
+    run(async {
+        let logs = capture_logs();
+        let since = logs.position();
+        let gw = start_with(|cfg| {
+            cfg.sessions.max_queued_messages = 50;
+            cfg.sessions.slow_subscriber = SlowSubscriber::Disconnect;
+            cfg.sessions.slow_subscriber_timeout = Duration::from_millis(500);
+        })
+        .await;
+        let token = gw.token("busy", &["busy/#"], HOUR);
+        let mut stalled = stalled_subscriber(&gw, 5, "stalled-disconnect", &token, 1).await;
+
+        let published = busy_topic(&gw, &token).await;
+        logs.wait_for_line(since, &["slow subscriber", "stalled-disconnect"])
+            .await;
+        // Draining its socket now ends in the close, short of everything.
+        let frames = stalled.raw.expect_closed().await;
+        let received = frames
+            .iter()
+            .filter(|f| mqtt::packet_type(f) == Some(3))
+            .count();
+        assert!(
+            received < published.len(),
+            "the stalled subscriber was cut off, yet got all {received} messages"
+        );
+        if let Some(last) = frames.last().filter(|f| mqtt::packet_type(f) == Some(14)) {
+            assert_eq!(
+                disconnect_reason(last),
+                Some(0x97),
+                "MQTT 5: told \"quota exceeded\": {last:02x?}"
+            );
+        }
+        // It comes back like any device.
+        let (mut back, _) = RawDevice::connect(&gw, 5, "stalled-disconnect", &token, false).await;
+        assert_eq!(back.subscribe("busy/#", 1).await, granted(1));
+        unrelated_device_is_served(&gw, 5).await;
+    });
+}
+
+/// `slow_subscriber = "drop"`: the stalled subscriber keeps its connection
+/// and has messages dropped (logged); the well-behaved subscribers receive
+/// every message and the publishers finish. Once it reads again it gets
+/// new messages.
+#[test]
+fn stalled_subscriber_with_the_drop_policy_loses_messages_not_its_connection() {
+    run(async {
+        let logs = capture_logs();
+        let since = logs.position();
+        let gw = start_with(|cfg| {
+            cfg.sessions.max_queued_messages = 50;
+            cfg.sessions.slow_subscriber = SlowSubscriber::Drop;
+            cfg.sessions.slow_subscriber_timeout = Duration::from_millis(500);
+        })
+        .await;
+        let token = gw.token("busy", &["busy/#"], HOUR);
+        let mut stalled = stalled_subscriber(&gw, 4, "stalled-drop", &token, 1).await;
+
+        let published = busy_topic(&gw, &token).await;
+        logs.wait_for_line(since, &["slow subscriber", "stalled-drop"])
+            .await;
+        let mut got = stalled.publishes_until_quiet().await;
+        got.extend(stalled.ping().await);
+        assert!(
+            got.len() < published.len(),
+            "messages were dropped for the stalled subscriber, yet it got all {}",
+            got.len()
+        );
+        // Still connected, still subscribed.
+        let mut publisher = gw.v4_connected("busy-after", &token).await;
+        publisher
+            .publish("busy/t", QoS::AtLeastOnce, false, b"after")
+            .await;
+        let after = stalled.next_publish().await;
+        assert_eq!(&after.payload[..], b"after");
+        stalled.ack(&after).await;
+    });
+}
+
+/// A QoS 0 subscription whose queue is full loses its oldest messages, not
+/// its newest nor its connection (whatever the policy), and the drops are
+/// logged; the QoS 1 subscribers and publishers are unaffected.
+#[test]
+fn stalled_qos0_subscriber_loses_its_oldest_messages() {
+    run(async {
+        let logs = capture_logs();
+        let since = logs.position();
+        let gw = start_with(|cfg| {
+            cfg.sessions.max_queued_messages = 50;
+            cfg.sessions.slow_subscriber_timeout = Duration::from_millis(500);
+        })
+        .await;
+        let token = gw.token("busy", &["busy/#"], HOUR);
+        let mut stalled = stalled_subscriber(&gw, 4, "stalled-qos0", &token, 0).await;
+
+        let published = busy_topic(&gw, &token).await;
+        // One more, while its queue is still full: the newest is kept.
+        let mut publisher = gw.v4_connected("busy-last", &token).await;
+        publisher
+            .publish("busy/t", QoS::AtLeastOnce, false, b"newest")
+            .await;
+        logs.wait_for_line(since, &["slow subscriber", "stalled-qos0"])
+            .await;
+        let mut got = stalled.publishes_until_quiet().await;
+        got.extend(stalled.ping().await);
+        assert!(
+            got.len() < published.len(),
+            "the oldest were dropped, yet it got all {}",
+            got.len()
+        );
+        assert_eq!(
+            got.last().map(|p| &p.payload[..]),
+            Some(&b"newest"[..]),
+            "the newest message is delivered last ({} received)",
+            got.len()
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Bounded memory and the per-session caps
+// ---------------------------------------------------------------------------
+
+/// `count` user properties of `value_len` bytes each.
+fn user_properties(count: usize, value_len: usize) -> PublishProperties {
+    PublishProperties {
+        user_properties: (0..count)
+            .map(|i| (format!("k{i:03}"), "v".repeat(value_len)))
+            .collect(),
+        ..PublishProperties::default()
+    }
+}
+
+/// The reason of a PUBACK or PUBREC, or what came instead.
+fn ack_reason(ack: Option<Packet5>) -> String {
+    match ack {
+        Some(Packet5::PubAck(ack)) => format!("PUBACK {:?}", ack.reason),
+        Some(Packet5::PubRec(rec)) => format!("PUBREC {:?}", rec.reason),
+        other => format!("{other:?}"),
+    }
+}
+
+/// MQTT 5 §3.3.2.3: a PUBLISH whose properties exceed `[limits]
+/// max_property_bytes` is refused with 0x97 (quota exceeded) in its PUBACK
+/// or PUBREC, and not delivered; QoS 0 is dropped. One under the cap is
+/// delivered with its user properties unchanged.
+#[test]
+fn publish_over_max_property_bytes_gets_quota_exceeded_and_is_not_delivered() {
+    run(async {
+        let gw = start_with(|cfg| cfg.limits.max_property_bytes = 1024).await;
+        let token = gw.token("props", &["props/#"], HOUR);
+        let mut watcher = gw.v5_connected("props-watch", &token).await;
+        watcher.subscribe("props/#", QoS5::ExactlyOnce).await;
+        let mut publisher = gw.v5_connected("props-pub", &token).await;
+        let big = user_properties(4, 500);
+        let small = user_properties(2, 100);
+
+        publisher
+            .publish_with_properties(
+                "props/big",
+                QoS5::AtMostOnce,
+                false,
+                b"0",
+                Some(big.clone()),
+            )
+            .await;
+        let ack1 = publisher
+            .publish_with_properties(
+                "props/big",
+                QoS5::AtLeastOnce,
+                false,
+                b"1",
+                Some(big.clone()),
+            )
+            .await;
+        assert_eq!(
+            ack_reason(ack1),
+            format!("PUBACK {:?}", PubAckReason::QuotaExceeded)
+        );
+        let ack2 = publisher
+            .publish_with_properties("props/big", QoS5::ExactlyOnce, false, b"2", Some(big))
+            .await;
+        assert_eq!(
+            ack_reason(ack2),
+            format!("PUBREC {:?}", PubRecReason::QuotaExceeded)
+        );
+
+        let ack = publisher
+            .publish_with_properties(
+                "props/small",
+                QoS5::AtLeastOnce,
+                false,
+                b"fits",
+                Some(small.clone()),
+            )
+            .await;
+        assert_eq!(
+            ack_reason(ack),
+            format!("PUBACK {:?}", PubAckReason::Success)
+        );
+        let got = watcher.expect_publish("props/small").await;
+        assert_eq!(
+            got.properties.map(|p| p.user_properties),
+            Some(small.user_properties),
+            "user properties delivered unchanged"
+        );
+        let stray = watcher.publishes_within(QUIET).await;
+        assert!(
+            stray.is_empty(),
+            "refused publishes were delivered: {:?}",
+            stray.iter().map(|p| text(&p.payload)).collect::<Vec<_>>()
+        );
+        assert!(publisher.is_open().await, "the publisher stays connected");
+    });
+}
+
+/// Past `[sessions] max_subscriptions` a SUBSCRIBE filter gets 0x97 (MQTT
+/// 5) or 0x80 (3.1.1) while the others in the packet are granted;
+/// re-subscribing an existing filter replaces it (no new subscription) and
+/// an UNSUBSCRIBE frees a place.
+#[test]
+fn subscriptions_past_max_subscriptions_are_refused() {
+    run(async {
+        let gw = start_with(|cfg| cfg.sessions.max_subscriptions = 3).await;
+        let token = gw.token("cap", &["cap/#"], HOUR);
+        let filters = ["cap/a", "cap/b", "cap/c", "cap/d", "cap/e"];
+
+        let mut c5 = gw.v5_connected("cap-5", &token).await;
+        let many: Vec<(&str, QoS5)> = filters.iter().map(|f| (*f, QoS5::AtLeastOnce)).collect();
+        let ok5 = Sub5::Success(QoS5::AtLeastOnce);
+        assert_eq!(
+            c5.subscribe_many(&many).await,
+            [ok5, ok5, ok5, Sub5::QuotaExceeded, Sub5::QuotaExceeded],
+            "MQTT 5: three granted, the fourth and fifth over the cap"
+        );
+        assert_eq!(
+            c5.subscribe("cap/a", QoS5::AtLeastOnce).await,
+            [ok5],
+            "re-subscribing cap/a replaces it: no fourth subscription"
+        );
+        assert_eq!(
+            c5.subscribe("cap/e", QoS5::AtLeastOnce).await,
+            [Sub5::QuotaExceeded],
+            "still full"
+        );
+        assert_eq!(c5.unsubscribe("cap/b").await, [UnsubAckReason::Success]);
+        assert_eq!(
+            c5.subscribe("cap/d", QoS5::AtLeastOnce).await,
+            [ok5],
+            "an UNSUBSCRIBE frees a place"
+        );
+
+        let mut c4 = gw.v4_connected("cap-4", &token).await;
+        let many: Vec<(&str, QoS)> = filters.iter().map(|f| (*f, QoS::AtLeastOnce)).collect();
+        let ok4 = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+        assert_eq!(
+            c4.subscribe_many(&many).await,
+            [
+                ok4,
+                ok4,
+                ok4,
+                SubscribeReasonCode::Failure,
+                SubscribeReasonCode::Failure
+            ],
+            "3.1.1: three granted, the fourth and fifth over the cap"
+        );
+
+        // Only granted filters deliver.
+        let mut publisher = gw.v4_connected("cap-pub", &token).await;
+        for topic in filters {
+            publisher
+                .publish(topic, QoS::AtLeastOnce, false, topic.as_bytes())
+                .await;
+        }
+        let mut got5: Vec<String> = c5
+            .publishes_within(QUIET)
+            .await
+            .iter()
+            .map(|p| text(&p.topic))
+            .collect();
+        got5.sort();
+        assert_eq!(got5, ["cap/a", "cap/c", "cap/d"], "MQTT 5 deliveries");
+        let mut got4: Vec<String> = c4
+            .publishes_within(QUIET)
+            .await
+            .iter()
+            .map(|p| p.topic.clone())
+            .collect();
+        got4.sort();
+        assert_eq!(got4, ["cap/a", "cap/b", "cap/c"], "3.1.1 deliveries");
     });
 }
