@@ -17,12 +17,14 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{QUIET, RawClient, Read, TestGateway, V4Client, V5Client, WAIT, capture_logs, mqtt};
+use common::{
+    QUIET, RawClient, Read, ServedBinary, TestGateway, V4Client, V5Client, WAIT, capture_logs, mqtt,
+};
 use jwtgate::config::{Config, SlowSubscriber};
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5::{
-    Filter, Packet as Packet5, PubAckReason, PubRecReason, PublishProperties,
-    SubscribeReasonCode as Sub5, UnsubAckReason,
+    ConnectReturnCode as Code5, Filter, Packet as Packet5, PubAckReason, PubRecReason,
+    PublishProperties, SubscribeReasonCode as Sub5, UnsubAckReason,
 };
 use rumqttc::{QoS, SubscribeReasonCode};
 
@@ -1616,6 +1618,18 @@ fn stalled_qos0_subscriber_loses_its_oldest_messages() {
 // Bounded memory and the per-session caps
 // ---------------------------------------------------------------------------
 
+/// Messages in the user-properties flood.
+const FLOOD_MESSAGES: usize = 2_000;
+
+/// The flooding device's QoS 1 window.
+const FLOOD_IN_FLIGHT: u16 = 10;
+
+/// How much the gateway's resident memory may grow through the
+/// user-properties flood: the 8 MiB subscriber queue, TLS and codec
+/// buffers, allocator slack. rumqttd's router (today's main) keeps every
+/// message's properties in its topic logs, uncharged: hundreds of MiB.
+const FLOOD_MEMORY: u64 = 64 * 1024 * 1024;
+
 /// `count` user properties of `value_len` bytes each.
 fn user_properties(count: usize, value_len: usize) -> PublishProperties {
     PublishProperties {
@@ -1783,5 +1797,161 @@ fn subscriptions_past_max_subscriptions_are_refused() {
             .collect();
         got4.sort();
         assert_eq!(got4, ["cap/a", "cap/b", "cap/c"], "3.1.1 deliveries");
+    });
+}
+
+/// Issue 8 item 3, the user-properties flood, on the real binary: an MQTT 5
+/// device publishes 2,000 one-byte QoS 1 messages, each with about 60 KB
+/// of user properties (under `[limits] max_property_bytes` = 65536), to a
+/// topic it also subscribes to, and gets every one back with its
+/// properties. The gateway's resident memory, at its peak and after
+/// unsubscribing, stays within [`FLOOD_MEMORY`] of what it was before the
+/// flood (`[sessions] max_queued_bytes` = 8 MiB). A PUBLISH over the
+/// property cap gets PUBACK 0x97 and is not delivered.
+#[test]
+fn user_properties_flood_stays_within_a_memory_bound() {
+    run(async {
+        capture_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let material =
+            jwtgate::firstrun::ensure_dev_material(&dir.path().join("keys")).expect("dev material");
+        let ca = std::fs::read(material.ca_cert.expect("a dev CA")).expect("read the CA");
+        let secret = jwtgate::keys::decode_secret(
+            &std::fs::read_to_string(&material.secret).expect("read the secret"),
+        )
+        .expect("the secret decodes");
+        let config = dir.path().join("jwtgate.toml");
+        std::fs::write(
+            &config,
+            "[tls]\ncert = \"keys/tls/server.crt\"\nkey = \"keys/tls/server.key\"\n\n\
+             [auth]\nkeys_dir = \"keys\"\n\n\
+             [limits]\nmax_property_bytes = 65536\n\n\
+             [sessions]\nmax_queued_bytes = 8388608\n",
+        )
+        .expect("write the config");
+        let served = ServedBinary::start(&config, dir.path().join("serve.log")).await;
+        let token = common::sign_hs256(
+            &secret,
+            &serde_json::json!({
+                "sub": "flood",
+                "exp": common::now_unix() + 3600,
+                "topics": ["flood/#"],
+            }),
+        );
+        let mut opts = common::v5_options_for(served.port(), &ca, "flood", &token);
+        // rumqttc does not read while it writes: with its whole window of
+        // 60 KB messages outstanding, a gateway pacing it (as it should)
+        // and a client stuck writing could wait for each other. Ten in
+        // flight always fit in the socket buffers.
+        opts.set_outgoing_inflight_upper_limit(FLOOD_IN_FLIGHT);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        opts.set_network_options(network);
+        let mut device = V5Client::start(opts);
+        let ack = device.connack().await;
+        assert_eq!(ack.code, Code5::Success, "{}", served.log());
+        device.subscribe("flood/#", QoS5::AtLeastOnce).await;
+        let before = served.memory();
+
+        // 60 properties of 1,000 bytes: about 60 KB per message, sent as
+        // fast as the gateway takes them.
+        let properties = user_properties(60, 1_000);
+        let producer = tokio::spawn({
+            let client = device.client.clone();
+            let properties = properties.clone();
+            async move {
+                for _ in 0..FLOOD_MESSAGES {
+                    let queued = client
+                        .publish_with_properties(
+                            "flood/t",
+                            QoS5::AtLeastOnce,
+                            false,
+                            &b"x"[..],
+                            properties.clone(),
+                        )
+                        .await;
+                    if queued.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let (mut acked, mut refused, mut delivered) = (0, Vec::new(), 0);
+        let mut first = None;
+        while acked < FLOOD_MESSAGES || delivered < FLOOD_MESSAGES {
+            let packet = tokio::time::timeout(WAIT / 2, device.next_packet())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "nothing for {:?} after {acked} PUBACKs and {delivered} deliveries\n{}",
+                        WAIT / 2,
+                        served.log()
+                    )
+                });
+            match packet {
+                Ok(Packet5::PubAck(ack)) => {
+                    acked += 1;
+                    if ack.reason != PubAckReason::Success {
+                        refused.push(ack.reason);
+                    }
+                }
+                Ok(Packet5::Publish(p)) => {
+                    first.get_or_insert(p.properties);
+                    delivered += 1;
+                }
+                Ok(_) => {}
+                Err(end) => panic!(
+                    "the connection ended after {acked} PUBACKs: {end:?}\n{}",
+                    served.log()
+                ),
+            }
+        }
+        producer.abort();
+        let after_flood = served.memory();
+
+        // Over the cap: refused, not delivered.
+        let over = user_properties(70, 1_000);
+        let ack = device
+            .publish_with_properties("flood/t", QoS5::AtLeastOnce, false, b"y", Some(over))
+            .await;
+        let over_reason = ack_reason(ack);
+        let stray = device.publishes_within(QUIET).await.len();
+
+        device.unsubscribe("flood/#").await;
+        let after_unsubscribe = served.memory();
+
+        let mib = |bytes: u64| bytes as f64 / 1024.0 / 1024.0;
+        let limit = before.rss + FLOOD_MEMORY;
+        let report = format!(
+            "RSS before {:.1} MiB, after the flood {:.1} MiB (peak {:.1} MiB), after \
+             unsubscribing {:.1} MiB; limit {:.1} MiB",
+            mib(before.rss),
+            mib(after_flood.rss),
+            mib(after_flood.peak),
+            mib(after_unsubscribe.rss),
+            mib(limit)
+        );
+        eprintln!("{report}");
+        assert!(
+            after_flood.peak <= limit && after_unsubscribe.rss <= limit,
+            "memory grew past the bound: {report}"
+        );
+        assert_eq!(
+            (acked, &refused[..]),
+            (FLOOD_MESSAGES, &[][..]),
+            "every message PUBACKed with success"
+        );
+        assert_eq!(delivered, FLOOD_MESSAGES, "every message came back");
+        assert_eq!(
+            first.flatten().map(|p| p.user_properties),
+            Some(properties.user_properties),
+            "user properties delivered unchanged"
+        );
+        assert_eq!(
+            over_reason,
+            format!("PUBACK {:?}", PubAckReason::QuotaExceeded),
+            "properties over max_property_bytes"
+        );
+        assert_eq!(stray, 0, "the refused message was delivered");
     });
 }

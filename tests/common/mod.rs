@@ -936,6 +936,17 @@ impl V5Client {
         assert!(seen.is_empty(), "expected no PUBLISH, got {seen:?}");
     }
 
+    /// Waits for the next incoming packet of any kind (publishes included);
+    /// `Err` once the connection has ended. Panics after [`WAIT`].
+    pub async fn next_packet(&mut self) -> Result<rumqttc::v5::mqttbytes::v5::Packet, V5End> {
+        if !self.pending.is_empty() {
+            return Ok(rumqttc::v5::mqttbytes::v5::Packet::Publish(
+                self.pending.remove(0),
+            ));
+        }
+        self.next_incoming("a packet").await
+    }
+
     /// Waits until the connection ends; returns the server's DISCONNECT
     /// reason (if any) and rumqttc's error. Panics after [`WAIT`].
     pub async fn closed(&mut self) -> V5End {
