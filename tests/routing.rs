@@ -415,8 +415,10 @@ async fn gather(subs: &mut [Sub<'_>], expected: usize) -> Vec<Vec<String>> {
             got.extend(sub.payloads_within(Duration::from_millis(20)).await);
         }
     }
+    // One quiet window for all: a duplicate has had time to arrive anywhere.
+    tokio::time::sleep(QUIET).await;
     for (sub, got) in subs.iter_mut().zip(got.iter_mut()) {
-        got.extend(sub.payloads_within(QUIET).await);
+        got.extend(sub.payloads_within(Duration::ZERO).await);
     }
     got
 }
@@ -1421,13 +1423,13 @@ fn ten_publishers_flooding_one_qos1_subscriber_lose_no_acknowledged_message() {
     });
 }
 
-/// Two publishers of 1,000 QoS 1 messages of 512 bytes on `busy/t`
+/// Two publishers of 1,000 QoS 1 messages of `size` bytes on `busy/t`
 /// (publishing through `token`), two well-behaved QoS 1 subscribers reading
 /// as fast as they can. Asserts that both publishers finish (every message
 /// PUBACKed) and both well-behaved subscribers receive every message,
 /// whatever a stalled subscriber on the same topic does. Returns the ids
 /// published.
-async fn busy_topic(gw: &TestGateway, token: &str) -> Vec<String> {
+async fn busy_topic(gw: &TestGateway, token: &str, size: usize) -> Vec<String> {
     const COUNT: usize = 1_000;
     let mut good = Vec::new();
     for i in 0..2 {
@@ -1438,7 +1440,7 @@ async fn busy_topic(gw: &TestGateway, token: &str) -> Vec<String> {
     let floods: Vec<_> = (0..2)
         .map(|i| {
             let opts = gw.v4_options(&format!("busy-pub-{i}"), token);
-            tokio::spawn(async move { flood(opts, "busy/t", &format!("b{i}"), COUNT, 512).await })
+            tokio::spawn(async move { flood(opts, "busy/t", &format!("b{i}"), COUNT, size).await })
         })
         .collect();
     let mut published = Vec::new();
@@ -1500,6 +1502,9 @@ fn stalled_subscriber_is_disconnected_and_the_others_get_everything() {
         let logs = capture_logs();
         let since = logs.position();
         let gw = start_with(|cfg| {
+            // At most 100 + 50 of the 2,000 messages can be on their way to
+            // the stalled subscriber, whatever its socket buffers hold.
+            cfg.sessions.max_inflight = 100;
             cfg.sessions.max_queued_messages = 50;
             cfg.sessions.slow_subscriber = SlowSubscriber::Disconnect;
             cfg.sessions.slow_subscriber_timeout = Duration::from_millis(500);
@@ -1508,7 +1513,7 @@ fn stalled_subscriber_is_disconnected_and_the_others_get_everything() {
         let token = gw.token("busy", &["busy/#"], HOUR);
         let mut stalled = stalled_subscriber(&gw, 5, "stalled-disconnect", &token, 1).await;
 
-        let published = busy_topic(&gw, &token).await;
+        let published = busy_topic(&gw, &token, 512).await;
         logs.wait_for_line(since, &["slow subscriber", "stalled-disconnect"])
             .await;
         // Draining its socket now ends in the close, short of everything.
@@ -1545,6 +1550,9 @@ fn stalled_subscriber_with_the_drop_policy_loses_messages_not_its_connection() {
         let logs = capture_logs();
         let since = logs.position();
         let gw = start_with(|cfg| {
+            // At most 100 + 50 of the 2,000 messages can be on their way to
+            // the stalled subscriber, whatever its socket buffers hold.
+            cfg.sessions.max_inflight = 100;
             cfg.sessions.max_queued_messages = 50;
             cfg.sessions.slow_subscriber = SlowSubscriber::Drop;
             cfg.sessions.slow_subscriber_timeout = Duration::from_millis(500);
@@ -1553,7 +1561,7 @@ fn stalled_subscriber_with_the_drop_policy_loses_messages_not_its_connection() {
         let token = gw.token("busy", &["busy/#"], HOUR);
         let mut stalled = stalled_subscriber(&gw, 4, "stalled-drop", &token, 1).await;
 
-        let published = busy_topic(&gw, &token).await;
+        let published = busy_topic(&gw, &token, 512).await;
         logs.wait_for_line(since, &["slow subscriber", "stalled-drop"])
             .await;
         let mut got = stalled.publishes_until_quiet().await;
@@ -1590,7 +1598,10 @@ fn stalled_qos0_subscriber_loses_its_oldest_messages() {
         let token = gw.token("busy", &["busy/#"], HOUR);
         let mut stalled = stalled_subscriber(&gw, 4, "stalled-qos0", &token, 0).await;
 
-        let published = busy_topic(&gw, &token).await;
+        // QoS 0 has no in-flight window: what stalls it is the socket. The
+        // server's send buffer grows to a few MB whatever the client's
+        // receive buffer, so the flood is 8 MB.
+        let published = busy_topic(&gw, &token, 4096).await;
         // One more, while its queue is still full: the newest is kept.
         let mut publisher = gw.v4_connected("busy-last", &token).await;
         publisher
