@@ -15,21 +15,26 @@
 //!   CA, whose event loop runs in a task that stops at the first error (no
 //!   automatic reconnect), with helpers to wait for CONNACK, SUBACK, a
 //!   PUBLISH, a PUBACK, the end of the connection, or to check that nothing
-//!   arrives within a short window. Options come from
+//!   arrives within a short window; the MQTT 5 client also publishes with
+//!   properties and subscribes with subscription options. Options come from
 //!   [`TestGateway::v4_options`] / [`TestGateway::v5_options`] and are
 //!   adjusted with rumqttc's own setters (`set_clean_session`,
 //!   `set_keep_alive`, `set_last_will`, `set_credentials`) before
 //!   [`V4Client::start`].
-//! - [`RawClient`] and the [`mqtt`] encoders: a bare TLS socket for bytes no
-//!   client library will send (MQTT 3.1, forbidden packets, garbage), and
-//!   the certificate a new handshake is shown.
+//! - [`RawClient`] and the [`mqtt`] encoders and parsers: a bare TLS socket
+//!   for bytes no client library will send (MQTT 3.1, forbidden packets,
+//!   garbage, a device that never acknowledges or drops mid-delivery), the
+//!   certificate a new handshake is shown, and
+//!   [`RawClient::connect_with_receive_buffer`] for a subscriber that stops
+//!   reading and soon takes nothing more.
 //! - Key rotation: [`write_atomically`] (the `.x.tmp` + rename drop) and
 //!   [`drop_secret`], [`jwk`] (generated RSA, EC and Ed25519 key pairs with
 //!   their JWKs, the library's own test helper), tokens signed by hand
 //!   ([`device_claims`], [`sign_jwt`], [`sign_hs256_kid`]), [`capture_logs`]
 //!   (the test binary's log, to wait for what the gateway reports) and
 //!   [`ServedBinary`] (the `jwtgate` binary as a child process, for
-//!   signals). `benches/rotation.rs` includes this harness too.
+//!   signals and for its resident [`Memory`]). `benches/rotation.rs`
+//!   includes this harness too.
 //!
 //! Timeouts here ([`WAIT`]) only keep a broken test from hanging; the short
 //! [`QUIET`] window is for negative checks ("nothing arrives"), never a
@@ -497,6 +502,22 @@ impl V4Client {
         }
     }
 
+    /// Unsubscribes from one filter and waits for the UNSUBACK.
+    pub async fn unsubscribe(&mut self, filter: &str) {
+        self.client
+            .unsubscribe(filter)
+            .await
+            .expect("queue UNSUBSCRIBE");
+        loop {
+            match self.next_incoming("UNSUBACK").await {
+                Ok(rumqttc::Packet::UnsubAck(_)) => return,
+                Ok(rumqttc::Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => panic!("connection ended while waiting for UNSUBACK: {e}"),
+            }
+        }
+    }
+
     /// Publishes and, for QoS 1/2, waits for the PUBACK/PUBCOMP.
     pub async fn publish(&mut self, topic: &str, qos: rumqttc::QoS, retain: bool, payload: &[u8]) {
         self.client
@@ -766,6 +787,39 @@ impl V5Client {
         self.suback().await
     }
 
+    /// Subscribes with filters built by hand (subscription options such
+    /// as no local or retain as published) and returns the SUBACK codes.
+    pub async fn subscribe_filters(
+        &mut self,
+        filters: Vec<rumqttc::v5::mqttbytes::v5::Filter>,
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
+        self.client
+            .subscribe_many(filters)
+            .await
+            .expect("queue SUBSCRIBE");
+        self.suback().await
+    }
+
+    /// Unsubscribes from one filter and returns the UNSUBACK reasons.
+    pub async fn unsubscribe(
+        &mut self,
+        filter: &str,
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::UnsubAckReason> {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        self.client
+            .unsubscribe(filter)
+            .await
+            .expect("queue UNSUBSCRIBE");
+        loop {
+            match self.next_incoming("UNSUBACK").await {
+                Ok(Packet::UnsubAck(ack)) => return ack.reasons,
+                Ok(Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => panic!("connection ended while waiting for UNSUBACK: {e:?}"),
+            }
+        }
+    }
+
     /// Waits for the next SUBACK and returns its codes.
     pub async fn suback(&mut self) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
         use rumqttc::v5::mqttbytes::v5::Packet;
@@ -788,11 +842,33 @@ impl V5Client {
         retain: bool,
         payload: &[u8],
     ) -> Option<rumqttc::v5::mqttbytes::v5::Packet> {
-        use rumqttc::v5::mqttbytes::{QoS, v5::Packet};
-        self.client
-            .publish(topic, qos, retain, payload.to_vec())
+        self.publish_with_properties(topic, qos, retain, payload, None)
             .await
-            .expect("queue PUBLISH");
+    }
+
+    /// [`V5Client::publish`] with PUBLISH properties (user properties,
+    /// message expiry, ...).
+    pub async fn publish_with_properties(
+        &mut self,
+        topic: &str,
+        qos: rumqttc::v5::mqttbytes::QoS,
+        retain: bool,
+        payload: &[u8],
+        properties: Option<rumqttc::v5::mqttbytes::v5::PublishProperties>,
+    ) -> Option<rumqttc::v5::mqttbytes::v5::Packet> {
+        use rumqttc::v5::mqttbytes::{QoS, v5::Packet};
+        match properties {
+            Some(properties) => self
+                .client
+                .publish_with_properties(topic, qos, retain, payload.to_vec(), properties)
+                .await
+                .expect("queue PUBLISH"),
+            None => self
+                .client
+                .publish(topic, qos, retain, payload.to_vec())
+                .await
+                .expect("queue PUBLISH"),
+        }
         if qos == QoS::AtMostOnce {
             return None;
         }
@@ -858,6 +934,17 @@ impl V5Client {
     pub async fn expect_no_publish(&mut self) {
         let seen = self.publishes_within(QUIET).await;
         assert!(seen.is_empty(), "expected no PUBLISH, got {seen:?}");
+    }
+
+    /// Waits for the next incoming packet of any kind (publishes included);
+    /// `Err` once the connection has ended. Panics after [`WAIT`].
+    pub async fn next_packet(&mut self) -> Result<rumqttc::v5::mqttbytes::v5::Packet, V5End> {
+        if !self.pending.is_empty() {
+            return Ok(rumqttc::v5::mqttbytes::v5::Packet::Publish(
+                self.pending.remove(0),
+            ));
+        }
+        self.next_incoming("a packet").await
     }
 
     /// Waits until the connection ends; returns the server's DISCONNECT
@@ -939,6 +1026,34 @@ impl RawClient {
             .await
             .expect("TCP connect timed out")
             .expect("TCP connect");
+        RawClient::handshake(tcp, ca_pem).await
+    }
+
+    /// Like [`RawClient::connect`], with the socket's receive buffer set to
+    /// `bytes` before connecting (Linux doubles it). A client that stops
+    /// reading then holds only a few KiB in flight, so the server soon
+    /// meets a subscriber that takes nothing more.
+    pub async fn connect_with_receive_buffer(
+        addr: SocketAddr,
+        ca_pem: &[u8],
+        bytes: u32,
+    ) -> RawClient {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("TCP socket");
+        socket
+            .set_recv_buffer_size(bytes)
+            .expect("set the receive buffer size");
+        let tcp = tokio::time::timeout(WAIT, socket.connect(addr))
+            .await
+            .expect("TCP connect timed out")
+            .expect("TCP connect");
+        RawClient::handshake(tcp, ca_pem).await
+    }
+
+    async fn handshake(tcp: TcpStream, ca_pem: &[u8]) -> RawClient {
         let connector = TlsConnector::from(client_tls_config(ca_pem));
         let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("server name");
         let stream = tokio::time::timeout(WAIT, connector.connect(name, tcp))
@@ -1087,6 +1202,7 @@ pub mod mqtt {
         keep_alive: u16,
         clean: bool,
         will: Option<(String, Vec<u8>)>,
+        session_expiry: Option<u32>,
     }
 
     impl Connect {
@@ -1100,6 +1216,7 @@ pub mod mqtt {
                 keep_alive: 30,
                 clean: true,
                 will: None,
+                session_expiry: None,
             }
         }
 
@@ -1120,6 +1237,13 @@ pub mod mqtt {
 
         pub fn clean(mut self, clean: bool) -> Connect {
             self.clean = clean;
+            self
+        }
+
+        /// MQTT 5 only: the Session Expiry Interval property (seconds); a
+        /// session outlives the connection only with one above 0.
+        pub fn session_expiry(mut self, secs: u32) -> Connect {
+            self.session_expiry = Some(secs);
             self
         }
 
@@ -1150,7 +1274,14 @@ pub mod mqtt {
             body.push(flags);
             body.extend_from_slice(&self.keep_alive.to_be_bytes());
             if v5 {
-                body.push(0); // no properties
+                match self.session_expiry {
+                    Some(secs) => {
+                        body.push(5);
+                        body.push(0x11);
+                        body.extend_from_slice(&secs.to_be_bytes());
+                    }
+                    None => body.push(0), // no properties
+                }
             }
             string(self.client_id.as_bytes(), &mut body);
             if let Some((topic, payload)) = &self.will {
@@ -1195,25 +1326,135 @@ pub mod mqtt {
         frame(0x30 | (qos << 1), &body)
     }
 
-    /// The topic and payload of a PUBLISH frame (3.1/3.1.1 layout).
-    pub fn parse_publish_v4(frame_bytes: &[u8]) -> Option<(String, Vec<u8>)> {
-        if frame_bytes.first()? >> 4 != 3 {
+    /// An UNSUBSCRIBE for one filter.
+    pub fn unsubscribe(level: u8, pkid: u16, filter: &str) -> Vec<u8> {
+        let mut body = pkid.to_be_bytes().to_vec();
+        if level == 5 {
+            body.push(0);
+        }
+        string(filter.as_bytes(), &mut body);
+        frame(0xA2, &body)
+    }
+
+    /// PUBACK (success, no properties: the same bytes at every level).
+    pub fn puback(pkid: u16) -> Vec<u8> {
+        frame(0x40, &pkid.to_be_bytes())
+    }
+
+    /// PUBREC (success, no properties).
+    pub fn pubrec(pkid: u16) -> Vec<u8> {
+        frame(0x50, &pkid.to_be_bytes())
+    }
+
+    /// PUBCOMP (success, no properties).
+    pub fn pubcomp(pkid: u16) -> Vec<u8> {
+        frame(0x70, &pkid.to_be_bytes())
+    }
+
+    /// A PUBLISH as it arrived.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Publish {
+        pub topic: String,
+        pub payload: Vec<u8>,
+        pub qos: u8,
+        pub retain: bool,
+        pub dup: bool,
+        /// 0 for QoS 0.
+        pub pkid: u16,
+    }
+
+    /// The packet type of a frame (the high nibble of its first byte).
+    pub fn packet_type(frame_bytes: &[u8]) -> Option<u8> {
+        frame_bytes.first().map(|first| first >> 4)
+    }
+
+    /// Reads a variable byte integer at `*at`, advancing it.
+    fn var_int(bytes: &[u8], at: &mut usize) -> Option<usize> {
+        let mut value = 0usize;
+        for i in 0..4 {
+            let byte = *bytes.get(*at)?;
+            *at += 1;
+            value |= usize::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    /// Where the variable header of a frame starts.
+    fn body_start(frame_bytes: &[u8]) -> Option<usize> {
+        let mut at = 1;
+        var_int(frame_bytes, &mut at)?;
+        Some(at)
+    }
+
+    fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+        Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
+    }
+
+    /// A PUBLISH frame of protocol `level` (MQTT 5 properties skipped);
+    /// `None` if `frame_bytes` is not a well-formed PUBLISH.
+    pub fn parse_publish(level: u8, frame_bytes: &[u8]) -> Option<Publish> {
+        if packet_type(frame_bytes)? != 3 {
             return None;
         }
-        let qos = (frame_bytes[0] >> 1) & 0x03;
-        let mut at = 1;
-        while frame_bytes.get(at)? & 0x80 != 0 {
-            at += 1;
-        }
-        at += 1;
-        let topic = frame_bytes.get(at + 2..)?;
-        let topic_len = usize::from(u16::from_be_bytes([frame_bytes[at], frame_bytes[at + 1]]));
-        let topic = String::from_utf8(topic.get(..topic_len)?.to_vec()).ok()?;
-        at += 2 + topic_len;
+        let flags = frame_bytes[0] & 0x0f;
+        let qos = (flags >> 1) & 0x03;
+        let mut at = body_start(frame_bytes)?;
+        let topic_len = usize::from(u16_at(frame_bytes, at)?);
+        at += 2;
+        let topic = String::from_utf8(frame_bytes.get(at..at + topic_len)?.to_vec()).ok()?;
+        at += topic_len;
+        let mut pkid = 0;
         if qos > 0 {
+            pkid = u16_at(frame_bytes, at)?;
             at += 2;
         }
-        Some((topic, frame_bytes.get(at..)?.to_vec()))
+        if level == 5 {
+            let properties = var_int(frame_bytes, &mut at)?;
+            at += properties;
+        }
+        Some(Publish {
+            topic,
+            payload: frame_bytes.get(at..)?.to_vec(),
+            qos,
+            retain: flags & 0x01 != 0,
+            dup: flags & 0x08 != 0,
+            pkid,
+        })
+    }
+
+    /// The topic and payload of a PUBLISH frame (3.1/3.1.1 layout).
+    pub fn parse_publish_v4(frame_bytes: &[u8]) -> Option<(String, Vec<u8>)> {
+        parse_publish(4, frame_bytes).map(|p| (p.topic, p.payload))
+    }
+
+    /// The packet identifier and return/reason codes of a SUBACK or
+    /// UNSUBACK frame of protocol `level` (a 3.1.1 UNSUBACK has no codes);
+    /// `None` for any other frame.
+    pub fn parse_ack_codes(level: u8, frame_bytes: &[u8]) -> Option<(u16, Vec<u8>)> {
+        if !matches!(packet_type(frame_bytes)?, 9 | 11) {
+            return None;
+        }
+        let mut at = body_start(frame_bytes)?;
+        let pkid = u16_at(frame_bytes, at)?;
+        at += 2;
+        if level == 5 {
+            let properties = var_int(frame_bytes, &mut at)?;
+            at += properties;
+        }
+        Some((pkid, frame_bytes.get(at..)?.to_vec()))
+    }
+
+    /// The session-present flag and the return/reason code of a CONNACK
+    /// frame; `None` for any other frame.
+    pub fn parse_connack(frame_bytes: &[u8]) -> Option<(bool, u8)> {
+        if packet_type(frame_bytes)? != 2 {
+            return None;
+        }
+        let at = body_start(frame_bytes)?;
+        Some((frame_bytes.get(at)? & 0x01 != 0, *frame_bytes.get(at + 1)?))
     }
 }
 
@@ -1388,6 +1629,39 @@ impl std::io::Write for LogWriter {
     }
 }
 
+/// A process's resident memory in bytes (`VmRSS` and `VmHWM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    pub rss: u64,
+    pub peak: u64,
+}
+
+impl Memory {
+    /// Process `pid`'s resident memory, from `/proc/PID/status`.
+    pub fn of(pid: u32) -> Memory {
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+        let field = |name: &str| -> u64 {
+            let line = status
+                .lines()
+                .find(|line| line.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"));
+            let kib: u64 = line
+                .trim_start_matches(name)
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("unreadable {line:?}"));
+            kib * 1024
+        };
+        Memory {
+            rss: field("VmRSS:"),
+            peak: field("VmHWM:"),
+        }
+    }
+}
+
 /// `jwtgate serve --config CONFIG --listen 127.0.0.1:PORT` as a child
 /// process, its log (stderr, level `info,rumqttd=warn`) in a file. Killed
 /// when dropped.
@@ -1438,6 +1712,16 @@ impl ServedBinary {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the child is running")
+    }
+
+    /// The child's resident memory now and at its peak.
+    pub fn memory(&self) -> Memory {
+        Memory::of(self.pid())
     }
 
     /// Everything logged so far.
