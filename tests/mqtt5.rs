@@ -1926,31 +1926,7 @@ mod v5 {
     pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
     pub const TOPIC_ALIAS: u8 = 0x23;
 
-    fn varint(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let mut byte = (n % 128) as u8;
-            n /= 128;
-            if n > 0 {
-                byte |= 0x80;
-            }
-            out.push(byte);
-            if n == 0 {
-                return;
-            }
-        }
-    }
-
-    fn string(s: &[u8], out: &mut Vec<u8>) {
-        out.extend_from_slice(&u16::try_from(s.len()).expect("short string").to_be_bytes());
-        out.extend_from_slice(s);
-    }
-
-    fn frame(first: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![first];
-        varint(body.len(), &mut out);
-        out.extend_from_slice(body);
-        out
-    }
+    use super::common::mqtt::{frame, remaining_length as varint, string};
 
     /// Properties to send, in the order they are added (§2.2.2).
     #[derive(Debug, Clone, Default)]

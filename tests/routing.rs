@@ -41,24 +41,18 @@ async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestGateway {
     TestGateway::start_with(tweak).await
 }
 
-/// Runs a test body as `#[tokio::test(flavor = "multi_thread", worker_threads
-/// = 2)]` would, except that the runtime is shut down with a bound. A
-/// gateway whose router died (as rumqttd's does in the brick sequence)
-/// leaves a blocking task waiting for it forever, and dropping the runtime
-/// would wait for that task: the test would hang instead of failing.
-fn run(body: impl Future<Output = ()>) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(body);
-    }));
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+/// A gateway for the stalled-subscriber tests: at most 100 + 50 of the
+/// busy topic's messages can be on their way to a stalled subscriber,
+/// whatever its socket buffers hold, and it may hold publishers back for
+/// half a second.
+async fn busy_gateway(policy: SlowSubscriber) -> TestGateway {
+    start_with(|cfg| {
+        cfg.sessions.max_inflight = 100;
+        cfg.sessions.max_queued_messages = 50;
+        cfg.sessions.slow_subscriber = policy;
+        cfg.sessions.slow_subscriber_timeout = Duration::from_millis(500);
+    })
+    .await
 }
 
 fn qos4(qos: u8) -> QoS {
@@ -298,77 +292,75 @@ fn granted(qos: u8) -> Vec<u8> {
 /// MQTT 3.1.1 §3.8.4 / MQTT 5 §3.8.4: a message is delivered at the lower
 /// of its publish QoS and the QoS granted to the subscription, never
 /// upgraded.
-#[test]
-fn delivered_qos_is_the_minimum_of_publish_and_granted_qos() {
-    run(async {
-        let gw = start().await;
-        let token = gw.token("qos", &["q/#"], HOUR);
-        let mut sub4 = gw.v4_connected("qos-sub4", &token).await;
-        let mut sub5 = gw.v5_connected("qos-sub5", &token).await;
-        let filters: Vec<(String, u8)> = (0..3).map(|s| (format!("q/s{s}/+"), s)).collect();
-        let f4: Vec<(&str, QoS)> = filters
-            .iter()
-            .map(|(f, q)| (f.as_str(), qos4(*q)))
-            .collect();
-        let f5: Vec<(&str, QoS5)> = filters
-            .iter()
-            .map(|(f, q)| (f.as_str(), qos5(*q)))
-            .collect();
-        assert_eq!(
-            sub4.subscribe_many(&f4).await,
-            (0..3)
-                .map(|q| SubscribeReasonCode::Success(qos4(q)))
-                .collect::<Vec<_>>()
-        );
-        assert_eq!(
-            sub5.subscribe_many(&f5).await,
-            (0..3).map(|q| Sub5::Success(qos5(q))).collect::<Vec<_>>()
-        );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_qos_is_the_minimum_of_publish_and_granted_qos() {
+    let gw = start().await;
+    let token = gw.token("qos", &["q/#"], HOUR);
+    let mut sub4 = gw.v4_connected("qos-sub4", &token).await;
+    let mut sub5 = gw.v5_connected("qos-sub5", &token).await;
+    let filters: Vec<(String, u8)> = (0..3).map(|s| (format!("q/s{s}/+"), s)).collect();
+    let f4: Vec<(&str, QoS)> = filters
+        .iter()
+        .map(|(f, q)| (f.as_str(), qos4(*q)))
+        .collect();
+    let f5: Vec<(&str, QoS5)> = filters
+        .iter()
+        .map(|(f, q)| (f.as_str(), qos5(*q)))
+        .collect();
+    assert_eq!(
+        sub4.subscribe_many(&f4).await,
+        (0..3)
+            .map(|q| SubscribeReasonCode::Success(qos4(q)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sub5.subscribe_many(&f5).await,
+        (0..3).map(|q| Sub5::Success(qos5(q))).collect::<Vec<_>>()
+    );
 
-        let mut pub4 = gw.v4_connected("qos-pub4", &token).await;
-        let mut pub5 = gw.v5_connected("qos-pub5", &token).await;
-        for sub_qos in 0..3u8 {
-            for pub_qos in 0..3u8 {
-                pub4.publish(
-                    &format!("q/s{sub_qos}/v4p{pub_qos}"),
-                    qos4(pub_qos),
-                    false,
-                    b"from v4",
-                )
-                .await;
-                pub5.publish(
-                    &format!("q/s{sub_qos}/v5p{pub_qos}"),
-                    qos5(pub_qos),
-                    false,
-                    b"from v5",
-                )
-                .await;
-            }
+    let mut pub4 = gw.v4_connected("qos-pub4", &token).await;
+    let mut pub5 = gw.v5_connected("qos-pub5", &token).await;
+    for sub_qos in 0..3u8 {
+        for pub_qos in 0..3u8 {
+            pub4.publish(
+                &format!("q/s{sub_qos}/v4p{pub_qos}"),
+                qos4(pub_qos),
+                false,
+                b"from v4",
+            )
+            .await;
+            pub5.publish(
+                &format!("q/s{sub_qos}/v5p{pub_qos}"),
+                qos5(pub_qos),
+                false,
+                b"from v5",
+            )
+            .await;
         }
+    }
 
-        let mut wrong = Vec::new();
-        for sub_qos in 0..3u8 {
-            for pub_qos in 0..3u8 {
-                let want = sub_qos.min(pub_qos);
-                for from in ["v4", "v5"] {
-                    let topic = format!("q/s{sub_qos}/{from}p{pub_qos}");
-                    let got4 = sub4.expect_publish(&topic).await.qos;
-                    if got4 != qos4(want) {
-                        wrong.push(format!("{topic} to 3.1.1: {got4:?}, want QoS {want}"));
-                    }
-                    let got5 = sub5.expect_publish(&topic).await.qos;
-                    if got5 != qos5(want) {
-                        wrong.push(format!("{topic} to MQTT 5: {got5:?}, want QoS {want}"));
-                    }
+    let mut wrong = Vec::new();
+    for sub_qos in 0..3u8 {
+        for pub_qos in 0..3u8 {
+            let want = sub_qos.min(pub_qos);
+            for from in ["v4", "v5"] {
+                let topic = format!("q/s{sub_qos}/{from}p{pub_qos}");
+                let got4 = sub4.expect_publish(&topic).await.qos;
+                if got4 != qos4(want) {
+                    wrong.push(format!("{topic} to 3.1.1: {got4:?}, want QoS {want}"));
+                }
+                let got5 = sub5.expect_publish(&topic).await.qos;
+                if got5 != qos5(want) {
+                    wrong.push(format!("{topic} to MQTT 5: {got5:?}, want QoS {want}"));
                 }
             }
         }
-        assert!(wrong.is_empty(), "delivered at the wrong QoS:\n{wrong:#?}");
-        let extra4 = sub4.publishes_within(QUIET).await;
-        assert!(extra4.is_empty(), "3.1.1 duplicates: {extra4:?}");
-        let extra5 = sub5.publishes_within(QUIET).await;
-        assert!(extra5.is_empty(), "MQTT 5 duplicates: {extra5:?}");
-    });
+    }
+    assert!(wrong.is_empty(), "delivered at the wrong QoS:\n{wrong:#?}");
+    let extra4 = sub4.publishes_within(QUIET).await;
+    assert!(extra4.is_empty(), "3.1.1 duplicates: {extra4:?}");
+    let extra5 = sub5.publishes_within(QUIET).await;
+    assert!(extra5.is_empty(), "MQTT 5 duplicates: {extra5:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -436,109 +428,107 @@ fn assert_each_exactly_once(what: &str, sent: &[String], got: &[Vec<String>]) {
     );
 }
 
-#[test]
-fn shared_subscription_gives_each_message_to_exactly_one_member() {
-    run(async {
-        let gw = start().await;
-        let token = gw.token("worker", &["work/#"], HOUR);
-        let mut m1 = gw.v4_connected("member-1", &token).await;
-        let mut m2 = gw.v5_connected("member-2", &token).await;
-        let mut m3 = gw.v4_connected("member-3", &token).await;
-        let group = "$share/g/work/#";
-        for m in [&mut m1, &mut m3] {
-            assert_eq!(
-                m.subscribe(group, QoS::AtLeastOnce).await,
-                vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
-            );
-        }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_gives_each_message_to_exactly_one_member() {
+    let gw = start().await;
+    let token = gw.token("worker", &["work/#"], HOUR);
+    let mut m1 = gw.v4_connected("member-1", &token).await;
+    let mut m2 = gw.v5_connected("member-2", &token).await;
+    let mut m3 = gw.v4_connected("member-3", &token).await;
+    let group = "$share/g/work/#";
+    for m in [&mut m1, &mut m3] {
         assert_eq!(
-            m2.subscribe(group, QoS5::AtLeastOnce).await,
-            vec![Sub5::Success(QoS5::AtLeastOnce)]
-        );
-        let mut everything = gw.v4_connected("everything", &token).await;
-        everything.subscribe("work/#", QoS::AtLeastOnce).await;
-
-        // Authorized on the inner filter: a token for work/a/# may join a
-        // group on work/a/#, not one on work/#.
-        let narrow = gw.token("narrow", &["work/a/#"], HOUR);
-        let mut n4 = gw.v4_connected("narrow-4", &narrow).await;
-        let mut n5 = gw.v5_connected("narrow-5", &narrow).await;
-        assert_eq!(
-            n4.subscribe(group, QoS::AtLeastOnce).await,
-            vec![SubscribeReasonCode::Failure]
-        );
-        assert_eq!(
-            n5.subscribe(group, QoS5::AtLeastOnce).await,
-            vec![Sub5::NotAuthorized]
-        );
-        // Same group name, another filter: another shared subscription.
-        let narrow_group = "$share/g/work/a/#";
-        assert_eq!(
-            n4.subscribe(narrow_group, QoS::AtLeastOnce).await,
+            m.subscribe(group, QoS::AtLeastOnce).await,
             vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
         );
-        assert_eq!(
-            n5.subscribe(narrow_group, QoS5::AtLeastOnce).await,
-            vec![Sub5::Success(QoS5::AtLeastOnce)]
-        );
+    }
+    assert_eq!(
+        m2.subscribe(group, QoS5::AtLeastOnce).await,
+        vec![Sub5::Success(QoS5::AtLeastOnce)]
+    );
+    let mut everything = gw.v4_connected("everything", &token).await;
+    everything.subscribe("work/#", QoS::AtLeastOnce).await;
 
-        let mut publisher = gw.v4_connected("work-pub", &token).await;
-        let b: Vec<String> = (0..30).map(|n| format!("b-{n}")).collect();
-        for payload in &b {
-            publisher
-                .publish("work/b/job", QoS::AtLeastOnce, false, payload.as_bytes())
-                .await;
-        }
-        let got = gather(
-            &mut [Sub::V4(&mut m1), Sub::V5(&mut m2), Sub::V4(&mut m3)],
-            30,
-        )
-        .await;
-        assert_each_exactly_once("(g, work/#) on work/b", &b, &got);
-        let narrow_got = gather(&mut [Sub::V4(&mut n4), Sub::V5(&mut n5)], 0).await;
-        assert!(
-            narrow_got.iter().all(Vec::is_empty),
-            "work/b is outside (g, work/a/#): {narrow_got:?}"
-        );
+    // Authorized on the inner filter: a token for work/a/# may join a
+    // group on work/a/#, not one on work/#.
+    let narrow = gw.token("narrow", &["work/a/#"], HOUR);
+    let mut n4 = gw.v4_connected("narrow-4", &narrow).await;
+    let mut n5 = gw.v5_connected("narrow-5", &narrow).await;
+    assert_eq!(
+        n4.subscribe(group, QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Failure]
+    );
+    assert_eq!(
+        n5.subscribe(group, QoS5::AtLeastOnce).await,
+        vec![Sub5::NotAuthorized]
+    );
+    // Same group name, another filter: another shared subscription.
+    let narrow_group = "$share/g/work/a/#";
+    assert_eq!(
+        n4.subscribe(narrow_group, QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    assert_eq!(
+        n5.subscribe(narrow_group, QoS5::AtLeastOnce).await,
+        vec![Sub5::Success(QoS5::AtLeastOnce)]
+    );
 
-        // work/a matches both shared subscriptions: each delivers it once.
-        let a: Vec<String> = (0..10).map(|n| format!("a-{n}")).collect();
-        for payload in &a {
-            publisher
-                .publish("work/a/job", QoS::AtLeastOnce, false, payload.as_bytes())
-                .await;
-        }
-        let got = gather(
-            &mut [Sub::V4(&mut m1), Sub::V5(&mut m2), Sub::V4(&mut m3)],
-            10,
-        )
-        .await;
-        assert_each_exactly_once("(g, work/#) on work/a", &a, &got);
-        let got = gather(&mut [Sub::V4(&mut n4), Sub::V5(&mut n5)], 10).await;
-        assert_each_exactly_once("(g, work/a/#) on work/a", &a, &got);
+    let mut publisher = gw.v4_connected("work-pub", &token).await;
+    let b: Vec<String> = (0..30).map(|n| format!("b-{n}")).collect();
+    for payload in &b {
+        publisher
+            .publish("work/b/job", QoS::AtLeastOnce, false, payload.as_bytes())
+            .await;
+    }
+    let got = gather(
+        &mut [Sub::V4(&mut m1), Sub::V5(&mut m2), Sub::V4(&mut m3)],
+        30,
+    )
+    .await;
+    assert_each_exactly_once("(g, work/#) on work/b", &b, &got);
+    let narrow_got = gather(&mut [Sub::V4(&mut n4), Sub::V5(&mut n5)], 0).await;
+    assert!(
+        narrow_got.iter().all(Vec::is_empty),
+        "work/b is outside (g, work/a/#): {narrow_got:?}"
+    );
 
-        // The plain subscription got everything, once.
-        let mut plain = gather(&mut [Sub::V4(&mut everything)], 40).await.remove(0);
-        plain.sort();
-        let mut all: Vec<String> = b.iter().chain(&a).cloned().collect();
-        all.sort();
-        assert_eq!(plain, all, "the non-shared subscriber gets every message");
+    // work/a matches both shared subscriptions: each delivers it once.
+    let a: Vec<String> = (0..10).map(|n| format!("a-{n}")).collect();
+    for payload in &a {
+        publisher
+            .publish("work/a/job", QoS::AtLeastOnce, false, payload.as_bytes())
+            .await;
+    }
+    let got = gather(
+        &mut [Sub::V4(&mut m1), Sub::V5(&mut m2), Sub::V4(&mut m3)],
+        10,
+    )
+    .await;
+    assert_each_exactly_once("(g, work/#) on work/a", &a, &got);
+    let got = gather(&mut [Sub::V4(&mut n4), Sub::V5(&mut n5)], 10).await;
+    assert_each_exactly_once("(g, work/a/#) on work/a", &a, &got);
 
-        // A member vanishes (its TCP connection drops). Its client id
-        // reconnecting with a clean session proves its old session is gone;
-        // from then on the two left share everything.
-        m3.kill().await;
-        gw.v4_connected("member-3", &token).await.disconnect().await;
-        let c: Vec<String> = (0..30).map(|n| format!("c-{n}")).collect();
-        for payload in &c {
-            publisher
-                .publish("work/c/job", QoS::AtLeastOnce, false, payload.as_bytes())
-                .await;
-        }
-        let got = gather(&mut [Sub::V4(&mut m1), Sub::V5(&mut m2)], 30).await;
-        assert_each_exactly_once("(g, work/#) after a member vanished", &c, &got);
-        unrelated_device_is_served(&gw, 4).await;
-    });
+    // The plain subscription got everything, once.
+    let mut plain = gather(&mut [Sub::V4(&mut everything)], 40).await.remove(0);
+    plain.sort();
+    let mut all: Vec<String> = b.iter().chain(&a).cloned().collect();
+    all.sort();
+    assert_eq!(plain, all, "the non-shared subscriber gets every message");
+
+    // A member vanishes (its TCP connection drops). Its client id
+    // reconnecting with a clean session proves its old session is gone;
+    // from then on the two left share everything.
+    m3.kill().await;
+    gw.v4_connected("member-3", &token).await.disconnect().await;
+    let c: Vec<String> = (0..30).map(|n| format!("c-{n}")).collect();
+    for payload in &c {
+        publisher
+            .publish("work/c/job", QoS::AtLeastOnce, false, payload.as_bytes())
+            .await;
+    }
+    let got = gather(&mut [Sub::V4(&mut m1), Sub::V5(&mut m2)], 30).await;
+    assert_each_exactly_once("(g, work/#) after a member vanished", &c, &got);
+    unrelated_device_is_served(&gw, 4).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -688,147 +678,125 @@ async fn brick_sequence(case: Brick) {
     unrelated_device_is_served(&gw, level).await;
 }
 
-#[test]
-fn brick_v4_persistent_qos1() {
-    run(async {
-        brick_sequence(Brick {
-            level: 4,
-            persistent: true,
-            qos: 1,
-            unsubscribe: Unsubscribe::Never,
-        })
-        .await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v4_persistent_qos1() {
+    brick_sequence(Brick {
+        level: 4,
+        persistent: true,
+        qos: 1,
+        unsubscribe: Unsubscribe::Never,
+    })
+    .await;
 }
 
-#[test]
-fn brick_v5_persistent_qos1() {
-    run(async {
-        brick_sequence(Brick {
-            level: 5,
-            persistent: true,
-            qos: 1,
-            unsubscribe: Unsubscribe::Never,
-        })
-        .await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v5_persistent_qos1() {
+    brick_sequence(Brick {
+        level: 5,
+        persistent: true,
+        qos: 1,
+        unsubscribe: Unsubscribe::Never,
+    })
+    .await;
 }
 
-#[test]
-fn brick_v4_clean_qos1() {
-    run(async {
-        brick_sequence(Brick {
-            level: 4,
-            persistent: false,
-            qos: 1,
-            unsubscribe: Unsubscribe::Never,
-        })
-        .await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v4_clean_qos1() {
+    brick_sequence(Brick {
+        level: 4,
+        persistent: false,
+        qos: 1,
+        unsubscribe: Unsubscribe::Never,
+    })
+    .await;
 }
 
-#[test]
-fn brick_v5_clean_qos1() {
-    run(async {
-        brick_sequence(Brick {
-            level: 5,
-            persistent: false,
-            qos: 1,
-            unsubscribe: Unsubscribe::Never,
-        })
-        .await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v5_clean_qos1() {
+    brick_sequence(Brick {
+        level: 5,
+        persistent: false,
+        qos: 1,
+        unsubscribe: Unsubscribe::Never,
+    })
+    .await;
 }
 
-#[test]
-fn brick_v4_persistent_qos2() {
-    run(async {
-        brick_sequence(Brick {
-            level: 4,
-            persistent: true,
-            qos: 2,
-            unsubscribe: Unsubscribe::Never,
-        })
-        .await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v4_persistent_qos2() {
+    brick_sequence(Brick {
+        level: 4,
+        persistent: true,
+        qos: 2,
+        unsubscribe: Unsubscribe::Never,
+    })
+    .await;
 }
 
-#[test]
-fn brick_v5_persistent_qos2() {
-    run(async {
-        brick_sequence(Brick {
-            level: 5,
-            persistent: true,
-            qos: 2,
-            unsubscribe: Unsubscribe::Never,
-        })
-        .await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v5_persistent_qos2() {
+    brick_sequence(Brick {
+        level: 5,
+        persistent: true,
+        qos: 2,
+        unsubscribe: Unsubscribe::Never,
+    })
+    .await;
 }
 
-#[test]
-fn brick_v5_clean_qos2() {
-    run(async {
-        brick_sequence(Brick {
-            level: 5,
-            persistent: false,
-            qos: 2,
-            unsubscribe: Unsubscribe::Never,
-        })
-        .await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v5_clean_qos2() {
+    brick_sequence(Brick {
+        level: 5,
+        persistent: false,
+        qos: 2,
+        unsubscribe: Unsubscribe::Never,
+    })
+    .await;
 }
 
-#[test]
-fn brick_v4_unsubscribe_before_drop() {
-    run(async {
-        brick_sequence(Brick {
-            level: 4,
-            persistent: true,
-            qos: 1,
-            unsubscribe: Unsubscribe::BeforeDrop,
-        })
-        .await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v4_unsubscribe_before_drop() {
+    brick_sequence(Brick {
+        level: 4,
+        persistent: true,
+        qos: 1,
+        unsubscribe: Unsubscribe::BeforeDrop,
+    })
+    .await;
 }
 
-#[test]
-fn brick_v5_unsubscribe_before_drop() {
-    run(async {
-        brick_sequence(Brick {
-            level: 5,
-            persistent: true,
-            qos: 1,
-            unsubscribe: Unsubscribe::BeforeDrop,
-        })
-        .await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v5_unsubscribe_before_drop() {
+    brick_sequence(Brick {
+        level: 5,
+        persistent: true,
+        qos: 1,
+        unsubscribe: Unsubscribe::BeforeDrop,
+    })
+    .await;
 }
 
-#[test]
-fn brick_v4_unsubscribe_after_reconnect() {
-    run(async {
-        brick_sequence(Brick {
-            level: 4,
-            persistent: true,
-            qos: 1,
-            unsubscribe: Unsubscribe::AfterReconnect,
-        })
-        .await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v4_unsubscribe_after_reconnect() {
+    brick_sequence(Brick {
+        level: 4,
+        persistent: true,
+        qos: 1,
+        unsubscribe: Unsubscribe::AfterReconnect,
+    })
+    .await;
 }
 
-#[test]
-fn brick_v5_unsubscribe_after_reconnect() {
-    run(async {
-        brick_sequence(Brick {
-            level: 5,
-            persistent: true,
-            qos: 1,
-            unsubscribe: Unsubscribe::AfterReconnect,
-        })
-        .await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v5_unsubscribe_after_reconnect() {
+    brick_sequence(Brick {
+        level: 5,
+        persistent: true,
+        qos: 1,
+        unsubscribe: Unsubscribe::AfterReconnect,
+    })
+    .await;
 }
 
 /// Two devices (different subjects, both client id `c`) in one group
@@ -910,18 +878,14 @@ async fn two_devices_one_group(level: u8) {
     unrelated_device_is_served(&gw, level).await;
 }
 
-#[test]
-fn brick_v4_two_devices_one_group_different_filters() {
-    run(async {
-        two_devices_one_group(4).await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v4_two_devices_one_group_different_filters() {
+    two_devices_one_group(4).await;
 }
 
-#[test]
-fn brick_v5_two_devices_one_group_different_filters() {
-    run(async {
-        two_devices_one_group(5).await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brick_v5_two_devices_one_group_different_filters() {
+    two_devices_one_group(5).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -961,81 +925,78 @@ async fn retained_for_newcomers(
 /// message. Retained messages sent on subscribe carry retain=1, live
 /// deliveries retain=0 unless the MQTT 5 subscription asked for retain as
 /// published.
-#[test]
-fn retained_messages_are_set_replaced_and_deleted_only_by_a_retained_empty_payload() {
-    run(async {
-        let gw = start().await;
-        let token = gw.token("retain", &["cfg/#"], HOUR);
-        let topic = "cfg/r";
-        let mut watch4 = gw.v4_connected("watch4", &token).await;
-        watch4.subscribe("cfg/#", QoS::AtLeastOnce).await;
-        let mut watch5 = gw.v5_connected("watch5", &token).await;
-        watch5.subscribe("cfg/#", QoS5::AtLeastOnce).await;
-        let mut as_published = gw.v5_connected("watch5-rap", &token).await;
-        let mut filter = Filter::new("cfg/#", QoS5::AtLeastOnce);
-        filter.preserve_retain = true;
-        assert_eq!(
-            as_published.subscribe_filters(vec![filter]).await,
-            vec![Sub5::Success(QoS5::AtLeastOnce)]
-        );
-        let mut publisher = gw.v4_connected("retain-pub", &token).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_are_set_replaced_and_deleted_only_by_a_retained_empty_payload() {
+    let gw = start().await;
+    let token = gw.token("retain", &["cfg/#"], HOUR);
+    let topic = "cfg/r";
+    let mut watch4 = gw.v4_connected("watch4", &token).await;
+    watch4.subscribe("cfg/#", QoS::AtLeastOnce).await;
+    let mut watch5 = gw.v5_connected("watch5", &token).await;
+    watch5.subscribe("cfg/#", QoS5::AtLeastOnce).await;
+    let mut as_published = gw.v5_connected("watch5-rap", &token).await;
+    let mut filter = Filter::new("cfg/#", QoS5::AtLeastOnce);
+    filter.preserve_retain = true;
+    assert_eq!(
+        as_published.subscribe_filters(vec![filter]).await,
+        vec![Sub5::Success(QoS5::AtLeastOnce)]
+    );
+    let mut publisher = gw.v4_connected("retain-pub", &token).await;
 
-        // (what, retain flag, payload, what a newcomer then gets)
-        let steps: [(&str, bool, &[u8], Option<&str>); 4] = [
-            ("set", true, b"one", Some("one")),
-            ("replace", true, b"two", Some("two")),
-            ("empty-not-retained", false, b"", Some("two")),
-            ("delete", true, b"", None),
-        ];
-        // Every deviation, so that one failure does not hide the others.
-        let mut wrong = Vec::new();
-        let mut check = |what: String, got: &dyn std::fmt::Debug, want: &dyn std::fmt::Debug| {
-            let (got, want) = (format!("{got:?}"), format!("{want:?}"));
-            if got != want {
-                wrong.push(format!("{what}: got {got}, want {want}"));
-            }
-        };
-        for (step, retain, payload, kept) in steps {
-            publisher
-                .publish(topic, QoS::AtLeastOnce, retain, payload)
-                .await;
-            let sent = text(payload);
-            // Live deliveries: the message as sent, retain=0 (retain as
-            // published: the publish's own flag).
-            let live4 = watch4.expect_publish(topic).await;
-            check(
-                format!("{step}: live 3.1.1 delivery (payload, retain)"),
-                &(text(&live4.payload), live4.retain),
-                &(&sent, false),
-            );
-            let live5 = watch5.expect_publish(topic).await;
-            check(
-                format!("{step}: live MQTT 5 delivery (payload, retain)"),
-                &(text(&live5.payload), live5.retain),
-                &(&sent, false),
-            );
-            let rap = as_published.expect_publish(topic).await;
-            check(
-                format!("{step}: live delivery, retain as published (payload, retain)"),
-                &(text(&rap.payload), rap.retain),
-                &(&sent, retain),
-            );
-            let want: Vec<(String, bool)> =
-                kept.map(|k| (k.to_owned(), true)).into_iter().collect();
-            let [got4, got5] = retained_for_newcomers(&gw, &token, topic, step).await;
-            check(format!("{step}: a new 3.1.1 subscriber gets"), &got4, &want);
-            check(
-                format!("{step}: a new MQTT 5 subscriber gets"),
-                &got5,
-                &want,
-            );
+    // (what, retain flag, payload, what a newcomer then gets)
+    let steps: [(&str, bool, &[u8], Option<&str>); 4] = [
+        ("set", true, b"one", Some("one")),
+        ("replace", true, b"two", Some("two")),
+        ("empty-not-retained", false, b"", Some("two")),
+        ("delete", true, b"", None),
+    ];
+    // Every deviation, so that one failure does not hide the others.
+    let mut wrong = Vec::new();
+    let mut check = |what: String, got: &dyn std::fmt::Debug, want: &dyn std::fmt::Debug| {
+        let (got, want) = (format!("{got:?}"), format!("{want:?}"));
+        if got != want {
+            wrong.push(format!("{what}: got {got}, want {want}"));
         }
-        let extra4 = watch4.publishes_within(QUIET).await.len();
-        check("3.1.1 extra live deliveries".into(), &extra4, &0);
-        let extra5 = watch5.publishes_within(QUIET).await.len();
-        check("MQTT 5 extra live deliveries".into(), &extra5, &0);
-        assert!(wrong.is_empty(), "retained messages:\n{wrong:#?}");
-    });
+    };
+    for (step, retain, payload, kept) in steps {
+        publisher
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await;
+        let sent = text(payload);
+        // Live deliveries: the message as sent, retain=0 (retain as
+        // published: the publish's own flag).
+        let live4 = watch4.expect_publish(topic).await;
+        check(
+            format!("{step}: live 3.1.1 delivery (payload, retain)"),
+            &(text(&live4.payload), live4.retain),
+            &(&sent, false),
+        );
+        let live5 = watch5.expect_publish(topic).await;
+        check(
+            format!("{step}: live MQTT 5 delivery (payload, retain)"),
+            &(text(&live5.payload), live5.retain),
+            &(&sent, false),
+        );
+        let rap = as_published.expect_publish(topic).await;
+        check(
+            format!("{step}: live delivery, retain as published (payload, retain)"),
+            &(text(&rap.payload), rap.retain),
+            &(&sent, retain),
+        );
+        let want: Vec<(String, bool)> = kept.map(|k| (k.to_owned(), true)).into_iter().collect();
+        let [got4, got5] = retained_for_newcomers(&gw, &token, topic, step).await;
+        check(format!("{step}: a new 3.1.1 subscriber gets"), &got4, &want);
+        check(
+            format!("{step}: a new MQTT 5 subscriber gets"),
+            &got5,
+            &want,
+        );
+    }
+    let extra4 = watch4.publishes_within(QUIET).await.len();
+    check("3.1.1 extra live deliveries".into(), &extra4, &0);
+    let extra5 = watch5.publishes_within(QUIET).await.len();
+    check("MQTT 5 extra live deliveries".into(), &extra5, &0);
+    assert!(wrong.is_empty(), "retained messages:\n{wrong:#?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1061,177 +1022,171 @@ fn persistent_v5(gw: &TestGateway, id: &str, token: &str) -> rumqttc::v5::MqttOp
 /// QoS 1 and 2 messages published while a persistent session is offline
 /// are queued and delivered on resume, in order, with session present;
 /// 3.1.1 (clean session 0) and MQTT 5 (session expiry > 0).
-#[test]
-fn offline_messages_are_queued_and_delivered_on_resume() {
-    run(async {
-        let gw = start().await;
-        let token = gw.token("offline", &["off/#"], HOUR);
-        let mut publisher = gw.v4_connected("offline-pub", &token).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_messages_are_queued_and_delivered_on_resume() {
+    let gw = start().await;
+    let token = gw.token("offline", &["off/#"], HOUR);
+    let mut publisher = gw.v4_connected("offline-pub", &token).await;
 
-        let mut c4 = V4Client::start(persistent_v4(&gw, "offline-4", &token));
-        assert!(!c4.connack().await.session_present);
-        c4.subscribe_many(&[
-            ("off/4/q1/+", QoS::AtLeastOnce),
-            ("off/4/q2/+", QoS::ExactlyOnce),
-        ])
-        .await;
-        c4.disconnect().await;
-        let mut c5 = V5Client::start(persistent_v5(&gw, "offline-5", &token));
-        assert!(!c5.connack().await.session_present);
-        c5.subscribe_many(&[
-            ("off/5/q1/+", QoS5::AtLeastOnce),
-            ("off/5/q2/+", QoS5::ExactlyOnce),
-        ])
-        .await;
-        c5.disconnect().await;
+    let mut c4 = V4Client::start(persistent_v4(&gw, "offline-4", &token));
+    assert!(!c4.connack().await.session_present);
+    c4.subscribe_many(&[
+        ("off/4/q1/+", QoS::AtLeastOnce),
+        ("off/4/q2/+", QoS::ExactlyOnce),
+    ])
+    .await;
+    c4.disconnect().await;
+    let mut c5 = V5Client::start(persistent_v5(&gw, "offline-5", &token));
+    assert!(!c5.connack().await.session_present);
+    c5.subscribe_many(&[
+        ("off/5/q1/+", QoS5::AtLeastOnce),
+        ("off/5/q2/+", QoS5::ExactlyOnce),
+    ])
+    .await;
+    c5.disconnect().await;
 
-        // Five messages on each of four topics: MQTT orders messages per
-        // topic (3.1.1 §4.6, MQTT 5 §4.6), not across topics.
-        for n in 0..5 {
-            for level in [4, 5] {
-                for qos in [1u8, 2] {
-                    publisher
-                        .publish(
-                            &format!("off/{level}/q{qos}/t"),
-                            qos4(qos),
-                            false,
-                            format!("{n}").as_bytes(),
-                        )
-                        .await;
-                }
+    // Five messages on each of four topics: MQTT orders messages per
+    // topic (3.1.1 §4.6, MQTT 5 §4.6), not across topics.
+    for n in 0..5 {
+        for level in [4, 5] {
+            for qos in [1u8, 2] {
+                publisher
+                    .publish(
+                        &format!("off/{level}/q{qos}/t"),
+                        qos4(qos),
+                        false,
+                        format!("{n}").as_bytes(),
+                    )
+                    .await;
             }
         }
-        // What each topic should deliver: (topic, QoS, payloads in order).
-        let want = |level: u8| -> Vec<(String, u8, Vec<String>)> {
-            [1u8, 2]
-                .iter()
-                .map(|qos| {
-                    let payloads = (0..5).map(|n| n.to_string()).collect();
-                    (format!("off/{level}/q{qos}/t"), *qos, payloads)
-                })
-                .collect()
-        };
-        let per_topic = |got: Vec<(String, u8, String)>| -> Vec<(String, u8, Vec<String>)> {
-            let mut topics: Vec<(String, u8, Vec<String>)> = Vec::new();
-            for (topic, qos, payload) in got {
-                match topics.iter_mut().find(|(t, q, _)| *t == topic && *q == qos) {
-                    Some((_, _, payloads)) => payloads.push(payload),
-                    None => topics.push((topic, qos, vec![payload])),
-                }
+    }
+    // What each topic should deliver: (topic, QoS, payloads in order).
+    let want = |level: u8| -> Vec<(String, u8, Vec<String>)> {
+        [1u8, 2]
+            .iter()
+            .map(|qos| {
+                let payloads = (0..5).map(|n| n.to_string()).collect();
+                (format!("off/{level}/q{qos}/t"), *qos, payloads)
+            })
+            .collect()
+    };
+    let per_topic = |got: Vec<(String, u8, String)>| -> Vec<(String, u8, Vec<String>)> {
+        let mut topics: Vec<(String, u8, Vec<String>)> = Vec::new();
+        for (topic, qos, payload) in got {
+            match topics.iter_mut().find(|(t, q, _)| *t == topic && *q == qos) {
+                Some((_, _, payloads)) => payloads.push(payload),
+                None => topics.push((topic, qos, vec![payload])),
             }
-            topics.sort();
-            topics
-        };
+        }
+        topics.sort();
+        topics
+    };
 
-        let mut c4 = V4Client::start(persistent_v4(&gw, "offline-4", &token));
-        assert!(c4.connack().await.session_present, "3.1.1 session resumed");
-        let got4 = c4
-            .publishes_within(QUIET)
-            .await
-            .iter()
-            .map(|p| (p.topic.clone(), p.qos as u8, text(&p.payload)))
-            .collect();
-        assert_eq!(
-            per_topic(got4),
-            want(4),
-            "3.1.1: everything queued, in order"
-        );
+    let mut c4 = V4Client::start(persistent_v4(&gw, "offline-4", &token));
+    assert!(c4.connack().await.session_present, "3.1.1 session resumed");
+    let got4 = c4
+        .publishes_within(QUIET)
+        .await
+        .iter()
+        .map(|p| (p.topic.clone(), p.qos as u8, text(&p.payload)))
+        .collect();
+    assert_eq!(
+        per_topic(got4),
+        want(4),
+        "3.1.1: everything queued, in order"
+    );
 
-        let mut c5 = V5Client::start(persistent_v5(&gw, "offline-5", &token));
-        assert!(c5.connack().await.session_present, "MQTT 5 session resumed");
-        let got5 = c5
-            .publishes_within(QUIET)
-            .await
-            .iter()
-            .map(|p| (text(&p.topic), p.qos as u8, text(&p.payload)))
-            .collect();
-        assert_eq!(
-            per_topic(got5),
-            want(5),
-            "MQTT 5: everything queued, in order"
-        );
-    });
+    let mut c5 = V5Client::start(persistent_v5(&gw, "offline-5", &token));
+    assert!(c5.connack().await.session_present, "MQTT 5 session resumed");
+    let got5 = c5
+        .publishes_within(QUIET)
+        .await
+        .iter()
+        .map(|p| (text(&p.topic), p.qos as u8, text(&p.payload)))
+        .collect();
+    assert_eq!(
+        per_topic(got5),
+        want(5),
+        "MQTT 5: everything queued, in order"
+    );
 }
 
 /// MQTT 3.1.1 §4.4, MQTT 5 §4.4: a QoS 1 message sent to a persistent
 /// session and not acknowledged before the connection dropped is sent
 /// again on resume, with the same packet identifier and DUP set.
-#[test]
-fn unacknowledged_qos1_is_resent_with_dup_on_resume() {
-    run(async {
-        let gw = start().await;
-        let token = gw.token("resend", &["resend/#"], HOUR);
-        let mut publisher = gw.v4_connected("resend-pub", &token).await;
-        for level in [4u8, 5] {
-            let id = format!("resend-{level}");
-            let (mut device, _) = RawDevice::connect(&gw, level, &id, &token, true).await;
-            let filter = format!("resend/{level}");
-            assert_eq!(device.subscribe(&filter, 1).await, granted(1));
-            publisher
-                .publish(&filter, QoS::AtLeastOnce, false, b"ack me")
-                .await;
-            let first = device.next_publish().await;
-            assert!(
-                !first.dup,
-                "level {level}: first delivery is not a duplicate"
-            );
-            drop(device);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_qos1_is_resent_with_dup_on_resume() {
+    let gw = start().await;
+    let token = gw.token("resend", &["resend/#"], HOUR);
+    let mut publisher = gw.v4_connected("resend-pub", &token).await;
+    for level in [4u8, 5] {
+        let id = format!("resend-{level}");
+        let (mut device, _) = RawDevice::connect(&gw, level, &id, &token, true).await;
+        let filter = format!("resend/{level}");
+        assert_eq!(device.subscribe(&filter, 1).await, granted(1));
+        publisher
+            .publish(&filter, QoS::AtLeastOnce, false, b"ack me")
+            .await;
+        let first = device.next_publish().await;
+        assert!(
+            !first.dup,
+            "level {level}: first delivery is not a duplicate"
+        );
+        drop(device);
 
-            let (mut device, present) = RawDevice::connect(&gw, level, &id, &token, true).await;
-            assert!(present, "level {level}: session present");
-            let again = device.publishes_until_quiet().await;
-            assert_eq!(
-                again,
-                [mqtt::Publish {
-                    dup: true,
-                    ..first.clone()
-                }],
-                "level {level}: re-sent once, same packet id, DUP set"
-            );
-            // Acknowledged now: not sent a third time.
-            drop(device);
-            let (mut device, _) = RawDevice::connect(&gw, level, &id, &token, true).await;
-            let third = device.publishes_until_quiet().await;
-            assert!(third.is_empty(), "level {level}: acked is done: {third:?}");
-        }
-    });
+        let (mut device, present) = RawDevice::connect(&gw, level, &id, &token, true).await;
+        assert!(present, "level {level}: session present");
+        let again = device.publishes_until_quiet().await;
+        assert_eq!(
+            again,
+            [mqtt::Publish {
+                dup: true,
+                ..first.clone()
+            }],
+            "level {level}: re-sent once, same packet id, DUP set"
+        );
+        // Acknowledged now: not sent a third time.
+        drop(device);
+        let (mut device, _) = RawDevice::connect(&gw, level, &id, &token, true).await;
+        let third = device.publishes_until_quiet().await;
+        assert!(third.is_empty(), "level {level}: acked is done: {third:?}");
+    }
 }
 
 /// Client ids with `+`, `#`, `$` and `/` are ordinary ids now: accepted,
 /// and their persistent sessions work.
-#[test]
-fn client_ids_with_wildcards_dollar_and_slash_are_accepted() {
-    run(async {
-        let gw = start().await;
-        let mut publisher = gw
-            .v4_connected("ids-pub", &gw.token("ids-pub", &["ids/#"], HOUR))
-            .await;
-        for (n, id) in ["dev/1", "dev+1", "dev#1", "$dev1", "+", "#"]
-            .into_iter()
-            .enumerate()
-        {
-            for level in [4, 5] {
-                let token = gw.token(&format!("ids-{level}"), &["ids/#"], HOUR);
-                let topic = format!("ids/{level}/{n}");
-                let (mut device, _) = RawDevice::connect(&gw, level, id, &token, true).await;
-                assert_eq!(device.subscribe(&topic, 1).await, granted(1), "{id:?}");
-                drop(device);
-                publisher
-                    .publish(&topic, QoS::AtLeastOnce, false, id.as_bytes())
-                    .await;
-                let (mut device, present) = RawDevice::connect(&gw, level, id, &token, true).await;
-                assert!(present, "{id:?} at level {level}: session present");
-                let got = device.publishes_until_quiet().await;
-                assert_eq!(
-                    got.iter()
-                        .map(|p| (p.topic.as_str(), &p.payload[..]))
-                        .collect::<Vec<_>>(),
-                    [(topic.as_str(), id.as_bytes())],
-                    "{id:?} at level {level}: the offline message"
-                );
-            }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ids_with_wildcards_dollar_and_slash_are_accepted() {
+    let gw = start().await;
+    let mut publisher = gw
+        .v4_connected("ids-pub", &gw.token("ids-pub", &["ids/#"], HOUR))
+        .await;
+    for (n, id) in ["dev/1", "dev+1", "dev#1", "$dev1", "+", "#"]
+        .into_iter()
+        .enumerate()
+    {
+        for level in [4, 5] {
+            let token = gw.token(&format!("ids-{level}"), &["ids/#"], HOUR);
+            let topic = format!("ids/{level}/{n}");
+            let (mut device, _) = RawDevice::connect(&gw, level, id, &token, true).await;
+            assert_eq!(device.subscribe(&topic, 1).await, granted(1), "{id:?}");
+            drop(device);
+            publisher
+                .publish(&topic, QoS::AtLeastOnce, false, id.as_bytes())
+                .await;
+            let (mut device, present) = RawDevice::connect(&gw, level, id, &token, true).await;
+            assert!(present, "{id:?} at level {level}: session present");
+            let got = device.publishes_until_quiet().await;
+            assert_eq!(
+                got.iter()
+                    .map(|p| (p.topic.as_str(), &p.payload[..]))
+                    .collect::<Vec<_>>(),
+                [(topic.as_str(), id.as_bytes())],
+                "{id:?} at level {level}: the offline message"
+            );
         }
-    });
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1241,58 +1196,56 @@ fn client_ids_with_wildcards_dollar_and_slash_are_accepted() {
 /// A persistent session's offline queue keeps at most `[sessions]
 /// max_queued_messages` messages and `max_queued_bytes` bytes; publishers
 /// are not held back by an offline session (every publish is PUBACKed).
-#[test]
-fn offline_queue_is_bounded_by_max_queued_messages_and_bytes() {
-    run(async {
-        let gw = start_with(|cfg| {
-            cfg.sessions.max_queued_messages = 5;
-            cfg.sessions.max_queued_bytes = 4096;
-        })
-        .await;
-        let token = gw.token("bounded", &["bound/#"], HOUR);
-        for (id, filter) in [("by-count", "bound/count"), ("by-bytes", "bound/bytes")] {
-            let mut c = V4Client::start(persistent_v4(&gw, id, &token));
-            c.connack().await;
-            c.subscribe(filter, QoS::AtLeastOnce).await;
-            c.disconnect().await;
-        }
-        let mut publisher = gw.v4_connected("bound-pub", &token).await;
-        // 20 small messages: the count is the bound.
-        for n in 0..20 {
-            publisher
-                .publish(
-                    "bound/count",
-                    QoS::AtLeastOnce,
-                    false,
-                    format!("{n}").as_bytes(),
-                )
-                .await;
-        }
-        // 10 messages of 1 KiB: the bytes are the bound.
-        for n in 0..10u8 {
-            publisher
-                .publish("bound/bytes", QoS::AtLeastOnce, false, &[b'a' + n; 1024])
-                .await;
-        }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_queue_is_bounded_by_max_queued_messages_and_bytes() {
+    let gw = start_with(|cfg| {
+        cfg.sessions.max_queued_messages = 5;
+        cfg.sessions.max_queued_bytes = 4096;
+    })
+    .await;
+    let token = gw.token("bounded", &["bound/#"], HOUR);
+    for (id, filter) in [("by-count", "bound/count"), ("by-bytes", "bound/bytes")] {
+        let mut c = V4Client::start(persistent_v4(&gw, id, &token));
+        c.connack().await;
+        c.subscribe(filter, QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    let mut publisher = gw.v4_connected("bound-pub", &token).await;
+    // 20 small messages: the count is the bound.
+    for n in 0..20 {
+        publisher
+            .publish(
+                "bound/count",
+                QoS::AtLeastOnce,
+                false,
+                format!("{n}").as_bytes(),
+            )
+            .await;
+    }
+    // 10 messages of 1 KiB: the bytes are the bound.
+    for n in 0..10u8 {
+        publisher
+            .publish("bound/bytes", QoS::AtLeastOnce, false, &[b'a' + n; 1024])
+            .await;
+    }
 
-        let mut c = V4Client::start(persistent_v4(&gw, "by-count", &token));
-        assert!(c.connack().await.session_present);
-        let got = c.publishes_within(QUIET).await;
-        assert_eq!(
-            got.len(),
-            5,
-            "max_queued_messages = 5 keeps 5 of the 20 sent offline: {:?}",
-            got.iter().map(|p| text(&p.payload)).collect::<Vec<_>>()
-        );
-        let mut c = V4Client::start(persistent_v4(&gw, "by-bytes", &token));
-        assert!(c.connack().await.session_present);
-        let got = c.publishes_within(QUIET).await;
-        assert!(
-            (1..=4).contains(&got.len()),
-            "max_queued_bytes = 4096 keeps one to four of ten 1 KiB messages, got {}",
-            got.len()
-        );
-    });
+    let mut c = V4Client::start(persistent_v4(&gw, "by-count", &token));
+    assert!(c.connack().await.session_present);
+    let got = c.publishes_within(QUIET).await;
+    assert_eq!(
+        got.len(),
+        5,
+        "max_queued_messages = 5 keeps 5 of the 20 sent offline: {:?}",
+        got.iter().map(|p| text(&p.payload)).collect::<Vec<_>>()
+    );
+    let mut c = V4Client::start(persistent_v4(&gw, "by-bytes", &token));
+    assert!(c.connack().await.session_present);
+    let got = c.publishes_within(QUIET).await;
+    assert!(
+        (1..=4).contains(&got.len()),
+        "max_queued_bytes = 4096 keeps one to four of ten 1 KiB messages, got {}",
+        got.len()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1382,45 +1335,43 @@ fn missing<'a>(wanted: &'a [String], got: &HashSet<String>) -> Vec<&'a String> {
 /// through a subscriber queue of 50 messages: the publishers are paced,
 /// nothing is dropped, and every message PUBACKed to a publisher is
 /// delivered (at least once), counted by payload.
-#[test]
-fn ten_publishers_flooding_one_qos1_subscriber_lose_no_acknowledged_message() {
-    run(async {
-        const PUBLISHERS: usize = 10;
-        const COUNT: usize = 2_000;
-        let gw = start_with(|cfg| cfg.sessions.max_queued_messages = 50).await;
-        let token = gw.token("fan-in", &["fan-in/#"], HOUR);
-        let mut sub = gw.v4_connected("fan-in-sub", &token).await;
-        sub.subscribe("fan-in/#", QoS::AtLeastOnce).await;
-        let floods: Vec<_> = (0..PUBLISHERS)
-            .map(|i| {
-                let opts = gw.v4_options(&format!("fan-in-pub-{i}"), &token);
-                tokio::spawn(async move {
-                    flood(opts, &format!("fan-in/{i}"), &format!("p{i}"), COUNT, 1024).await
-                })
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_publishers_flooding_one_qos1_subscriber_lose_no_acknowledged_message() {
+    const PUBLISHERS: usize = 10;
+    const COUNT: usize = 2_000;
+    let gw = start_with(|cfg| cfg.sessions.max_queued_messages = 50).await;
+    let token = gw.token("fan-in", &["fan-in/#"], HOUR);
+    let mut sub = gw.v4_connected("fan-in-sub", &token).await;
+    sub.subscribe("fan-in/#", QoS::AtLeastOnce).await;
+    let floods: Vec<_> = (0..PUBLISHERS)
+        .map(|i| {
+            let opts = gw.v4_options(&format!("fan-in-pub-{i}"), &token);
+            tokio::spawn(async move {
+                flood(opts, &format!("fan-in/{i}"), &format!("p{i}"), COUNT, 1024).await
             })
-            .collect();
-        let mut acked = Vec::new();
-        for flood in floods {
-            acked.push(flood.await.expect("flood task"));
-        }
-        let all: Vec<String> = acked.iter().flatten().cloned().collect();
-        let got = receive_ids(&mut sub, &all).await;
-        let lost = missing(&all, &got);
-        assert!(
-            lost.is_empty(),
-            "{} of {} PUBACKed messages never delivered, e.g. {:?}",
-            lost.len(),
-            all.len(),
-            &lost[..lost.len().min(10)]
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for flood in floods {
+        acked.push(flood.await.expect("flood task"));
+    }
+    let all: Vec<String> = acked.iter().flatten().cloned().collect();
+    let got = receive_ids(&mut sub, &all).await;
+    let lost = missing(&all, &got);
+    assert!(
+        lost.is_empty(),
+        "{} of {} PUBACKed messages never delivered, e.g. {:?}",
+        lost.len(),
+        all.len(),
+        &lost[..lost.len().min(10)]
+    );
+    for (i, acked) in acked.iter().enumerate() {
+        assert_eq!(
+            acked.len(),
+            COUNT,
+            "publisher {i} finished: all its messages PUBACKed"
         );
-        for (i, acked) in acked.iter().enumerate() {
-            assert_eq!(
-                acked.len(),
-                COUNT,
-                "publisher {i} finished: all its messages PUBACKed"
-            );
-        }
-    });
+    }
 }
 
 /// Two publishers of 1,000 QoS 1 messages of `size` bytes on `busy/t`
@@ -1496,133 +1447,111 @@ fn disconnect_reason(frame: &[u8]) -> Option<u8> {
 /// then its connection is closed (MQTT 5: DISCONNECT 0x97 if the socket
 /// still takes it) and logged; the well-behaved subscribers receive every
 /// message and the publishers finish.
-#[test]
-fn stalled_subscriber_is_disconnected_and_the_others_get_everything() {
-    run(async {
-        let logs = capture_logs();
-        let since = logs.position();
-        let gw = start_with(|cfg| {
-            // At most 100 + 50 of the 2,000 messages can be on their way to
-            // the stalled subscriber, whatever its socket buffers hold.
-            cfg.sessions.max_inflight = 100;
-            cfg.sessions.max_queued_messages = 50;
-            cfg.sessions.slow_subscriber = SlowSubscriber::Disconnect;
-            cfg.sessions.slow_subscriber_timeout = Duration::from_millis(500);
-        })
-        .await;
-        let token = gw.token("busy", &["busy/#"], HOUR);
-        let mut stalled = stalled_subscriber(&gw, 5, "stalled-disconnect", &token, 1).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_subscriber_is_disconnected_and_the_others_get_everything() {
+    let logs = capture_logs();
+    let since = logs.position();
+    let gw = busy_gateway(SlowSubscriber::Disconnect).await;
+    let token = gw.token("busy", &["busy/#"], HOUR);
+    let mut stalled = stalled_subscriber(&gw, 5, "stalled-disconnect", &token, 1).await;
 
-        let published = busy_topic(&gw, &token, 512).await;
-        logs.wait_for_line(since, &["slow subscriber", "stalled-disconnect"])
-            .await;
-        // Draining its socket now ends in the close, short of everything.
-        let frames = stalled.raw.expect_closed().await;
-        let received = frames
-            .iter()
-            .filter(|f| mqtt::packet_type(f) == Some(3))
-            .count();
-        assert!(
-            received < published.len(),
-            "the stalled subscriber was cut off, yet got all {received} messages"
+    let published = busy_topic(&gw, &token, 512).await;
+    logs.wait_for_line(since, &["slow subscriber", "stalled-disconnect"])
+        .await;
+    // Draining its socket now ends in the close, short of everything.
+    let frames = stalled.raw.expect_closed().await;
+    let received = frames
+        .iter()
+        .filter(|f| mqtt::packet_type(f) == Some(3))
+        .count();
+    assert!(
+        received < published.len(),
+        "the stalled subscriber was cut off, yet got all {received} messages"
+    );
+    if let Some(last) = frames.last().filter(|f| mqtt::packet_type(f) == Some(14)) {
+        assert_eq!(
+            disconnect_reason(last),
+            Some(0x97),
+            "MQTT 5: told \"quota exceeded\": {last:02x?}"
         );
-        if let Some(last) = frames.last().filter(|f| mqtt::packet_type(f) == Some(14)) {
-            assert_eq!(
-                disconnect_reason(last),
-                Some(0x97),
-                "MQTT 5: told \"quota exceeded\": {last:02x?}"
-            );
-        }
-        // It comes back like any device.
-        let (mut back, _) = RawDevice::connect(&gw, 5, "stalled-disconnect", &token, false).await;
-        assert_eq!(back.subscribe("busy/#", 1).await, granted(1));
-        unrelated_device_is_served(&gw, 5).await;
-    });
+    }
+    // It comes back like any device.
+    let (mut back, _) = RawDevice::connect(&gw, 5, "stalled-disconnect", &token, false).await;
+    assert_eq!(back.subscribe("busy/#", 1).await, granted(1));
+    unrelated_device_is_served(&gw, 5).await;
 }
 
 /// `slow_subscriber = "drop"`: the stalled subscriber keeps its connection
 /// and has messages dropped (logged); the well-behaved subscribers receive
 /// every message and the publishers finish. Once it reads again it gets
 /// new messages.
-#[test]
-fn stalled_subscriber_with_the_drop_policy_loses_messages_not_its_connection() {
-    run(async {
-        let logs = capture_logs();
-        let since = logs.position();
-        let gw = start_with(|cfg| {
-            // At most 100 + 50 of the 2,000 messages can be on their way to
-            // the stalled subscriber, whatever its socket buffers hold.
-            cfg.sessions.max_inflight = 100;
-            cfg.sessions.max_queued_messages = 50;
-            cfg.sessions.slow_subscriber = SlowSubscriber::Drop;
-            cfg.sessions.slow_subscriber_timeout = Duration::from_millis(500);
-        })
-        .await;
-        let token = gw.token("busy", &["busy/#"], HOUR);
-        let mut stalled = stalled_subscriber(&gw, 4, "stalled-drop", &token, 1).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_subscriber_with_the_drop_policy_loses_messages_not_its_connection() {
+    let logs = capture_logs();
+    let since = logs.position();
+    let gw = busy_gateway(SlowSubscriber::Drop).await;
+    let token = gw.token("busy", &["busy/#"], HOUR);
+    let mut stalled = stalled_subscriber(&gw, 4, "stalled-drop", &token, 1).await;
 
-        let published = busy_topic(&gw, &token, 512).await;
-        logs.wait_for_line(since, &["slow subscriber", "stalled-drop"])
-            .await;
-        let mut got = stalled.publishes_until_quiet().await;
-        got.extend(stalled.ping().await);
-        assert!(
-            got.len() < published.len(),
-            "messages were dropped for the stalled subscriber, yet it got all {}",
-            got.len()
-        );
-        // Still connected, still subscribed.
-        let mut publisher = gw.v4_connected("busy-after", &token).await;
-        publisher
-            .publish("busy/t", QoS::AtLeastOnce, false, b"after")
-            .await;
-        let after = stalled.next_publish().await;
-        assert_eq!(&after.payload[..], b"after");
-        stalled.ack(&after).await;
-    });
+    let published = busy_topic(&gw, &token, 512).await;
+    logs.wait_for_line(since, &["slow subscriber", "stalled-drop"])
+        .await;
+    let mut got = stalled.publishes_until_quiet().await;
+    got.extend(stalled.ping().await);
+    assert!(
+        got.len() < published.len(),
+        "messages were dropped for the stalled subscriber, yet it got all {}",
+        got.len()
+    );
+    // Still connected, still subscribed.
+    let mut publisher = gw.v4_connected("busy-after", &token).await;
+    publisher
+        .publish("busy/t", QoS::AtLeastOnce, false, b"after")
+        .await;
+    let after = stalled.next_publish().await;
+    assert_eq!(&after.payload[..], b"after");
+    stalled.ack(&after).await;
 }
 
 /// A QoS 0 subscription whose queue is full loses its oldest messages, not
 /// its newest nor its connection (whatever the policy), and the drops are
 /// logged; the QoS 1 subscribers and publishers are unaffected.
-#[test]
-fn stalled_qos0_subscriber_loses_its_oldest_messages() {
-    run(async {
-        let logs = capture_logs();
-        let since = logs.position();
-        let gw = start_with(|cfg| {
-            cfg.sessions.max_queued_messages = 50;
-            cfg.sessions.slow_subscriber_timeout = Duration::from_millis(500);
-        })
-        .await;
-        let token = gw.token("busy", &["busy/#"], HOUR);
-        let mut stalled = stalled_subscriber(&gw, 4, "stalled-qos0", &token, 0).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_qos0_subscriber_loses_its_oldest_messages() {
+    let logs = capture_logs();
+    let since = logs.position();
+    let gw = start_with(|cfg| {
+        cfg.sessions.max_queued_messages = 50;
+        cfg.sessions.slow_subscriber_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let token = gw.token("busy", &["busy/#"], HOUR);
+    let mut stalled = stalled_subscriber(&gw, 4, "stalled-qos0", &token, 0).await;
 
-        // QoS 0 has no in-flight window: what stalls it is the socket. The
-        // server's send buffer grows to a few MB whatever the client's
-        // receive buffer, so the flood is 8 MB.
-        let published = busy_topic(&gw, &token, 4096).await;
-        // One more, while its queue is still full: the newest is kept.
-        let mut publisher = gw.v4_connected("busy-last", &token).await;
-        publisher
-            .publish("busy/t", QoS::AtLeastOnce, false, b"newest")
-            .await;
-        logs.wait_for_line(since, &["slow subscriber", "stalled-qos0"])
-            .await;
-        let mut got = stalled.publishes_until_quiet().await;
-        got.extend(stalled.ping().await);
-        assert!(
-            got.len() < published.len(),
-            "the oldest were dropped, yet it got all {}",
-            got.len()
-        );
-        assert_eq!(
-            got.last().map(|p| &p.payload[..]),
-            Some(&b"newest"[..]),
-            "the newest message is delivered last ({} received)",
-            got.len()
-        );
-    });
+    // QoS 0 has no in-flight window: what stalls it is the socket. The
+    // server's send buffer grows to a few MB whatever the client's
+    // receive buffer, so the flood is 8 MB.
+    let published = busy_topic(&gw, &token, 4096).await;
+    // One more, while its queue is still full: the newest is kept.
+    let mut publisher = gw.v4_connected("busy-last", &token).await;
+    publisher
+        .publish("busy/t", QoS::AtLeastOnce, false, b"newest")
+        .await;
+    logs.wait_for_line(since, &["slow subscriber", "stalled-qos0"])
+        .await;
+    let mut got = stalled.publishes_until_quiet().await;
+    got.extend(stalled.ping().await);
+    assert!(
+        got.len() < published.len(),
+        "the oldest were dropped, yet it got all {}",
+        got.len()
+    );
+    assert_eq!(
+        got.last().map(|p| &p.payload[..]),
+        Some(&b"newest"[..]),
+        "the newest message is delivered last ({} received)",
+        got.len()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1664,151 +1593,147 @@ fn ack_reason(ack: Option<Packet5>) -> String {
 /// max_property_bytes` is refused with 0x97 (quota exceeded) in its PUBACK
 /// or PUBREC, and not delivered; QoS 0 is dropped. One under the cap is
 /// delivered with its user properties unchanged.
-#[test]
-fn publish_over_max_property_bytes_gets_quota_exceeded_and_is_not_delivered() {
-    run(async {
-        let gw = start_with(|cfg| cfg.limits.max_property_bytes = 1024).await;
-        let token = gw.token("props", &["props/#"], HOUR);
-        let mut watcher = gw.v5_connected("props-watch", &token).await;
-        watcher.subscribe("props/#", QoS5::ExactlyOnce).await;
-        let mut publisher = gw.v5_connected("props-pub", &token).await;
-        let big = user_properties(4, 500);
-        let small = user_properties(2, 100);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_over_max_property_bytes_gets_quota_exceeded_and_is_not_delivered() {
+    let gw = start_with(|cfg| cfg.limits.max_property_bytes = 1024).await;
+    let token = gw.token("props", &["props/#"], HOUR);
+    let mut watcher = gw.v5_connected("props-watch", &token).await;
+    watcher.subscribe("props/#", QoS5::ExactlyOnce).await;
+    let mut publisher = gw.v5_connected("props-pub", &token).await;
+    let big = user_properties(4, 500);
+    let small = user_properties(2, 100);
 
-        publisher
-            .publish_with_properties(
-                "props/big",
-                QoS5::AtMostOnce,
-                false,
-                b"0",
-                Some(big.clone()),
-            )
-            .await;
-        let ack1 = publisher
-            .publish_with_properties(
-                "props/big",
-                QoS5::AtLeastOnce,
-                false,
-                b"1",
-                Some(big.clone()),
-            )
-            .await;
-        assert_eq!(
-            ack_reason(ack1),
-            format!("PUBACK {:?}", PubAckReason::QuotaExceeded)
-        );
-        let ack2 = publisher
-            .publish_with_properties("props/big", QoS5::ExactlyOnce, false, b"2", Some(big))
-            .await;
-        assert_eq!(
-            ack_reason(ack2),
-            format!("PUBREC {:?}", PubRecReason::QuotaExceeded)
-        );
+    publisher
+        .publish_with_properties(
+            "props/big",
+            QoS5::AtMostOnce,
+            false,
+            b"0",
+            Some(big.clone()),
+        )
+        .await;
+    let ack1 = publisher
+        .publish_with_properties(
+            "props/big",
+            QoS5::AtLeastOnce,
+            false,
+            b"1",
+            Some(big.clone()),
+        )
+        .await;
+    assert_eq!(
+        ack_reason(ack1),
+        format!("PUBACK {:?}", PubAckReason::QuotaExceeded)
+    );
+    let ack2 = publisher
+        .publish_with_properties("props/big", QoS5::ExactlyOnce, false, b"2", Some(big))
+        .await;
+    assert_eq!(
+        ack_reason(ack2),
+        format!("PUBREC {:?}", PubRecReason::QuotaExceeded)
+    );
 
-        let ack = publisher
-            .publish_with_properties(
-                "props/small",
-                QoS5::AtLeastOnce,
-                false,
-                b"fits",
-                Some(small.clone()),
-            )
-            .await;
-        assert_eq!(
-            ack_reason(ack),
-            format!("PUBACK {:?}", PubAckReason::Success)
-        );
-        let got = watcher.expect_publish("props/small").await;
-        assert_eq!(
-            got.properties.map(|p| p.user_properties),
-            Some(small.user_properties),
-            "user properties delivered unchanged"
-        );
-        let stray = watcher.publishes_within(QUIET).await;
-        assert!(
-            stray.is_empty(),
-            "refused publishes were delivered: {:?}",
-            stray.iter().map(|p| text(&p.payload)).collect::<Vec<_>>()
-        );
-        assert!(publisher.is_open().await, "the publisher stays connected");
-    });
+    let ack = publisher
+        .publish_with_properties(
+            "props/small",
+            QoS5::AtLeastOnce,
+            false,
+            b"fits",
+            Some(small.clone()),
+        )
+        .await;
+    assert_eq!(
+        ack_reason(ack),
+        format!("PUBACK {:?}", PubAckReason::Success)
+    );
+    let got = watcher.expect_publish("props/small").await;
+    assert_eq!(
+        got.properties.map(|p| p.user_properties),
+        Some(small.user_properties),
+        "user properties delivered unchanged"
+    );
+    let stray = watcher.publishes_within(QUIET).await;
+    assert!(
+        stray.is_empty(),
+        "refused publishes were delivered: {:?}",
+        stray.iter().map(|p| text(&p.payload)).collect::<Vec<_>>()
+    );
+    assert!(publisher.is_open().await, "the publisher stays connected");
 }
 
 /// Past `[sessions] max_subscriptions` a SUBSCRIBE filter gets 0x97 (MQTT
 /// 5) or 0x80 (3.1.1) while the others in the packet are granted;
 /// re-subscribing an existing filter replaces it (no new subscription) and
 /// an UNSUBSCRIBE frees a place.
-#[test]
-fn subscriptions_past_max_subscriptions_are_refused() {
-    run(async {
-        let gw = start_with(|cfg| cfg.sessions.max_subscriptions = 3).await;
-        let token = gw.token("cap", &["cap/#"], HOUR);
-        let filters = ["cap/a", "cap/b", "cap/c", "cap/d", "cap/e"];
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_past_max_subscriptions_are_refused() {
+    let gw = start_with(|cfg| cfg.sessions.max_subscriptions = 3).await;
+    let token = gw.token("cap", &["cap/#"], HOUR);
+    let filters = ["cap/a", "cap/b", "cap/c", "cap/d", "cap/e"];
 
-        let mut c5 = gw.v5_connected("cap-5", &token).await;
-        let many: Vec<(&str, QoS5)> = filters.iter().map(|f| (*f, QoS5::AtLeastOnce)).collect();
-        let ok5 = Sub5::Success(QoS5::AtLeastOnce);
-        assert_eq!(
-            c5.subscribe_many(&many).await,
-            [ok5, ok5, ok5, Sub5::QuotaExceeded, Sub5::QuotaExceeded],
-            "MQTT 5: three granted, the fourth and fifth over the cap"
-        );
-        assert_eq!(
-            c5.subscribe("cap/a", QoS5::AtLeastOnce).await,
-            [ok5],
-            "re-subscribing cap/a replaces it: no fourth subscription"
-        );
-        assert_eq!(
-            c5.subscribe("cap/e", QoS5::AtLeastOnce).await,
-            [Sub5::QuotaExceeded],
-            "still full"
-        );
-        assert_eq!(c5.unsubscribe("cap/b").await, [UnsubAckReason::Success]);
-        assert_eq!(
-            c5.subscribe("cap/d", QoS5::AtLeastOnce).await,
-            [ok5],
-            "an UNSUBSCRIBE frees a place"
-        );
+    let mut c5 = gw.v5_connected("cap-5", &token).await;
+    let many: Vec<(&str, QoS5)> = filters.iter().map(|f| (*f, QoS5::AtLeastOnce)).collect();
+    let ok5 = Sub5::Success(QoS5::AtLeastOnce);
+    assert_eq!(
+        c5.subscribe_many(&many).await,
+        [ok5, ok5, ok5, Sub5::QuotaExceeded, Sub5::QuotaExceeded],
+        "MQTT 5: three granted, the fourth and fifth over the cap"
+    );
+    assert_eq!(
+        c5.subscribe("cap/a", QoS5::AtLeastOnce).await,
+        [ok5],
+        "re-subscribing cap/a replaces it: no fourth subscription"
+    );
+    assert_eq!(
+        c5.subscribe("cap/e", QoS5::AtLeastOnce).await,
+        [Sub5::QuotaExceeded],
+        "still full"
+    );
+    assert_eq!(c5.unsubscribe("cap/b").await, [UnsubAckReason::Success]);
+    assert_eq!(
+        c5.subscribe("cap/d", QoS5::AtLeastOnce).await,
+        [ok5],
+        "an UNSUBSCRIBE frees a place"
+    );
 
-        let mut c4 = gw.v4_connected("cap-4", &token).await;
-        let many: Vec<(&str, QoS)> = filters.iter().map(|f| (*f, QoS::AtLeastOnce)).collect();
-        let ok4 = SubscribeReasonCode::Success(QoS::AtLeastOnce);
-        assert_eq!(
-            c4.subscribe_many(&many).await,
-            [
-                ok4,
-                ok4,
-                ok4,
-                SubscribeReasonCode::Failure,
-                SubscribeReasonCode::Failure
-            ],
-            "3.1.1: three granted, the fourth and fifth over the cap"
-        );
+    let mut c4 = gw.v4_connected("cap-4", &token).await;
+    let many: Vec<(&str, QoS)> = filters.iter().map(|f| (*f, QoS::AtLeastOnce)).collect();
+    let ok4 = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+    assert_eq!(
+        c4.subscribe_many(&many).await,
+        [
+            ok4,
+            ok4,
+            ok4,
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Failure
+        ],
+        "3.1.1: three granted, the fourth and fifth over the cap"
+    );
 
-        // Only granted filters deliver.
-        let mut publisher = gw.v4_connected("cap-pub", &token).await;
-        for topic in filters {
-            publisher
-                .publish(topic, QoS::AtLeastOnce, false, topic.as_bytes())
-                .await;
-        }
-        let mut got5: Vec<String> = c5
-            .publishes_within(QUIET)
-            .await
-            .iter()
-            .map(|p| text(&p.topic))
-            .collect();
-        got5.sort();
-        assert_eq!(got5, ["cap/a", "cap/c", "cap/d"], "MQTT 5 deliveries");
-        let mut got4: Vec<String> = c4
-            .publishes_within(QUIET)
-            .await
-            .iter()
-            .map(|p| p.topic.clone())
-            .collect();
-        got4.sort();
-        assert_eq!(got4, ["cap/a", "cap/b", "cap/c"], "3.1.1 deliveries");
-    });
+    // Only granted filters deliver.
+    let mut publisher = gw.v4_connected("cap-pub", &token).await;
+    for topic in filters {
+        publisher
+            .publish(topic, QoS::AtLeastOnce, false, topic.as_bytes())
+            .await;
+    }
+    let mut got5: Vec<String> = c5
+        .publishes_within(QUIET)
+        .await
+        .iter()
+        .map(|p| text(&p.topic))
+        .collect();
+    got5.sort();
+    assert_eq!(got5, ["cap/a", "cap/c", "cap/d"], "MQTT 5 deliveries");
+    let mut got4: Vec<String> = c4
+        .publishes_within(QUIET)
+        .await
+        .iter()
+        .map(|p| p.topic.clone())
+        .collect();
+    got4.sort();
+    assert_eq!(got4, ["cap/a", "cap/b", "cap/c"], "3.1.1 deliveries");
 }
 
 /// Issue 8 item 3, the user-properties flood, on the real binary: an MQTT 5
@@ -1819,150 +1744,148 @@ fn subscriptions_past_max_subscriptions_are_refused() {
 /// unsubscribing, stays within [`FLOOD_MEMORY`] of what it was before the
 /// flood (`[sessions] max_queued_bytes` = 8 MiB). A PUBLISH over the
 /// property cap gets PUBACK 0x97 and is not delivered.
-#[test]
-fn user_properties_flood_stays_within_a_memory_bound() {
-    run(async {
-        capture_logs();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let material =
-            jwtgate::firstrun::ensure_dev_material(&dir.path().join("keys")).expect("dev material");
-        let ca = std::fs::read(material.ca_cert.expect("a dev CA")).expect("read the CA");
-        let secret = jwtgate::keys::decode_secret(
-            &std::fs::read_to_string(&material.secret).expect("read the secret"),
-        )
-        .expect("the secret decodes");
-        let config = dir.path().join("jwtgate.toml");
-        std::fs::write(
-            &config,
-            "[tls]\ncert = \"keys/tls/server.crt\"\nkey = \"keys/tls/server.key\"\n\n\
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_properties_flood_stays_within_a_memory_bound() {
+    capture_logs();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let material =
+        jwtgate::firstrun::ensure_dev_material(&dir.path().join("keys")).expect("dev material");
+    let ca = std::fs::read(material.ca_cert.expect("a dev CA")).expect("read the CA");
+    let secret = jwtgate::keys::decode_secret(
+        &std::fs::read_to_string(&material.secret).expect("read the secret"),
+    )
+    .expect("the secret decodes");
+    let config = dir.path().join("jwtgate.toml");
+    std::fs::write(
+        &config,
+        "[tls]\ncert = \"keys/tls/server.crt\"\nkey = \"keys/tls/server.key\"\n\n\
              [auth]\nkeys_dir = \"keys\"\n\n\
              [limits]\nmax_property_bytes = 65536\n\n\
              [sessions]\nmax_queued_bytes = 8388608\n",
-        )
-        .expect("write the config");
-        let served = ServedBinary::start(&config, dir.path().join("serve.log")).await;
-        let token = common::sign_hs256(
-            &secret,
-            &serde_json::json!({
-                "sub": "flood",
-                "exp": common::now_unix() + 3600,
-                "topics": ["flood/#"],
-            }),
-        );
-        let mut opts = common::v5_options_for(served.port(), &ca, "flood", &token);
-        // rumqttc does not read while it writes: with its whole window of
-        // 60 KB messages outstanding, a gateway pacing it (as it should)
-        // and a client stuck writing could wait for each other. Ten in
-        // flight always fit in the socket buffers.
-        opts.set_outgoing_inflight_upper_limit(FLOOD_IN_FLIGHT);
-        let mut network = rumqttc::NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        opts.set_network_options(network);
-        let mut device = V5Client::start(opts);
-        let ack = device.connack().await;
-        assert_eq!(ack.code, Code5::Success, "{}", served.log());
-        device.subscribe("flood/#", QoS5::AtLeastOnce).await;
-        let before = served.memory();
+    )
+    .expect("write the config");
+    let served = ServedBinary::start(&config, dir.path().join("serve.log")).await;
+    let token = common::sign_hs256(
+        &secret,
+        &serde_json::json!({
+            "sub": "flood",
+            "exp": common::now_unix() + 3600,
+            "topics": ["flood/#"],
+        }),
+    );
+    let mut opts = common::v5_options_for(served.port(), &ca, "flood", &token);
+    // rumqttc does not read while it writes: with its whole window of
+    // 60 KB messages outstanding, a gateway pacing it (as it should)
+    // and a client stuck writing could wait for each other. Ten in
+    // flight always fit in the socket buffers.
+    opts.set_outgoing_inflight_upper_limit(FLOOD_IN_FLIGHT);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    opts.set_network_options(network);
+    let mut device = V5Client::start(opts);
+    let ack = device.connack().await;
+    assert_eq!(ack.code, Code5::Success, "{}", served.log());
+    device.subscribe("flood/#", QoS5::AtLeastOnce).await;
+    let before = served.memory();
 
-        // 60 properties of 1,000 bytes: about 60 KB per message, sent as
-        // fast as the gateway takes them.
-        let properties = user_properties(60, 1_000);
-        let producer = tokio::spawn({
-            let client = device.client.clone();
-            let properties = properties.clone();
-            async move {
-                for _ in 0..FLOOD_MESSAGES {
-                    let queued = client
-                        .publish_with_properties(
-                            "flood/t",
-                            QoS5::AtLeastOnce,
-                            false,
-                            &b"x"[..],
-                            properties.clone(),
-                        )
-                        .await;
-                    if queued.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let (mut acked, mut refused, mut delivered) = (0, Vec::new(), 0);
-        let mut first = None;
-        while acked < FLOOD_MESSAGES || delivered < FLOOD_MESSAGES {
-            let packet = tokio::time::timeout(WAIT / 2, device.next_packet())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "nothing for {:?} after {acked} PUBACKs and {delivered} deliveries\n{}",
-                        WAIT / 2,
-                        served.log()
+    // 60 properties of 1,000 bytes: about 60 KB per message, sent as
+    // fast as the gateway takes them.
+    let properties = user_properties(60, 1_000);
+    let producer = tokio::spawn({
+        let client = device.client.clone();
+        let properties = properties.clone();
+        async move {
+            for _ in 0..FLOOD_MESSAGES {
+                let queued = client
+                    .publish_with_properties(
+                        "flood/t",
+                        QoS5::AtLeastOnce,
+                        false,
+                        &b"x"[..],
+                        properties.clone(),
                     )
-                });
-            match packet {
-                Ok(Packet5::PubAck(ack)) => {
-                    acked += 1;
-                    if ack.reason != PubAckReason::Success {
-                        refused.push(ack.reason);
-                    }
+                    .await;
+                if queued.is_err() {
+                    return;
                 }
-                Ok(Packet5::Publish(p)) => {
-                    first.get_or_insert(p.properties);
-                    delivered += 1;
-                }
-                Ok(_) => {}
-                Err(end) => panic!(
-                    "the connection ended after {acked} PUBACKs: {end:?}\n{}",
-                    served.log()
-                ),
             }
         }
-        producer.abort();
-        let after_flood = served.memory();
-
-        // Over the cap: refused, not delivered.
-        let over = user_properties(70, 1_000);
-        let ack = device
-            .publish_with_properties("flood/t", QoS5::AtLeastOnce, false, b"y", Some(over))
-            .await;
-        let over_reason = ack_reason(ack);
-        let stray = device.publishes_within(QUIET).await.len();
-
-        device.unsubscribe("flood/#").await;
-        let after_unsubscribe = served.memory();
-
-        let mib = |bytes: u64| bytes as f64 / 1024.0 / 1024.0;
-        let limit = before.rss + FLOOD_MEMORY;
-        let report = format!(
-            "RSS before {:.1} MiB, after the flood {:.1} MiB (peak {:.1} MiB), after \
-             unsubscribing {:.1} MiB; limit {:.1} MiB",
-            mib(before.rss),
-            mib(after_flood.rss),
-            mib(after_flood.peak),
-            mib(after_unsubscribe.rss),
-            mib(limit)
-        );
-        eprintln!("{report}");
-        assert!(
-            after_flood.peak <= limit && after_unsubscribe.rss <= limit,
-            "memory grew past the bound: {report}"
-        );
-        assert_eq!(
-            (acked, &refused[..]),
-            (FLOOD_MESSAGES, &[][..]),
-            "every message PUBACKed with success"
-        );
-        assert_eq!(delivered, FLOOD_MESSAGES, "every message came back");
-        assert_eq!(
-            first.flatten().map(|p| p.user_properties),
-            Some(properties.user_properties),
-            "user properties delivered unchanged"
-        );
-        assert_eq!(
-            over_reason,
-            format!("PUBACK {:?}", PubAckReason::QuotaExceeded),
-            "properties over max_property_bytes"
-        );
-        assert_eq!(stray, 0, "the refused message was delivered");
     });
+    let (mut acked, mut refused, mut delivered) = (0, Vec::new(), 0);
+    let mut first = None;
+    while acked < FLOOD_MESSAGES || delivered < FLOOD_MESSAGES {
+        let packet = tokio::time::timeout(WAIT / 2, device.next_packet())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "nothing for {:?} after {acked} PUBACKs and {delivered} deliveries\n{}",
+                    WAIT / 2,
+                    served.log()
+                )
+            });
+        match packet {
+            Ok(Packet5::PubAck(ack)) => {
+                acked += 1;
+                if ack.reason != PubAckReason::Success {
+                    refused.push(ack.reason);
+                }
+            }
+            Ok(Packet5::Publish(p)) => {
+                first.get_or_insert(p.properties);
+                delivered += 1;
+            }
+            Ok(_) => {}
+            Err(end) => panic!(
+                "the connection ended after {acked} PUBACKs: {end:?}\n{}",
+                served.log()
+            ),
+        }
+    }
+    producer.abort();
+    let after_flood = served.memory();
+
+    // Over the cap: refused, not delivered.
+    let over = user_properties(70, 1_000);
+    let ack = device
+        .publish_with_properties("flood/t", QoS5::AtLeastOnce, false, b"y", Some(over))
+        .await;
+    let over_reason = ack_reason(ack);
+    let stray = device.publishes_within(QUIET).await.len();
+
+    device.unsubscribe("flood/#").await;
+    let after_unsubscribe = served.memory();
+
+    let mib = |bytes: u64| bytes as f64 / 1024.0 / 1024.0;
+    let limit = before.rss + FLOOD_MEMORY;
+    let report = format!(
+        "RSS before {:.1} MiB, after the flood {:.1} MiB (peak {:.1} MiB), after \
+             unsubscribing {:.1} MiB; limit {:.1} MiB",
+        mib(before.rss),
+        mib(after_flood.rss),
+        mib(after_flood.peak),
+        mib(after_unsubscribe.rss),
+        mib(limit)
+    );
+    eprintln!("{report}");
+    assert!(
+        after_flood.peak <= limit && after_unsubscribe.rss <= limit,
+        "memory grew past the bound: {report}"
+    );
+    assert_eq!(
+        (acked, &refused[..]),
+        (FLOOD_MESSAGES, &[][..]),
+        "every message PUBACKed with success"
+    );
+    assert_eq!(delivered, FLOOD_MESSAGES, "every message came back");
+    assert_eq!(
+        first.flatten().map(|p| p.user_properties),
+        Some(properties.user_properties),
+        "user properties delivered unchanged"
+    );
+    assert_eq!(
+        over_reason,
+        format!("PUBACK {:?}", PubAckReason::QuotaExceeded),
+        "properties over max_property_bytes"
+    );
+    assert_eq!(stray, 0, "the refused message was delivered");
 }

@@ -1166,7 +1166,8 @@ pub mod mqtt {
         None
     }
 
-    fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    /// A variable byte integer (remaining length, property lengths).
+    pub fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let mut byte = (n % 128) as u8;
             n /= 128;
@@ -1180,12 +1181,14 @@ pub mod mqtt {
         }
     }
 
-    fn string(s: &[u8], out: &mut Vec<u8>) {
+    /// A length-prefixed string or binary field.
+    pub fn string(s: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&u16::try_from(s.len()).expect("short string").to_be_bytes());
         out.extend_from_slice(s);
     }
 
-    fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+    /// A packet: its first byte, the remaining length, `body`.
+    pub fn frame(first: u8, body: &[u8]) -> Vec<u8> {
         let mut out = vec![first];
         remaining_length(body.len(), &mut out);
         out.extend_from_slice(body);
