@@ -62,9 +62,11 @@ const USER_PROPERTY_OVERHEAD: usize = 48;
 /// What a message costs beyond its topic, payload and properties: the
 /// `Arc`, the struct and its allocations' headers.
 const MESSAGE_OVERHEAD: usize = 128;
-/// Payloads up to this size are copied out of the connection's read buffer,
-/// so that a small queued message does not pin a whole buffer.
-const COPY_BELOW: usize = 4096;
+/// Payloads below this size are copied out of the connection's read
+/// buffer, so that a queued message never pins a read buffer (up to 32 KiB)
+/// much larger than itself; a larger payload had a buffer of about its own
+/// size.
+const COPY_BELOW: usize = 32 * 1024;
 
 /// What a publisher hands the routing core.
 #[derive(Debug, Clone)]
