@@ -2103,19 +2103,28 @@ fn human_table(results: &[Out]) -> String {
 // report
 // ---------------------------------------------------------------------------
 
-/// How a metric is judged against the issue's targets.
+/// How a metric is judged against issue 8's targets. A is the broker the
+/// table is about (`--a`), B the reference (`--b`); the medians of the
+/// rounds are compared, except by `Zero`.
 #[derive(Clone, Copy)]
 enum Target {
     /// Informational only.
     None,
-    /// A/B >= 1.
-    AtLeastB,
+    /// A >= factor x B.
+    AtLeastBTimes(f64),
     /// A <= B.
     AtMostB,
-    /// A <= B + 10 (KiB per connection).
-    AtMostBPlus10,
-    /// A <= 200 (MiB at 10k connections).
-    AtMost200,
+    /// A <= factor x B.
+    AtMostBTimes(f64),
+    /// A <= B + margin.
+    AtMostBPlus(f64),
+    /// A <= a fixed bound.
+    AtMost(f64),
+    /// A >= a fixed reference figure (what it was measured at before),
+    /// named by the note.
+    AtLeast(f64, &'static str),
+    /// A = 0 in every round, not only the median.
+    Zero,
 }
 
 struct Metric {
@@ -2125,12 +2134,16 @@ struct Metric {
     target: Target,
 }
 
+/// The rows of the report. The reference figures of the connect rates are
+/// those of the previous full run in BENCHMARKS.md (jwtgate `008a6d1`,
+/// 2026-11-25), before the routing core replaced rumqttd's router: issue 8
+/// asks for connect rates "not lower than today".
 const METRICS: &[Metric] = &[
     Metric {
         scenario: "connect",
         key: "connects_per_s",
         label: "TLS connects/s (full handshake)",
-        target: Target::AtLeastB,
+        target: Target::AtLeast(2517.0, "previous run"),
     },
     Metric {
         scenario: "connect",
@@ -2160,7 +2173,7 @@ const METRICS: &[Metric] = &[
         scenario: "connect-resume",
         key: "connects_per_s",
         label: "TLS connects/s (resumption)",
-        target: Target::AtLeastB,
+        target: Target::AtLeast(3695.0, "previous run"),
     },
     Metric {
         scenario: "connect-resume",
@@ -2184,7 +2197,7 @@ const METRICS: &[Metric] = &[
         scenario: "fanin-qos0",
         key: "delivered_per_s",
         label: "delivered msgs/s",
-        target: Target::AtLeastB,
+        target: Target::AtLeastBTimes(1.5),
     },
     Metric {
         scenario: "fanin-qos0",
@@ -2195,7 +2208,13 @@ const METRICS: &[Metric] = &[
     Metric {
         scenario: "fanin-qos0",
         key: "loss_pct",
-        label: "loss %",
+        label: "loss % (of messages sent)",
+        target: Target::AtMostB,
+    },
+    Metric {
+        scenario: "fanin-qos0",
+        key: "ctx_switches_per_msg",
+        label: "broker context switches per delivered msg",
         target: Target::None,
     },
     Metric {
@@ -2208,7 +2227,7 @@ const METRICS: &[Metric] = &[
         scenario: "fanin-qos1",
         key: "delivered_per_s",
         label: "delivered msgs/s",
-        target: Target::AtLeastB,
+        target: Target::AtLeastBTimes(1.5),
     },
     Metric {
         scenario: "fanin-qos1",
@@ -2219,7 +2238,13 @@ const METRICS: &[Metric] = &[
     Metric {
         scenario: "fanin-qos1",
         key: "loss_pct",
-        label: "loss %",
+        label: "loss % (PUBACKed, never delivered)",
+        target: Target::Zero,
+    },
+    Metric {
+        scenario: "fanin-qos1",
+        key: "ctx_switches_per_msg",
+        label: "broker context switches per delivered msg",
         target: Target::None,
     },
     Metric {
@@ -2232,7 +2257,7 @@ const METRICS: &[Metric] = &[
         scenario: "fanout",
         key: "deliveries_per_s",
         label: "deliveries/s",
-        target: Target::AtLeastB,
+        target: Target::AtLeastBTimes(10.0),
     },
     Metric {
         scenario: "fanout",
@@ -2250,12 +2275,18 @@ const METRICS: &[Metric] = &[
         scenario: "fanout",
         key: "p99_us",
         label: "latency p99 µs",
-        target: Target::AtMostB,
+        target: Target::None,
     },
     Metric {
         scenario: "fanout",
         key: "loss_pct",
         label: "loss %",
+        target: Target::None,
+    },
+    Metric {
+        scenario: "fanout",
+        key: "ctx_switches_per_msg",
+        label: "broker context switches per delivery",
         target: Target::None,
     },
     Metric {
@@ -2280,12 +2311,18 @@ const METRICS: &[Metric] = &[
         scenario: "fanout-rate",
         key: "p99_us",
         label: "latency p99 µs",
-        target: Target::AtMostB,
+        target: Target::None,
     },
     Metric {
         scenario: "fanout-rate",
         key: "loss_pct",
         label: "loss %",
+        target: Target::None,
+    },
+    Metric {
+        scenario: "fanout-rate",
+        key: "ctx_switches_per_msg",
+        label: "broker context switches per delivery",
         target: Target::None,
     },
     Metric {
@@ -2316,6 +2353,12 @@ const METRICS: &[Metric] = &[
         scenario: "latency",
         key: "p999_us",
         label: "latency p99.9 µs",
+        target: Target::AtMostBTimes(1.5),
+    },
+    Metric {
+        scenario: "latency",
+        key: "ctx_switches_per_msg",
+        label: "broker context switches per delivered msg",
         target: Target::None,
     },
     Metric {
@@ -2334,7 +2377,7 @@ const METRICS: &[Metric] = &[
         scenario: "idle",
         key: "kib_per_conn",
         label: "RSS KiB per connection",
-        target: Target::AtMostBPlus10,
+        target: Target::AtMostBPlus(10.0),
     },
     Metric {
         scenario: "idle",
@@ -2345,8 +2388,8 @@ const METRICS: &[Metric] = &[
     Metric {
         scenario: "idle",
         key: "rss_10k_mib",
-        label: "RSS MiB at 10k connections (projected if fewer held)",
-        target: Target::AtMost200,
+        label: "RSS MiB at 10,000 connections (projected if fewer held)",
+        target: Target::AtMost(200.0),
     },
     Metric {
         scenario: "idle",
@@ -2390,8 +2433,13 @@ fn fmt_num(x: f64) -> String {
         format!("{x:.0}")
     } else if abs >= 10.0 {
         format!("{x:.1}")
-    } else {
+    } else if abs >= 0.1 {
         format!("{x:.2}")
+    } else {
+        // Two significant digits (context switches per fan-out delivery
+        // can be a few thousandths).
+        let decimals = (1 - abs.log10().floor() as i64).clamp(2, 6) as usize;
+        format!("{x:.decimals$}")
     }
 }
 
@@ -2400,6 +2448,7 @@ fn report(args: &ReportArgs) -> Result<(), String> {
     let mut values: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
     let mut rounds: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut errors = Vec::new();
+    let mut cut_short = Vec::new();
     for input in &args.inputs {
         let file = File::open(input).map_err(|e| format!("{}: {e}", input.display()))?;
         for line in BufReader::new(file).lines() {
@@ -2427,6 +2476,14 @@ fn report(args: &ReportArgs) -> Result<(), String> {
             *rounds
                 .entry((scenario.clone(), broker.clone()))
                 .or_default() += 1;
+            if obj.get("drain_cut_short") == Some(&Value::Bool(true)) {
+                cut_short.push(format!(
+                    "{broker} {scenario} round {} ({}s after the window, {} % lost)",
+                    obj.get("round").unwrap_or(&Value::Null),
+                    obj.get("drain_s").unwrap_or(&Value::Null),
+                    obj.get("loss_pct").unwrap_or(&Value::Null),
+                ));
+            }
             for (key, value) in &obj {
                 if let Some(x) = value.as_f64() {
                     values
@@ -2454,9 +2511,12 @@ fn report(args: &ReportArgs) -> Result<(), String> {
                 ))
                 .cloned()
         };
-        let (Some(mut va), Some(mut vb)) = (get(a), get(b)) else {
+        // A row needs A's figure; without B's (its runs failed) the row
+        // still shows A, and a target that compares with B is not judged.
+        let Some(mut va) = get(a) else {
             continue;
         };
+        let mut vb = get(b);
         let spread = |v: &[f64]| {
             let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -2466,19 +2526,34 @@ fn report(args: &ReportArgs) -> Result<(), String> {
                 String::new()
             }
         };
-        let (sa, sb) = (spread(&va), spread(&vb));
-        let (ma, mb) = (median(&mut va).unwrap(), median(&mut vb).unwrap());
-        let ratio = if mb != 0.0 {
-            format!("{:.2}×", ma / mb)
-        } else {
-            "–".to_owned()
+        let sa = spread(&va);
+        let sb = vb.as_deref().map(spread).unwrap_or_default();
+        let all_zero = va.iter().all(|&x| x == 0.0);
+        let ma = median(&mut va).expect("at least one value");
+        let mb = vb.as_deref_mut().and_then(median);
+        let ratio = match mb {
+            Some(mb) if mb != 0.0 => format!("{:.2}×", ma / mb),
+            _ => "–".to_owned(),
+        };
+        let vs_b = |ok: fn(f64, f64, f64) -> bool, x: f64| match mb {
+            Some(mb) => yes_no(ok(ma, mb, x)),
+            None => format!("– (no {b} figure)"),
         };
         let (target, met) = match metric.target {
             Target::None => (String::new(), String::new()),
-            Target::AtLeastB => ("≥ 1.0×".to_owned(), yes_no(ma >= mb)),
-            Target::AtMostB => (format!("≤ {b}"), yes_no(ma <= mb)),
-            Target::AtMostBPlus10 => (format!("≤ {b} + 10"), yes_no(ma <= mb + 10.0)),
-            Target::AtMost200 => ("≤ 200 MiB at 10k".to_owned(), yes_no(ma <= 200.0)),
+            Target::AtLeastBTimes(k) => (format!("≥ {k}×"), vs_b(|a, b, k| a >= k * b, k)),
+            Target::AtMostB => (format!("≤ {b}"), vs_b(|a, b, _| a <= b, 0.0)),
+            Target::AtMostBTimes(k) => (format!("≤ {k}× {b}"), vs_b(|a, b, k| a <= k * b, k)),
+            Target::AtMostBPlus(margin) => (
+                format!("≤ {b} + {margin}"),
+                vs_b(|a, b, m| a <= b + m, margin),
+            ),
+            Target::AtMost(bound) => (format!("≤ {}", fmt_num(bound)), yes_no(ma <= bound)),
+            Target::AtLeast(reference, note) => (
+                format!("≥ {} ({note})", fmt_num(reference)),
+                yes_no(ma >= reference),
+            ),
+            Target::Zero => ("= 0 (every round)".to_owned(), yes_no(all_zero)),
         };
         let _ = writeln!(
             out,
@@ -2486,7 +2561,7 @@ fn report(args: &ReportArgs) -> Result<(), String> {
             metric.scenario,
             metric.label,
             fmt_num(ma),
-            fmt_num(mb),
+            mb.map_or_else(|| "–".to_owned(), fmt_num),
         );
     }
     let _ = writeln!(out);
@@ -2499,6 +2574,17 @@ fn report(args: &ReportArgs) -> Result<(), String> {
         "Runs per scenario and broker (medians over these): {}",
         counts.join(", ")
     );
+    if !cut_short.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Runs whose subscribers were still receiving when the wait for late messages ended \
+             (their loss % includes messages the broker still held, not only dropped ones):"
+        );
+        for run in cut_short {
+            let _ = writeln!(out, "- {run}");
+        }
+    }
     if !errors.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(out, "Failed runs (left out of the medians):");
