@@ -13,13 +13,15 @@
 #      CA and an ECDSA P-256 server certificate for 127.0.0.1) and an HMAC
 #      secret; Mosquitto gets the same certificate and a password file;
 #   4. starts Mosquitto (TLS listener, password file, no persistence,
-#      TCP_NODELAY) and jwtgate (`serve --config`, router defaults) on two
-#      loopback ports, with a raised RLIMIT_NOFILE;
+#      TCP_NODELAY) and jwtgate (`serve --config`, its routing core with the
+#      `[sessions]` defaults) on two loopback ports, with a raised
+#      RLIMIT_NOFILE;
 #   5. runs every scenario against both, alternating which broker goes first
 #      in each round; the idle-capacity scenario restarts each broker first
 #      so its RSS is that of a fresh process;
 #   6. writes results.jsonl, table.md (medians, ratio jwtgate/Mosquitto,
-#      targets) and machine.txt to the output directory and prints the table;
+#      issue 8's targets, the brokers' context switches per message) and
+#      machine.txt to the output directory and prints the table;
 #   7. stops everything it started (trap on EXIT).
 #
 # Options:
@@ -264,6 +266,7 @@ T1=$(date +%s)
     echo "openssl: $(openssl version 2>/dev/null || echo '?')"
     echo "rustc: $(rustc -V 2>/dev/null || echo '?')"
     echo "jwtgate: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted changes in src/)')"
+    echo "jwtgate config: [limits] max_connections $((IDLE_CLIENTS + 2000)), [sessions] defaults (routing core)"
     echo "mode: $([ "$QUICK" = 1 ] && echo quick || echo full), rounds $ROUNDS (idle $IDLE_ROUNDS), clients $CLIENTS, duration $DURATION, subscribers $SUBSCRIBERS, idle connections $IDLE_CLIENTS, RLIMIT_NOFILE $NOFILE"
     echo "scenario time: $((T1 - T0)) s"
 } >"$OUT/machine.txt"
