@@ -26,7 +26,7 @@
 
 mod common;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -714,6 +714,122 @@ async fn topic_aliases_resolve_and_are_authorized() {
         "nothing refused or aliased reached the subscriber: {:?}",
         topics(&stray)
     );
+}
+
+/// §3.3.2.3.4: the server may use topic aliases towards a client that
+/// allows them (CONNECT Topic Alias Maximum). jwtgate gives the first
+/// topics it sends one alias each: the first PUBLISH on a topic carries
+/// topic and alias, later ones the alias and an empty topic. It never uses
+/// more aliases than the client allows, nor any with a client that allows
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_topic_aliases_stay_within_the_clients_maximum() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("out-alias", &["out/#"], HOUR);
+    let allows_two = v5::Connect::new("out-alias-2", &token)
+        .props(v5::Props::new().u16(v5::TOPIC_ALIAS_MAXIMUM, 2));
+    let (mut two, _) = Raw5::connect(&gw, allows_two).await;
+    assert_eq!(two.subscribe(1, &[("out/#", 1)]).await, vec![1]);
+    let (mut none, _) = Raw5::connect(&gw, v5::Connect::new("out-alias-0", &token)).await;
+    assert_eq!(none.subscribe(1, &[("out/#", 1)]).await, vec![1]);
+
+    let (mut publisher, _) = Client5::connect(&gw, "out-alias-pub", &token, |_| {}).await;
+    let sent = ["out/a", "out/a", "out/b", "out/c", "out/b", "out/a"];
+    for topic in sent {
+        let ack = publisher
+            .publish(topic, QoS::AtLeastOnce, false, topic.to_owned(), None)
+            .await;
+        assert_eq!(puback_reason(ack), PubAckReason::Success);
+    }
+    let mut known: HashMap<u16, String> = HashMap::new();
+    for topic in sent {
+        let got = two.expect_publish().await;
+        assert_eq!(got.payload, topic.as_bytes(), "in order");
+        let alias = got.props.u16(v5::TOPIC_ALIAS);
+        match (got.topic.as_str(), alias) {
+            (named, None) => assert_eq!(named, topic),
+            // The alias the client was told stands for the topic.
+            ("", Some(n)) => assert_eq!(known.get(&n).map(String::as_str), Some(topic)),
+            // A new alias: one of the two the client allows, never reused.
+            (named, Some(n)) => {
+                assert_eq!(named, topic);
+                assert!((1..=2).contains(&n), "alias {n} past the maximum 2");
+                assert!(
+                    known.insert(n, named.to_owned()).is_none(),
+                    "alias {n} reused"
+                );
+            }
+        }
+    }
+    assert_eq!(known.len(), 2, "both allowed aliases used: {known:?}");
+    for topic in sent {
+        let got = none.expect_publish().await;
+        assert_eq!(got.topic, topic);
+        assert_eq!(
+            got.props.u16(v5::TOPIC_ALIAS),
+            None,
+            "no alias for a client that allows none"
+        );
+    }
+}
+
+/// §3.3.4 and §4.9: the server's Receive Maximum in CONNACK is `[sessions]
+/// max_inflight`; a client with more QoS 2 messages unreleased (no PUBREL
+/// yet) gets DISCONNECT 0x93, receive maximum exceeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exceeding_the_server_receive_maximum_is_a_protocol_error() {
+    let gw = TestGateway::start_with(|c| c.sessions.max_inflight = 3).await;
+    let token = gw.token("recv-max", &["recv/#"], HOUR);
+    let (mut client, connack) = Raw5::connect(&gw, v5::Connect::new("recv-max", &token)).await;
+    assert_eq!(
+        connack.props.u16(v5::RECEIVE_MAXIMUM),
+        Some(3),
+        "CONNACK Receive Maximum = [sessions] max_inflight: {connack:?}"
+    );
+    for pkid in 1..=3u16 {
+        client
+            .send(&v5::publish(
+                "recv/x",
+                b"held",
+                2,
+                false,
+                pkid,
+                &v5::Props::new(),
+            ))
+            .await;
+        match client.next().await {
+            Some(v5::Packet::PubRec { pkid: got, reason }) => {
+                assert_eq!((got, reason), (pkid, 0), "PUBREC {pkid}");
+            }
+            other => panic!("expected PUBREC {pkid}, got {other:?}"),
+        }
+    }
+    // A re-send of one of them is not a new message.
+    client
+        .send(&v5::publish(
+            "recv/x",
+            b"held",
+            2,
+            false,
+            2,
+            &v5::Props::new(),
+        ))
+        .await;
+    assert!(matches!(
+        client.next().await,
+        Some(v5::Packet::PubRec { pkid: 2, .. })
+    ));
+    client
+        .send(&v5::publish(
+            "recv/x",
+            b"one too many",
+            2,
+            false,
+            4,
+            &v5::Props::new(),
+        ))
+        .await;
+    assert_eq!(client.closed().await, Some(0x93));
 }
 
 /// §3.3.2.3.4 and §4.13: Topic Alias 0, or one above the Topic Alias
@@ -1923,6 +2039,7 @@ impl Raw5 {
 mod v5 {
     pub const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
     pub const SERVER_KEEP_ALIVE: u8 = 0x13;
+    pub const RECEIVE_MAXIMUM: u8 = 0x21;
     pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
     pub const TOPIC_ALIAS: u8 = 0x23;
 
@@ -2144,6 +2261,7 @@ mod v5 {
         ConnAck(ConnAck),
         Publish(Publish),
         PubAck { pkid: u16, reason: u8 },
+        PubRec { pkid: u16, reason: u8 },
         SubAck { pkid: u16, codes: Vec<u8> },
         Disconnect { reason: u8 },
         Other(Vec<u8>),
@@ -2265,10 +2383,14 @@ mod v5 {
                     payload,
                 })
             }
-            4 => {
+            4 | 5 => {
                 let pkid = r.u16();
                 let reason = if r.left() > 0 { r.u8() } else { 0 };
-                Packet::PubAck { pkid, reason }
+                if frame[0] >> 4 == 4 {
+                    Packet::PubAck { pkid, reason }
+                } else {
+                    Packet::PubRec { pkid, reason }
+                }
             }
             9 => {
                 let pkid = r.u16();

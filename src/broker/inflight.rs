@@ -182,10 +182,20 @@ impl Inflight {
         });
     }
 
-    /// A QoS 2 PUBLISH arrived with `id`: true if it is new and must be
-    /// routed, false for a re-send of one already routed.
-    pub fn receive(&mut self, id: u16) -> bool {
-        self.incoming.insert(id)
+    /// QoS 2 messages received and not yet released by the client.
+    pub fn incoming(&self) -> usize {
+        self.incoming.len()
+    }
+
+    /// Whether a QoS 2 PUBLISH with `id` was routed already and awaits
+    /// its PUBREL (a PUBLISH with it again is a re-send).
+    pub fn has_received(&self, id: u16) -> bool {
+        self.incoming.contains(&id)
+    }
+
+    /// Records a new QoS 2 PUBLISH with `id`, routed now.
+    pub fn receive(&mut self, id: u16) {
+        self.incoming.insert(id);
     }
 
     /// PUBREL for `id`: forgets it. False if it was not known (the client
@@ -280,11 +290,16 @@ mod tests {
     #[test]
     fn incoming_qos2_is_routed_once_per_id() {
         let mut inflight = Inflight::default();
-        assert!(inflight.receive(7));
-        assert!(!inflight.receive(7), "a DUP re-send");
+        assert!(!inflight.has_received(7));
+        inflight.receive(7);
+        assert!(
+            inflight.has_received(7),
+            "a PUBLISH with 7 now is a re-send"
+        );
+        assert_eq!(inflight.incoming(), 1);
         assert!(inflight.release(7));
         assert!(!inflight.release(7));
-        assert!(inflight.receive(7), "a new message may reuse the id");
+        assert!(!inflight.has_received(7), "a new message may reuse the id");
     }
 
     proptest! {

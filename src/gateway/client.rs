@@ -25,7 +25,7 @@
 //! complete in the background, and the session goes back to the routing
 //! core with its will.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,10 +141,16 @@ impl Ending {
 pub(super) struct ClientLimits {
     /// QoS 1/2 deliveries awaiting the client's ack, at most.
     inflight: usize,
+    /// QoS 2 messages from the client awaiting its PUBREL, at most: the
+    /// receive maximum announced in CONNACK.
+    receive_maximum: usize,
     /// Largest packet the client accepts.
     max_packet: usize,
     /// Topic aliases granted in CONNACK.
     topic_aliases: u16,
+    /// Topic aliases the gateway may use towards the client: the client's
+    /// topic alias maximum, within the same bound as its own.
+    sent_aliases: u16,
     /// MQTT 5 property bytes accepted in one packet; also the bound on the
     /// topics held by aliases.
     max_property_bytes: usize,
@@ -158,12 +164,17 @@ impl ClientLimits {
             .unwrap_or(u16::MAX);
         ClientLimits {
             inflight: usize::from(shared.broker.settings().max_inflight.min(receive_maximum)),
+            receive_maximum: usize::from(shared.broker.settings().max_inflight),
             max_packet: properties
                 .and_then(|p| p.max_packet_size)
                 .and_then(|m| usize::try_from(m).ok())
                 .filter(|&m| m > 0)
                 .unwrap_or(usize::MAX),
             topic_aliases: shared.limits.max_topic_aliases,
+            sent_aliases: properties
+                .and_then(|p| p.topic_alias_max)
+                .unwrap_or(0)
+                .min(shared.limits.max_topic_aliases),
             max_property_bytes: shared.limits.max_property_bytes,
         }
     }
@@ -194,6 +205,8 @@ pub(super) struct Client {
     /// Topic aliases the client set: alias `n` is at `n - 1`.
     aliases: Vec<Option<Box<str>>>,
     alias_bytes: usize,
+    /// Topic aliases the gateway set towards the client.
+    sent_aliases: SentAliases,
     /// A publication some subscriber has not taken yet, and the ack its
     /// publisher gets once it has.
     pending: Option<(Pending, Option<Packet>)>,
@@ -225,6 +238,7 @@ impl Client {
             limits,
             aliases: Vec::new(),
             alias_bytes: 0,
+            sent_aliases: SentAliases::new(limits.sent_aliases),
             pending: None,
             deferred: VecDeque::new(),
             deferred_bytes: 0,
@@ -314,7 +328,7 @@ impl Client {
         for resend in self.inflight.resend() {
             match resend {
                 Resend::Publish(id, delivery) => {
-                    let publish = outgoing(delivery, id, true, now);
+                    let publish = outgoing(delivery, id, true, now, None);
                     if wire.codec.publish_size(&publish) > self.limits.max_packet {
                         too_large.push(id);
                     } else {
@@ -388,7 +402,10 @@ impl Client {
             stats.expired();
             return;
         }
-        let size = wire.codec.publish_size(&outgoing(&delivery, 0, false, now));
+        let alias = self.sent_aliases.lookup(delivery.message.topic());
+        let size = wire
+            .codec
+            .publish_size(&outgoing(&delivery, 0, false, now, alias));
         if size > self.limits.max_packet {
             stats.oversized();
             debug!(
@@ -400,11 +417,14 @@ impl Client {
             );
             return;
         }
+        if let Some(SentAlias::New(alias)) = alias {
+            self.sent_aliases.learned(delivery.message.topic(), alias);
+        }
         if delivery.qos == QoS::AtMostOnce {
-            wire.queue_publish(&outgoing(&delivery, 0, false, now));
+            wire.queue_publish(&outgoing(&delivery, 0, false, now, alias));
         } else {
             let (id, delivery) = self.inflight.send(delivery);
-            wire.queue_publish(&outgoing(delivery, id, false, now));
+            wire.queue_publish(&outgoing(delivery, id, false, now, alias));
         }
     }
 
@@ -622,10 +642,22 @@ impl Client {
                 None,
             )),
         };
-        if header.qos == QoS::ExactlyOnce && !self.inflight.receive(header.pkid) {
-            // A re-sent QoS 2 PUBLISH: routed once already.
-            wire.queue(ack?);
-            return None;
+        if header.qos == QoS::ExactlyOnce {
+            if self.inflight.has_received(header.pkid) {
+                // A re-sent QoS 2 PUBLISH: routed once already.
+                wire.queue(ack?);
+                return None;
+            }
+            if self.inflight.incoming() >= self.limits.receive_maximum {
+                return Some(Ending::Protocol(
+                    DisconnectReasonCode::ReceiveMaximumExceeded,
+                    format!(
+                        "more than {} QoS 2 messages awaiting PUBREL",
+                        self.limits.receive_maximum
+                    ),
+                ));
+            }
+            self.inflight.receive(header.pkid);
         }
         let (properties, expiry) = message_properties(properties);
         let message = self.broker().message(Publication {
@@ -920,16 +952,65 @@ async fn advance(pending: &mut Option<(Pending, Option<Packet>)>, broker: &Broke
     }
 }
 
+/// A topic alias the gateway uses for one PUBLISH to its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SentAlias {
+    /// Sent with the topic, which it stands for from now on.
+    New(u16),
+    /// Sent instead of the topic.
+    Known(u16),
+}
+
+/// The topic aliases the gateway uses towards one client (MQTT 5
+/// §3.3.2.3.4), when the client allows some: the first topics it is sent
+/// get one each, for the life of the connection, and later PUBLISHes on
+/// them carry the alias and an empty topic. A device with a handful of
+/// topics then receives each topic name once.
+#[derive(Debug)]
+struct SentAliases {
+    max: u16,
+    by_topic: HashMap<Box<str>, u16>,
+}
+
+impl SentAliases {
+    fn new(max: u16) -> SentAliases {
+        SentAliases {
+            max,
+            by_topic: HashMap::new(),
+        }
+    }
+
+    /// The alias to use for `topic`, if any.
+    fn lookup(&self, topic: &str) -> Option<SentAlias> {
+        if let Some(&alias) = self.by_topic.get(topic) {
+            return Some(SentAlias::Known(alias));
+        }
+        let next = u16::try_from(self.by_topic.len() + 1).ok()?;
+        (next <= self.max).then_some(SentAlias::New(next))
+    }
+
+    /// A PUBLISH has told the client that `alias` stands for `topic`.
+    fn learned(&mut self, topic: &str, alias: u16) {
+        self.by_topic.insert(topic.into(), alias);
+    }
+}
+
 /// The PUBLISH that carries `delivery` to its client.
 fn outgoing(
     delivery: &Delivery,
     pkid: u16,
     dup: bool,
     now: std::time::Instant,
+    alias: Option<SentAlias>,
 ) -> OutgoingPublish<'_> {
     let message = &delivery.message;
+    let (topic, topic_alias) = match alias {
+        None => (message.topic(), None),
+        Some(SentAlias::New(alias)) => (message.topic(), Some(alias)),
+        Some(SentAlias::Known(alias)) => ("", Some(alias)),
+    };
     OutgoingPublish {
-        topic: message.topic(),
+        topic,
         payload: message.payload(),
         qos: delivery.qos,
         pkid,
@@ -938,6 +1019,7 @@ fn outgoing(
         properties: message.properties(),
         expiry: message.remaining_expiry(now),
         subscription_ids: &delivery.subscription_ids,
+        topic_alias,
     }
 }
 

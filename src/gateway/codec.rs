@@ -329,6 +329,9 @@ pub struct OutgoingPublish<'a> {
     /// Message expiry interval left, in seconds.
     pub expiry: Option<u32>,
     pub subscription_ids: &'a [u32],
+    /// A topic alias for the client (MQTT 5); `topic` is then empty when
+    /// the client knows the alias already.
+    pub topic_alias: Option<u16>,
 }
 
 // MQTT 5 property identifiers of a PUBLISH (§3.3.2.3).
@@ -338,12 +341,13 @@ const CONTENT_TYPE: u8 = 0x03;
 const RESPONSE_TOPIC: u8 = 0x08;
 const CORRELATION_DATA: u8 = 0x09;
 const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
+const TOPIC_ALIAS: u8 = 0x23;
 const USER_PROPERTY: u8 = 0x26;
 
 impl OutgoingPublish<'_> {
     fn properties_len(&self) -> usize {
         let field = |len: Option<usize>| len.map_or(0, |len| 1 + 2 + len);
-        let mut len = self.expiry.map_or(0, |_| 1 + 4);
+        let mut len = self.expiry.map_or(0, |_| 1 + 4) + self.topic_alias.map_or(0, |_| 1 + 2);
         len += self
             .subscription_ids
             .iter()
@@ -371,6 +375,10 @@ impl OutgoingPublish<'_> {
         if let Some(expiry) = self.expiry {
             out.put_u8(MESSAGE_EXPIRY_INTERVAL);
             out.put_u32(expiry);
+        }
+        if let Some(alias) = self.topic_alias {
+            out.put_u8(TOPIC_ALIAS);
+            out.put_u16(alias);
         }
         if let Some(p) = self.properties {
             if let Some(content_type) = &p.content_type {
@@ -694,6 +702,7 @@ mod tests {
             properties: Some(&properties),
             expiry: Some(30),
             subscription_ids: &[7, 300],
+            topic_alias: Some(3),
         };
         let codec = Codec::new(Version::V5, 1 << 20);
         let mut out = BytesMut::new();
@@ -713,6 +722,7 @@ mod tests {
         assert_eq!(props.correlation_data.as_deref(), Some(&b"\x00\x01"[..]));
         assert_eq!(props.user_properties, properties.user_properties);
         assert_eq!(props.subscription_identifiers, vec![7, 300]);
+        assert_eq!(props.topic_alias, Some(3));
 
         // The same message to a 3.1.1 client: no properties at all.
         let v4 = Codec::new(Version::V3_1_1, 1 << 20);
@@ -721,6 +731,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             pkid: 0,
             dup: false,
+            topic_alias: None,
             ..publish
         };
         v4.encode_publish(&plain, &mut out);

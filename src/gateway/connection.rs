@@ -218,6 +218,7 @@ pub(super) async fn serve<S>(
         session_expiry_interval: (requested_expiry > session_expiry)
             .then(|| u32::try_from(session_expiry.as_secs()).unwrap_or(u32::MAX)),
         max_packet_size: u32::try_from(limit).ok(),
+        receive_max: Some(shared.broker.settings().max_inflight),
         topic_alias_max: (shared.limits.max_topic_aliases > 0)
             .then_some(shared.limits.max_topic_aliases),
         server_keep_alive,
