@@ -146,16 +146,20 @@ fn mqtt_str(frame: &[u8], at: usize) -> Option<&[u8]> {
 
 /// Looks at the first frame of a connection and decides its protocol
 /// version. Returns `None` until the whole CONNECT has arrived.
+///
+/// Only the first frame is looked at: bytes behind it (the client's next
+/// packets) never stand in for a field the CONNECT lacks.
 pub fn sniff_version(buf: &[u8], limit: usize) -> Result<Option<Version>, CodecError> {
-    let Some((kind, header, _)) = complete_frame(buf, limit)? else {
+    let Some((kind, header, size)) = complete_frame(buf, limit)? else {
         return Ok(None);
     };
     if kind != CONNECT {
         return Err(CodecError::NotConnect(kind));
     }
-    let name = mqtt_str(buf, header)
+    let frame = &buf[..size];
+    let name = mqtt_str(frame, header)
         .ok_or_else(|| CodecError::Malformed("CONNECT without protocol name".into()))?;
-    let level = *buf
+    let level = *frame
         .get(header + 2 + name.len())
         .ok_or_else(|| CodecError::Malformed("CONNECT without protocol level".into()))?;
     match (name, level) {
@@ -163,25 +167,50 @@ pub fn sniff_version(buf: &[u8], limit: usize) -> Result<Option<Version>, CodecE
         (b"MQTT", 5) => Ok(Some(Version::V5)),
         (b"MQIsdp", 3) => Ok(Some(Version::V3_1)),
         _ => Err(CodecError::UnsupportedProtocol {
-            name: String::from_utf8_lossy(name).into_owned(),
+            name: shown_protocol_name(name),
             level,
         }),
     }
 }
 
+/// A protocol name as the log may show it: a client chose these bytes, so
+/// they are clipped and stripped of control characters (a newline would
+/// forge a log line).
+fn shown_protocol_name(name: &[u8]) -> String {
+    const SHOWN: usize = 16;
+    let mut shown: String = String::from_utf8_lossy(&name[..name.len().min(SHOWN)])
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if name.len() > SHOWN {
+        shown.push('…');
+    }
+    shown
+}
+
+/// The variable header of an MQTT 3.1 CONNECT: length prefix, `MQIsdp`,
+/// level 3.
+const V31_NAME: &[u8] = b"\x00\x06MQIsdp\x03";
+
 /// Rewrites a complete MQTT 3.1 CONNECT frame at the front of `buf` into the
 /// 3.1.1 form (`MQIsdp`/3 becomes `MQTT`/4), which is two bytes shorter.
-fn upgrade_v31_connect(buf: &mut BytesMut, header: usize, size: usize) {
-    const V31_NAME: usize = 2 + 6 + 1; // length prefix, "MQIsdp", level
-    let frame = buf.split_to(size);
-    let rest = &frame[header + V31_NAME..];
-    let mut out = BytesMut::with_capacity(size + buf.len());
-    out.put_u8(frame[0]);
+/// A frame that does not start like a 3.1 CONNECT (a second CONNECT inside
+/// a 3.1 session may say anything) is malformed.
+fn upgrade_v31_connect(buf: &mut BytesMut, header: usize, size: usize) -> Result<(), CodecError> {
+    let variable = buf.get(header..size).unwrap_or_default();
+    let Some(rest) = variable.strip_prefix(V31_NAME) else {
+        return Err(CodecError::Malformed(
+            "CONNECT of an MQTT 3.1 session is not MQIsdp level 3".into(),
+        ));
+    };
+    let mut out = BytesMut::with_capacity(buf.len());
+    out.put_u8(buf[0]);
     put_varint(&mut out, rest.len() + 2 + 4 + 1);
     out.put_slice(b"\x00\x04MQTT\x04");
     out.put_slice(rest);
-    out.put_slice(buf);
+    out.put_slice(&buf[size..]);
     *buf = out;
+    Ok(())
 }
 
 /// The routing core's QoS for rumqttd's.
@@ -239,7 +268,7 @@ impl Codec {
             return Err(CodecError::ForbiddenPacketType(kind));
         }
         if kind == CONNECT && self.version == Version::V3_1 {
-            upgrade_v31_connect(buf, header, size);
+            upgrade_v31_connect(buf, header, size)?;
         }
         let publish = if kind == PUBLISH {
             Some(publish_header(&buf[..size], header, self.version.is_v5())?)
@@ -575,6 +604,57 @@ mod tests {
         frame.put_u8(body.len() as u8);
         frame.put_slice(&body);
         frame
+    }
+
+    /// Issue 9: a 2-byte CONNECT followed by what looks like a 3.1
+    /// variable header once panicked, the protocol name being read from
+    /// past the frame.
+    #[test]
+    fn sniffing_reads_only_the_first_frame() {
+        let bytes = b"\x10\x00\x00\x06MQIsdp\x03";
+        assert!(matches!(
+            sniff_version(bytes, 1024),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    /// A second CONNECT inside a 3.1 session is decoded as 3.1 too, and may
+    /// carry anything.
+    #[test]
+    fn a_second_connect_of_a_v31_session_is_malformed_not_a_panic() {
+        let codec = Codec::new(Version::V3_1, 1024);
+        for bytes in [
+            &b"\x10\x00\x00\x06MQIsdp\x03"[..],
+            &b"\x10\x02\x00\x06"[..],
+            &b"\x10\x09\x00\x06MQIsdp\x04"[..],
+            &connect_frame(b"MQTT", 4)[..],
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            assert!(
+                matches!(codec.decode(&mut buf), Err(CodecError::Malformed(_))),
+                "{bytes:?}"
+            );
+        }
+        let mut buf = connect_frame(b"MQIsdp", 3);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Ok(Some(Inbound {
+                packet: Packet::Connect(..),
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn an_unsupported_protocol_name_is_clipped_for_the_log() {
+        let name = b"MQTT\nlevel=ERROR forged line and then some more";
+        let Err(CodecError::UnsupportedProtocol { name: shown, .. }) =
+            sniff_version(&connect_frame(name, 4), 1024)
+        else {
+            panic!("not refused as unsupported");
+        };
+        assert!(!shown.contains('\n'), "{shown:?}");
+        assert!(shown.chars().count() <= 17, "{shown:?}");
     }
 
     #[test]

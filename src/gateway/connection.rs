@@ -98,7 +98,7 @@ pub(super) async fn serve<S>(
     {
         Ok(Ok(version)) => version,
         Ok(Err(ConnectReadError::Codec(CodecError::UnsupportedProtocol { name, level }))) => {
-            info!(%peer, protocol = %name, level, "refused: unsupported protocol version");
+            info!(%peer, protocol = ?name, level, "refused: unsupported protocol version");
             // 3.1.1's "unacceptable protocol version", which MQTT 5 also
             // prescribes for levels it does not speak.
             let _ =
