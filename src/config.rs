@@ -140,8 +140,33 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Largest accepted MQTT packet in bytes, between 1024 and 268435455.
     pub max_packet_size: usize,
-    /// Most simultaneous connections; never zero.
+    /// Largest accepted CONNECT in bytes, between 1024 and 268435455 (and
+    /// never more than `max_packet_size`). A stranger's first packet is
+    /// buffered before anything about it is known, so it gets far less
+    /// room than an authenticated client's packets: a CONNECT carries a
+    /// token (at most a few KiB), a client id and perhaps a will.
+    pub max_connect_packet_size: usize,
+    /// Most simultaneous authenticated connections (sessions); never zero.
+    /// A client past it is refused with "server unavailable" (MQTT 5:
+    /// 0x89 server busy).
     pub max_connections: usize,
+    /// Most connections that have not authenticated yet (in the TLS
+    /// handshake or before their CONNECT is accepted); never zero. They are
+    /// counted apart from `max_connections`, so strangers cannot take the
+    /// places of devices; when they are all taken, a new connection pushes
+    /// out the oldest of them, so a flood of silent sockets cannot lock
+    /// devices out either.
+    pub max_pending_connections: usize,
+    /// Most unauthenticated connections from one source: an IPv4 address,
+    /// or an IPv6 /64 (one host's share of addresses); never zero. More are
+    /// closed at once. Devices behind one NAT share it, but each holds a
+    /// place only for its handshake.
+    pub max_pending_per_source: usize,
+    /// How long the gateway waits for a client to read what it is sent
+    /// (the whole output, or another 64 KiB of it) before disconnecting
+    /// it; never zero. A client that stops reading holds its buffers and
+    /// its place, and delays its publishers, until then.
+    pub write_timeout: Duration,
     /// Most MQTT 5 property bytes (user properties included) accepted in one
     /// packet, between 256 and 268435455. Properties are copied to every
     /// subscriber, so one packet must not be able to carry an unbounded
@@ -171,7 +196,11 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1024 * 1024,
+            max_connect_packet_size: 16 * 1024,
             max_connections: 10_000,
+            max_pending_connections: 1024,
+            max_pending_per_source: 64,
+            write_timeout: Duration::from_secs(30),
             max_property_bytes: 64 * 1024,
             max_topic_aliases: 64,
             max_keep_alive: None,
@@ -370,7 +399,11 @@ struct RawLimits {
     handshake_timeout_secs: Option<Spanned<i64>>,
     connect_timeout_secs: Option<Spanned<i64>>,
     max_packet_size: Option<Spanned<i64>>,
+    max_connect_packet_size: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    max_pending_connections: Option<Spanned<i64>>,
+    max_pending_per_source: Option<Spanned<i64>>,
+    write_timeout_secs: Option<Spanned<i64>>,
     max_property_bytes: Option<Spanned<i64>>,
     max_topic_aliases: Option<Spanned<i64>>,
     max_keep_alive_secs: Option<Spanned<i64>>,
@@ -684,9 +717,28 @@ impl RawLimits {
                 "bytes",
             )?;
         }
+        if let Some(size) = &self.max_connect_packet_size {
+            limits.max_connect_packet_size = doc.int(
+                size,
+                "[limits] max_connect_packet_size",
+                MIN_PACKET_SIZE..=MQTT_MAX_PACKET_SIZE,
+                "bytes",
+            )?;
+        }
         if let Some(count) = &self.max_connections {
             limits.max_connections =
                 doc.int(count, "[limits] max_connections", 1..=i64::MAX, "")?;
+        }
+        if let Some(count) = &self.max_pending_connections {
+            limits.max_pending_connections =
+                doc.int(count, "[limits] max_pending_connections", 1..=i64::MAX, "")?;
+        }
+        if let Some(count) = &self.max_pending_per_source {
+            limits.max_pending_per_source =
+                doc.int(count, "[limits] max_pending_per_source", 1..=i64::MAX, "")?;
+        }
+        if let Some(secs) = &self.write_timeout_secs {
+            limits.write_timeout = doc.seconds(secs, "[limits] write_timeout_secs", 1)?;
         }
         if let Some(size) = &self.max_property_bytes {
             limits.max_property_bytes = doc.int(
@@ -944,7 +996,11 @@ deny_publish = "drop"            # "drop" (default) | "disconnect": what happens
 handshake_timeout_secs = 10      # TLS handshake timeout; default 10; must be > 0
 connect_timeout_secs = 10        # time from TLS up to a CONNECT packet; default 10; must be > 0
 max_packet_size = 1048576        # bytes, default 1 MiB; minimum 1024, maximum 268435455 (MQTT's limit)
-max_connections = 10000          # default 10000; must be > 0
+max_connect_packet_size = 16384  # bytes, default 16 KiB; 1024 to 268435455, capped by max_packet_size
+max_connections = 10000          # authenticated connections; default 10000; must be > 0
+max_pending_connections = 1024   # not yet authenticated; default 1024; must be > 0
+max_pending_per_source = 64      # not yet authenticated, per IPv4 address or IPv6 /64; default 64; must be > 0
+write_timeout_secs = 30          # a client that reads nothing for this long is disconnected; default 30; must be > 0
 max_property_bytes = 65536       # MQTT 5 property bytes per packet; default 64 KiB; 256 to 268435455
 max_topic_aliases = 64           # aliases granted per MQTT 5 client; default 64; 0 grants none
 max_keep_alive_secs = 600        # optional cap on the client's keep-alive; 1 to 65535
@@ -988,7 +1044,11 @@ max_session_expiry_secs = 86400  # default 86400; 0 allowed
                     handshake_timeout: Duration::from_secs(10),
                     connect_timeout: Duration::from_secs(10),
                     max_packet_size: 1_048_576,
+                    max_connect_packet_size: 16_384,
                     max_connections: 10_000,
+                    max_pending_connections: 1024,
+                    max_pending_per_source: 64,
+                    write_timeout: Duration::from_secs(30),
                     max_property_bytes: 65_536,
                     max_topic_aliases: 64,
                     max_keep_alive: Some(600),
@@ -1127,7 +1187,11 @@ deny_publish = "disconnect"
 handshake_timeout_secs = 3
 connect_timeout_secs = 7
 max_packet_size = 268435455
+max_connect_packet_size = 1024
 max_connections = 1
+max_pending_connections = 1
+max_pending_per_source = 1
+write_timeout_secs = 1
 max_property_bytes = 256
 max_topic_aliases = 0
 max_keep_alive_secs = 65535
@@ -1162,7 +1226,11 @@ max_session_expiry_secs = 0
                 handshake_timeout: Duration::from_secs(3),
                 connect_timeout: Duration::from_secs(7),
                 max_packet_size: 268_435_455,
+                max_connect_packet_size: 1024,
                 max_connections: 1,
+                max_pending_connections: 1,
+                max_pending_per_source: 1,
+                write_timeout: Duration::from_secs(1),
                 max_property_bytes: 256,
                 max_topic_aliases: 0,
                 max_keep_alive: Some(65_535),
@@ -1265,6 +1333,27 @@ max_session_expiry_secs = 0
                 20,
                 "[sessions] max_queued_bytes",
                 "must be at least 1024 bytes",
+            ),
+            (
+                "[limits]\nmax_connect_packet_size = 100\n",
+                2,
+                27,
+                "[limits] max_connect_packet_size",
+                "must be at least 1024 bytes",
+            ),
+            (
+                "[limits]\nmax_pending_per_source = 0\n",
+                2,
+                26,
+                "[limits] max_pending_per_source",
+                "must be greater than 0",
+            ),
+            (
+                "[limits]\nwrite_timeout_secs = 0\n",
+                2,
+                22,
+                "[limits] write_timeout_secs",
+                "must be greater than 0",
             ),
             (
                 "[auth]\n\nleeway_secs = -1\n",

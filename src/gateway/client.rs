@@ -68,6 +68,10 @@ const TAKE_BATCH: usize = 64;
 const LOOKAHEAD: usize = 64 * 1024;
 /// How long a closing connection may take to write its last packets.
 const LAST_WORDS: Duration = Duration::from_secs(1);
+/// Output a client must read, at least, within `[limits]
+/// write_timeout_secs` (unless it reads all there is): reading a byte now
+/// and then does not keep a stalled connection alive.
+const WRITE_PROGRESS: u64 = WRITE_BATCH as u64;
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -91,6 +95,9 @@ pub(super) enum Ending {
     PublishDenied,
     /// The session's queue overflowed under the `disconnect` policy.
     SlowSubscriber,
+    /// The client read nothing of what it was sent for
+    /// `[limits] write_timeout_secs`.
+    WriteStalled,
 }
 
 impl Ending {
@@ -98,7 +105,8 @@ impl Ending {
     /// side that ends the session.
     fn reason(&self) -> Option<DisconnectReasonCode> {
         match self {
-            Ending::Disconnected { .. } | Ending::Vanished => None,
+            // A client that does not read would not read a DISCONNECT.
+            Ending::Disconnected { .. } | Ending::Vanished | Ending::WriteStalled => None,
             Ending::Protocol(code, _) => Some(*code),
             Ending::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
             // MQTT 5's "maximum connect time": the token's lifetime is the
@@ -121,7 +129,8 @@ impl Ending {
             | Ending::KeepAliveTimeout
             | Ending::TokenExpired
             | Ending::PublishDenied
-            | Ending::SlowSubscriber => true,
+            | Ending::SlowSubscriber
+            | Ending::WriteStalled => true,
         }
     }
 
@@ -254,16 +263,20 @@ impl Client {
         &mut self,
         wire: &mut Wire<S>,
         claim: &mut Claim,
+        mut reloads: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
         keep_alive: Option<Duration>,
         expires_at: Option<Instant>,
     ) -> Ending {
-        let mut reloads = self.shared.reloads.clone();
-        reloads.mark_unchanged();
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        let expiry = sleep_until(expires_at.unwrap_or(far));
+        let expiry = sleep_until(expires_at.map_or(far, |at| at.min(far)));
         let idle = sleep_until(keep_alive.map_or(far, |k| Instant::now() + k));
-        tokio::pin!(expiry, idle);
+        let stalled = sleep_until(far);
+        tokio::pin!(expiry, idle, stalled);
+        let write_timeout = self.shared.limits.write_timeout;
+        // While output waits: the byte count that, once written, renews
+        // the write deadline.
+        let mut renew_at: Option<u64> = None;
         let shared = Arc::clone(&self.shared);
         if std::mem::take(&mut self.resend) {
             self.resend(wire);
@@ -275,6 +288,14 @@ impl Client {
         loop {
             if let Some(ending) = self.pump(wire) {
                 return ending;
+            }
+            match (wire.wants_write(), renew_at) {
+                (false, _) => renew_at = None,
+                (true, Some(at)) if wire.written() < at => {}
+                (true, _) => {
+                    renew_at = Some(wire.written() + WRITE_PROGRESS);
+                    stalled.as_mut().reset(Instant::now() + write_timeout);
+                }
             }
             let read = self.deferred_bytes < LOOKAHEAD && wire.output.len() < MAX_UNWRITTEN;
             if let (false, Some(k)) = (read, keep_alive) {
@@ -288,6 +309,7 @@ impl Client {
                 () = claim.taken_over() => return Ending::TakenOver,
                 () = &mut expiry => return Ending::TokenExpired,
                 () = &mut idle => return Ending::KeepAliveTimeout,
+                () = &mut stalled, if renew_at.is_some() => return Ending::WriteStalled,
                 Ok(()) = reloads.changed() => {
                     let keys = shared.keys.snapshot();
                     if let Err(e) = token::verify(&self.id.credential, &keys, &shared.policy) {
@@ -890,6 +912,14 @@ impl Client {
                     "slow subscriber: disconnecting (see [sessions] slow_subscriber)"
                 );
             }
+            Ending::WriteStalled => {
+                warn!(
+                    client_id = self.id.client_id,
+                    unwritten = wire.output.len(),
+                    timeout_secs = self.shared.limits.write_timeout.as_secs(),
+                    "client stopped reading: disconnecting (see [limits] write_timeout_secs)"
+                );
+            }
             other => info!(client_id = self.id.client_id, ending = ?other, "client disconnected"),
         }
         if let (true, Some(reason_code)) = (self.id.version.is_v5(), ending.reason()) {
@@ -901,7 +931,9 @@ impl Client {
             });
             wire.queue(Packet::Disconnect(Disconnect { reason_code }, properties));
         }
-        wire.close(LAST_WORDS).await;
+        if !matches!(ending, Ending::WriteStalled) {
+            wire.close(LAST_WORDS).await;
+        }
         if let Some((mut pending, _)) = self.pending {
             let shared = Arc::clone(&self.shared);
             tokio::spawn(async move {

@@ -3,13 +3,17 @@
 //! A connection goes through three phases:
 //!
 //! 1. **CONNECT** (this module): the first packet must arrive within the
-//!    connect timeout. The gateway answers it itself: username `JWT`, a
-//!    token that verifies against the current key set, a will the token
-//!    allows, MQTT 5 properties within their caps. A refusal gets the
+//!    connect timeout, be no larger than `[limits] max_connect_packet_size`,
+//!    and the connection must keep its stranger's place
+//!    ([`super::pending`]) meanwhile. The gateway answers it itself:
+//!    username `JWT`, a token that verifies against the current key set, a
+//!    will the token allows, MQTT 5 properties within their caps, a free
+//!    place among the authenticated connections. A refusal gets the
 //!    CONNACK code the client's protocol version has for it, then the
-//!    connection is closed. An accepted client takes its session from the
-//!    routing core (after any older connection of the same session has let
-//!    go of it) and gets its CONNACK.
+//!    connection is closed. An accepted client gives back its stranger's
+//!    place, takes its session from the routing core (after any older
+//!    connection of the same session has let go of it) and gets its
+//!    CONNACK.
 //! 2. **Session** ([`super::client`]): the loop that authorizes and routes
 //!    what the client sends and writes what its session receives.
 //! 3. **Teardown** ([`super::client`]): the will, the last DISCONNECT, and
@@ -32,6 +36,7 @@ use tracing::{debug, info, warn};
 use super::Shared;
 use super::client::{Client, ClientLimits, Identity};
 use super::codec::{Codec, CodecError, Inbound, Version, broker_qos, sniff_version};
+use super::pending::Pending;
 use super::wire::Wire;
 use crate::acl::validate_topic_name;
 use crate::broker::{Properties, Publication, SessionKey, Will};
@@ -51,6 +56,8 @@ enum Refusal {
     BadClientId,
     BadAuthenticationMethod,
     QuotaExceeded,
+    /// Every place for an authenticated connection is taken.
+    Busy,
     Unavailable,
 }
 
@@ -62,6 +69,7 @@ impl Refusal {
             Refusal::BadClientId => ConnectReturnCode::ClientIdentifierNotValid,
             Refusal::BadAuthenticationMethod => ConnectReturnCode::BadAuthenticationMethod,
             Refusal::QuotaExceeded => ConnectReturnCode::QuotaExceeded,
+            Refusal::Busy => ConnectReturnCode::ServerBusy,
             Refusal::Unavailable => ConnectReturnCode::ServerUnavailable,
         }
     }
@@ -83,6 +91,7 @@ struct ConnectRequest {
 pub(super) async fn serve<S>(
     mut stream: S,
     peer: SocketAddr,
+    pending: Pending,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) where
@@ -90,12 +99,18 @@ pub(super) async fn serve<S>(
 {
     let mut input = BytesMut::with_capacity(4096);
     let limit = shared.limits.max_packet_size;
-    let version = match tokio::time::timeout(
-        shared.limits.connect_timeout,
-        read_version(&mut stream, &mut input, limit),
-    )
-    .await
-    {
+    let connect_limit = shared.limits.max_connect_packet_size.min(limit);
+    let first = tokio::select! {
+        () = pending.evicted() => {
+            debug!(%peer, "no CONNECT yet, and a newer connection took its place");
+            return;
+        }
+        first = tokio::time::timeout(
+            shared.limits.connect_timeout,
+            read_version(&mut stream, &mut input, connect_limit),
+        ) => first,
+    };
+    let version = match first {
         Ok(Ok(version)) => version,
         Ok(Err(ConnectReadError::Codec(CodecError::UnsupportedProtocol { name, level }))) => {
             info!(%peer, protocol = ?name, level, "refused: unsupported protocol version");
@@ -157,6 +172,11 @@ pub(super) async fn serve<S>(
         login,
     } = request;
 
+    // Reloads are watched from before the token is verified: a key removed
+    // or a deny-list entry added while this client waits for its session
+    // must still reach it.
+    let mut reloads = shared.reloads.clone();
+    reloads.mark_unchanged();
     let admitted = admit(&shared, &client_id, !assigned_id || clean_start, login).and_then(
         |(token, credential)| {
             check_properties(&shared, properties.as_ref(), will.as_ref())?;
@@ -166,7 +186,21 @@ pub(super) async fn serve<S>(
             Ok((token, credential, will))
         },
     );
-    let (token, credential, will) = match admitted {
+    let admitted = admitted.and_then(|admitted| {
+        let place = Arc::clone(&shared.sessions)
+            .try_acquire_owned()
+            .map_err(|_| {
+                (
+                    Refusal::Busy,
+                    format!(
+                        "all {} places for connections are taken ([limits] max_connections)",
+                        shared.limits.max_connections
+                    ),
+                )
+            })?;
+        Ok((admitted, place))
+    });
+    let ((token, credential, will), _place) = match admitted {
         Ok(admitted) => admitted,
         Err((refusal, reason)) => {
             info!(%peer, client_id, reason = %reason, code = ?refusal.code(), "connection refused");
@@ -174,6 +208,8 @@ pub(super) async fn serve<S>(
             return;
         }
     };
+    // Authenticated: no longer a stranger.
+    drop(pending);
 
     // Sessions are keyed by subject as well as client id, so one device
     // cannot take over (or resume) another device's session by using its
@@ -256,7 +292,7 @@ pub(super) async fn serve<S>(
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let expires_at = token
         .expires_at
-        .map(|exp| deadline_from_unix(exp + shared.leeway.as_secs()));
+        .and_then(|exp| deadline_from_unix(exp.saturating_add(shared.leeway.as_secs())));
     let id = Identity {
         client_id,
         version,
@@ -272,7 +308,9 @@ pub(super) async fn serve<S>(
         client_limits,
     );
     let ending = client
-        .run(&mut wire, &mut claim, shutdown, keep_alive, expires_at)
+        .run(
+            &mut wire, &mut claim, reloads, shutdown, keep_alive, expires_at,
+        )
         .await;
     client.finish(&mut wire, ending).await;
     // Only now, with the session handed back, may a newer connection of
@@ -457,11 +495,13 @@ fn generated_client_id() -> String {
     format!("jwtgate-{:016x}{nanos:08x}", u64::from_be_bytes(bytes))
 }
 
-/// Converts a unix time into a tokio deadline.
-fn deadline_from_unix(unix_secs: u64) -> Instant {
+/// Converts a unix time into a tokio deadline; `None` when it is too far
+/// ahead for the clock to represent (a token with `exp` = 2^63 never
+/// expires in practice).
+fn deadline_from_unix(unix_secs: u64) -> Option<Instant> {
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let target = Duration::from_secs(unix_secs);
-    Instant::now() + target.saturating_sub(now_unix)
+    Instant::now().checked_add(target.saturating_sub(now_unix))
 }

@@ -3,16 +3,20 @@
 //! Handshakes run inside each connection's own task with a timeout, so a
 //! client that opens a TCP connection and says nothing holds only its own
 //! task (rumqttd's listener awaits each handshake in the accept loop, where
-//! one silent peer stalls everyone). The connection cap is a semaphore taken
-//! before the handshake: past it, new sockets are closed at once and the
-//! live connections are untouched.
+//! one silent peer stalls everyone). Until its CONNECT is accepted a
+//! connection holds a stranger's place ([`super::pending`]), taken here
+//! before the handshake: past the cap for its source it is closed at once,
+//! and when every place is taken it pushes out the oldest stranger. The
+//! authenticated sessions' cap is applied at CONNECT
+//! ([`super::connection`]), so strangers never count against it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
 
@@ -21,6 +25,9 @@ use super::{Shared, connection};
 /// Pause after an accept error (typically out of file descriptors) so the
 /// loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Shortest time between two warnings about a flood of strangers: a flood
+/// must not flood the log as well.
+const FLOOD_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 pub(super) async fn accept_loop(
     listener: &TcpListener,
@@ -29,7 +36,7 @@ pub(super) async fn accept_loop(
     shutdown: &watch::Receiver<bool>,
     connections: &mut JoinSet<()>,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let mut flood = FloodWarning::default();
     loop {
         // Reap finished tasks so the set holds only live connections. A
         // panic is a bug: it ends only its own connection, but it is said.
@@ -48,10 +55,15 @@ pub(super) async fn accept_loop(
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            warn!(%peer, limit = shared.limits.max_connections, "connection limit reached; closing new connection");
-            continue;
+        let pending = match shared.strangers.enter(peer.ip()) {
+            Ok(pending) => pending,
+            Err(e) => {
+                debug!(%peer, error = %e, "closing new connection");
+                flood.refused(&shared, peer.ip());
+                continue;
+            }
         };
+        flood.check_evictions(&shared);
         // Small MQTT packets over TLS otherwise wait on Nagle's algorithm.
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(%peer, error = %e, "could not set TCP_NODELAY");
@@ -60,17 +72,70 @@ pub(super) async fn accept_loop(
         let shared = Arc::clone(shared);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            let handshake =
-                tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await;
+            let handshake = tokio::select! {
+                () = pending.evicted() => {
+                    debug!(%peer, "TLS handshake cut short: a newer connection took its place");
+                    return;
+                }
+                handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)) => handshake,
+            };
             match handshake {
                 // Boxed: the TLS stream is over a kilobyte and the
                 // connection future moves it around; every idle device's
                 // task would carry several copies of its slot.
-                Ok(Ok(tls)) => connection::serve(Box::new(tls), peer, shared, shutdown).await,
+                Ok(Ok(tls)) => {
+                    connection::serve(Box::new(tls), peer, pending, shared, shutdown).await
+                }
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
-            drop(slot);
         });
+    }
+}
+
+/// Says, now and then, that strangers are being turned away or pushed out:
+/// the operator should know of a flood, the log should not carry it.
+#[derive(Default)]
+struct FloodWarning {
+    last: Option<Instant>,
+    evicted: u64,
+    refused: u64,
+}
+
+impl FloodWarning {
+    fn due(&mut self) -> bool {
+        let now = Instant::now();
+        let due = self
+            .last
+            .is_none_or(|last| now.duration_since(last) >= FLOOD_WARNING_EVERY);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+
+    fn refused(&mut self, shared: &Shared, ip: std::net::IpAddr) {
+        self.refused += 1;
+        if self.due() {
+            warn!(
+                source = %ip,
+                refused_since_start = self.refused,
+                limit = shared.limits.max_pending_per_source,
+                "too many unauthenticated connections from one source; closing new ones"
+            );
+        }
+    }
+
+    fn check_evictions(&mut self, shared: &Shared) {
+        let evicted = shared.strangers.evicted();
+        if evicted > self.evicted && self.due() {
+            warn!(
+                evicted_since_start = evicted,
+                pending = shared.strangers.len(),
+                limit = shared.limits.max_pending_connections,
+                "unauthenticated connections are being pushed out by newer ones"
+            );
+            self.evicted = evicted;
+        }
     }
 }

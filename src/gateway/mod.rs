@@ -6,8 +6,10 @@
 //!   reloadable at run time, see [`crate::reload`]), creates the routing
 //!   core ([`crate::broker`]) and binds the TLS listener. Nothing listens
 //!   in plaintext.
-//! - [`Gateway::run`] is the accept loop (`listener`): TCP_NODELAY, a cap on
-//!   connections, a TLS handshake with a timeout, then one task per client.
+//! - [`Gateway::run`] is the accept loop (`listener`): TCP_NODELAY, a place
+//!   among the unauthenticated connections (`pending`: capped per source
+//!   and in all, the oldest pushed out by newcomers), a TLS handshake with
+//!   a timeout, then one task per client.
 //! - Each task answers CONNECT itself (`connection`), then runs the
 //!   client's session loop (`client`): every packet authorized, publishes
 //!   routed on the task itself, deliveries written from the session's
@@ -22,6 +24,7 @@ mod client;
 mod codec;
 mod connection;
 mod listener;
+mod pending;
 mod takeover;
 mod wire;
 
@@ -57,6 +60,10 @@ struct Shared {
     reloads: tokio::sync::watch::Receiver<u64>,
     broker: Arc<Broker>,
     takeover: Arc<takeover::Registry>,
+    /// Places of the connections that have not authenticated yet.
+    strangers: Arc<pending::Strangers>,
+    /// Places of the authenticated ones (`[limits] max_connections`).
+    sessions: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the gateway could not start.
@@ -115,6 +122,11 @@ impl Gateway {
             reloads: reloader.subscribe(),
             broker,
             takeover: Arc::default(),
+            strangers: Arc::new(pending::Strangers::new(
+                config.limits.max_pending_connections,
+                config.limits.max_pending_per_source,
+            )),
+            sessions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
         };
         // Watch from now on, so that a key dropped between start and the
         // first client is not missed.

@@ -40,6 +40,9 @@ pub(super) struct Wire<S> {
     pub output: BytesMut,
     /// Bytes went to the stream since its last flush.
     unflushed: bool,
+    /// Bytes written to the stream, ever: how a stalled reader is told
+    /// from a slow one.
+    written: u64,
     chunk: usize,
 }
 
@@ -63,6 +66,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             input,
             output: BytesMut::new(),
             unflushed: false,
+            written: 0,
             chunk: MIN_READ_CHUNK,
         }
     }
@@ -94,6 +98,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Progress::Closed),
                     Poll::Ready(Ok(n)) => {
                         self.output.advance(n);
+                        self.written += n as u64;
                         self.unflushed = true;
                         wrote = true;
                     }
@@ -139,6 +144,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Whether output is waiting to go out.
     pub fn wants_write(&self) -> bool {
         !self.output.is_empty() || self.unflushed
+    }
+
+    /// Bytes written to the stream so far.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Writes everything out, giving up after `limit`: for the last words
