@@ -59,11 +59,11 @@ pub(super) async fn accept_loop(
             Ok(pending) => pending,
             Err(e) => {
                 debug!(%peer, error = %e, "closing new connection");
-                flood.refused(&shared, peer.ip());
+                flood.refused(shared, peer.ip());
                 continue;
             }
         };
-        flood.check_evictions(&shared);
+        flood.check_evictions(shared);
         // Small MQTT packets over TLS otherwise wait on Nagle's algorithm.
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(%peer, error = %e, "could not set TCP_NODELAY");
