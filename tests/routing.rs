@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{
-    QUIET, RawClient, Read, ServedBinary, TestGateway, V4Client, V5Client, WAIT, capture_logs, mqtt,
+    DevBinary, QUIET, RawClient, Read, TestGateway, V4Client, V5Client, WAIT, capture_logs, mqtt,
 };
 use jwtgate::config::{Config, SlowSubscriber};
 use rumqttc::v5::mqttbytes::QoS as QoS5;
@@ -1747,33 +1747,14 @@ async fn subscriptions_past_max_subscriptions_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_properties_flood_stays_within_a_memory_bound() {
     capture_logs();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let material =
-        jwtgate::firstrun::ensure_dev_material(&dir.path().join("keys")).expect("dev material");
-    let ca = std::fs::read(material.ca_cert.expect("a dev CA")).expect("read the CA");
-    let secret = jwtgate::keys::decode_secret(
-        &std::fs::read_to_string(&material.secret).expect("read the secret"),
+    let gw = DevBinary::start(
+        "",
+        "[limits]\nmax_property_bytes = 65536\n\n[sessions]\nmax_queued_bytes = 8388608\n",
     )
-    .expect("the secret decodes");
-    let config = dir.path().join("jwtgate.toml");
-    std::fs::write(
-        &config,
-        "[tls]\ncert = \"keys/tls/server.crt\"\nkey = \"keys/tls/server.key\"\n\n\
-             [auth]\nkeys_dir = \"keys\"\n\n\
-             [limits]\nmax_property_bytes = 65536\n\n\
-             [sessions]\nmax_queued_bytes = 8388608\n",
-    )
-    .expect("write the config");
-    let served = ServedBinary::start(&config, dir.path().join("serve.log")).await;
-    let token = common::sign_hs256(
-        &secret,
-        &serde_json::json!({
-            "sub": "flood",
-            "exp": common::now_unix() + 3600,
-            "topics": ["flood/#"],
-        }),
-    );
-    let mut opts = common::v5_options_for(served.port(), &ca, "flood", &token);
+    .await;
+    let served = &gw.served;
+    let token = gw.token("flood", &["flood/#"], Duration::from_secs(3600));
+    let mut opts = common::v5_options_for(served.port(), &gw.ca, "flood", &token);
     // rumqttc does not read while it writes: with its whole window of
     // 60 KB messages outstanding, a gateway pacing it (as it should)
     // and a client stuck writing could wait for each other. Ten in

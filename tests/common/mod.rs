@@ -33,8 +33,9 @@
 //!   ([`device_claims`], [`sign_jwt`], [`sign_hs256_kid`]), [`capture_logs`]
 //!   (the test binary's log, to wait for what the gateway reports) and
 //!   [`ServedBinary`] (the `jwtgate` binary as a child process, for
-//!   signals and for its resident [`Memory`]). `benches/rotation.rs`
-//!   includes this harness too.
+//!   signals and for its resident [`Memory`]; [`DevBinary`] runs it in a
+//!   temporary directory with development material and signs its tokens).
+//!   `benches/rotation.rs` includes this harness too.
 //!
 //! Timeouts here ([`WAIT`]) only keep a broken test from hanging; the short
 //! [`QUIET`] window is for negative checks ("nothing arrives"), never a
@@ -1029,6 +1030,18 @@ impl RawClient {
         RawClient::handshake(tcp, ca_pem).await
     }
 
+    /// Like [`RawClient::connect`], from the local address `from` (any of
+    /// 127.0.0.0/8 on loopback): a client on another host, as far as the
+    /// server can tell.
+    pub async fn connect_from(
+        from: std::net::IpAddr,
+        addr: SocketAddr,
+        ca_pem: &[u8],
+    ) -> RawClient {
+        let tcp = tcp_from(from, addr).await.expect("TCP connect");
+        RawClient::handshake(tcp, ca_pem).await
+    }
+
     /// Like [`RawClient::connect`], with the socket's receive buffer set to
     /// `bytes` before connecting (Linux doubles it). A client that stops
     /// reading then holds only a few KiB in flight, so the server soon
@@ -1142,6 +1155,18 @@ impl RawClient {
             }
         }
     }
+}
+
+/// A TCP connection to `addr` from the local address `from`.
+pub async fn tcp_from(from: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    tokio::time::timeout(WAIT, socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// Hand-encoded MQTT packets for raw sockets. `level` is the protocol
@@ -1745,14 +1770,125 @@ impl ServedBinary {
     /// Waits until the log, after its first `since` bytes, contains
     /// `needle`. Panics after [`WAIT`].
     pub async fn wait_for_log(&self, since: usize, needle: &str) {
-        let deadline = Instant::now() + WAIT;
+        self.wait_for_log_within(since, needle, WAIT).await;
+    }
+
+    /// Like [`ServedBinary::wait_for_log`] with a window of its own.
+    pub async fn wait_for_log_within(&self, since: usize, needle: &str, window: Duration) {
+        let deadline = Instant::now() + window;
         while !self.log().get(since..).unwrap_or("").contains(needle) {
             assert!(
                 Instant::now() < deadline,
-                "no {needle:?} in the log within {WAIT:?}:\n{}",
+                "no {needle:?} in the log within {window:?}:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The `jwtgate` binary served from a temporary directory holding
+/// development material (CA, server certificate, `keys/dev.b64`) and a
+/// config file: `[tls]` and `[auth]` pointing there, plus what the test
+/// adds. Tokens are signed with the development secret.
+pub struct DevBinary {
+    pub served: ServedBinary,
+    pub ca: Vec<u8>,
+    secret: Vec<u8>,
+    dir: tempfile::TempDir,
+}
+
+impl DevBinary {
+    /// Starts `jwtgate serve` with `auth` added to its `[auth]` table
+    /// (`"leeway_secs = 0\n"`) and `extra` appended to the config (other
+    /// tables: `"[limits]\nwrite_timeout_secs = 2\n"`).
+    pub async fn start(auth: &str, extra: &str) -> DevBinary {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let material =
+            firstrun::ensure_dev_material(&dir.path().join("keys")).expect("dev material");
+        let ca = std::fs::read(material.ca_cert.expect("a dev CA")).expect("read the CA");
+        let secret = keys::decode_secret(
+            &std::fs::read_to_string(&material.secret).expect("read the secret"),
+        )
+        .expect("the secret decodes");
+        let config = dir.path().join("jwtgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[tls]\ncert = \"keys/tls/server.crt\"\nkey = \"keys/tls/server.key\"\n\n\
+                 [auth]\nkeys_dir = \"keys\"\n{auth}\n{extra}"
+            ),
+        )
+        .expect("write the config");
+        let served = ServedBinary::start(&config, dir.path().join("serve.log")).await;
+        DevBinary {
+            served,
+            ca,
+            secret,
+            dir,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.served.port()))
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    /// `claims` signed with the development secret.
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        sign_hs256(&self.secret, claims)
+    }
+
+    /// A token for `sub` granting `topics`, valid for `ttl`.
+    pub fn token(&self, sub: &str, topics: &[&str], ttl: Duration) -> String {
+        self.sign(&serde_json::json!({
+            "sub": sub,
+            "exp": now_unix() + ttl.as_secs(),
+            "topics": topics,
+        }))
+    }
+
+    pub fn v4_options(&self, client_id: &str, token: &str) -> rumqttc::MqttOptions {
+        v4_options_for(self.served.port(), &self.ca, client_id, token)
+    }
+
+    pub async fn raw(&self) -> RawClient {
+        RawClient::connect(self.addr(), &self.ca).await
+    }
+
+    /// The log must not show a panic.
+    pub fn assert_no_panic(&self) {
+        let log = self.served.log();
+        assert!(!log.contains("panicked"), "a panic in the log:\n{log}");
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit, so a test can
+/// hold a thousand sockets on a machine whose default soft limit is 1,024
+/// (its children, the gateway among them, inherit it). Returns the limit
+/// now in force.
+pub fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
 }
