@@ -4,7 +4,9 @@
 //! It runs the same verification as a CONNECT ([`token::verify`] against the
 //! keys directory, then the rule that a token must grant at least one topic
 //! filter), so an operator can debug a refused device on the edge box
-//! without a network and without the device.
+//! without a network and without the device. It also repeats the warnings
+//! the gateway logs at start about its token policy ([`Policy::warnings`]),
+//! since they are about which tokens it accepts.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -41,6 +43,10 @@ pub struct CheckReport {
     /// Entries of the topics claim that are not valid filters, with why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rejected_topics: Vec<RejectedTopic>,
+    /// What is unsafe about the token policy with these keys, whatever the
+    /// token.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +57,11 @@ pub struct RejectedTopic {
 
 /// Checks `token` as the gateway would at CONNECT.
 pub fn check(token: &str, keys: &KeySet, policy: &Policy) -> CheckReport {
+    let warnings = policy
+        .warnings(keys)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let verified = match token::verify(token.trim(), keys, policy) {
         Ok(verified) => verified,
         Err(e) => {
@@ -63,6 +74,7 @@ pub fn check(token: &str, keys: &KeySet, policy: &Policy) -> CheckReport {
                 expires_at: None,
                 topics: Vec::new(),
                 rejected_topics: Vec::new(),
+                warnings,
             };
         }
     };
@@ -88,6 +100,7 @@ pub fn check(token: &str, keys: &KeySet, policy: &Policy) -> CheckReport {
                 reason: why.to_string(),
             })
             .collect(),
+        warnings,
     }
 }
 
@@ -132,6 +145,9 @@ impl fmt::Display for CheckReport {
                 rejected.filter, rejected.reason
             )?;
         }
+        for warning in &self.warnings {
+            writeln!(f, "warning:  {warning}")?;
+        }
         Ok(())
     }
 }
@@ -144,6 +160,7 @@ mod tests {
     use super::*;
     use crate::config::{AuthConfig, Config};
     use crate::keys::KeyStore;
+    use crate::keys::testing;
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -153,10 +170,15 @@ mod tests {
 
     const SECRET: &[u8] = b"a development secret of 32 bytes";
 
-    /// A keys directory with `dev.b64`.
-    fn key_set() -> (tempfile::TempDir, Arc<KeySet>) {
+    /// A keys directory with `dev.b64` and, when asked, an identity
+    /// provider's `idp.json`.
+    fn key_set(with_jwks: bool) -> (tempfile::TempDir, Arc<KeySet>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("dev.b64"), STANDARD.encode(SECRET)).unwrap();
+        if with_jwks {
+            let jwks = testing::jwks(&[testing::ec_jwk("ec")]);
+            std::fs::write(dir.path().join("idp.json"), jwks).unwrap();
+        }
         let (store, report) = KeyStore::open(dir.path()).unwrap();
         assert!(report.issues.is_empty(), "{report}");
         (dir, store.snapshot())
@@ -187,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_token_without_subject_is_refused_with_the_reason() {
-        let (_dir, keys) = key_set();
+        let (_dir, keys) = key_set(false);
         let report = check(
             &token(&json!({ "exp": now() + 60, "topics": ["t"] })),
             &keys,
@@ -215,7 +237,7 @@ mod tests {
 
     #[test]
     fn future_iat_and_lifetime_refusals_say_which() {
-        let (_dir, keys) = key_set();
+        let (_dir, keys) = key_set(false);
         let capped = policy(|auth| auth.max_token_lifetime = Some(Duration::from_secs(3600)));
         let now = now();
         for (claims, reason) in [
@@ -248,8 +270,41 @@ mod tests {
     }
 
     #[test]
+    fn the_audience_warning_shows_in_both_forms() {
+        let (dir, keys) = key_set(true);
+        let good = token(&json!({ "sub": "d", "exp": now() + 60, "topics": "t" }));
+        let idp = dir.path().join("idp.json");
+        // Whatever the token: the warning is about the configuration.
+        for token in [good.as_str(), "not a token"] {
+            let report = check(token, &keys, &policy(|_| {}));
+            assert_eq!(report.warnings.len(), 1, "{report}");
+            assert!(
+                report.warnings[0].contains(&format!("JWKS: {})", idp.display())),
+                "{report}"
+            );
+            let text = report.to_string();
+            let last = text.lines().last().unwrap();
+            assert_eq!(last, format!("warning:  {}", report.warnings[0]));
+            assert_eq!(json_of(&report)["warnings"], json!(report.warnings));
+        }
+
+        let with_audience = policy(|auth| auth.audience = Some(vec!["gw".into()]));
+        let report = check(&good, &keys, &with_audience);
+        assert!(report.warnings.is_empty());
+        assert!(!report.to_string().contains("warning:"));
+        assert!(json_of(&report).get("warnings").is_none());
+
+        let (_other, hmac_only) = key_set(false);
+        assert!(
+            check(&good, &hmac_only, &policy(|_| {}))
+                .warnings
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn a_far_future_expiry_is_shown_as_a_number() {
-        let (_dir, keys) = key_set();
+        let (_dir, keys) = key_set(false);
         for exp in [u64::MAX, 1 << 63, LAST_RFC3339_SECOND + 1] {
             let report = check(
                 &token(&json!({ "sub": "d", "exp": exp, "topics": "t" })),

@@ -33,7 +33,8 @@
 //!    (required unless the policy says otherwise), `nbf` and `iat` (not in
 //!    the future), all with the policy's leeway; `iss` and `aud` when the
 //!    policy names them (an `aud` is ignored when the policy names none,
-//!    since identity providers routinely set one); with a lifetime cap, both `iat` and `exp`,
+//!    since identity providers routinely set one, see
+//!    [`Policy::warnings`]); with a lifetime cap, both `iat` and `exp`,
 //!    `iat` not after `exp`, and `exp - iat` within the cap. Dates are
 //!    whole seconds and may be as large as `u64::MAX` (larger or
 //!    fractional JSON numbers are clipped): all sums with them saturate.
@@ -59,7 +60,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Header};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, Header};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
@@ -117,6 +118,66 @@ impl Policy {
         self.algorithms
             .as_ref()
             .is_none_or(|algorithms| algorithms.contains(&alg))
+    }
+
+    /// What is unsafe about judging tokens by this policy with `keys`, for
+    /// the operator to hear at start and from `jwtgate check`.
+    pub fn warnings(&self, keys: &KeySet) -> Vec<PolicyWarning> {
+        let mut warnings = Vec::new();
+        if self.audience.is_none() {
+            // Public keys are an identity provider's (a JWKS); what it signs
+            // for one application verifies for all of them.
+            let mut files: Vec<PathBuf> = keys
+                .iter()
+                .filter(|key| {
+                    key.algorithms()
+                        .iter()
+                        .any(|&alg| alg.family() != AlgorithmFamily::Hmac && self.allows(alg))
+                })
+                .map(|key| key.source().to_path_buf())
+                .collect();
+            files.sort();
+            files.dedup();
+            if !files.is_empty() {
+                warnings.push(PolicyWarning::NoAudience { files });
+            }
+        }
+        warnings
+    }
+}
+
+/// A weakness of a [`Policy`] given the keys in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyWarning {
+    /// Public keys are in force and `[auth] audience` is unset (RFC 8725
+    /// §3.9): a token the provider issued to any of its applications is
+    /// accepted if it carries a topics claim.
+    NoAudience {
+        /// The files holding those keys, sorted.
+        files: Vec<PathBuf>,
+    },
+}
+
+impl fmt::Display for PolicyWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyWarning::NoAudience { files } => {
+                f.write_str(
+                    "[auth] audience is unset while public keys (an identity provider's JWKS: ",
+                )?;
+                for (i, file) in files.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{}", file.display())?;
+                }
+                f.write_str(
+                    ") are in force: any token that provider signs with a topics claim is \
+                     accepted, whichever application it was issued to; set [auth] audience \
+                     to the \"aud\" of this gateway's tokens (RFC 8725 §3.9)",
+                )
+            }
+        }
     }
 }
 
@@ -1304,6 +1365,53 @@ mod tests {
         // Beyond f64: not JSON serde can represent, so not a claims object.
         let token = sign_text(r#"{"sub":"d","exp":1e400,"topics":"t"}"#);
         assert_eq!(check(&token), Err(TokenError::ClaimsNotAnObject));
+    }
+
+    #[test]
+    fn the_audience_warning_names_the_public_key_files() {
+        let keys = &fixture().keys;
+        let idp = keys.get("rsa").unwrap().source().to_path_buf();
+        let warnings = policy(|_| {}).warnings(keys);
+        assert_eq!(
+            warnings,
+            [PolicyWarning::NoAudience {
+                files: vec![idp.clone()]
+            }]
+        );
+        let text = warnings[0].to_string();
+        assert!(
+            text.starts_with(&format!(
+                "[auth] audience is unset while public keys (an identity provider's JWKS: {}) \
+                 are in force: any token",
+                idp.display()
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with("(RFC 8725 §3.9)"), "{text}");
+        // An audience, or a policy that accepts only HMAC, leaves nothing
+        // to warn about.
+        assert!(
+            policy(|auth| auth.audience = Some(vec!["gw".into()]))
+                .warnings(keys)
+                .is_empty()
+        );
+        assert!(
+            policy(|auth| auth.algorithms = Some(vec![Algorithm::HS256, Algorithm::HS512]))
+                .warnings(keys)
+                .is_empty()
+        );
+        // One asymmetric algorithm allowed is enough.
+        assert_eq!(
+            policy(|auth| auth.algorithms = Some(vec![Algorithm::HS256, Algorithm::EdDSA]))
+                .warnings(keys)
+                .len(),
+            1
+        );
+        // HMAC secrets alone are the gateway's own, not a provider's.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dev.b64"), STANDARD.encode(SECRET)).unwrap();
+        let (store, _) = KeyStore::open(dir.path()).unwrap();
+        assert!(policy(|_| {}).warnings(&store.snapshot()).is_empty());
     }
 
     #[test]
