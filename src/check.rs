@@ -4,7 +4,9 @@
 //! It runs the same verification as a CONNECT ([`token::verify`] against the
 //! keys directory, then the rule that a token must grant at least one topic
 //! filter), so an operator can debug a refused device on the edge box
-//! without a network and without the device.
+//! without a network and without the device. It also repeats the warnings
+//! the gateway logs at start about its token policy ([`Policy::warnings`]),
+//! since they are about which tokens it accepts.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -14,6 +16,10 @@ use serde::Serialize;
 
 use crate::keys::KeySet;
 use crate::token::{self, Policy};
+
+/// The last second RFC 3339 (and humantime) can write: the end of the year
+/// 9999. A token may well expire later.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
 
 /// The outcome of checking one token.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +43,10 @@ pub struct CheckReport {
     /// Entries of the topics claim that are not valid filters, with why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rejected_topics: Vec<RejectedTopic>,
+    /// What is unsafe about the token policy with these keys, whatever the
+    /// token.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -47,6 +57,11 @@ pub struct RejectedTopic {
 
 /// Checks `token` as the gateway would at CONNECT.
 pub fn check(token: &str, keys: &KeySet, policy: &Policy) -> CheckReport {
+    let warnings = policy
+        .warnings(keys)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let verified = match token::verify(token.trim(), keys, policy) {
         Ok(verified) => verified,
         Err(e) => {
@@ -59,6 +74,7 @@ pub fn check(token: &str, keys: &KeySet, policy: &Policy) -> CheckReport {
                 expires_at: None,
                 topics: Vec::new(),
                 rejected_topics: Vec::new(),
+                warnings,
             };
         }
     };
@@ -84,6 +100,7 @@ pub fn check(token: &str, keys: &KeySet, policy: &Policy) -> CheckReport {
                 reason: why.to_string(),
             })
             .collect(),
+        warnings,
     }
 }
 
@@ -104,14 +121,18 @@ impl fmt::Display for CheckReport {
             writeln!(f, "subject:  {subject}")?;
         }
         if let Some(exp) = self.expires_at {
-            let at = UNIX_EPOCH + Duration::from_secs(exp);
-            write!(f, "expires:  {}", humantime::format_rfc3339_seconds(at))?;
-            match at.duration_since(SystemTime::now()) {
-                Ok(left) => {
-                    let left = Duration::from_secs(left.as_secs());
-                    writeln!(f, " (in {})", humantime::format_duration(left))?;
+            if exp > LAST_RFC3339_SECOND {
+                writeln!(f, "expires:  {exp} (Unix time, after the year 9999)")?;
+            } else {
+                let at = UNIX_EPOCH + Duration::from_secs(exp);
+                write!(f, "expires:  {}", humantime::format_rfc3339_seconds(at))?;
+                match at.duration_since(SystemTime::now()) {
+                    Ok(left) => {
+                        let left = Duration::from_secs(left.as_secs());
+                        writeln!(f, " (in {})", humantime::format_duration(left))?;
+                    }
+                    Err(_) => writeln!(f, " (passed)")?,
                 }
-                Err(_) => writeln!(f, " (passed)")?,
             }
         }
         if !self.topics.is_empty() {
@@ -124,6 +145,192 @@ impl fmt::Display for CheckReport {
                 rejected.filter, rejected.reason
             )?;
         }
+        for warning in &self.warnings {
+            writeln!(f, "warning:  {warning}")?;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Tests panic on purpose when a fixture cannot be set up.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::config::{AuthConfig, Config};
+    use crate::keys::KeyStore;
+    use crate::keys::testing;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::{Value, json};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    const SECRET: &[u8] = b"a development secret of 32 bytes";
+
+    /// A keys directory with `dev.b64` and, when asked, an identity
+    /// provider's `idp.json`.
+    fn key_set(with_jwks: bool) -> (tempfile::TempDir, Arc<KeySet>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dev.b64"), STANDARD.encode(SECRET)).unwrap();
+        if with_jwks {
+            let jwks = testing::jwks(&[testing::ec_jwk("ec")]);
+            std::fs::write(dir.path().join("idp.json"), jwks).unwrap();
+        }
+        let (store, report) = KeyStore::open(dir.path()).unwrap();
+        assert!(report.issues.is_empty(), "{report}");
+        (dir, store.snapshot())
+    }
+
+    fn policy(edit: impl FnOnce(&mut AuthConfig)) -> Policy {
+        let mut auth = Config::defaults(Path::new("/unused")).auth;
+        edit(&mut auth);
+        Policy::from_config(&auth)
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("dev".to_owned());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn json_of(report: &CheckReport) -> Value {
+        serde_json::to_value(report).unwrap()
+    }
+
+    #[test]
+    fn a_token_without_subject_is_refused_with_the_reason() {
+        let (_dir, keys) = key_set(false);
+        let report = check(
+            &token(&json!({ "exp": now() + 60, "topics": ["t"] })),
+            &keys,
+            &policy(|_| {}),
+        );
+        assert!(!report.accepted);
+        let text = report.to_string();
+        assert!(
+            text.starts_with(
+                "refused: no subject: the \"sub\" claim is missing or empty, and [auth] \
+                 require_subject is on"
+            ),
+            "{text}"
+        );
+        assert_eq!(json_of(&report)["reason"], json!(report.reason.unwrap()));
+
+        let relaxed = policy(|auth| auth.require_subject = false);
+        let report = check(
+            &token(&json!({ "sub": "", "exp": now() + 60, "topics": ["t"] })),
+            &keys,
+            &relaxed,
+        );
+        assert!(report.accepted, "{report}");
+    }
+
+    #[test]
+    fn future_iat_and_lifetime_refusals_say_which() {
+        let (_dir, keys) = key_set(false);
+        let capped = policy(|auth| auth.max_token_lifetime = Some(Duration::from_secs(3600)));
+        let now = now();
+        for (claims, reason) in [
+            (
+                json!({ "sub": "d", "iat": now + 3600, "exp": now + 7200, "topics": "t" }),
+                format!("issued in the future, at {} (Unix time)", now + 3600),
+            ),
+            (
+                json!({ "sub": "d", "exp": now + 60, "topics": "t" }),
+                "no \"iat\" claim, needed to check the lifetime against the maximum of 3600 s"
+                    .to_owned(),
+            ),
+            (
+                json!({ "sub": "d", "iat": now, "exp": now - 1, "topics": "t" }),
+                format!(
+                    "issued at {now}, after it expires at {} (Unix time): no lifetime to \
+                     check against the maximum of 3600 s",
+                    now - 1
+                ),
+            ),
+            (
+                json!({ "sub": "d", "iat": now, "exp": now + 3601, "topics": "t" }),
+                "lifetime of 3601 s exceeds the maximum of 3600 s".to_owned(),
+            ),
+        ] {
+            let report = check(&token(&claims), &keys, &capped);
+            assert!(!report.accepted);
+            assert_eq!(report.reason.as_deref(), Some(reason.as_str()), "{claims}");
+        }
+    }
+
+    #[test]
+    fn the_audience_warning_shows_in_both_forms() {
+        let (dir, keys) = key_set(true);
+        let good = token(&json!({ "sub": "d", "exp": now() + 60, "topics": "t" }));
+        let idp = dir.path().join("idp.json");
+        // Whatever the token: the warning is about the configuration.
+        for token in [good.as_str(), "not a token"] {
+            let report = check(token, &keys, &policy(|_| {}));
+            assert_eq!(report.warnings.len(), 1, "{report}");
+            assert!(
+                report.warnings[0].contains(&format!("JWKS: {})", idp.display())),
+                "{report}"
+            );
+            let text = report.to_string();
+            let last = text.lines().last().unwrap();
+            assert_eq!(last, format!("warning:  {}", report.warnings[0]));
+            assert_eq!(json_of(&report)["warnings"], json!(report.warnings));
+        }
+
+        let with_audience = policy(|auth| auth.audience = Some(vec!["gw".into()]));
+        let report = check(&good, &keys, &with_audience);
+        assert!(report.warnings.is_empty());
+        assert!(!report.to_string().contains("warning:"));
+        assert!(json_of(&report).get("warnings").is_none());
+
+        let (_other, hmac_only) = key_set(false);
+        assert!(
+            check(&good, &hmac_only, &policy(|_| {}))
+                .warnings
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_far_future_expiry_is_shown_as_a_number() {
+        let (_dir, keys) = key_set(false);
+        for exp in [u64::MAX, 1 << 63, LAST_RFC3339_SECOND + 1] {
+            let report = check(
+                &token(&json!({ "sub": "d", "exp": exp, "topics": "t" })),
+                &keys,
+                &policy(|_| {}),
+            );
+            assert!(report.accepted);
+            assert_eq!(report.expires_at, Some(exp));
+            assert!(
+                report.to_string().contains(&format!(
+                    "expires:  {exp} (Unix time, after the year 9999)\n"
+                )),
+                "{report}"
+            );
+            assert_eq!(json_of(&report)["expires_at"], json!(exp));
+        }
+        let report = check(
+            &token(&json!({ "sub": "d", "exp": LAST_RFC3339_SECOND, "topics": "t" })),
+            &keys,
+            &policy(|_| {}),
+        );
+        assert!(
+            report
+                .to_string()
+                .contains("expires:  9999-12-31T23:59:59Z (in "),
+            "{report}"
+        );
     }
 }

@@ -109,6 +109,10 @@ pub struct AuthConfig {
     pub require_kid: bool,
     /// Reject tokens without an `exp` claim.
     pub require_exp: bool,
+    /// Reject tokens without a non-empty `sub` claim. Sessions are keyed by
+    /// subject and client id, so devices without a subject would share one
+    /// namespace and could take over each other's sessions.
+    pub require_subject: bool,
     /// Longest accepted `exp - iat`, when set; never zero.
     pub max_token_lifetime: Option<Duration>,
     /// Accepted signature algorithms, when set; never an empty list.
@@ -342,6 +346,7 @@ impl Config {
                 // The development HS256 tokens carry no kid.
                 require_kid: false,
                 require_exp: true,
+                require_subject: true,
                 max_token_lifetime: None,
                 algorithms: None,
                 deny_publish: DenyPublish::Drop,
@@ -388,6 +393,7 @@ struct RawAuth {
     audience: Option<Spanned<Audience>>,
     require_kid: Option<bool>,
     require_exp: Option<bool>,
+    require_subject: Option<bool>,
     max_token_lifetime_secs: Option<Spanned<i64>>,
     algorithms: Option<Spanned<Vec<Spanned<String>>>>,
     deny_publish: Option<Spanned<DenyPublish>>,
@@ -665,6 +671,9 @@ impl RawAuth {
         }
         if let Some(require_exp) = self.require_exp {
             auth.require_exp = require_exp;
+        }
+        if let Some(require_subject) = self.require_subject {
+            auth.require_subject = require_subject;
         }
         if let Some(lifetime) = &self.max_token_lifetime_secs {
             auth.max_token_lifetime =
@@ -989,6 +998,7 @@ issuer = "https://tenant.example/"   # optional; enforced when set
 audience = "api"                 # optional; a string OR a list of strings; enforced when set; empty list is an error
 require_kid = false              # default false (the seed's HS256 tokens carry no kid)
 require_exp = true               # default true
+require_subject = true           # default true: refuse tokens without a non-empty sub
 max_token_lifetime_secs = 86400  # optional cap on exp - iat; must be > 0
 algorithms = ["HS256", "RS256"]  # optional allow-list; each must be a jsonwebtoken::Algorithm name; empty list is an error
 deny_publish = "drop"            # "drop" (default) | "disconnect": what happens to a connection after a refused PUBLISH
@@ -1036,6 +1046,7 @@ max_session_expiry_secs = 86400  # default 86400; 0 allowed
                     audience: Some(vec!["api".to_owned()]),
                     require_kid: false,
                     require_exp: true,
+                    require_subject: true,
                     max_token_lifetime: Some(Duration::from_secs(86_400)),
                     algorithms: Some(vec![Algorithm::HS256, Algorithm::RS256]),
                     deny_publish: DenyPublish::Drop,
@@ -1084,6 +1095,7 @@ max_session_expiry_secs = 86400  # default 86400; 0 allowed
         assert_eq!(example.sessions, defaults.sessions);
         assert_eq!(example.auth.keys_dir, defaults.auth.keys_dir);
         assert_eq!(example.auth.leeway, defaults.auth.leeway);
+        assert_eq!(example.auth.require_subject, defaults.auth.require_subject);
     }
 
     #[test]
@@ -1111,6 +1123,7 @@ max_session_expiry_secs = 86400  # default 86400; 0 allowed
         assert_eq!(config.auth.leeway, Duration::from_secs(5));
         assert!(!config.auth.require_kid);
         assert!(config.auth.require_exp);
+        assert!(config.auth.require_subject);
         assert_eq!(config.auth.issuer, None);
         assert_eq!(config.auth.audience, None);
         assert_eq!(config.auth.max_token_lifetime, None);
@@ -1181,6 +1194,7 @@ topics_claim = "mqtt_topics"
 leeway_secs = 0
 require_kid = true
 require_exp = false
+require_subject = false
 algorithms = ["EdDSA", "ES256", "PS512"]
 deny_publish = "disconnect"
 [limits]
@@ -1215,6 +1229,7 @@ max_session_expiry_secs = 0
         assert_eq!(config.auth.leeway, Duration::ZERO);
         assert!(config.auth.require_kid);
         assert!(!config.auth.require_exp);
+        assert!(!config.auth.require_subject);
         assert_eq!(
             config.auth.algorithms,
             Some(vec![Algorithm::EdDSA, Algorithm::ES256, Algorithm::PS512])
@@ -1480,6 +1495,13 @@ max_session_expiry_secs = 0
                 15,
                 "[auth] require_kid",
                 "invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "[auth]\nleeway_secs = 5\nrequire_subject = 1\n",
+                3,
+                19,
+                "[auth] require_subject",
+                "invalid type: integer `1`, expected a boolean",
             ),
             ("auth = 3\n", 1, 8, "auth", "expected the [auth] table"),
             (

@@ -173,6 +173,7 @@ pub enum Warning {
         kind: TokenKind,
     },
     NoExp,
+    NoSubject,
     NoTopics {
         claim: String,
     },
@@ -197,6 +198,9 @@ impl fmt::Display for Warning {
             }
             Warning::NoExp => f.write_str(
                 "the token has no \"exp\" claim; the gateway refuses tokens without one",
+            ),
+            Warning::NoSubject => f.write_str(
+                "the token has no \"sub\" claim, or an empty one; the gateway refuses tokens without one unless [auth] require_subject = false",
             ),
             Warning::NoTopics { claim } => write!(
                 f,
@@ -791,6 +795,13 @@ fn inspect(token: &str, out: &TokenOut) -> Result<(Summary, Vec<Warning>), Error
     if expires_at.is_none() {
         warnings.push(Warning::NoExp);
     }
+    if claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        warnings.push(Warning::NoSubject);
+    }
     let claim = out.topics_claim.clone();
     let topics = match claims.get(&out.topics_claim) {
         None => {
@@ -929,12 +940,20 @@ mod tests {
         );
         assert!(warnings.is_empty());
 
-        let (summary, warnings) = inspect(&jwt(&json!({ "topics": "a" })), &out("topics")).unwrap();
+        let (summary, warnings) =
+            inspect(&jwt(&json!({ "sub": "d", "topics": "a" })), &out("topics")).unwrap();
         assert_eq!(summary.topics, Some(vec!["a".into()]));
         assert_eq!(warnings, [Warning::NoExp]);
 
+        for sub in [json!(null), json!("")] {
+            let token = jwt(&json!({ "sub": sub, "exp": 1, "topics": "a" }));
+            let (_, warnings) = inspect(&token, &out("topics")).unwrap();
+            assert_eq!(warnings, [Warning::NoSubject], "{sub}");
+        }
+
         let namespaced = "https://example.com/topics";
-        let (_, warnings) = inspect(&jwt(&json!({ "exp": 1 })), &out(namespaced)).unwrap();
+        let (_, warnings) =
+            inspect(&jwt(&json!({ "sub": "d", "exp": 1 })), &out(namespaced)).unwrap();
         assert_eq!(
             warnings,
             [Warning::NoTopics {
@@ -942,8 +961,11 @@ mod tests {
             }]
         );
 
-        let (_, warnings) =
-            inspect(&jwt(&json!({ "exp": 1, "topics": [] })), &out("topics")).unwrap();
+        let (_, warnings) = inspect(
+            &jwt(&json!({ "sub": "d", "exp": 1, "topics": [] })),
+            &out("topics"),
+        )
+        .unwrap();
         assert_eq!(
             warnings,
             [Warning::EmptyTopics {
@@ -951,8 +973,11 @@ mod tests {
             }]
         );
 
-        let (_, warnings) =
-            inspect(&jwt(&json!({ "exp": 1, "topics": [1] })), &out("topics")).unwrap();
+        let (_, warnings) = inspect(
+            &jwt(&json!({ "sub": "d", "exp": 1, "topics": [1] })),
+            &out("topics"),
+        )
+        .unwrap();
         assert_eq!(
             warnings,
             [Warning::BadTopics {

@@ -28,10 +28,16 @@
 //! 6. Deny list: a token whose `jti`, `sub` or verifying key id the key
 //!    set's deny list names is refused. Only now, so that "revoked" is said
 //!    only of genuine tokens and a forger learns nothing from it.
-//! 7. Claims: `exp` (required unless the policy says otherwise), `nbf`,
-//!    both with the policy's leeway; `iss` and `aud` when the policy names
-//!    them (an `aud` is ignored when the policy names none, since identity
-//!    providers routinely set one); `exp - iat` against the lifetime cap.
+//! 7. Claims: a non-empty `sub` (unless the policy says otherwise: sessions
+//!    are keyed by it, and devices without one would share them); `exp`
+//!    (required unless the policy says otherwise), `nbf` and `iat` (not in
+//!    the future), all with the policy's leeway; `iss` and `aud` when the
+//!    policy names them (an `aud` is ignored when the policy names none,
+//!    since identity providers routinely set one, see
+//!    [`Policy::warnings`]); with a lifetime cap, both `iat` and `exp`,
+//!    `iat` not after `exp`, and `exp - iat` within the cap. Dates are
+//!    whole seconds and may be as large as `u64::MAX` (larger or
+//!    fractional JSON numbers are clipped): all sums with them saturate.
 //! 8. Topics: the claim the policy names (possibly a namespaced URL) holds
 //!    an array of topic filters, or a single one as a string. Invalid
 //!    filters are dropped and returned for the caller to log.
@@ -54,7 +60,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Header};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, Header};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
@@ -84,6 +90,7 @@ pub struct Policy {
     audience: Option<Vec<String>>,
     require_kid: bool,
     require_exp: bool,
+    require_subject: bool,
     max_lifetime: Option<u64>,
     /// `None` accepts every algorithm some key allows.
     algorithms: Option<Vec<Algorithm>>,
@@ -101,6 +108,7 @@ impl Policy {
             audience: auth.audience.clone(),
             require_kid: auth.require_kid,
             require_exp: auth.require_exp,
+            require_subject: auth.require_subject,
             max_lifetime: auth.max_token_lifetime.map(|max| max.as_secs()),
             algorithms: auth.algorithms.clone(),
         }
@@ -110,6 +118,66 @@ impl Policy {
         self.algorithms
             .as_ref()
             .is_none_or(|algorithms| algorithms.contains(&alg))
+    }
+
+    /// What is unsafe about judging tokens by this policy with `keys`, for
+    /// the operator to hear at start and from `jwtgate check`.
+    pub fn warnings(&self, keys: &KeySet) -> Vec<PolicyWarning> {
+        let mut warnings = Vec::new();
+        if self.audience.is_none() {
+            // Public keys are an identity provider's (a JWKS); what it signs
+            // for one application verifies for all of them.
+            let mut files: Vec<PathBuf> = keys
+                .iter()
+                .filter(|key| {
+                    key.algorithms()
+                        .iter()
+                        .any(|&alg| alg.family() != AlgorithmFamily::Hmac && self.allows(alg))
+                })
+                .map(|key| key.source().to_path_buf())
+                .collect();
+            files.sort();
+            files.dedup();
+            if !files.is_empty() {
+                warnings.push(PolicyWarning::NoAudience { files });
+            }
+        }
+        warnings
+    }
+}
+
+/// A weakness of a [`Policy`] given the keys in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyWarning {
+    /// Public keys are in force and `[auth] audience` is unset (RFC 8725
+    /// §3.9): a token the provider issued to any of its applications is
+    /// accepted if it carries a topics claim.
+    NoAudience {
+        /// The files holding those keys, sorted.
+        files: Vec<PathBuf>,
+    },
+}
+
+impl fmt::Display for PolicyWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyWarning::NoAudience { files } => {
+                f.write_str(
+                    "[auth] audience is unset while public keys (an identity provider's JWKS: ",
+                )?;
+                for (i, file) in files.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{}", file.display())?;
+                }
+                f.write_str(
+                    ") are in force: any token that provider signs with a topics claim is \
+                     accepted, whichever application it was issued to; set [auth] audience \
+                     to the \"aud\" of this gateway's tokens (RFC 8725 §3.9)",
+                )
+            }
+        }
     }
 }
 
@@ -175,14 +243,26 @@ pub enum TokenError {
     ClaimsNotAnObject,
     #[error("claim {claim:?} has the wrong type")]
     BadClaim { claim: &'static str },
+    #[error(
+        "no subject: the \"sub\" claim is missing or empty, and [auth] require_subject \
+         is on (sessions are keyed by subject)"
+    )]
+    MissingSubject,
     #[error("no \"exp\" claim")]
     MissingExp,
     #[error("expired at {exp} (Unix time)")]
     Expired { exp: u64 },
     #[error("not valid before {nbf} (Unix time)")]
     NotYetValid { nbf: u64 },
-    #[error("no \"iat\" claim, needed to check the token lifetime")]
-    MissingIat,
+    #[error("issued in the future, at {iat} (Unix time)")]
+    IssuedInFuture { iat: u64 },
+    #[error("no \"iat\" claim, needed to check the lifetime against the maximum of {max} s")]
+    MissingIat { max: u64 },
+    #[error(
+        "issued at {iat}, after it expires at {exp} (Unix time): no lifetime to check \
+         against the maximum of {max} s"
+    )]
+    IssuedAfterExpiry { iat: u64, exp: u64, max: u64 },
     #[error("lifetime of {lifetime} s exceeds the maximum of {max} s")]
     LifetimeTooLong { lifetime: u64, max: u64 },
     #[error("no \"iss\" claim")]
@@ -281,6 +361,9 @@ fn verify_at(
             by,
             kid: key.id().to_owned(),
         });
+    }
+    if policy.require_subject && subject.is_none_or(str::is_empty) {
+        return Err(TokenError::MissingSubject);
     }
     let checked = check_claims(&claims, policy, now)?;
     Ok(VerifiedToken {
@@ -429,18 +512,29 @@ fn check_claims(
         }
         _ => {}
     }
+    let now_plus_leeway = now.saturating_add(policy.leeway);
     if let Some(nbf) = numeric_date(claims, "nbf")?
-        && now.saturating_add(policy.leeway) < nbf
+        && now_plus_leeway < nbf
     {
         return Err(TokenError::NotYetValid { nbf });
     }
+    let iat = numeric_date(claims, "iat")?;
+    if let Some(iat) = iat
+        && now_plus_leeway < iat
+    {
+        return Err(TokenError::IssuedInFuture { iat });
+    }
     if let Some(max) = policy.max_lifetime {
-        // Without both ends, a lifetime cannot be bounded.
+        // Without both ends, or with them the wrong way round, a lifetime
+        // cannot be bounded.
         let exp = exp.ok_or(TokenError::MissingExp)?;
-        let iat = numeric_date(claims, "iat")?.ok_or(TokenError::MissingIat)?;
-        let lifetime = exp.saturating_sub(iat);
-        if lifetime > max {
-            return Err(TokenError::LifetimeTooLong { lifetime, max });
+        let iat = iat.ok_or(TokenError::MissingIat { max })?;
+        match exp.checked_sub(iat) {
+            None => return Err(TokenError::IssuedAfterExpiry { iat, exp, max }),
+            Some(lifetime) if lifetime > max => {
+                return Err(TokenError::LifetimeTooLong { lifetime, max });
+            }
+            Some(_) => {}
         }
     }
     if let Some(expected) = &policy.issuer {
@@ -538,6 +632,7 @@ fn echo(untrusted: &str) -> String {
 /// What [`mint`] puts in a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MintClaims {
+    /// Never empty.
     pub subject: String,
     /// Topic filters, written as given (verify will judge them).
     pub topics: Vec<String>,
@@ -558,6 +653,8 @@ pub enum MintError {
     NotHmac { kid: String },
     #[error("key {kid:?} does not allow HS256")]
     Hs256NotAllowed { kid: String },
+    #[error("the subject must not be empty: the gateway refuses tokens without one")]
+    EmptySubject,
     #[error("the topics cannot go in claim {0:?}, which is a registered claim")]
     ReservedClaimName(String),
     #[error("the time to live must be at least one second")]
@@ -585,6 +682,9 @@ pub fn mint(key: &Key, claims: &MintClaims) -> Result<String, MintError> {
         return Err(MintError::Hs256NotAllowed {
             kid: key.id().to_owned(),
         });
+    }
+    if claims.subject.is_empty() {
+        return Err(MintError::EmptySubject);
     }
     if REGISTERED_CLAIMS.contains(&claims.topics_claim.as_str()) {
         return Err(MintError::ReservedClaimName(claims.topics_claim.clone()));
@@ -912,40 +1012,42 @@ mod tests {
         let no_leeway = policy(|auth| auth.leeway = Duration::ZERO);
         let topics = json!(["t"]);
 
-        let just_expired = token(json!({ "exp": NOW - 3, "topics": topics }));
+        let just_expired = token(json!({ "sub": "d", "exp": NOW - 3, "topics": topics }));
         check(&just_expired).unwrap();
         assert_eq!(
             check_with(&just_expired, &no_leeway).unwrap_err(),
             TokenError::Expired { exp: NOW - 3 }
         );
-        let expires_now = token(json!({ "exp": NOW, "topics": topics }));
+        let expires_now = token(json!({ "sub": "d", "exp": NOW, "topics": topics }));
         assert_eq!(
             check_with(&expires_now, &no_leeway).unwrap_err(),
             TokenError::Expired { exp: NOW }
         );
-        let long_expired = token(json!({ "exp": NOW - 100, "sub": "d", "topics": topics }));
+        let long_expired = token(json!({ "sub": "d", "exp": NOW - 100, "topics": topics }));
         let error = check(&long_expired).unwrap_err();
         assert_eq!(
             error.to_string(),
             format!("expired at {} (Unix time)", NOW - 100)
         );
 
-        let soon = token(json!({ "exp": NOW + 60, "nbf": NOW + 3, "topics": topics }));
+        let soon = token(json!({ "sub": "d", "exp": NOW + 60, "nbf": NOW + 3, "topics": topics }));
         check(&soon).unwrap();
         assert_eq!(
             check_with(&soon, &no_leeway).unwrap_err(),
             TokenError::NotYetValid { nbf: NOW + 3 }
         );
-        let later = token(json!({ "exp": NOW + 600, "nbf": NOW + 100, "topics": topics }));
+        let later =
+            token(json!({ "sub": "d", "exp": NOW + 600, "nbf": NOW + 100, "topics": topics }));
         assert_eq!(
             check(&later).unwrap_err(),
             TokenError::NotYetValid { nbf: NOW + 100 }
         );
 
-        let fractional = token(json!({ "exp": (NOW + 10) as f64 + 0.5, "topics": topics }));
+        let fractional =
+            token(json!({ "sub": "d", "exp": (NOW + 10) as f64 + 0.5, "topics": topics }));
         assert_eq!(check(&fractional).unwrap().expires_at, Some(NOW + 10));
         for bad in [json!("soon"), json!(-1), json!(true)] {
-            let bad = token(json!({ "exp": bad, "topics": topics }));
+            let bad = token(json!({ "sub": "d", "exp": bad, "topics": topics }));
             assert_eq!(
                 check(&bad).unwrap_err(),
                 TokenError::BadClaim { claim: "exp" }
@@ -955,7 +1057,12 @@ mod tests {
 
     #[test]
     fn exp_is_required_unless_the_policy_says_otherwise() {
-        let token = sign(Algorithm::HS256, None, &json!({ "topics": "t" }), &hmac());
+        let token = sign(
+            Algorithm::HS256,
+            None,
+            &json!({ "sub": "d", "topics": "t" }),
+            &hmac(),
+        );
         assert_eq!(check(&token).unwrap_err(), TokenError::MissingExp);
         let relaxed = policy(|auth| auth.require_exp = false);
         assert_eq!(check_with(&token, &relaxed).unwrap().expires_at, None);
@@ -1019,43 +1126,292 @@ mod tests {
     fn lifetime_cap() {
         let capped = policy(|auth| auth.max_token_lifetime = Some(Duration::from_secs(3600)));
         let token = |claims: Value| sign(Algorithm::HS256, Some("dev"), &claims, &hmac());
-        let topics = json!("t");
-        check_with(
-            &token(json!({ "iat": NOW, "exp": NOW + 3600, "topics": topics })),
-            &capped,
-        )
-        .unwrap();
+        let with_dates = |iat: Option<u64>, exp: u64| {
+            token(json!({ "sub": "d", "iat": iat, "exp": exp, "topics": "t" }))
+        };
+        // Accepted: exactly the maximum, shorter, and no lifetime at all.
+        for (iat, exp) in [(NOW, NOW + 3600), (NOW - 60, NOW + 60), (NOW, NOW)] {
+            check_with(&with_dates(Some(iat), exp), &capped).unwrap();
+        }
+        let cases = [
+            (
+                Some(NOW),
+                NOW + 3601,
+                TokenError::LifetimeTooLong {
+                    lifetime: 3601,
+                    max: 3600,
+                },
+            ),
+            // Issued long ago: the lifetime counts from iat, not from now.
+            (
+                Some(NOW - 7200),
+                NOW + 60,
+                TokenError::LifetimeTooLong {
+                    lifetime: 7260,
+                    max: 3600,
+                },
+            ),
+            (None, NOW + 60, TokenError::MissingIat { max: 3600 }),
+            // iat after exp once passed as a lifetime of zero.
+            (
+                Some(NOW),
+                NOW - 1,
+                TokenError::IssuedAfterExpiry {
+                    iat: NOW,
+                    exp: NOW - 1,
+                    max: 3600,
+                },
+            ),
+            (
+                Some(NOW + 5),
+                NOW + 2,
+                TokenError::IssuedAfterExpiry {
+                    iat: NOW + 5,
+                    exp: NOW + 2,
+                    max: 3600,
+                },
+            ),
+        ];
+        for (iat, exp, expected) in cases {
+            assert_eq!(
+                check_with(&with_dates(iat, exp), &capped).unwrap_err(),
+                expected,
+                "iat {iat:?}, exp {exp}"
+            );
+        }
         assert_eq!(
-            check_with(
-                &token(json!({ "iat": NOW, "exp": NOW + 3601, "topics": topics })),
-                &capped
-            )
-            .unwrap_err(),
-            TokenError::LifetimeTooLong {
-                lifetime: 3601,
+            TokenError::MissingIat { max: 3600 }.to_string(),
+            "no \"iat\" claim, needed to check the lifetime against the maximum of 3600 s"
+        );
+        assert_eq!(
+            TokenError::IssuedAfterExpiry {
+                iat: 20,
+                exp: 10,
                 max: 3600
             }
+            .to_string(),
+            "issued at 20, after it expires at 10 (Unix time): no lifetime to check against \
+             the maximum of 3600 s"
         );
-        assert_eq!(
-            check_with(
-                &token(json!({ "exp": NOW + 60, "topics": topics })),
-                &capped
-            )
-            .unwrap_err(),
-            TokenError::MissingIat
-        );
+        // Without a cap, neither a missing iat nor one after exp matters.
+        check(&with_dates(None, NOW + 60)).unwrap();
+        check(&with_dates(Some(NOW), NOW - 1)).unwrap();
+
         let uncapped_exp = policy(|auth| {
             auth.require_exp = false;
             auth.max_token_lifetime = Some(Duration::from_secs(3600));
         });
         assert_eq!(
             check_with(
-                &token(json!({ "iat": NOW, "topics": topics })),
+                &token(json!({ "sub": "d", "iat": NOW, "topics": "t" })),
                 &uncapped_exp
             )
             .unwrap_err(),
             TokenError::MissingExp
         );
+    }
+
+    #[test]
+    fn subject_is_required_unless_the_policy_says_otherwise() {
+        let token = |sub: Value| {
+            sign(
+                Algorithm::HS256,
+                Some("dev"),
+                &json!({ "sub": sub, "exp": NOW + 60, "topics": "t" }),
+                &hmac(),
+            )
+        };
+        let without = sign(
+            Algorithm::HS256,
+            Some("dev"),
+            &json!({ "exp": NOW + 60, "topics": "t" }),
+            &hmac(),
+        );
+        let relaxed = policy(|auth| auth.require_subject = false);
+        for (token, subject) in [
+            (without, None),
+            (token(json!(null)), None),
+            (token(json!("")), Some("")),
+        ] {
+            assert_eq!(check(&token), Err(TokenError::MissingSubject));
+            let verified = check_with(&token, &relaxed).unwrap();
+            assert_eq!(verified.subject.as_deref(), subject);
+        }
+        assert_eq!(
+            check(&token(json!(" "))).unwrap().subject.as_deref(),
+            Some(" ")
+        );
+        assert_eq!(
+            check(&token(json!(7))),
+            Err(TokenError::BadClaim { claim: "sub" })
+        );
+        assert_eq!(
+            TokenError::MissingSubject.to_string(),
+            "no subject: the \"sub\" claim is missing or empty, and [auth] require_subject is \
+             on (sessions are keyed by subject)"
+        );
+        // A forgery without a subject is refused for its signature.
+        let forged = sign(
+            Algorithm::HS256,
+            Some("dev"),
+            &json!({ "exp": NOW + 60, "topics": "t" }),
+            &EncodingKey::from_secret(b"not the secret"),
+        );
+        assert_eq!(
+            check(&forged),
+            Err(TokenError::BadSignature {
+                kid: Some("dev".into())
+            })
+        );
+    }
+
+    #[test]
+    fn iat_in_the_future_is_refused_beyond_the_leeway() {
+        let token = |iat: u64| {
+            sign(
+                Algorithm::HS256,
+                Some("dev"),
+                &json!({ "sub": "d", "iat": iat, "exp": NOW + 3600, "topics": "t" }),
+                &hmac(),
+            )
+        };
+        // The default leeway is 5 s.
+        for iat in [0, NOW - 3600, NOW, NOW + 5] {
+            check(&token(iat)).unwrap();
+        }
+        for iat in [NOW + 6, NOW + 3600, u64::MAX] {
+            assert_eq!(
+                check(&token(iat)),
+                Err(TokenError::IssuedInFuture { iat }),
+                "{iat}"
+            );
+        }
+        let no_leeway = policy(|auth| auth.leeway = Duration::ZERO);
+        check_with(&token(NOW), &no_leeway).unwrap();
+        assert_eq!(
+            check_with(&token(NOW + 1), &no_leeway),
+            Err(TokenError::IssuedInFuture { iat: NOW + 1 })
+        );
+        assert_eq!(
+            TokenError::IssuedInFuture { iat: 12 }.to_string(),
+            "issued in the future, at 12 (Unix time)"
+        );
+    }
+
+    /// Signs claims given as JSON text, for numbers `json!` cannot write.
+    fn sign_text(claims: &str) -> String {
+        let message = format!(
+            "{}.{}",
+            b64url(
+                json!({ "alg": "HS256", "kid": "dev" })
+                    .to_string()
+                    .as_bytes()
+            ),
+            b64url(claims.as_bytes())
+        );
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &hmac(), Algorithm::HS256).unwrap();
+        format!("{message}.{signature}")
+    }
+
+    #[test]
+    fn huge_dates_saturate() {
+        let capped = policy(|auth| auth.max_token_lifetime = Some(Duration::from_secs(3600)));
+        // A far-future exp is just valid, and clipped to u64::MAX when the
+        // number is larger.
+        for (exp, clipped) in [
+            ("9223372036854775808", 1 << 63),
+            ("18446744073709551615", u64::MAX),
+            ("18446744073709551616", u64::MAX),
+            ("1e19", 10_000_000_000_000_000_000),
+            ("1.5e300", u64::MAX),
+        ] {
+            let token = sign_text(&format!(r#"{{"sub":"d","exp":{exp},"topics":"t"}}"#));
+            assert_eq!(check(&token).unwrap().expires_at, Some(clipped), "{exp}");
+            let huge_leeway = policy(|auth| auth.leeway = Duration::from_secs(u64::MAX));
+            assert_eq!(
+                check_with(&token, &huge_leeway).unwrap().expires_at,
+                Some(clipped)
+            );
+            // ... but not with a lifetime cap.
+            let token = sign_text(&format!(
+                r#"{{"sub":"d","iat":{NOW},"exp":{exp},"topics":"t"}}"#
+            ));
+            assert_eq!(
+                check_with(&token, &capped),
+                Err(TokenError::LifetimeTooLong {
+                    lifetime: clipped - NOW,
+                    max: 3600
+                }),
+                "{exp}"
+            );
+        }
+        let token = sign_text(&format!(
+            r#"{{"sub":"d","exp":{},"nbf":1e300,"topics":"t"}}"#,
+            NOW + 60
+        ));
+        assert_eq!(
+            check(&token),
+            Err(TokenError::NotYetValid { nbf: u64::MAX })
+        );
+        for bad in ["-1", "-1e300", "-0.5", "\"9\""] {
+            let token = sign_text(&format!(r#"{{"sub":"d","exp":{bad},"topics":"t"}}"#));
+            assert_eq!(
+                check(&token),
+                Err(TokenError::BadClaim { claim: "exp" }),
+                "{bad}"
+            );
+        }
+        // Beyond f64: not JSON serde can represent, so not a claims object.
+        let token = sign_text(r#"{"sub":"d","exp":1e400,"topics":"t"}"#);
+        assert_eq!(check(&token), Err(TokenError::ClaimsNotAnObject));
+    }
+
+    #[test]
+    fn the_audience_warning_names_the_public_key_files() {
+        let keys = &fixture().keys;
+        let idp = keys.get("rsa").unwrap().source().to_path_buf();
+        let warnings = policy(|_| {}).warnings(keys);
+        assert_eq!(
+            warnings,
+            [PolicyWarning::NoAudience {
+                files: vec![idp.clone()]
+            }]
+        );
+        let text = warnings[0].to_string();
+        assert!(
+            text.starts_with(&format!(
+                "[auth] audience is unset while public keys (an identity provider's JWKS: {}) \
+                 are in force: any token",
+                idp.display()
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with("(RFC 8725 §3.9)"), "{text}");
+        // An audience, or a policy that accepts only HMAC, leaves nothing
+        // to warn about.
+        assert!(
+            policy(|auth| auth.audience = Some(vec!["gw".into()]))
+                .warnings(keys)
+                .is_empty()
+        );
+        assert!(
+            policy(|auth| auth.algorithms = Some(vec![Algorithm::HS256, Algorithm::HS512]))
+                .warnings(keys)
+                .is_empty()
+        );
+        // One asymmetric algorithm allowed is enough.
+        assert_eq!(
+            policy(|auth| auth.algorithms = Some(vec![Algorithm::HS256, Algorithm::EdDSA]))
+                .warnings(keys)
+                .len(),
+            1
+        );
+        // HMAC secrets alone are the gateway's own, not a provider's.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dev.b64"), STANDARD.encode(SECRET)).unwrap();
+        let (store, _) = KeyStore::open(dir.path()).unwrap();
+        assert!(policy(|_| {}).warnings(&store.snapshot()).is_empty());
     }
 
     #[test]
@@ -1234,22 +1590,28 @@ mod tests {
     #[test]
     fn topics_claim_forms() {
         let token = |claims: Value| sign(Algorithm::HS256, Some("dev"), &claims, &hmac());
-        let single = check(&token(json!({ "exp": NOW + 60, "topics": "a/+" }))).unwrap();
+        let single = check(&token(
+            json!({ "sub": "d", "exp": NOW + 60, "topics": "a/+" }),
+        ))
+        .unwrap();
         assert_eq!(filters(&single), ["a/+"]);
-        let empty = check(&token(json!({ "exp": NOW + 60, "topics": [] }))).unwrap();
+        let empty = check(&token(json!({ "sub": "d", "exp": NOW + 60, "topics": [] }))).unwrap();
         assert!(empty.grants.is_empty());
         assert_eq!(
-            check(&token(json!({ "exp": NOW + 60 }))).unwrap_err(),
+            check(&token(json!({ "sub": "d", "exp": NOW + 60 }))).unwrap_err(),
             TokenError::MissingTopics
         );
         for bad in [json!(3), json!(null), json!(["a", 1]), json!({ "a": "b" })] {
             assert_eq!(
-                check(&token(json!({ "exp": NOW + 60, "topics": bad }))).unwrap_err(),
+                check(&token(
+                    json!({ "sub": "d", "exp": NOW + 60, "topics": bad })
+                ))
+                .unwrap_err(),
                 TokenError::BadTopicsClaim
             );
         }
         let namespaced = policy(|auth| auth.topics_claim = "https://example.com/topics".into());
-        let claims = json!({ "exp": NOW + 60, "https://example.com/topics": ["x/#"] });
+        let claims = json!({ "sub": "d", "exp": NOW + 60, "https://example.com/topics": ["x/#"] });
         let verified = check_with(&token(claims), &namespaced).unwrap();
         assert_eq!(filters(&verified), ["x/#"]);
     }
@@ -1285,6 +1647,10 @@ mod tests {
         assert!(matches!(
             mint(ec, &mint_claims("d", &["t"])),
             Err(MintError::NotHmac { .. })
+        ));
+        assert!(matches!(
+            mint(dev_key(), &mint_claims("", &["t"])),
+            Err(MintError::EmptySubject)
         ));
         let reserved = MintClaims {
             topics_claim: "sub".into(),
@@ -1333,6 +1699,33 @@ mod tests {
         assert_eq!(parse_ttl("0s"), Err(TtlError::Zero));
         assert_eq!(parse_ttl("99999999999999999999"), Err(TtlError::TooLong));
         assert_eq!(parse_ttl("999999999999999999d"), Err(TtlError::TooLong));
+    }
+
+    /// Whether the date rules accept a token, computed without any of the
+    /// saturating arithmetic `verify` uses.
+    fn dates_are_acceptable(
+        exp: u64,
+        nbf: Option<u64>,
+        iat: Option<u64>,
+        leeway: u64,
+        max: Option<u64>,
+    ) -> bool {
+        let latest = u128::from(NOW) + u128::from(leeway);
+        u128::from(NOW) < u128::from(exp) + u128::from(leeway)
+            && nbf.is_none_or(|nbf| u128::from(nbf) <= latest)
+            && iat.is_none_or(|iat| u128::from(iat) <= latest)
+            && max.is_none_or(|max| iat.is_some_and(|iat| iat <= exp && exp - iat <= max))
+    }
+
+    /// Dates near `NOW`, anywhere, and at the edges of `u64`.
+    fn date() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            NOW - 100..NOW + 100,
+            any::<u64>(),
+            Just(1 << 63),
+            Just(u64::MAX),
+            Just(0),
+        ]
     }
 
     const BASE64URL: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -1405,8 +1798,46 @@ mod tests {
         }
 
         #[test]
+        fn dates_are_judged_exactly_and_without_overflow(
+            exp in date(),
+            nbf in prop::option::of(date()),
+            iat in prop::option::of(date()),
+            leeway in prop_oneof![0u64..10, any::<u64>()],
+            max in prop::option::of(prop_oneof![1u64..200, any::<u64>()]),
+        ) {
+            let policy = policy(|auth| {
+                auth.leeway = Duration::from_secs(leeway);
+                auth.max_token_lifetime = max.map(Duration::from_secs);
+            });
+            let claims = json!({ "sub": "d", "exp": exp, "nbf": nbf, "iat": iat, "topics": "t" });
+            let token = sign(Algorithm::HS256, Some("dev"), &claims, &hmac());
+            let result = check_with(&token, &policy);
+            prop_assert_eq!(
+                result.is_ok(),
+                dates_are_acceptable(exp, nbf, iat, leeway, max),
+                "{:?}", result
+            );
+        }
+
+        #[test]
+        fn fractional_and_huge_dates_never_panic(
+            exp in any::<f64>(),
+            nbf in any::<f64>(),
+            iat in any::<f64>(),
+            max in prop::option::of(any::<u64>()),
+        ) {
+            let policy = policy(|auth| auth.max_token_lifetime = max.map(Duration::from_secs));
+            // json! writes NaN and the infinities as null.
+            let claims = json!({ "sub": "d", "exp": exp, "nbf": nbf, "iat": iat, "topics": "t" });
+            let token = sign(Algorithm::HS256, Some("dev"), &claims, &hmac());
+            if let Ok(verified) = check_with(&token, &policy) {
+                prop_assert!(verified.expires_at.is_some_and(|at| at > NOW - 10));
+            }
+        }
+
+        #[test]
         fn mint_verify_round_trip(
-            subject in "\\PC{0,40}",
+            subject in "\\PC{1,40}",
             topics in prop::collection::vec("[a-z0-9/+#$]{1,12}", 0..8),
         ) {
             let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();

@@ -187,6 +187,10 @@ async fn refusals_have_the_right_codes_and_close_the_connection() {
         huge.len()
     );
     let no_topics = gw.sign(&json!({"sub": "dev2", "iat": now, "exp": now + 3600}));
+    let no_sub = gw.sign(&json!({"iat": now, "exp": now + 3600, "topics": ["sensors/#"]}));
+    let issued_later = gw.sign(&json!({
+        "sub": "dev2", "iat": now + 3600, "exp": now + 7200, "topics": ["sensors/#"]
+    }));
 
     let cases = [
         Refusal {
@@ -252,6 +256,22 @@ async fn refusals_have_the_right_codes_and_close_the_connection() {
             will_topic: None,
             v4: 5,
             v5: 0x87,
+        },
+        Refusal {
+            what: "token without sub",
+            username: Some("JWT"),
+            password: Some(no_sub),
+            will_topic: None,
+            v4: 5,
+            v5: 0x87,
+        },
+        Refusal {
+            what: "token with iat an hour ahead",
+            username: Some("JWT"),
+            password: Some(issued_later),
+            will_topic: None,
+            v4: 4,
+            v5: 0x86,
         },
         Refusal {
             what: "will on a topic not granted",

@@ -374,9 +374,12 @@ fn admit(
         let refusal = match &e {
             // Revocation too: the token is authentic, the identity may not
             // connect; it matches the DISCONNECT a live connection gets.
-            TokenError::MissingTopics | TokenError::BadTopicsClaim | TokenError::Revoked { .. } => {
-                Refusal::NotAuthorized
-            }
+            // A token without a subject is authentic too, but names no one
+            // a session could belong to.
+            TokenError::MissingTopics
+            | TokenError::BadTopicsClaim
+            | TokenError::Revoked { .. }
+            | TokenError::MissingSubject => Refusal::NotAuthorized,
             _ => Refusal::BadCredentials,
         };
         (refusal, e.to_string())
