@@ -486,3 +486,42 @@ async fn an_exp_of_two_to_the_63_neither_overflows_nor_panics() {
     device.expect_publish("ok/far").await;
     device_is_served(&gw, "after-exp-2-63").await;
 }
+
+/// Issue 9 item 6: a token without `sub` (or with an empty one) would put
+/// its device in the session namespace of every other such device, able
+/// to take over and resume their sessions: refused (CONNACK 5, "not
+/// authorized").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_a_subject_is_refused() {
+    let gw = DevBinary::start("", "").await;
+    for claims in [
+        json!({ "exp": now_unix() + 3600, "topics": ["ok/#"] }),
+        json!({ "sub": "", "exp": now_unix() + 3600, "topics": ["ok/#"] }),
+    ] {
+        let mut device = V4Client::start(gw.v4_options("shared-id", &gw.sign(&claims)));
+        assert_eq!(
+            device.connack().await.code,
+            ConnectReturnCode::NotAuthorized
+        );
+    }
+    device_is_served(&gw, "after-no-sub").await;
+}
+
+/// Issue 9 item 6: an `iat` an hour ahead (a token minted by a host with a
+/// wrong clock, or built to outlive a lifetime cap) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_issued_in_the_future_is_refused() {
+    let gw = DevBinary::start("", "").await;
+    let token = gw.sign(&json!({
+        "sub": "time-traveller",
+        "iat": now_unix() + 3600,
+        "exp": now_unix() + 7200,
+        "topics": ["ok/#"],
+    }));
+    let mut device = V4Client::start(gw.v4_options("time-traveller", &token));
+    assert_eq!(
+        device.connack().await.code,
+        ConnectReturnCode::BadUserNamePassword
+    );
+    device_is_served(&gw, "after-future-iat").await;
+}
