@@ -196,7 +196,7 @@ mod tests {
         let task = watch_files(Arc::clone(&reloader)).unwrap();
         std::fs::write(
             keys_dir.join("new.b64"),
-            "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n",
+            "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n",
         )
         .unwrap();
         tokio::time::timeout(Duration::from_secs(5), reloads.changed())

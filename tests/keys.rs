@@ -295,6 +295,69 @@ async fn removing_a_secret_refuses_its_tokens_and_closes_its_connections() {
     assert!(on_next.is_open().await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_secrets_are_reported_and_cannot_sign_a_token() {
+    let gw = start().await;
+    let logs = capture_logs();
+    let target = Target::of(&gw);
+    let short_secret = b"sixteen bytes!!!";
+    // Long enough for HS256, not for HS384 (48 bytes).
+    let mid_secret = b"forty bytes: enough for HS256 only......";
+    let short_file = gw.keys_dir().join("short.b64").display().to_string();
+    let since = logs.position();
+    drop_secret(gw.keys_dir(), "short", short_secret);
+    drop_secret(gw.keys_dir(), "mid", mid_secret);
+    let on_mid = sign_hs256_kid(mid_secret, "mid", &device_claims("d1"));
+    target.until(&on_mid, ConnectReturnCode::Success).await;
+    logs.wait_for_line(
+        since,
+        &[
+            "keys directory problem",
+            &short_file,
+            "the secret is 16 bytes long; HS256 needs at least 32",
+        ],
+    )
+    .await;
+
+    let short_key = EncodingKey::from_secret(short_secret);
+    let mid_key = EncodingKey::from_secret(mid_secret);
+    let refused = [
+        sign_jwt(
+            Algorithm::HS256,
+            Some("short"),
+            &device_claims("d1"),
+            &short_key,
+        ),
+        // Tried against every HMAC key in force, and none is this one.
+        sign_jwt(Algorithm::HS256, None, &device_claims("d1"), &short_key),
+        sign_jwt(
+            Algorithm::HS384,
+            Some("mid"),
+            &device_claims("d1"),
+            &mid_key,
+        ),
+        sign_jwt(Algorithm::HS384, None, &device_claims("d1"), &mid_key),
+    ];
+    let since = logs.position();
+    for token in &refused {
+        assert_eq!(
+            target.connack(token).await,
+            ConnectReturnCode::BadUserNamePassword
+        );
+    }
+    logs.wait_for_line(
+        since,
+        &[
+            "connection refused",
+            "key \"mid\" does not allow signature algorithm HS384",
+        ],
+    )
+    .await;
+    // The keys in force before are untouched.
+    let on_dev = gw.token_signed_by("dev", "d2", &["devices/d2/#"], Duration::from_secs(3600));
+    assert_eq!(target.connack(&on_dev).await, ConnectReturnCode::Success);
+}
+
 /// Spoils the JWKS at the path; given the good new version to spoil.
 type BadWrite = fn(&Path, &str);
 
@@ -335,7 +398,7 @@ async fn broken_and_half_written_files_leave_the_old_keys_in_force() {
     for (round, (what, write_bad)) in bad_writes.into_iter().enumerate() {
         let since = logs.position();
         write_bad(&idp, &new_version);
-        let evidence_secret = format!("evidence secret of round {round}....");
+        let evidence_secret = format!("evidence secret of round {round}......");
         let evidence_kid = format!("evidence-{round}");
         drop_secret(gw.keys_dir(), &evidence_kid, evidence_secret.as_bytes());
         let evidence = sign_hs256_kid(

@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
 use super::Key;
-use super::secret::HMAC_ALGORITHMS;
+use super::secret::{HMAC_ALGORITHMS, ShortSecret};
 
 /// The RSA moduli aws-lc verifies signatures with.
 const RSA_MODULUS_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
@@ -90,6 +90,8 @@ pub enum JwkError {
     RsaKeySize(usize),
     #[error("the secret \"k\" is empty")]
     EmptySecret,
+    #[error(transparent)]
+    ShortSecret(ShortSecret),
     #[error("not a valid public key: {0}")]
     InvalidPublicKey(#[source] KeyRejected),
 }
@@ -260,7 +262,7 @@ impl RawJwk {
                 if secret.is_empty() {
                     return Err(JwkError::EmptySecret);
                 }
-                Ok(Key::hmac(id, source, &secret, algorithms))
+                Key::hmac(id, source, &secret, algorithms).map_err(JwkError::ShortSecret)
             }
             other => Err(JwkError::UnsupportedKeyType(other.to_owned())),
         }
@@ -374,7 +376,7 @@ mod tests {
             rsa_jwk("rsa"),
             ec_jwk("ec"),
             ed_jwk("ed"),
-            json!({ "kty": "oct", "kid": "oct", "alg": "HS512", "k": b64url(b"secret") }),
+            json!({ "kty": "oct", "kid": "oct", "alg": "HS512", "k": b64url(&[7; 64]) }),
             json!({ "kty": "EC", "crv": "P-384", "kid": "p384",
                     "x": b64url(&[0; 48]), "y": b64url(&[0; 48]) }),
         ]);
@@ -442,6 +444,44 @@ mod tests {
         let parsed = parse_jwks(&text, Path::new("/keys/idp.json")).unwrap();
         assert_eq!(parsed.keys[0].id(), "idp#1");
         assert!(matches!(parsed.skipped[0].error, JwkError::EmptySecret));
+    }
+
+    #[test]
+    fn oct_keys_shorter_than_their_hash_are_left_out() {
+        let oct = |kid: &str, alg: Option<&str>, len: usize| {
+            let mut key = json!({ "kty": "oct", "kid": kid, "k": b64url(&vec![7; len]) });
+            if let Some(alg) = alg {
+                key["alg"] = json!(alg);
+            }
+            key
+        };
+        let text = jwks(&[
+            oct("short", None, 16),
+            oct("hs384-40", Some("HS384"), 40),
+            oct("hs256-40", Some("HS256"), 40),
+            oct("any-48", None, 48),
+        ]);
+        let parsed = parse_jwks(&text, Path::new("idp.json")).unwrap();
+        let algorithms: Vec<(&str, &[Algorithm])> = parsed
+            .keys
+            .iter()
+            .map(|key| (key.id(), key.algorithms()))
+            .collect();
+        assert_eq!(
+            algorithms,
+            [
+                ("hs256-40", &[Algorithm::HS256][..]),
+                ("any-48", &[Algorithm::HS256, Algorithm::HS384][..]),
+            ]
+        );
+        let reasons: Vec<String> = parsed.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            [
+                "key #0 (kid \"short\"): the secret is 16 bytes long; HS256 needs at least 32 (RFC 7518 §3.2)",
+                "key #1 (kid \"hs384-40\"): the secret is 40 bytes long; HS384 needs at least 48 (RFC 7518 §3.2)",
+            ]
+        );
     }
 
     #[test]

@@ -198,7 +198,7 @@ fn read_key_file(path: &Path, kind: FileKind) -> Result<Option<LoadedFile>, File
                 .and_then(|stem| stem.to_str())
                 .ok_or(FileError::NameNotUtf8)?;
             let secret = decode_secret(&text)?;
-            let key = Key::hmac(id.to_owned(), path, &secret, HMAC_ALGORITHMS);
+            let key = Key::hmac(id.to_owned(), path, &secret, HMAC_ALGORITHMS)?;
             (vec![key], Vec::new())
         }
         FileKind::Jwks => {
@@ -225,8 +225,8 @@ mod tests {
 
     use super::*;
     use crate::keys::testing::{ec_jwk, ed_jwk, jwks};
-    use crate::keys::tests::{kids, open, write};
-    use crate::keys::{DenyKind, KeyStore};
+    use crate::keys::tests::{SECRET, kids, open, write};
+    use crate::keys::{DenyKind, KeyStore, ShortSecret};
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
 
@@ -236,7 +236,7 @@ mod tests {
         write(
             dir.path(),
             "device-fleet.b64",
-            &STANDARD.encode(b"0123456789abcdef"),
+            &STANDARD.encode(b"0123456789abcdef".repeat(4)),
         );
         let (store, report) = open(dir.path());
         assert!(report.issues.is_empty(), "{report}");
@@ -249,11 +249,70 @@ mod tests {
     }
 
     #[test]
+    fn short_secrets_are_left_out_and_a_shortened_file_keeps_its_key() {
+        use jsonwebtoken::Algorithm::{HS256, HS384, HS512};
+        let dir = tempfile::tempdir().unwrap();
+        let short = STANDARD.encode([7; 16]);
+        write(dir.path(), "fleet.b64", SECRET);
+        write(dir.path(), "short.b64", &short);
+        write(dir.path(), "mid.b64", &STANDARD.encode([7; 40]));
+        let (store, report) = open(dir.path());
+        let before = store.snapshot();
+        assert_eq!(kids(&before), ["fleet", "mid"]);
+        let short_file = dir.path().join("short.b64");
+        assert!(
+            matches!(
+                &report.issues[..],
+                [LoadIssue {
+                    file,
+                    problem: Problem::File {
+                        error: FileError::ShortSecret(ShortSecret { len: 16, alg: HS256, needed: 32 }),
+                        kept_previous: 0,
+                    },
+                }] if *file == short_file
+            ),
+            "{report}"
+        );
+        assert_eq!(
+            report.issues[0].to_string(),
+            format!(
+                "{}: the secret is 16 bytes long; HS256 needs at least 32 (RFC 7518 §3.2); file left out",
+                short_file.display()
+            )
+        );
+        // 40 bytes: enough for HS256, too short for the longer hashes.
+        let mid = before.get("mid").unwrap();
+        assert!(mid.allows(HS256) && !mid.allows(HS384) && !mid.allows(HS512));
+        assert!(before.candidates(HS384).next().is_none());
+
+        // A good secret overwritten by a short one stays in force as it was.
+        write(dir.path(), "fleet.b64", &short);
+        let report = store.reload().unwrap();
+        let after = store.snapshot();
+        assert!(std::ptr::eq(
+            after.get("fleet").unwrap(),
+            before.get("fleet").unwrap()
+        ));
+        let fleet_file = dir.path().join("fleet.b64");
+        assert!(
+            report.issues.iter().any(|issue| issue.file == fleet_file
+                && matches!(
+                    issue.problem,
+                    Problem::File {
+                        error: FileError::ShortSecret(_),
+                        kept_previous: 1
+                    }
+                )),
+            "{report}"
+        );
+    }
+
+    #[test]
     fn file_that_is_not_a_jwks_is_a_file_error() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "broken.json", "{\"keys\": [");
         write(dir.path(), "object.json", "{\"kty\": \"oct\"}");
-        write(dir.path(), "ok.b64", "c2VjcmV0");
+        write(dir.path(), "ok.b64", SECRET);
         let (store, report) = open(dir.path());
         assert_eq!(kids(&store.snapshot()), ["ok"]);
         assert_eq!(report.issues.len(), 2, "{report}");
@@ -271,7 +330,7 @@ mod tests {
     #[test]
     fn ignores_dotfiles_tmp_files_other_names_and_subdirectories() {
         let dir = tempfile::tempdir().unwrap();
-        let secret = "c2VjcmV0";
+        let secret = SECRET;
         write(dir.path(), ".hidden.b64", secret);
         write(dir.path(), "next.b64.tmp", secret);
         write(dir.path(), ".x.tmp", secret);
@@ -294,7 +353,7 @@ mod tests {
             "b.json",
             &jwks(&[ec_jwk("shared"), ec_jwk("other")]),
         );
-        write(dir.path(), "shared.b64", "c2VjcmV0");
+        write(dir.path(), "shared.b64", SECRET);
         write(dir.path(), "a.json", &jwks(&[ed_jwk("shared")]));
         let (store, report) = open(dir.path());
         let set = store.snapshot();
@@ -319,8 +378,8 @@ mod tests {
     fn reload_keeps_a_broken_files_previous_keys_and_drops_removed_ones() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "idp.json", &jwks(&[ec_jwk("ec-1")]));
-        write(dir.path(), "dev.b64", "c2VjcmV0");
-        write(dir.path(), "gone.b64", "Z29uZQ");
+        write(dir.path(), "dev.b64", SECRET);
+        write(dir.path(), "gone.b64", SECRET);
         let (store, report) = open(dir.path());
         assert_eq!(report.keys, 3);
         let before = store.snapshot();
@@ -328,7 +387,7 @@ mod tests {
         write(dir.path(), "idp.json", "{ half-written");
         write(dir.path(), "dev.b64", "not base64!");
         fs::remove_file(dir.path().join("gone.b64")).unwrap();
-        write(dir.path(), "new.b64", "bmV3");
+        write(dir.path(), "new.b64", SECRET);
         let report = store.reload().unwrap();
         let after = store.snapshot();
         assert_eq!(kids(&after), ["dev", "ec-1", "new"]);
@@ -374,7 +433,7 @@ mod tests {
         let error = KeyStore::open(&missing).unwrap_err();
         assert!(error.to_string().contains(&*missing.to_string_lossy()));
         // A reload that cannot read the directory leaves the set alone.
-        write(dir.path(), "k.b64", "c2VjcmV0");
+        write(dir.path(), "k.b64", SECRET);
         let (store, _) = open(dir.path());
         fs::remove_dir_all(dir.path()).unwrap();
         assert!(store.reload().is_err());
@@ -397,7 +456,7 @@ mod tests {
     #[test]
     fn deny_list_is_loaded_with_the_keys_and_reported() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "dev.b64", "c2VjcmV0");
+        write(dir.path(), "dev.b64", SECRET);
         write(dir.path(), DENY_LIST_FILE, "sub:d1\nnonsense\njti:t1\n");
         let (store, report) = open(dir.path());
         assert_eq!(report.revoked, 2);

@@ -7,7 +7,9 @@
 //! `keys/tls/` and any other subdirectory is ignored):
 //!
 //! - `{kid}.b64`: an HMAC secret as base64 text, see [`decode_secret`]. The
-//!   key id is the file stem; the key allows HS256, HS384 and HS512.
+//!   key id is the file stem; the key allows HS256, and HS384 and HS512 as
+//!   far as the secret is long enough ([`ShortSecret`]: at least 32 bytes,
+//!   48 for HS384, 64 for HS512).
 //! - `{name}.json`: a JWK set (RFC 7517, `{"keys": [...]}`) holding RSA,
 //!   EC P-256/P-384, OKP Ed25519 and `oct` keys, see [`parse_jwks`]. The key
 //!   id is the JWK's `kid`, or `{name}#{index}` when it has none.
@@ -64,7 +66,7 @@ pub use deny::{
 pub use jwk::{JwkError, JwksError, ParsedJwks, SkippedJwk, parse_jwks};
 pub use load::{KeyDirError, MAX_KEY_FILE_BYTES};
 pub use report::{FileError, LoadIssue, LoadReport, Problem};
-pub use secret::{SecretError, decode_secret};
+pub use secret::{SecretError, ShortSecret, decode_secret};
 
 use load::load;
 
@@ -83,14 +85,21 @@ pub struct Key {
 }
 
 impl Key {
-    fn hmac(id: String, source: &Path, secret: &[u8], algorithms: &'static [Algorithm]) -> Key {
-        Key {
+    /// An HMAC key for those of `allowed` its secret is long enough for;
+    /// none is an error.
+    fn hmac(
+        id: String,
+        source: &Path,
+        secret: &[u8],
+        allowed: &'static [Algorithm],
+    ) -> Result<Key, ShortSecret> {
+        Ok(Key {
             id,
             source: source.to_path_buf(),
-            algorithms,
+            algorithms: secret::usable_algorithms(secret.len(), allowed)?,
             decoding: DecodingKey::from_secret(secret),
             signing: Some(EncodingKey::from_secret(secret)),
-        }
+        })
     }
 
     fn public(
@@ -284,6 +293,9 @@ mod tests {
     use std::fs;
     use std::time::Duration;
 
+    /// 32 bytes, the shortest secret a key takes, as base64.
+    pub(super) const SECRET: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
     pub(super) fn write(dir: &Path, name: &str, text: &str) {
         fs::write(dir.join(name), text).unwrap();
     }
@@ -304,7 +316,7 @@ mod tests {
             "idp.json",
             &jwks(&[ec_jwk("ec"), rsa_jwk("rsa")]),
         );
-        write(dir.path(), "dev.b64", "c2VjcmV0");
+        write(dir.path(), "dev.b64", SECRET);
         let (store, _) = open(dir.path());
         let set = store.snapshot();
         let ids = |alg| set.candidates(alg).map(Key::id).collect::<Vec<_>>();
@@ -325,14 +337,14 @@ mod tests {
             file.set_modified(SystemTime::now() - Duration::from_secs(secs_ago))
                 .unwrap();
         };
-        write(dir.path(), "old.b64", "b2xk");
-        write(dir.path(), "new.b64", "bmV3");
+        write(dir.path(), "old.b64", SECRET);
+        write(dir.path(), "new.b64", SECRET);
         // Newest of all, but its id is taken by a.json, so it is not in force.
-        write(dir.path(), "taken.b64", "dGFrZW4");
+        write(dir.path(), "taken.b64", SECRET);
         write(
             dir.path(),
             "a.json",
-            &jwks(&[json!({ "kty": "oct", "kid": "taken", "k": "eA" })]),
+            &jwks(&[json!({ "kty": "oct", "kid": "taken", "k": SECRET })]),
         );
         set_age("old.b64", 100);
         set_age("new.b64", 10);

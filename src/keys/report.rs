@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::deny::BadDenyLine;
 use super::jwk::{JwksError, SkippedJwk};
 use super::load::MAX_KEY_FILE_BYTES;
-use super::secret::SecretError;
+use super::secret::{SecretError, ShortSecret};
 
 /// What one load of the keys directory found.
 #[derive(Debug)]
@@ -160,6 +160,8 @@ pub enum FileError {
     NameNotUtf8,
     #[error("bad HMAC secret: {0}")]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    ShortSecret(#[from] ShortSecret),
     #[error(transparent)]
     Jwks(#[from] JwksError),
 }

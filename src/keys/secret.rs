@@ -1,13 +1,61 @@
 //! HMAC secrets: the base64 text of `{kid}.b64` files, read the way the
-//! Node.js code that shares these files reads it, and the algorithms an
-//! HMAC key allows.
+//! Node.js code that shares these files reads it, and which algorithms a
+//! secret is long enough for.
+//!
+//! RFC 7518 §3.2 requires an HMAC key at least as long as the hash output:
+//! a shorter one throws away the strength the hash has, and a 16-byte
+//! secret is within reach of an offline brute force on one captured token.
+//! So a secret shorter than 32 bytes is no key at all, and one of 32 to 47
+//! bytes verifies HS256 only, 48 to 63 bytes HS256 and HS384.
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use jsonwebtoken::Algorithm;
 
+/// Ordered by hash size, so the algorithms a secret is long enough for are
+/// always a prefix.
 pub(super) const HMAC_ALGORITHMS: &[Algorithm] =
     &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+
+/// The shortest secret `alg` takes: its hash output, in bytes.
+fn min_secret_bytes(alg: Algorithm) -> usize {
+    match alg {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        // HS256; no other family reaches here.
+        _ => 32,
+    }
+}
+
+/// A secret too short for an HMAC algorithm (RFC 7518 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the secret is {len} bytes long; {alg:?} needs at least {needed} (RFC 7518 §3.2)")]
+pub struct ShortSecret {
+    pub len: usize,
+    /// The least demanding algorithm the key was to allow.
+    pub alg: Algorithm,
+    pub needed: usize,
+}
+
+/// The algorithms of `allowed` (all of [`HMAC_ALGORITHMS`], or the one a
+/// JWK's `alg` names) that a secret of `len` bytes is long enough for.
+pub(super) fn usable_algorithms(
+    len: usize,
+    allowed: &'static [Algorithm],
+) -> Result<&'static [Algorithm], ShortSecret> {
+    let usable = allowed
+        .iter()
+        .take_while(|alg| len >= min_secret_bytes(**alg))
+        .count();
+    match allowed.first() {
+        Some(&alg) if usable == 0 => Err(ShortSecret {
+            len,
+            alg,
+            needed: min_secret_bytes(alg),
+        }),
+        _ => Ok(&allowed[..usable]),
+    }
+}
 
 /// Why the text of a `.b64` file is not a usable secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,5 +170,26 @@ mod tests {
             Err(SecretError::DataAfterPadding { offset: 4 })
         );
         assert_eq!(decode_secret("QUFBQ"), Err(SecretError::DanglingCharacter));
+    }
+
+    #[test]
+    fn a_secret_allows_the_algorithms_it_is_long_enough_for() {
+        use Algorithm::{HS256, HS384, HS512};
+        let usable = |len| usable_algorithms(len, HMAC_ALGORITHMS);
+        let short = |len, alg, needed| Err(ShortSecret { len, alg, needed });
+        assert_eq!(usable(0), short(0, HS256, 32));
+        assert_eq!(usable(31), short(31, HS256, 32));
+        assert_eq!(usable(32), Ok(&[HS256][..]));
+        assert_eq!(usable(47), Ok(&[HS256][..]));
+        assert_eq!(usable(48), Ok(&[HS256, HS384][..]));
+        assert_eq!(usable(63), Ok(&[HS256, HS384][..]));
+        assert_eq!(usable(64), Ok(HMAC_ALGORITHMS));
+        // A key restricted to one algorithm has it or nothing.
+        assert_eq!(usable_algorithms(63, &[HS512]), short(63, HS512, 64));
+        assert_eq!(usable_algorithms(48, &[HS384]), Ok(&[HS384][..]));
+        assert_eq!(
+            usable(16).unwrap_err().to_string(),
+            "the secret is 16 bytes long; HS256 needs at least 32 (RFC 7518 §3.2)"
+        );
     }
 }
