@@ -792,3 +792,39 @@ fn check_command_says_whether_and_why() {
     let (_, out) = run_check(&config, &[&refused[0].0], "");
     assert!(out.contains("key:      fleet"), "{out}");
 }
+
+#[test]
+fn check_warns_about_a_secret_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("temp dir");
+    let keys = root.path().join("keys");
+    std::fs::create_dir(&keys).expect("create the keys dir");
+    let secret = b"a fleet secret left world-readab";
+    drop_secret(&keys, "fleet", secret);
+    let key_file = keys.join("fleet.b64");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod the secret");
+    let token = sign_hs256_kid(secret, "fleet", &device_claims("dev-9"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(write_config(root.path()))
+        .arg(&token)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run jwtgate check");
+    let stderr = String::from_utf8(out.stderr).expect("UTF-8 log");
+    // A warning, not a refusal: the key is in force.
+    assert!(out.status.success(), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|line| line.contains("keys directory warning"))
+        .unwrap_or_else(|| panic!("no warning in {stderr:?}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(&key_file.display().to_string()),
+        "{warning}"
+    );
+    assert!(warning.contains("mode 0644"), "{warning}");
+}

@@ -1,18 +1,21 @@
 //! Reading the keys directory into a [`KeySet`]: which names are key files,
 //! reading each one (bounded, through symbolic links), and falling back on
 //! the previous set for files that fail now, so that a bad write never
-//! takes keys or deny-list entries away.
+//! takes keys or deny-list entries away. A secret that others than its
+//! owner can read is loaded, with a warning: refusing it would take a
+//! working gateway down over a chmod.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::deny::{DENY_LIST_FILE, DenyList, parse_deny_list};
 use super::jwk::{SkippedJwk, parse_jwks};
-use super::report::{FileError, LoadIssue, LoadReport, Problem};
+use super::report::{Concern, FileError, LoadIssue, LoadReport, LoadWarning, Problem};
 use super::secret::{HMAC_ALGORITHMS, decode_secret};
 use super::{FileKind, Key, KeyFile, KeySet};
 
@@ -33,14 +36,19 @@ pub enum KeyDirError {
 pub(super) fn load(dir: &Path, previous: &KeySet) -> Result<(KeySet, LoadReport), KeyDirError> {
     let mut files = BTreeMap::new();
     let mut issues = Vec::new();
+    let mut warnings = Vec::new();
     for (path, kind) in key_files(dir)? {
         match read_key_file(&path, kind) {
-            Ok(Some((file, skipped))) => {
-                issues.extend(skipped.into_iter().map(|skipped| LoadIssue {
+            Ok(Some(loaded)) => {
+                issues.extend(loaded.skipped.into_iter().map(|skipped| LoadIssue {
                     file: path.clone(),
                     problem: Problem::Key(skipped),
                 }));
-                files.insert(path, file);
+                warnings.extend(loaded.exposed.map(|concern| LoadWarning {
+                    file: path.clone(),
+                    concern,
+                }));
+                files.insert(path, loaded.file);
             }
             // Removed between listing and reading: as good as never seen.
             Ok(None) => {}
@@ -87,6 +95,7 @@ pub(super) fn load(dir: &Path, previous: &KeySet) -> Result<(KeySet, LoadReport)
         files: files.len(),
         revoked: deny.len(),
         issues,
+        warnings,
     };
     Ok((
         KeySet {
@@ -156,12 +165,19 @@ fn key_files(dir: &Path) -> Result<Vec<(PathBuf, FileKind)>, KeyDirError> {
     Ok(found)
 }
 
-type LoadedFile = (KeyFile, Vec<SkippedJwk>);
+/// One key file as it is now.
+struct LoadedFile {
+    file: KeyFile,
+    skipped: Vec<SkippedJwk>,
+    /// Set when the file holds a secret that others than its owner can
+    /// read.
+    exposed: Option<Concern>,
+}
 
-/// Reads a key file or the deny list as text, with its modification time;
-/// `None` when it is gone or turned out not to be a regular file (a
-/// directory named `x.json`).
-fn read_text(path: &Path) -> Result<Option<(String, SystemTime)>, FileError> {
+/// Reads a key file or the deny list as text, with its metadata (of the
+/// file a symbolic link leads to); `None` when it is gone or turned out
+/// not to be a regular file (a directory named `x.json`).
+fn read_text(path: &Path) -> Result<Option<(String, fs::Metadata)>, FileError> {
     let metadata = match fs::metadata(path) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -170,8 +186,6 @@ fn read_text(path: &Path) -> Result<Option<(String, SystemTime)>, FileError> {
     if !metadata.is_file() {
         return Ok(None);
     }
-    // Some filesystems keep no modification time; such files sort oldest.
-    let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
     let mut bytes = Vec::new();
     match fs::File::open(path) {
         Ok(file) => file.take(MAX_KEY_FILE_BYTES + 1).read_to_end(&mut bytes),
@@ -183,12 +197,12 @@ fn read_text(path: &Path) -> Result<Option<(String, SystemTime)>, FileError> {
         return Err(FileError::TooLarge);
     }
     let text = String::from_utf8(bytes).map_err(|_| FileError::NotUtf8)?;
-    Ok(Some((text, modified)))
+    Ok(Some((text, metadata)))
 }
 
 /// Reads and parses one key file; `None` when [`read_text`] finds none.
 fn read_key_file(path: &Path, kind: FileKind) -> Result<Option<LoadedFile>, FileError> {
-    let Some((text, modified)) = read_text(path)? else {
+    let Some((text, metadata)) = read_text(path)? else {
         return Ok(None);
     };
     let (keys, skipped) = match kind {
@@ -210,12 +224,28 @@ fn read_key_file(path: &Path, kind: FileKind) -> Result<Option<LoadedFile>, File
             (parsed.keys, parsed.skipped)
         }
     };
+    let exposed = exposure(&metadata, &keys);
     let file = KeyFile {
         kind,
-        modified,
+        // Some filesystems keep no modification time; such files sort
+        // oldest.
+        modified: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
         keys: keys.into_iter().map(Arc::new).collect(),
     };
-    Ok(Some((file, skipped)))
+    Ok(Some(LoadedFile {
+        file,
+        skipped,
+        exposed,
+    }))
+}
+
+/// Whether a file with these `keys` and `metadata` holds a secret that its
+/// group or others can read (or write): whoever reads an HMAC secret can
+/// sign tokens with it. Public keys may be read by anyone.
+fn exposure(metadata: &fs::Metadata, keys: &[Key]) -> Option<Concern> {
+    let mode = metadata.permissions().mode() & 0o7777;
+    let holds_secret = keys.iter().any(|key| key.signing_key().is_some());
+    (holds_secret && mode & 0o077 != 0).then_some(Concern::SecretNotPrivate { mode })
 }
 
 #[cfg(test)]
@@ -229,6 +259,7 @@ mod tests {
     use crate::keys::{DenyKind, KeyStore, ShortSecret};
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
+    use serde_json::json;
 
     #[test]
     fn b64_file_is_an_hmac_key_named_by_its_stem() {
@@ -305,6 +336,70 @@ mod tests {
                 )),
             "{report}"
         );
+    }
+
+    #[test]
+    fn secrets_open_to_group_or_others_are_loaded_with_a_warning() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let chmod = |name: &str, mode| {
+            fs::set_permissions(dir.path().join(name), fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let oct = json!({ "kty": "oct", "kid": "oct", "k": SECRET });
+        for (name, text, mode) in [
+            ("private.b64", SECRET, 0o600),
+            ("group.b64", SECRET, 0o640),
+            ("others.b64", SECRET, 0o604),
+            ("hmac.json", &jwks(&[oct]), 0o664),
+            ("public.json", &jwks(&[ec_jwk("ec")]), 0o644),
+            (DENY_LIST_FILE, "sub:d1", 0o644),
+            // Left out, so an issue and no warning.
+            ("short.b64", "c2VjcmV0", 0o644),
+            // A symbolic link is judged by the file it leads to.
+            ("..target", SECRET, 0o600),
+        ] {
+            write(dir.path(), name, text);
+            chmod(name, mode);
+        }
+        symlink("..target", dir.path().join("linked.b64")).unwrap();
+
+        let (store, report) = open(dir.path());
+        assert_eq!(
+            kids(&store.snapshot()),
+            ["ec", "group", "linked", "oct", "others", "private"]
+        );
+        assert_eq!(report.issues.len(), 1, "{report}");
+        let warnings: Vec<(&Path, Concern)> = report
+            .warnings
+            .iter()
+            .map(|warning| {
+                (
+                    warning.file.strip_prefix(dir.path()).unwrap(),
+                    warning.concern,
+                )
+            })
+            .collect();
+        let open_to = |name, mode| (Path::new(name), Concern::SecretNotPrivate { mode });
+        assert_eq!(
+            warnings,
+            [
+                open_to("group.b64", 0o640),
+                open_to("hmac.json", 0o664),
+                open_to("others.b64", 0o604),
+            ]
+        );
+        let text = report.to_string();
+        for (file, who, mode) in [
+            ("group.b64", "its group can", "0640"),
+            ("hmac.json", "its group and others can", "0664"),
+            ("others.b64", "others can", "0604"),
+        ] {
+            let line = format!(
+                "\n  warning: {}: holds an HMAC secret, and {who} access it (mode {mode}): ",
+                dir.path().join(file).display()
+            );
+            assert!(text.contains(&line), "{line:?} in {text}");
+        }
     }
 
     #[test]

@@ -24,7 +24,8 @@
 //! key id defined twice or a malformed deny-list line is a [`LoadIssue`] in
 //! the [`LoadReport`], and everything else stays in force. A key id defined
 //! by several files is taken from the file whose name sorts first, so the
-//! outcome never depends on directory order.
+//! outcome never depends on directory order. A file holding an HMAC secret
+//! that its group or others can read is loaded with a [`LoadWarning`].
 //!
 //! [`KeyStore::reload`] is built for a directory that is being edited while
 //! the gateway runs: a file that now fails to load keeps the keys of its
@@ -65,7 +66,7 @@ pub use deny::{
 };
 pub use jwk::{JwkError, JwksError, ParsedJwks, SkippedJwk, parse_jwks};
 pub use load::{KeyDirError, MAX_KEY_FILE_BYTES};
-pub use report::{FileError, LoadIssue, LoadReport, Problem};
+pub use report::{Concern, FileError, LoadIssue, LoadReport, LoadWarning, Problem};
 pub use secret::{SecretError, ShortSecret, decode_secret};
 
 use load::load;

@@ -1,5 +1,6 @@
 //! What a load of the keys directory found: how many keys are in force,
-//! and each file, key or deny-list line that was left out and why, for the
+//! each file, key or deny-list line that was left out and why (an issue),
+//! and each file that was loaded but should be fixed (a warning), for the
 //! caller to log ([`LoadReport::log`]) or print.
 
 use std::fmt;
@@ -22,15 +23,18 @@ pub struct LoadReport {
     pub files: usize,
     /// Deny-list entries in force after the load.
     pub revoked: usize,
+    /// What was left out.
     pub issues: Vec<LoadIssue>,
+    /// What was loaded but should be fixed.
+    pub warnings: Vec<LoadWarning>,
 }
 
 impl LoadReport {
     /// Logs the outcome: one `warn` per issue, with the file and the reason
     /// (an `error` for a deny list that cannot be read, since tokens it
-    /// revokes may then be accepted), and an `error` when no key at all is
-    /// in force (every CONNECT will be refused), otherwise an `info`
-    /// summary.
+    /// revokes may then be accepted), one `warn` per warning, and an
+    /// `error` when no key at all is in force (every CONNECT will be
+    /// refused), otherwise an `info` summary.
     pub fn log(&self) {
         for issue in &self.issues {
             let (file, reason) = (issue.file.display(), &issue.problem);
@@ -39,6 +43,10 @@ impl LoadReport {
             } else {
                 tracing::warn!(%file, %reason, "keys directory problem");
             }
+        }
+        for warning in &self.warnings {
+            let (file, concern) = (warning.file.display(), &warning.concern);
+            tracing::warn!(%file, %concern, "keys directory warning");
         }
         if self.keys == 0 {
             tracing::error!(
@@ -70,7 +78,49 @@ impl fmt::Display for LoadReport {
         for issue in &self.issues {
             write!(f, "\n  {issue}")?;
         }
+        for warning in &self.warnings {
+            write!(f, "\n  warning: {warning}")?;
+        }
         Ok(())
+    }
+}
+
+/// A file that was loaded in full but should be fixed.
+#[derive(Debug)]
+pub struct LoadWarning {
+    pub file: PathBuf,
+    pub concern: Concern,
+}
+
+impl fmt::Display for LoadWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.concern)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concern {
+    /// The file holds an HMAC secret, and its permission bits (`mode`, of
+    /// the file a symbolic link leads to) let its group or others at it.
+    SecretNotPrivate { mode: u32 },
+}
+
+impl fmt::Display for Concern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Concern::SecretNotPrivate { mode } => {
+                let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+                    (true, true) => "its group and others",
+                    (true, false) => "its group",
+                    (false, _) => "others",
+                };
+                write!(
+                    f,
+                    "holds an HMAC secret, and {who} can access it (mode {mode:04o}): \
+                     whoever reads it can sign tokens; loaded, but restrict it (chmod go-rwx)"
+                )
+            }
+        }
     }
 }
 
