@@ -522,6 +522,81 @@ async fn deny_list_refuses_at_connect_and_closes_matching_connections() {
     assert_eq!(target.connack(&by_jti).await, REVOKED_AT_CONNECT);
 }
 
+/// Updates `dir` the way the kubelet's atomic writer updates a mounted
+/// Kubernetes secret: the files go into a new timestamped directory
+/// `..{stamp}`, a link `..data_tmp` to it is renamed over `..data`, each
+/// file is a link through `..data` (made by the first update), and the
+/// previous timestamped directory is removed.
+fn kubelet_update(dir: &Path, stamp: &str, secrets: &[(&str, &[u8])]) {
+    use base64::Engine as _;
+    use std::os::unix::fs::symlink;
+    let data = dir.join("..data");
+    let previous = std::fs::read_link(&data).ok();
+    let timestamped = format!("..{stamp}");
+    std::fs::create_dir(dir.join(&timestamped)).expect("create the timestamped dir");
+    for (name, secret) in secrets {
+        let text = base64::engine::general_purpose::STANDARD.encode(secret);
+        std::fs::write(dir.join(&timestamped).join(name), text).expect("write a secret");
+    }
+    symlink(&timestamped, dir.join("..data_tmp")).expect("link ..data_tmp");
+    std::fs::rename(dir.join("..data_tmp"), &data).expect("rename ..data_tmp over ..data");
+    for (name, _) in secrets {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new("..data").join(name), &link).expect("link a key file");
+        }
+    }
+    if let Some(previous) = previous {
+        std::fs::remove_dir_all(dir.join(previous)).expect("remove the old timestamped dir");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_secret_update_swaps_the_key() {
+    let gw = start().await;
+    let target = Target::of(&gw);
+    let (old_secret, new_secret) = (
+        b"the mounted secret before update",
+        b"the mounted secret after update.",
+    );
+    let old_token = sign_hs256_kid(old_secret, "k8s", &device_claims("k1"));
+    let new_token = sign_hs256_kid(new_secret, "k8s", &device_claims("k2"));
+    kubelet_update(
+        gw.keys_dir(),
+        "2026_12_01_14_00_00.123456789",
+        &[("k8s.b64", old_secret)],
+    );
+    target.until(&old_token, ConnectReturnCode::Success).await;
+    let mut on_old = gw.v5_connected("on-old-mount", &old_token).await;
+
+    // The update touches nothing but the kubelet's `..` names: `k8s.b64`
+    // is the same link before and after.
+    kubelet_update(
+        gw.keys_dir(),
+        "2026_12_01_14_05_00.987654321",
+        &[("k8s.b64", new_secret)],
+    );
+    target.until(&new_token, ConnectReturnCode::Success).await;
+    assert_eq!(
+        target.connack(&old_token).await,
+        ConnectReturnCode::BadUserNamePassword
+    );
+    let end = on_old.closed().await;
+    assert_eq!(
+        end.disconnect,
+        Some(DisconnectReasonCode::NotAuthorized),
+        "{end:?}"
+    );
+    // The kubelet's names are followed, never loaded as keys.
+    let kids: Vec<String> = gw
+        .key_store()
+        .snapshot()
+        .iter()
+        .map(|key| key.id().to_owned())
+        .collect();
+    assert_eq!(kids, ["dev", "k8s"]);
+}
+
 // ---------------------------------------------------------------------------
 // The server certificate
 // ---------------------------------------------------------------------------
