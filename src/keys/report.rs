@@ -117,7 +117,8 @@ impl fmt::Display for Concern {
                 write!(
                     f,
                     "holds an HMAC secret, and {who} can access it (mode {mode:04o}): \
-                     whoever reads it can sign tokens; loaded, but restrict it (chmod go-rwx)"
+                     whoever reads it can sign tokens; loaded, but it should be mode 0600, \
+                     owned by the user jwtgate runs as"
                 )
             }
         }

@@ -2,11 +2,11 @@
 //! Node.js code that shares these files reads it, and which algorithms a
 //! secret is long enough for.
 //!
-//! RFC 7518 §3.2 requires an HMAC key at least as long as the hash output:
-//! a shorter one throws away the strength the hash has, and a 16-byte
-//! secret is within reach of an offline brute force on one captured token.
-//! So a secret shorter than 32 bytes is no key at all, and one of 32 to 47
-//! bytes verifies HS256 only, 48 to 63 bytes HS256 and HS384.
+//! RFC 7518 §3.2 requires an HMAC key at least as long as the hash output.
+//! A short secret is often a password, and one captured token is enough to
+//! guess it offline; then every token can be forged. So a secret shorter
+//! than 32 bytes is no key at all, and one of 32 to 47 bytes verifies HS256
+//! only, 48 to 63 bytes HS256 and HS384.
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
