@@ -619,7 +619,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let keys = dir.path();
         let own = keys.join("fleet.b64");
-        fs::write(&own, "c2VjcmV0\n").expect("write");
+        // 36 bytes: at least the 32 the loader takes.
+        fs::write(&own, "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n").expect("write");
         let made = ensure_dev_material(keys).expect("first run");
         assert_eq!(made.secret, own);
         assert!(!keys.join("dev.b64").exists());

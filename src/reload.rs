@@ -16,8 +16,9 @@
 //!
 //! Reloads are triggered by [`watch_files`] (a `notify` watcher on the keys
 //! directory and the certificate's directories, debounced so that a file
-//! written in several steps is read once it is complete) and by the binary
-//! on SIGHUP.
+//! written in several steps is read once it is complete, and following the
+//! kubelet's `..data` swap of a mounted secret) and by the binary on
+//! SIGHUP.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -95,9 +96,18 @@ impl Reloader {
 
 /// True for the files a change to which means nothing: the dotfiles and
 /// `*.tmp` files of an atomic drop, before their rename.
+///
+/// Names starting with `..` are the kubelet's, never scratch: a mounted
+/// Kubernetes secret or config map holds its files in a timestamped
+/// `..2026_12_01_14_00_00.123456789/` directory, reached through the
+/// `..data` link, and each key file is a link through `..data`. An update
+/// writes a new timestamped directory and renames `..data_tmp` over
+/// `..data`; the key files' own links never change, so these are the only
+/// events an update makes. (Kubernetes refuses keys starting with `..`, so
+/// no key file is named like this; the loader skips them as dotfiles.)
 fn is_scratch(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    name.starts_with('.') || name.ends_with(".tmp")
+    !name.starts_with("..") && (name.starts_with('.') || name.ends_with(".tmp"))
 }
 
 /// True for an event that may change what a reload reads. Reading the
@@ -175,6 +185,22 @@ mod tests {
         assert!(!is_scratch(Path::new("/k/revoked")));
     }
 
+    #[test]
+    fn the_kubelets_data_swap_is_a_change() {
+        use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+        use notify::{Event, EventKind};
+        let swap = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path(PathBuf::from("/k/..data_tmp"))
+            .add_path(PathBuf::from("/k/..data"));
+        assert!(is_change(&swap));
+        let new_dir = Event::new(EventKind::Create(CreateKind::Folder))
+            .add_path(PathBuf::from("/k/..2026_12_01_14_05_00.987654321"));
+        assert!(is_change(&new_dir));
+        let old_dir = Event::new(EventKind::Remove(RemoveKind::Folder))
+            .add_path(PathBuf::from("/k/..2026_12_01_14_00_00.123456789"));
+        assert!(is_change(&old_dir));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_key_file_is_loaded() {
         let dir = tempfile::tempdir().unwrap();
@@ -196,7 +222,7 @@ mod tests {
         let task = watch_files(Arc::clone(&reloader)).unwrap();
         std::fs::write(
             keys_dir.join("new.b64"),
-            "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n",
+            "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\n",
         )
         .unwrap();
         tokio::time::timeout(Duration::from_secs(5), reloads.changed())

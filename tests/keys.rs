@@ -295,6 +295,69 @@ async fn removing_a_secret_refuses_its_tokens_and_closes_its_connections() {
     assert!(on_next.is_open().await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_secrets_are_reported_and_cannot_sign_a_token() {
+    let gw = start().await;
+    let logs = capture_logs();
+    let target = Target::of(&gw);
+    let short_secret = b"sixteen bytes!!!";
+    // Long enough for HS256, not for HS384 (48 bytes).
+    let mid_secret = b"forty bytes: enough for HS256 only......";
+    let short_file = gw.keys_dir().join("short.b64").display().to_string();
+    let since = logs.position();
+    drop_secret(gw.keys_dir(), "short", short_secret);
+    drop_secret(gw.keys_dir(), "mid", mid_secret);
+    let on_mid = sign_hs256_kid(mid_secret, "mid", &device_claims("d1"));
+    target.until(&on_mid, ConnectReturnCode::Success).await;
+    logs.wait_for_line(
+        since,
+        &[
+            "keys directory problem",
+            &short_file,
+            "the secret is 16 bytes long; HS256 needs at least 32",
+        ],
+    )
+    .await;
+
+    let short_key = EncodingKey::from_secret(short_secret);
+    let mid_key = EncodingKey::from_secret(mid_secret);
+    let refused = [
+        sign_jwt(
+            Algorithm::HS256,
+            Some("short"),
+            &device_claims("d1"),
+            &short_key,
+        ),
+        // Tried against every HMAC key in force, and none is this one.
+        sign_jwt(Algorithm::HS256, None, &device_claims("d1"), &short_key),
+        sign_jwt(
+            Algorithm::HS384,
+            Some("mid"),
+            &device_claims("d1"),
+            &mid_key,
+        ),
+        sign_jwt(Algorithm::HS384, None, &device_claims("d1"), &mid_key),
+    ];
+    let since = logs.position();
+    for token in &refused {
+        assert_eq!(
+            target.connack(token).await,
+            ConnectReturnCode::BadUserNamePassword
+        );
+    }
+    logs.wait_for_line(
+        since,
+        &[
+            "connection refused",
+            "key \"mid\" does not allow signature algorithm HS384",
+        ],
+    )
+    .await;
+    // The keys in force before are untouched.
+    let on_dev = gw.token_signed_by("dev", "d2", &["devices/d2/#"], Duration::from_secs(3600));
+    assert_eq!(target.connack(&on_dev).await, ConnectReturnCode::Success);
+}
+
 /// Spoils the JWKS at the path; given the good new version to spoil.
 type BadWrite = fn(&Path, &str);
 
@@ -335,7 +398,7 @@ async fn broken_and_half_written_files_leave_the_old_keys_in_force() {
     for (round, (what, write_bad)) in bad_writes.into_iter().enumerate() {
         let since = logs.position();
         write_bad(&idp, &new_version);
-        let evidence_secret = format!("evidence secret of round {round}....");
+        let evidence_secret = format!("evidence secret of round {round}......");
         let evidence_kid = format!("evidence-{round}");
         drop_secret(gw.keys_dir(), &evidence_kid, evidence_secret.as_bytes());
         let evidence = sign_hs256_kid(
@@ -457,6 +520,81 @@ async fn deny_list_refuses_at_connect_and_closes_matching_connections() {
     write_atomically(&revoked, "jti:leaked-1\nkid:spare\n");
     target.until(&by_sub, ConnectReturnCode::Success).await;
     assert_eq!(target.connack(&by_jti).await, REVOKED_AT_CONNECT);
+}
+
+/// Updates `dir` the way the kubelet's atomic writer updates a mounted
+/// Kubernetes secret: the files go into a new timestamped directory
+/// `..{stamp}`, a link `..data_tmp` to it is renamed over `..data`, each
+/// file is a link through `..data` (made by the first update), and the
+/// previous timestamped directory is removed.
+fn kubelet_update(dir: &Path, stamp: &str, secrets: &[(&str, &[u8])]) {
+    use base64::Engine as _;
+    use std::os::unix::fs::symlink;
+    let data = dir.join("..data");
+    let previous = std::fs::read_link(&data).ok();
+    let timestamped = format!("..{stamp}");
+    std::fs::create_dir(dir.join(&timestamped)).expect("create the timestamped dir");
+    for (name, secret) in secrets {
+        let text = base64::engine::general_purpose::STANDARD.encode(secret);
+        std::fs::write(dir.join(&timestamped).join(name), text).expect("write a secret");
+    }
+    symlink(&timestamped, dir.join("..data_tmp")).expect("link ..data_tmp");
+    std::fs::rename(dir.join("..data_tmp"), &data).expect("rename ..data_tmp over ..data");
+    for (name, _) in secrets {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new("..data").join(name), &link).expect("link a key file");
+        }
+    }
+    if let Some(previous) = previous {
+        std::fs::remove_dir_all(dir.join(previous)).expect("remove the old timestamped dir");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_secret_update_swaps_the_key() {
+    let gw = start().await;
+    let target = Target::of(&gw);
+    let (old_secret, new_secret) = (
+        b"the mounted secret before update",
+        b"the mounted secret after update.",
+    );
+    let old_token = sign_hs256_kid(old_secret, "k8s", &device_claims("k1"));
+    let new_token = sign_hs256_kid(new_secret, "k8s", &device_claims("k2"));
+    kubelet_update(
+        gw.keys_dir(),
+        "2026_12_01_14_00_00.123456789",
+        &[("k8s.b64", old_secret)],
+    );
+    target.until(&old_token, ConnectReturnCode::Success).await;
+    let mut on_old = gw.v5_connected("on-old-mount", &old_token).await;
+
+    // The update touches nothing but the kubelet's `..` names: `k8s.b64`
+    // is the same link before and after.
+    kubelet_update(
+        gw.keys_dir(),
+        "2026_12_01_14_05_00.987654321",
+        &[("k8s.b64", new_secret)],
+    );
+    target.until(&new_token, ConnectReturnCode::Success).await;
+    assert_eq!(
+        target.connack(&old_token).await,
+        ConnectReturnCode::BadUserNamePassword
+    );
+    let end = on_old.closed().await;
+    assert_eq!(
+        end.disconnect,
+        Some(DisconnectReasonCode::NotAuthorized),
+        "{end:?}"
+    );
+    // The kubelet's names are followed, never loaded as keys.
+    let kids: Vec<String> = gw
+        .key_store()
+        .snapshot()
+        .iter()
+        .map(|key| key.id().to_owned())
+        .collect();
+    assert_eq!(kids, ["dev", "k8s"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -728,4 +866,40 @@ fn check_command_says_whether_and_why() {
     // The revoked token names the key that verified it.
     let (_, out) = run_check(&config, &[&refused[0].0], "");
     assert!(out.contains("key:      fleet"), "{out}");
+}
+
+#[test]
+fn check_warns_about_a_secret_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("temp dir");
+    let keys = root.path().join("keys");
+    std::fs::create_dir(&keys).expect("create the keys dir");
+    let secret = b"a fleet secret left world-readab";
+    drop_secret(&keys, "fleet", secret);
+    let key_file = keys.join("fleet.b64");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod the secret");
+    let token = sign_hs256_kid(secret, "fleet", &device_claims("dev-9"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(write_config(root.path()))
+        .arg(&token)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run jwtgate check");
+    let stderr = String::from_utf8(out.stderr).expect("UTF-8 log");
+    // A warning, not a refusal: the key is in force.
+    assert!(out.status.success(), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|line| line.contains("keys directory warning"))
+        .unwrap_or_else(|| panic!("no warning in {stderr:?}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(&key_file.display().to_string()),
+        "{warning}"
+    );
+    assert!(warning.contains("mode 0644"), "{warning}");
 }

@@ -34,7 +34,7 @@ fn target() -> &'static Target {
     static TARGET: OnceLock<Target> = OnceLock::new();
     TARGET.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temporary keys directory");
-        std::fs::write(dir.path().join("dev.b64"), "ZnV6emluZyBzZWNyZXQ=").expect("write dev.b64");
+        std::fs::write(dir.path().join("dev.b64"), "ZnV6emluZyBzZWNyZXQsIDMyIGJ5dGVzIG9mIGl0Li4=").expect("write dev.b64");
         std::fs::write(dir.path().join("idp.json"), EC_JWKS).expect("write idp.json");
         let (store, report) = KeyStore::open(dir.path()).expect("open keys directory");
         assert!(report.issues.is_empty() && report.keys == 2, "{report}");

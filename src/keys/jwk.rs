@@ -1,0 +1,495 @@
+//! JWK sets (RFC 7517): each usable key of a `{name}.json` file becomes a
+//! [`Key`], checked (curve points, RSA sizes, base64) when it is loaded, so
+//! that a broken key is reported once rather than failing every CONNECT.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use aws_lc_rs::error::KeyRejected;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ED25519, EcdsaVerificationAlgorithm,
+    ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents,
+};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD_INDIFFERENT;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+
+use super::Key;
+use super::secret::{HMAC_ALGORITHMS, ShortSecret};
+
+/// The RSA moduli aws-lc verifies signatures with.
+const RSA_MODULUS_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
+
+const RSA_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+/// A file that is not a JWK set at all.
+#[derive(Debug, thiserror::Error)]
+#[error("not a JWK set ({{\"keys\": [...]}}): {0}")]
+pub struct JwksError(#[source] serde_json::Error);
+
+/// A key of a JWK set that was left out, and why.
+#[derive(Debug)]
+pub struct SkippedJwk {
+    /// Position in the `keys` array, from 0.
+    pub index: usize,
+    pub kid: Option<String>,
+    pub error: JwkError,
+}
+
+impl fmt::Display for SkippedJwk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kid {
+            Some(kid) => write!(f, "key #{} (kid {kid:?}): {}", self.index, self.error),
+            None => write!(f, "key #{}: {}", self.index, self.error),
+        }
+    }
+}
+
+/// Why one JWK was left out.
+#[derive(Debug, thiserror::Error)]
+pub enum JwkError {
+    #[error("not a JWK: {0}")]
+    NotAJwk(#[source] serde_json::Error),
+    #[error("\"use\" is {0:?}, not \"sig\"")]
+    NotForSignatures(String),
+    #[error("\"key_ops\" does not include \"verify\"")]
+    NoVerifyOperation,
+    #[error("\"kid\" is empty")]
+    EmptyKid,
+    #[error("unsupported key type {0:?} (supported: RSA, EC, OKP, oct)")]
+    UnsupportedKeyType(String),
+    #[error("unsupported {kty} curve {crv:?}")]
+    UnsupportedCurve { kty: &'static str, crv: String },
+    #[error("missing parameter {0:?}")]
+    MissingParameter(&'static str),
+    #[error("parameter {param:?} is not base64url: {error}")]
+    BadBase64 {
+        param: &'static str,
+        error: base64::DecodeError,
+    },
+    #[error("parameter {param:?} is {found} bytes long, {expected} expected")]
+    WrongLength {
+        param: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error("unsupported signature algorithm {0:?}")]
+    UnsupportedAlgorithm(String),
+    #[error("\"alg\" is {alg:?}, not usable with this {kind} key")]
+    AlgorithmMismatch { alg: Algorithm, kind: &'static str },
+    #[error("the RSA modulus has {0} bits; 2048 to 8192 are supported")]
+    RsaKeySize(usize),
+    #[error("the secret \"k\" is empty")]
+    EmptySecret,
+    #[error(transparent)]
+    ShortSecret(ShortSecret),
+    #[error("not a valid public key: {0}")]
+    InvalidPublicKey(#[source] KeyRejected),
+}
+
+/// The keys of one JWK set, and those of its keys that were left out.
+#[derive(Debug)]
+pub struct ParsedJwks {
+    pub keys: Vec<Key>,
+    pub skipped: Vec<SkippedJwk>,
+}
+
+/// Parses the text of a JWK set file. `source` is recorded in each key and
+/// its stem names keys without `kid` (`{stem}#{index}`); nothing is read
+/// from it.
+///
+/// A key that cannot be used is skipped and reported, never fatal; only
+/// text that is not a `{"keys": [...]}` object is an error.
+pub fn parse_jwks(text: &str, source: &Path) -> Result<ParsedJwks, JwksError> {
+    #[derive(Deserialize)]
+    struct RawJwks {
+        keys: Vec<serde_json::Value>,
+    }
+
+    let raw: RawJwks = serde_json::from_str(text).map_err(JwksError)?;
+    let stem = source
+        .file_stem()
+        .map(|stem| stem.to_string_lossy())
+        .unwrap_or_default();
+    let mut parsed = ParsedJwks {
+        keys: Vec::with_capacity(raw.keys.len()),
+        skipped: Vec::new(),
+    };
+    for (index, value) in raw.keys.iter().enumerate() {
+        let jwk = match RawJwk::deserialize(value) {
+            Ok(jwk) => jwk,
+            Err(error) => {
+                parsed.skipped.push(SkippedJwk {
+                    index,
+                    kid: kid_of(value),
+                    error: JwkError::NotAJwk(error),
+                });
+                continue;
+            }
+        };
+        match jwk.to_key(|| format!("{stem}#{index}"), source) {
+            Ok(key) => parsed.keys.push(key),
+            Err(error) => parsed.skipped.push(SkippedJwk {
+                index,
+                kid: jwk.kid,
+                error,
+            }),
+        }
+    }
+    Ok(parsed)
+}
+
+/// The `kid` of a JWK that did not parse, to name it in the report.
+fn kid_of(value: &serde_json::Value) -> Option<String> {
+    value.get("kid")?.as_str().map(str::to_owned)
+}
+
+/// The members of a JWK this loader reads; the rest (`x5c`, private key
+/// members, ...) is ignored.
+#[derive(Deserialize)]
+struct RawJwk {
+    kty: String,
+    #[serde(default, rename = "use")]
+    public_key_use: Option<String>,
+    #[serde(default)]
+    key_ops: Option<Vec<String>>,
+    #[serde(default)]
+    alg: Option<String>,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crv: Option<String>,
+    #[serde(default)]
+    n: Option<String>,
+    #[serde(default)]
+    e: Option<String>,
+    #[serde(default)]
+    x: Option<String>,
+    #[serde(default)]
+    y: Option<String>,
+    #[serde(default)]
+    k: Option<String>,
+}
+
+impl RawJwk {
+    fn to_key(&self, default_id: impl FnOnce() -> String, source: &Path) -> Result<Key, JwkError> {
+        if let Some(public_key_use) = &self.public_key_use
+            && public_key_use != "sig"
+        {
+            return Err(JwkError::NotForSignatures(public_key_use.clone()));
+        }
+        if let Some(key_ops) = &self.key_ops
+            && !key_ops.iter().any(|op| op == "verify")
+        {
+            return Err(JwkError::NoVerifyOperation);
+        }
+        let id = match &self.kid {
+            Some(kid) if kid.is_empty() => return Err(JwkError::EmptyKid),
+            Some(kid) => kid.clone(),
+            None => default_id(),
+        };
+        let alg = self
+            .alg
+            .as_deref()
+            .map(|alg| {
+                Algorithm::from_str(alg).map_err(|_| JwkError::UnsupportedAlgorithm(alg.to_owned()))
+            })
+            .transpose()?;
+
+        match self.kty.as_str() {
+            "RSA" => {
+                let algorithms = restrict(RSA_ALGORITHMS, alg, "RSA")?;
+                let n = strip_leading_zeros(self.param("n", &self.n)?);
+                let e = strip_leading_zeros(self.param("e", &self.e)?);
+                let bits = bit_length(&n);
+                if !RSA_MODULUS_BITS.contains(&bits) {
+                    return Err(JwkError::RsaKeySize(bits));
+                }
+                RsaPublicKeyComponents { n: &n, e: &e }
+                    .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
+                    .map_err(JwkError::InvalidPublicKey)?;
+                let decoding = DecodingKey::from_rsa_raw_components(&n, &e);
+                Ok(Key::public(id, source, algorithms, decoding))
+            }
+            "EC" => {
+                let (curve, kind, len) = match self.crv.as_deref() {
+                    Some("P-256") => (Curve::P256, "EC P-256", 32),
+                    Some("P-384") => (Curve::P384, "EC P-384", 48),
+                    other => return Err(unsupported_curve("EC", other)),
+                };
+                let algorithms = restrict(curve.algorithms(), alg, kind)?;
+                let x = self.sized_param("x", &self.x, len)?;
+                let y = self.sized_param("y", &self.y, len)?;
+                // jsonwebtoken verifies EC signatures against the
+                // uncompressed SEC1 point, which it keeps in its "DER" slot.
+                let point = [&[0x04][..], &x, &y].concat();
+                ParsedPublicKey::new(curve.verification(), &point)
+                    .map_err(JwkError::InvalidPublicKey)?;
+                Ok(Key::public(
+                    id,
+                    source,
+                    algorithms,
+                    DecodingKey::from_ec_der(&point),
+                ))
+            }
+            "OKP" => {
+                if self.crv.as_deref() != Some("Ed25519") {
+                    return Err(unsupported_curve("OKP", self.crv.as_deref()));
+                }
+                let algorithms = restrict(&[Algorithm::EdDSA], alg, "Ed25519")?;
+                let x = self.sized_param("x", &self.x, 32)?;
+                ParsedPublicKey::new(&ED25519, &x).map_err(JwkError::InvalidPublicKey)?;
+                // As for EC: the raw public key, in the "DER" slot.
+                Ok(Key::public(
+                    id,
+                    source,
+                    algorithms,
+                    DecodingKey::from_ed_der(&x),
+                ))
+            }
+            "oct" => {
+                let algorithms = restrict(HMAC_ALGORITHMS, alg, "oct")?;
+                let secret = self.param("k", &self.k)?;
+                if secret.is_empty() {
+                    return Err(JwkError::EmptySecret);
+                }
+                Key::hmac(id, source, &secret, algorithms).map_err(JwkError::ShortSecret)
+            }
+            other => Err(JwkError::UnsupportedKeyType(other.to_owned())),
+        }
+    }
+
+    fn param(&self, name: &'static str, value: &Option<String>) -> Result<Vec<u8>, JwkError> {
+        let value = value.as_deref().ok_or(JwkError::MissingParameter(name))?;
+        URL_SAFE_NO_PAD_INDIFFERENT
+            .decode(value)
+            .map_err(|error| JwkError::BadBase64 { param: name, error })
+    }
+
+    fn sized_param(
+        &self,
+        name: &'static str,
+        value: &Option<String>,
+        expected: usize,
+    ) -> Result<Vec<u8>, JwkError> {
+        let bytes = self.param(name, value)?;
+        if bytes.len() != expected {
+            return Err(JwkError::WrongLength {
+                param: name,
+                expected,
+                found: bytes.len(),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Curve {
+    P256,
+    P384,
+}
+
+impl Curve {
+    fn algorithms(self) -> &'static [Algorithm] {
+        match self {
+            Curve::P256 => &[Algorithm::ES256],
+            Curve::P384 => &[Algorithm::ES384],
+        }
+    }
+
+    fn verification(self) -> &'static EcdsaVerificationAlgorithm {
+        match self {
+            Curve::P256 => &ECDSA_P256_SHA256_FIXED,
+            Curve::P384 => &ECDSA_P384_SHA384_FIXED,
+        }
+    }
+}
+
+fn unsupported_curve(kty: &'static str, crv: Option<&str>) -> JwkError {
+    match crv {
+        Some(crv) => JwkError::UnsupportedCurve {
+            kty,
+            crv: crv.to_owned(),
+        },
+        None => JwkError::MissingParameter("crv"),
+    }
+}
+
+/// The algorithms a key may verify: the one its `alg` names, which must
+/// suit the key, or else every algorithm the key type supports.
+fn restrict(
+    supported: &'static [Algorithm],
+    alg: Option<Algorithm>,
+    kind: &'static str,
+) -> Result<&'static [Algorithm], JwkError> {
+    let Some(alg) = alg else {
+        return Ok(supported);
+    };
+    supported
+        .iter()
+        .position(|candidate| *candidate == alg)
+        .map(|at| &supported[at..=at])
+        .ok_or(JwkError::AlgorithmMismatch { alg, kind })
+}
+
+/// RFC 7518 forbids leading zero octets in `n` and `e`, but some
+/// producers emit them (a sign byte from a DER integer), and aws-lc
+/// refuses them; the value is the same without.
+fn strip_leading_zeros(bytes: Vec<u8>) -> Vec<u8> {
+    match bytes.iter().position(|byte| *byte != 0) {
+        Some(0) => bytes,
+        Some(first) => bytes[first..].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+fn bit_length(big_endian: &[u8]) -> usize {
+    match big_endian.first() {
+        Some(first) => (big_endian.len() - 1) * 8 + (8 - first.leading_zeros() as usize),
+        None => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Tests panic on purpose when a fixture cannot be set up.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::keys::testing::{b64url, ec_jwk, ed_jwk, jwks, rsa_jwk};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde_json::json;
+
+    #[test]
+    fn jwks_with_every_key_type() {
+        let text = jwks(&[
+            rsa_jwk("rsa"),
+            ec_jwk("ec"),
+            ed_jwk("ed"),
+            json!({ "kty": "oct", "kid": "oct", "alg": "HS512", "k": b64url(&[7; 64]) }),
+            json!({ "kty": "EC", "crv": "P-384", "kid": "p384",
+                    "x": b64url(&[0; 48]), "y": b64url(&[0; 48]) }),
+        ]);
+        let parsed = parse_jwks(&text, Path::new("idp.json")).unwrap();
+        let by_id = |id: &str| parsed.keys.iter().find(|key| key.id() == id).unwrap();
+        assert_eq!(by_id("rsa").algorithms(), RSA_ALGORITHMS);
+        assert_eq!(by_id("ec").algorithms(), [Algorithm::ES256]);
+        assert_eq!(by_id("ed").algorithms(), [Algorithm::EdDSA]);
+        assert_eq!(by_id("oct").algorithms(), [Algorithm::HS512]);
+        assert!(by_id("oct").signing_key().is_some());
+        assert!(by_id("rsa").signing_key().is_none());
+        // The all-zero point is not on P-384.
+        assert_eq!(parsed.skipped.len(), 1);
+        assert!(matches!(
+            parsed.skipped[0].error,
+            JwkError::InvalidPublicKey(_)
+        ));
+    }
+
+    #[test]
+    fn one_bad_key_does_not_spoil_the_file() {
+        let mut short_rsa = rsa_jwk("short");
+        short_rsa["n"] = json!(b64url(&[0xff; 128]));
+        let mut mismatch = ec_jwk("mismatch");
+        mismatch["alg"] = json!("RS256");
+        let text = jwks(&[
+            json!({ "kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB" }),
+            json!({ "kty": "foo", "kid": "foo" }),
+            json!({ "kty": "EC", "crv": "P-521", "x": "AA", "y": "AA" }),
+            json!({ "kty": "EC", "crv": "P-256", "kid": "short-x", "x": "AAAA", "y": "AAAA" }),
+            json!({ "kty": "oct", "kid": "no-k" }),
+            json!({ "kty": "oct", "kid": 7, "k": "c2VjcmV0" }),
+            json!({ "kty": "oct", "kid": "hs1", "alg": "HS1", "k": "c2VjcmV0" }),
+            json!({ "kty": "oct", "kid": "ops", "key_ops": ["sign"], "k": "c2VjcmV0" }),
+            short_rsa,
+            mismatch,
+            ed_jwk("good"),
+        ]);
+        let parsed = parse_jwks(&text, Path::new("/keys/idp.json")).unwrap();
+        assert_eq!(
+            parsed.keys.iter().map(Key::id).collect::<Vec<_>>(),
+            ["good"]
+        );
+        let reasons: Vec<String> = parsed.skipped.iter().map(ToString::to_string).collect();
+        let expected = [
+            "key #0 (kid \"enc\"): \"use\" is \"enc\", not \"sig\"",
+            "key #1 (kid \"foo\"): unsupported key type \"foo\" (supported: RSA, EC, OKP, oct)",
+            "key #2: unsupported EC curve \"P-521\"",
+            "key #3 (kid \"short-x\"): parameter \"x\" is 3 bytes long, 32 expected",
+            "key #4 (kid \"no-k\"): missing parameter \"k\"",
+            "key #5: not a JWK: invalid type: integer `7`, expected a string",
+            "key #6 (kid \"hs1\"): unsupported signature algorithm \"HS1\"",
+            "key #7 (kid \"ops\"): \"key_ops\" does not include \"verify\"",
+            "key #8 (kid \"short\"): the RSA modulus has 1024 bits; 2048 to 8192 are supported",
+            "key #9 (kid \"mismatch\"): \"alg\" is RS256, not usable with this EC P-256 key",
+        ];
+        assert_eq!(reasons, expected);
+    }
+
+    #[test]
+    fn jwk_without_kid_is_named_after_file_and_index() {
+        let mut key = ec_jwk("");
+        key.as_object_mut().unwrap().remove("kid");
+        let text = jwks(&[json!({ "kty": "oct", "k": "" }), key]);
+        let parsed = parse_jwks(&text, Path::new("/keys/idp.json")).unwrap();
+        assert_eq!(parsed.keys[0].id(), "idp#1");
+        assert!(matches!(parsed.skipped[0].error, JwkError::EmptySecret));
+    }
+
+    #[test]
+    fn oct_keys_shorter_than_their_hash_are_left_out() {
+        let oct = |kid: &str, alg: Option<&str>, len: usize| {
+            let mut key = json!({ "kty": "oct", "kid": kid, "k": b64url(&vec![7; len]) });
+            if let Some(alg) = alg {
+                key["alg"] = json!(alg);
+            }
+            key
+        };
+        let text = jwks(&[
+            oct("short", None, 16),
+            oct("hs384-40", Some("HS384"), 40),
+            oct("hs256-40", Some("HS256"), 40),
+            oct("any-48", None, 48),
+        ]);
+        let parsed = parse_jwks(&text, Path::new("idp.json")).unwrap();
+        let algorithms: Vec<(&str, &[Algorithm])> = parsed
+            .keys
+            .iter()
+            .map(|key| (key.id(), key.algorithms()))
+            .collect();
+        assert_eq!(
+            algorithms,
+            [
+                ("hs256-40", &[Algorithm::HS256][..]),
+                ("any-48", &[Algorithm::HS256, Algorithm::HS384][..]),
+            ]
+        );
+        let reasons: Vec<String> = parsed.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            [
+                "key #0 (kid \"short\"): the secret is 16 bytes long; HS256 needs at least 32 (RFC 7518 §3.2)",
+                "key #1 (kid \"hs384-40\"): the secret is 40 bytes long; HS384 needs at least 48 (RFC 7518 §3.2)",
+            ]
+        );
+    }
+
+    #[test]
+    fn rsa_components_with_leading_zero_are_accepted() {
+        let mut key = rsa_jwk("rsa");
+        let n = URL_SAFE_NO_PAD.decode(key["n"].as_str().unwrap()).unwrap();
+        key["n"] = json!(b64url(&[&[0][..], &n].concat()));
+        let parsed = parse_jwks(&jwks(&[key]), Path::new("a.json")).unwrap();
+        assert_eq!(parsed.keys.len(), 1, "{:?}", parsed.skipped);
+    }
+}
