@@ -239,13 +239,26 @@ fn read_key_file(path: &Path, kind: FileKind) -> Result<Option<LoadedFile>, File
     }))
 }
 
-/// Whether a file with these `keys` and `metadata` holds a secret that its
-/// group or others can read (or write): whoever reads an HMAC secret can
-/// sign tokens with it. Public keys may be read by anyone.
+/// Whether a file with these `keys` and `metadata` holds a secret that
+/// others, or a group other than the gateway's own, can read (or write):
+/// whoever reads an HMAC secret can sign tokens with it. Public keys may
+/// be read by anyone.
 fn exposure(metadata: &fs::Metadata, keys: &[Key]) -> Option<Concern> {
-    let mode = metadata.permissions().mode() & 0o7777;
+    use std::os::unix::fs::MetadataExt;
     let holds_secret = keys.iter().any(|key| key.signing_key().is_some());
-    (holds_secret && mode & 0o077 != 0).then_some(Concern::SecretNotPrivate { mode })
+    // SAFETY: getegid has no preconditions and cannot fail.
+    let own_group = unsafe { libc::getegid() };
+    exposed(metadata.permissions().mode(), metadata.gid(), own_group).filter(|_| holds_secret)
+}
+
+/// The permission rule for secrets: the file's group may read it only when
+/// that group is the gateway's own (the systemd unit's `root:jwtgate 0640`
+/// layout), others never.
+fn exposed(mode: u32, file_group: u32, own_group: u32) -> Option<Concern> {
+    let mode = mode & 0o7777;
+    let group = mode & 0o070 != 0 && file_group != own_group;
+    let others = mode & 0o007 != 0;
+    (group || others).then_some(Concern::SecretNotPrivate { mode })
 }
 
 #[cfg(test)]
@@ -339,6 +352,17 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_may_be_read_by_the_gateways_own_group_only() {
+        let concern = |mode| Some(Concern::SecretNotPrivate { mode });
+        // (mode, file's group, gateway's group)
+        assert_eq!(exposed(0o100600, 10, 20), None);
+        assert_eq!(exposed(0o100640, 20, 20), None);
+        assert_eq!(exposed(0o100640, 10, 20), concern(0o640));
+        assert_eq!(exposed(0o100604, 20, 20), concern(0o604));
+        assert_eq!(exposed(0o100660, 10, 20), concern(0o660));
+    }
+
+    #[test]
     fn secrets_open_to_group_or_others_are_loaded_with_a_warning() {
         use std::os::unix::fs::{PermissionsExt, symlink};
         let dir = tempfile::tempdir().unwrap();
@@ -379,18 +403,15 @@ mod tests {
                 )
             })
             .collect();
+        // The test's files belong to its own group, as the gateway's do
+        // in the systemd layout: group access alone is no concern.
         let open_to = |name, mode| (Path::new(name), Concern::SecretNotPrivate { mode });
         assert_eq!(
             warnings,
-            [
-                open_to("group.b64", 0o640),
-                open_to("hmac.json", 0o664),
-                open_to("others.b64", 0o604),
-            ]
+            [open_to("hmac.json", 0o664), open_to("others.b64", 0o604)]
         );
         let text = report.to_string();
         for (file, who, mode) in [
-            ("group.b64", "its group can", "0640"),
             ("hmac.json", "its group and others can", "0664"),
             ("others.b64", "others can", "0604"),
         ] {

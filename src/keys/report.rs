@@ -101,7 +101,8 @@ impl fmt::Display for LoadWarning {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Concern {
     /// The file holds an HMAC secret, and its permission bits (`mode`, of
-    /// the file a symbolic link leads to) let its group or others at it.
+    /// the file a symbolic link leads to) let others at it, or a group
+    /// other than the gateway's own.
     SecretNotPrivate { mode: u32 },
 }
 
@@ -117,8 +118,8 @@ impl fmt::Display for Concern {
                 write!(
                     f,
                     "holds an HMAC secret, and {who} can access it (mode {mode:04o}): \
-                     whoever reads it can sign tokens; loaded, but it should be mode 0600, \
-                     owned by the user jwtgate runs as"
+                     whoever reads it can sign tokens; loaded, but it should be mode 0600 \
+                     (or 0640 with jwtgate's own group)"
                 )
             }
         }
