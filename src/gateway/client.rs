@@ -1,77 +1,63 @@
-//! A connected client: the session loop and its teardown.
+//! A connected client's side of the protocol: packets in, decisions out.
 //!
-//! One task per client runs [`Client::run`], a loop over one `select!`:
+//! [`Client`] holds what MQTT makes a connection remember (its identity
+//! and grants, the QoS 1/2 exchanges in flight both ways, topic aliases
+//! both ways, the publication waiting for a full subscriber) and decides
+//! what each packet means; it owns no socket and no timer, so it is tested
+//! with bytes in and bytes out. The connection's loop
+//! ([`super::session`]) feeds it:
 //!
-//! - **inbound**: each packet the client sends is authorized against its
-//!   token's grants and handed to the routing core ([`crate::broker`]).
-//!   PUBLISH is routed right here, on this task. When a subscriber's queue
-//!   is full the publication is *pending*: the client's next publishes are
-//!   not taken (only its acks and pings, and its socket only a little
-//!   ahead) until every subscriber has taken it or its hold-back bound
-//!   passed, and only then does the client get its PUBACK/PUBREC;
-//! - **outbound**: when the session's mailbox has deliveries, they are
-//!   taken in batches and written as PUBLISH packets, QoS 1/2 ones within
-//!   the in-flight window (min of `[sessions] max_inflight` and the
-//!   client's receive maximum) and none larger than the client accepts;
-//! - **control**: keep-alive, token expiry, re-verification after a key
-//!   reload, session takeover, the slow-subscriber eviction and shutdown.
+//! - **inbound** ([`Client::take_input`]): each packet the client sends is
+//!   authorized against its token's grants and handed to the routing core
+//!   ([`crate::broker`]). PUBLISH is routed right here, on the client's own
+//!   task. When a subscriber's queue is full the publication is *pending*:
+//!   the client's next publishes are not taken (only its acks and pings,
+//!   and its socket only a little ahead) until every subscriber has taken
+//!   it or its hold-back bound passed, and only then does the client get
+//!   its PUBACK/PUBREC ([`Client::publication_done`]);
+//! - **outbound** ([`Client::pump`]): deliveries are taken from the
+//!   session's mailbox in batches and encoded as PUBLISH packets, QoS 1/2
+//!   ones within the in-flight window (min of `[sessions] max_inflight` and
+//!   the client's receive maximum) and none larger than the client accepts;
+//! - **the end** ([`Ending`], [`Client::say_goodbye`],
+//!   [`Client::hand_back`]): why the session ended, the DISCONNECT that
+//!   tells an MQTT 5 client, and the session handed back to the routing
+//!   core with its will.
 //!
-//! The socket is driven by [`Wire::progress`], never by a bare write, so a
-//! client that stops reading cannot park its task: every control arm stays
-//! live.
-//!
-//! [`Client::finish`] ends the connection: an MQTT 5 client is told why
-//! the server closed (within a deadline), a pending publication is left to
-//! complete in the background, and the session goes back to the routing
-//! core with its will.
+//! Every answer goes into an [`Outbox`]; the loop writes it out.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{
     ConnectProperties, Disconnect, DisconnectProperties, DisconnectReasonCode, Filter, Packet,
     PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel,
     PubRelReason, PublishProperties, RetainForwardRule, SubAck, Subscribe, SubscribeProperties,
     SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
-use super::Shared;
 use super::codec::{
     CodecError, Inbound, OutgoingPublish, PublishHeader, Version, broker_qos, wire_qos,
 };
-use super::takeover::Claim;
-use super::wire::{Progress, Wire};
+use super::wire::Outbox;
 use crate::acl::{Grants, RequestedFilter, validate_topic_name};
 use crate::broker::{
     Attached, Broker, Delivery, Inflight, Pending, Properties, Publication, QoS, Resend,
     RetainHandling, Session, SubscribeError, SubscriptionOptions, Taken, Will,
 };
-use crate::config::DenyPublish;
-use crate::token;
+use crate::config::{DenyPublish, Limits, SessionSettings};
 
 /// Output past which deliveries are left in the mailbox until the client
 /// has read what is written.
-const WRITE_BATCH: usize = 64 * 1024;
-/// Output past which the client's own packets are not read either: a
-/// client that never reads its acks is paced too.
-const MAX_UNWRITTEN: usize = 4 * WRITE_BATCH;
+pub(super) const WRITE_BATCH: usize = 64 * 1024;
 /// Deliveries taken from the mailbox per lock.
 const TAKE_BATCH: usize = 64;
 /// Packets put aside while a publication waits, in bytes, past which the
 /// client is not read until it is through.
 const LOOKAHEAD: usize = 64 * 1024;
-/// How long a closing connection may take to write its last packets.
-const LAST_WORDS: Duration = Duration::from_secs(1);
-/// Output a client must read, at least, within `[limits]
-/// write_timeout_secs` (unless it reads all there is): reading a byte now
-/// and then does not keep a stalled connection alive.
-const WRITE_PROGRESS: u64 = WRITE_BATCH as u64;
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -166,25 +152,29 @@ pub(super) struct ClientLimits {
 }
 
 impl ClientLimits {
-    pub fn new(shared: &Shared, properties: Option<&ConnectProperties>) -> ClientLimits {
+    pub fn new(
+        sessions: &SessionSettings,
+        limits: &Limits,
+        properties: Option<&ConnectProperties>,
+    ) -> ClientLimits {
         let receive_maximum = properties
             .and_then(|p| p.receive_maximum)
             .filter(|&r| r > 0)
             .unwrap_or(u16::MAX);
         ClientLimits {
-            inflight: usize::from(shared.broker.settings().max_inflight.min(receive_maximum)),
-            receive_maximum: usize::from(shared.broker.settings().max_inflight),
+            inflight: usize::from(sessions.max_inflight.min(receive_maximum)),
+            receive_maximum: usize::from(sessions.max_inflight),
             max_packet: properties
                 .and_then(|p| p.max_packet_size)
                 .and_then(|m| usize::try_from(m).ok())
                 .filter(|&m| m > 0)
                 .unwrap_or(usize::MAX),
-            topic_aliases: shared.limits.max_topic_aliases,
+            topic_aliases: limits.max_topic_aliases,
             sent_aliases: properties
                 .and_then(|p| p.topic_alias_max)
                 .unwrap_or(0)
-                .min(shared.limits.max_topic_aliases),
-            max_property_bytes: shared.limits.max_property_bytes,
+                .min(limits.max_topic_aliases),
+            max_property_bytes: limits.max_property_bytes,
         }
     }
 }
@@ -198,9 +188,10 @@ pub(super) struct Identity {
     pub grants: Grants,
 }
 
-/// A connected client's state.
+/// A connected client's protocol state: packets in, packets out.
 pub(super) struct Client {
-    shared: Arc<Shared>,
+    broker: Arc<Broker>,
+    deny_publish: DenyPublish,
     id: Identity,
     will: Option<Will>,
     session: Arc<Session>,
@@ -228,7 +219,8 @@ pub(super) struct Client {
 
 impl Client {
     pub fn new(
-        shared: Arc<Shared>,
+        broker: Arc<Broker>,
+        deny_publish: DenyPublish,
         id: Identity,
         will: Option<Will>,
         attached: Attached,
@@ -236,7 +228,8 @@ impl Client {
         limits: ClientLimits,
     ) -> Client {
         Client {
-            shared,
+            broker,
+            deny_publish,
             id,
             will,
             session: attached.session,
@@ -256,108 +249,67 @@ impl Client {
     }
 
     fn broker(&self) -> &Broker {
-        &self.shared.broker
+        &self.broker
     }
 
-    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        wire: &mut Wire<S>,
-        claim: &mut Claim,
-        mut reloads: watch::Receiver<u64>,
-        mut shutdown: watch::Receiver<bool>,
-        keep_alive: Option<Duration>,
-        expires_at: Option<Instant>,
-    ) -> Ending {
-        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        let expiry = sleep_until(expires_at.map_or(far, |at| at.min(far)));
-        let idle = sleep_until(keep_alive.map_or(far, |k| Instant::now() + k));
-        let stalled = sleep_until(far);
-        tokio::pin!(expiry, idle, stalled);
-        let write_timeout = self.shared.limits.write_timeout;
-        // While output waits: the byte count that, once written, renews
-        // the write deadline.
-        let mut renew_at: Option<u64> = None;
-        let shared = Arc::clone(&self.shared);
+    pub fn id(&self) -> &Identity {
+        &self.id
+    }
+
+    /// The routing core's side of the session: its mailbox is what the
+    /// connection's loop waits on for deliveries.
+    pub fn session(&self) -> Arc<Session> {
+        Arc::clone(&self.session)
+    }
+
+    /// Starts the conversation: a resumed session's exchanges are re-sent,
+    /// then the packets that arrived behind the CONNECT are handled.
+    pub fn start(&mut self, input: &mut BytesMut, out: &mut Outbox) -> Option<Ending> {
         if std::mem::take(&mut self.resend) {
-            self.resend(wire);
+            self.resend(out);
         }
-        // Packets that arrived behind the CONNECT in the same read.
-        if let Some(ending) = self.take_input(wire) {
-            return ending;
+        self.take_input(input, out)
+    }
+
+    /// Whether the client's packets may be read now: not while too many
+    /// wait behind a pending publication.
+    pub fn reads_input(&self) -> bool {
+        self.deferred_bytes < LOOKAHEAD
+    }
+
+    /// The publication some subscriber has not taken yet, if any: the
+    /// connection's loop drives it.
+    pub fn pending_mut(&mut self) -> Option<&mut Pending> {
+        self.pending.as_mut().map(|(pending, _)| pending)
+    }
+
+    /// After the pending publication went through: its publisher gets its
+    /// ack, and the packets put aside meanwhile are handled.
+    pub fn publication_done(&mut self, input: &mut BytesMut, out: &mut Outbox) -> Option<Ending> {
+        if !self.pending.as_ref().is_some_and(|(p, _)| p.is_done()) {
+            return None;
         }
-        loop {
-            if let Some(ending) = self.pump(wire) {
-                return ending;
-            }
-            match (wire.wants_write(), renew_at) {
-                (false, _) => renew_at = None,
-                (true, Some(at)) if wire.written() < at => {}
-                (true, _) => {
-                    renew_at = Some(wire.written() + WRITE_PROGRESS);
-                    stalled.as_mut().reset(Instant::now() + write_timeout);
-                }
-            }
-            let read = self.deferred_bytes < LOOKAHEAD && wire.output.len() < MAX_UNWRITTEN;
-            if let (false, Some(k)) = (read, keep_alive) {
-                // Keep-alive measures the client's silence, which cannot
-                // be told while the gateway is not reading it.
-                idle.as_mut().reset(Instant::now() + k);
-            }
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => return Ending::Shutdown,
-                () = claim.taken_over() => return Ending::TakenOver,
-                () = &mut expiry => return Ending::TokenExpired,
-                () = &mut idle => return Ending::KeepAliveTimeout,
-                () = &mut stalled, if renew_at.is_some() => return Ending::WriteStalled,
-                Ok(()) = reloads.changed() => {
-                    let keys = shared.keys.snapshot();
-                    if let Err(e) = token::verify(&self.id.credential, &keys, &shared.policy) {
-                        return Ending::Revoked(e.to_string());
-                    }
-                }
-                () = self.session.mailbox().ready() => {}
-                () = advance(&mut self.pending, &shared.broker), if self.pending.is_some() => {
-                    if self.pending.as_ref().is_some_and(|(p, _)| p.is_done()) {
-                        if let Some((_, Some(ack))) = self.pending.take() {
-                            wire.queue(ack);
-                        }
-                        if let Some(ending) = self.take_input(wire) {
-                            return ending;
-                        }
-                    }
-                }
-                progress = wire.progress(read) => match progress {
-                    Progress::Read => {
-                        if let Some(k) = keep_alive {
-                            idle.as_mut().reset(Instant::now() + k);
-                        }
-                        if let Some(ending) = self.take_input(wire) {
-                            return ending;
-                        }
-                    }
-                    Progress::Wrote => {}
-                    Progress::Closed | Progress::Failed(_) => return Ending::Vanished,
-                },
-            }
+        if let Some((_, Some(ack))) = self.pending.take() {
+            out.queue(ack);
         }
+        self.take_input(input, out)
     }
 
     /// Re-sends what a resumed session had in flight (MQTT 5 §4.4).
-    fn resend<S: AsyncRead + AsyncWrite + Unpin>(&mut self, wire: &mut Wire<S>) {
+    fn resend(&mut self, out: &mut Outbox) {
         let now = std::time::Instant::now();
         let mut too_large = Vec::new();
         for resend in self.inflight.resend() {
             match resend {
                 Resend::Publish(id, delivery) => {
                     let publish = outgoing(delivery, id, true, now, None);
-                    if wire.codec.publish_size(&publish) > self.limits.max_packet {
+                    if out.codec().publish_size(&publish) > self.limits.max_packet {
                         too_large.push(id);
                     } else {
-                        wire.queue_publish(&publish);
+                        out.queue_publish(&publish);
                     }
                 }
-                Resend::Release(id) => wire.queue(Packet::PubRel(
+                Resend::Release(id) => out.queue(Packet::PubRel(
                     PubRel {
                         pkid: id,
                         reason: PubRelReason::Success,
@@ -367,20 +319,20 @@ impl Client {
             }
         }
         for id in too_large {
-            self.shared.broker.stats().oversized();
+            self.broker.stats().oversized();
             self.inflight.abandon(id);
         }
     }
 
     /// Moves deliveries from the session's mailbox to the output, while
     /// there is room in both the output and the in-flight window.
-    fn pump<S: AsyncRead + AsyncWrite + Unpin>(&mut self, wire: &mut Wire<S>) -> Option<Ending> {
+    pub fn pump(&mut self, out: &mut Outbox) -> Option<Ending> {
         let mut batch = std::mem::take(&mut self.batch);
         let mut ending = None;
         loop {
             // With the output full nothing is taken, but an eviction is
             // still noticed: a stalled client is exactly the one to evict.
-            let max = if wire.output.len() < WRITE_BATCH {
+            let max = if out.len() < WRITE_BATCH {
                 TAKE_BATCH
             } else {
                 0
@@ -407,7 +359,7 @@ impl Client {
                 break;
             }
             for delivery in batch.drain(..) {
-                self.send(wire, delivery);
+                self.send(out, delivery);
             }
         }
         self.batch = batch;
@@ -417,16 +369,16 @@ impl Client {
     /// Writes one delivery as a PUBLISH, unless its message has expired or
     /// it is larger than the client accepts (MQTT 5 §3.1.2.11.4: such a
     /// message is dropped as if sent).
-    fn send<S: AsyncRead + AsyncWrite + Unpin>(&mut self, wire: &mut Wire<S>, delivery: Delivery) {
+    fn send(&mut self, out: &mut Outbox, delivery: Delivery) {
         let now = std::time::Instant::now();
-        let stats = self.shared.broker.stats();
+        let stats = self.broker.stats();
         if delivery.message.expired(now) {
             stats.expired();
             return;
         }
         let alias = self.sent_aliases.lookup(delivery.message.topic());
-        let size = wire
-            .codec
+        let size = out
+            .codec()
             .publish_size(&outgoing(&delivery, 0, false, now, alias));
         if size > self.limits.max_packet {
             stats.oversized();
@@ -443,10 +395,10 @@ impl Client {
             self.sent_aliases.learned(delivery.message.topic(), alias);
         }
         if delivery.qos == QoS::AtMostOnce {
-            wire.queue_publish(&outgoing(&delivery, 0, false, now, alias));
+            out.queue_publish(&outgoing(&delivery, 0, false, now, alias));
         } else {
             let (id, delivery) = self.inflight.send(delivery);
-            wire.queue_publish(&outgoing(delivery, id, false, now, alias));
+            out.queue_publish(&outgoing(delivery, id, false, now, alias));
         }
     }
 
@@ -459,10 +411,7 @@ impl Client {
     /// client's own publishes reorders nothing that matters, and it lets a
     /// waiting client keep draining its own queue (two devices flooding
     /// each other would otherwise each wait for the other's acks).
-    fn take_input<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        wire: &mut Wire<S>,
-    ) -> Option<Ending> {
+    pub fn take_input(&mut self, input: &mut BytesMut, out: &mut Outbox) -> Option<Ending> {
         loop {
             let waiting = self.pending.is_some();
             let deferred = if waiting {
@@ -479,14 +428,14 @@ impl Client {
                     if waiting && self.deferred_bytes >= LOOKAHEAD {
                         return None;
                     }
-                    let before = wire.input.len();
-                    let inbound = match wire.codec.decode(&mut wire.input) {
+                    let before = input.len();
+                    let inbound = match out.codec().decode(input) {
                         Ok(Some(inbound)) => inbound,
                         Ok(None) => return None,
                         Err(e) => return Some(codec_error(e)),
                     };
                     if waiting && !is_ack(&inbound.packet) {
-                        let size = before - wire.input.len();
+                        let size = before - input.len();
                         self.deferred_bytes += size;
                         self.deferred.push_back((inbound, size));
                         continue;
@@ -494,23 +443,19 @@ impl Client {
                     inbound
                 }
             };
-            if let Some(ending) = self.handle(wire, inbound) {
+            if let Some(ending) = self.handle(out, inbound) {
                 return Some(ending);
             }
         }
     }
 
     /// Handles one client packet.
-    fn handle<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        wire: &mut Wire<S>,
-        inbound: Inbound,
-    ) -> Option<Ending> {
+    fn handle(&mut self, out: &mut Outbox, inbound: Inbound) -> Option<Ending> {
         match inbound.packet {
             Packet::Publish(publish, properties) => {
                 let header = inbound.publish?;
                 self.publish(
-                    wire,
+                    out,
                     header,
                     publish.topic,
                     publish.payload,
@@ -530,7 +475,7 @@ impl Client {
                     PubRecReason::Success | PubRecReason::NoMatchingSubscribers
                 );
                 match self.inflight.pubrec(rec.pkid, success) {
-                    Ok(()) if success => wire.queue(Packet::PubRel(
+                    Ok(()) if success => out.queue(Packet::PubRel(
                         PubRel {
                             pkid: rec.pkid,
                             reason: PubRelReason::Success,
@@ -558,7 +503,7 @@ impl Client {
                 } else {
                     PubCompReason::PacketIdentifierNotFound
                 };
-                wire.queue(Packet::PubComp(
+                out.queue(Packet::PubComp(
                     PubComp {
                         pkid: rel.pkid,
                         reason,
@@ -567,13 +512,13 @@ impl Client {
                 ));
                 None
             }
-            Packet::Subscribe(subscribe, properties) => self.subscribe(wire, subscribe, properties),
+            Packet::Subscribe(subscribe, properties) => self.subscribe(out, subscribe, properties),
             Packet::Unsubscribe(unsubscribe, _) => {
-                self.unsubscribe(wire, unsubscribe);
+                self.unsubscribe(out, unsubscribe);
                 None
             }
             Packet::PingReq(_) => {
-                wire.queue(Packet::PingResp(PingResp));
+                out.queue(Packet::PingResp(PingResp));
                 None
             }
             Packet::Disconnect(disconnect, properties) => {
@@ -603,9 +548,9 @@ impl Client {
     }
 
     /// Authorizes and routes one PUBLISH.
-    fn publish<S: AsyncRead + AsyncWrite + Unpin>(
+    fn publish(
         &mut self,
-        wire: &mut Wire<S>,
+        out: &mut Outbox,
         header: PublishHeader,
         topic: Bytes,
         payload: Bytes,
@@ -633,7 +578,7 @@ impl Client {
                 max = self.limits.max_property_bytes,
                 "publish refused: too many property bytes"
             );
-            self.refuse_publish(wire, header, PubAckReason::QuotaExceeded);
+            self.refuse_publish(out, header, PubAckReason::QuotaExceeded);
             return None;
         }
         if !self.id.grants.may_publish(&topic) {
@@ -641,8 +586,8 @@ impl Client {
                 client_id = self.id.client_id,
                 topic, "publish refused: topic not granted"
             );
-            self.refuse_publish(wire, header, PubAckReason::NotAuthorized);
-            return match self.shared.deny_publish {
+            self.refuse_publish(out, header, PubAckReason::NotAuthorized);
+            return match self.deny_publish {
                 DenyPublish::Drop => None,
                 DenyPublish::Disconnect => Some(Ending::PublishDenied),
             };
@@ -667,7 +612,7 @@ impl Client {
         if header.qos == QoS::ExactlyOnce {
             if self.inflight.has_received(header.pkid) {
                 // A re-sent QoS 2 PUBLISH: routed once already.
-                wire.queue(ack?);
+                out.queue(ack?);
                 return None;
             }
             if self.inflight.incoming() >= self.limits.receive_maximum {
@@ -693,7 +638,7 @@ impl Client {
         let pending = self.broker().publish(message, Some(&self.session));
         if pending.is_done() {
             if let Some(ack) = ack {
-                wire.queue(ack);
+                out.queue(ack);
             }
         } else {
             self.pending = Some((pending, ack));
@@ -755,31 +700,26 @@ impl Client {
 
     /// Answers a refused PUBLISH: QoS 0 is dropped, QoS 1/2 acknowledged so
     /// the client does not resend it forever (MQTT 5 with the reason).
-    fn refuse_publish<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        wire: &mut Wire<S>,
-        header: PublishHeader,
-        reason: PubAckReason,
-    ) {
+    fn refuse_publish(&mut self, out: &mut Outbox, header: PublishHeader, reason: PubAckReason) {
         let pkid = header.pkid;
         match header.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => wire.queue(Packet::PubAck(PubAck { pkid, reason }, None)),
+            QoS::AtLeastOnce => out.queue(Packet::PubAck(PubAck { pkid, reason }, None)),
             QoS::ExactlyOnce => {
                 let reason = match reason {
                     PubAckReason::QuotaExceeded => PubRecReason::QuotaExceeded,
                     _ => PubRecReason::NotAuthorized,
                 };
-                wire.queue(Packet::PubRec(PubRec { pkid, reason }, None));
+                out.queue(Packet::PubRec(PubRec { pkid, reason }, None));
             }
         }
     }
 
     /// Answers a SUBSCRIBE filter by filter: refused where the token does
     /// not cover it, subscribed in the routing core otherwise.
-    fn subscribe<S: AsyncRead + AsyncWrite + Unpin>(
+    fn subscribe(
         &mut self,
-        wire: &mut Wire<S>,
+        out: &mut Outbox,
         subscribe: Subscribe,
         properties: Option<SubscribeProperties>,
     ) -> Option<Ending> {
@@ -811,7 +751,7 @@ impl Client {
             }
             return_codes.push(code);
         }
-        wire.queue(Packet::SubAck(
+        out.queue(Packet::SubAck(
             SubAck {
                 pkid: subscribe.pkid,
                 return_codes,
@@ -862,11 +802,7 @@ impl Client {
         )
     }
 
-    fn unsubscribe<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        wire: &mut Wire<S>,
-        unsubscribe: Unsubscribe,
-    ) {
+    fn unsubscribe(&mut self, out: &mut Outbox, unsubscribe: Unsubscribe) {
         let reasons = unsubscribe
             .filters
             .iter()
@@ -878,7 +814,7 @@ impl Client {
                 }
             })
             .collect();
-        wire.queue(Packet::UnsubAck(
+        out.queue(Packet::UnsubAck(
             UnsubAck {
                 pkid: unsubscribe.pkid,
                 reasons,
@@ -887,16 +823,10 @@ impl Client {
         ));
     }
 
-    /// Ends the session: tells an MQTT 5 client why (if the server is the
-    /// side that ends it), lets a pending publication finish in the
-    /// background, and hands the session back to the routing core with the
-    /// will when one is due.
-    pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
-        self,
-        wire: &mut Wire<S>,
-        ending: Ending,
-    ) {
-        match &ending {
+    /// Says why the session ends: in the log, and to an MQTT 5 client in a
+    /// DISCONNECT when the server is the side that ends it.
+    pub fn say_goodbye(&self, ending: &Ending, out: &mut Outbox) {
+        match ending {
             Ending::Protocol(_, detail) => {
                 info!(
                     client_id = self.id.client_id,
@@ -905,7 +835,7 @@ impl Client {
                 );
             }
             Ending::SlowSubscriber => {
-                self.shared.broker.stats().evicted();
+                self.broker.stats().evicted();
                 warn!(
                     client_id = self.id.client_id,
                     queued = self.session.mailbox().len(),
@@ -915,8 +845,7 @@ impl Client {
             Ending::WriteStalled => {
                 warn!(
                     client_id = self.id.client_id,
-                    unwritten = wire.output.len(),
-                    timeout_secs = self.shared.limits.write_timeout.as_secs(),
+                    unwritten = out.len(),
                     "client stopped reading: disconnecting (see [limits] write_timeout_secs)"
                 );
             }
@@ -929,16 +858,19 @@ impl Client {
                 user_properties: Vec::new(),
                 server_reference: None,
             });
-            wire.queue(Packet::Disconnect(Disconnect { reason_code }, properties));
+            out.queue(Packet::Disconnect(Disconnect { reason_code }, properties));
         }
-        if !matches!(ending, Ending::WriteStalled) {
-            wire.close(LAST_WORDS).await;
-        }
+    }
+
+    /// Hands the session back to the routing core, with the will when one
+    /// is due. A pending publication completes in the background: its
+    /// subscribers still get it, its publisher no longer its ack.
+    pub fn hand_back(self, ending: &Ending) {
         if let Some((mut pending, _)) = self.pending {
-            let shared = Arc::clone(&self.shared);
+            let broker = Arc::clone(&self.broker);
             tokio::spawn(async move {
                 while !pending.is_done() {
-                    pending.advance(&shared.broker).await;
+                    pending.advance(&broker).await;
                 }
             });
         }
@@ -947,8 +879,7 @@ impl Client {
         } else {
             None
         };
-        self.shared
-            .broker
+        self.broker
             .detach(self.session, self.inflight, self.session_expiry, will);
     }
 }
@@ -974,14 +905,6 @@ fn is_ack(packet: &Packet) -> bool {
             | Packet::PubRel(..)
             | Packet::PingReq(_)
     )
-}
-
-/// Advances the pending publication, if there is one.
-async fn advance(pending: &mut Option<(Pending, Option<Packet>)>, broker: &Broker) {
-    match pending {
-        Some((pending, _)) => pending.advance(broker).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A topic alias the gateway uses for one PUBLISH to its client.
@@ -1071,4 +994,350 @@ fn message_properties(properties: Option<PublishProperties>) -> (Properties, Opt
         p.message_expiry_interval
             .map(|secs| Duration::from_secs(secs.into())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttd::protocol::{Protocol, v4::V4, v5::V5};
+
+    use super::*;
+    use crate::acl::TopicFilter;
+    use crate::broker::SessionKey;
+    use crate::broker::store::MemoryStore;
+    use crate::gateway::codec::Codec;
+
+    const MAX_PACKET: usize = 1024 * 1024;
+
+    struct Harness {
+        client: Client,
+        out: Outbox,
+        version: Version,
+    }
+
+    fn client_with(
+        version: Version,
+        grants: &[&str],
+        deny_publish: DenyPublish,
+        settings: SessionSettings,
+    ) -> Harness {
+        let broker = Broker::new(&settings, 64 * 1024 * 1024, Arc::new(MemoryStore::new()));
+        let attached = broker.attach(SessionKey::new("dev", "c1"), true);
+        let grants = Grants::new(
+            grants
+                .iter()
+                .map(|filter| TopicFilter::parse(filter).unwrap())
+                .collect(),
+        );
+        let id = Identity {
+            client_id: "c1".to_owned(),
+            version,
+            credential: String::new(),
+            grants,
+        };
+        let limits = ClientLimits::new(&settings, &Limits::default(), None);
+        Harness {
+            client: Client::new(
+                broker,
+                deny_publish,
+                id,
+                None,
+                attached,
+                Duration::ZERO,
+                limits,
+            ),
+            out: Outbox::new(Codec::new(version, MAX_PACKET)),
+            version,
+        }
+    }
+
+    fn client(version: Version, grants: &[&str]) -> Harness {
+        client_with(
+            version,
+            grants,
+            DenyPublish::Drop,
+            SessionSettings::default(),
+        )
+    }
+
+    fn string(s: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(&u16::try_from(s.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut frame = vec![first];
+        let mut len = body.len();
+        loop {
+            let byte = (len % 128) as u8;
+            len /= 128;
+            frame.push(if len > 0 { byte | 0x80 } else { byte });
+            if len == 0 {
+                break;
+            }
+        }
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    impl Harness {
+        /// The client sends `bytes`; what the gateway decides.
+        fn send(&mut self, bytes: &[u8]) -> Option<Ending> {
+            let mut input = BytesMut::from(bytes);
+            let ending = self.client.take_input(&mut input, &mut self.out);
+            assert!(
+                ending.is_some() || input.is_empty(),
+                "bytes left: {input:?}"
+            );
+            ending
+        }
+
+        fn publish(&mut self, topic: &str, qos: u8, pkid: u16, properties: &[u8]) -> Vec<u8> {
+            let mut body = Vec::new();
+            string(topic, &mut body);
+            if qos > 0 {
+                body.extend_from_slice(&pkid.to_be_bytes());
+            }
+            if self.version.is_v5() {
+                body.push(u8::try_from(properties.len()).unwrap());
+                body.extend_from_slice(properties);
+            }
+            body.extend_from_slice(b"payload");
+            frame(0x30 | (qos << 1), &body)
+        }
+
+        fn subscribe(&self, pkid: u16, filters: &[(&str, u8)]) -> Vec<u8> {
+            let mut body = pkid.to_be_bytes().to_vec();
+            if self.version.is_v5() {
+                body.push(0);
+            }
+            for (filter, qos) in filters {
+                string(filter, &mut body);
+                body.push(*qos);
+            }
+            frame(0x82, &body)
+        }
+
+        /// Everything the gateway answered, decoded.
+        fn answers(&mut self) -> Vec<Packet> {
+            self.answers_with_headers()
+                .into_iter()
+                .map(|(packet, _)| packet)
+                .collect()
+        }
+
+        /// The same, with the header of each PUBLISH as on the wire
+        /// (rumqttd keeps a PUBLISH's QoS and packet id to itself).
+        fn answers_with_headers(&mut self) -> Vec<(Packet, Option<PublishHeader>)> {
+            let mut bytes = self.out.take();
+            let mut packets = Vec::new();
+            while let Some(&first) = bytes.first() {
+                if first >> 4 == 3 {
+                    let inbound = self.out.codec().decode(&mut bytes).unwrap().unwrap();
+                    packets.push((inbound.packet, inbound.publish));
+                    continue;
+                }
+                let packet = match self.version {
+                    Version::V5 => V5.read_mut(&mut bytes, MAX_PACKET),
+                    _ => V4.read_mut(&mut bytes, MAX_PACKET),
+                };
+                packets.push((packet.unwrap(), None));
+            }
+            packets
+        }
+    }
+
+    #[test]
+    fn a_ping_is_answered() {
+        let mut h = client(Version::V3_1_1, &["dev/#"]);
+        assert!(h.send(&[0xC0, 0x00]).is_none());
+        assert!(matches!(h.answers()[..], [Packet::PingResp(_)]));
+    }
+
+    #[test]
+    fn a_publish_outside_the_grants_is_acknowledged_and_not_routed() {
+        for version in [Version::V3_1_1, Version::V5] {
+            let mut h = client(version, &["dev/#"]);
+            let subscribe = h.subscribe(1, &[("#", 1)]);
+            // "#" is not granted either: the SUBACK refuses it, nothing
+            // routes back to this client.
+            assert!(h.send(&subscribe).is_none());
+            let publish = h.publish("other/x", 1, 7, &[]);
+            assert!(h.send(&publish).is_none());
+            assert!(h.client.pump(&mut h.out).is_none());
+            let answers = h.answers();
+            assert_eq!(answers.len(), 2, "{answers:?}");
+            assert!(matches!(&answers[1], Packet::PubAck(ack, _) if ack.pkid == 7));
+            if version.is_v5() {
+                assert!(matches!(
+                    &answers[1],
+                    Packet::PubAck(ack, _) if ack.reason == PubAckReason::NotAuthorized
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn deny_publish_disconnect_ends_the_session() {
+        let mut h = client_with(
+            Version::V3_1_1,
+            &["dev/#"],
+            DenyPublish::Disconnect,
+            SessionSettings::default(),
+        );
+        let publish = h.publish("other/x", 0, 0, &[]);
+        assert!(matches!(h.send(&publish), Some(Ending::PublishDenied)));
+    }
+
+    #[test]
+    fn each_filter_is_granted_or_refused_on_its_own() {
+        use rumqttd::protocol::QoS as WireQoS;
+        // As rumqttd's decoders read them back.
+        for (version, expected) in [
+            (
+                Version::V3_1_1,
+                [
+                    SubscribeReasonCode::Success(WireQoS::AtLeastOnce),
+                    SubscribeReasonCode::Failure,
+                    SubscribeReasonCode::Success(WireQoS::ExactlyOnce),
+                ],
+            ),
+            (
+                Version::V5,
+                [
+                    SubscribeReasonCode::QoS1,
+                    SubscribeReasonCode::NotAuthorized,
+                    SubscribeReasonCode::QoS2,
+                ],
+            ),
+        ] {
+            let mut h = client(version, &["dev/1/#"]);
+            let subscribe = h.subscribe(3, &[("dev/1/t", 1), ("dev/2/t", 1), ("dev/1/+", 2)]);
+            assert!(h.send(&subscribe).is_none());
+            let answers = h.answers();
+            let Packet::SubAck(ack, _) = &answers[0] else {
+                panic!("{answers:?}");
+            };
+            assert_eq!(ack.pkid, 3);
+            assert_eq!(ack.return_codes, expected);
+        }
+    }
+
+    #[test]
+    fn a_granted_publish_reaches_the_clients_own_subscription_at_the_lower_qos() {
+        let mut h = client(Version::V3_1_1, &["dev/#"]);
+        let subscribe = h.subscribe(1, &[("dev/+", 0)]);
+        assert!(h.send(&subscribe).is_none());
+        let publish = h.publish("dev/x", 1, 9, &[]);
+        assert!(h.send(&publish).is_none());
+        assert!(h.client.pump(&mut h.out).is_none());
+        let answers = h.answers_with_headers();
+        assert!(matches!(&answers[1].0, Packet::PubAck(ack, _) if ack.pkid == 9));
+        let (Packet::Publish(delivered, _), Some(header)) = &answers[2] else {
+            panic!("{answers:?}");
+        };
+        assert_eq!(&delivered.topic[..], b"dev/x");
+        assert_eq!(header.qos, QoS::AtMostOnce);
+    }
+
+    #[test]
+    fn a_second_connect_is_a_protocol_error() {
+        let mut h = client(Version::V3_1_1, &["dev/#"]);
+        let mut body = Vec::new();
+        string("MQTT", &mut body);
+        body.extend_from_slice(&[4, 0x02, 0, 30]);
+        string("c1", &mut body);
+        let connect = frame(0x10, &body);
+        assert!(matches!(
+            h.send(&connect),
+            Some(Ending::Protocol(DisconnectReasonCode::ProtocolError, _))
+        ));
+    }
+
+    #[test]
+    fn malformed_bytes_end_the_session_with_a_reason() {
+        let mut h = client(Version::V3_1_1, &["dev/#"]);
+        // A CONNACK is the server's to send.
+        assert!(matches!(
+            h.send(&[0x20, 0x02, 0x00, 0x00]),
+            Some(Ending::Protocol(DisconnectReasonCode::ProtocolError, _))
+        ));
+        let mut h = client(Version::V3_1_1, &["dev/#"]);
+        // A PUBLISH whose topic length runs past its frame.
+        assert!(matches!(
+            h.send(&[0x30, 0x03, 0x00, 0x09, b'x']),
+            Some(Ending::Protocol(DisconnectReasonCode::MalformedPacket, _))
+        ));
+    }
+
+    #[test]
+    fn a_topic_alias_beyond_the_granted_maximum_ends_the_session() {
+        let mut h = client(Version::V5, &["dev/#"]);
+        let max = Limits::default().max_topic_aliases;
+        let too_far = max + 1;
+        let [hi, lo] = too_far.to_be_bytes();
+        // Property 0x23: topic alias.
+        let publish = h.publish("dev/x", 0, 0, &[0x23, hi, lo]);
+        assert!(matches!(
+            h.send(&publish),
+            Some(Ending::Protocol(DisconnectReasonCode::TopicAliasInvalid, _))
+        ));
+        let mut h = client(Version::V5, &["dev/#"]);
+        let unset = h.publish("", 0, 0, &[0x23, 0, 1]);
+        assert!(matches!(
+            h.send(&unset),
+            Some(Ending::Protocol(DisconnectReasonCode::ProtocolError, _))
+        ));
+    }
+
+    #[test]
+    fn more_qos2_messages_than_the_receive_maximum_end_the_session() {
+        let settings = SessionSettings {
+            max_inflight: 2,
+            ..SessionSettings::default()
+        };
+        let mut h = client_with(Version::V5, &["dev/#"], DenyPublish::Drop, settings);
+        for pkid in 1..=2 {
+            let publish = h.publish("dev/x", 2, pkid, &[]);
+            assert!(h.send(&publish).is_none());
+        }
+        let third = h.publish("dev/x", 2, 3, &[]);
+        assert!(matches!(
+            h.send(&third),
+            Some(Ending::Protocol(
+                DisconnectReasonCode::ReceiveMaximumExceeded,
+                _
+            ))
+        ));
+    }
+
+    #[test]
+    fn a_pubrel_for_an_unknown_id_still_gets_its_pubcomp() {
+        let mut h = client(Version::V3_1_1, &["dev/#"]);
+        assert!(h.send(&[0x62, 0x02, 0x00, 0x05]).is_none());
+        assert!(matches!(&h.answers()[..], [Packet::PubComp(comp, _)] if comp.pkid == 5));
+        let mut h = client(Version::V5, &["dev/#"]);
+        assert!(h.send(&[0x62, 0x02, 0x00, 0x05]).is_none());
+        assert!(matches!(
+            &h.answers()[..],
+            [Packet::PubComp(comp, _)] if comp.reason == PubCompReason::PacketIdentifierNotFound
+        ));
+    }
+
+    #[test]
+    fn a_disconnect_may_not_set_an_expiry_the_connect_did_not() {
+        let mut h = client(Version::V5, &["dev/#"]);
+        // Reason 0, properties: session expiry interval (0x11) = 60.
+        let disconnect = frame(0xE0, &[0x00, 0x05, 0x11, 0, 0, 0, 60]);
+        assert!(matches!(
+            h.send(&disconnect),
+            Some(Ending::Protocol(DisconnectReasonCode::ProtocolError, _))
+        ));
+        let mut h = client(Version::V5, &["dev/#"]);
+        assert!(matches!(
+            h.send(&[0xE0, 0x00]),
+            Some(Ending::Disconnected {
+                publish_will: false
+            })
+        ));
+    }
 }

@@ -14,10 +14,11 @@
 //!    place, takes its session from the routing core (after any older
 //!    connection of the same session has let go of it) and gets its
 //!    CONNACK.
-//! 2. **Session** ([`super::client`]): the loop that authorizes and routes
-//!    what the client sends and writes what its session receives.
-//! 3. **Teardown** ([`super::client`]): the will, the last DISCONNECT, and
-//!    the session handed back to the routing core.
+//! 2. **Session** ([`super::session`] around [`super::client`]): the loop
+//!    that authorizes and routes what the client sends and writes what its
+//!    session receives.
+//! 3. **Teardown** ([`super::session::finish`]): the will, the last
+//!    DISCONNECT, and the session handed back to the routing core.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use super::Shared;
 use super::client::{Client, ClientLimits, Identity};
 use super::codec::{Codec, CodecError, Inbound, Version, broker_qos, sniff_version};
 use super::pending::Pending;
+use super::session::{self, Timers};
 use super::wire::Wire;
 use crate::acl::validate_topic_name;
 use crate::broker::{Properties, Publication, SessionKey, Will};
@@ -132,7 +134,7 @@ pub(super) async fn serve<S>(
         }
     };
     let mut wire = Wire::new(stream, Codec::new(version, limit), input);
-    let request = match wire.codec.decode(&mut wire.input) {
+    let request = match wire.output.codec().decode(&mut wire.input) {
         Ok(Some(Inbound {
             packet: Packet::Connect(connect, properties, will, will_properties, login),
             ..
@@ -243,7 +245,11 @@ pub(super) async fn serve<S>(
         Some(max) if keep_alive == 0 || keep_alive > max => (max, Some(max)),
         _ => (keep_alive, None),
     };
-    let client_limits = ClientLimits::new(&shared, properties.as_ref());
+    let client_limits = ClientLimits::new(
+        shared.broker.settings(),
+        &shared.limits,
+        properties.as_ref(),
+    );
 
     let ack = ConnAck {
         session_present: attached.present,
@@ -264,7 +270,7 @@ pub(super) async fn serve<S>(
         shared_subscription_available: Some(1),
         ..ConnAckProperties::default()
     });
-    wire.queue(Packet::ConnAck(ack, ack_properties));
+    wire.output.queue(Packet::ConnAck(ack, ack_properties));
     info!(
         %peer,
         client_id,
@@ -300,19 +306,29 @@ pub(super) async fn serve<S>(
         grants: token.grants,
     };
     let mut client = Client::new(
-        Arc::clone(&shared),
+        Arc::clone(&shared.broker),
+        shared.deny_publish,
         id,
         will,
         attached,
         session_expiry,
         client_limits,
     );
-    let ending = client
-        .run(
-            &mut wire, &mut claim, reloads, shutdown, keep_alive, expires_at,
-        )
-        .await;
-    client.finish(&mut wire, ending).await;
+    let timers = Timers {
+        keep_alive,
+        expires_at,
+    };
+    let ending = session::run(
+        &mut client,
+        &mut wire,
+        &shared,
+        &mut claim,
+        reloads,
+        shutdown,
+        timers,
+    )
+    .await;
+    session::finish(client, &mut wire, ending).await;
     // Only now, with the session handed back, may a newer connection of
     // this client take it.
     drop(claim);
@@ -482,7 +498,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<S>, refusal: 
         session_present: false,
         code: refusal.code(),
     };
-    wire.queue(Packet::ConnAck(ack, None));
+    wire.output.queue(Packet::ConnAck(ack, None));
     wire.close(REFUSAL_WRITE).await;
 }
 

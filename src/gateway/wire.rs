@@ -8,6 +8,10 @@
 //! writes (the last DISCONNECT, a refusal's CONNACK) get a deadline
 //! ([`Wire::flush_within`]) for the same reason.
 //!
+//! What the gateway has to say is encoded into an [`Outbox`] first, which
+//! knows nothing of sockets: the protocol layer ([`super::client`]) writes
+//! into it and is tested without I/O.
+//!
 //! Buffers grow with use and shrink back when idle, so the thousands of
 //! quiet devices of a fleet hold little memory: reads start at 1 KiB and
 //! double while a client keeps filling them; the output buffer is freed
@@ -33,11 +37,59 @@ const MAX_READ_CHUNK: usize = 32 * 1024;
 /// An emptied output buffer larger than this is freed rather than kept.
 const KEEP_OUTPUT: usize = 8 * 1024;
 
+/// Packets encoded for the client, waiting for the socket.
+pub(super) struct Outbox {
+    codec: Codec,
+    bytes: BytesMut,
+}
+
+impl Outbox {
+    pub fn new(codec: Codec) -> Outbox {
+        Outbox {
+            codec,
+            bytes: BytesMut::new(),
+        }
+    }
+
+    /// The client's codec: its protocol version and packet size limit.
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    /// Queues a packet (anything but PUBLISH) for the client.
+    pub fn queue(&mut self, packet: Packet) {
+        if let Err(e) = self.codec.encode(packet, &mut self.bytes) {
+            // Only the gateway's own packets are encoded here; a failure is
+            // a bug in what was built, not something the client did.
+            warn!(error = %e, "could not encode a packet for the client");
+        }
+    }
+
+    /// Queues a PUBLISH for the client.
+    pub fn queue_publish(&mut self, publish: &OutgoingPublish<'_>) {
+        self.codec.encode_publish(publish, &mut self.bytes);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Takes everything queued (what a test reads instead of a socket).
+    #[cfg(test)]
+    pub fn take(&mut self) -> BytesMut {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
 pub(super) struct Wire<S> {
     pub stream: S,
-    pub codec: Codec,
     pub input: BytesMut,
-    pub output: BytesMut,
+    pub output: Outbox,
     /// Bytes went to the stream since its last flush.
     unflushed: bool,
     /// Bytes written to the stream, ever: how a stalled reader is told
@@ -62,27 +114,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     pub fn new(stream: S, codec: Codec, input: BytesMut) -> Wire<S> {
         Wire {
             stream,
-            codec,
             input,
-            output: BytesMut::new(),
+            output: Outbox::new(codec),
             unflushed: false,
             written: 0,
             chunk: MIN_READ_CHUNK,
         }
-    }
-
-    /// Queues a packet (anything but PUBLISH) for the client.
-    pub fn queue(&mut self, packet: Packet) {
-        if let Err(e) = self.codec.encode(packet, &mut self.output) {
-            // Only the gateway's own packets are encoded here; a failure is
-            // a bug in what was built, not something the client did.
-            warn!(error = %e, "could not encode a packet for the client");
-        }
-    }
-
-    /// Queues a PUBLISH for the client.
-    pub fn queue_publish(&mut self, publish: &OutgoingPublish<'_>) {
-        self.codec.encode_publish(publish, &mut self.output);
     }
 
     /// Writes pending output and, if `read`, reads input: whichever the
@@ -93,11 +130,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
         poll_fn(|cx| {
             let mut wrote = false;
-            while !self.output.is_empty() {
-                match Pin::new(&mut self.stream).poll_write(cx, &self.output) {
+            let output = &mut self.output.bytes;
+            while !output.is_empty() {
+                match Pin::new(&mut self.stream).poll_write(cx, output) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Progress::Closed),
                     Poll::Ready(Ok(n)) => {
-                        self.output.advance(n);
+                        output.advance(n);
                         self.written += n as u64;
                         self.unflushed = true;
                         wrote = true;
@@ -106,13 +144,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     Poll::Pending => break,
                 }
             }
-            if self.output.is_empty() && self.unflushed {
+            if output.is_empty() && self.unflushed {
                 match Pin::new(&mut self.stream).poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
                         self.unflushed = false;
                         wrote = true;
-                        if self.output.capacity() > KEEP_OUTPUT {
-                            self.output = BytesMut::new();
+                        if output.capacity() > KEEP_OUTPUT {
+                            *output = BytesMut::new();
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Progress::Failed(e)),

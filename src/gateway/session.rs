@@ -1,0 +1,159 @@
+//! A connected client's loop: the socket, the timers and the deadlines.
+//!
+//! One task per client runs [`run`], a loop over one `select!` that hands
+//! what happens to the client's protocol state ([`super::client`]) and
+//! writes out what it answers:
+//!
+//! - the socket, driven by [`Wire::progress`] in both directions at once,
+//!   never by a bare write: a client that stops reading cannot park its
+//!   task, every other arm stays live;
+//! - the session's mailbox (deliveries to write) and the pending
+//!   publication (a full subscriber the client's publish waits for);
+//! - the control arms, each able to end the session at any time, a write
+//!   pending or not: shutdown, takeover, the token's `exp`, keep-alive,
+//!   the write deadline (`[limits] write_timeout_secs`: the client must
+//!   read all its output, or another 64 KiB of it, within it), and
+//!   re-verification of the token after every reload of keys or deny list.
+//!
+//! Outbound data is bounded per connection: deliveries stay in the mailbox
+//! while 64 KiB wait for the socket, and past [`MAX_UNWRITTEN`] the
+//! client's own packets are not read either.
+//!
+//! [`finish`] ends the connection: the client is told why (within
+//! [`LAST_WORDS`], and not at all when it stopped reading), and the session
+//! goes back to the routing core.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+use super::Shared;
+use super::client::{Client, Ending, WRITE_BATCH};
+use super::takeover::Claim;
+use super::wire::{Progress, Wire};
+use crate::broker::{Broker, Pending};
+use crate::token;
+
+/// Output past which the client's own packets are not read either: a
+/// client that never reads its acks is paced too.
+const MAX_UNWRITTEN: usize = 4 * WRITE_BATCH;
+/// Output a client must read, at least, within `[limits]
+/// write_timeout_secs` (unless it reads all there is): reading a byte now
+/// and then does not keep a stalled connection alive.
+const WRITE_PROGRESS: u64 = WRITE_BATCH as u64;
+/// How long a closing connection may take to write its last packets.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
+/// What a session's timers start from.
+pub(super) struct Timers {
+    /// The client's keep-alive, with MQTT's grace of one half.
+    pub keep_alive: Option<Duration>,
+    /// The token's `exp` (plus leeway), when it has one the clock can hold.
+    pub expires_at: Option<Instant>,
+}
+
+/// Runs the session until something ends it.
+pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut Client,
+    wire: &mut Wire<S>,
+    shared: &Shared,
+    claim: &mut Claim,
+    mut reloads: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+    timers: Timers,
+) -> Ending {
+    let Timers {
+        keep_alive,
+        expires_at,
+    } = timers;
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let expiry = sleep_until(expires_at.map_or(far, |at| at.min(far)));
+    let idle = sleep_until(keep_alive.map_or(far, |k| Instant::now() + k));
+    let stalled = sleep_until(far);
+    tokio::pin!(expiry, idle, stalled);
+    // While output waits: the byte count that, once written, renews the
+    // write deadline.
+    let mut renew_at: Option<u64> = None;
+    let session = client.session();
+    if let Some(ending) = client.start(&mut wire.input, &mut wire.output) {
+        return ending;
+    }
+    loop {
+        if let Some(ending) = client.pump(&mut wire.output) {
+            return ending;
+        }
+        match (wire.wants_write(), renew_at) {
+            (false, _) => renew_at = None,
+            (true, Some(at)) if wire.written() < at => {}
+            (true, _) => {
+                renew_at = Some(wire.written() + WRITE_PROGRESS);
+                stalled
+                    .as_mut()
+                    .reset(Instant::now() + shared.limits.write_timeout);
+            }
+        }
+        let read = client.reads_input() && wire.output.len() < MAX_UNWRITTEN;
+        if let (false, Some(k)) = (read, keep_alive) {
+            // Keep-alive measures the client's silence, which cannot be
+            // told while the gateway is not reading it.
+            idle.as_mut().reset(Instant::now() + k);
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ending::Shutdown,
+            () = claim.taken_over() => return Ending::TakenOver,
+            () = &mut expiry => return Ending::TokenExpired,
+            () = &mut idle => return Ending::KeepAliveTimeout,
+            () = &mut stalled, if renew_at.is_some() => return Ending::WriteStalled,
+            Ok(()) = reloads.changed() => {
+                let keys = shared.keys.snapshot();
+                if let Err(e) = token::verify(&client.id().credential, &keys, &shared.policy) {
+                    return Ending::Revoked(e.to_string());
+                }
+            }
+            () = session.mailbox().ready() => {}
+            () = advance(client.pending_mut(), &shared.broker) => {
+                if let Some(ending) = client.publication_done(&mut wire.input, &mut wire.output) {
+                    return ending;
+                }
+            }
+            progress = wire.progress(read) => match progress {
+                Progress::Read => {
+                    if let Some(k) = keep_alive {
+                        idle.as_mut().reset(Instant::now() + k);
+                    }
+                    if let Some(ending) = client.take_input(&mut wire.input, &mut wire.output) {
+                        return ending;
+                    }
+                }
+                Progress::Wrote => {}
+                Progress::Closed | Progress::Failed(_) => return Ending::Vanished,
+            },
+        }
+    }
+}
+
+/// Ends the connection: the client is told why, its socket closed, and the
+/// session handed back to the routing core.
+pub(super) async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+    client: Client,
+    wire: &mut Wire<S>,
+    ending: Ending,
+) {
+    client.say_goodbye(&ending, &mut wire.output);
+    // A client that stopped reading would not read its last words either.
+    if !matches!(ending, Ending::WriteStalled) {
+        wire.close(LAST_WORDS).await;
+    }
+    client.hand_back(&ending);
+}
+
+/// Advances the pending publication, if there is one.
+async fn advance(pending: Option<&mut Pending>, broker: &Broker) {
+    match pending {
+        Some(pending) => pending.advance(broker).await,
+        None => std::future::pending().await,
+    }
+}
