@@ -15,8 +15,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use common::{
-    DevBinary, RawClient, Read, V4Client, WAIT, mqtt, now_unix, raise_open_file_limit, tcp_from,
-    write_atomically,
+    DevBinary, RawClient, Read, V4Client, WAIT, device_claims, drop_secret, kubelet_update, mqtt,
+    now_unix, raise_open_file_limit, sign_hs256_kid, tcp_from, write_atomically,
 };
 use rumqttc::{ConnectReturnCode, QoS};
 use serde_json::json;
@@ -524,4 +524,74 @@ async fn a_token_issued_in_the_future_is_refused() {
         ConnectReturnCode::BadUserNamePassword
     );
     device_is_served(&gw, "after-future-iat").await;
+}
+
+// ---------------------------------------------------------------------------
+// Keys
+// ---------------------------------------------------------------------------
+
+/// Issue 9 item 7: a 16-byte HMAC secret dropped into the keys directory
+/// (guessable offline from one captured token) is refused at load with its
+/// file named; its tokens are refused, and the keys in force stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_hmac_key_file_is_refused_and_the_old_keys_stay() {
+    let gw = DevBinary::start("", "").await;
+    let short_secret = b"sixteen bytes!!!";
+    drop_secret(&gw.keys_dir(), "short", short_secret);
+    gw.served.wait_for_log(0, "short.b64").await;
+    gw.served
+        .wait_for_log(0, "the secret is 16 bytes long; HS256 needs at least 32")
+        .await;
+    let token = sign_hs256_kid(short_secret, "short", &device_claims("short-key"));
+    let mut device = V4Client::start(gw.v4_options("short-key", &token));
+    assert_eq!(
+        device.connack().await.code,
+        ConnectReturnCode::BadUserNamePassword
+    );
+    device_is_served(&gw, "after-short-key").await;
+}
+
+/// Issue 9 item 7: keys mounted from a Kubernetes secret change only by
+/// the kubelet swapping its `..data` link; the gateway follows the swap:
+/// the new key verifies, the old one no longer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_data_swap_replaces_the_key() {
+    let gw = DevBinary::start("", "").await;
+    let old_secret = b"the mounted secret before update";
+    let new_secret = b"the mounted secret after update.";
+    kubelet_update(
+        &gw.keys_dir(),
+        "2026_12_01_14_00_00.000000001",
+        &[("k8s.b64", old_secret)],
+    );
+    let old_token = sign_hs256_kid(old_secret, "k8s", &device_claims("k8s-device"));
+    let new_token = sign_hs256_kid(new_secret, "k8s", &device_claims("k8s-device"));
+    until_connack(&gw, &old_token, ConnectReturnCode::Success).await;
+    kubelet_update(
+        &gw.keys_dir(),
+        "2026_12_01_14_05_00.000000002",
+        &[("k8s.b64", new_secret)],
+    );
+    until_connack(&gw, &new_token, ConnectReturnCode::Success).await;
+    until_connack(&gw, &old_token, ConnectReturnCode::BadUserNamePassword).await;
+    device_is_served(&gw, "after-k8s-swap").await;
+}
+
+/// Connects with `token` until the CONNACK code is `expected` (a reload
+/// takes a moment to land); panics after [`WAIT`].
+async fn until_connack(gw: &DevBinary, token: &str, expected: ConnectReturnCode) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut device = V4Client::start(gw.v4_options("k8s-device", token));
+        let code = device.connack().await.code;
+        if code == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CONNACK {code:?}, never {expected:?}:\n{}",
+            gw.served.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

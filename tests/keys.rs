@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::jwk::{self, b64url};
 use common::{
     ServedBinary, TestGateway, V4Client, V5Client, capture_logs, device_claims, drop_secret,
-    now_unix, sign_hs256_kid, sign_jwt, v4_options_for, write_atomically,
+    kubelet_update, now_unix, sign_hs256_kid, sign_jwt, v4_options_for, write_atomically,
 };
 use jsonwebtoken::{Algorithm, EncodingKey};
 use rumqttc::v5::mqttbytes::QoS as QoS5;
@@ -520,35 +520,6 @@ async fn deny_list_refuses_at_connect_and_closes_matching_connections() {
     write_atomically(&revoked, "jti:leaked-1\nkid:spare\n");
     target.until(&by_sub, ConnectReturnCode::Success).await;
     assert_eq!(target.connack(&by_jti).await, REVOKED_AT_CONNECT);
-}
-
-/// Updates `dir` the way the kubelet's atomic writer updates a mounted
-/// Kubernetes secret: the files go into a new timestamped directory
-/// `..{stamp}`, a link `..data_tmp` to it is renamed over `..data`, each
-/// file is a link through `..data` (made by the first update), and the
-/// previous timestamped directory is removed.
-fn kubelet_update(dir: &Path, stamp: &str, secrets: &[(&str, &[u8])]) {
-    use base64::Engine as _;
-    use std::os::unix::fs::symlink;
-    let data = dir.join("..data");
-    let previous = std::fs::read_link(&data).ok();
-    let timestamped = format!("..{stamp}");
-    std::fs::create_dir(dir.join(&timestamped)).expect("create the timestamped dir");
-    for (name, secret) in secrets {
-        let text = base64::engine::general_purpose::STANDARD.encode(secret);
-        std::fs::write(dir.join(&timestamped).join(name), text).expect("write a secret");
-    }
-    symlink(&timestamped, dir.join("..data_tmp")).expect("link ..data_tmp");
-    std::fs::rename(dir.join("..data_tmp"), &data).expect("rename ..data_tmp over ..data");
-    for (name, _) in secrets {
-        let link = dir.join(name);
-        if std::fs::symlink_metadata(&link).is_err() {
-            symlink(Path::new("..data").join(name), &link).expect("link a key file");
-        }
-    }
-    if let Some(previous) = previous {
-        std::fs::remove_dir_all(dir.join(previous)).expect("remove the old timestamped dir");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
