@@ -21,7 +21,8 @@
 //! One subscriber may hold a publisher back for at most `[sessions]
 //! slow_subscriber_timeout`; then that subscriber's overflow policy applies
 //! (see [`mailbox`]), every drop is counted ([`Stats`]) and logged, and the
-//! publisher goes on.
+//! publisher goes on. A subscriber that drains meanwhile takes the message
+//! at once, so the policy only meets one that stayed full all along.
 //!
 //! **Sessions** are keyed by token subject and client id
 //! ([`SessionKey`]). A connection [`Broker::attach`]es to one (new, or a
@@ -51,8 +52,11 @@ pub mod session;
 pub mod store;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
@@ -192,18 +196,45 @@ impl Pending {
         self.waiting.is_empty()
     }
 
-    /// Waits until the first waiting subscriber has room or its hold-back
-    /// bound passes, then offers the message again to all that wait.
-    /// Cancel-safe: dropping the future loses nothing.
+    /// Waits until any waiting subscriber has room or the earliest
+    /// hold-back bound passes, then offers the message again to all that
+    /// wait. Cancel-safe: dropping the future loses nothing.
+    ///
+    /// Every subscriber is watched, not just one: a subscriber that drains
+    /// takes the message at once and stops waiting, so when a stalled one
+    /// keeps the publication past its bound, only a subscriber still full
+    /// then (one that has not drained all that time) meets its policy.
+    /// Waiting on the first alone once let a well-behaved subscriber sit in
+    /// the list until the stalled one's bound, and be found full then by
+    /// the burst that other publishers, released at the same moment, had
+    /// just delivered.
     pub async fn advance(&mut self, broker: &Broker) {
-        let Some((target, deadline)) = self.waiting.first() else {
+        let Some(earliest) = self.waiting.iter().map(|(_, deadline)| *deadline).min() else {
             return;
         };
-        let session = Arc::clone(&target.session);
-        let deadline = tokio::time::Instant::from_std(*deadline);
-        tokio::select! {
-            () = session.mailbox().room(self.message.cost(), &broker.budget) => {}
-            () = tokio::time::sleep_until(deadline) => {}
+        {
+            let cost = self.message.cost();
+            let mut rooms: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = self
+                .waiting
+                .iter()
+                .map(|(target, _)| {
+                    Box::pin(target.session.mailbox().room(cost, &broker.budget)) as Pin<Box<_>>
+                })
+                .collect();
+            let any_room = std::future::poll_fn(|cx| {
+                if rooms
+                    .iter_mut()
+                    .any(|room| room.as_mut().poll(cx).is_ready())
+                {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            tokio::select! {
+                () = any_room => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(earliest)) => {}
+            }
         }
         let now = Instant::now();
         let message = &self.message;
@@ -822,6 +853,65 @@ mod tests {
         assert!(pending.is_done());
         assert_eq!(taken(&sub).len(), 1);
         assert_eq!(broker.stats().snapshot().dropped, 0);
+    }
+
+    /// A publication waiting for a stalled subscriber and a briefly full
+    /// one: the latter takes it as soon as it drains, so the policy meets
+    /// only the stalled one, even if the well-behaved one is full again
+    /// when the bound passes.
+    #[tokio::test]
+    async fn only_a_subscriber_full_all_along_meets_the_policy() {
+        let broker = broker_with(Arc::new(MemoryStore::new()));
+        let stalled = broker.attach(SessionKey::new("s", "stalled"), true).session;
+        let reader = broker.attach(SessionKey::new("s", "reader"), true).session;
+        for session in [&stalled, &reader] {
+            broker
+                .subscribe(
+                    session,
+                    "t",
+                    options(QoS::AtLeastOnce, None),
+                    RetainHandling::Never,
+                )
+                .unwrap();
+        }
+        for _ in 0..2 {
+            let _ = broker.publish(message(&broker, "t", QoS::AtLeastOnce, false), None);
+        }
+        let mut pending = broker.publish(message(&broker, "t", QoS::AtLeastOnce, false), None);
+        // Both full. The reader drains; the publication reaches it at once.
+        let mut out = Vec::new();
+        reader.mailbox().take(2, 2, &mut out);
+        tokio::time::timeout(Duration::from_millis(20), pending.advance(&broker))
+            .await
+            .expect("advanced on the reader's room, well before the bound");
+        assert_eq!(taken(&reader).len(), 1);
+        // The reader fills up again just before the bound passes.
+        for _ in 0..2 {
+            reader.mailbox().force(taken_delivery(&broker, "refill"));
+        }
+        while !pending.is_done() {
+            pending.advance(&broker).await;
+        }
+        assert_eq!(broker.stats().snapshot().dropped, 1, "the stalled one only");
+        assert_eq!(
+            stalled.mailbox().take(10, 10, &mut out),
+            Taken::Evicted,
+            "the stalled subscriber meets its policy"
+        );
+        assert_ne!(
+            reader.mailbox().take(10, 10, &mut out),
+            Taken::Evicted,
+            "the reader does not"
+        );
+    }
+
+    fn taken_delivery(broker: &Broker, topic: &str) -> Delivery {
+        Delivery {
+            message: message(broker, topic, QoS::AtLeastOnce, false),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Default::default(),
+        }
     }
 
     #[tokio::test]
