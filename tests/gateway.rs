@@ -1337,6 +1337,15 @@ async fn connection_cap_refuses_only_the_newcomer() {
     let mut third_v5 = V5Client::start(gw.v5_options("cap-3-v5", &token));
     assert_eq!(third_v5.connack().await.code, Code5::ServerBusy);
 
+    // At the cap, a device whose old connection lingers (its radio
+    // dropped) still reconnects: the new connection takes over the old
+    // one's session, and its place.
+    let mut again = V4Client::start(gw.v4_options("cap-2", &token));
+    assert_eq!(again.connack().await.code, ConnectReturnCode::Success);
+    let mut second = second;
+    second.closed().await;
+    let second = again;
+
     // The two admitted clients are untouched.
     first.subscribe("cap/x", QoS::AtLeastOnce).await;
     first

@@ -188,21 +188,7 @@ pub(super) async fn serve<S>(
             Ok((token, credential, will))
         },
     );
-    let admitted = admitted.and_then(|admitted| {
-        let place = Arc::clone(&shared.sessions)
-            .try_acquire_owned()
-            .map_err(|_| {
-                (
-                    Refusal::Busy,
-                    format!(
-                        "all {} places for connections are taken ([limits] max_connections)",
-                        shared.limits.max_connections
-                    ),
-                )
-            })?;
-        Ok((admitted, place))
-    });
-    let ((token, credential, will), _place) = match admitted {
+    let (token, credential, will) = match admitted {
         Ok(admitted) => admitted,
         Err((refusal, reason)) => {
             info!(%peer, client_id, reason = %reason, code = ?refusal.code(), "connection refused");
@@ -210,8 +196,6 @@ pub(super) async fn serve<S>(
             return;
         }
     };
-    // Authenticated: no longer a stranger.
-    drop(pending);
 
     // Sessions are keyed by subject as well as client id, so one device
     // cannot take over (or resume) another device's session by using its
@@ -225,6 +209,20 @@ pub(super) async fn serve<S>(
             return;
         }
     };
+    // A place among the authenticated connections, taken once an older
+    // connection of this session has let go of its own: a device whose
+    // old connection lingers is not refused at capacity.
+    let Ok(place) = Arc::clone(&shared.sessions).try_acquire_owned() else {
+        let reason = format!(
+            "all {} places for connections are taken ([limits] max_connections)",
+            shared.limits.max_connections
+        );
+        info!(%peer, client_id, reason = %reason, code = ?Refusal::Busy.code(), "connection refused");
+        refuse(&mut wire, Refusal::Busy).await;
+        return;
+    };
+    // Authenticated, with a place: no longer a stranger.
+    drop(pending);
     let mut attached = shared.broker.attach(key, clean_start);
 
     let max_session_expiry = shared.broker.settings().max_session_expiry;
@@ -329,8 +327,9 @@ pub(super) async fn serve<S>(
     )
     .await;
     session::finish(client, &mut wire, ending).await;
-    // Only now, with the session handed back, may a newer connection of
-    // this client take it.
+    // Only now, with the session handed back and its place given up, may a
+    // newer connection of this client take them.
+    drop(place);
     drop(claim);
 }
 
