@@ -337,20 +337,18 @@ fn restrict(
     };
     supported
         .iter()
-        .position(|candidate| *candidate == alg)
-        .map(|at| &supported[at..=at])
+        .find(|candidate| **candidate == alg)
+        .map(std::slice::from_ref)
         .ok_or(JwkError::AlgorithmMismatch { alg, kind })
 }
 
 /// RFC 7518 forbids leading zero octets in `n` and `e`, but some
 /// producers emit them (a sign byte from a DER integer), and aws-lc
 /// refuses them; the value is the same without.
-fn strip_leading_zeros(bytes: Vec<u8>) -> Vec<u8> {
-    match bytes.iter().position(|byte| *byte != 0) {
-        Some(0) => bytes,
-        Some(first) => bytes[first..].to_vec(),
-        None => Vec::new(),
-    }
+fn strip_leading_zeros(mut bytes: Vec<u8>) -> Vec<u8> {
+    let zeros = bytes.iter().take_while(|byte| **byte == 0).count();
+    bytes.drain(..zeros);
+    bytes
 }
 
 fn bit_length(big_endian: &[u8]) -> usize {

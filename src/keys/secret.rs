@@ -53,6 +53,8 @@ pub(super) fn usable_algorithms(
             alg,
             needed: min_secret_bytes(alg),
         }),
+        // `usable` counts a prefix of `allowed`, so the range is in bounds.
+        #[allow(clippy::indexing_slicing)]
         _ => Ok(&allowed[..usable]),
     }
 }
