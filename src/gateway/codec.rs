@@ -22,6 +22,17 @@
 //!   subscription identifiers and remaining expiry without copying the
 //!   message into rumqttd's types first.
 
+// Untrusted input (every frame comes from a client, authenticated or not):
+// fail with an error, never a panic. Tests are exempt through clippy.toml;
+// an exception in this code carries an `#[allow]` saying why it cannot fail.
+// See "Robustness" in the crate docs.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::{BufMut, BytesMut};
@@ -121,9 +132,28 @@ fn remaining_length(buf: &[u8]) -> Result<Option<(usize, usize)>, CodecError> {
     Ok(None)
 }
 
-/// The fixed header of the next frame, once it is complete in `buf`:
-/// (packet type, header length, total frame length).
-fn complete_frame(buf: &[u8], limit: usize) -> Result<Option<(u8, usize, usize)>, CodecError> {
+/// A complete frame at the front of a buffer.
+struct Frame<'a> {
+    /// The first byte: the packet type in the high nibble, its flags in the
+    /// low one.
+    first: u8,
+    /// Length of the fixed header (the first byte and the remaining length).
+    header: usize,
+    /// The whole frame, fixed header included.
+    bytes: &'a [u8],
+}
+
+impl Frame<'_> {
+    fn kind(&self) -> u8 {
+        self.first >> 4
+    }
+}
+
+/// The next frame, once it is complete in `buf`.
+fn complete_frame(buf: &[u8], limit: usize) -> Result<Option<Frame<'_>>, CodecError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
     let Some((len_len, remaining)) = remaining_length(buf)? else {
         return Ok(None);
     };
@@ -132,10 +162,14 @@ fn complete_frame(buf: &[u8], limit: usize) -> Result<Option<(u8, usize, usize)>
     if size > limit {
         return Err(CodecError::TooLarge { size, limit });
     }
-    if buf.len() < size {
+    let Some(bytes) = buf.get(..size) else {
         return Ok(None);
-    }
-    Ok(Some((buf[0] >> 4, header, size)))
+    };
+    Ok(Some(Frame {
+        first,
+        header,
+        bytes,
+    }))
 }
 
 /// Reads a 2-byte length-prefixed field starting at `at`.
@@ -150,17 +184,17 @@ fn mqtt_str(frame: &[u8], at: usize) -> Option<&[u8]> {
 /// Only the first frame is looked at: bytes behind it (the client's next
 /// packets) never stand in for a field the CONNECT lacks.
 pub fn sniff_version(buf: &[u8], limit: usize) -> Result<Option<Version>, CodecError> {
-    let Some((kind, header, size)) = complete_frame(buf, limit)? else {
+    let Some(frame) = complete_frame(buf, limit)? else {
         return Ok(None);
     };
-    if kind != CONNECT {
-        return Err(CodecError::NotConnect(kind));
+    if frame.kind() != CONNECT {
+        return Err(CodecError::NotConnect(frame.kind()));
     }
-    let frame = &buf[..size];
-    let name = mqtt_str(frame, header)
+    let name = mqtt_str(frame.bytes, frame.header)
         .ok_or_else(|| CodecError::Malformed("CONNECT without protocol name".into()))?;
     let level = *frame
-        .get(header + 2 + name.len())
+        .bytes
+        .get(frame.header + 2 + name.len())
         .ok_or_else(|| CodecError::Malformed("CONNECT without protocol level".into()))?;
     match (name, level) {
         (b"MQTT", 4) => Ok(Some(Version::V3_1_1)),
@@ -178,7 +212,7 @@ pub fn sniff_version(buf: &[u8], limit: usize) -> Result<Option<Version>, CodecE
 /// forge a log line).
 fn shown_protocol_name(name: &[u8]) -> String {
     const SHOWN: usize = 16;
-    let mut shown: String = String::from_utf8_lossy(&name[..name.len().min(SHOWN)])
+    let mut shown: String = String::from_utf8_lossy(name.get(..SHOWN).unwrap_or(name))
         .chars()
         .map(|c| if c.is_control() { '\u{fffd}' } else { c })
         .collect();
@@ -197,18 +231,21 @@ const V31_NAME: &[u8] = b"\x00\x06MQIsdp\x03";
 /// A frame that does not start like a 3.1 CONNECT (a second CONNECT inside
 /// a 3.1 session may say anything) is malformed.
 fn upgrade_v31_connect(buf: &mut BytesMut, header: usize, size: usize) -> Result<(), CodecError> {
-    let variable = buf.get(header..size).unwrap_or_default();
-    let Some(rest) = variable.strip_prefix(V31_NAME) else {
-        return Err(CodecError::Malformed(
-            "CONNECT of an MQTT 3.1 session is not MQIsdp level 3".into(),
-        ));
+    let not_v31 =
+        || CodecError::Malformed("CONNECT of an MQTT 3.1 session is not MQIsdp level 3".into());
+    // `header..size` is a frame complete in `buf`, so all three are there.
+    let (Some(&first), Some(variable), Some(after)) =
+        (buf.first(), buf.get(header..size), buf.get(size..))
+    else {
+        return Err(not_v31());
     };
+    let rest = variable.strip_prefix(V31_NAME).ok_or_else(not_v31)?;
     let mut out = BytesMut::with_capacity(buf.len());
-    out.put_u8(buf[0]);
+    out.put_u8(first);
     put_varint(&mut out, rest.len() + 2 + 4 + 1);
     out.put_slice(b"\x00\x04MQTT\x04");
     out.put_slice(rest);
-    out.put_slice(&buf[size..]);
+    out.put_slice(after);
     *buf = out;
     Ok(())
 }
@@ -249,9 +286,10 @@ impl Codec {
     /// Takes the next complete packet off the front of `buf`, or returns
     /// `None` when more bytes are needed.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
-        let Some((kind, header, size)) = complete_frame(buf, self.max_packet_size)? else {
+        let Some(frame) = complete_frame(buf, self.max_packet_size)? else {
             return Ok(None);
         };
+        let kind = frame.kind();
         if !matches!(
             kind,
             CONNECT
@@ -267,14 +305,15 @@ impl Codec {
         ) {
             return Err(CodecError::ForbiddenPacketType(kind));
         }
-        if kind == CONNECT && self.version == Version::V3_1 {
-            upgrade_v31_connect(buf, header, size)?;
-        }
         let publish = if kind == PUBLISH {
-            Some(publish_header(&buf[..size], header, self.version.is_v5())?)
+            Some(publish_header(&frame, self.version.is_v5())?)
         } else {
             None
         };
+        if kind == CONNECT && self.version == Version::V3_1 {
+            let (header, size) = (frame.header, frame.bytes.len());
+            upgrade_v31_connect(buf, header, size)?;
+        }
         let limit = self.max_packet_size;
         let decoded = catch_unwind(AssertUnwindSafe(|| match self.version {
             Version::V5 => V5.read_mut(buf, limit),
@@ -466,8 +505,13 @@ fn put_str(out: &mut BytesMut, bytes: &[u8]) {
     out.put_slice(bytes);
 }
 
-fn publish_header(frame: &[u8], header: usize, v5: bool) -> Result<PublishHeader, CodecError> {
-    let qos = match (frame[0] >> 1) & 0b11 {
+fn publish_header(frame: &Frame<'_>, v5: bool) -> Result<PublishHeader, CodecError> {
+    let Frame {
+        first,
+        header,
+        bytes: frame,
+    } = *frame;
+    let qos = match (first >> 1) & 0b11 {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
         2 => QoS::ExactlyOnce,
