@@ -38,6 +38,17 @@
 //! Matching runs on every PUBLISH, so nothing here allocates after a grant
 //! has been parsed: levels are walked with `split('/')`.
 
+// Untrusted input (topics and filters come from clients and from token
+// claims): fail with an error, never a panic. Tests are exempt through
+// clippy.toml; an exception in this code carries an `#[allow]` saying why it
+// cannot fail. See "Robustness" in the crate docs.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::fmt;
 
 /// The longest topic name or filter MQTT can carry: a UTF-8 string field has

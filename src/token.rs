@@ -52,6 +52,17 @@
 //! [`mint`] creates HS256 development tokens, such as those `jwtgate mint`
 //! prints, with any key that holds an HMAC secret.
 
+// Untrusted input (a token is a stranger's bytes): fail with an error, never
+// a panic. Tests are exempt through clippy.toml; an exception in this code
+// carries an `#[allow]` saying why it cannot fail. See "Robustness" in the
+// crate docs.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -20,6 +20,17 @@
 //! 3. **Teardown** ([`super::session::finish`]): the will, the last
 //!    DISCONNECT, and the session handed back to the routing core.
 
+// Untrusted input (it drives a connection from its first byte): fail with an
+// error, never a panic. Tests are exempt through clippy.toml; an exception
+// in this code carries an `#[allow]` saying why it cannot fail. See
+// "Robustness" in the crate docs.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
