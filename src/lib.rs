@@ -36,6 +36,14 @@
 //! - [`provision`], the only part that talks to the identity provider, backs `jwtgate-provision`.
 //!
 //! The `jwtgate` binary is a thin command-line layer over this library.
+//!
+//! ## Robustness
+//!
+//! The modules that read what a stranger controls ([`token`], [`acl`],
+//! [`keys`], [`config`], and the gateway's codec and connection) deny
+//! `unwrap`, `expect`, indexing and `panic!` outside tests (clippy), so bad
+//! input ends in an error, not a panic; the few exceptions carry an
+//! `#[allow]` and a comment saying why they cannot fail.
 
 pub mod acl;
 pub mod broker;
