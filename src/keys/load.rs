@@ -256,9 +256,13 @@ fn exposure(metadata: &fs::Metadata, keys: &[Key]) -> Option<Concern> {
 /// layout), others never.
 fn exposed(mode: u32, file_group: u32, own_group: u32) -> Option<Concern> {
     let mode = mode & 0o7777;
-    let group = mode & 0o070 != 0 && file_group != own_group;
+    let foreign_group = file_group != own_group;
+    let group = mode & 0o070 != 0 && foreign_group;
     let others = mode & 0o007 != 0;
-    (group || others).then_some(Concern::SecretNotPrivate { mode })
+    (group || others).then_some(Concern::SecretNotPrivate {
+        mode,
+        foreign_group,
+    })
 }
 
 #[cfg(test)]
@@ -353,13 +357,26 @@ mod tests {
 
     #[test]
     fn a_secret_may_be_read_by_the_gateways_own_group_only() {
-        let concern = |mode| Some(Concern::SecretNotPrivate { mode });
+        let concern = |mode, foreign_group| {
+            Some(Concern::SecretNotPrivate {
+                mode,
+                foreign_group,
+            })
+        };
         // (mode, file's group, gateway's group)
         assert_eq!(exposed(0o100600, 10, 20), None);
         assert_eq!(exposed(0o100640, 20, 20), None);
-        assert_eq!(exposed(0o100640, 10, 20), concern(0o640));
-        assert_eq!(exposed(0o100604, 20, 20), concern(0o604));
-        assert_eq!(exposed(0o100660, 10, 20), concern(0o660));
+        assert_eq!(exposed(0o100640, 10, 20), concern(0o640, true));
+        assert_eq!(exposed(0o100604, 20, 20), concern(0o604, false));
+        assert_eq!(exposed(0o100660, 10, 20), concern(0o660, true));
+        for (concern, who) in [
+            (concern(0o640, true), "another group can"),
+            (concern(0o664, true), "another group and others can"),
+            (concern(0o644, false), "others can"),
+        ] {
+            let text = concern.unwrap().to_string();
+            assert!(text.contains(who), "{who:?} in {text}");
+        }
     }
 
     #[test]
@@ -405,14 +422,22 @@ mod tests {
             .collect();
         // The test's files belong to its own group, as the gateway's do
         // in the systemd layout: group access alone is no concern.
-        let open_to = |name, mode| (Path::new(name), Concern::SecretNotPrivate { mode });
+        let open_to = |name, mode| {
+            (
+                Path::new(name),
+                Concern::SecretNotPrivate {
+                    mode,
+                    foreign_group: false,
+                },
+            )
+        };
         assert_eq!(
             warnings,
             [open_to("hmac.json", 0o664), open_to("others.b64", 0o604)]
         );
         let text = report.to_string();
         for (file, who, mode) in [
-            ("hmac.json", "its group and others can", "0664"),
+            ("hmac.json", "others can", "0664"),
             ("others.b64", "others can", "0604"),
         ] {
             let line = format!(

@@ -102,17 +102,20 @@ impl fmt::Display for LoadWarning {
 pub enum Concern {
     /// The file holds an HMAC secret, and its permission bits (`mode`, of
     /// the file a symbolic link leads to) let others at it, or a group
-    /// other than the gateway's own.
-    SecretNotPrivate { mode: u32 },
+    /// other than the gateway's own (`foreign_group`).
+    SecretNotPrivate { mode: u32, foreign_group: bool },
 }
 
 impl fmt::Display for Concern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Concern::SecretNotPrivate { mode } => {
-                let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
-                    (true, true) => "its group and others",
-                    (true, false) => "its group",
+            Concern::SecretNotPrivate {
+                mode,
+                foreign_group,
+            } => {
+                let who = match (foreign_group && mode & 0o070 != 0, mode & 0o007 != 0) {
+                    (true, true) => "another group and others",
+                    (true, false) => "another group",
                     (false, _) => "others",
                 };
                 write!(
