@@ -25,7 +25,8 @@
 //! the [`LoadReport`], and everything else stays in force. A key id defined
 //! by several files is taken from the file whose name sorts first, so the
 //! outcome never depends on directory order. A file holding an HMAC secret
-//! that others, or a group other than the gateway's own, can read is loaded with a [`LoadWarning`].
+//! that others, or a group other than the gateway's own, can read is
+//! loaded with a [`LoadWarning`].
 //!
 //! [`KeyStore::reload`] is built for a directory that is being edited while
 //! the gateway runs: a file that now fails to load keeps the keys of its
