@@ -438,12 +438,9 @@ proptest! {
         };
         prop_assume!(text != original.token);
         let same = decoded_segments(text.as_bytes()) == decoded_segments(original.token.as_bytes());
-        match token::verify(text, &key_set(), &policy()) {
-            Ok(verified) => {
-                prop_assert!(same, "accepted a changed token: {:?}", text);
-                prop_assert_eq!(verified, original.verified);
-            }
-            Err(_) => {}
+        if let Ok(verified) = token::verify(text, &key_set(), &policy()) {
+            prop_assert!(same, "accepted a changed token: {:?}", text);
+            prop_assert_eq!(verified, original.verified);
         }
     }
 

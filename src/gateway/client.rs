@@ -1372,22 +1372,41 @@ mod tests {
 
         #[derive(Debug, Clone)]
         enum Op {
-            Subscribe { client: usize, filters: Vec<(usize, u8)> },
-            Unsubscribe { client: usize, filter: usize },
-            Publish { client: usize, topic: usize, qos: u8 },
+            Subscribe {
+                client: usize,
+                filters: Vec<(usize, u8)>,
+            },
+            Unsubscribe {
+                client: usize,
+                filter: usize,
+            },
+            Publish {
+                client: usize,
+                topic: usize,
+                qos: u8,
+            },
             /// Re-send (DUP) a QoS 2 PUBLISH that awaits its PUBREL.
-            Resend { client: usize, pick: Index },
+            Resend {
+                client: usize,
+                pick: Index,
+            },
             /// PUBREL for a QoS 2 PUBLISH the gateway answered.
-            Release { client: usize, pick: Index },
+            Release {
+                client: usize,
+                pick: Index,
+            },
             /// The client's next step for a delivery in flight: PUBACK,
             /// PUBREC or PUBCOMP.
-            Ack { client: usize, pick: Index },
+            Ack {
+                client: usize,
+                pick: Index,
+            },
         }
 
         fn op() -> impl Strategy<Value = Op> {
             let client = 0..CLIENTS;
             prop_oneof![
-                2 => (client.clone(), prop::collection::vec((0..FILTERS.len(), 0..=2u8), 1..3))
+                3 => (client.clone(), prop::collection::vec((0..FILTERS.len(), 0..=2u8), 1..3))
                     .prop_map(|(client, filters)| Op::Subscribe { client, filters }),
                 1 => (client.clone(), 0..FILTERS.len())
                     .prop_map(|(client, filter)| Op::Unsubscribe { client, filter }),
@@ -1494,7 +1513,14 @@ mod tests {
             }
         }
 
-        fn publish_bytes(version: Version, topic: &str, qos: u8, pkid: u16, dup: bool, msg: u64) -> Vec<u8> {
+        fn publish_bytes(
+            version: Version,
+            topic: &str,
+            qos: u8,
+            pkid: u16,
+            dup: bool,
+            msg: u64,
+        ) -> Vec<u8> {
             let mut body = Vec::new();
             string(topic, &mut body);
             if qos > 0 {
@@ -1600,7 +1626,12 @@ mod tests {
 
             fn owe(&mut self, answer: &Owed) -> Result<(), TestCaseError> {
                 let at = self.owed.iter().position(|owed| owed == answer);
-                prop_assert!(at.is_some(), "unexpected {:?}; owed {:?}", answer, self.owed);
+                prop_assert!(
+                    at.is_some(),
+                    "unexpected {:?}; owed {:?}",
+                    answer,
+                    self.owed
+                );
                 self.owed.remove(at.unwrap());
                 Ok(())
             }
@@ -1648,8 +1679,12 @@ mod tests {
                             self.owe(&Owed::PubRel(rel.pkid))?;
                             let entry = self.inflight.get_mut(&rel.pkid);
                             prop_assert!(
-                                entry.as_ref().is_some_and(|(_, _, stage)| *stage == Stage::Received),
-                                "PUBREL {} for {:?}", rel.pkid, entry
+                                entry
+                                    .as_ref()
+                                    .is_some_and(|(_, _, stage)| *stage == Stage::Received),
+                                "PUBREL {} for {:?}",
+                                rel.pkid,
+                                entry
                             );
                             if let Some((_, _, stage)) = entry {
                                 *stage = Stage::Released;
@@ -1666,22 +1701,36 @@ mod tests {
                             prop_assert!(
                                 self.grants.may_publish(&topic),
                                 "message {} on {:?} delivered outside the grants {:?}",
-                                msg, topic, self.grants
+                                msg,
+                                topic,
+                                self.grants
                             );
                             prop_assert!(
                                 self.delivered.insert(msg),
-                                "message {} delivered twice", msg
+                                "message {} delivered twice",
+                                msg
                             );
                             let expected = self.expected.get(&msg);
                             prop_assert_eq!(
-                                expected, Some(&qos),
+                                expected,
+                                Some(&qos),
                                 "message {} on {:?} at QoS {}; subscriptions {:?}",
-                                msg, topic, qos, self.subscriptions
+                                msg,
+                                topic,
+                                qos,
+                                self.subscriptions
                             );
                             if qos > 0 {
                                 prop_assert!(header.pkid != 0);
-                                let clash = self.inflight.insert(header.pkid, (msg, qos, Stage::Published));
-                                prop_assert!(clash.is_none(), "packet id {} in use by {:?}", header.pkid, clash);
+                                let clash = self
+                                    .inflight
+                                    .insert(header.pkid, (msg, qos, Stage::Published));
+                                prop_assert!(
+                                    clash.is_none(),
+                                    "packet id {} in use by {:?}",
+                                    header.pkid,
+                                    clash
+                                );
                             }
                         }
                         other => prop_assert!(false, "unexpected answer {:?}", other),
@@ -1731,7 +1780,9 @@ mod tests {
                         let peer = &self.peers[*client];
                         let granted = peer.grants.may_publish(name);
                         // Stay within the receive maximum for QoS 2.
-                        let qos = if *qos == 2 && peer.awaiting_release.len() >= usize::from(MAX_INFLIGHT) {
+                        let qos = if *qos == 2
+                            && peer.awaiting_release.len() >= usize::from(MAX_INFLIGHT)
+                        {
                             1
                         } else {
                             *qos
@@ -1741,7 +1792,9 @@ mod tests {
                                 let best = other
                                     .subscriptions
                                     .iter()
-                                    .filter(|(f, _)| TopicFilter::parse(f).unwrap().matches_topic(name))
+                                    .filter(|(f, _)| {
+                                        TopicFilter::parse(f).unwrap().matches_topic(name)
+                                    })
                                     .map(|(_, &sub_qos)| sub_qos.min(qos))
                                     .max();
                                 if let Some(best) = best {
@@ -1774,7 +1827,8 @@ mod tests {
                         let &(&pkid, &(topic, msg, granted)) =
                             pick.get(&peer.awaiting_release.iter().collect::<Vec<_>>()[..]);
                         peer.owed.push(Owed::PubRec(pkid, granted));
-                        let bytes = publish_bytes(peer.h.version, TOPICS[topic], 2, pkid, true, msg);
+                        let bytes =
+                            publish_bytes(peer.h.version, TOPICS[topic], 2, pkid, true, msg);
                         peer.send(&bytes)?;
                     }
                     Op::Release { client, pick } => {
@@ -1782,7 +1836,8 @@ mod tests {
                         if peer.awaiting_release.is_empty() {
                             return Ok(());
                         }
-                        let pkid = *pick.get(&peer.awaiting_release.keys().copied().collect::<Vec<_>>());
+                        let pkid =
+                            *pick.get(&peer.awaiting_release.keys().copied().collect::<Vec<_>>());
                         peer.awaiting_release.remove(&pkid);
                         peer.owed.push(Owed::PubComp(pkid));
                         peer.send(&ack_bytes(0x62, pkid))?;
@@ -1812,7 +1867,12 @@ mod tests {
                     }
                 }
                 for (i, peer) in self.peers.iter().enumerate() {
-                    prop_assert!(peer.owed.is_empty(), "client {} still owed {:?}", i, peer.owed);
+                    prop_assert!(
+                        peer.owed.is_empty(),
+                        "client {} still owed {:?}",
+                        i,
+                        peer.owed
+                    );
                 }
                 Ok(())
             }
@@ -1842,7 +1902,12 @@ mod tests {
                     }
                 }
                 for (i, peer) in self.peers.iter().enumerate() {
-                    prop_assert!(peer.inflight.is_empty(), "client {}: {:?}", i, peer.inflight);
+                    prop_assert!(
+                        peer.inflight.is_empty(),
+                        "client {}: {:?}",
+                        i,
+                        peer.inflight
+                    );
                     let expected: BTreeSet<u64> = peer.expected.keys().copied().collect();
                     prop_assert_eq!(&peer.delivered, &expected, "client {}", i);
                 }
@@ -1883,10 +1948,10 @@ mod tests {
             #[test]
             fn packet_sequences_respect_grants_qos_and_exchanges(
                 clients in prop::collection::vec(
-                    (version(), prop::sample::subsequence(FILTERS.to_vec(), 1..=3)),
+                    (version(), prop::sample::subsequence(FILTERS.to_vec(), 2..=6)),
                     1..=CLIENTS,
                 ),
-                ops in prop::collection::vec(op(), 1..40),
+                ops in prop::collection::vec(op(), 1..60),
             ) {
                 let settings = SessionSettings {
                     max_inflight: MAX_INFLIGHT,
