@@ -756,28 +756,92 @@ fn widen(filter: &str, choices: &[u8]) -> String {
 // ---------------------------------------------------------------------------
 // The keys directory
 
-const KEY_NAMES: [&str; 3] = ["k1", "k2", "k3"];
+/// The key files the property writes: three HMAC secrets, and a JWK set
+/// holding one EC key, with the key id each one defines.
+const KEY_FILES: [KeyFile; 4] = [
+    KeyFile {
+        file: "k1.b64",
+        kid: "k1",
+    },
+    KeyFile {
+        file: "k2.b64",
+        kid: "k2",
+    },
+    KeyFile {
+        file: "k3.b64",
+        kid: "k3",
+    },
+    KeyFile {
+        file: "idp.json",
+        kid: "ec",
+    },
+];
+
+/// Good versions of each file.
+const VERSIONS: u8 = 4;
+
+#[derive(Debug, Clone, Copy)]
+struct KeyFile {
+    file: &'static str,
+    kid: &'static str,
+}
+
+impl KeyFile {
+    fn is_jwks(self) -> bool {
+        self.file.ends_with(".json")
+    }
+
+    fn bytes(self, content: Content) -> Vec<u8> {
+        match (content, self.is_jwks()) {
+            (Content::Good(version), false) => {
+                STANDARD.encode(secret(self.kid, version)).into_bytes()
+            }
+            (Content::Good(version), true) => {
+                let mut jwk = ec_versions()[usize::from(version)].jwk.clone();
+                jwk["kid"] = self.kid.into();
+                jwk::jwks(&[jwk]).into_bytes()
+            }
+            (Content::Empty, _) => Vec::new(),
+            (Content::Garbled, false) => b"not base64!".to_vec(),
+            (Content::Garbled, true) => b"{\"keys\": [".to_vec(),
+            (Content::Wrong, false) => STANDARD.encode([7u8; 16]).into_bytes(),
+            (Content::Wrong, true) => b"{\"keys\": 5}".to_vec(),
+            (Content::NotUtf8, _) => vec![0xff, 0xfe, b'A', b'A'],
+        }
+    }
+
+    /// A token signed with `version` of this file's key.
+    fn token(self, version: u8) -> String {
+        let claims = json!({ "sub": "d", "exp": now() + 600, "topics": ["t"] });
+        let (alg, key) = if self.is_jwks() {
+            let key = ec_versions()[usize::from(version)].encoding_key();
+            (Algorithm::ES256, key)
+        } else {
+            let key = EncodingKey::from_secret(&secret(self.kid, version));
+            (Algorithm::HS256, key)
+        };
+        let mut header = Header::new(alg);
+        header.kid = Some(self.kid.to_owned());
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+}
+
+/// One EC key pair per good version of the JWK set.
+fn ec_versions() -> &'static [jwk::TestKey] {
+    static PAIRS: OnceLock<Vec<jwk::TestKey>> = OnceLock::new();
+    PAIRS.get_or_init(|| (0..VERSIONS).map(|_| jwk::ec("ec")).collect())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Content {
-    /// A 32-byte secret unique to (name, version).
+    /// A key unique to (file, version).
     Good(u8),
     Empty,
-    NotBase64,
-    Short,
+    /// Not base64; not JSON.
+    Garbled,
+    /// A secret too short for HS256; a JWK set whose `keys` is no array.
+    Wrong,
     NotUtf8,
-}
-
-impl Content {
-    fn bytes(self, name: &str) -> Vec<u8> {
-        match self {
-            Content::Good(version) => STANDARD.encode(secret(name, version)).into_bytes(),
-            Content::Empty => Vec::new(),
-            Content::NotBase64 => b"not base64!".to_vec(),
-            Content::Short => STANDARD.encode([7u8; 16]).into_bytes(),
-            Content::NotUtf8 => vec![0xff, 0xfe, b'A', b'A'],
-        }
-    }
 }
 
 fn secret(name: &str, version: u8) -> Vec<u8> {
@@ -799,21 +863,21 @@ enum Op {
 
 fn content() -> impl Strategy<Value = Content> {
     prop_oneof![
-        3 => (0u8..4).prop_map(Content::Good),
+        3 => (0..VERSIONS).prop_map(Content::Good),
         1 => Just(Content::Empty),
-        1 => Just(Content::NotBase64),
-        1 => Just(Content::Short),
+        1 => Just(Content::Garbled),
+        1 => Just(Content::Wrong),
         1 => Just(Content::NotUtf8),
     ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let name = 0..KEY_NAMES.len();
+    let file = 0..KEY_FILES.len();
     prop_oneof![
-        3 => (name.clone(), content()).prop_map(|(n, c)| Op::Write(n, c)),
-        3 => (name.clone(), content()).prop_map(|(n, c)| Op::Rename(n, c)),
-        2 => name.clone().prop_map(Op::Remove),
-        1 => (name, content()).prop_map(|(n, c)| Op::Ignored(n, c)),
+        3 => (file.clone(), content()).prop_map(|(n, c)| Op::Write(n, c)),
+        3 => (file.clone(), content()).prop_map(|(n, c)| Op::Rename(n, c)),
+        2 => file.clone().prop_map(Op::Remove),
+        1 => (file, content()).prop_map(|(n, c)| Op::Ignored(n, c)),
         3 => Just(Op::Reload),
     ]
 }
@@ -821,9 +885,10 @@ fn op() -> impl Strategy<Value = Op> {
 /// The directory as the model sees it, and the keys it expects in force.
 #[derive(Default)]
 struct Model {
-    files: BTreeMap<&'static str, Content>,
-    /// Key id to secret version, as of the last load.
-    loaded: BTreeMap<&'static str, u8>,
+    /// By index into `KEY_FILES`.
+    files: BTreeMap<usize, Content>,
+    /// Index into `KEY_FILES` to the version in force, as of the last load.
+    loaded: BTreeMap<usize, u8>,
 }
 
 impl Model {
@@ -831,14 +896,14 @@ impl Model {
     /// last good version; a file that is gone takes its keys with it.
     fn reload(&mut self) {
         let mut next = BTreeMap::new();
-        for (&name, &content) in &self.files {
+        for (&file, &content) in &self.files {
             match content {
                 Content::Good(version) => {
-                    next.insert(name, version);
+                    next.insert(file, version);
                 }
                 _ => {
-                    if let Some(&kept) = self.loaded.get(name) {
-                        next.insert(name, kept);
+                    if let Some(&kept) = self.loaded.get(&file) {
+                        next.insert(file, kept);
                     }
                 }
             }
@@ -848,25 +913,21 @@ impl Model {
 }
 
 fn assert_keys(set: &KeySet, model: &Model) -> Result<(), TestCaseError> {
-    let kids: Vec<&str> = set.iter().map(|key| key.id()).collect();
-    let expected: Vec<&str> = model.loaded.keys().copied().collect();
+    let kids: BTreeSet<&str> = set.iter().map(|key| key.id()).collect();
+    let expected: BTreeSet<&str> = model.loaded.keys().map(|&f| KEY_FILES[f].kid).collect();
     prop_assert_eq!(&kids, &expected);
     // The version in force is the one expected: a token signed with its
-    // secret verifies, one signed with any other version's does not.
+    // key verifies, one signed with any other version's does not.
     let policy = policy();
-    for (&kid, &version) in &model.loaded {
-        for other in 0..4 {
-            let claims = json!({ "sub": "d", "exp": now() + 600, "topics": ["t"] });
-            let mut header = Header::new(Algorithm::HS256);
-            header.kid = Some(kid.to_owned());
-            let key = EncodingKey::from_secret(&secret(kid, other));
-            let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
-            let verified = token::verify(&token, set, &policy);
+    for (&file, &version) in &model.loaded {
+        let file = KEY_FILES[file];
+        for other in 0..VERSIONS {
+            let verified = token::verify(&file.token(other), set, &policy);
             prop_assert_eq!(
                 verified.is_ok(),
                 other == version,
                 "{} v{} in force, token by v{}: {:?}",
-                kid,
+                file.file,
                 version,
                 other,
                 verified
@@ -890,30 +951,29 @@ proptest! {
         for op in ops.iter().chain([&Op::Reload]) {
             match *op {
                 Op::Write(n, content) => {
-                    let name = KEY_NAMES[n];
-                    std::fs::write(dir.path().join(format!("{name}.b64")), content.bytes(name)).unwrap();
-                    model.files.insert(name, content);
+                    let file = KEY_FILES[n];
+                    std::fs::write(dir.path().join(file.file), file.bytes(content)).unwrap();
+                    model.files.insert(n, content);
                 }
                 Op::Rename(n, content) => {
-                    let name = KEY_NAMES[n];
-                    let scratch = dir.path().join(format!(".{name}.b64.tmp"));
-                    std::fs::write(&scratch, content.bytes(name)).unwrap();
-                    std::fs::rename(&scratch, dir.path().join(format!("{name}.b64"))).unwrap();
-                    model.files.insert(name, content);
+                    let file = KEY_FILES[n];
+                    let scratch = dir.path().join(format!(".{}.tmp", file.file));
+                    std::fs::write(&scratch, file.bytes(content)).unwrap();
+                    std::fs::rename(&scratch, dir.path().join(file.file)).unwrap();
+                    model.files.insert(n, content);
                 }
                 Op::Remove(n) => {
-                    let name = KEY_NAMES[n];
-                    let _ = std::fs::remove_file(dir.path().join(format!("{name}.b64")));
-                    model.files.remove(name);
+                    let _ = std::fs::remove_file(dir.path().join(KEY_FILES[n].file));
+                    model.files.remove(&n);
                 }
                 Op::Ignored(n, content) => {
-                    let name = KEY_NAMES[n];
-                    let file = match content {
-                        Content::Good(_) => format!(".{name}.b64.tmp"),
-                        Content::Empty | Content::Short => format!("{name}.b64.tmp"),
-                        Content::NotBase64 | Content::NotUtf8 => format!("{name}.txt"),
+                    let file = KEY_FILES[n];
+                    let name = match content {
+                        Content::Good(_) => format!(".{}.tmp", file.file),
+                        Content::Empty | Content::Wrong => format!("{}.tmp", file.file),
+                        Content::Garbled | Content::NotUtf8 => format!("{}.txt", file.kid),
                     };
-                    std::fs::write(dir.path().join(file), content.bytes(name)).unwrap();
+                    std::fs::write(dir.path().join(name), file.bytes(content)).unwrap();
                 }
                 Op::Reload => {
                     let report = store.reload().unwrap();
