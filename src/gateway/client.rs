@@ -1943,7 +1943,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(256))]
+            #![proptest_config(ProptestConfig::with_cases(512))]
 
             #[test]
             fn packet_sequences_respect_grants_qos_and_exchanges(
