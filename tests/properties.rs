@@ -478,8 +478,9 @@ proptest! {
         prop_assert!(result.is_err(), "accepted {} ({:?})", forged, result);
     }
 
-    /// `exp`, `nbf` and `iat` near the boundaries README documents, against
-    /// the real clock through the public `verify`.
+    /// `exp`, `nbf` and `iat` near the boundaries README documents, with
+    /// and without a maximum lifetime, against the real clock through the
+    /// public `verify`.
     #[test]
     fn dates_near_the_leeway_boundary_behave_as_documented(
         kind in key_kind(),
@@ -487,6 +488,7 @@ proptest! {
         exp in rel_date(),
         nbf in prop::option::of(rel_date()),
         iat in prop::option::of(rel_date()),
+        max_lifetime in prop::option::of(1u64..12),
     ) {
         // A second may tick between reading the clock and `verify`
         // reading it; then the case is tried again.
@@ -504,11 +506,19 @@ proptest! {
                 claims["iat"] = json.clone();
             }
             let token = sign(kind, true, &claims);
-            let result = token::verify(&token, &key_set(), &policy_with(leeway));
+            let mut auth = Config::defaults(Path::new("/unused")).auth;
+            auth.leeway = Duration::from_secs(leeway);
+            auth.max_token_lifetime = max_lifetime.map(Duration::from_secs);
+            let result = token::verify(&token, &key_set(), &Policy::from_config(&auth));
             if now() != at {
                 continue;
             }
-            let expected = dates_ok(at, leeway, exp_secs, nbf.map(|(s, _)| s), iat.map(|(s, _)| s));
+            let iat = iat.map(|(s, _)| s);
+            // README: with a maximum lifetime, `exp - iat` must be within
+            // it; no `iat`, or `iat` after `exp`, is refused.
+            let lifetime_ok = max_lifetime
+                .is_none_or(|max| iat.is_some_and(|iat| iat <= exp_secs && exp_secs - iat <= max));
+            let expected = dates_ok(at, leeway, exp_secs, nbf.map(|(s, _)| s), iat) && lifetime_ok;
             prop_assert_eq!(result.is_ok(), expected, "now {} leeway {} claims {} {:?}", at, leeway, claims, result);
             checked = true;
             break;
