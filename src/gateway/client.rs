@@ -1358,7 +1358,7 @@ mod tests {
         use proptest::prelude::*;
         use proptest::sample::Index;
         use rumqttd::protocol::QoS as WireQoS;
-        use std::collections::{BTreeMap, BTreeSet};
+        use std::collections::BTreeMap;
 
         const TOPICS: [&str; 6] = [
             "dev/1/a", "dev/1/b", "dev/2/a", "shared/x", "$SYS/up", "other",
@@ -1372,13 +1372,16 @@ mod tests {
 
         #[derive(Debug, Clone)]
         enum Op {
+            /// Filters with the QoS asked for, some shared in group `g0`
+            /// or `g1`.
             Subscribe {
                 client: usize,
-                filters: Vec<(usize, u8)>,
+                filters: Vec<(usize, u8, Option<u8>)>,
             },
             Unsubscribe {
                 client: usize,
                 filter: usize,
+                group: Option<u8>,
             },
             Publish {
                 client: usize,
@@ -1386,30 +1389,21 @@ mod tests {
                 qos: u8,
             },
             /// Re-send (DUP) a QoS 2 PUBLISH that awaits its PUBREL.
-            Resend {
-                client: usize,
-                pick: Index,
-            },
+            Resend { client: usize, pick: Index },
             /// PUBREL for a QoS 2 PUBLISH the gateway answered.
-            Release {
-                client: usize,
-                pick: Index,
-            },
+            Release { client: usize, pick: Index },
             /// The client's next step for a delivery in flight: PUBACK,
             /// PUBREC or PUBCOMP.
-            Ack {
-                client: usize,
-                pick: Index,
-            },
+            Ack { client: usize, pick: Index },
         }
 
         fn op() -> impl Strategy<Value = Op> {
             let client = 0..CLIENTS;
             prop_oneof![
-                3 => (client.clone(), prop::collection::vec((0..FILTERS.len(), 0..=2u8), 1..3))
+                3 => (client.clone(), prop::collection::vec((0..FILTERS.len(), 0..=2u8, group()), 1..3))
                     .prop_map(|(client, filters)| Op::Subscribe { client, filters }),
-                1 => (client.clone(), 0..FILTERS.len())
-                    .prop_map(|(client, filter)| Op::Unsubscribe { client, filter }),
+                1 => (client.clone(), 0..FILTERS.len(), group())
+                    .prop_map(|(client, filter, group)| Op::Unsubscribe { client, filter, group }),
                 5 => (client.clone(), 0..TOPICS.len(), 0..=2u8)
                     .prop_map(|(client, topic, qos)| Op::Publish { client, topic, qos }),
                 1 => (client.clone(), any::<Index>())
@@ -1418,6 +1412,27 @@ mod tests {
                     .prop_map(|(client, pick)| Op::Release { client, pick }),
                 4 => (client, any::<Index>()).prop_map(|(client, pick)| Op::Ack { client, pick }),
             ]
+        }
+
+        fn group() -> impl Strategy<Value = Option<u8>> {
+            prop::option::weighted(0.3, 0..2u8)
+        }
+
+        /// The filter as a SUBSCRIBE carries it.
+        fn requested(filter: usize, group: Option<u8>) -> String {
+            match group {
+                Some(group) => format!("$share/g{group}/{}", FILTERS[filter]),
+                None => FILTERS[filter].to_owned(),
+            }
+        }
+
+        /// A message's copies for the members of one shared group: exactly
+        /// one of them gets it, at its own subscription's QoS.
+        #[derive(Debug)]
+        struct GroupCopy {
+            msg: u64,
+            /// (client, QoS it gets the message at).
+            members: Vec<(usize, u8)>,
         }
 
         fn version() -> impl Strategy<Value = Version> {
@@ -1452,7 +1467,8 @@ mod tests {
         struct Peer {
             h: Harness,
             grants: Grants,
-            subscriptions: BTreeMap<&'static str, u8>,
+            /// Filter (as requested) to the granted QoS.
+            subscriptions: BTreeMap<String, u8>,
             next_pkid: u16,
             /// The client's QoS 2 publishes awaiting its PUBREL, by packet
             /// id: (topic, message, authorized).
@@ -1460,9 +1476,14 @@ mod tests {
             owed: Vec<Owed>,
             /// Deliveries in flight to the client, by packet id.
             inflight: BTreeMap<u16, (u64, u8, Stage)>,
-            /// Messages the client must get, with the QoS to get them at.
+            /// Messages the client must get through its non-shared
+            /// subscriptions, with the QoS to get them at.
             expected: BTreeMap<u64, u8>,
-            delivered: BTreeSet<u64>,
+            /// Each copy delivered, with its QoS.
+            delivered: BTreeMap<u64, Vec<u8>>,
+            /// Copies the client may get as a shared group's member, with
+            /// the QoS of each.
+            shared_offers: BTreeMap<u64, Vec<u8>>,
         }
 
         fn connect(
@@ -1509,7 +1530,8 @@ mod tests {
                 owed: Vec::new(),
                 inflight: BTreeMap::new(),
                 expected: BTreeMap::new(),
-                delivered: BTreeSet::new(),
+                delivered: BTreeMap::new(),
+                shared_offers: BTreeMap::new(),
             }
         }
 
@@ -1603,6 +1625,7 @@ mod tests {
         struct World {
             peers: Vec<Peer>,
             next_msg: u64,
+            groups: Vec<GroupCopy>,
         }
 
         impl Peer {
@@ -1705,19 +1728,27 @@ mod tests {
                                 topic,
                                 self.grants
                             );
+                            // Each copy is either the one for the
+                            // non-shared subscriptions or one for a shared
+                            // group, at the QoS that copy is due; none
+                            // comes twice (no re-sends without a
+                            // reconnect, MQTT 5 §4.4).
+                            let copies = self.delivered.entry(msg).or_default();
+                            copies.push(qos);
+                            let mut due: Vec<u8> =
+                                self.expected.get(&msg).copied().into_iter().collect();
+                            due.extend(self.shared_offers.get(&msg).into_iter().flatten());
+                            let fits = copies.iter().all(|q| {
+                                copies.iter().filter(|c| *c == q).count()
+                                    <= due.iter().filter(|d| *d == q).count()
+                            });
                             prop_assert!(
-                                self.delivered.insert(msg),
-                                "message {} delivered twice",
-                                msg
-                            );
-                            let expected = self.expected.get(&msg);
-                            prop_assert_eq!(
-                                expected,
-                                Some(&qos),
-                                "message {} on {:?} at QoS {}; subscriptions {:?}",
+                                fits,
+                                "message {} on {:?}: copies at QoS {:?}, due {:?}; subscriptions {:?}",
                                 msg,
                                 topic,
-                                qos,
+                                copies,
+                                due,
                                 self.subscriptions
                             );
                             if qos > 0 {
@@ -1746,30 +1777,41 @@ mod tests {
                     Op::Subscribe { client, filters } => {
                         let peer = &mut self.peers[*client];
                         let pkid = peer.pkid();
-                        let requested: Vec<(&str, u8)> =
-                            filters.iter().map(|&(f, qos)| (FILTERS[f], qos)).collect();
+                        let requested: Vec<(String, u8)> = filters
+                            .iter()
+                            .map(|&(f, qos, group)| (requested(f, group), qos))
+                            .collect();
                         let mut codes = Vec::new();
-                        for &(filter, qos) in &requested {
+                        for (filter, qos) in &requested {
                             if peer.grants.may_subscribe(filter) {
-                                peer.subscriptions.insert(filter, qos);
-                                codes.push(Some(qos));
+                                peer.subscriptions.insert(filter.clone(), *qos);
+                                codes.push(Some(*qos));
                             } else {
                                 codes.push(None);
                             }
                         }
                         peer.owed.push(Owed::SubAck(pkid, codes));
+                        let requested: Vec<(&str, u8)> = requested
+                            .iter()
+                            .map(|(f, qos)| (f.as_str(), *qos))
+                            .collect();
                         let bytes = peer.h.subscribe(pkid, &requested);
                         peer.send(&bytes)?;
                     }
-                    Op::Unsubscribe { client, filter } => {
+                    Op::Unsubscribe {
+                        client,
+                        filter,
+                        group,
+                    } => {
                         let peer = &mut self.peers[*client];
                         let pkid = peer.pkid();
                         let mut body = pkid.to_be_bytes().to_vec();
                         if peer.h.version.is_v5() {
                             body.push(0);
                         }
-                        string(FILTERS[*filter], &mut body);
-                        peer.subscriptions.remove(FILTERS[*filter]);
+                        let filter = requested(*filter, *group);
+                        string(&filter, &mut body);
+                        peer.subscriptions.remove(&filter);
                         peer.owed.push(Owed::UnsubAck(pkid));
                         peer.send(&frame(0xA2, &body))?;
                     }
@@ -1788,18 +1830,40 @@ mod tests {
                             *qos
                         };
                         if granted {
-                            for other in &mut self.peers {
-                                let best = other
-                                    .subscriptions
-                                    .iter()
-                                    .filter(|(f, _)| {
-                                        TopicFilter::parse(f).unwrap().matches_topic(name)
-                                    })
-                                    .map(|(_, &sub_qos)| sub_qos.min(qos))
-                                    .max();
+                            // Shared groups are keyed by name and filter.
+                            let mut groups: BTreeMap<(String, String), Vec<(usize, u8)>> =
+                                BTreeMap::new();
+                            for (i, other) in self.peers.iter_mut().enumerate() {
+                                let mut best = None;
+                                for (filter, &sub_qos) in &other.subscriptions {
+                                    let parsed = RequestedFilter::parse(filter).unwrap();
+                                    if !TopicFilter::parse(parsed.filter)
+                                        .unwrap()
+                                        .matches_topic(name)
+                                    {
+                                        continue;
+                                    }
+                                    match parsed.group {
+                                        Some(group) => groups
+                                            .entry((group.to_owned(), parsed.filter.to_owned()))
+                                            .or_default()
+                                            .push((i, sub_qos.min(qos))),
+                                        None => best = best.max(Some(sub_qos.min(qos))),
+                                    }
+                                }
                                 if let Some(best) = best {
                                     other.expected.insert(msg, best);
                                 }
+                            }
+                            for members in groups.into_values() {
+                                for &(i, qos) in &members {
+                                    self.peers[i]
+                                        .shared_offers
+                                        .entry(msg)
+                                        .or_default()
+                                        .push(qos);
+                                }
+                                self.groups.push(GroupCopy { msg, members });
                             }
                         }
                         let peer = &mut self.peers[*client];
@@ -1908,11 +1972,58 @@ mod tests {
                         i,
                         peer.inflight
                     );
-                    let expected: BTreeSet<u64> = peer.expected.keys().copied().collect();
-                    prop_assert_eq!(&peer.delivered, &expected, "client {}", i);
                 }
+                // Every copy due arrived: the non-shared ones, and one per
+                // shared group to one of its members.
+                let mut left: Vec<BTreeMap<u64, Vec<u8>>> =
+                    self.peers.iter().map(|p| p.delivered.clone()).collect();
+                for (i, peer) in self.peers.iter().enumerate() {
+                    for (&msg, &qos) in &peer.expected {
+                        let copies = left[i].entry(msg).or_default();
+                        let at = copies.iter().position(|&c| c == qos);
+                        prop_assert!(
+                            at.is_some(),
+                            "client {} never got message {} at QoS {}",
+                            i,
+                            msg,
+                            qos
+                        );
+                        copies.remove(at.unwrap());
+                    }
+                }
+                let groups: Vec<&GroupCopy> = self.groups.iter().collect();
+                prop_assert!(
+                    assign(&groups, &mut left),
+                    "shared copies {:?} do not make one per group {:?}",
+                    left,
+                    self.groups
+                );
+                prop_assert!(
+                    left.iter().all(|l| l.values().all(Vec::is_empty)),
+                    "copies beyond those due: {:?}",
+                    left
+                );
                 Ok(())
             }
+        }
+
+        /// Whether each group can be given exactly one of the copies left,
+        /// to one of its members at that member's QoS.
+        fn assign(groups: &[&GroupCopy], left: &mut [BTreeMap<u64, Vec<u8>>]) -> bool {
+            let Some((group, rest)) = groups.split_first() else {
+                return true;
+            };
+            for &(i, qos) in &group.members {
+                let copies = left[i].entry(group.msg).or_default();
+                if let Some(at) = copies.iter().position(|&c| c == qos) {
+                    copies.remove(at);
+                    if assign(rest, left) {
+                        return true;
+                    }
+                    left[i].entry(group.msg).or_default().push(qos);
+                }
+            }
+            false
         }
 
         impl Peer {
@@ -1963,7 +2074,11 @@ mod tests {
                     .enumerate()
                     .map(|(i, (version, grants))| connect(&broker, &settings, i, *version, grants))
                     .collect();
-                let mut world = World { peers, next_msg: 0 };
+                let mut world = World {
+                    peers,
+                    next_msg: 0,
+                    groups: Vec::new(),
+                };
                 for op in &ops {
                     let mut op = op.clone();
                     // Ops name a client among those connected.
