@@ -1347,7 +1347,10 @@ mod tests {
     /// outside, the acks for what is outstanding, QoS 2 re-sent with DUP)
     /// never delivers outside the receiver's grants, delivers each message
     /// to each subscriber once, at min(publish QoS, highest matching
-    /// subscription QoS) (MQTT 3.1.1 §3.8.4, §3.3.5; 5 §3.8.4), and
+    /// subscription QoS) (MQTT 3.1.1 §3.8.4, §3.3.5; 5 §3.8.4), plus one
+    /// copy per matching shared group (`$share/...`) to one of its members
+    /// at that member's QoS (MQTT 5 §4.8.2; README: "deliver each message
+    /// to one member"), and
     /// completes every QoS 1/2 exchange exactly once both ways (README,
     /// "Authentication and authorization": refused QoS 1/2 publishes are
     /// acknowledged too). Once everything is acknowledged, every message a
