@@ -18,7 +18,11 @@ fn inputs(target: &str) -> Vec<PathBuf> {
         };
         for entry in entries {
             let path = entry.expect("read the corpus directory").path();
-            if path.is_file() && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            if path.is_file()
+                && !path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
                 files.push(path);
             }
         }
@@ -34,7 +38,11 @@ fn replay(target: &str, run: fn(&[u8])) {
         let data = std::fs::read(&path).expect("read a corpus file");
         // Name the file before a panic in the target hides which it was.
         let outcome = std::panic::catch_unwind(|| run(&data));
-        assert!(outcome.is_ok(), "fuzz target {target} failed on {}", path.display());
+        assert!(
+            outcome.is_ok(),
+            "fuzz target {target} failed on {}",
+            path.display()
+        );
     }
 }
 

@@ -36,6 +36,9 @@ const PROBE_FILTERS: [&str; 3] = ["#", "$SYS/#", "$share-not/#"];
 /// Every timeout below is far shorter, so reaching it means a connection
 /// that does not end when its client is gone.
 const RUN_LIMIT: Duration = Duration::from_secs(10);
+/// Milliseconds the tasks a connection leaves behind (its will) get to
+/// finish after it has ended.
+const SETTLE_STEPS: usize = 1000;
 
 /// How the connection is set up.
 #[derive(Debug, Clone, Copy, Default)]
@@ -61,6 +64,9 @@ pub struct SessionOutcome {
     /// Whether the connection ended within [`RUN_LIMIT`] of the client
     /// closing its side.
     pub ended: bool,
+    /// Whether every task it left behind (a will) had finished within
+    /// [`SETTLE_STEPS`] milliseconds after.
+    pub settled: bool,
 }
 
 /// Serves `input` as everything one client sends, then its end of stream,
@@ -191,13 +197,7 @@ async fn run(
         }
         written
     };
-    let serve = connection::serve(
-        server,
-        SocketAddr::new(ip, 8883),
-        place,
-        shared,
-        shutdown,
-    );
+    let serve = connection::serve(server, SocketAddr::new(ip, 8883), place, shared, shutdown);
     // All three at once: the gateway may write while the client is still
     // sending, and must not be held up by an unread output.
     let (ended, (), written) = tokio::join!(
@@ -205,9 +205,17 @@ async fn run(
         feed,
         read,
     );
-    // Wills and pending publications are finished on the connection's own
-    // task; give any spawned work a turn before looking.
-    tokio::task::yield_now().await;
+    // A will is published by a task of its own, after a timer (zero when
+    // no session outlives its connection, but a timer all the same): wait
+    // for every task but the drainer to finish, within a bound.
+    let metrics = tokio::runtime::Handle::current().metrics();
+    for _ in 0..SETTLE_STEPS {
+        if metrics.num_alive_tasks() <= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let settled = metrics.num_alive_tasks() <= 1;
     drainer.abort();
     take_all(&probe, &routed);
     let mut retained = Vec::new();
@@ -223,6 +231,7 @@ async fn run(
         written,
         max_packet_size,
         ended,
+        settled,
     }
 }
 
@@ -232,5 +241,8 @@ fn take_all(probe: &crate::broker::Session, routed: &Mutex<Vec<String>>) {
     routed
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .extend(out.iter().map(|delivery| delivery.message.topic().to_owned()));
+        .extend(
+            out.iter()
+                .map(|delivery| delivery.message.topic().to_owned()),
+        );
 }
