@@ -546,8 +546,9 @@ const MAX_LEN: usize = 65_535;
 /// exactly what the reference accepts (and split `$share` the same way);
 /// `matches_topic` agrees with the reference on the topic and on topics
 /// sampled from both filters; `covers(a, b)` implies that `a` matches every
-/// topic sampled from `b`; a filter covers itself; `may_subscribe` under a
-/// grant of `a` is `covers` on the requested filter.
+/// topic sampled from `b`; a filter covers itself; `may_subscribe(b)` and
+/// `may_subscribe($share/g/b)` under a grant of `a` are `covers(a, f)` for
+/// the filter `f` each requests.
 pub fn topic(data: &[u8]) {
     let mut parts = data.splitn(3, |b| *b == SEPARATOR);
     let (Ok(topic), Ok(a), Ok(b)) = (
@@ -602,9 +603,15 @@ pub fn topic(data: &[u8]) {
         &[b]
     };
     for &requested in requests {
+        // A request is judged by the filter it asks for: `b` itself may be
+        // a `$share/...` request.
+        let expected = RequestedFilter::parse(requested)
+            .ok()
+            .and_then(|r| TopicFilter::parse(r.filter).ok())
+            .is_some_and(|filter| fa.covers(&filter));
         assert_eq!(
             grants.may_subscribe(requested),
-            fa.covers(&fb),
+            expected,
             "may_subscribe({requested:?}) under {a:?}"
         );
     }
