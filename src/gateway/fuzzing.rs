@@ -59,8 +59,6 @@ pub struct SessionOutcome {
     pub retained: Vec<String>,
     /// Bytes the gateway wrote to the client.
     pub written: usize,
-    /// Largest packet the connection was allowed to accept.
-    pub max_packet_size: usize,
     /// Whether the connection ended within [`RUN_LIMIT`] of the client
     /// closing its side.
     pub ended: bool,
@@ -154,7 +152,6 @@ async fn run(
 
     let (_reload_sender, reloads) = tokio::sync::watch::channel(0);
     let (_shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
-    let max_packet_size = limits.max_packet_size;
     let strangers = Arc::new(pending::Strangers::new(
         limits.max_pending_connections,
         limits.max_pending_per_source,
@@ -229,7 +226,6 @@ async fn run(
         routed,
         retained,
         written,
-        max_packet_size,
         ended,
         settled,
     }
