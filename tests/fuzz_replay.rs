@@ -8,6 +8,25 @@
 //! file would go untested, so each must have at least one seed.
 
 use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by any panic in the process. Under libFuzzer every panic aborts, even
+/// one in a task tokio catches (the `mqtt_session` connection spawns a
+/// task for a will); here such a panic would only print, so the hook
+/// records it and `replay` fails the target.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+fn watch_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.store(true, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+}
 
 fn inputs(target: &str) -> Vec<PathBuf> {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
@@ -34,6 +53,7 @@ fn inputs(target: &str) -> Vec<PathBuf> {
 fn replay(target: &str, run: fn(&[u8])) {
     let files = inputs(target);
     assert!(!files.is_empty(), "no corpus for fuzz target {target}");
+    watch_panics();
     for path in files {
         let data = std::fs::read(&path).expect("read a corpus file");
         // Name the file before a panic in the target hides which it was.
