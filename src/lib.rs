@@ -50,6 +50,9 @@ pub mod broker;
 pub mod check;
 pub mod config;
 pub mod firstrun;
+// The fuzz targets' logic, shared by cargo-fuzz and `cargo test` replay.
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gateway;
 pub mod keys;
 pub mod provision;

@@ -24,6 +24,8 @@
 mod client;
 mod codec;
 mod connection;
+// The `mqtt_session` fuzz target's way in; not part of the gateway's API.
+mod fuzzing;
 mod listener;
 mod pending;
 mod session;
@@ -48,6 +50,8 @@ use crate::tls::{self, CertResolver, TlsError};
 use crate::token::Policy;
 
 pub use codec::Version;
+#[doc(hidden)]
+pub use fuzzing::{SessionOutcome, SessionSetup, fuzz_session};
 
 /// What every connection task shares: settings fixed at start, and handles
 /// on the key set, the routing core and the takeover registry.

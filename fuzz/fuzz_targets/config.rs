@@ -1,0 +1,7 @@
+//! cargo-fuzz entry for `jwtgate::fuzz::config`, where the target's input
+//! format and assertions are documented (the same function
+//! `tests/fuzz_replay.rs` runs over the corpus).
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| jwtgate::fuzz::config(data));

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for TIME seconds each, one after the other, and
+# writes a summary (libFuzzer's last status line and final stats per
+# target) to fuzz/work/summary-<UTC time>.txt, printing it as well.
+#
+#   fuzz/run_all.sh 120            # every target, 2 minutes each
+#   fuzz/run_all.sh 1800 topic     # only the targets named
+#
+# New inputs go to fuzz/work/<target>/ (ignored by git); the seed corpus in
+# fuzz/corpus/<target>/ and fuzz/regressions/<target>/ is read, never
+# written. Crashes land in fuzz/artifacts/<target>/. One target at a time:
+# the machine has two cores and others use it too. cargo-fuzz needs
+# nightly features; RUSTC_BOOTSTRAP=1 lets the stable toolchain build it.
+set -euo pipefail
+
+TIME=${1:?usage: run_all.sh TIME [target...]}
+shift
+cd "$(dirname "$0")"
+export RUSTC_BOOTSTRAP=1
+
+if [ $# -gt 0 ]; then
+    TARGETS=("$@")
+else
+    mapfile -t TARGETS < <(cargo fuzz list)
+fi
+
+mkdir -p work/logs
+SUMMARY="work/summary-$(date -u +%Y%m%dT%H%M%SZ).txt"
+cargo fuzz build >/dev/null
+{
+    echo "# fuzz run: ${TIME}s per target, $(date -u +%FT%TZ), $(nproc) cores, commit $(git rev-parse --short HEAD)"
+    printf '%-14s %12s %8s %8s %8s %8s  %s\n' target execs seconds cov ft crashes "last status line"
+} >"$SUMMARY"
+
+for target in "${TARGETS[@]}"; do
+    mkdir -p "work/$target" "corpus/$target" "regressions/$target" "artifacts/$target"
+    log="work/logs/$target.log"
+    before=$(find "artifacts/$target" -type f | wc -l)
+    start=$(date +%s)
+    # A crash ends the run with a non-zero status; the summary says so.
+    cargo fuzz run "$target" "work/$target" "corpus/$target" "regressions/$target" -- \
+        -max_total_time="$TIME" -timeout=30 -print_final_stats=1 >"$log" 2>&1 || true
+    seconds=$(($(date +%s) - start))
+    crashes=$(($(find "artifacts/$target" -type f | wc -l) - before))
+    status=$(grep -E '^#[0-9]+' "$log" | tail -n 1 | tr -s '\t ' ' ' || true)
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    [ -n "$execs" ] || execs=$(sed -E -n 's/^#([0-9]+).*/\1/p' <<<"$status")
+    cov=$(sed -E -n 's/.* cov: ([0-9]+).*/\1/p' <<<"$status")
+    ft=$(sed -E -n 's/.* ft: ([0-9]+).*/\1/p' <<<"$status")
+    printf '%-14s %12s %8s %8s %8s %8s  %s\n' "$target" "${execs:-?}" "$seconds" "${cov:-?}" "${ft:-?}" "$crashes" "$status" >>"$SUMMARY"
+done
+cat "$SUMMARY"
+echo "summary written to fuzz/$SUMMARY"
