@@ -155,8 +155,9 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Largest accepted MQTT packet in bytes, between 1024 and 268435455.
     pub max_packet_size: usize,
-    /// Largest accepted CONNECT in bytes, between 1024 and 268435455 (and
-    /// never more than `max_packet_size`). A stranger's first packet is
+    /// Largest accepted CONNECT in bytes, between 1024 and 268435455; a
+    /// connection uses the smaller of it and `max_packet_size`. A
+    /// stranger's first packet is
     /// buffered before anything about it is known, so it gets far less
     /// room than an authenticated client's packets: a CONNECT carries a
     /// token (at most a few KiB), a client id and perhaps a will.
