@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+// Counts heap per thread, so `mqtt_session` holds each replayed run to its
+// limits here as it does under cargo-fuzz.
+#[global_allocator]
+static ALLOCATOR: jwtgate::fuzz::CountingAllocator = jwtgate::fuzz::CountingAllocator;
+
 /// Set by any panic in the process. Under libFuzzer every panic aborts, even
 /// one in a task tokio catches (the `mqtt_session` connection spawns a
 /// task for a will); here such a panic would only print, so the hook
@@ -99,4 +104,18 @@ fn topic() {
 #[test]
 fn mqtt_session() {
     replay("mqtt_session", jwtgate::fuzz::mqtt_session);
+}
+
+/// The accounting `mqtt_session`'s memory assertion rests on: a block held
+/// during the closure is counted, one freed before it is not.
+#[test]
+fn heap_is_counted_per_run() {
+    let earlier = vec![0u8; 4 << 20];
+    drop(earlier);
+    let (len, peak) = jwtgate::fuzz::peak_during(|| std::hint::black_box(vec![1u8; 1 << 20]).len());
+    let peak = peak.expect("the counting allocator is installed");
+    assert!(
+        (1 << 20..2 << 20).contains(&peak),
+        "peak {peak} for a {len}-byte block"
+    );
 }

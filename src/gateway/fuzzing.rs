@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Shared, connection, pending, takeover};
+use super::{Shared, connection, pending, session, takeover};
 use crate::broker::store::{MemoryStore, Store};
 use crate::broker::{Broker, Delivery, QoS, RetainHandling, SessionKey, SubscriptionOptions};
 use crate::config::{DenyPublish, Limits, SessionSettings};
@@ -39,6 +39,22 @@ const RUN_LIMIT: Duration = Duration::from_secs(10);
 /// Milliseconds the tasks a connection leaves behind (its will) get to
 /// finish after it has ended.
 const SETTLE_STEPS: usize = 1000;
+
+/// The routing core's memory budget in these runs.
+const MEMORY_BUDGET: usize = 1024 * 1024;
+/// The largest packet a client may send in these runs.
+const MAX_PACKET: usize = 64 * 1024;
+
+/// The most heap memory one run may take beyond what it started with,
+/// allowed by its limits: the routing core's budget, four packets at the
+/// size limit (the read buffer, the packet decoded from it, the message
+/// routed from it, its copy for a retained store), the output a session
+/// lets wait for its client, and 256 KiB for everything of fixed size (the
+/// runtime, the broker's tables, the connection's state; a short run takes
+/// about 50 KiB in all). A run over it held memory its limits should have
+/// refused.
+pub const SESSION_MEMORY_BOUND: usize =
+    MEMORY_BUDGET + 4 * MAX_PACKET + session::MAX_UNWRITTEN + 256 * 1024;
 
 /// How the connection is set up.
 #[derive(Debug, Clone, Copy, Default)]
@@ -93,7 +109,7 @@ async fn run(
     let limits = Limits {
         handshake_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(1),
-        max_packet_size: 64 * 1024,
+        max_packet_size: MAX_PACKET,
         max_connect_packet_size: 16 * 1024,
         max_connections: 4,
         max_pending_connections: 4,
@@ -102,7 +118,7 @@ async fn run(
         max_property_bytes: 4 * 1024,
         max_topic_aliases: 8,
         max_keep_alive: setup.cap_keep_alive.then_some(30),
-        memory_budget: 1024 * 1024,
+        memory_budget: MEMORY_BUDGET,
     };
     let sessions = SessionSettings {
         max_inflight: 8,

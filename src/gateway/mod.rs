@@ -51,7 +51,7 @@ use crate::token::Policy;
 
 pub use codec::Version;
 #[doc(hidden)]
-pub use fuzzing::{SessionOutcome, SessionSetup, fuzz_session};
+pub use fuzzing::{SESSION_MEMORY_BOUND, SessionOutcome, SessionSetup, fuzz_session};
 
 /// What every connection task shares: settings fixed at start, and handles
 /// on the key set, the routing core and the takeover registry.

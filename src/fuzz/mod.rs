@@ -25,6 +25,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::Value;
 
+mod memory;
+
+pub use memory::{CountingAllocator, peak_during};
+
 use crate::acl::{FilterError, Grants, RequestedFilter, TopicFilter};
 use crate::config::Config;
 use crate::gateway::{self, SessionSetup};
@@ -431,7 +435,9 @@ pub fn config(data: &[u8]) {
 /// Asserts: the connection ends once the client has closed; nothing is
 /// routed or retained unless the stream can hold a valid token (the
 /// prepended CONNECT, or the token's signed part in the fuzzed bytes);
-/// every routed or retained topic is within the token's grants.
+/// every routed or retained topic is within the token's grants; when the
+/// binary counts allocations ([`CountingAllocator`]), the run never held
+/// more heap than [`gateway::SESSION_MEMORY_BOUND`], what its limits allow.
 pub fn mqtt_session(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
@@ -457,13 +463,22 @@ pub fn mqtt_session(data: &[u8]) {
         deny_disconnects: selector & 16 != 0,
         cap_keep_alive: selector & 32 != 0,
     };
-    let outcome = gateway::fuzz_session(
-        Arc::clone(&fixture.keys),
-        fixture.default_policy.clone(),
-        setup,
-        &stream,
-    )
-    .expect("a tokio runtime");
+    let (outcome, peak) = peak_during(|| {
+        gateway::fuzz_session(
+            Arc::clone(&fixture.keys),
+            fixture.default_policy.clone(),
+            setup,
+            &stream,
+        )
+    });
+    let outcome = outcome.expect("a tokio runtime");
+    if let Some(peak) = peak {
+        assert!(
+            peak <= gateway::SESSION_MEMORY_BOUND,
+            "the run held {peak} bytes, over its limits' {}",
+            gateway::SESSION_MEMORY_BOUND
+        );
+    }
     assert!(
         outcome.ended,
         "the connection did not end after its client closed"
