@@ -58,5 +58,6 @@ pub mod keys;
 pub mod provision;
 pub mod readiness;
 pub mod reload;
+pub mod storage;
 pub mod tls;
 pub mod token;

@@ -153,6 +153,11 @@ impl Message {
         self.charge.bytes()
     }
 
+    /// When its message expiry interval ends, if it has one.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.expires_at
+    }
+
     /// Whether its message expiry interval has passed.
     pub fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)

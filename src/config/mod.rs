@@ -46,6 +46,12 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
+
+mod bridge;
+pub use bridge::{
+    BridgeConfig, BridgeQoS, ClientCert, Credential, ForwardRule, Protocol, Remote, SubscribeRule,
+    Transport,
+};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -72,6 +78,15 @@ const MQTT_MAX_SESSION_EXPIRY_SECS: i64 = u32::MAX as i64;
 /// The largest `[limits] memory_budget_mb`: 1 TiB.
 const MAX_MEMORY_BUDGET_MB: i64 = 1024 * 1024;
 
+/// `[storage] sync_interval_ms` by default. A second bounds what a power
+/// cut loses to the last second of traffic, while one fsync a second costs
+/// an SD card or eMMC nothing noticeable; forcing every commit would cost
+/// a device's QoS 1 round trip 5-30 ms on such storage.
+const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest `[storage] sync_interval_ms`: a minute.
+const MAX_SYNC_INTERVAL_MS: i64 = 60_000;
+
 /// Bytes in one `memory_budget_mb`.
 const MIB: usize = 1024 * 1024;
 
@@ -91,6 +106,23 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: Limits,
     pub sessions: SessionSettings,
+    pub storage: StorageConfig,
+    /// Uplinks to central brokers, in the order written.
+    pub bridges: Vec<BridgeConfig>,
+}
+
+/// Where the durable state (retained messages, parked sessions, the
+/// bridges' store-and-forward queues) lives, and how often it is forced to
+/// the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Directory of the database (already resolved); created if missing.
+    pub dir: PathBuf,
+    /// How long a committed write may sit in the operating system's cache
+    /// before it is forced to the disk: what a power cut can lose. A
+    /// process kill loses nothing committed. Zero forces every commit, and
+    /// then a device's PUBACK waits for the disk.
+    pub sync_interval: Duration,
 }
 
 /// Where the server certificate and its key live (already resolved).
@@ -340,7 +372,8 @@ impl Config {
 
     /// The built-in defaults used by `jwtgate serve` with no `--config`:
     /// keys in `base_dir/keys`, the certificate and key in
-    /// `base_dir/keys/tls/`, listening on 0.0.0.0:8883.
+    /// `base_dir/keys/tls/`, durable state in `base_dir/state`, listening
+    /// on 0.0.0.0:8883, no bridges.
     pub fn defaults(base_dir: &Path) -> Config {
         Config {
             source: None,
@@ -365,6 +398,11 @@ impl Config {
             },
             limits: Limits::default(),
             sessions: SessionSettings::default(),
+            storage: StorageConfig {
+                dir: base_dir.join("state"),
+                sync_interval: DEFAULT_SYNC_INTERVAL,
+            },
+            bridges: Vec::new(),
         }
     }
 }
@@ -383,6 +421,8 @@ struct RawConfig {
     auth: RawAuth,
     limits: RawLimits,
     sessions: RawSessions,
+    storage: RawStorage,
+    bridge: Vec<Spanned<bridge::RawBridge>>,
     /// rumqttd's router's table, gone with it; read only to refuse it with
     /// an error naming the replacement.
     router: Option<Spanned<RawRouter>>,
@@ -438,6 +478,13 @@ struct RawSessions {
     slow_subscriber_timeout_ms: Option<Spanned<i64>>,
     max_subscriptions: Option<Spanned<i64>>,
     max_session_expiry_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [storage] table")]
+struct RawStorage {
+    dir: Option<Spanned<PathBuf>>,
+    sync_interval_ms: Option<Spanned<i64>>,
 }
 
 /// The keys rumqttd's router took. Their values are not read (any type is
@@ -610,7 +657,33 @@ impl RawConfig {
             return Err(RawRouter::refuse(router, doc));
         }
         self.sessions.validate(doc, &mut config.sessions)?;
+        self.storage.validate(doc, base_dir, &mut config.storage)?;
+        config.bridges = bridge::validate(self.bridge, doc, base_dir)?;
         Ok(config)
+    }
+}
+
+impl RawStorage {
+    fn validate(
+        self,
+        doc: &Document<'_>,
+        base_dir: &Path,
+        storage: &mut StorageConfig,
+    ) -> Result<(), ConfigError> {
+        if let Some(dir) = &self.dir {
+            storage.dir = doc.path(dir, "[storage] dir", base_dir)?;
+        }
+        if let Some(ms) = &self.sync_interval_ms {
+            storage.sync_interval = doc
+                .int(
+                    ms,
+                    "[storage] sync_interval_ms",
+                    0..=MAX_SYNC_INTERVAL_MS,
+                    "milliseconds",
+                )
+                .map(Duration::from_millis)?;
+        }
+        Ok(())
     }
 }
 
@@ -1035,6 +1108,22 @@ slow_subscriber = "disconnect"   # "disconnect" (default) | "drop"
 slow_subscriber_timeout_ms = 2000  # default 2000; must be > 0
 max_subscriptions = 100          # per session; default 100; must be > 0
 max_session_expiry_secs = 86400  # default 86400; 0 allowed
+[storage]                        # retained messages, parked sessions, bridge queues
+dir = "state"                    # default "state" next to the config; created if missing
+sync_interval_ms = 1000          # what a power cut may lose; default 1000; 0 forces every commit; at most 60000
+[[bridge]]                       # one table per uplink; none by default
+name = "cloud"                   # required; letters, digits, - and _; unique
+remote = "mqtts://broker.example:8883"  # required; mqtts:// only, except a loopback host; port default 8883
+ca_file = "keys/tls/uplink-ca.crt"      # optional; the system roots otherwise
+client_id = "site-42"            # required
+username = "site-42"             # optional
+password_file = "keys/uplink.password"  # optional; or token_file, re-read on every reconnect and when it changes
+# cert_file = "..." and key_file = "...": a client certificate, both or neither
+protocol = 5                     # 4 (MQTT 3.1.1) or 5 (default)
+keep_alive_secs = 30             # default 30; 5 to 65535
+forward = [ { local = "sensors/#", remote_prefix = "site-42/", qos = 1 } ]   # local -> remote; qos 0 or 1 (default)
+subscribe = [ { remote = "site-42/cmd/#", strip_prefix = "site-42/", local_prefix = "", qos = 1 } ]  # remote -> local
+max_queue_mb = 512               # disk budget of the store-and-forward queue; default 512; the oldest go past it
 "#;
 
     #[test]
@@ -1086,6 +1175,38 @@ max_session_expiry_secs = 86400  # default 86400; 0 allowed
                     max_subscriptions: 100,
                     max_session_expiry: Duration::from_secs(86_400),
                 },
+                storage: StorageConfig {
+                    dir: base.join("state"),
+                    sync_interval: Duration::from_secs(1),
+                },
+                bridges: vec![BridgeConfig {
+                    name: "cloud".to_owned(),
+                    remote: Remote {
+                        host: "broker.example".to_owned(),
+                        port: 8883,
+                        transport: Transport::Tls,
+                    },
+                    ca_file: Some(base.join("keys/tls/uplink-ca.crt")),
+                    client_id: "site-42".to_owned(),
+                    username: Some("site-42".to_owned()),
+                    credential: Some(Credential::PasswordFile(base.join("keys/uplink.password"))),
+                    client_cert: None,
+                    protocol: Protocol::V5,
+                    keep_alive: Duration::from_secs(30),
+                    forward: vec![ForwardRule {
+                        local: crate::acl::TopicFilter::parse("sensors/#").expect("literal filter"),
+                        remote_prefix: "site-42/".to_owned(),
+                        qos: BridgeQoS::AtLeastOnce,
+                    }],
+                    subscribe: vec![SubscribeRule {
+                        remote: crate::acl::TopicFilter::parse("site-42/cmd/#")
+                            .expect("literal filter"),
+                        strip_prefix: "site-42/".to_owned(),
+                        local_prefix: String::new(),
+                        qos: BridgeQoS::AtLeastOnce,
+                    }],
+                    max_queue_bytes: 512 * 1024 * 1024,
+                }],
             }
         );
     }
@@ -1105,6 +1226,7 @@ max_session_expiry_secs = 86400  # default 86400; 0 allowed
             }
         );
         assert_eq!(example.sessions, defaults.sessions);
+        assert_eq!(example.storage, defaults.storage);
         assert_eq!(example.auth.keys_dir, defaults.auth.keys_dir);
         assert_eq!(example.auth.leeway, defaults.auth.leeway);
         assert_eq!(example.auth.require_subject, defaults.auth.require_subject);
@@ -1308,6 +1430,42 @@ max_session_expiry_secs = 0
             message.contains("expected a string or a list of strings"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn storage_takes_a_directory_and_a_bounded_sync_interval() {
+        let config = parse("[storage]\ndir = \"/var/lib/jwtgate\"\nsync_interval_ms = 0\n")
+            .expect("valid storage table");
+        assert_eq!(
+            config.storage,
+            StorageConfig {
+                dir: PathBuf::from("/var/lib/jwtgate"),
+                sync_interval: Duration::ZERO,
+            }
+        );
+        assert_invalid_cases(&[
+            (
+                "[storage]\nsync_interval_ms = 60001\n",
+                2,
+                20,
+                "[storage] sync_interval_ms",
+                "at most 60000 milliseconds",
+            ),
+            (
+                "[storage]\nsync_interval_ms = -1\n",
+                2,
+                20,
+                "[storage] sync_interval_ms",
+                "must not be negative",
+            ),
+            (
+                "[storage]\ndir = \"\"\n",
+                2,
+                7,
+                "[storage] dir",
+                "must not be empty",
+            ),
+        ]);
     }
 
     #[test]

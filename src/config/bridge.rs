@@ -1,0 +1,803 @@
+//! The `[[bridge]]` tables: uplinks to a central broker.
+//!
+//! Each table becomes one [`BridgeConfig`], checked as thoroughly as the
+//! rest of the file: a bad value is an error naming the file, line and key
+//! (`[[bridge]] cloud: forward[0].qos`), never a bridge that fails later at
+//! run time. What can only be known at run time (whether the remote
+//! answers, whether the credential file is readable now) is the bridge's
+//! own business and is logged there.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigError, Document, MIB};
+use crate::acl::{self, TopicFilter};
+
+/// The default `max_queue_mb`: a day of a busy site's telemetry at 5 KiB/s
+/// fits, and it is a small share of an edge box's storage.
+const DEFAULT_MAX_QUEUE_MB: i64 = 512;
+/// The largest `max_queue_mb`: 1 TiB.
+const MAX_QUEUE_MB: i64 = 1024 * 1024;
+/// The MQTT over TLS port, when `remote` names none.
+const MQTTS_PORT: u16 = 8883;
+/// The plain MQTT port, for a loopback `mqtt://` remote naming none.
+const MQTT_PORT: u16 = 1883;
+
+/// One uplink to a central broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeConfig {
+    /// Names the bridge in logs, metrics and the state directory: letters,
+    /// digits, `-` and `_`, unique among the bridges.
+    pub name: String,
+    pub remote: Remote,
+    /// Roots to verify the remote's certificate with instead of the
+    /// system's.
+    pub ca_file: Option<PathBuf>,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub credential: Option<Credential>,
+    /// A client certificate, for brokers that authenticate the bridge by
+    /// it.
+    pub client_cert: Option<ClientCert>,
+    pub protocol: Protocol,
+    pub keep_alive: Duration,
+    /// Local messages sent to the remote.
+    pub forward: Vec<ForwardRule>,
+    /// Remote messages published locally.
+    pub subscribe: Vec<SubscribeRule>,
+    /// Disk budget of the store-and-forward queue, in bytes.
+    pub max_queue_bytes: u64,
+}
+
+/// Where the central broker listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub host: String,
+    pub port: u16,
+    pub transport: Transport,
+}
+
+/// How the uplink's bytes travel. Plain MQTT only reaches a loopback host
+/// (a broker on the same box, or a tunnel's local end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tls,
+    Plain,
+}
+
+/// What the bridge authenticates with, besides a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A password, read from this file at start.
+    PasswordFile(PathBuf),
+    /// A token (a JWT), read from this file on every connect and reconnect
+    /// and when the file changes, so a refresher can keep it fresh.
+    TokenFile(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The MQTT version spoken to the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 3.1.1.
+    V4,
+    /// MQTT 5.
+    V5,
+}
+
+/// The QoS of a bridged message. QoS 2 is not offered: the queue already
+/// makes delivery at-least-once across outages and restarts, and QoS 2's
+/// extra round trip would halve the drain rate for a guarantee the central
+/// side's consumers get from message ids more cheaply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeQoS {
+    AtMostOnce,
+    AtLeastOnce,
+}
+
+/// Local messages matching `local` go to the remote as `remote_prefix` +
+/// their topic, at `qos`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardRule {
+    pub local: TopicFilter,
+    pub remote_prefix: String,
+    pub qos: BridgeQoS,
+}
+
+/// Remote messages matching `remote` are subscribed to at `qos` and
+/// published locally as `local_prefix` + their topic without
+/// `strip_prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeRule {
+    pub remote: TopicFilter,
+    pub strip_prefix: String,
+    pub local_prefix: String,
+    pub qos: BridgeQoS,
+}
+
+impl SubscribeRule {
+    /// The local topic of a message received on `remote_topic`; `None`
+    /// when it does not carry `strip_prefix` (the remote sent a topic the
+    /// rule's filter should not have matched) or maps to no valid topic.
+    pub fn local_topic(&self, remote_topic: &str) -> Option<String> {
+        let rest = remote_topic.strip_prefix(&self.strip_prefix)?;
+        let topic = format!("{}{rest}", self.local_prefix);
+        acl::validate_topic_name(&topic).ok().map(|()| topic)
+    }
+}
+
+impl ForwardRule {
+    /// The remote topic of a local message on `topic`.
+    pub fn remote_topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.remote_prefix)
+    }
+}
+
+// The raw tables, as written.
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a [[bridge]] table")]
+pub(super) struct RawBridge {
+    name: Option<Spanned<String>>,
+    remote: Option<Spanned<String>>,
+    ca_file: Option<Spanned<PathBuf>>,
+    client_id: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    token_file: Option<Spanned<PathBuf>>,
+    cert_file: Option<Spanned<PathBuf>>,
+    key_file: Option<Spanned<PathBuf>>,
+    protocol: Option<Spanned<i64>>,
+    keep_alive_secs: Option<Spanned<i64>>,
+    forward: Vec<Spanned<RawForward>>,
+    subscribe: Vec<Spanned<RawSubscribe>>,
+    max_queue_mb: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a forward rule { local, remote_prefix, qos }"
+)]
+struct RawForward {
+    local: Spanned<String>,
+    #[serde(default)]
+    remote_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    qos: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a subscribe rule { remote, strip_prefix, local_prefix, qos }"
+)]
+struct RawSubscribe {
+    remote: Spanned<String>,
+    #[serde(default)]
+    strip_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    local_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    qos: Option<Spanned<i64>>,
+}
+
+/// Checks every `[[bridge]]` table; `at` is where the array starts, for
+/// errors about the tables as a whole.
+pub(super) fn validate(
+    raw: Vec<Spanned<RawBridge>>,
+    doc: &Document<'_>,
+    base_dir: &Path,
+) -> Result<Vec<BridgeConfig>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut bridges = Vec::with_capacity(raw.len());
+    for (index, table) in raw.into_iter().enumerate() {
+        let at = table.span().start;
+        let bridge = table.into_inner().validate(doc, base_dir, index, at)?;
+        if !names.insert(bridge.name.clone()) {
+            return Err(doc.invalid(
+                at,
+                Some(format!("[[bridge]] {}: name", bridge.name)),
+                "another [[bridge]] has this name; each needs its own",
+            ));
+        }
+        bridges.push(bridge);
+    }
+    Ok(bridges)
+}
+
+impl RawBridge {
+    fn validate(
+        self,
+        doc: &Document<'_>,
+        base_dir: &Path,
+        index: usize,
+        at: usize,
+    ) -> Result<BridgeConfig, ConfigError> {
+        let Some(name) = self.name else {
+            return Err(doc.invalid(
+                at,
+                Some(format!("[[bridge]] #{}: name", index + 1)),
+                "missing; every bridge needs a name (letters, digits, `-`, `_`)",
+            ));
+        };
+        let key = |field: &str| format!("[[bridge]] {}: {field}", name.get_ref());
+        let valid_name = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if name.get_ref().is_empty() || !name.get_ref().chars().all(valid_name) {
+            return Err(doc.bad(
+                &name,
+                &key("name"),
+                "must be letters, digits, `-` and `_` only (it names a directory)",
+            ));
+        }
+        let missing =
+            |field: &str, what: &str| doc.invalid(at, Some(key(field)), format!("missing; {what}"));
+        let remote = self.remote.as_ref().ok_or_else(|| {
+            missing(
+                "remote",
+                "the central broker's address, e.g. \"mqtts://broker.example:8883\"",
+            )
+        })?;
+        let remote = parse_remote(remote.get_ref())
+            .map_err(|message| doc.bad(remote, &key("remote"), message))?;
+        let client_id = self
+            .client_id
+            .ok_or_else(|| missing("client_id", "the client id the bridge connects with"))?;
+        if client_id.get_ref().is_empty() {
+            return Err(doc.bad(&client_id, &key("client_id"), "must not be empty"));
+        }
+        let credential = match (self.password_file, self.token_file) {
+            (Some(_), Some(token)) => {
+                return Err(doc.bad(
+                    &token,
+                    &key("token_file"),
+                    "given with password_file; a bridge authenticates with one of them",
+                ));
+            }
+            (Some(file), None) => Some(Credential::PasswordFile(doc.path(
+                &file,
+                &key("password_file"),
+                base_dir,
+            )?)),
+            (None, Some(file)) => Some(Credential::TokenFile(doc.path(
+                &file,
+                &key("token_file"),
+                base_dir,
+            )?)),
+            (None, None) => None,
+        };
+        let client_cert = match (self.cert_file, self.key_file) {
+            (Some(cert), Some(key_file)) => Some(ClientCert {
+                cert: doc.path(&cert, &key("cert_file"), base_dir)?,
+                key: doc.path(&key_file, &key("key_file"), base_dir)?,
+            }),
+            (Some(cert), None) => {
+                return Err(doc.bad(&cert, &key("cert_file"), "given without key_file"));
+            }
+            (None, Some(key_file)) => {
+                return Err(doc.bad(&key_file, &key("key_file"), "given without cert_file"));
+            }
+            (None, None) => None,
+        };
+        if remote.transport == Transport::Plain && client_cert.is_some() {
+            return Err(doc.invalid(
+                at,
+                Some(key("cert_file")),
+                "a client certificate needs an mqtts:// remote",
+            ));
+        }
+        let ca_file = match &self.ca_file {
+            Some(file) => Some(doc.path(file, &key("ca_file"), base_dir)?),
+            None => None,
+        };
+        let protocol = match &self.protocol {
+            None => Protocol::V5,
+            Some(value) => match value.get_ref() {
+                4 => Protocol::V4,
+                5 => Protocol::V5,
+                _ => {
+                    return Err(doc.bad(
+                        value,
+                        &key("protocol"),
+                        "must be 4 (MQTT 3.1.1) or 5 (MQTT 5)",
+                    ));
+                }
+            },
+        };
+        let keep_alive = match &self.keep_alive_secs {
+            None => Duration::from_secs(30),
+            Some(secs) => Duration::from_secs(doc.int(
+                secs,
+                &key("keep_alive_secs"),
+                5..=i64::from(u16::MAX),
+                "seconds",
+            )?),
+        };
+        let max_queue_mb: u64 = match &self.max_queue_mb {
+            None => DEFAULT_MAX_QUEUE_MB.unsigned_abs(),
+            Some(mb) => doc.int(mb, &key("max_queue_mb"), 1..=MAX_QUEUE_MB, "MiB")?,
+        };
+        let forward = self
+            .forward
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| rule.get_ref().validate(doc, &key(&format!("forward[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let subscribe = self
+            .subscribe
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                rule.get_ref()
+                    .validate(doc, &key(&format!("subscribe[{i}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if forward.is_empty() && subscribe.is_empty() {
+            return Err(missing(
+                "forward",
+                "a bridge with neither forward nor subscribe rules would carry nothing",
+            ));
+        }
+        Ok(BridgeConfig {
+            name: name.into_inner(),
+            remote,
+            ca_file,
+            client_id: client_id.into_inner(),
+            username: self.username.map(Spanned::into_inner),
+            credential,
+            client_cert,
+            protocol,
+            keep_alive,
+            forward,
+            subscribe,
+            max_queue_bytes: max_queue_mb.saturating_mul(MIB as u64),
+        })
+    }
+}
+
+fn qos(
+    doc: &Document<'_>,
+    value: Option<&Spanned<i64>>,
+    key: &str,
+) -> Result<BridgeQoS, ConfigError> {
+    match value.map(|v| (v, *v.get_ref())) {
+        None | Some((_, 1)) => Ok(BridgeQoS::AtLeastOnce),
+        Some((_, 0)) => Ok(BridgeQoS::AtMostOnce),
+        Some((value, _)) => Err(doc.bad(
+            value,
+            &format!("{key}.qos"),
+            "must be 0 or 1 (the queue already makes a bridged message at-least-once)",
+        )),
+    }
+}
+
+/// A prefix put in front of topics: anything a topic may hold, wildcards
+/// excepted.
+fn prefix(
+    doc: &Document<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+) -> Result<String, ConfigError> {
+    let Some(value) = value else {
+        return Ok(String::new());
+    };
+    let text = value.get_ref();
+    if let Some(wildcard) = text.chars().find(|c| matches!(c, '+' | '#' | '\0')) {
+        return Err(doc.bad(
+            value,
+            key,
+            format!(
+                "must not contain `{}`: it is put in front of topic names",
+                wildcard.escape_default()
+            ),
+        ));
+    }
+    Ok(text.clone())
+}
+
+fn filter(
+    doc: &Document<'_>,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<TopicFilter, ConfigError> {
+    TopicFilter::parse(value.get_ref()).map_err(|err| doc.bad(value, key, err))
+}
+
+impl RawForward {
+    fn validate(&self, doc: &Document<'_>, key: &str) -> Result<ForwardRule, ConfigError> {
+        Ok(ForwardRule {
+            local: filter(doc, &self.local, &format!("{key}.local"))?,
+            remote_prefix: prefix(
+                doc,
+                self.remote_prefix.as_ref(),
+                &format!("{key}.remote_prefix"),
+            )?,
+            qos: qos(doc, self.qos.as_ref(), key)?,
+        })
+    }
+}
+
+impl RawSubscribe {
+    fn validate(&self, doc: &Document<'_>, key: &str) -> Result<SubscribeRule, ConfigError> {
+        let remote = filter(doc, &self.remote, &format!("{key}.remote"))?;
+        let strip_prefix = prefix(
+            doc,
+            self.strip_prefix.as_ref(),
+            &format!("{key}.strip_prefix"),
+        )?;
+        // Every topic the filter matches must carry the prefix, or some
+        // messages would have no local topic.
+        if !remote.as_str().starts_with(&strip_prefix) {
+            if let Some(value) = &self.strip_prefix {
+                return Err(doc.bad(
+                    value,
+                    &format!("{key}.strip_prefix"),
+                    format!(
+                        "`{strip_prefix}` does not begin the remote filter `{}`",
+                        remote.as_str()
+                    ),
+                ));
+            }
+        }
+        if remote.as_str().len() == strip_prefix.len() {
+            if let Some(value) = &self.strip_prefix {
+                return Err(doc.bad(
+                    value,
+                    &format!("{key}.strip_prefix"),
+                    "is the whole remote filter; leave a level to map",
+                ));
+            }
+        }
+        Ok(SubscribeRule {
+            remote,
+            strip_prefix,
+            local_prefix: prefix(
+                doc,
+                self.local_prefix.as_ref(),
+                &format!("{key}.local_prefix"),
+            )?,
+            qos: qos(doc, self.qos.as_ref(), key)?,
+        })
+    }
+}
+
+/// Parses `mqtts://host[:port]` (or `mqtt://` to a loopback host); IPv6
+/// addresses in brackets.
+fn parse_remote(text: &str) -> Result<Remote, String> {
+    let (transport, rest) = if let Some(rest) = text.strip_prefix("mqtts://") {
+        (Transport::Tls, rest)
+    } else if let Some(rest) = text.strip_prefix("mqtt://") {
+        (Transport::Plain, rest)
+    } else {
+        return Err(format!(
+            "`{text}` is not an mqtts:// address (for example \"mqtts://broker.example:8883\")"
+        ));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| format!("`{text}`: an IPv6 address needs its closing `]`"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
+        return Err(format!(
+            "`{text}` names no host (user, path and query are not taken)"
+        ));
+    }
+    let port = match port {
+        None => match transport {
+            Transport::Tls => MQTTS_PORT,
+            Transport::Plain => MQTT_PORT,
+        },
+        Some(port) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => return Err(format!("`{text}`: `{port}` is not a port number")),
+        },
+    };
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if transport == Transport::Plain && !loopback {
+        return Err(format!(
+            "`{text}` would send tokens and data in the clear; use mqtts:// (plain mqtt:// only reaches a loopback host)"
+        ));
+    }
+    Ok(Remote {
+        host: host.to_owned(),
+        port,
+        transport,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const BASE: &str = "/srv/jwtgate";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("jwtgate.toml"), Path::new(BASE))
+    }
+
+    /// A valid bridge table with `extra` lines added to it.
+    fn bridge(extra: &str) -> String {
+        format!(
+            "[[bridge]]\nname = \"cloud\"\nremote = \"mqtts://broker.example\"\nclient_id = \"site-42\"\n\
+             forward = [ {{ local = \"sensors/#\" }} ]\n{extra}"
+        )
+    }
+
+    /// The error of `text` as shown, which must name `line`, `key` and
+    /// contain `fragment`.
+    fn assert_error(text: &str, line: usize, key: &str, fragment: &str) {
+        let shown = match parse(text) {
+            Ok(config) => panic!("expected an error for {text:?}, got {config:?}"),
+            Err(err) => err.to_string(),
+        };
+        let prefix = format!("jwtgate.toml:{line}:");
+        assert!(
+            shown.starts_with(&prefix),
+            "{shown:?} is not at line {line}"
+        );
+        assert!(
+            shown.contains(&format!(" {key}: ")),
+            "{shown:?} does not name {key}"
+        );
+        assert!(
+            shown.contains(fragment),
+            "{shown:?} does not say {fragment:?}"
+        );
+    }
+
+    #[test]
+    fn a_minimal_bridge_takes_the_defaults() {
+        let config = parse(&bridge("")).expect("valid bridge");
+        let [bridge] = config.bridges.as_slice() else {
+            panic!("one bridge expected: {:?}", config.bridges)
+        };
+        assert_eq!(
+            bridge.remote,
+            Remote {
+                host: "broker.example".to_owned(),
+                port: 8883,
+                transport: Transport::Tls
+            }
+        );
+        assert_eq!(bridge.protocol, Protocol::V5);
+        assert_eq!(bridge.keep_alive, Duration::from_secs(30));
+        assert_eq!(bridge.max_queue_bytes, 512 * 1024 * 1024);
+        assert_eq!(bridge.credential, None);
+        assert_eq!(bridge.forward[0].qos, BridgeQoS::AtLeastOnce);
+        assert_eq!(bridge.forward[0].remote_prefix, "");
+        assert_eq!(bridge.forward[0].remote_topic("sensors/t1"), "sensors/t1");
+    }
+
+    #[test]
+    fn remotes_are_parsed_and_plain_mqtt_only_reaches_loopback() {
+        for (remote, host, port, transport) in [
+            (
+                "mqtts://broker.example:9883",
+                "broker.example",
+                9883,
+                Transport::Tls,
+            ),
+            ("mqtts://10.0.0.5/", "10.0.0.5", 8883, Transport::Tls),
+            (
+                "mqtts://[2001:db8::1]:8884",
+                "2001:db8::1",
+                8884,
+                Transport::Tls,
+            ),
+            (
+                "mqtt://127.0.0.1:18830",
+                "127.0.0.1",
+                18830,
+                Transport::Plain,
+            ),
+            ("mqtt://localhost", "localhost", 1883, Transport::Plain),
+            ("mqtt://[::1]:1884", "::1", 1884, Transport::Plain),
+        ] {
+            let text = bridge("").replace("mqtts://broker.example", remote);
+            let config = parse(&text).unwrap_or_else(|err| panic!("{remote}: {err}"));
+            assert_eq!(
+                config.bridges[0].remote,
+                Remote {
+                    host: host.to_owned(),
+                    port,
+                    transport
+                },
+                "{remote}"
+            );
+        }
+        for (remote, fragment) in [
+            ("mqtt://broker.example", "in the clear"),
+            ("mqtt://10.0.0.5:1883", "in the clear"),
+            ("https://broker.example", "not an mqtts:// address"),
+            ("broker.example:8883", "not an mqtts:// address"),
+            ("mqtts://broker.example:0", "not a port number"),
+            ("mqtts://broker.example:99999", "not a port number"),
+            ("mqtts://", "names no host"),
+            ("mqtts://user@broker.example", "names no host"),
+            ("mqtts://[2001:db8::1", "closing `]`"),
+        ] {
+            let text = bridge("").replace("mqtts://broker.example", remote);
+            assert_error(&text, 3, "[[bridge]] cloud: remote", fragment);
+        }
+    }
+
+    #[test]
+    fn every_bad_value_names_its_line_and_key() {
+        let cases: &[(&str, usize, &str, &str)] = &[
+            ("protocol = 3", 6, "protocol", "must be 4 (MQTT 3.1.1) or 5"),
+            (
+                "keep_alive_secs = 1",
+                6,
+                "keep_alive_secs",
+                "at least 5 seconds",
+            ),
+            ("max_queue_mb = 0", 6, "max_queue_mb", "greater than 0"),
+            (
+                "password_file = \"p\"\ntoken_file = \"t\"",
+                7,
+                "token_file",
+                "one of them",
+            ),
+            ("cert_file = \"c.pem\"", 6, "cert_file", "without key_file"),
+            ("key_file = \"k.pem\"", 6, "key_file", "without cert_file"),
+            ("token_file = \"\"", 6, "token_file", "must not be empty"),
+            (
+                "subscribe = [ { remote = \"site/cmd/#\", qos = 2 } ]",
+                6,
+                "subscribe[0].qos",
+                "must be 0 or 1",
+            ),
+            (
+                "subscribe = [ { remote = \"site/cmd/#\", local_prefix = \"a/+/\" } ]",
+                6,
+                "subscribe[0].local_prefix",
+                "must not contain `+`",
+            ),
+            (
+                "subscribe = [ { remote = \"site/cmd/#\", strip_prefix = \"other/\" } ]",
+                6,
+                "subscribe[0].strip_prefix",
+                "does not begin the remote filter",
+            ),
+            (
+                "subscribe = [ { remote = \"site/\", strip_prefix = \"site/\" } ]",
+                6,
+                "subscribe[0].strip_prefix",
+                "whole remote filter",
+            ),
+            (
+                "subscribe = [ { remote = \"site/#/x\" } ]",
+                6,
+                "subscribe[0].remote",
+                "`#` may only be the last level",
+            ),
+        ];
+        for &(extra, line, key, fragment) in cases {
+            assert_error(
+                &bridge(extra),
+                line,
+                &format!("[[bridge]] cloud: {key}"),
+                fragment,
+            );
+        }
+        assert_error(
+            &bridge("").replace(
+                "{ local = \"sensors/#\" }",
+                "{ local = \"sensors/#\", qos = 3 }",
+            ),
+            5,
+            "[[bridge]] cloud: forward[0].qos",
+            "must be 0 or 1",
+        );
+        assert_error(
+            &bridge("").replace(
+                "{ local = \"sensors/#\" }",
+                "{ local = \"a\", remote_prefix = \"x/#\" }",
+            ),
+            5,
+            "[[bridge]] cloud: forward[0].remote_prefix",
+            "must not contain `#`",
+        );
+        assert_error(
+            &bridge("").replace("name = \"cloud\"", "name = \"../cloud\""),
+            2,
+            "[[bridge]] ../cloud: name",
+            "letters, digits",
+        );
+    }
+
+    #[test]
+    fn missing_keys_unknown_keys_and_twins_are_errors() {
+        assert_error(
+            "[[bridge]]\nremote = \"mqtts://b\"\n",
+            1,
+            "[[bridge]] #1: name",
+            "missing",
+        );
+        assert_error(
+            &bridge("").replace("client_id = \"site-42\"\n", ""),
+            1,
+            "[[bridge]] cloud: client_id",
+            "missing",
+        );
+        assert_error(
+            &bridge("").replace("forward = [ { local = \"sensors/#\" } ]\n", ""),
+            1,
+            "[[bridge]] cloud: forward",
+            "would carry nothing",
+        );
+        let twins = format!("{}\n{}", bridge(""), bridge(""));
+        assert_error(&twins, 7, "[[bridge]] cloud: name", "another [[bridge]]");
+        let shown = parse(&bridge("retries = 3"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(shown.starts_with("jwtgate.toml:6:1:"), "{shown}");
+        assert!(shown.contains("retries"), "{shown}");
+        let shown = parse(&bridge("").replace("local = \"sensors/#\"", "local = \"s\", qs = 1"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(shown.starts_with("jwtgate.toml:5:"), "{shown}");
+        assert!(shown.contains("qs"), "{shown}");
+    }
+
+    #[test]
+    fn subscribed_topics_map_to_local_ones() {
+        let config = parse(&bridge(
+            "subscribe = [ { remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\", local_prefix = \"in/\" } ]",
+        ))
+        .expect("valid bridge");
+        let rule = &config.bridges[0].subscribe[0];
+        assert_eq!(
+            rule.local_topic("site-42/cmd/x").as_deref(),
+            Some("in/cmd/x")
+        );
+        assert_eq!(rule.local_topic("elsewhere/cmd/x"), None);
+    }
+
+    #[test]
+    fn paths_resolve_against_the_config_directory() {
+        let config = parse(&bridge(
+            "ca_file = \"tls/ca.crt\"\ntoken_file = \"/run/jwtgate/uplink.jwt\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"",
+        ))
+        .expect("valid bridge");
+        let bridge = &config.bridges[0];
+        assert_eq!(
+            bridge.ca_file.as_deref(),
+            Some(Path::new("/srv/jwtgate/tls/ca.crt"))
+        );
+        assert_eq!(
+            bridge.credential,
+            Some(Credential::TokenFile(PathBuf::from(
+                "/run/jwtgate/uplink.jwt"
+            )))
+        );
+        assert_eq!(
+            bridge.client_cert,
+            Some(ClientCert {
+                cert: PathBuf::from("/srv/jwtgate/c.pem"),
+                key: PathBuf::from("/srv/jwtgate/k.pem"),
+            })
+        );
+    }
+}

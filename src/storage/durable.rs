@@ -1,0 +1,79 @@
+//! The routing core's [`Store`] backed by the database: retained messages
+//! and parked sessions that survive a restart.
+//!
+//! Reads are served from memory, exactly as [`MemoryStore`] serves them
+//! (matching a filter against the retained messages is the hot path and
+//! stays a tree walk); every change is also sent to the writer, which
+//! commits it with whatever else is pending. At start the memory side is
+//! filled from what [`super::Storage::open`] read back.
+
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+
+use super::Restored;
+use super::writer::Write;
+use crate::broker::store::{MemoryStore, SessionRecord, Store};
+use crate::broker::{Budget, Message, SessionKey};
+
+pub struct DurableStore {
+    memory: MemoryStore,
+    writes: Sender<Write>,
+}
+
+impl DurableStore {
+    /// A store holding `restored`, its messages charged to `budget`, that
+    /// writes through `storage`.
+    pub fn new(storage: &super::Storage, restored: Restored, budget: &Arc<Budget>) -> DurableStore {
+        let memory = MemoryStore::new();
+        for publication in restored.retained {
+            memory.retain(Message::new(publication, budget));
+        }
+        for (key, record) in restored.sessions {
+            memory.save_session(&key, record);
+        }
+        DurableStore {
+            memory,
+            writes: storage.writes(),
+        }
+    }
+
+    /// Retained messages held.
+    pub fn retained_count(&self) -> usize {
+        self.memory.retained_count()
+    }
+
+    fn write(&self, write: Write) {
+        // Fails only after the storage closed, at shutdown.
+        let _ = self.writes.send(write);
+    }
+}
+
+impl Store for DurableStore {
+    fn retain(&self, message: Arc<Message>) {
+        self.memory.retain(Arc::clone(&message));
+        self.write(Write::Retain(message));
+    }
+
+    fn clear_retained(&self, topic: &str) {
+        self.memory.clear_retained(topic);
+        self.write(Write::ClearRetained(topic.into()));
+    }
+
+    fn retained(&self, filter: &str, visit: &mut dyn FnMut(&Arc<Message>)) {
+        self.memory.retained(filter, visit);
+    }
+
+    fn save_session(&self, key: &SessionKey, record: SessionRecord) {
+        self.memory.save_session(key, record.clone());
+        self.write(Write::SaveSession(key.clone(), record));
+    }
+
+    fn remove_session(&self, key: &SessionKey) {
+        self.memory.remove_session(key);
+        self.write(Write::RemoveSession(key.clone()));
+    }
+
+    fn sessions(&self) -> Vec<(SessionKey, SessionRecord)> {
+        self.memory.sessions()
+    }
+}

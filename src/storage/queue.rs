@@ -1,0 +1,240 @@
+//! One bridge's store-and-forward queue: messages on their way to the
+//! remote broker, kept on disk until it acknowledged them.
+//!
+//! The queue is a table of the database ordered by a sequence number the
+//! writer gives at commit. The bridge reads it in order with a connection
+//! of its own ([`QueueReader`]), sends, and reports what the remote
+//! acknowledged ([`Queue::acked`]); only then are the rows deleted. So the
+//! backlog after an outage or a restart is simply what the table holds,
+//! and draining it needs no new traffic: the bridge reads on until the
+//! table is empty.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{oneshot, watch};
+
+use super::StorageError;
+use super::rows::{MESSAGE_COLUMNS, MessageRow, RowError};
+use super::writer::Write;
+use crate::broker::{Message, Publication, QoS};
+
+/// A bridge's queue.
+pub struct Queue {
+    name: String,
+    /// Its position among the writer's queues.
+    index: usize,
+    /// Its table's name, quoted for SQL.
+    table: String,
+    db_path: PathBuf,
+    budget: u64,
+    writes: Sender<Write>,
+    /// The highest sequence number committed.
+    tail: watch::Sender<u64>,
+    bytes: AtomicU64,
+    messages: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// A queue's figures at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    /// Messages waiting for the remote's acknowledgement.
+    pub messages: u64,
+    /// Bytes they take, as budgeted.
+    pub bytes: u64,
+    /// Messages dropped by the budget since start.
+    pub dropped: u64,
+}
+
+/// One queued message, as read back.
+#[derive(Debug)]
+pub struct Queued {
+    pub seq: u64,
+    /// `None` when the row did not decode or the message expired: the
+    /// bridge acknowledges it without sending.
+    pub publication: Option<Publication>,
+}
+
+impl Queue {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        name: &str,
+        index: usize,
+        db_path: PathBuf,
+        budget: u64,
+        writes: Sender<Write>,
+        tail: u64,
+        bytes: u64,
+        messages: u64,
+    ) -> Queue {
+        Queue {
+            name: name.to_owned(),
+            index,
+            table: table_name(name),
+            db_path,
+            budget,
+            writes,
+            tail: watch::Sender::new(tail),
+            bytes: AtomicU64::new(bytes),
+            messages: AtomicU64::new(messages),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// The bridge it belongs to.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Queues `message` to be sent at `qos`. The receiver completes once it
+    /// is committed (whether or not the commit worked: a failure is
+    /// logged by the writer).
+    pub fn append(&self, message: Arc<Message>, qos: QoS) -> oneshot::Receiver<()> {
+        let (kept, receiver) = oneshot::channel();
+        // A send fails only once the writer is gone (shutdown); the
+        // receiver then completes at once, and nothing more can be kept.
+        let _ = self.writes.send(Write::Append {
+            queue: self.index,
+            message,
+            qos,
+            kept,
+        });
+        receiver
+    }
+
+    /// The remote acknowledged these messages: they may go.
+    pub fn acked(&self, seqs: Vec<u64>) {
+        if !seqs.is_empty() {
+            let _ = self.writes.send(Write::Acked {
+                queue: self.index,
+                seqs,
+            });
+        }
+    }
+
+    /// Watches the highest sequence number committed.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.tail.subscribe()
+    }
+
+    /// A connection of its own to read the queue with.
+    pub fn reader(&self) -> Result<QueueReader, StorageError> {
+        let db = Connection::open_with_flags(
+            &self.db_path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StorageError::Open {
+            path: self.db_path.clone(),
+            source,
+        })?;
+        Ok(QueueReader {
+            db,
+            select: format!(
+                "SELECT seq, {MESSAGE_COLUMNS} FROM {} WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                self.table
+            ),
+        })
+    }
+
+    pub fn snapshot(&self) -> QueueSnapshot {
+        QueueSnapshot {
+            messages: self.messages.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub(super) fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn added(&self, size: u64) {
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn removed(&self, size: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(size))
+            });
+        let _ = self
+            .messages
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                Some(m.saturating_sub(1))
+            });
+    }
+
+    pub(super) fn dropped(&self, count: u64) {
+        self.dropped.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(super) fn publish_tail(&self, seq: u64) {
+        self.tail.send_if_modified(|tail| {
+            let moved = *tail != seq;
+            *tail = seq;
+            moved
+        });
+    }
+}
+
+/// The table of bridge `name`'s queue, quoted. Bridge names are letters,
+/// digits, `-` and `_` (the config checks), so quoting is all it needs.
+pub(super) fn table_name(name: &str) -> String {
+    format!("\"queue:{name}\"")
+}
+
+/// Reads a queue in order.
+pub struct QueueReader {
+    db: Connection,
+    select: String,
+}
+
+impl QueueReader {
+    /// Up to `limit` messages after sequence number `after`, in order.
+    /// Blocking: call it off the async workers.
+    pub fn after(&mut self, after: u64, limit: usize) -> Result<Vec<Queued>, StorageError> {
+        let mut select = self
+            .db
+            .prepare_cached(&self.select)
+            .map_err(StorageError::Sql)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = select
+            .query_map(rusqlite::params![after, limit], |row| {
+                let seq: u64 = row.get(0)?;
+                Ok((seq, MessageRow::read(row, 1)))
+            })
+            .map_err(StorageError::Sql)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, message) = row.map_err(StorageError::Sql)?;
+            let publication = message.and_then(MessageRow::publication);
+            let publication = match publication {
+                Ok(publication) => publication,
+                Err(err) => {
+                    log_bad_row(seq, &err);
+                    None
+                }
+            };
+            out.push(Queued { seq, publication });
+        }
+        Ok(out)
+    }
+}
+
+fn log_bad_row(seq: u64, err: &RowError) {
+    tracing::error!(seq, error = %err, "bridge queue: a stored message does not decode; it is skipped");
+}
