@@ -257,6 +257,16 @@ impl Broker {
         memory_budget: usize,
         store: Arc<dyn Store>,
     ) -> Arc<Broker> {
+        Broker::with_budget(settings, Budget::new(memory_budget), store)
+    }
+
+    /// As [`Broker::new`], charging messages to `budget`, which the
+    /// store's restored messages may already be charged to.
+    pub fn with_budget(
+        settings: &SessionSettings,
+        budget: Arc<Budget>,
+        store: Arc<dyn Store>,
+    ) -> Arc<Broker> {
         let broker = Arc::new(Broker {
             limits: QueueLimits {
                 max_messages: settings.max_queued_messages,
@@ -267,7 +277,7 @@ impl Broker {
             index: RwLock::default(),
             sessions: Mutex::default(),
             store,
-            budget: Budget::new(memory_budget),
+            budget,
             stats: Stats::default(),
             refusing_retained: AtomicBool::new(false),
         });

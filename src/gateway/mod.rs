@@ -39,13 +39,13 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
-use crate::broker::Broker;
-use crate::broker::store::MemoryStore;
+use crate::broker::{Broker, Budget};
 use crate::config::{Config, DenyPublish, Limits};
 use crate::keys::{KeyDirError, KeyStore};
 use crate::reload::{self, Reloader};
+use crate::storage::{DurableStore, Storage, StorageError};
 use crate::tls::{self, CertResolver, TlsError};
 use crate::token::Policy;
 
@@ -79,6 +79,8 @@ pub enum StartError {
     Keys(#[from] KeyDirError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -95,6 +97,7 @@ pub struct Gateway {
     /// reloads).
     watcher: Option<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
+    storage: Arc<Storage>,
 }
 
 impl Gateway {
@@ -114,11 +117,20 @@ impl Gateway {
                     addr: config.listen,
                     source,
                 })?;
-        let broker = Broker::new(
-            &config.sessions,
-            config.limits.memory_budget,
-            Arc::new(MemoryStore::new()),
+        // Restored before the listener takes anyone: a device that
+        // resumes its session or subscribes finds what the last run kept.
+        let (storage, restored) = Storage::open(&config.storage, &[])?;
+        let budget = Budget::new(config.limits.memory_budget);
+        if restored.skipped > 0 {
+            warn!(skipped = restored.skipped, database = %storage.path().display(), "storage: some kept state did not decode and was left out");
+        }
+        let store = DurableStore::new(&storage, restored, &budget);
+        info!(
+            database = %storage.path().display(),
+            retained = store.retained_count(),
+            "durable state restored"
         );
+        let broker = Broker::with_budget(&config.sessions, budget, Arc::new(store));
         let shared = Shared {
             limits: config.limits.clone(),
             leeway: config.auth.leeway,
@@ -147,6 +159,7 @@ impl Gateway {
             reloader,
             watcher,
             shared: Arc::new(shared),
+            storage,
         })
     }
 
@@ -180,6 +193,7 @@ impl Gateway {
             acceptor,
             watcher,
             shared,
+            storage,
             ..
         } = self;
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -216,6 +230,12 @@ impl Gateway {
                 retained_refused = stats.retained_refused,
                 "messages not delivered since start (slow subscribers, expiry, size limits, memory budget)"
             );
+        }
+        // What the connections' ends parked is written before the process
+        // goes.
+        let closed = tokio::task::spawn_blocking(move || storage.close()).await;
+        if closed.is_err() {
+            error!("storage: closing the database failed; the last changes may be lost");
         }
     }
 }
