@@ -46,6 +46,7 @@
 //! `#[allow]` and a comment saying why they cannot fail.
 
 pub mod acl;
+pub mod bridge;
 pub mod broker;
 pub mod check;
 pub mod config;

@@ -1,5 +1,6 @@
-//! Server-side TLS: the certificate devices see, and the rustls configuration
-//! that serves it.
+//! TLS: the certificate devices see and the rustls configuration that
+//! serves it, and the client configuration an uplink reaches its central
+//! broker with ([`client_config`]).
 //!
 //! The model is one certificate chain and private key, held as a rustls
 //! [`CertifiedKey`] behind an [`ArcSwap`] in a [`CertResolver`]. Every new
@@ -28,7 +29,7 @@ use tokio_rustls::rustls::crypto::{CryptoProvider, aws_lc_rs};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::{InconsistentKeys, ServerConfig};
+use tokio_rustls::rustls::{ClientConfig, InconsistentKeys, RootCertStore, ServerConfig};
 
 /// Sessions remembered for TLS 1.2 clients that resume by session ID rather
 /// than by ticket (common in embedded TLS stacks). An entry costs a few
@@ -77,6 +78,21 @@ pub enum TlsError {
     /// rustls refused the server configuration.
     #[error("cannot build the TLS server configuration: {0}")]
     Config(rustls::Error),
+    /// A CA certificate cannot be used as a trust anchor.
+    #[error("CA certificate in {} cannot be used: {reason}", path.display())]
+    InvalidCa {
+        path: PathBuf,
+        reason: rustls::Error,
+    },
+    /// Without a CA file, the system's trust store was needed and is empty.
+    #[error(
+        "the system has no trusted CA certificates (install ca-certificates) and no ca_file was given"
+    )]
+    NoSystemRoots,
+    /// rustls refused the client configuration (a client certificate that
+    /// does not fit its key, say).
+    #[error("cannot build the TLS client configuration: {0}")]
+    ClientConfig(rustls::Error),
 }
 
 /// Hands every new handshake the current certificate, which can be replaced
@@ -200,6 +216,47 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, T
     // whole fleet reconnects at once.
     config.ticketer = aws_lc_rs::Ticketer::new().map_err(TlsError::Config)?;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    Ok(Arc::new(config))
+}
+
+/// The uplink's client configuration, TLS 1.3 and 1.2: the remote's
+/// certificate is verified against the certificates of `ca_file`, or the
+/// system's trust store without one (never not at all); `client_cert`
+/// (certificate chain, key) authenticates the bridge to brokers that ask.
+pub fn client_config(
+    ca_file: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in read_certificates(path)? {
+                roots.add(cert).map_err(|reason| TlsError::InvalidCa {
+                    path: path.to_path_buf(),
+                    reason,
+                })?;
+            }
+        }
+        None => {
+            // Unreadable entries of the store are skipped: one bad file in
+            // /etc/ssl/certs must not cut the uplink off.
+            let (added, _skipped) =
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if added == 0 {
+                return Err(TlsError::NoSystemRoots);
+            }
+        }
+    }
+    let builder = ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::ClientConfig)?
+        .with_root_certificates(roots);
+    let config = match client_cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(read_certificates(cert)?, read_private_key(key)?)
+            .map_err(TlsError::ClientConfig)?,
+        None => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
 }
 
@@ -363,6 +420,9 @@ mod tests {
             TlsError::InvalidCertificate { path, .. } => ("InvalidCertificate", path),
             TlsError::KeyMismatch { key, .. } => ("KeyMismatch", key),
             TlsError::Config(_) => ("Config", Path::new("")),
+            TlsError::InvalidCa { path, .. } => ("InvalidCa", path),
+            TlsError::NoSystemRoots => ("NoSystemRoots", Path::new("")),
+            TlsError::ClientConfig(_) => ("ClientConfig", Path::new("")),
         }
     }
 

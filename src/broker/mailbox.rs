@@ -253,6 +253,11 @@ impl Mailbox {
         }
     }
 
+    /// Copies of everything queued, oldest first, left in place.
+    pub fn peek_all(&self) -> Vec<Delivery> {
+        self.state().queue.iter().cloned().collect()
+    }
+
     /// Moves up to `max` deliveries into `out`, oldest first, stopping at a
     /// QoS 1/2 delivery once `inflight_room` of them have been taken.
     pub fn take(&self, max: usize, mut inflight_room: usize, out: &mut Vec<Delivery>) -> Taken {

@@ -89,6 +89,8 @@ pub struct Message {
     retain: bool,
     properties: Option<Box<Properties>>,
     expires_at: Option<Instant>,
+    /// The bridge it came in from, if any: never sent back out on it.
+    origin: Option<Arc<str>>,
     charge: Charge,
 }
 
@@ -96,6 +98,24 @@ impl Message {
     /// Builds a message and charges it to `budget`. The topic must already
     /// be a valid topic name.
     pub fn new(publication: Publication, budget: &Arc<Budget>) -> Arc<Message> {
+        Message::build(publication, budget, None)
+    }
+
+    /// As [`Message::new`], for a message that came in from bridge
+    /// `origin`.
+    pub fn bridged(
+        publication: Publication,
+        budget: &Arc<Budget>,
+        origin: &Arc<str>,
+    ) -> Arc<Message> {
+        Message::build(publication, budget, Some(Arc::clone(origin)))
+    }
+
+    fn build(
+        publication: Publication,
+        budget: &Arc<Budget>,
+        origin: Option<Arc<str>>,
+    ) -> Arc<Message> {
         let Publication {
             topic,
             payload,
@@ -121,6 +141,7 @@ impl Message {
             retain,
             properties,
             expires_at: expiry.map(|e| Instant::now() + e),
+            origin,
             charge: budget.charge(cost),
         })
     }
@@ -151,6 +172,11 @@ impl Message {
     /// queues it waits in.
     pub fn cost(&self) -> usize {
         self.charge.bytes()
+    }
+
+    /// The bridge it came in from, if any.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
     }
 
     /// When its message expiry interval ends, if it has one.

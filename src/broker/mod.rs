@@ -72,6 +72,18 @@ pub use message::{Message, Properties, Publication, QoS};
 pub use session::{Session, SessionKey};
 use store::{SessionRecord, Store};
 
+/// Completes once a [`Tap`] has safely kept a message.
+pub type Kept = tokio::sync::oneshot::Receiver<()>;
+
+/// Something outside the routing core that takes the routed messages it
+/// wants: a bridge's store-and-forward queue. A publisher's QoS 1/2
+/// acknowledgement waits until every tap that took its message has kept
+/// it.
+pub trait Tap: Send + Sync {
+    /// Takes `message` if it wants it.
+    fn take(&self, message: &Arc<Message>) -> Option<Kept>;
+}
+
 /// The routing core. One per gateway, shared by every connection.
 pub struct Broker {
     settings: SessionSettings,
@@ -79,6 +91,7 @@ pub struct Broker {
     index: RwLock<Index>,
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
     store: Arc<dyn Store>,
+    taps: RwLock<Vec<Arc<dyn Tap>>>,
     budget: Arc<Budget>,
     stats: Stats,
     /// Set while retained messages are refused for want of memory, so the
@@ -188,12 +201,14 @@ struct Target {
 pub struct Pending {
     message: Arc<Message>,
     waiting: Vec<(Target, Instant)>,
+    /// Taps still writing the message down.
+    kept: Vec<Kept>,
 }
 
 impl Pending {
     /// Every subscriber has taken the message (or its policy dropped it).
     pub fn is_done(&self) -> bool {
-        self.waiting.is_empty()
+        self.waiting.is_empty() && self.kept.is_empty()
     }
 
     /// Waits until any waiting subscriber has room or the earliest
@@ -209,6 +224,14 @@ impl Pending {
     /// the burst that other publishers, released at the same moment, had
     /// just delivered.
     pub async fn advance(&mut self, broker: &Broker) {
+        // The taps first: a bridge's queue commits within a moment, and
+        // the publisher's ack must not go out before it has.
+        while let Some(kept) = self.kept.last_mut() {
+            // An error means the writer stopped (shutdown): nothing to wait
+            // for any more.
+            let _ = kept.await;
+            self.kept.pop();
+        }
         let Some(earliest) = self.waiting.iter().map(|(_, deadline)| *deadline).min() else {
             return;
         };
@@ -277,6 +300,7 @@ impl Broker {
             index: RwLock::default(),
             sessions: Mutex::default(),
             store,
+            taps: RwLock::default(),
             budget,
             stats: Stats::default(),
             refusing_retained: AtomicBool::new(false),
@@ -312,6 +336,9 @@ impl Broker {
                 );
             }
             session.state().inflight = Some(Inflight::default());
+            for delivery in record.queued {
+                session.mailbox().force(delivery);
+            }
             self.arm_expiry(&session, left);
             lock(&self.sessions).insert(key, session);
         }
@@ -332,6 +359,14 @@ impl Broker {
     /// Sessions known, connected or parked.
     pub fn session_count(&self) -> usize {
         lock(&self.sessions).len()
+    }
+
+    /// Adds a tap, which sees every message routed from now on.
+    pub fn add_tap(&self, tap: Arc<dyn Tap>) {
+        self.taps
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tap);
     }
 
     /// Builds a message charged to this broker's budget.
@@ -431,6 +466,7 @@ impl Broker {
                 SessionRecord {
                     subscriptions,
                     expires_at: SystemTime::now() + expiry,
+                    queued: Vec::new(),
                 },
             );
         }
@@ -451,7 +487,46 @@ impl Broker {
         }
     }
 
+    /// Saves every parked session again with the messages waiting for it
+    /// (unacknowledged ones first), so that they outlive a restart. For the
+    /// gateway's shutdown, once its connections have ended.
+    pub fn save_parked(&self) {
+        let parked: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
+        for session in parked {
+            let record = {
+                let state = session.state();
+                if state.attached || state.ended {
+                    continue;
+                }
+                let Some(expires_at) = state.expires_at else {
+                    continue;
+                };
+                let mut queued: Vec<Delivery> = state
+                    .inflight
+                    .iter()
+                    .flat_map(Inflight::resend)
+                    .filter_map(|resend| match resend {
+                        Resend::Publish(_, delivery) => Some(delivery.clone()),
+                        Resend::Release(_) => None,
+                    })
+                    .collect();
+                queued.extend(session.mailbox().peek_all());
+                SessionRecord {
+                    subscriptions: state
+                        .subscriptions
+                        .iter()
+                        .map(|(k, o)| (k.to_string(), *o))
+                        .collect(),
+                    expires_at,
+                    queued,
+                }
+            };
+            self.store.save_session(session.key(), record);
+        }
+    }
+
     fn arm_expiry(self: &Arc<Self>, session: &Arc<Session>, after: Duration) {
+        session.state().expires_at = Some(SystemTime::now() + after);
         let broker = Arc::downgrade(self);
         let parked = Arc::clone(session);
         let timer = tokio::spawn(async move {
@@ -645,7 +720,18 @@ impl Broker {
             })
             .map(|target| (target, deadline))
             .collect();
-        Pending { message, waiting }
+        let kept = self
+            .taps
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(|tap| tap.take(&message))
+            .collect();
+        Pending {
+            message,
+            waiting,
+            kept,
+        }
     }
 
     fn update_retained(&self, message: &Arc<Message>) {
@@ -1010,6 +1096,7 @@ mod tests {
             SessionRecord {
                 subscriptions: vec![("t/+".into(), options(QoS::AtLeastOnce, Some(7)))],
                 expires_at: SystemTime::now() + Duration::from_secs(60),
+                queued: Vec::new(),
             },
         );
         store.save_session(
@@ -1017,6 +1104,7 @@ mod tests {
             SessionRecord {
                 subscriptions: Vec::new(),
                 expires_at: SystemTime::now() - Duration::from_secs(1),
+                queued: Vec::new(),
             },
         );
         let broker = broker_with(Arc::clone(&store));

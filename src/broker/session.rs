@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
 
 use tokio::task::AbortHandle;
 
@@ -74,6 +75,8 @@ pub(super) struct State {
     /// The session is over; it only lingers in tasks that still hold it.
     pub ended: bool,
     pub expiry: Option<AbortHandle>,
+    /// When a parked session's expiry comes.
+    pub expires_at: Option<SystemTime>,
     pub will: Option<AbortHandle>,
 }
 

@@ -8,7 +8,9 @@
 //! - **parked sessions**: a persistent session's subscriptions and expiry
 //!   while no connection holds it. The broker saves the record when the
 //!   client goes away, removes it when the session is resumed or ends, and
-//!   reads them all back when it starts.
+//!   reads them all back when it starts. When the gateway stops, every
+//!   parked session is saved again with the messages waiting for it
+//!   ([`super::Broker::save_parked`]), so they outlive the restart.
 //!
 //! [`MemoryStore`] keeps both for the life of the process. A durable store
 //! (the uplink's store-and-forward) implements the same trait.
@@ -18,17 +20,21 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
 use super::index::SubscriptionOptions;
+use super::mailbox::Delivery;
 use super::message::Message;
 use super::retained::RetainedTree;
 use super::session::SessionKey;
 
 /// What is kept of a persistent session while its client is away.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SessionRecord {
     /// Subscriptions as the client made them (`$share/...` included).
     pub subscriptions: Vec<(String, SubscriptionOptions)>,
     /// When the session ends unless a client resumes it.
     pub expires_at: SystemTime,
+    /// Messages waiting for it, oldest first (unacknowledged ones
+    /// included): filled when the gateway stops, empty while it runs.
+    pub queued: Vec<Delivery>,
 }
 
 pub trait Store: Send + Sync + 'static {

@@ -41,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
+use crate::bridge;
 use crate::broker::{Broker, Budget};
 use crate::config::{Config, DenyPublish, Limits};
 use crate::keys::{KeyDirError, KeyStore};
@@ -98,6 +99,8 @@ pub struct Gateway {
     watcher: Option<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
     storage: Arc<Storage>,
+    bridges: tokio::task::JoinSet<()>,
+    stop_bridges: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -119,7 +122,12 @@ impl Gateway {
                 })?;
         // Restored before the listener takes anyone: a device that
         // resumes its session or subscribes finds what the last run kept.
-        let (storage, restored) = Storage::open(&config.storage, &[])?;
+        let queues: Vec<(&str, u64)> = config
+            .bridges
+            .iter()
+            .map(|bridge| (bridge.name.as_str(), bridge.max_queue_bytes))
+            .collect();
+        let (storage, restored) = Storage::open(&config.storage, &queues)?;
         let budget = Budget::new(config.limits.memory_budget);
         if restored.skipped > 0 {
             warn!(skipped = restored.skipped, database = %storage.path().display(), "storage: some kept state did not decode and was left out");
@@ -131,6 +139,11 @@ impl Gateway {
             "durable state restored"
         );
         let broker = Broker::with_budget(&config.sessions, budget, Arc::new(store));
+        // The uplinks start now: their taps must be on the routing core
+        // before the first device publishes, and a backlog left by the last
+        // run drains while the listener comes up.
+        let (stop_bridges, bridges_stopped) = tokio::sync::watch::channel(false);
+        let bridges = bridge::start(&config.bridges, &storage, &broker, &bridges_stopped);
         let shared = Shared {
             limits: config.limits.clone(),
             leeway: config.auth.leeway,
@@ -160,6 +173,8 @@ impl Gateway {
             watcher,
             shared: Arc::new(shared),
             storage,
+            bridges,
+            stop_bridges,
         })
     }
 
@@ -194,6 +209,8 @@ impl Gateway {
             watcher,
             shared,
             storage,
+            mut bridges,
+            stop_bridges,
             ..
         } = self;
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -231,8 +248,21 @@ impl Gateway {
                 "messages not delivered since start (slow subscribers, expiry, size limits, memory budget)"
             );
         }
-        // What the connections' ends parked is written before the process
-        // goes.
+        // The uplinks say goodbye to their remotes; what they did not send
+        // stays queued for the next run.
+        let _ = stop_bridges.send(true);
+        if tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while bridges.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            bridges.shutdown().await;
+        }
+        // Every connection has ended: the sessions they parked are saved
+        // with the messages waiting for them, and written before the
+        // process goes.
+        shared.broker.save_parked();
         let closed = tokio::task::spawn_blocking(move || storage.close()).await;
         if closed.is_err() {
             error!("storage: closing the database failed; the last changes may be lost");

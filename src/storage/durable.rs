@@ -13,7 +13,7 @@ use std::sync::mpsc::Sender;
 use super::Restored;
 use super::writer::Write;
 use crate::broker::store::{MemoryStore, SessionRecord, Store};
-use crate::broker::{Budget, Message, SessionKey};
+use crate::broker::{Budget, Delivery, Message, SessionKey};
 
 pub struct DurableStore {
     memory: MemoryStore,
@@ -28,8 +28,25 @@ impl DurableStore {
         for publication in restored.retained {
             memory.retain(Message::new(publication, budget));
         }
-        for (key, record) in restored.sessions {
-            memory.save_session(&key, record);
+        for (key, parked) in restored.sessions {
+            let queued = parked
+                .queued
+                .into_iter()
+                .map(|queued| Delivery {
+                    message: Message::new(queued.publication, budget),
+                    qos: queued.qos,
+                    retain: queued.retain,
+                    subscription_ids: queued.subscription_ids.into(),
+                })
+                .collect();
+            memory.save_session(
+                &key,
+                SessionRecord {
+                    subscriptions: parked.subscriptions,
+                    expires_at: parked.expires_at,
+                    queued,
+                },
+            );
         }
         DurableStore {
             memory,

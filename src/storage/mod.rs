@@ -58,7 +58,6 @@ pub use durable::DurableStore;
 pub use queue::{Queue, QueueReader, QueueSnapshot, Queued};
 pub use rows::RowError;
 
-use crate::broker::store::SessionRecord;
 use crate::broker::{Publication, SessionKey};
 use crate::config::StorageConfig;
 use rows::{MESSAGE_COLUMNS, MESSAGE_SCHEMA, MessageRow};
@@ -98,9 +97,28 @@ pub struct Restored {
     /// Retained messages not yet expired.
     pub retained: Vec<Publication>,
     /// Parked sessions, expired ones included (the broker discards them).
-    pub sessions: Vec<(SessionKey, SessionRecord)>,
+    pub sessions: Vec<(SessionKey, ParkedSession)>,
     /// Rows that did not decode, reported and left out.
     pub skipped: usize,
+}
+
+/// A parked session as read back: its record, with the messages waiting
+/// for it not yet charged to the routing core's budget.
+#[derive(Debug)]
+pub struct ParkedSession {
+    pub subscriptions: Vec<(String, crate::broker::SubscriptionOptions)>,
+    pub expires_at: std::time::SystemTime,
+    pub queued: Vec<QueuedDelivery>,
+}
+
+/// A delivery waiting for a parked session, as read back.
+#[derive(Debug)]
+pub struct QueuedDelivery {
+    pub publication: Publication,
+    /// The QoS and RETAIN flag it is delivered with.
+    pub qos: crate::broker::QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
 }
 
 /// The open database and its writer.
@@ -295,9 +313,69 @@ fn prepare(db: &Connection, path: &Path, sync_interval: Duration) -> Result<(), 
              subscriptions TEXT NOT NULL,
              PRIMARY KEY (subject, client_id)
          ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS session_messages (
+             subject TEXT NOT NULL,
+             client_id TEXT NOT NULL,
+             position INTEGER NOT NULL,
+             delivery_qos INTEGER NOT NULL,
+             delivery_retain INTEGER NOT NULL,
+             subscription_ids TEXT NOT NULL,
+             {MESSAGE_SCHEMA},
+             PRIMARY KEY (subject, client_id, position)
+         ) WITHOUT ROWID;
          PRAGMA user_version = {SCHEMA_VERSION};"
     ))?;
     Ok(())
+}
+
+/// The messages waiting for parked sessions, per session, in order.
+fn queued_deliveries(
+    db: &Connection,
+    skipped: &mut usize,
+) -> rusqlite::Result<std::collections::HashMap<SessionKey, Vec<QueuedDelivery>>> {
+    let mut queued: std::collections::HashMap<SessionKey, Vec<QueuedDelivery>> =
+        std::collections::HashMap::new();
+    let mut select = db.prepare(&format!(
+        "SELECT subject, client_id, delivery_qos, delivery_retain, subscription_ids, {MESSAGE_COLUMNS} \
+         FROM session_messages ORDER BY subject, client_id, position"
+    ))?;
+    let rows = select.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, bool>(3)?,
+            row.get::<_, String>(4)?,
+            MessageRow::read(row, 5),
+        ))
+    })?;
+    for row in rows {
+        let (subject, client_id, qos, retain, ids, message) = row?;
+        let key = SessionKey::new(&subject, &client_id);
+        let decoded = message
+            .and_then(MessageRow::publication)
+            .and_then(|publication| {
+                let ids: Vec<u32> = serde_json::from_str(&ids)
+                    .map_err(|err| RowError::Properties(err.to_string()))?;
+                let qos = rows::qos_of(qos)?;
+                Ok(publication.map(|publication| QueuedDelivery {
+                    publication,
+                    qos,
+                    retain,
+                    subscription_ids: ids,
+                }))
+            });
+        match decoded {
+            Ok(Some(delivery)) => queued.entry(key).or_default().push(delivery),
+            // Expired while the gateway was down.
+            Ok(None) => {}
+            Err(err) => {
+                warn!(session = %key, error = %err, "storage: a message queued for a parked session does not decode; it is left out");
+                *skipped += 1;
+            }
+        }
+    }
+    Ok(queued)
 }
 
 /// Reads the retained messages and parked sessions back.
@@ -325,17 +403,22 @@ fn restore(db: &Connection) -> rusqlite::Result<Restored> {
             row.get::<_, String>(3)?,
         ))
     })?;
+    let mut queued = queued_deliveries(db, &mut restored.skipped)?;
     for row in rows {
         let (subject, client_id, expires_at, subscriptions) = row?;
         let key = SessionKey::new(&subject, &client_id);
         match rows::subscriptions_from_json(&subscriptions) {
-            Ok(subscriptions) => restored.sessions.push((
-                key,
-                SessionRecord {
-                    subscriptions,
-                    expires_at: rows::system_time(expires_at),
-                },
-            )),
+            Ok(subscriptions) => {
+                let queued = queued.remove(&key).unwrap_or_default();
+                restored.sessions.push((
+                    key,
+                    ParkedSession {
+                        subscriptions,
+                        expires_at: rows::system_time(expires_at),
+                        queued,
+                    },
+                ));
+            }
             Err(err) => {
                 warn!(session = %key, error = %err, "storage: a parked session does not decode; it is left out");
                 restored.skipped += 1;
@@ -352,8 +435,8 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::broker::store::Store;
-    use crate::broker::{Budget, Message, Properties, QoS, SubscriptionOptions};
+    use crate::broker::store::{SessionRecord, Store};
+    use crate::broker::{Budget, Delivery, Message, Properties, QoS, SubscriptionOptions};
 
     fn config(dir: &Path) -> StorageConfig {
         StorageConfig {
@@ -399,8 +482,10 @@ mod tests {
             let queue = Arc::clone(storage.queue("cloud").expect("the bridge's queue"));
             let mut kept = Vec::new();
             for i in 0..5u8 {
+                let topic = format!("t/{}", i % 2);
                 kept.push(queue.append(
-                    message(&budget, &format!("t/{}", i % 2), &[i]),
+                    message(&budget, &topic, &[i]),
+                    topic.clone(),
                     QoS::AtLeastOnce,
                 ));
             }
@@ -433,7 +518,11 @@ mod tests {
         assert_eq!(queue.snapshot().messages, 2);
         // New messages continue the numbering, never reuse it.
         queue
-            .append(message(&budget, "t/new", b"n"), QoS::AtMostOnce)
+            .append(
+                message(&budget, "t/new", b"n"),
+                "site/t/new".into(),
+                QoS::AtMostOnce,
+            )
             .await
             .expect("kept");
         let mut reader = queue.reader().expect("reader");
@@ -441,8 +530,11 @@ mod tests {
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].seq, 6);
         assert_eq!(
-            after[0].publication.as_ref().map(|p| p.qos),
-            Some(QoS::AtMostOnce)
+            after[0]
+                .publication
+                .as_ref()
+                .map(|p| (p.qos, p.topic.as_str())),
+            Some((QoS::AtMostOnce, "site/t/new"))
         );
         storage.close();
     }
@@ -455,13 +547,19 @@ mod tests {
         let queue = Arc::clone(storage.queue("cloud").expect("queue"));
         let payload = [7u8; 900];
         for i in 0..40 {
+            let topic = format!("t/{i}");
             drop(queue.append(
-                message(&budget, &format!("t/{i}"), &payload),
+                message(&budget, &topic, &payload),
+                topic.clone(),
                 QoS::AtLeastOnce,
             ));
         }
         // Larger than the whole budget: dropped itself.
-        drop(queue.append(message(&budget, "huge", &[0u8; 20_000]), QoS::AtLeastOnce));
+        drop(queue.append(
+            message(&budget, "huge", &[0u8; 20_000]),
+            "huge".into(),
+            QoS::AtLeastOnce,
+        ));
         storage.flush().await;
         let snapshot = queue.snapshot();
         assert!(snapshot.bytes <= 10_000, "{snapshot:?}");
@@ -514,6 +612,20 @@ mod tests {
                 SessionRecord {
                     subscriptions: vec![("cmd/#".into(), options)],
                     expires_at,
+                    queued: vec![
+                        Delivery {
+                            message: message(&budget, "cmd/first", b"1"),
+                            qos: QoS::AtLeastOnce,
+                            retain: false,
+                            subscription_ids: vec![7].into(),
+                        },
+                        Delivery {
+                            message: message(&budget, "cmd/second", b"2"),
+                            qos: QoS::AtMostOnce,
+                            retain: true,
+                            subscription_ids: Vec::new().into(),
+                        },
+                    ],
                 },
             );
             store.save_session(
@@ -521,6 +633,7 @@ mod tests {
                 SessionRecord {
                     subscriptions: vec![],
                     expires_at,
+                    queued: Vec::new(),
                 },
             );
             store.remove_session(&SessionKey::new("device-2", "gone"));
@@ -563,6 +676,26 @@ mod tests {
             .duration_since(expires_at)
             .unwrap_or_else(|e| e.duration());
         assert!(drift < Duration::from_millis(2), "{drift:?}");
+        let queued: Vec<_> = sessions[0]
+            .1
+            .queued
+            .iter()
+            .map(|d| {
+                (
+                    d.message.topic(),
+                    d.qos,
+                    d.retain,
+                    d.subscription_ids.to_vec(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            queued,
+            [
+                ("cmd/first", QoS::AtLeastOnce, false, vec![7]),
+                ("cmd/second", QoS::AtMostOnce, true, vec![]),
+            ]
+        );
         storage.close();
     }
 

@@ -90,16 +90,17 @@ impl Queue {
         &self.name
     }
 
-    /// Queues `message` to be sent at `qos`. The receiver completes once it
-    /// is committed (whether or not the commit worked: a failure is
-    /// logged by the writer).
-    pub fn append(&self, message: Arc<Message>, qos: QoS) -> oneshot::Receiver<()> {
+    /// Queues `message` to be sent as `topic` at `qos`. The receiver
+    /// completes once it is committed (whether or not the commit worked: a
+    /// failure is logged by the writer).
+    pub fn append(&self, message: Arc<Message>, topic: String, qos: QoS) -> oneshot::Receiver<()> {
         let (kept, receiver) = oneshot::channel();
         // A send fails only once the writer is gone (shutdown); the
         // receiver then completes at once, and nothing more can be kept.
         let _ = self.writes.send(Write::Append {
             queue: self.index,
             message,
+            topic,
             qos,
             kept,
         });

@@ -151,7 +151,7 @@ impl MessageRow {
     }
 }
 
-fn qos_of(level: i64) -> Result<QoS, RowError> {
+pub(super) fn qos_of(level: i64) -> Result<QoS, RowError> {
     match level {
         0 => Ok(QoS::AtMostOnce),
         1 => Ok(QoS::AtLeastOnce),

@@ -33,10 +33,11 @@ use crate::broker::{Message, QoS, SessionKey};
 
 /// One change to the database.
 pub(super) enum Write {
-    /// Queue `message` at `qos` on queue number `queue`.
+    /// Queue `message` as `topic` at `qos` on queue number `queue`.
     Append {
         queue: usize,
         message: Arc<Message>,
+        topic: String,
         qos: QoS,
         kept: oneshot::Sender<()>,
     },
@@ -151,12 +152,15 @@ impl Writer {
                 Write::Append {
                     queue,
                     message,
+                    topic,
                     qos,
                     kept,
                 } => {
                     answers.push(kept);
                     if let Some(state) = self.queues.get_mut(queue) {
-                        append(&tx, state, &message, qos)?;
+                        let mut row = MessageRow::new(&message, qos);
+                        row.topic = topic;
+                        append(&tx, state, row)?;
                     }
                 }
                 Write::Acked { queue, seqs } => {
@@ -205,12 +209,38 @@ impl Writer {
                         rows::unix_millis(record.expires_at),
                         rows::subscriptions_json(&record)
                     ])?;
+                    remove_queued(&tx, &key)?;
+                    let mut insert = tx.prepare_cached(&format!(
+                        "INSERT INTO session_messages (subject, client_id, position, delivery_qos, \
+                         delivery_retain, subscription_ids, {MESSAGE_COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                    ))?;
+                    for (position, delivery) in record.queued.iter().enumerate() {
+                        let row = MessageRow::new(&delivery.message, delivery.message.qos());
+                        let ids = serde_json::to_string(&delivery.subscription_ids)
+                            .unwrap_or_else(|_| "[]".to_owned());
+                        insert.execute(params![
+                            key.subject(),
+                            key.client_id(),
+                            position,
+                            delivery.qos as i64,
+                            delivery.retain,
+                            ids,
+                            row.topic,
+                            row.payload,
+                            row.qos,
+                            row.retain,
+                            row.expires_at,
+                            row.properties
+                        ])?;
+                    }
                 }
                 Write::RemoveSession(key) => {
                     tx.prepare_cached(
                         "DELETE FROM sessions WHERE subject = ?1 AND client_id = ?2",
                     )?
                     .execute(params![key.subject(), key.client_id()])?;
+                    remove_queued(&tx, &key)?;
                 }
                 Write::Flush(answer) | Write::Stop(answer) => {
                     answers.push(answer);
@@ -242,6 +272,12 @@ impl Writer {
     }
 }
 
+fn remove_queued(tx: &rusqlite::Transaction<'_>, key: &SessionKey) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM session_messages WHERE subject = ?1 AND client_id = ?2")?
+        .execute(params![key.subject(), key.client_id()])?;
+    Ok(())
+}
+
 fn none_if_no_rows<T>(err: rusqlite::Error) -> rusqlite::Result<Option<T>> {
     match err {
         rusqlite::Error::QueryReturnedNoRows => Ok(None),
@@ -249,15 +285,13 @@ fn none_if_no_rows<T>(err: rusqlite::Error) -> rusqlite::Result<Option<T>> {
     }
 }
 
-/// Queues `message`, dropping the oldest messages of the queue while its
+/// Queues `row`, dropping the oldest messages of the queue while its
 /// budget would be exceeded.
 fn append(
     tx: &rusqlite::Transaction<'_>,
     state: &mut QueueState,
-    message: &Message,
-    qos: QoS,
+    row: MessageRow,
 ) -> rusqlite::Result<()> {
-    let row = MessageRow::new(message, qos);
     let size = row.size();
     let queue = Arc::clone(&state.queue);
     if size > queue.budget() {

@@ -1,0 +1,656 @@
+//! One bridge's connection to its remote broker: connect, subscribe, then
+//! move messages both ways until the connection fails or the gateway
+//! stops; then back off and do it again.
+//!
+//! The queue on disk is the truth: each connection starts reading it from
+//! its first row (the oldest message the remote has not acknowledged), so
+//! whatever was in flight when a connection died is simply sent again, in
+//! order. A message sent twice this way is counted as resent; the remote
+//! may see it twice (at-least-once), never not at all.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tracing::{error, info, warn};
+
+use super::backoff::Backoff;
+use super::wire::{Codec, InboundPublish, Incoming, WireError};
+use crate::broker::{Broker, Message, QoS};
+use crate::config::{BridgeConfig, Credential, Transport};
+use crate::storage::{Queue, QueueReader, Queued, StorageError};
+use crate::tls::{self, TlsError};
+
+/// How long DNS, TCP, TLS and CONNACK each get.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Unacknowledged QoS 1 messages towards a remote that names no receive
+/// maximum (MQTT 3.1.1), and the most towards any.
+const DEFAULT_WINDOW: u16 = 64;
+const MAX_WINDOW: u16 = 1024;
+/// Rows read from the queue at a time.
+const READ_BATCH: usize = 512;
+/// Output waiting for the socket past which no more messages are encoded.
+const MAX_UNWRITTEN: usize = 256 * 1024;
+/// The packet id of the one SUBSCRIBE a connection sends; publishes use
+/// the others.
+const SUBSCRIBE_PKID: u16 = 1;
+
+/// Why a connection attempt failed or a connection ended. Each kind is
+/// logged as such, so a wrong password reads differently from a dead link.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("cannot read the credential file {}: {source}", path.display())]
+    Credential { path: PathBuf, source: io::Error },
+    #[error("DNS: cannot resolve {host}: {detail}")]
+    Dns { host: String, detail: String },
+    #[error("TCP: cannot connect to {addr}: {source}")]
+    Tcp { addr: String, source: io::Error },
+    #[error("TLS: {0}")]
+    TlsSetup(#[from] TlsError),
+    #[error("TLS: handshake with {host} failed: {source}")]
+    Tls { host: String, source: io::Error },
+    #[error("CONNACK: the remote refused the connection: {0}")]
+    Refused(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("timeout: {0}")]
+    Timeout(&'static str),
+    #[error("connection lost: {0}")]
+    Lost(io::Error),
+    #[error("the remote disconnected the bridge: {0}")]
+    Disconnected(String),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("the queue reader stopped: {0}")]
+    Reader(String),
+}
+
+impl LinkError {
+    /// The kind, for the log line.
+    fn kind(&self) -> &'static str {
+        match self {
+            LinkError::Credential { .. } => "credential",
+            LinkError::Dns { .. } => "dns",
+            LinkError::Tcp { .. } => "tcp",
+            LinkError::TlsSetup(_) | LinkError::Tls { .. } => "tls",
+            LinkError::Refused(_) => "connack",
+            LinkError::Protocol(_) => "protocol",
+            LinkError::Timeout(_) => "timeout",
+            LinkError::Lost(_) => "connection",
+            LinkError::Disconnected(_) => "disconnect",
+            LinkError::Storage(_) | LinkError::Reader(_) => "storage",
+        }
+    }
+}
+
+impl From<WireError> for LinkError {
+    fn from(err: WireError) -> Self {
+        LinkError::Protocol(err.to_string())
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// One established connection.
+struct Connection {
+    reader: ReadHalf<Box<dyn Stream>>,
+    writer: WriteHalf<Box<dyn Stream>>,
+    input: BytesMut,
+    output: BytesMut,
+    codec: Codec,
+    /// QoS 1 messages the remote takes unacknowledged.
+    window: usize,
+    keep_alive: Duration,
+}
+
+impl Connection {
+    /// Reads until a whole packet is in; `None` at the end of the stream.
+    async fn next_packet(&mut self) -> Result<Option<Incoming>, LinkError> {
+        loop {
+            if let Some(packet) = self.codec.decode(&mut self.input)? {
+                return Ok(Some(packet));
+            }
+            if self
+                .reader
+                .read_buf(&mut self.input)
+                .await
+                .map_err(LinkError::Lost)?
+                == 0
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), LinkError> {
+        self.writer
+            .write_all(&self.output)
+            .await
+            .map_err(LinkError::Lost)?;
+        self.output.clear();
+        self.writer.flush().await.map_err(LinkError::Lost)
+    }
+}
+
+/// One bridge's link task.
+pub(super) struct Link {
+    config: BridgeConfig,
+    name: Arc<str>,
+    queue: Arc<Queue>,
+    broker: Arc<Broker>,
+    /// The highest sequence number sent on any connection: sending one at
+    /// or below it again is a resend.
+    sent_ever: u64,
+    forwarded: u64,
+    resent: u64,
+    refused: u64,
+    received: u64,
+}
+
+/// What the forward direction of one connection holds.
+struct Outbound {
+    reader: Option<QueueReader>,
+    /// Read from the table, not sent yet.
+    ahead: VecDeque<Queued>,
+    /// The highest sequence number read from the table.
+    read_upto: u64,
+    /// Packet id → sequence number of what awaits its PUBACK.
+    inflight: HashMap<u16, u64>,
+    next_pkid: u16,
+    /// Sequence numbers to delete: acknowledged, or sent at QoS 0.
+    done: Vec<u64>,
+    /// A backlog being drained: when it started and how many it held.
+    draining: Option<(Instant, u64)>,
+}
+
+impl Outbound {
+    fn pkid(&mut self) -> u16 {
+        loop {
+            let pkid = self.next_pkid;
+            self.next_pkid = match self.next_pkid.wrapping_add(1) {
+                0 | SUBSCRIBE_PKID => SUBSCRIBE_PKID + 1,
+                next => next,
+            };
+            if !self.inflight.contains_key(&pkid) {
+                return pkid;
+            }
+        }
+    }
+}
+
+impl Link {
+    pub fn new(
+        config: BridgeConfig,
+        name: Arc<str>,
+        queue: Arc<Queue>,
+        broker: Arc<Broker>,
+    ) -> Link {
+        Link {
+            config,
+            name,
+            queue,
+            broker,
+            sent_ever: 0,
+            forwarded: 0,
+            resent: 0,
+            refused: 0,
+            received: 0,
+        }
+    }
+
+    fn remote(&self) -> String {
+        format!("{}:{}", self.config.remote.host, self.config.remote.port)
+    }
+
+    /// Connects, serves, reconnects, until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let attempt = tokio::select! {
+                attempt = self.connect() => attempt,
+                _ = shutdown.changed() => break,
+            };
+            match attempt {
+                Ok(mut connection) => {
+                    info!(
+                        bridge = &*self.name,
+                        remote = self.remote(),
+                        queued = self.queue.snapshot().messages,
+                        window = connection.window,
+                        "bridge connected"
+                    );
+                    backoff.reset();
+                    match self.serve(&mut connection, &mut shutdown).await {
+                        Ok(()) => {
+                            let _ = connection.codec.disconnect(&mut connection.output);
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(1), connection.flush())
+                                    .await;
+                            break;
+                        }
+                        Err(err) => warn!(
+                            bridge = &*self.name,
+                            remote = self.remote(),
+                            kind = err.kind(),
+                            error = %err,
+                            "bridge: connection ended; reconnecting"
+                        ),
+                    }
+                }
+                Err(err) => warn!(
+                    bridge = &*self.name,
+                    remote = self.remote(),
+                    kind = err.kind(),
+                    error = %err,
+                    "bridge: cannot connect"
+                ),
+            }
+            let wait = backoff.next_wait();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        info!(
+            bridge = &*self.name,
+            forwarded = self.forwarded,
+            resent = self.resent,
+            refused = self.refused,
+            received = self.received,
+            queued = self.queue.snapshot().messages,
+            "bridge stopped"
+        );
+    }
+
+    /// The password or token, read now: a token file is read on every
+    /// connect, so a refresher's new token is used at the next one.
+    fn password(&self) -> Result<Option<String>, LinkError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| LinkError::Credential {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        Ok(match &self.config.credential {
+            None => None,
+            Some(Credential::PasswordFile(path)) => {
+                Some(read(path)?.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            Some(Credential::TokenFile(path)) => Some(read(path)?.trim().to_owned()),
+        })
+    }
+
+    async fn connect(&self) -> Result<Connection, LinkError> {
+        let config = &self.config;
+        let password = self.password()?;
+        let host = config.remote.host.clone();
+        let addrs: Vec<_> = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::lookup_host((host.as_str(), config.remote.port)),
+        )
+        .await
+        .map_err(|_| LinkError::Timeout("DNS"))?
+        .map_err(|err| LinkError::Dns {
+            host: host.clone(),
+            detail: err.to_string(),
+        })?
+        .collect();
+        if addrs.is_empty() {
+            return Err(LinkError::Dns {
+                host,
+                detail: "no address".to_owned(),
+            });
+        }
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addrs.as_slice()))
+            .await
+            .map_err(|_| LinkError::Timeout("TCP connect"))?
+            .map_err(|source| LinkError::Tcp {
+                addr: self.remote(),
+                source,
+            })?;
+        // Small packets (acks, pings) must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Stream> = match config.remote.transport {
+            Transport::Plain => Box::new(tcp),
+            Transport::Tls => {
+                let client_cert = config
+                    .client_cert
+                    .as_ref()
+                    .map(|c| (c.cert.as_path(), c.key.as_path()));
+                let tls = tls::client_config(config.ca_file.as_deref(), client_cert)?;
+                let server = ServerName::try_from(host.clone()).map_err(|err| LinkError::Tls {
+                    host: host.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidInput, err),
+                })?;
+                let stream = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    TlsConnector::from(tls).connect(server, tcp),
+                )
+                .await
+                .map_err(|_| LinkError::Timeout("TLS handshake"))?
+                .map_err(|source| LinkError::Tls { host, source })?;
+                Box::new(stream)
+            }
+        };
+        let (reader, writer) = tokio::io::split(stream);
+        let mut connection = Connection {
+            reader,
+            writer,
+            input: BytesMut::with_capacity(8 * 1024),
+            output: BytesMut::with_capacity(8 * 1024),
+            codec: Codec::new(config.protocol),
+            window: usize::from(DEFAULT_WINDOW),
+            keep_alive: config.keep_alive,
+        };
+        connection
+            .codec
+            .connect(config, password, &mut connection.output)?;
+        connection.flush().await?;
+        let connack = tokio::time::timeout(CONNECT_TIMEOUT, connection.next_packet())
+            .await
+            .map_err(|_| LinkError::Timeout("CONNACK"))??;
+        let connack = match connack {
+            Some(Incoming::ConnAck(connack)) => connack,
+            Some(other) => {
+                return Err(LinkError::Protocol(format!(
+                    "expected CONNACK, got {other:?}"
+                )));
+            }
+            None => return Err(LinkError::Refused("closed before CONNACK".to_owned())),
+        };
+        if let Some(reason) = connack.refused {
+            return Err(LinkError::Refused(reason));
+        }
+        connection.codec.limit_outgoing(connack.max_packet_size);
+        connection.window = usize::from(
+            connack
+                .receive_maximum
+                .unwrap_or(DEFAULT_WINDOW)
+                .clamp(1, MAX_WINDOW),
+        );
+        if let Some(secs) = connack.server_keep_alive {
+            connection.keep_alive = Duration::from_secs(u64::from(secs.max(1)));
+        }
+        if !config.subscribe.is_empty() {
+            let filters: Vec<(String, QoS)> = config
+                .subscribe
+                .iter()
+                .map(|rule| {
+                    (
+                        rule.remote.as_str().to_owned(),
+                        super::wire::rule_qos(rule.qos),
+                    )
+                })
+                .collect();
+            connection
+                .codec
+                .subscribe(SUBSCRIBE_PKID, &filters, &mut connection.output)?;
+            connection.flush().await?;
+        }
+        Ok(connection)
+    }
+
+    /// Moves messages both ways until the connection fails (an error) or
+    /// `shutdown` turns true (`Ok`).
+    async fn serve(
+        &mut self,
+        connection: &mut Connection,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), LinkError> {
+        let mut committed = self.queue.committed();
+        let backlog = self.queue.snapshot().messages;
+        let mut out = Outbound {
+            reader: Some(self.queue.reader()?),
+            ahead: VecDeque::new(),
+            read_upto: 0,
+            inflight: HashMap::new(),
+            next_pkid: SUBSCRIBE_PKID + 1,
+            done: Vec::new(),
+            draining: (backlog > 0).then(|| (Instant::now(), backlog)),
+        };
+        let mut last_heard = Instant::now();
+        let mut last_sent = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        loop {
+            let tail = *committed.borrow_and_update();
+            self.fill(&mut out, tail).await?;
+            self.send(connection, &mut out)?;
+            self.queue.acked(std::mem::take(&mut out.done));
+            self.report_drain(&mut out);
+            let caught_up = out.ahead.is_empty() && out.read_upto >= tail;
+            let window_full = out.inflight.len() >= connection.window;
+            if !connection.output.is_empty() {
+                last_sent = Instant::now();
+            }
+            let ping_due = last_sent + connection.keep_alive;
+            let silent_since = ping_sent.unwrap_or(last_heard);
+            let dead_at = silent_since + connection.keep_alive + connection.keep_alive / 2;
+            tokio::select! {
+                read = connection.reader.read_buf(&mut connection.input) => {
+                    if read.map_err(LinkError::Lost)? == 0 {
+                        return Err(LinkError::Lost(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    last_heard = Instant::now();
+                    ping_sent = None;
+                    while let Some(packet) = connection.codec.decode(&mut connection.input)? {
+                        self.handle(packet, connection, &mut out).await?;
+                    }
+                }
+                written = connection.writer.write(&connection.output), if !connection.output.is_empty() => {
+                    let n = written.map_err(LinkError::Lost)?;
+                    connection.output.advance(n);
+                }
+                changed = committed.changed(), if caught_up && !window_full => {
+                    // The writer is gone only at shutdown, which the
+                    // shutdown branch sees.
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                () = tokio::time::sleep_until(ping_due.into()), if ping_sent.is_none() => {
+                    connection.codec.pingreq(&mut connection.output)?;
+                    ping_sent = Some(Instant::now());
+                }
+                () = tokio::time::sleep_until(dead_at.into()) => {
+                    return Err(LinkError::Timeout("the remote stopped answering (keep-alive)"));
+                }
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads the next rows of the queue when nothing read is left to send.
+    async fn fill(&mut self, out: &mut Outbound, tail: u64) -> Result<(), LinkError> {
+        if !out.ahead.is_empty() || out.read_upto >= tail {
+            return Ok(());
+        }
+        let Some(mut reader) = out.reader.take() else {
+            return Ok(());
+        };
+        let after = out.read_upto;
+        let (reader, rows) = tokio::task::spawn_blocking(move || {
+            let rows = reader.after(after, READ_BATCH);
+            (reader, rows)
+        })
+        .await
+        .map_err(|err| LinkError::Reader(err.to_string()))?;
+        out.reader = Some(reader);
+        let rows = rows?;
+        match rows.last() {
+            Some(last) => out.read_upto = last.seq,
+            // Everything up to the tail was acknowledged or dropped.
+            None => out.read_upto = tail,
+        }
+        out.ahead.extend(rows);
+        Ok(())
+    }
+
+    /// Encodes queued messages while the window and the output allow.
+    fn send(&mut self, connection: &mut Connection, out: &mut Outbound) -> Result<(), LinkError> {
+        while out.inflight.len() < connection.window && connection.output.len() < MAX_UNWRITTEN {
+            let Some(queued) = out.ahead.pop_front() else {
+                break;
+            };
+            let Some(publication) = queued.publication else {
+                // Expired, or did not decode (logged by the reader).
+                out.done.push(queued.seq);
+                continue;
+            };
+            if queued.seq <= self.sent_ever {
+                self.resent += 1;
+            }
+            self.sent_ever = self.sent_ever.max(queued.seq);
+            let pkid = out.pkid();
+            match connection.codec.publish(
+                pkid,
+                false,
+                publication.qos,
+                &publication,
+                &mut connection.output,
+            ) {
+                Ok(()) => {}
+                Err(err) => {
+                    // Larger than the remote takes: it never will.
+                    self.refused += 1;
+                    error!(bridge = &*self.name, topic = publication.topic, error = %err, "bridge: a message the remote cannot take is dropped");
+                    out.done.push(queued.seq);
+                    continue;
+                }
+            }
+            if publication.qos == QoS::AtMostOnce {
+                self.forwarded += 1;
+                out.done.push(queued.seq);
+            } else {
+                out.inflight.insert(pkid, queued.seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs the end of a backlog's drain, with its rate.
+    fn report_drain(&self, out: &mut Outbound) {
+        let Some((since, backlog)) = out.draining else {
+            return;
+        };
+        if !out.inflight.is_empty() || !out.ahead.is_empty() || self.queue.snapshot().messages > 0 {
+            return;
+        }
+        let secs = since.elapsed().as_secs_f64();
+        info!(
+            bridge = &*self.name,
+            messages = backlog,
+            seconds = format!("{secs:.2}"),
+            per_second = format!("{:.0}", backlog as f64 / secs.max(1e-6)),
+            "bridge: backlog drained"
+        );
+        out.draining = None;
+    }
+
+    async fn handle(
+        &mut self,
+        packet: Incoming,
+        connection: &mut Connection,
+        out: &mut Outbound,
+    ) -> Result<(), LinkError> {
+        match packet {
+            Incoming::PubAck { pkid, refused } => {
+                let Some(seq) = out.inflight.remove(&pkid) else {
+                    return Err(LinkError::Protocol(format!(
+                        "PUBACK for unknown packet id {pkid}"
+                    )));
+                };
+                out.done.push(seq);
+                match refused {
+                    None => self.forwarded += 1,
+                    Some(reason) => {
+                        self.refused += 1;
+                        warn!(
+                            bridge = &*self.name,
+                            seq, reason, "bridge: the remote refused a message; it is dropped"
+                        );
+                    }
+                }
+            }
+            Incoming::Publish(publish) => self.receive(publish, connection).await?,
+            Incoming::SubAck { pkid, granted } => {
+                if pkid != SUBSCRIBE_PKID {
+                    return Err(LinkError::Protocol(format!(
+                        "SUBACK for unknown packet id {pkid}"
+                    )));
+                }
+                for (rule, granted) in self.config.subscribe.iter().zip(granted) {
+                    if let Err(reason) = granted {
+                        error!(
+                            bridge = &*self.name,
+                            filter = rule.remote.as_str(),
+                            reason,
+                            "bridge: the remote refused a subscription; nothing comes in on it"
+                        );
+                    }
+                }
+            }
+            Incoming::PingResp => {}
+            Incoming::Disconnect { reason } => return Err(LinkError::Disconnected(reason)),
+            Incoming::ConnAck(_) => return Err(LinkError::Protocol("a second CONNACK".to_owned())),
+            Incoming::Unexpected(what) => {
+                return Err(LinkError::Protocol(format!(
+                    "unexpected {what} from the remote"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes a message from the remote into the routing core under its
+    /// local topic, then acknowledges it.
+    async fn receive(
+        &mut self,
+        publish: InboundPublish,
+        connection: &mut Connection,
+    ) -> Result<(), LinkError> {
+        let InboundPublish {
+            pkid,
+            topic,
+            mut publication,
+        } = publish;
+        let mapped = self
+            .config
+            .subscribe
+            .iter()
+            .find(|rule| rule.remote.matches_topic(&topic))
+            .and_then(|rule| Some((rule.local_topic(&topic)?, super::wire::rule_qos(rule.qos))));
+        let qos = publication.qos;
+        match mapped {
+            Some((local, rule_qos)) => {
+                self.received += 1;
+                publication.topic = local;
+                publication.qos = qos.min(rule_qos);
+                let message = Message::bridged(publication, self.broker.budget(), &self.name);
+                let mut pending = self.broker.publish(message, None);
+                while !pending.is_done() {
+                    pending.advance(&self.broker).await;
+                }
+            }
+            None => warn!(
+                bridge = &*self.name,
+                topic, "bridge: a message from the remote matches no subscribe rule; dropped"
+            ),
+        }
+        if qos != QoS::AtMostOnce {
+            connection.codec.puback(pkid, &mut connection.output)?;
+        }
+        Ok(())
+    }
+}

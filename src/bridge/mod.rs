@@ -1,0 +1,101 @@
+//! Uplinks: bridges from this gateway to a central broker.
+//!
+//! # The model
+//!
+//! A bridge has two directions, configured by its `[[bridge]]` table:
+//!
+//! - **forward** (local → remote): a [`Forwarder`] is a tap on the routing
+//!   core ([`crate::broker::Tap`]). Every routed message matching a forward
+//!   rule is written to the bridge's store-and-forward [`Queue`] on disk
+//!   under its remote topic, and the publishing device's PUBACK waits for
+//!   that commit. The link task sends the queue in order, at most a window
+//!   of unacknowledged messages at a time (the remote's receive maximum),
+//!   and rows are deleted only once the remote acknowledged them. An outage
+//!   of any length up to the queue's budget, a restart or a power cut (up
+//!   to `[storage] sync_interval_ms`) loses nothing; on reconnect the link
+//!   reads the backlog from the table, without waiting for new traffic.
+//! - **subscribe** (remote → local): the link subscribes to the remote
+//!   filters and publishes what arrives into the routing core under the
+//!   mapped local topic, so it reaches exactly the local subscribers whose
+//!   (token-checked) subscriptions match; it acknowledges the remote once
+//!   the routing core took the message.
+//!
+//! **No loops.** A message that came in from a bridge carries that bridge
+//! as its origin ([`Message::origin`]), and its own [`Forwarder`] never
+//! takes it, whatever the rules. On MQTT 5 the link also subscribes with
+//! no-local, so the remote never returns the bridge's own forwards.
+//!
+//! **Reconnects** back off exponentially from 1 s to 60 s with jitter, and
+//! every failure is logged once with its kind (credential file, DNS, TCP,
+//! TLS, CONNACK, protocol), so an operator can tell a wrong password from a
+//! dead link.
+
+mod backoff;
+mod link;
+mod wire;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::error;
+
+use crate::broker::{Broker, Kept, Message, Tap};
+use crate::config::{BridgeConfig, ForwardRule};
+use crate::storage::{Queue, Storage};
+
+/// The tap that queues what a bridge forwards.
+struct Forwarder {
+    name: Arc<str>,
+    rules: Vec<ForwardRule>,
+    queue: Arc<Queue>,
+}
+
+impl Tap for Forwarder {
+    fn take(&self, message: &Arc<Message>) -> Option<Kept> {
+        if message.origin() == Some(&*self.name) {
+            return None;
+        }
+        let rule = self
+            .rules
+            .iter()
+            .find(|rule| rule.local.matches_topic(message.topic()))?;
+        let qos = message.qos().min(wire::rule_qos(rule.qos));
+        Some(
+            self.queue
+                .append(Arc::clone(message), rule.remote_topic(message.topic()), qos),
+        )
+    }
+}
+
+/// Starts every bridge of `configs`: taps on `broker` for their forward
+/// rules, and one link task each, until `shutdown` turns true. The queues
+/// must have been opened in `storage`.
+pub fn start(
+    configs: &[BridgeConfig],
+    storage: &Storage,
+    broker: &Arc<Broker>,
+    shutdown: &watch::Receiver<bool>,
+) -> JoinSet<()> {
+    let mut links = JoinSet::new();
+    for config in configs {
+        let Some(queue) = storage.queue(&config.name) else {
+            error!(
+                bridge = config.name,
+                "bridge: no queue was opened for it; not started"
+            );
+            continue;
+        };
+        let name: Arc<str> = config.name.as_str().into();
+        if !config.forward.is_empty() {
+            broker.add_tap(Arc::new(Forwarder {
+                name: Arc::clone(&name),
+                rules: config.forward.clone(),
+                queue: Arc::clone(queue),
+            }));
+        }
+        let link = link::Link::new(config.clone(), name, Arc::clone(queue), Arc::clone(broker));
+        links.spawn(link.run(shutdown.clone()));
+    }
+    links
+}
