@@ -43,6 +43,8 @@
 
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once, OnceLock, PoisonError};
@@ -1732,7 +1734,12 @@ impl ServedBinary {
     /// Starts the binary with `config` on a free port, writing its log to
     /// `log_path`, and waits until it accepts TCP connections.
     pub async fn start(config: &Path, log_path: PathBuf) -> ServedBinary {
-        let port = free_port();
+        ServedBinary::start_on(config, log_path, free_port()).await
+    }
+
+    /// As [`ServedBinary::start`], on `port` (a restart on the port the
+    /// clients know).
+    pub async fn start_on(config: &Path, log_path: PathBuf, port: u16) -> ServedBinary {
         let log = std::fs::File::create(&log_path).expect("create the log file");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
             .arg("serve")
@@ -1784,6 +1791,27 @@ impl ServedBinary {
     /// Everything logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL, and waits for the process to be gone: a crash or a power
+    /// cut, as far as the process can tell.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("SIGKILL jwtgate");
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, and waits (up to [`WAIT`]) for a clean exit.
+    pub async fn terminate(&mut self) {
+        self.signal("TERM");
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("jwtgate did not stop on SIGTERM:\n{}", self.log()))
+            .expect("wait for jwtgate");
+        assert!(
+            status.success(),
+            "jwtgate exited with {status}:\n{}",
+            self.log()
+        );
     }
 
     /// Sends a signal (`"HUP"`, `"TERM"`) with kill(1).
@@ -1864,6 +1892,28 @@ impl DevBinary {
 
     pub fn keys_dir(&self) -> PathBuf {
         self.dir.path().join("keys")
+    }
+
+    /// The directory holding the config, the keys and the durable state.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the binary again after [`ServedBinary::kill`] or
+    /// [`ServedBinary::terminate`]: same config, same directory, same
+    /// port, a fresh log (`serve-N.log`; the earlier ones stay).
+    pub async fn restart(&mut self) {
+        let runs = std::fs::read_dir(self.dir.path())
+            .expect("read the test directory")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("serve"))
+            })
+            .count();
+        let log = self.dir.path().join(format!("serve-{runs}.log"));
+        let port = self.served.port();
+        self.served =
+            ServedBinary::start_on(&self.dir.path().join("jwtgate.toml"), log, port).await;
     }
 
     /// `claims` signed with the development secret.

@@ -1,0 +1,463 @@
+//! Integration tests for the uplink bridge (issue 11): the real `jwtgate`
+//! binary bridged over TLS to a real Mosquitto as the central broker.
+//!
+//! An outage of the remote is a [`Relay`] between the two that can be
+//! switched off: connections through it are cut and new ones refused, while
+//! Mosquitto and the test's own subscriber on it stay up, so nothing the
+//! bridge delivers after the outage can be missed by the test.
+//!
+//! The limits on waits only keep a broken test from hanging; none is a
+//! speed requirement (the drain rate is printed, and measured properly by
+//! the benchmark).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::mosquitto::Mosquitto;
+use common::{DevBinary, V4Client};
+use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// How long the longest wait (a 10,000-message drain) may take before the
+/// test gives up.
+const DRAIN_LIMIT: Duration = Duration::from_secs(120);
+
+/// A TCP relay to `target` that can be switched off: "the remote is down".
+struct Relay {
+    port: u16,
+    up: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: u16, up: bool) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let (up, state) = watch::channel(up);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*state.borrow() {
+                    // Down: the connection is closed at once.
+                    continue;
+                }
+                let mut state = state.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    let (mut a, mut b) = (inbound, outbound);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                        _ = state.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Relay { port, up, task }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A `[[bridge]]` table for `name` to `remote_port` through TLS, trusting
+/// Mosquitto's CA, with `credential` (`password_file = "..."` or
+/// `token_file = "..."`) and `rules`.
+fn bridge_table(
+    mosquitto: &Mosquitto,
+    remote_port: u16,
+    credential: &str,
+    rules: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "[[bridge]]\nname = \"cloud\"\nremote = \"mqtts://127.0.0.1:{remote_port}\"\n\
+         ca_file = \"{ca}\"\nclient_id = \"site-42\"\nusername = \"site-42\"\n{credential}\n\
+         keep_alive_secs = 5\n{rules}\n{extra}\n",
+        ca = mosquitto.ca_pem_path().display(),
+    )
+}
+
+fn password_file(mosquitto: &Mosquitto, dir: &Path) -> String {
+    let path = dir.join("uplink.password");
+    mosquitto.write_password_file(&path);
+    format!("password_file = \"{}\"", path.display())
+}
+
+/// Collects publishes on `client` until `count` arrived or `limit` passed.
+async fn collect(client: &mut V4Client, count: usize, limit: Duration) -> Vec<rumqttc::Publish> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    while seen.len() < count && Instant::now() < deadline {
+        seen.extend(client.publishes_within(Duration::from_millis(200)).await);
+    }
+    seen
+}
+
+/// `devices` devices publish `each` QoS 1 messages, payload
+/// `"{device}:{n}"`, on `sensors/{device}/data`, every one PUBACKed.
+async fn publish_from_devices(gw: &DevBinary, devices: usize, each: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in 0..devices {
+        let sub = format!("dev{d}");
+        let token = gw.token(
+            &sub,
+            &[&format!("sensors/{sub}/#")],
+            Duration::from_secs(3600),
+        );
+        let mut device = V4Client::start(gw.v4_options(&sub, &token));
+        assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
+        tasks.spawn(async move {
+            for n in 0..each {
+                let payload = format!("{d}:{n}");
+                device
+                    .publish(
+                        &format!("sensors/dev{d}/data"),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.as_bytes(),
+                    )
+                    .await;
+            }
+            device.disconnect().await;
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("a device task");
+    }
+}
+
+/// Per device, the message numbers in arrival order.
+fn by_device(publishes: &[rumqttc::Publish]) -> HashMap<usize, Vec<usize>> {
+    let mut seen: HashMap<usize, Vec<usize>> = HashMap::new();
+    for p in publishes {
+        let text = String::from_utf8_lossy(&p.payload);
+        let (d, n) = text.split_once(':').expect("payload device:n");
+        seen.entry(d.parse().expect("device number"))
+            .or_default()
+            .push(n.parse().expect("message number"));
+    }
+    seen
+}
+
+const FORWARD_SENSORS: &str =
+    "forward = [ { local = \"sensors/#\", remote_prefix = \"site-42/\", qos = 1 } ]";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_built_while_the_remote_is_down_drains_in_order_without_new_publishes() {
+    let mosquitto = Mosquitto::start().await;
+    let relay = Relay::start(mosquitto.tls_port(), false).await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let gw = DevBinary::start(
+        "",
+        &bridge_table(
+            &mosquitto,
+            relay.port,
+            &password_file(&mosquitto, secrets.path()),
+            FORWARD_SENSORS,
+            "",
+        ),
+    )
+    .await;
+    let mut central = mosquitto.subscriber("central", "site-42/#").await;
+
+    let (devices, each) = (10, 1000);
+    publish_from_devices(&gw, devices, each).await;
+    assert!(
+        central
+            .publishes_within(Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+
+    let up_at = Instant::now();
+    relay.set_up(true);
+    let arrived = collect(&mut central, devices * each, DRAIN_LIMIT).await;
+    let drained_in = up_at.elapsed();
+    let seen = by_device(&arrived);
+    for d in 0..devices {
+        let got = seen.get(&d).map(Vec::as_slice).unwrap_or_default();
+        let expected: Vec<usize> = (0..each).collect();
+        assert_eq!(
+            got,
+            expected.as_slice(),
+            "device {d}: missing, duplicated or out of order"
+        );
+    }
+    println!(
+        "backlog of {} QoS 1 messages drained in {:.2} s from the remote coming back ({:.0} msgs/s)",
+        arrived.len(),
+        drained_in.as_secs_f64(),
+        arrived.len() as f64 / drained_in.as_secs_f64()
+    );
+    gw.served.wait_for_log(0, "bridge: backlog drained").await;
+    gw.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_the_drain_loses_nothing_a_device_had_acknowledged() {
+    let mosquitto = Mosquitto::start().await;
+    let relay = Relay::start(mosquitto.tls_port(), false).await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let mut gw = DevBinary::start(
+        "",
+        &bridge_table(
+            &mosquitto,
+            relay.port,
+            &password_file(&mosquitto, secrets.path()),
+            FORWARD_SENSORS,
+            "",
+        ),
+    )
+    .await;
+    let mut central = mosquitto.subscriber("central", "site-42/#").await;
+    let (devices, each) = (4, 1500);
+    publish_from_devices(&gw, devices, each).await;
+
+    relay.set_up(true);
+    let mut arrived = collect(&mut central, 500, DRAIN_LIMIT).await;
+    gw.served.kill().await;
+    let before_kill = arrived.len();
+    gw.restart().await;
+    arrived.extend(collect(&mut central, devices * each - before_kill, DRAIN_LIMIT).await);
+    // Late duplicates of what was in flight at the kill.
+    arrived.extend(central.publishes_within(Duration::from_millis(500)).await);
+
+    let seen = by_device(&arrived);
+    let mut duplicates = 0;
+    for d in 0..devices {
+        let got = seen.get(&d).cloned().unwrap_or_default();
+        let mut unique = got.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        duplicates += got.len() - unique.len();
+        let expected: Vec<usize> = (0..each).collect();
+        assert_eq!(
+            unique, expected,
+            "device {d}: acknowledged messages missing after the kill"
+        );
+    }
+    println!(
+        "killed after {before_kill} of {} arrived; all arrived after the restart, {duplicates} duplicates",
+        devices * each
+    );
+    gw.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_commands_reach_granted_devices_only_and_never_loop_back() {
+    let mosquitto = Mosquitto::start().await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    // MQTT 3.1.1 has no no-local: what stops the loop here (cmd/# is both
+    // forwarded and subscribed) is the bridge itself.
+    let rules = "protocol = 4\n\
+         forward = [ { local = \"cmd/#\", remote_prefix = \"site-42/\" } ]\n\
+         subscribe = [ { remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\", local_prefix = \"\" } ]";
+    let gw = DevBinary::start(
+        "",
+        &bridge_table(
+            &mosquitto,
+            mosquitto.tls_port(),
+            &password_file(&mosquitto, secrets.path()),
+            rules,
+            "",
+        ),
+    )
+    .await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+
+    let granted_token = gw.token("thermostat", &["cmd/#"], Duration::from_secs(3600));
+    let mut granted = V4Client::start(gw.v4_options("thermostat", &granted_token));
+    assert_eq!(granted.connack().await.code, ConnectReturnCode::Success);
+    assert_eq!(
+        granted.subscribe("cmd/#", QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    let other_token = gw.token("sensor", &["sensors/sensor/#"], Duration::from_secs(3600));
+    let mut other = V4Client::start(gw.v4_options("sensor", &other_token));
+    assert_eq!(other.connack().await.code, ConnectReturnCode::Success);
+    assert_eq!(
+        other.subscribe("cmd/#", QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Failure]
+    );
+    assert_eq!(
+        other.subscribe("sensors/sensor/#", QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+
+    let mut watcher = mosquitto.subscriber("watcher", "site-42/#").await;
+    let mut operator = mosquitto.connected("operator").await;
+    operator
+        .publish("site-42/cmd/x", QoS::AtLeastOnce, false, b"setpoint=21")
+        .await;
+
+    let got = granted.expect_publish("cmd/x").await;
+    assert_eq!(&got.payload[..], b"setpoint=21");
+    other.expect_no_publish().await;
+    // The command once at the central broker (the operator's own), never
+    // again as a forward of the bridged copy, and once at the device.
+    let central_copies = watcher.publishes_within(Duration::from_secs(1)).await;
+    assert_eq!(central_copies.len(), 1, "looped back: {central_copies:?}");
+    granted.expect_no_publish().await;
+
+    // A device's own publish on cmd/ is forwarded (the rule works) once.
+    // Over MQTT 3.1.1 Mosquitto hands the forward back to the bridge's
+    // own subscription; that copy comes in once and stops there.
+    granted
+        .publish("cmd/ack", QoS::AtLeastOnce, false, b"done")
+        .await;
+    let forwarded = watcher.expect_publish("site-42/cmd/ack").await;
+    assert_eq!(&forwarded.payload[..], b"done");
+    let more = watcher.publishes_within(Duration::from_secs(1)).await;
+    assert!(more.is_empty(), "forwarded again: {more:?}");
+    let copies = granted.publishes_within(Duration::from_millis(500)).await;
+    assert!(
+        copies.len() <= 2 && copies.iter().all(|p| p.topic == "cmd/ack"),
+        "the device's own message and at most one bridged copy: {copies:?}"
+    );
+    gw.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_queue_budget_the_oldest_are_dropped_and_counted_and_devices_are_served() {
+    let mosquitto = Mosquitto::start().await;
+    let relay = Relay::start(mosquitto.tls_port(), false).await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let gw = DevBinary::start(
+        "",
+        &bridge_table(
+            &mosquitto,
+            relay.port,
+            &password_file(&mosquitto, secrets.path()),
+            FORWARD_SENSORS,
+            "max_queue_mb = 1",
+        ),
+    )
+    .await;
+    let mut central = mosquitto.subscriber("central", "site-42/#").await;
+
+    // 3 MB for a 1 MiB queue.
+    let token = gw.token("dev0", &["sensors/dev0/#"], Duration::from_secs(3600));
+    let mut device = V4Client::start(gw.v4_options("dev0", &token));
+    assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
+    let total = 3000;
+    for n in 0..total {
+        let mut payload = format!("0:{n}:").into_bytes();
+        payload.resize(1000, b'x');
+        device
+            .publish("sensors/dev0/data", QoS::AtLeastOnce, false, &payload)
+            .await;
+    }
+    gw.served
+        .wait_for_log(
+            0,
+            "bridge queue: queue budget reached: the oldest messages were dropped",
+        )
+        .await;
+
+    // Still serving devices while the queue is full.
+    let listener_token = gw.token("dev1", &["sensors/#"], Duration::from_secs(3600));
+    let mut listener = V4Client::start(gw.v4_options("dev1", &listener_token));
+    assert_eq!(listener.connack().await.code, ConnectReturnCode::Success);
+    listener.subscribe("sensors/#", QoS::AtLeastOnce).await;
+    device
+        .publish("sensors/dev0/live", QoS::AtLeastOnce, false, b"still here")
+        .await;
+    assert_eq!(
+        &listener.expect_publish("sensors/dev0/live").await.payload[..],
+        b"still here"
+    );
+
+    relay.set_up(true);
+    let arrived = collect(&mut central, total, Duration::from_secs(20)).await;
+    let numbers: Vec<usize> = arrived
+        .iter()
+        .filter(|p| p.topic == "site-42/sensors/dev0/data")
+        .map(|p| {
+            let text = String::from_utf8_lossy(&p.payload);
+            text.split(':')
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .expect("message number")
+        })
+        .collect();
+    assert!(
+        !numbers.is_empty() && numbers.len() < total,
+        "kept {} of {total}",
+        numbers.len()
+    );
+    // What is kept is the newest, in order, ending with the last.
+    let first = numbers[0];
+    assert_eq!(numbers, (first..total).collect::<Vec<_>>());
+    assert!(
+        (total - numbers.len()) * 1000 > 1024 * 1024,
+        "dropped {} of {total}",
+        total - numbers.len()
+    );
+    println!(
+        "queue budget 1 MiB: {} of {total} 1 kB messages kept, the oldest {first} dropped",
+        numbers.len()
+    );
+    gw.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_is_used_at_the_next_reconnect() {
+    let mut mosquitto = Mosquitto::start().await;
+    let relay = Relay::start(mosquitto.tls_port(), true).await;
+    mosquitto.add_user("token-user", "first-token").await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let token_file = secrets.path().join("uplink.jwt");
+    std::fs::write(&token_file, "first-token\n").expect("write the token");
+    let table = bridge_table(
+        &mosquitto,
+        relay.port,
+        &format!("token_file = \"{}\"", token_file.display()),
+        FORWARD_SENSORS,
+        "",
+    )
+    .replace("username = \"site-42\"", "username = \"token-user\"");
+    let gw = DevBinary::start("", &table).await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+
+    // A refresher writes the new token while the bridge is connected; then
+    // the central broker stops taking the old one (Mosquitto drops the
+    // bridge as it reloads its passwords) and the link is cut as well.
+    std::fs::write(&token_file, "second-token\n").expect("rotate the token");
+    let since = gw.served.log().len();
+    mosquitto.add_user("token-user", "second-token").await;
+    relay.set_up(false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.set_up(true);
+    gw.served
+        .wait_for_log(since, "bridge: connection ended")
+        .await;
+    // Only the new token is accepted now: connecting proves it was read.
+    gw.served.wait_for_log(since, "bridge connected").await;
+
+    let mut central = mosquitto.subscriber("central", "site-42/#").await;
+    let token = gw.token("dev0", &["sensors/dev0/#"], Duration::from_secs(3600));
+    let mut device = V4Client::start(gw.v4_options("dev0", &token));
+    assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
+    device
+        .publish("sensors/dev0/data", QoS::AtLeastOnce, false, b"0:0")
+        .await;
+    central.expect_publish("site-42/sensors/dev0/data").await;
+    gw.assert_no_panic();
+}
