@@ -30,6 +30,13 @@
 //!   per connection that speaks MQTT 3.1, 3.1.1 and 5 (framing from
 //!   rumqttd's codec), authorizes every packet and drives its session in
 //!   the routing core.
+//! - [`storage`] keeps what must outlive the process in one SQLite
+//!   database: retained messages, parked sessions, and the bridges'
+//!   store-and-forward queues, written by one thread in grouped commits.
+//! - [`bridge`] connects the site to central brokers: a tap on the routing
+//!   core queues what is forwarded (the device's PUBACK waits for the
+//!   commit), a link task per bridge drains the queue to the remote and
+//!   publishes what it subscribed to locally.
 //! - [`reload`] swaps in new keys and certificates when files change (or
 //!   on SIGHUP) and makes live connections re-check their tokens.
 //! - [`readiness`] tells systemd when the gateway is up.

@@ -4,7 +4,7 @@
 //!
 //! A bridge has two directions, configured by its `[[bridge]]` table:
 //!
-//! - **forward** (local → remote): a [`Forwarder`] is a tap on the routing
+//! - **forward** (local → remote): a `Forwarder` is a tap on the routing
 //!   core ([`crate::broker::Tap`]). Every routed message matching a forward
 //!   rule is written to the bridge's store-and-forward [`Queue`] on disk
 //!   under its remote topic, and the publishing device's PUBACK waits for
@@ -21,7 +21,7 @@
 //!   the routing core took the message.
 //!
 //! **No loops.** A message that came in from a bridge carries that bridge
-//! as its origin ([`Message::origin`]), and its own [`Forwarder`] never
+//! as its origin ([`Message::origin`]), and its own `Forwarder` never
 //! takes it, whatever the rules. On MQTT 5 the link also subscribes with
 //! no-local, so the remote never returns the bridge's own forwards.
 //!

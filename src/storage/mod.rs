@@ -12,7 +12,7 @@
 //! - the **parked sessions**: a persistent session's subscriptions and
 //!   expiry while its client is away.
 //!
-//! All writes go through one writer thread ([`writer`]) that commits them
+//! All writes go through one writer thread (`writer.rs`) that commits them
 //! in groups; readers (a bridge draining its queue) have connections of
 //! their own, which WAL mode lets run beside the writer. At start,
 //! [`Storage::open`] reads the retained messages and sessions back
@@ -25,7 +25,7 @@
 //! A committed write survives a process kill at once: WAL mode with
 //! `synchronous=NORMAL` writes every commit into the WAL file. A power cut
 //! may lose what was committed in the last `[storage] sync_interval_ms`,
-//! after which the WAL is fsynced ([`writer`]); a zero interval fsyncs
+//! after which the WAL is fsynced (`writer.rs`); a zero interval fsyncs
 //! every commit. A message queued for a bridge is committed before the
 //! device's PUBACK is sent (the routing core waits for the writer's
 //! answer), so no acknowledged message is lost to a kill.
