@@ -277,6 +277,18 @@ def config():
     write("config", "deny-publish-top.toml", 'deny_publish = "disconnect"\n[tls]\ncert = "/etc/ssl/c.pem"\nkey = "/etc/ssl/k.pem"\n')
     write("config", "unknown-key.toml", '[auth]\nkeys_dirr = "keys"\n')
     write("config", "ipv6.toml", 'listen = "[::]:8883"\n[limits]\nwrite_timeout_secs = 0\n')
+    bridge = re.search(r"```toml\n(\[storage\]\n.*?\[\[bridge\]\].*?)```", readme, re.S).group(1)
+    write("config", "readme-bridge.toml", bridge)
+    write("config", "bridges-edges.toml",
+          '[storage]\nsync_interval_ms = 0\n'
+          '[[bridge]]\nname = "a"\nremote = "mqtt://[::1]"\nclient_id = "c"\nprotocol = 4\n'
+          'subscribe = [ { remote = "s/+/cmd/#", strip_prefix = "s/", local_prefix = "in/", qos = 0 } ]\n'
+          '[[bridge]]\nname = "b_2"\nremote = "mqtts://10.0.0.1:1"\nclient_id = "c"\ntoken_file = "/run/t"\n'
+          'cert_file = "c.pem"\nkey_file = "k.pem"\nkeep_alive_secs = 5\nmax_queue_mb = 1\n'
+          'forward = [ { local = "#" }, { local = "$SYS/x", remote_prefix = "p/", qos = 0 } ]\n')
+    write("config", "bridges-bad.toml",
+          '[[bridge]]\nname = "a"\nremote = "mqtt://broker.example"\nclient_id = "c"\n'
+          'forward = [ { local = "a/#/b" } ]\n[[bridge]]\nname = "a"\n')
 
 
 # ------------------------------------------------------------ topic

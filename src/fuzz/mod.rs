@@ -419,7 +419,42 @@ pub fn config(data: &[u8]) {
     assert!(sessions.max_inflight >= 1 && sessions.max_queued_messages >= 1);
     assert!(sessions.max_queued_bytes >= 1024 && sessions.max_subscriptions >= 1);
     assert!(!sessions.slow_subscriber_timeout.is_zero());
+    assert!(config.storage.sync_interval <= std::time::Duration::from_secs(60));
+    assert!(config.storage.dir.starts_with("/"));
+    let mut names = std::collections::HashSet::new();
+    for bridge in &config.bridges {
+        assert_bridge(bridge);
+        assert!(names.insert(&bridge.name), "two bridges named {}", bridge.name);
+    }
     assert_eq!(config.source.as_deref(), Some(origin));
+}
+
+/// The bounds a `[[bridge]]` table is checked against.
+fn assert_bridge(bridge: &crate::config::BridgeConfig) {
+    use crate::config::Transport;
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    assert!(!bridge.name.is_empty() && bridge.name.chars().all(name_ok));
+    assert!(!bridge.client_id.is_empty());
+    let remote = &bridge.remote;
+    assert!(remote.port > 0 && !remote.host.is_empty());
+    if remote.transport == Transport::Plain {
+        let loopback = remote.host == "localhost"
+            || remote.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        assert!(loopback, "plain MQTT to {}", remote.host);
+        assert!(bridge.client_cert.is_none());
+    }
+    assert!((5..=65_535).contains(&bridge.keep_alive.as_secs()));
+    assert!(bridge.max_queue_bytes >= 1024 * 1024);
+    assert!(!bridge.forward.is_empty() || !bridge.subscribe.is_empty());
+    for rule in &bridge.forward {
+        assert!(!rule.remote_prefix.contains(['+', '#', '\0']));
+        assert!(rule.local.matches_topic("x") || !rule.local.as_str().is_empty());
+    }
+    for rule in &bridge.subscribe {
+        assert!(rule.remote.as_str().starts_with(&rule.strip_prefix));
+        assert!(rule.remote.as_str().len() > rule.strip_prefix.len());
+        assert!(!rule.local_prefix.contains(['+', '#', '\0']));
+    }
 }
 
 // ------------------------------------------------------------------ MQTT
