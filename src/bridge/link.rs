@@ -428,7 +428,7 @@ impl Link {
             self.fill(&mut out, tail).await?;
             self.send(connection, &mut out)?;
             self.queue.acked(std::mem::take(&mut out.done));
-            self.report_drain(&mut out);
+            self.report_drain(&mut out, tail);
             let caught_up = out.ahead.is_empty() && out.read_upto >= tail;
             let window_full = out.inflight.len() >= connection.window;
             if !connection.output.is_empty() {
@@ -539,12 +539,13 @@ impl Link {
         Ok(())
     }
 
-    /// Logs the end of a backlog's drain, with its rate.
-    fn report_drain(&self, out: &mut Outbound) {
+    /// Logs the end of a backlog's drain (everything committed is sent
+    /// and acknowledged), with its rate.
+    fn report_drain(&self, out: &mut Outbound, tail: u64) {
         let Some((since, backlog)) = out.draining else {
             return;
         };
-        if !out.inflight.is_empty() || !out.ahead.is_empty() || self.queue.snapshot().messages > 0 {
+        if !out.inflight.is_empty() || !out.ahead.is_empty() || out.read_upto < tail {
             return;
         }
         let secs = since.elapsed().as_secs_f64();

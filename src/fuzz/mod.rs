@@ -424,7 +424,11 @@ pub fn config(data: &[u8]) {
     let mut names = std::collections::HashSet::new();
     for bridge in &config.bridges {
         assert_bridge(bridge);
-        assert!(names.insert(&bridge.name), "two bridges named {}", bridge.name);
+        assert!(
+            names.insert(&bridge.name),
+            "two bridges named {}",
+            bridge.name
+        );
     }
     assert_eq!(config.source.as_deref(), Some(origin));
 }
@@ -439,7 +443,10 @@ fn assert_bridge(bridge: &crate::config::BridgeConfig) {
     assert!(remote.port > 0 && !remote.host.is_empty());
     if remote.transport == Transport::Plain {
         let loopback = remote.host == "localhost"
-            || remote.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            || remote
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
         assert!(loopback, "plain MQTT to {}", remote.host);
         assert!(bridge.client_cert.is_none());
     }
