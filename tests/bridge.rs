@@ -17,64 +17,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::mosquitto::Mosquitto;
+use common::relay::Relay;
 use common::{DevBinary, V4Client};
 use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// How long the longest wait (a 10,000-message drain) may take before the
 /// test gives up.
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
-
-/// A TCP relay to `target` that can be switched off: "the remote is down".
-struct Relay {
-    port: u16,
-    up: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(target: u16, up: bool) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the relay");
-        let port = listener.local_addr().expect("relay address").port();
-        let (up, state) = watch::channel(up);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !*state.borrow() {
-                    // Down: the connection is closed at once.
-                    continue;
-                }
-                let mut state = state.clone();
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
-                        return;
-                    };
-                    let (mut a, mut b) = (inbound, outbound);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-                        _ = state.wait_for(|up| !*up) => {}
-                    }
-                });
-            }
-        });
-        Relay { port, up, task }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// A `[[bridge]]` table for `name` to `remote_port` through TLS, trusting
 /// Mosquitto's CA, with `credential` (`password_file = "..."` or

@@ -44,6 +44,7 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

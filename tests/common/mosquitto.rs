@@ -66,6 +66,8 @@ pub struct Mosquitto {
     ca_pem_path: PathBuf,
     username: String,
     password: String,
+    /// Configuration appended to the generated file.
+    extra_conf: String,
 }
 
 impl Mosquitto {
@@ -74,6 +76,13 @@ impl Mosquitto {
     /// both listeners accept TCP connections. Panics (with the log's tail)
     /// if the broker does not come up within [`WAIT`].
     pub async fn start() -> Mosquitto {
+        Mosquitto::start_with("").await
+    }
+
+    /// As [`Mosquitto::start`], with `extra_conf` appended to the
+    /// generated configuration (a bridge section, say: it comes after the
+    /// listeners).
+    pub async fn start_with(extra_conf: &str) -> Mosquitto {
         let dir = tempfile::Builder::new()
             .prefix("jwtgate-mosquitto-")
             .tempdir()
@@ -95,6 +104,7 @@ impl Mosquitto {
             ca_pem_path,
             username: USERNAME.to_owned(),
             password,
+            extra_conf: extra_conf.to_owned(),
         };
         for attempt in 1..=START_ATTEMPTS {
             broker.tls_port = free_port();
@@ -369,6 +379,8 @@ certfile {cert}
 keyfile {key}
 
 listener {plain_port} 127.0.0.1
+
+{extra}
 ",
             passwords = path_str(&dir.join(PASSWORDS)),
             log = path_str(&dir.join(LOG)),
@@ -377,6 +389,7 @@ listener {plain_port} 127.0.0.1
             ca = path_str(&self.ca_pem_path),
             cert = path_str(&dir.join(SERVER_CERT)),
             key = path_str(&dir.join(SERVER_KEY)),
+            extra = self.extra_conf,
         );
         std::fs::write(dir.join(CONF), conf).expect("write mosquitto.conf");
     }
