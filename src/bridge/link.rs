@@ -37,11 +37,24 @@ const DEFAULT_WINDOW: u16 = 64;
 const MAX_WINDOW: u16 = 1024;
 /// Rows read from the queue at a time.
 const READ_BATCH: usize = 512;
+/// Free space the input buffer gets before each read.
+const READ_ROOM: usize = 16 * 1024;
 /// Output waiting for the socket past which no more messages are encoded.
 const MAX_UNWRITTEN: usize = 256 * 1024;
+/// Acknowledged messages are deleted from the queue in batches of this
+/// many, or after [`ACK_DELAY`]: a commit per PUBACK would rewrite the
+/// queue's first page for every message. Deleting late only risks a
+/// duplicate after a crash, never a loss.
+const ACK_BATCH: usize = 256;
+const ACK_DELAY: Duration = Duration::from_millis(20);
 /// The packet id of the one SUBSCRIBE a connection sends; publishes use
 /// the others.
 const SUBSCRIBE_PKID: u16 = 1;
+
+/// A deadline for a disabled timer branch.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
 
 /// Why a connection attempt failed or a connection ended. Each kind is
 /// logged as such, so a wrong password reads differently from a dead link.
@@ -119,6 +132,7 @@ impl Connection {
             if let Some(packet) = self.codec.decode(&mut self.input)? {
                 return Ok(Some(packet));
             }
+            self.input.reserve(READ_ROOM);
             if self
                 .reader
                 .read_buf(&mut self.input)
@@ -168,6 +182,8 @@ struct Outbound {
     next_pkid: u16,
     /// Sequence numbers to delete: acknowledged, or sent at QoS 0.
     done: Vec<u64>,
+    /// When the oldest of them was added.
+    done_since: Option<Instant>,
     /// A backlog being drained: when it started and how many it held.
     draining: Option<(Instant, u64)>,
 }
@@ -409,7 +425,6 @@ impl Link {
         connection: &mut Connection,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), LinkError> {
-        let mut committed = self.queue.committed();
         let backlog = self.queue.snapshot().messages;
         let mut out = Outbound {
             reader: Some(self.queue.reader()?),
@@ -418,18 +433,37 @@ impl Link {
             inflight: HashMap::new(),
             next_pkid: SUBSCRIBE_PKID + 1,
             done: Vec::new(),
+            done_since: None,
             draining: (backlog > 0).then(|| (Instant::now(), backlog)),
         };
+        let ended = self.exchange(connection, shutdown, &mut out).await;
+        // What the remote acknowledged goes, however the connection ended.
+        self.queue.acked(std::mem::take(&mut out.done));
+        ended
+    }
+
+    async fn exchange(
+        &mut self,
+        connection: &mut Connection,
+        shutdown: &mut watch::Receiver<bool>,
+        out: &mut Outbound,
+    ) -> Result<(), LinkError> {
+        let mut committed = self.queue.committed();
         let mut last_heard = Instant::now();
         let mut last_sent = Instant::now();
         let mut ping_sent: Option<Instant> = None;
         loop {
             let tail = *committed.borrow_and_update();
-            self.fill(&mut out, tail).await?;
-            self.send(connection, &mut out)?;
-            self.queue.acked(std::mem::take(&mut out.done));
-            self.report_drain(&mut out, tail);
+            self.fill(out, tail).await?;
+            self.send(connection, out)?;
             let caught_up = out.ahead.is_empty() && out.read_upto >= tail;
+            if out.done.len() >= ACK_BATCH || (caught_up && out.inflight.is_empty()) {
+                self.queue.acked(std::mem::take(&mut out.done));
+                out.done_since = None;
+            } else if !out.done.is_empty() {
+                out.done_since.get_or_insert_with(Instant::now);
+            }
+            self.report_drain(out, tail);
             let window_full = out.inflight.len() >= connection.window;
             if !connection.output.is_empty() {
                 last_sent = Instant::now();
@@ -437,6 +471,9 @@ impl Link {
             let ping_due = last_sent + connection.keep_alive;
             let silent_since = ping_sent.unwrap_or(last_heard);
             let dead_at = silent_since + connection.keep_alive + connection.keep_alive / 2;
+            // Room for a read: the buffer's front goes with every packet
+            // decoded, and a full one would be read 64 bytes at a time.
+            connection.input.reserve(READ_ROOM);
             tokio::select! {
                 read = connection.reader.read_buf(&mut connection.input) => {
                     if read.map_err(LinkError::Lost)? == 0 {
@@ -445,7 +482,7 @@ impl Link {
                     last_heard = Instant::now();
                     ping_sent = None;
                     while let Some(packet) = connection.codec.decode(&mut connection.input)? {
-                        self.handle(packet, connection, &mut out).await?;
+                        self.handle(packet, connection, out).await?;
                     }
                 }
                 written = connection.writer.write(&connection.output), if !connection.output.is_empty() => {
@@ -465,6 +502,12 @@ impl Link {
                 }
                 () = tokio::time::sleep_until(dead_at.into()) => {
                     return Err(LinkError::Timeout("the remote stopped answering (keep-alive)"));
+                }
+                () = tokio::time::sleep_until(
+                    out.done_since.map_or(far_future(), |since| since + ACK_DELAY).into()
+                ), if out.done_since.is_some() => {
+                    self.queue.acked(std::mem::take(&mut out.done));
+                    out.done_since = None;
                 }
                 _ = shutdown.changed() => return Ok(()),
             }

@@ -132,6 +132,10 @@ impl Queue {
             path: self.db_path.clone(),
             source,
         })?;
+        // Rows are read in order and once: a cache holding a batch's pages
+        // is all it needs.
+        db.pragma_update(None, "cache_size", super::PAGE_CACHE_KIB)
+            .map_err(StorageError::Sql)?;
         Ok(QueueReader {
             db,
             select: format!(

@@ -35,6 +35,10 @@ impl Relay {
                     let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
                         return;
                     };
+                    // As the two ends would without the relay: no Nagle
+                    // delay on small packets such as acks.
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
                     let (mut a, mut b) = (inbound, outbound);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
