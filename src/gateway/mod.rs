@@ -104,8 +104,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads keys and certificate, creates the routing core and binds the
-    /// listener.
+    /// Loads keys and certificate, restores the durable state, creates the
+    /// routing core, starts the bridges and the file watcher, and binds the
+    /// listener, in that order.
     pub async fn bind(config: &Config) -> Result<Gateway, StartError> {
         let (keys, report) = KeyStore::open(&config.auth.keys_dir)?;
         report.log();
@@ -113,13 +114,6 @@ impl Gateway {
         let certs = Arc::new(CertResolver::load(&config.tls.cert, &config.tls.key)?);
         let acceptor = TlsAcceptor::from(tls::server_config(Arc::clone(&certs))?);
         let reloader = Arc::new(Reloader::new(Arc::clone(&keys), certs, config.tls.clone()));
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
         // Restored before the listener takes anyone: a device that
         // resumes its session or subscribes finds what the last run kept.
         let queues: Vec<(&str, u64)> = config
@@ -166,6 +160,15 @@ impl Gateway {
                 error!(error = %e, "cannot watch the keys directory; reload with SIGHUP");
             })
             .ok();
+        // Bound last: a client that can connect finds the keys watched
+        // and the durable state restored.
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         Ok(Gateway {
             listener,
             acceptor,
