@@ -49,6 +49,30 @@ fn password_file(mosquitto: &Mosquitto, dir: &Path) -> String {
     format!("password_file = \"{}\"", path.display())
 }
 
+/// A central Mosquitto, a relay to it (cut unless `up`), and the gateway
+/// bridged through the relay with a password file, `rules` and `extra`.
+struct Bridged {
+    mosquitto: Mosquitto,
+    relay: Relay,
+    gw: DevBinary,
+    _secrets: tempfile::TempDir,
+}
+
+async fn bridged(up: bool, rules: &str, extra: &str) -> Bridged {
+    let mosquitto = Mosquitto::start().await;
+    let relay = Relay::start(mosquitto.tls_port(), up).await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let credential = password_file(&mosquitto, secrets.path());
+    let table = bridge_table(&mosquitto, relay.port, &credential, rules, extra);
+    let gw = DevBinary::start("", &table).await;
+    Bridged {
+        mosquitto,
+        relay,
+        gw,
+        _secrets: secrets,
+    }
+}
+
 /// Collects publishes on `client` until `count` arrived or `limit` passed.
 async fn collect(client: &mut V4Client, count: usize, limit: Duration) -> Vec<rumqttc::Publish> {
     let deadline = Instant::now() + limit;
@@ -110,20 +134,12 @@ const FORWARD_SENSORS: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_built_while_the_remote_is_down_drains_in_order_without_new_publishes() {
-    let mosquitto = Mosquitto::start().await;
-    let relay = Relay::start(mosquitto.tls_port(), false).await;
-    let secrets = tempfile::tempdir().expect("temp dir");
-    let gw = DevBinary::start(
-        "",
-        &bridge_table(
-            &mosquitto,
-            relay.port,
-            &password_file(&mosquitto, secrets.path()),
-            FORWARD_SENSORS,
-            "",
-        ),
-    )
-    .await;
+    let Bridged {
+        mosquitto,
+        relay,
+        gw,
+        _secrets,
+    } = bridged(false, FORWARD_SENSORS, "").await;
     let mut central = mosquitto.subscriber("central", "site-42/#").await;
 
     let (devices, each) = (10, 1000);
@@ -167,20 +183,12 @@ async fn a_backlog_built_while_the_remote_is_down_drains_in_order_without_new_pu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_the_drain_loses_nothing_a_device_had_acknowledged() {
-    let mosquitto = Mosquitto::start().await;
-    let relay = Relay::start(mosquitto.tls_port(), false).await;
-    let secrets = tempfile::tempdir().expect("temp dir");
-    let mut gw = DevBinary::start(
-        "",
-        &bridge_table(
-            &mosquitto,
-            relay.port,
-            &password_file(&mosquitto, secrets.path()),
-            FORWARD_SENSORS,
-            "",
-        ),
-    )
-    .await;
+    let Bridged {
+        mosquitto,
+        relay,
+        mut gw,
+        _secrets,
+    } = bridged(false, FORWARD_SENSORS, "").await;
     let mut central = mosquitto.subscriber("central", "site-42/#").await;
     let (devices, each) = (4, 1500);
     publish_from_devices(&gw, devices, each).await;
@@ -291,20 +299,12 @@ async fn inbound_commands_reach_granted_devices_only_and_never_loop_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_queue_budget_the_oldest_are_dropped_and_counted_and_devices_are_served() {
-    let mosquitto = Mosquitto::start().await;
-    let relay = Relay::start(mosquitto.tls_port(), false).await;
-    let secrets = tempfile::tempdir().expect("temp dir");
-    let gw = DevBinary::start(
-        "",
-        &bridge_table(
-            &mosquitto,
-            relay.port,
-            &password_file(&mosquitto, secrets.path()),
-            FORWARD_SENSORS,
-            "max_queue_mb = 1",
-        ),
-    )
-    .await;
+    let Bridged {
+        mosquitto,
+        relay,
+        gw,
+        _secrets,
+    } = bridged(false, FORWARD_SENSORS, "max_queue_mb = 1").await;
     let mut central = mosquitto.subscriber("central", "site-42/#").await;
 
     // 3 MB for a 1 MiB queue.

@@ -96,6 +96,19 @@ impl MessageRow {
         content as u64 + ROW_OVERHEAD
     }
 
+    /// The values of [`MESSAGE_COLUMNS`], in their order, to bind after
+    /// whatever columns a table puts first.
+    pub fn values(&self) -> [&dyn rusqlite::ToSql; 6] {
+        [
+            &self.topic,
+            &self.payload,
+            &self.qos,
+            &self.retain,
+            &self.expires_at,
+            &self.properties,
+        ]
+    }
+
     /// Reads the message columns starting at column `first` of `row`.
     pub fn read(row: &rusqlite::Row<'_>, first: usize) -> Result<MessageRow, RowError> {
         Ok(MessageRow {

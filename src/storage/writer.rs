@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ToSql, params, params_from_iter};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
@@ -185,14 +185,7 @@ impl Writer {
                     tx.prepare_cached(&format!(
                         "INSERT OR REPLACE INTO retained ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
                     ))?
-                    .execute(params![
-                        row.topic,
-                        row.payload,
-                        row.qos,
-                        row.retain,
-                        row.expires_at,
-                        row.properties
-                    ])?;
+                    .execute(params_from_iter(row.values()))?;
                 }
                 Write::ClearRetained(topic) => {
                     tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?
@@ -219,20 +212,15 @@ impl Writer {
                         let row = MessageRow::new(&delivery.message, delivery.message.qos());
                         let ids = serde_json::to_string(&delivery.subscription_ids)
                             .unwrap_or_else(|_| "[]".to_owned());
-                        insert.execute(params![
-                            key.subject(),
-                            key.client_id(),
-                            position,
-                            delivery.qos as i64,
-                            delivery.retain,
-                            ids,
-                            row.topic,
-                            row.payload,
-                            row.qos,
-                            row.retain,
-                            row.expires_at,
-                            row.properties
-                        ])?;
+                        let first: [&dyn ToSql; 6] = [
+                            &key.subject(),
+                            &key.client_id(),
+                            &position,
+                            &(delivery.qos as i64),
+                            &delivery.retain,
+                            &ids,
+                        ];
+                        insert.execute(params_from_iter(first.into_iter().chain(row.values())))?;
                     }
                 }
                 Write::RemoveSession(key) => {
@@ -331,16 +319,9 @@ fn append(
         "INSERT INTO {} (seq, size, {MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         queue.table()
     ))?
-    .execute(params![
-        seq,
-        size,
-        row.topic,
-        row.payload,
-        row.qos,
-        row.retain,
-        row.expires_at,
-        row.properties
-    ])?;
+    .execute(params_from_iter(
+        [&seq as &dyn ToSql, &size].into_iter().chain(row.values()),
+    ))?;
     state.next_seq += 1;
     queue.added(size);
     Ok(())
