@@ -148,8 +148,9 @@ impl Drop for Central {
 }
 
 /// `count` QoS 1 messages from each of `options`, 100 in flight per
-/// device; returns once every one was acknowledged.
-async fn publish(options: Vec<MqttOptions>, count: usize, payload: usize) {
+/// device; returns once every one was acknowledged, with the number of
+/// times a device lost its connection to the edge meanwhile.
+async fn publish(options: Vec<MqttOptions>, count: usize, payload: usize) -> usize {
     let mut devices = tokio::task::JoinSet::new();
     for (d, mut opts) in options.into_iter().enumerate() {
         opts.set_inflight(100);
@@ -170,19 +171,29 @@ async fn publish(options: Vec<MqttOptions>, count: usize, payload: usize) {
                 }
             });
             let mut acked = 0;
+            let mut drops = 0;
             while acked < count {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
                     Ok(_) => {}
-                    Err(err) => panic!("device {d}: {err}"),
+                    // rumqttc reconnects on the next poll and sends what
+                    // was not acknowledged again.
+                    Err(err) => {
+                        drops += 1;
+                        eprintln!("device {d}: connection lost ({err}); reconnecting");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             }
             let _ = sender.await;
+            drops
         });
     }
+    let mut drops = 0;
     while let Some(done) = devices.join_next().await {
-        done.expect("a device");
+        drops += done.expect("a device");
     }
+    drops
 }
 
 /// One edge broker under test.
@@ -287,7 +298,7 @@ async fn run(cli: Cli) {
 
         let each = cli.forward_messages / cli.publishers;
         let started = Instant::now();
-        publish(edge.devices(cli.publishers), each, cli.payload).await;
+        let mut drops = publish(edge.devices(cli.publishers), each, cli.payload).await;
         let (seen, _, last) = subscriber.wait_for(each * cli.publishers).await;
         let forward_secs = last.map_or(f64::NAN, |l| (l - started).as_secs_f64());
         let forward_rate = seen as f64 / forward_secs;
@@ -297,7 +308,7 @@ async fn run(cli: Cli) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         subscriber.reset();
         let cut = Instant::now();
-        publish(edge.devices(cli.publishers), backlog, cli.payload).await;
+        drops += publish(edge.devices(cli.publishers), backlog, cli.payload).await;
         let enqueue_secs = cut.elapsed().as_secs_f64();
         let queued = backlog * cli.publishers;
         eprintln!(
@@ -318,7 +329,7 @@ async fn run(cli: Cli) {
             edge.name()
         );
         rows.push(format!(
-            "| {} | {:.0} | {} | {:.0} | {:.0} | {}/{} | {:.1} | {} |",
+            "| {} | {:.0} | {} | {:.0} | {:.0} | {}/{} | {:.1} | {} | {} |",
             edge.name(),
             forward_rate,
             queued,
@@ -328,6 +339,7 @@ async fn run(cli: Cli) {
             queued,
             reconnect_secs,
             memory.map_or("?".to_owned(), |m| format!("{:.0}", mib(m.peak))),
+            drops,
         ));
     }
     println!(
@@ -335,9 +347,9 @@ async fn run(cli: Cli) {
         cli.payload, cli.publishers
     );
     println!(
-        "| edge | forward msgs/s | backlog msgs | enqueue msgs/s (uplink cut) | drain msgs/s | arrived | reconnect s | edge peak RSS MiB |"
+        "| edge | forward msgs/s | backlog msgs | enqueue msgs/s (uplink cut) | drain msgs/s | arrived | reconnect s | edge peak RSS MiB | device disconnects |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         println!("{row}");
     }
