@@ -190,8 +190,11 @@ impl Storage {
                 *budget,
                 writes.clone(),
                 tail,
-                bytes,
-                messages,
+                QueueSnapshot {
+                    messages,
+                    bytes,
+                    dropped: 0,
+                },
             ));
             states.push(QueueState {
                 queue: Arc::clone(&queue),

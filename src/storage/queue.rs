@@ -60,7 +60,8 @@ pub struct Queued {
 }
 
 impl Queue {
-    #[allow(clippy::too_many_arguments)]
+    /// The queue of bridge `name`, number `index` among the writer's,
+    /// holding what `stored` says up to sequence number `tail`.
     pub(super) fn new(
         name: &str,
         index: usize,
@@ -68,8 +69,7 @@ impl Queue {
         budget: u64,
         writes: Sender<Write>,
         tail: u64,
-        bytes: u64,
-        messages: u64,
+        stored: QueueSnapshot,
     ) -> Queue {
         Queue {
             name: name.to_owned(),
@@ -79,9 +79,9 @@ impl Queue {
             budget,
             writes,
             tail: watch::Sender::new(tail),
-            bytes: AtomicU64::new(bytes),
-            messages: AtomicU64::new(messages),
-            dropped: AtomicU64::new(0),
+            bytes: AtomicU64::new(stored.bytes),
+            messages: AtomicU64::new(stored.messages),
+            dropped: AtomicU64::new(stored.dropped),
         }
     }
 
