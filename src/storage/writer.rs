@@ -123,11 +123,13 @@ impl Writer {
             } else if dirty_since.is_none() {
                 dirty_since = Some(Instant::now());
             }
-            for answer in answers {
-                let _ = answer.send(());
-            }
+            // The tail moves before anyone is answered, so a caller that
+            // awaited its append sees it in `Queue::committed`.
             for state in &self.queues {
                 state.queue.publish_tail(state.next_seq.saturating_sub(1));
+            }
+            for answer in answers {
+                let _ = answer.send(());
             }
             if stop {
                 return;
