@@ -28,6 +28,9 @@
 //!    Mosquitto's `restart_timeout` differ by design). The enqueue rate
 //!    while cut and the edge's peak memory are printed too.
 //!
+//! Each publishing phase stops at `--phase-limit-secs`: an edge that stops
+//! answering its devices is reported with what it acknowledged by then.
+//!
 //! `--only jwtgate` or `--only mosquitto` runs one edge.
 
 #[path = "../tests/common/mod.rs"]
@@ -56,6 +59,9 @@ struct Cli {
     /// Devices publishing at once.
     #[arg(long, default_value_t = 8)]
     publishers: usize,
+    /// Time limit of each publishing phase, in seconds.
+    #[arg(long, default_value_t = 900)]
+    phase_limit_secs: u64,
     /// Run one edge only: "jwtgate" or "mosquitto".
     #[arg(long)]
     only: Option<String>,
@@ -147,10 +153,26 @@ impl Drop for Central {
     }
 }
 
+/// What the devices of one phase got done.
+struct Published {
+    /// Messages the edge acknowledged.
+    acked: usize,
+    /// Times a device lost its connection to the edge.
+    drops: usize,
+    /// Whether the phase stopped at its time limit.
+    timed_out: bool,
+}
+
 /// `count` QoS 1 messages from each of `options`, 100 in flight per
-/// device; returns once every one was acknowledged, with the number of
-/// times a device lost its connection to the edge meanwhile.
-async fn publish(options: Vec<MqttOptions>, count: usize, payload: usize) -> usize {
+/// device; returns once every one was acknowledged or at `deadline`,
+/// whichever comes first: an edge that stops serving its devices must
+/// not hang the benchmark.
+async fn publish(
+    options: Vec<MqttOptions>,
+    count: usize,
+    payload: usize,
+    deadline: tokio::time::Instant,
+) -> Published {
     let mut devices = tokio::task::JoinSet::new();
     for (d, mut opts) in options.into_iter().enumerate() {
         opts.set_inflight(100);
@@ -173,7 +195,14 @@ async fn publish(options: Vec<MqttOptions>, count: usize, payload: usize) -> usi
             let mut acked = 0;
             let mut drops = 0;
             while acked < count {
-                match eventloop.poll().await {
+                let Ok(event) = tokio::time::timeout_at(deadline, eventloop.poll()).await else {
+                    eprintln!(
+                        "device {d}: time limit reached with {acked} of {count} acknowledged"
+                    );
+                    sender.abort();
+                    return (acked, drops, true);
+                };
+                match event {
                     Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
                     Ok(_) => {}
                     // rumqttc reconnects on the next poll and sends what
@@ -186,14 +215,21 @@ async fn publish(options: Vec<MqttOptions>, count: usize, payload: usize) -> usi
                 }
             }
             let _ = sender.await;
-            drops
+            (acked, drops, false)
         });
     }
-    let mut drops = 0;
+    let mut total = Published {
+        acked: 0,
+        drops: 0,
+        timed_out: false,
+    };
     while let Some(done) = devices.join_next().await {
-        drops += done.expect("a device");
+        let (acked, drops, timed_out) = done.expect("a device");
+        total.acked += acked;
+        total.drops += drops;
+        total.timed_out |= timed_out;
     }
-    drops
+    total
 }
 
 /// One edge broker under test.
@@ -296,10 +332,18 @@ async fn run(cli: Cli) {
         // Let the edge's bridge connect.
         tokio::time::sleep(Duration::from_secs(2)).await;
 
+        let limit = Duration::from_secs(cli.phase_limit_secs);
         let each = cli.forward_messages / cli.publishers;
         let started = Instant::now();
-        let mut drops = publish(edge.devices(cli.publishers), each, cli.payload).await;
-        let (seen, _, last) = subscriber.wait_for(each * cli.publishers).await;
+        let forwarded = publish(
+            edge.devices(cli.publishers),
+            each,
+            cli.payload,
+            tokio::time::Instant::now() + limit,
+        )
+        .await;
+        let mut drops = forwarded.drops;
+        let (seen, _, last) = subscriber.wait_for(forwarded.acked).await;
         let forward_secs = last.map_or(f64::NAN, |l| (l - started).as_secs_f64());
         let forward_rate = seen as f64 / forward_secs;
         eprintln!("{}: forwarded {seen} in {forward_secs:.2} s", edge.name());
@@ -308,12 +352,25 @@ async fn run(cli: Cli) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         subscriber.reset();
         let cut = Instant::now();
-        drops += publish(edge.devices(cli.publishers), backlog, cli.payload).await;
+        let cut_phase = publish(
+            edge.devices(cli.publishers),
+            backlog,
+            cli.payload,
+            tokio::time::Instant::now() + limit,
+        )
+        .await;
+        drops += cut_phase.drops;
         let enqueue_secs = cut.elapsed().as_secs_f64();
-        let queued = backlog * cli.publishers;
+        let queued = cut_phase.acked;
         eprintln!(
-            "{}: {queued} queued while cut, in {enqueue_secs:.2} s",
-            edge.name()
+            "{}: {queued} of {} queued while cut, in {enqueue_secs:.2} s{}",
+            edge.name(),
+            backlog * cli.publishers,
+            if cut_phase.timed_out || forwarded.timed_out {
+                " (a phase stopped at its time limit)"
+            } else {
+                ""
+            }
         );
         let up = Instant::now();
         relay.set_up(true);
@@ -329,10 +386,11 @@ async fn run(cli: Cli) {
             edge.name()
         );
         rows.push(format!(
-            "| {} | {:.0} | {} | {:.0} | {:.0} | {}/{} | {:.1} | {} | {} |",
+            "| {} | {:.0} | {}/{} | {:.0} | {:.0} | {}/{} | {:.1} | {} | {} |",
             edge.name(),
             forward_rate,
             queued,
+            backlog * cli.publishers,
             queued as f64 / enqueue_secs,
             drained as f64 / drain_secs,
             drained,
@@ -347,7 +405,7 @@ async fn run(cli: Cli) {
         cli.payload, cli.publishers
     );
     println!(
-        "| edge | forward msgs/s | backlog msgs | enqueue msgs/s (uplink cut) | drain msgs/s | arrived | reconnect s | edge peak RSS MiB | device disconnects |"
+        "| edge | forward msgs/s | backlog acknowledged/attempted | enqueue msgs/s (uplink cut) | drain msgs/s | arrived | reconnect s | edge peak RSS MiB | device disconnects |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
