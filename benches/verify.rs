@@ -48,7 +48,10 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use criterion::{Criterion, criterion_group};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use jwtgate::acl::Grants;
+use jwtgate::acl::{Bindings, GrantTemplate, Grants};
+use jwtgate::broker::QoS;
+
+const Q1: QoS = QoS::AtLeastOnce;
 use jwtgate::config::Config;
 use jwtgate::keys::{KeySet, KeyStore};
 use jwtgate::token::{self, Policy};
@@ -310,18 +313,26 @@ fn bench_verify(c: &mut Criterion) {
     });
     group.bench_function("grants", |b| {
         b.iter(|| {
-            Grants::from_claim(black_box([
-                "devices/thermostat-1a/#",
+            GrantTemplate::from_topics(black_box([
+                "devices/${clientid}/#",
                 "config/thermostat-1a",
                 "broadcast/+/firmware",
             ]))
+            .bind(&BINDINGS)
         })
     });
     group.finish();
 }
 
-/// Grants of `n` filters of a few shapes; the one that sorts last is
-/// `zz/{n}/+/state` (what "allowed" hits).
+/// The connection grants are bound to.
+const BINDINGS: Bindings<'static> = Bindings {
+    client_id: "thermostat-1a",
+    subject: Some("thermostat-1a"),
+    username: Some("JWT"),
+};
+
+/// Grants of `n` filters of a few shapes; the last is `zz/{n}/+/state`
+/// (what "allowed" hits).
 fn grants(n: usize) -> Grants {
     let mut filters: Vec<String> = (0..n.saturating_sub(1))
         .map(|i| match i % 3 {
@@ -331,14 +342,12 @@ fn grants(n: usize) -> Grants {
         })
         .collect();
     filters.push(format!("zz/{n}/+/state"));
-    let (grants, rejected) = Grants::from_claim(&filters);
-    assert!(rejected.is_empty());
-    assert_eq!(grants.filters().len(), n);
-    assert_eq!(
-        grants.filters().last().unwrap().as_str(),
-        format!("zz/{n}/+/state")
-    );
-    grants
+    let bound = GrantTemplate::from_topics(&filters)
+        .bind(&BINDINGS)
+        .unwrap();
+    assert!(bound.dropped.is_empty());
+    assert_eq!(bound.grants.lists()[0].rules().len(), n);
+    bound.grants
 }
 
 fn bench_acl(c: &mut Criterion) {
@@ -348,20 +357,24 @@ fn bench_acl(c: &mut Criterion) {
         let allowed_filter = format!("zz/{n}/+/state");
         let denied = "devices/someone-else/telemetry/temperature";
         let denied_filter = "devices/someone-else/#";
-        assert!(grants.may_publish(&allowed_topic) && !grants.may_publish(denied));
-        assert!(grants.may_subscribe(&allowed_filter) && !grants.may_subscribe(denied_filter));
+        assert!(
+            grants.may_publish(&allowed_topic, Q1, false) && !grants.may_publish(denied, Q1, false)
+        );
+        assert!(
+            grants.may_subscribe(&allowed_filter, Q1) && !grants.may_subscribe(denied_filter, Q1)
+        );
         let mut group = c.benchmark_group(format!("acl/{n}"));
         group.bench_function("may_publish/allowed", |b| {
-            b.iter(|| grants.may_publish(black_box(&allowed_topic)))
+            b.iter(|| grants.may_publish(black_box(&allowed_topic), Q1, false))
         });
         group.bench_function("may_publish/denied", |b| {
-            b.iter(|| grants.may_publish(black_box(denied)))
+            b.iter(|| grants.may_publish(black_box(denied), Q1, false))
         });
         group.bench_function("may_subscribe/allowed", |b| {
-            b.iter(|| grants.may_subscribe(black_box(&allowed_filter)))
+            b.iter(|| grants.may_subscribe(black_box(&allowed_filter), Q1))
         });
         group.bench_function("may_subscribe/denied", |b| {
-            b.iter(|| grants.may_subscribe(black_box(denied_filter)))
+            b.iter(|| grants.may_subscribe(black_box(denied_filter), Q1))
         });
         group.finish();
     }

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::acl::{Bindings, ClaimForm, RuleTopic};
 use crate::keys::KeySet;
 use crate::token::{self, Policy};
 
@@ -38,9 +39,15 @@ pub struct CheckReport {
     /// `exp`, seconds since the Unix epoch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
-    /// The granted topic filters.
+    /// The client id placeholders were bound to.
+    pub client_id: String,
+    /// The filters of the `topics` claim, bound to the client id.
     pub topics: Vec<String>,
-    /// Entries of the topics claim that are not valid filters, with why.
+    /// The effective rules, one list per grant claim; every list must
+    /// allow.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleListReport>,
+    /// Grant entries that are not used, with why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rejected_topics: Vec<RejectedTopic>,
     /// What is unsafe about the token policy with these keys, whatever the
@@ -49,14 +56,33 @@ pub struct CheckReport {
     pub warnings: Vec<String>,
 }
 
+/// The rules read from one claim, as `jwtgate check` shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleListReport {
+    /// Which claim, in which form.
+    pub claim: String,
+    /// First match wins; no match denies.
+    pub rules: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RejectedTopic {
     pub filter: String,
     pub reason: String,
 }
 
-/// Checks `token` as the gateway would at CONNECT.
+/// The client id [`check`] binds placeholders to.
+pub const DEFAULT_CLIENT_ID: &str = "jwtgate-check";
+
+/// Checks `token` as the gateway would at CONNECT, for a client with id
+/// [`DEFAULT_CLIENT_ID`].
 pub fn check(token: &str, keys: &KeySet, policy: &Policy) -> CheckReport {
+    check_as(token, keys, policy, DEFAULT_CLIENT_ID)
+}
+
+/// Checks `token` as the gateway would at a CONNECT from `client_id` with
+/// user name `JWT`.
+pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) -> CheckReport {
     let warnings = policy
         .warnings(keys)
         .iter()
@@ -72,34 +98,71 @@ pub fn check(token: &str, keys: &KeySet, policy: &Policy) -> CheckReport {
                 key_file: None,
                 subject: None,
                 expires_at: None,
+                client_id: client_id.to_owned(),
                 topics: Vec::new(),
+                rules: Vec::new(),
                 rejected_topics: Vec::new(),
                 warnings,
             };
         }
     };
-    let may_connect = verified.grants.may_connect();
+    let bound = verified.grants.bind(&Bindings {
+        client_id,
+        subject: verified.subject.as_deref(),
+        username: Some("JWT"),
+    });
+    let mut rejected_topics: Vec<RejectedTopic> = verified
+        .grants
+        .ignored()
+        .iter()
+        .map(|(entry, why)| RejectedTopic {
+            filter: entry.clone(),
+            reason: why.clone(),
+        })
+        .collect();
+    let (reason, topics, rules) = match &bound {
+        Err(e) => (Some(e.to_string()), Vec::new(), Vec::new()),
+        Ok(bound) => {
+            rejected_topics.extend(bound.dropped.iter().map(|d| RejectedTopic {
+                filter: d.topic.clone(),
+                reason: d.reason.to_string(),
+            }));
+            let forms = verified.grants.lists().iter().map(|list| list.form);
+            let rules: Vec<RuleListReport> = forms
+                .zip(bound.grants.lists())
+                .map(|(form, list)| RuleListReport {
+                    claim: form.to_string(),
+                    rules: list.rules().iter().map(ToString::to_string).collect(),
+                })
+                .collect();
+            let topics = verified
+                .grants
+                .lists()
+                .iter()
+                .zip(bound.grants.lists())
+                .filter(|(template, _)| template.form == ClaimForm::Topics)
+                .flat_map(|(_, list)| list.rules())
+                .map(|rule| match &rule.topic {
+                    RuleTopic::Filter(filter) => filter.as_str().to_owned(),
+                    RuleTopic::Exact(exact) => format!("eq {exact}"),
+                })
+                .collect();
+            let reason =
+                (!bound.grants.may_connect()).then(|| "the token grants no topics".to_owned());
+            (reason, topics, rules)
+        }
+    };
     CheckReport {
-        accepted: may_connect,
-        reason: (!may_connect).then(|| "the token grants no topics".to_owned()),
+        accepted: reason.is_none(),
+        reason,
         key_id: Some(verified.key_id),
         key_file: Some(verified.key_file),
         subject: verified.subject,
         expires_at: verified.expires_at,
-        topics: verified
-            .grants
-            .filters()
-            .iter()
-            .map(|f| f.as_str().to_owned())
-            .collect(),
-        rejected_topics: verified
-            .rejected_filters
-            .into_iter()
-            .map(|(filter, why)| RejectedTopic {
-                filter,
-                reason: why.to_string(),
-            })
-            .collect(),
+        client_id: client_id.to_owned(),
+        topics,
+        rules,
+        rejected_topics,
         warnings,
     }
 }
@@ -138,12 +201,32 @@ impl fmt::Display for CheckReport {
         if !self.topics.is_empty() {
             writeln!(f, "topics:   {}", self.topics.join(", "))?;
         }
-        for rejected in &self.rejected_topics {
+        // The topics claim alone reads fully from the line above; rule
+        // lists are shown rule by rule.
+        let only_topics = match self.rules.as_slice() {
+            [list] => list.rules.len() == self.topics.len(),
+            _ => false,
+        };
+        if !only_topics && !self.rules.is_empty() {
             writeln!(
                 f,
-                "ignored:  {:?} is not a topic filter ({})",
-                rejected.filter, rejected.reason
+                "rules:    for client id {:?}; first match wins, no match denies{}",
+                self.client_id,
+                if self.rules.len() > 1 {
+                    "; every list must allow"
+                } else {
+                    ""
+                }
             )?;
+            for list in &self.rules {
+                writeln!(f, "  {}:", list.claim)?;
+                for rule in &list.rules {
+                    writeln!(f, "    {rule}")?;
+                }
+            }
+        }
+        for rejected in &self.rejected_topics {
+            writeln!(f, "ignored:  {:?} ({})", rejected.filter, rejected.reason)?;
         }
         for warning in &self.warnings {
             writeln!(f, "warning:  {warning}")?;

@@ -70,6 +70,9 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Bind `${clientid}` in the token's grants to this client id.
+        #[arg(long, value_name = "ID", default_value = jwtgate::check::DEFAULT_CLIENT_ID)]
+        client_id: String,
     },
     /// Print an HS256 token signed with a secret from the keys directory.
     #[command(
@@ -112,7 +115,8 @@ fn main() -> ExitCode {
             config,
             keys_dir,
             json,
-        } => return check(&token, config, keys_dir, json),
+            client_id,
+        } => return check(&token, config, keys_dir, json, &client_id),
         Command::Serve { config, listen } => serve(config, listen),
         Command::Mint {
             sub,
@@ -267,6 +271,7 @@ fn check(
     config_path: Option<PathBuf>,
     keys_dir: Option<PathBuf>,
     json: bool,
+    client_id: &str,
 ) -> ExitCode {
     let token = if token == "-" {
         let mut text = String::new();
@@ -285,7 +290,8 @@ fn check(
             return ExitCode::from(2);
         }
     };
-    let report = jwtgate::check::check(&token, &keys, &Policy::from_config(&config.auth));
+    let report =
+        jwtgate::check::check_as(&token, &keys, &Policy::from_config(&config.auth), client_id);
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),

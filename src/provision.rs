@@ -804,6 +804,8 @@ fn inspect(token: &str, out: &TokenOut) -> Result<(Summary, Vec<Warning>), Error
     }
     let claim = out.topics_claim.clone();
     let topics = match claims.get(&out.topics_claim) {
+        // EMQX's acl claim grants instead (its default name).
+        None if claims.contains_key("acl") => None,
         None => {
             warnings.push(Warning::NoTopics { claim });
             None

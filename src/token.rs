@@ -76,7 +76,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
-use crate::acl::{FilterError, Grants};
+use crate::acl::{ClaimError, ClaimNames, GrantTemplate};
 use crate::config::AuthConfig;
 use crate::keys::{DenyEntry, Key, KeySet};
 
@@ -95,6 +95,7 @@ const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", 
 #[derive(Debug, Clone)]
 pub struct Policy {
     topics_claim: String,
+    acl_claim: String,
     leeway: u64,
     issuer: Option<String>,
     /// One of these must be in `aud`; `None` leaves `aud` unchecked.
@@ -114,6 +115,7 @@ impl Policy {
     pub fn from_config(auth: &AuthConfig) -> Policy {
         Policy {
             topics_claim: auth.topics_claim.clone(),
+            acl_claim: auth.acl_claim.clone(),
             leeway: auth.leeway.as_secs(),
             issuer: auth.issuer.clone(),
             audience: auth.audience.clone(),
@@ -202,12 +204,10 @@ pub struct VerifiedToken {
     /// `exp`, in seconds since the Unix epoch.
     pub expires_at: Option<u64>,
     pub jti: Option<String>,
-    /// The valid filters of the topics claim. May be empty; whether that is
-    /// worth a connection is the caller's call.
-    pub grants: Grants,
-    /// Entries of the topics claim that are not valid filters, for the
-    /// caller to log.
-    pub rejected_filters: Vec<(String, FilterError)>,
+    /// What the `topics` and `acl` claims grant, to be bound to a
+    /// connection ([`GrantTemplate::bind`]). It may grant nothing; whether
+    /// that is worth a connection is the caller's call.
+    pub grants: GrantTemplate,
 }
 
 /// Why a token was refused.
@@ -284,10 +284,9 @@ pub enum TokenError {
     MissingAudience,
     #[error("no accepted audience in \"aud\"")]
     WrongAudience,
-    #[error("the token has no topics claim")]
-    MissingTopics,
-    #[error("the topics claim is neither a topic filter string nor an array of them")]
-    BadTopicsClaim,
+    /// The grant claims are missing or cannot be read.
+    #[error(transparent)]
+    Grants(#[from] ClaimError),
 }
 
 impl TokenError {
@@ -384,7 +383,6 @@ fn verify_at(
         expires_at: checked.exp,
         jti: jti.map(str::to_owned),
         grants: checked.grants,
-        rejected_filters: checked.rejected_filters,
     })
 }
 
@@ -506,8 +504,7 @@ fn verifying_key<'k>(
 /// and `jti`.
 struct CheckedClaims {
     exp: Option<u64>,
-    grants: Grants,
-    rejected_filters: Vec<(String, FilterError)>,
+    grants: GrantTemplate,
 }
 
 fn check_claims(
@@ -558,22 +555,15 @@ fn check_claims(
     if let Some(accepted) = &policy.audience {
         check_audience(claims.get("aud"), accepted)?;
     }
-    let topics: Vec<&str> = match claims.get(&policy.topics_claim) {
-        None => return Err(TokenError::MissingTopics),
-        Some(Value::String(filter)) => vec![filter],
-        Some(Value::Array(filters)) => filters
-            .iter()
-            .map(Value::as_str)
-            .collect::<Option<_>>()
-            .ok_or(TokenError::BadTopicsClaim)?,
-        Some(_) => return Err(TokenError::BadTopicsClaim),
-    };
-    let (grants, rejected_filters) = Grants::from_claim(topics);
-    Ok(CheckedClaims {
-        exp,
-        grants,
-        rejected_filters,
-    })
+    let grants = GrantTemplate::from_claims(
+        claims.get(&policy.topics_claim),
+        claims.get(&policy.acl_claim),
+        ClaimNames {
+            topics: &policy.topics_claim,
+            acl: &policy.acl_claim,
+        },
+    )?;
+    Ok(CheckedClaims { exp, grants })
 }
 
 /// `aud` may be one string or an array of them (RFC 7519 §4.1.3); one
@@ -790,6 +780,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::acl::{Bindings, Bound, RuleList, RuleTopic};
     use crate::config::Config;
     use crate::keys::testing::{self, b64url};
     use crate::keys::{DenyKind, KeyStore};
@@ -885,8 +876,29 @@ mod tests {
         }
     }
 
-    fn filters(token: &VerifiedToken) -> Vec<&str> {
-        token.grants.filters().iter().map(|f| f.as_str()).collect()
+    fn bound(token: &VerifiedToken) -> Bound {
+        token
+            .grants
+            .bind(&Bindings {
+                client_id: "c",
+                subject: token.subject.as_deref(),
+                username: Some("JWT"),
+            })
+            .unwrap()
+    }
+
+    /// The filters a token's grants keep once bound, in order.
+    fn filters(token: &VerifiedToken) -> Vec<String> {
+        bound(token)
+            .grants
+            .lists()
+            .iter()
+            .flat_map(RuleList::rules)
+            .filter_map(|rule| match &rule.topic {
+                RuleTopic::Filter(filter) => Some(filter.as_str().to_owned()),
+                RuleTopic::Exact(_) => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -901,8 +913,9 @@ mod tests {
         assert_eq!(verified.key_id, "dev");
         assert_eq!(verified.key_file, dev_key().source());
         assert_eq!(filters(&verified), ["devices/dev-1/#"]);
-        assert_eq!(verified.rejected_filters.len(), 1);
-        assert_eq!(verified.rejected_filters[0].0, "a/#/b");
+        let dropped = bound(&verified).dropped;
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].topic, "a/#/b");
         assert_eq!(verified.jti.as_ref().map(String::len), Some(22));
         let exp = verified.expires_at.unwrap();
         assert!(exp.abs_diff(unix_now() + 3600) <= 5, "{exp}");
@@ -1607,20 +1620,32 @@ mod tests {
         .unwrap();
         assert_eq!(filters(&single), ["a/+"]);
         let empty = check(&token(json!({ "sub": "d", "exp": NOW + 60, "topics": [] }))).unwrap();
-        assert!(empty.grants.is_empty());
-        assert_eq!(
+        assert!(!bound(&empty).grants.may_connect());
+        assert!(matches!(
             check(&token(json!({ "sub": "d", "exp": NOW + 60 }))).unwrap_err(),
-            TokenError::MissingTopics
-        );
+            TokenError::Grants(ClaimError::Missing { .. })
+        ));
         for bad in [json!(3), json!(null), json!(["a", 1]), json!({ "a": "b" })] {
             assert_eq!(
                 check(&token(
                     json!({ "sub": "d", "exp": NOW + 60, "topics": bad })
                 ))
                 .unwrap_err(),
-                TokenError::BadTopicsClaim
+                TokenError::Grants(ClaimError::BadTopics("topics".into()))
             );
         }
+        // EMQX's acl claim alone is enough; its name is configurable.
+        let acl = check(&token(
+            json!({ "sub": "d", "exp": NOW + 60, "acl": { "pub": ["p/#"] } }),
+        ))
+        .unwrap();
+        assert_eq!(filters(&acl), ["p/#"]);
+        let renamed = policy(|auth| auth.acl_claim = "mqtt_acl".into());
+        let claims = json!({ "sub": "d", "exp": NOW + 60, "mqtt_acl": { "sub": ["s/#"] } });
+        assert_eq!(
+            filters(&check_with(&token(claims), &renamed).unwrap()),
+            ["s/#"]
+        );
         let namespaced = policy(|auth| auth.topics_claim = "https://example.com/topics".into());
         let claims = json!({ "sub": "d", "exp": NOW + 60, "https://example.com/topics": ["x/#"] });
         let verified = check_with(&token(claims), &namespaced).unwrap();
@@ -1856,13 +1881,15 @@ mod tests {
             let verified = verify(&token, &fixture().keys, &policy(|_| {})).unwrap();
             prop_assert_eq!(verified.subject.as_deref(), Some(subject.as_str()));
             prop_assert_eq!(verified.key_id.as_str(), "dev");
+            let granted = filters(&verified);
+            let dropped = bound(&verified).dropped;
             for topic in &topics {
-                let granted = verified.grants.filters().iter().any(|f| f.as_str() == topic);
-                let rejected = verified.rejected_filters.iter().any(|(t, _)| t == topic);
-                prop_assert!(granted != rejected, "{:?} granted {} rejected {}", topic, granted, rejected);
+                let kept = granted.iter().any(|f| f == topic);
+                let rejected = dropped.iter().any(|d| &d.topic == topic);
+                prop_assert!(kept != rejected, "{:?} granted {} rejected {}", topic, kept, rejected);
             }
-            for filter in verified.grants.filters() {
-                prop_assert!(topics.iter().any(|t| t == filter.as_str()));
+            for filter in &granted {
+                prop_assert!(topics.iter().any(|t| t == filter));
             }
         }
     }

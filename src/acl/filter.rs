@@ -1,42 +1,14 @@
-//! Authorization: may this client publish to this topic, or subscribe with
-//! this filter?
+//! Topic filters and topic names: what MQTT allows in them, and the two
+//! relations authorization is built from.
 //!
-//! # The model
+//! - [`TopicFilter::matches_topic`]: the filter matches a topic name;
+//! - [`TopicFilter::covers`]: every topic one filter matches, the other
+//!   matches too (a subscription stays within a grant);
+//! - [`TopicFilter::intersects`]: some topic is matched by both (a deny
+//!   rule reaches into a subscription).
 //!
-//! A device's token carries a list of MQTT topic filters in its `topics`
-//! claim. Each one is a **grant**: a [`TopicFilter`] naming the set of topics
-//! the device may use. The grants of one connection are held in [`Grants`],
-//! and two rules decide everything:
-//!
-//! 1. **Publish**: a PUBLISH (or will message) to topic `t` is allowed iff `t`
-//!    is a valid topic name and some grant matches `t`
-//!    ([`TopicFilter::matches_topic`]).
-//! 2. **Subscribe**: a SUBSCRIBE with filter `f` is allowed iff `f` is a valid
-//!    filter and some single grant *covers* `f`, i.e. every topic `f` matches
-//!    is also matched by that grant ([`TopicFilter::covers`]). Comparing
-//!    filters as sets of topics, not as strings, is what keeps a device
-//!    granted `sensors/+/temp` from subscribing to `sensors/#`, while still
-//!    letting a device granted `sensors/#` subscribe to `sensors/+/temp`. A
-//!    filter is never narrowed to what is granted; it is accepted or refused
-//!    whole.
-//!
-//! A shared subscription request `$share/{group}/{filter}` is authorized on
-//! its inner `{filter}`, because that is the set of topics it delivers; the
-//! group name only chooses which session receives each message. A grant
-//! cannot itself be a `$share/...` filter: [`Grants::from_claim`] rejects it,
-//! since it would silently grant nothing but the literal topic.
-//!
-//! # The `$` rule
-//!
-//! MQTT (3.1.1 §4.7.2, 5 §4.7.2) reserves topics whose first level starts
-//! with `$` (such as `$SYS/...`) for the server: a filter whose first level is
-//! a wildcard (`#`, `+`, `+/...`) does not match them. So a grant of `#` does
-//! not reach `$SYS/uptime`; only a grant that spells out the `$` level, such
-//! as `$SYS/#`, does. Matching and covering apply the rule identically, so a
-//! grant of `#` does not cover a subscription to `$SYS/#` either.
-//!
-//! Matching runs on every PUBLISH, so nothing here allocates after a grant
-//! has been parsed: levels are walked with `split('/')`.
+//! Filters are compared as sets of topics, never as strings. The `$` rule
+//! and the cost of matching are described in the [module above](super).
 
 // Untrusted input (topics and filters come from clients and from token
 // claims): fail with an error, never a panic. Tests are exempt through
@@ -132,7 +104,13 @@ impl TopicFilter {
         self.view().covers(other.view())
     }
 
-    fn view(&self) -> Filter<'_> {
+    /// Whether some topic is matched by both filters: the rule that decides
+    /// if a deny grant reaches into a subscription.
+    pub fn intersects(&self, other: &TopicFilter) -> bool {
+        self.view().intersects(other.view())
+    }
+
+    pub(super) fn view(&self) -> Filter<'_> {
         Filter(&self.0)
     }
 }
@@ -163,7 +141,7 @@ pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
 /// A borrowed filter that has passed validation. It lets a SUBSCRIBE request
 /// be checked in place, without copying it into a [`TopicFilter`].
 #[derive(Debug, Clone, Copy)]
-struct Filter<'a>(&'a str);
+pub(super) struct Filter<'a>(&'a str);
 
 impl<'a> Filter<'a> {
     fn parse(s: &'a str) -> Result<Self, FilterError> {
@@ -199,7 +177,7 @@ impl<'a> Filter<'a> {
     }
 
     /// `topic` must already be a valid topic name.
-    fn matches(self, topic: &str) -> bool {
+    pub(super) fn matches(self, topic: &str) -> bool {
         if self.starts_with_wildcard() && topic.starts_with('$') {
             return false;
         }
@@ -224,7 +202,7 @@ impl<'a> Filter<'a> {
         topic_levels.next().is_none()
     }
 
-    fn covers(self, other: Filter<'_>) -> bool {
+    pub(super) fn covers(self, other: Filter<'_>) -> bool {
         if self.starts_with_wildcard() && other.0.starts_with('$') {
             // `other` names a `$` topic literally; `self` cannot match it.
             return false;
@@ -247,6 +225,43 @@ impl<'a> Filter<'a> {
             }
         }
         theirs.next().is_none()
+    }
+
+    pub(super) fn intersects(self, other: Filter<'_>) -> bool {
+        // A first-level wildcard keeps away from `$` topics, so a filter
+        // starting with one shares nothing with one that names a `$` level.
+        if (self.starts_with_wildcard() && other.0.starts_with('$'))
+            || (other.starts_with_wildcard() && self.0.starts_with('$'))
+        {
+            return false;
+        }
+        let mut ours = self.0.split('/');
+        let mut theirs = other.0.split('/');
+        // Whether the common topic so far is the empty string: one level,
+        // fixed to "" by a literal. A `#` cannot stand for its parent then.
+        let mut levels = 0;
+        let mut first_is_empty = false;
+        loop {
+            let parent_is_topic = !(levels == 1 && first_is_empty);
+            match (ours.next(), theirs.next()) {
+                (None, None) => return true,
+                (Some("#"), None) | (None, Some("#")) => return parent_is_topic,
+                (None, Some(_)) | (Some(_), None) => return false,
+                (Some("#"), Some(_)) | (Some(_), Some("#")) => return true,
+                (Some(a), Some(b)) => {
+                    let level = match (a, b) {
+                        ("+", "+") => "x",
+                        ("+", literal) | (literal, "+") => literal,
+                        (a, b) if a == b => a,
+                        _ => return false,
+                    };
+                    if levels == 0 {
+                        first_is_empty = level.is_empty();
+                    }
+                    levels += 1;
+                }
+            }
+        }
     }
 
     /// `self`, spelled so that no `#` stands where its parent would be the
@@ -303,76 +318,10 @@ impl<'a> RequestedFilter<'a> {
     }
 }
 
-/// The filter a SUBSCRIBE request asks for: itself, or for a shared
-/// subscription the filter after the group name. `None` if malformed.
-fn requested_filter(requested: &str) -> Option<Filter<'_>> {
-    RequestedFilter::parse(requested)
-        .ok()
-        .map(|r| Filter(r.filter))
-}
-
-/// The topic filters one device has been granted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Grants {
-    filters: Vec<TopicFilter>,
-}
-
-impl Grants {
-    pub fn new(filters: Vec<TopicFilter>) -> Self {
-        Grants { filters }
-    }
-
-    /// Builds grants from the entries of a token's topics claim.
-    ///
-    /// One bad entry does not void the token: valid entries are kept
-    /// (without duplicates) and each rejected entry comes back with the
-    /// reason, for the caller to log.
-    pub fn from_claim<S: AsRef<str>>(
-        values: impl IntoIterator<Item = S>,
-    ) -> (Grants, Vec<(String, FilterError)>) {
-        let mut filters = Vec::new();
-        let mut rejected = Vec::new();
-        for value in values {
-            let value = value.as_ref();
-            let parsed = if value.starts_with(SHARE_PREFIX) {
-                Err(FilterError::SharedSubscription)
-            } else {
-                TopicFilter::parse(value)
-            };
-            match parsed {
-                Ok(filter) => filters.push(filter),
-                Err(error) => rejected.push((value.to_owned(), error)),
-            }
-        }
-        filters.sort_unstable();
-        filters.dedup();
-        (Grants { filters }, rejected)
-    }
-
-    pub fn filters(&self) -> &[TopicFilter] {
-        &self.filters
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.filters.is_empty()
-    }
-
-    /// A token that grants nothing is an identity without rights: it is not
-    /// worth a connection.
-    pub fn may_connect(&self) -> bool {
-        !self.is_empty()
-    }
-
-    /// Rule 1: `topic` is a valid topic name and some grant matches it.
-    pub fn may_publish(&self, topic: &str) -> bool {
-        validate_topic_name(topic).is_ok() && self.filters.iter().any(|g| g.view().matches(topic))
-    }
-
-    /// Rule 2: `filter` (possibly `$share/{group}/{filter}`) is a valid filter
-    /// and some single grant covers it.
-    pub fn may_subscribe(&self, filter: &str) -> bool {
-        requested_filter(filter)
-            .is_some_and(|requested| self.filters.iter().any(|g| g.view().covers(requested)))
+impl<'a> RequestedFilter<'a> {
+    /// The topics this subscription delivers, as a filter to compare.
+    pub(super) fn topics(&self) -> Filter<'a> {
+        Filter(self.filter)
     }
 }
 
@@ -389,10 +338,6 @@ mod tests {
 
     fn covers(ours: &str, theirs: &str) -> bool {
         filter(ours).covers(&filter(theirs))
-    }
-
-    fn grants(filters: &[&str]) -> Grants {
-        Grants::new(filters.iter().map(|s| filter(s)).collect())
     }
 
     #[test]
@@ -606,104 +551,6 @@ mod tests {
         assert!(!covers("//+/#", "//#"));
     }
 
-    #[test]
-    fn may_publish_needs_a_matching_grant() {
-        let g = grants(&["sensors/+/temp", "cmd/dev1/#"]);
-        assert!(g.may_publish("sensors/x/temp"));
-        assert!(g.may_publish("cmd/dev1"));
-        assert!(g.may_publish("cmd/dev1/reboot"));
-        assert!(!g.may_publish("sensors/x/hum"));
-        assert!(!g.may_publish("cmd/dev2"));
-        assert!(!g.may_publish("sensors/+/temp"));
-        assert!(!g.may_publish(""));
-        let all = grants(&["#"]);
-        assert!(all.may_publish("anything/at/all"));
-        assert!(!all.may_publish("$SYS/x"));
-        assert!(!all.may_publish("a/#"));
-        assert!(!Grants::default().may_publish("a"));
-    }
-
-    #[test]
-    fn may_subscribe_needs_a_covering_grant() {
-        let g = grants(&["sensors/#", "cmd/+"]);
-        assert!(g.may_subscribe("sensors/#"));
-        assert!(g.may_subscribe("sensors/+/temp"));
-        assert!(g.may_subscribe("sensors"));
-        assert!(g.may_subscribe("cmd/x"));
-        assert!(g.may_subscribe("cmd/+"));
-        assert!(!g.may_subscribe("cmd/#"));
-        assert!(!g.may_subscribe("#"));
-        assert!(!g.may_subscribe("+/temp"));
-        assert!(!g.may_subscribe("sensors/#/x"));
-        assert!(!g.may_subscribe(""));
-        // No union of grants: each subscription must fit inside one grant.
-        let split = grants(&["a/b", "a/c"]);
-        assert!(!split.may_subscribe("a/+"));
-        assert!(!Grants::default().may_subscribe("a"));
-    }
-
-    #[test]
-    fn shared_subscriptions_are_checked_on_the_inner_filter() {
-        let g = grants(&["sensors/#"]);
-        assert!(g.may_subscribe("$share/group/sensors/+/temp"));
-        assert!(g.may_subscribe("$share/g/sensors"));
-        assert!(!g.may_subscribe("$share/g/other"));
-        assert!(!g.may_subscribe("$share/sensors/#"));
-        let all = grants(&["#"]);
-        assert!(all.may_subscribe("$share/g/#"));
-        assert!(!all.may_subscribe("$share/g/$SYS/#"));
-        for malformed in [
-            "$share/",
-            "$share/g",
-            "$share//a",
-            "$share/g/",
-            "$share/+/a",
-            "$share/#/a",
-            "$share/g+/a",
-            "$share/g#/a",
-            "$share/g\0/a",
-            "$share/g/a/#/b",
-            "$share/g/a+",
-        ] {
-            assert!(!all.may_subscribe(malformed), "{malformed:?}");
-        }
-        // Without the slash it is not a shared subscription, just a `$`
-        // topic filter.
-        assert!(!all.may_subscribe("$share"));
-        assert!(grants(&["$share"]).may_subscribe("$share"));
-        let too_long = format!("$share/{}/a", "g".repeat(MAX_LEN));
-        assert!(!all.may_subscribe(&too_long));
-    }
-
-    #[test]
-    fn from_claim_keeps_valid_entries_and_reports_the_rest() {
-        let (g, rejected) = Grants::from_claim([
-            "sensors/#",
-            "",
-            "a/#/b",
-            "cmd/+",
-            "sensors/#",
-            "x+",
-            "$share/g/a",
-        ]);
-        assert_eq!(g, grants(&["cmd/+", "sensors/#"]));
-        assert_eq!(
-            rejected,
-            vec![
-                (String::new(), FilterError::Empty),
-                ("a/#/b".to_owned(), FilterError::MultiLevelNotLast),
-                ("x+".to_owned(), FilterError::WildcardInLevel { level: 1 }),
-                ("$share/g/a".to_owned(), FilterError::SharedSubscription),
-            ]
-        );
-        let (owned, none) = Grants::from_claim(vec![String::from("a")]);
-        assert_eq!(owned.filters(), &[filter("a")]);
-        assert!(none.is_empty());
-        let (empty, none) = Grants::from_claim(Vec::<String>::new());
-        assert!(empty.is_empty());
-        assert!(none.is_empty());
-    }
-
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -825,6 +672,12 @@ mod tests {
                 for (theirs, theirs_bits) in filters.iter().zip(&matched) {
                     let subset = theirs_bits.iter().zip(ours_bits).all(|(t, o)| t & !o == 0);
                     assert_eq!(ours.covers(theirs), subset, "{ours} covers {theirs}");
+                    let common = theirs_bits.iter().zip(ours_bits).any(|(t, o)| t & o != 0);
+                    assert_eq!(
+                        ours.intersects(theirs),
+                        common,
+                        "{ours} intersects {theirs}"
+                    );
                 }
             }
         }
@@ -870,22 +723,15 @@ mod tests {
             }
 
             #[test]
-            fn grants_never_panic_on_any_string(s in ".*", t in "\\PC*") {
-                let g = grants(&["#", "a/+", "$SYS/#"]);
-                for input in [&s, &t] {
-                    let _ = g.may_publish(input);
-                    let _ = g.may_subscribe(input);
-                    let _ = Grants::from_claim([input]);
-                }
-            }
-
-            #[test]
-            fn grants_never_panic_on_mqtt_shaped_strings(s in "(\\$share/)?[ab/+#$\\x00]{0,12}") {
-                let g = grants(&["#", "a/+", "$SYS/#"]);
-                let _ = g.may_publish(&s);
-                let _ = g.may_subscribe(&s);
-                let (parsed, _) = Grants::from_claim([&s]);
-                prop_assert!(parsed.filters().iter().all(|f| f.covers(f)));
+            fn intersects_agrees_with_enumeration(
+                ours in filter_strategy(),
+                theirs in filter_strategy(),
+            ) {
+                let common = ALL_TOPICS
+                    .iter()
+                    .any(|t| ours.matches_topic(t) && theirs.matches_topic(t));
+                prop_assert_eq!(ours.intersects(&theirs), common);
+                prop_assert_eq!(theirs.intersects(&ours), common);
             }
         }
     }

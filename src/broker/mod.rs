@@ -659,10 +659,10 @@ impl Broker {
         }
     }
 
-    /// Narrows a resumed session to what a new token grants: subscriptions
-    /// it does not cover are removed (and returned, for the log), and
-    /// queued or unacknowledged messages on topics it does not grant are
-    /// dropped.
+    /// Narrows a session to what a new token grants (on resuming it, or on
+    /// re-authentication): subscriptions it does not cover at their QoS are
+    /// removed (and returned, for the log), and queued or unacknowledged
+    /// messages it would not let the client receive are dropped.
     pub fn restrict(
         &self,
         session: &Arc<Session>,
@@ -670,14 +670,16 @@ impl Broker {
         inflight: &mut Inflight,
     ) -> Vec<String> {
         let removed: Vec<String> = session
-            .subscriptions()
-            .into_iter()
-            .filter(|requested| !grants.may_subscribe(requested))
+            .state()
+            .subscriptions
+            .iter()
+            .filter(|(requested, options)| !grants.may_subscribe(requested, options.qos))
+            .map(|(requested, _)| requested.to_string())
             .collect();
         for requested in &removed {
             self.unsubscribe(session, requested);
         }
-        let allowed = |d: &Delivery| grants.may_publish(d.message.topic());
+        let allowed = |d: &Delivery| grants.may_receive(d.message.topic(), d.qos);
         session.mailbox().retain(allowed);
         inflight.retain(allowed);
         removed

@@ -142,6 +142,9 @@ pub struct AuthConfig {
     /// Name of the claim listing the topic filters a device may use; never
     /// empty.
     pub topics_claim: String,
+    /// Name of the claim holding EMQX-style ACL rules; never empty, never
+    /// the topics claim.
+    pub acl_claim: String,
     /// Clock-skew allowance applied to `exp` and `nbf`.
     pub leeway: Duration,
     /// Required `iss`, when set; never empty.
@@ -385,6 +388,7 @@ impl Config {
             auth: AuthConfig {
                 keys_dir: base_dir.join("keys"),
                 topics_claim: "topics".to_owned(),
+                acl_claim: "acl".to_owned(),
                 leeway: Duration::from_secs(5),
                 issuer: None,
                 audience: None,
@@ -440,6 +444,7 @@ struct RawTls {
 struct RawAuth {
     keys_dir: Option<Spanned<PathBuf>>,
     topics_claim: Option<Spanned<String>>,
+    acl_claim: Option<Spanned<String>>,
     leeway_secs: Option<Spanned<i64>>,
     issuer: Option<Spanned<String>>,
     audience: Option<Spanned<Audience>>,
@@ -718,7 +723,27 @@ impl RawAuth {
             if claim.get_ref().is_empty() {
                 return Err(doc.bad(&claim, "[auth] topics_claim", "must not be empty"));
             }
+            if self.acl_claim.is_none() && *claim.get_ref() == auth.acl_claim {
+                return Err(doc.bad(
+                    &claim,
+                    "[auth] topics_claim",
+                    "must differ from [auth] acl_claim (default \"acl\")",
+                ));
+            }
             auth.topics_claim = claim.into_inner();
+        }
+        if let Some(claim) = self.acl_claim {
+            if claim.get_ref().is_empty() {
+                return Err(doc.bad(&claim, "[auth] acl_claim", "must not be empty"));
+            }
+            if *claim.get_ref() == auth.topics_claim {
+                return Err(doc.bad(
+                    &claim,
+                    "[auth] acl_claim",
+                    "must differ from [auth] topics_claim",
+                ));
+            }
+            auth.acl_claim = claim.into_inner();
         }
         if let Some(leeway) = &self.leeway_secs {
             auth.leeway = doc.seconds(leeway, "[auth] leeway_secs", 0)?;
@@ -1078,6 +1103,7 @@ key  = "keys/tls/server.key"     # PEM private key (PKCS#8, PKCS#1 or SEC1); def
 [auth]
 keys_dir = "keys"                # default "keys"
 topics_claim = "topics"          # default "topics"; must be non-empty
+acl_claim = "acl"                # EMQX-style ACL claim (object or rule list); default "acl"
 leeway_secs = 5                  # clock-skew allowance for exp/nbf; default 5, 0 allowed
 issuer = "https://tenant.example/"   # optional; enforced when set
 audience = "api"                 # optional; a string OR a list of strings; enforced when set; empty list is an error
@@ -1142,6 +1168,7 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
                 auth: AuthConfig {
                     keys_dir: base.join("keys"),
                     topics_claim: "topics".to_owned(),
+                    acl_claim: "acl".to_owned(),
                     leeway: Duration::from_secs(5),
                     issuer: Some("https://tenant.example/".to_owned()),
                     audience: Some(vec!["api".to_owned()]),
@@ -1325,6 +1352,7 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
 listen = "[::1]:9883"
 [auth]
 topics_claim = "mqtt_topics"
+acl_claim = "mqtt_acl"
 leeway_secs = 0
 require_kid = true
 require_exp = false
@@ -1360,6 +1388,7 @@ max_session_expiry_secs = 0
             SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 9883))
         );
         assert_eq!(config.auth.topics_claim, "mqtt_topics");
+        assert_eq!(config.auth.acl_claim, "mqtt_acl");
         assert_eq!(config.auth.leeway, Duration::ZERO);
         assert!(config.auth.require_kid);
         assert!(!config.auth.require_exp);
@@ -1630,6 +1659,20 @@ max_session_expiry_secs = 0
                 16,
                 "[auth] topics_claim",
                 "must not be empty",
+            ),
+            (
+                "[auth]\nacl_claim = \"\"\n",
+                2,
+                13,
+                "[auth] acl_claim",
+                "must not be empty",
+            ),
+            (
+                "[auth]\nacl_claim = \"topics\"\n",
+                2,
+                13,
+                "[auth] acl_claim",
+                "must differ from [auth] topics_claim",
             ),
             (
                 "[auth]\nissuer = \"\"\n",

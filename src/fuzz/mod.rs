@@ -29,7 +29,8 @@ mod memory;
 
 pub use memory::{CountingAllocator, peak_during};
 
-use crate::acl::{FilterError, Grants, RequestedFilter, TopicFilter};
+use crate::acl::{Bindings, ClaimForm, FilterError, Grants, RequestedFilter, TopicFilter};
+use crate::broker::QoS;
 use crate::config::Config;
 use crate::gateway::{self, SessionSetup};
 use crate::keys::{self, KeySet, KeyStore, Problem};
@@ -125,8 +126,16 @@ fn fixture() -> &'static Fixture {
             jsonwebtoken::crypto::sign(session_signed_part.as_bytes(), &hmac, Algorithm::HS256)
                 .expect("sign the session token");
         let session_token = format!("{session_signed_part}.{signature}");
-        let session_grants = token::verify(&session_token, &set, &default_policy)
-            .expect("the session token verifies")
+        let verified = token::verify(&session_token, &set, &default_policy)
+            .expect("the session token verifies");
+        let session_grants = verified
+            .grants
+            .bind(&Bindings {
+                client_id: "fuzz",
+                subject: verified.subject.as_deref(),
+                username: Some("JWT"),
+            })
+            .expect("the session token's grants bind")
             .grants;
         Fixture {
             keys,
@@ -253,13 +262,20 @@ pub fn token_signed(data: &[u8]) {
     let topics: Vec<&str> = match claims.get("topics") {
         Some(Value::String(one)) => vec![one],
         Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+        None if claims.contains_key("acl") => Vec::new(),
         other => panic!("verify accepted a topics claim of {other:?}"),
     };
-    for grant in verified.grants.filters() {
-        assert!(
-            topics.contains(&grant.as_str()),
-            "grant {grant} is not in the topics claim {topics:?}"
-        );
+    for list in verified.grants.lists() {
+        if list.form != ClaimForm::Topics {
+            continue;
+        }
+        for rule in &list.rules {
+            let written = rule.written();
+            assert!(
+                topics.contains(&written.as_str()),
+                "grant {written} is not in the topics claim {topics:?}"
+            );
+        }
     }
     let Some(exp) = verified.expires_at else {
         panic!("verify accepted a token without exp, which the policy requires");
@@ -538,7 +554,9 @@ pub fn mqtt_session(data: &[u8]) {
     }
     for topic in outcome.routed.iter().chain(&outcome.retained) {
         assert!(
-            fixture.session_grants.may_publish(topic),
+            fixture
+                .session_grants
+                .may_publish(topic, QoS::AtMostOnce, false),
             "routed {topic:?}, outside the grants"
         );
     }
@@ -650,6 +668,22 @@ pub fn topic(data: &[u8]) {
             }
         }
     }
+    for t in &topics {
+        if reference_matches(a, t) && reference_matches(b, t) {
+            assert!(fa.intersects(&fb), "{a:?} and {b:?} both match {t:?}");
+        }
+    }
+    assert_eq!(
+        fa.intersects(&fb),
+        fb.intersects(&fa),
+        "intersects({a:?}, {b:?})"
+    );
+    if fa.covers(&fb) {
+        assert!(
+            fa.intersects(&fb),
+            "{a:?} covers {b:?} without sharing a topic"
+        );
+    }
     let grants = Grants::new(vec![fa.clone()]);
     let shared = format!("$share/g/{b}");
     // The share prefix must not push the request past the length limit.
@@ -666,7 +700,7 @@ pub fn topic(data: &[u8]) {
             .and_then(|r| TopicFilter::parse(r.filter).ok())
             .is_some_and(|filter| fa.covers(&filter));
         assert_eq!(
-            grants.may_subscribe(requested),
+            grants.may_subscribe(requested, QoS::AtLeastOnce),
             expected,
             "may_subscribe({requested:?}) under {a:?}"
         );

@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 use super::codec::{
     CodecError, Inbound, OutgoingPublish, PublishHeader, Version, broker_qos, wire_qos,
 };
+use super::enhanced::{self, Auth};
 use super::wire::Outbox;
 use crate::acl::{Grants, RequestedFilter, validate_topic_name};
 use crate::broker::{
@@ -84,6 +85,15 @@ pub(super) enum Ending {
     /// The client read nothing of what it was sent for
     /// `[limits] write_timeout_secs`.
     WriteStalled,
+    /// A re-authentication (MQTT 5 AUTH) was refused. `code` is the
+    /// DISCONNECT reason, written by [`enhanced`] since rumqttd cannot
+    /// name all of them: 0x86 for a token that is not to be trusted, 0x87
+    /// for an identity that may not go on, 0x8C for a method other than
+    /// `JWT`.
+    ReauthRefused {
+        code: u8,
+        detail: String,
+    },
 }
 
 impl Ending {
@@ -93,6 +103,8 @@ impl Ending {
         match self {
             // A client that does not read would not read a DISCONNECT.
             Ending::Disconnected { .. } | Ending::Vanished | Ending::WriteStalled => None,
+            // Written raw, see `say_goodbye`.
+            Ending::ReauthRefused { .. } => None,
             Ending::Protocol(code, _) => Some(*code),
             Ending::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
             // MQTT 5's "maximum connect time": the token's lifetime is the
@@ -108,8 +120,12 @@ impl Ending {
     fn publishes_will(&self) -> bool {
         match self {
             Ending::Disconnected { publish_will } => *publish_will,
-            // A revoked device's will was authorized by what is now revoked.
-            Ending::TakenOver | Ending::Shutdown | Ending::Revoked(_) => false,
+            // A revoked device's will was authorized by what is now revoked,
+            // and so was that of a device whose new token was refused.
+            Ending::TakenOver
+            | Ending::Shutdown
+            | Ending::Revoked(_)
+            | Ending::ReauthRefused { .. } => false,
             Ending::Vanished
             | Ending::Protocol(..)
             | Ending::KeepAliveTimeout
@@ -122,7 +138,9 @@ impl Ending {
 
     fn detail(&self) -> Option<String> {
         match self {
-            Ending::Protocol(_, detail) | Ending::Revoked(detail) => Some(detail.clone()),
+            Ending::Protocol(_, detail)
+            | Ending::Revoked(detail)
+            | Ending::ReauthRefused { detail, .. } => Some(detail.clone()),
             Ending::SlowSubscriber => Some(
                 "the session's queue is full and the client does not read it fast enough".into(),
             ),
@@ -183,6 +201,10 @@ impl ClientLimits {
 pub(super) struct Identity {
     pub client_id: String,
     pub version: Version,
+    /// The token's `sub`: a re-authentication must name the same.
+    pub subject: Option<String>,
+    /// The CONNECT's user name, for `${username}` in grants.
+    pub username: Option<String>,
     /// The token, kept to re-check it when keys or the deny list change.
     pub credential: String,
     pub grants: Grants,
@@ -215,6 +237,10 @@ pub(super) struct Client {
     deferred_bytes: usize,
     /// Scratch space for deliveries taken from the mailbox.
     batch: Vec<Delivery>,
+    /// The token of an AUTH (re-authenticate) waiting to be verified; no
+    /// packet behind it is taken until it is, so each is judged by the
+    /// grants in force when it was sent.
+    reauth: Option<String>,
 }
 
 impl Client {
@@ -245,6 +271,7 @@ impl Client {
             deferred: VecDeque::new(),
             deferred_bytes: 0,
             batch: Vec::new(),
+            reauth: None,
         }
     }
 
@@ -413,6 +440,9 @@ impl Client {
     /// each other would otherwise each wait for the other's acks).
     pub fn take_input(&mut self, input: &mut BytesMut, out: &mut Outbox) -> Option<Ending> {
         loop {
+            if self.reauth.is_some() {
+                return None;
+            }
             let waiting = self.pending.is_some();
             let deferred = if waiting {
                 None
@@ -434,7 +464,7 @@ impl Client {
                         Ok(None) => return None,
                         Err(e) => return Some(codec_error(e)),
                     };
-                    if waiting && !is_ack(&inbound.packet) {
+                    if waiting && !is_ack(&inbound) {
                         let size = before - input.len();
                         self.deferred_bytes += size;
                         self.deferred.push_back((inbound, size));
@@ -451,9 +481,13 @@ impl Client {
 
     /// Handles one client packet.
     fn handle(&mut self, out: &mut Outbox, inbound: Inbound) -> Option<Ending> {
-        match inbound.packet {
+        let (packet, header) = match inbound {
+            Inbound::Packet { packet, publish } => (packet, publish),
+            Inbound::Auth(auth) => return self.auth(auth),
+        };
+        match packet {
             Packet::Publish(publish, properties) => {
-                let header = inbound.publish?;
+                let header = header?;
                 self.publish(
                     out,
                     header,
@@ -547,6 +581,82 @@ impl Client {
         }
     }
 
+    /// An AUTH from the client. jwtgate speaks one exchange, re-authenticate
+    /// (0x19) with method `JWT` and a fresh token as data; the token is
+    /// verified by the session loop, which holds the keys
+    /// ([`Client::take_reauth`]), before any later packet is taken. A
+    /// client that authenticated with a password may re-authenticate this
+    /// way too.
+    fn auth(&mut self, auth: Auth) -> Option<Ending> {
+        if auth.reason != enhanced::REAUTHENTICATE {
+            return Some(Ending::Protocol(
+                DisconnectReasonCode::ProtocolError,
+                format!(
+                    "AUTH reason {:#04x}: the gateway sends no challenge, only re-authentication (0x19) is expected",
+                    auth.reason
+                ),
+            ));
+        }
+        if auth.method.as_deref() != Some(enhanced::METHOD) {
+            return Some(Ending::ReauthRefused {
+                code: enhanced::BAD_AUTHENTICATION_METHOD,
+                detail: "re-authentication needs method JWT".to_owned(),
+            });
+        }
+        match auth.data.as_deref().map(std::str::from_utf8) {
+            Some(Ok(token)) => {
+                self.reauth = Some(token.to_owned());
+                None
+            }
+            _ => Some(Ending::ReauthRefused {
+                code: enhanced::BAD_USER_NAME_OR_PASSWORD,
+                detail: "re-authentication without a UTF-8 token as data".to_owned(),
+            }),
+        }
+    }
+
+    /// The token of a re-authentication the client asked for, to verify.
+    pub fn take_reauth(&mut self) -> Option<String> {
+        self.reauth.take()
+    }
+
+    /// Puts a verified re-authentication into force: the new grants
+    /// replace the old at once, the session is narrowed to them, and the
+    /// client hears AUTH success. The caller re-arms the expiry.
+    pub fn reauthenticated(&mut self, grants: Grants, credential: String, out: &mut Outbox) {
+        self.id.grants = grants;
+        self.id.credential = credential;
+        self.narrow_to_grants();
+        if let Some(will) = &self.will {
+            let p = &will.publication;
+            if !self.id.grants.may_publish(&p.topic, p.qos, p.retain) {
+                info!(
+                    client_id = self.id.client_id,
+                    topic = p.topic,
+                    "will dropped: the new token does not grant its topic"
+                );
+                self.will = None;
+            }
+        }
+        out.queue_with(|bytes| Auth::encode(enhanced::SUCCESS, None, bytes));
+    }
+
+    /// Drops the subscriptions, queued messages and unacknowledged
+    /// deliveries the grants do not cover: on resuming a session made
+    /// under an older token, and after re-authentication.
+    pub fn narrow_to_grants(&mut self) {
+        let dropped = self
+            .broker
+            .restrict(&self.session, &self.id.grants, &mut self.inflight);
+        self.resend &= self.inflight.outgoing() > 0;
+        for filter in dropped {
+            info!(
+                client_id = self.id.client_id,
+                filter, "subscription dropped: the new token does not grant it"
+            );
+        }
+    }
+
     /// Authorizes and routes one PUBLISH.
     fn publish(
         &mut self,
@@ -581,7 +691,7 @@ impl Client {
             self.refuse_publish(out, header, PubAckReason::QuotaExceeded);
             return None;
         }
-        if !self.id.grants.may_publish(&topic) {
+        if !self.id.grants.may_publish(&topic, header.qos, retain) {
             info!(
                 client_id = self.id.client_id,
                 topic, "publish refused: topic not granted"
@@ -775,10 +885,10 @@ impl Client {
                 "No Local on a shared subscription".into(),
             ));
         }
-        if !self.id.grants.may_subscribe(&filter.path) {
+        let qos = broker_qos(filter.qos);
+        if !self.id.grants.may_subscribe(&filter.path, qos) {
             return Ok(SubscribeReasonCode::NotAuthorized);
         }
-        let qos = broker_qos(filter.qos);
         let options = SubscriptionOptions {
             qos,
             no_local: filter.nolocal,
@@ -849,6 +959,16 @@ impl Client {
                     "client stopped reading: disconnecting (see [limits] write_timeout_secs)"
                 );
             }
+            Ending::ReauthRefused { code, detail } => {
+                info!(
+                    client_id = self.id.client_id,
+                    code,
+                    reason = detail,
+                    "re-authentication refused: disconnecting"
+                );
+                // Only MQTT 5 clients can send AUTH.
+                out.queue_with(|bytes| enhanced::encode_disconnect(*code, detail, bytes));
+            }
             other => info!(client_id = self.id.client_id, ending = ?other, "client disconnected"),
         }
         if let (true, Some(reason_code)) = (self.id.version.is_v5(), ending.reason()) {
@@ -896,7 +1016,10 @@ fn codec_error(e: CodecError) -> Ending {
 
 /// Packets about what the gateway sends, which may be taken ahead of the
 /// client's own publishes.
-fn is_ack(packet: &Packet) -> bool {
+fn is_ack(inbound: &Inbound) -> bool {
+    let Inbound::Packet { packet, .. } = inbound else {
+        return false;
+    };
     matches!(
         packet,
         Packet::PubAck(..)
@@ -1031,6 +1154,8 @@ mod tests {
         let id = Identity {
             client_id: "c1".to_owned(),
             version,
+            subject: None,
+            username: Some("JWT".to_owned()),
             credential: String::new(),
             grants,
         };
@@ -1133,7 +1258,7 @@ mod tests {
             while let Some(&first) = bytes.first() {
                 if first >> 4 == 3 {
                     let inbound = self.out.codec().decode(&mut bytes).unwrap().unwrap();
-                    packets.push((inbound.packet, inbound.publish));
+                    packets.push(inbound.into_packet());
                     continue;
                 }
                 let packet = match self.version {
@@ -1507,6 +1632,8 @@ mod tests {
             let id = Identity {
                 client_id,
                 version,
+                subject: None,
+                username: Some("JWT".to_owned()),
                 credential: String::new(),
                 grants: grants.clone(),
             };
@@ -1595,7 +1722,7 @@ mod tests {
                 match first >> 4 {
                     3 => {
                         let inbound = h.out.codec().decode(&mut bytes).unwrap().unwrap();
-                        packets.push((inbound.packet, inbound.publish));
+                        packets.push(inbound.into_packet());
                     }
                     11 => {
                         let (mut len, mut shift, mut at) = (0usize, 0, 1);
@@ -1725,7 +1852,7 @@ mod tests {
                                 .unwrap();
                             let qos = qos_number(header.qos);
                             prop_assert!(
-                                self.grants.may_publish(&topic),
+                                self.grants.may_receive(&topic, QoS::AtMostOnce),
                                 "message {} on {:?} delivered outside the grants {:?}",
                                 msg,
                                 topic,
@@ -1786,7 +1913,7 @@ mod tests {
                             .collect();
                         let mut codes = Vec::new();
                         for (filter, qos) in &requested {
-                            if peer.grants.may_subscribe(filter) {
+                            if peer.grants.may_subscribe(filter, QoS::AtMostOnce) {
                                 peer.subscriptions.insert(filter.clone(), *qos);
                                 codes.push(Some(*qos));
                             } else {
@@ -1823,7 +1950,7 @@ mod tests {
                         self.next_msg += 1;
                         let name = TOPICS[*topic];
                         let peer = &self.peers[*client];
-                        let granted = peer.grants.may_publish(name);
+                        let granted = peer.grants.may_publish(name, QoS::AtMostOnce, false);
                         // Stay within the receive maximum for QoS 2.
                         let qos = if *qos == 2
                             && peer.awaiting_release.len() >= usize::from(MAX_INFLIGHT)

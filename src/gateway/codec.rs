@@ -8,8 +8,10 @@
 //!   (`MQIsdp`, level 3) is 3.1.1 on the wire except for that header, so its
 //!   CONNECT is rewritten to `MQTT`/4 and the rest of the session uses `V4`.
 //! - Packet types a client must never send (CONNACK, SUBACK, UNSUBACK,
-//!   PINGRESP, AUTH, reserved) are refused from the fixed header, before
-//!   decoding: `V5::read_mut` reaches `unreachable!()` on some of them.
+//!   PINGRESP, reserved, and AUTH before MQTT 5) are refused from the fixed
+//!   header, before decoding: `V5::read_mut` reaches `unreachable!()` on
+//!   some of them. MQTT 5's AUTH, which rumqttd does not know, is decoded
+//!   by [`super::enhanced`].
 //! - Decoding runs under `catch_unwind`, so a codec bug met by one client's
 //!   bytes becomes a protocol error for that client, not a crash.
 //! - Encoding for 3.1/3.1.1 clients strips MQTT 5 properties (`V4::write`
@@ -35,12 +37,13 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use rumqttd::protocol::{
     self, ConnAck, ConnectReturnCode, DisconnectProperties, Packet, Protocol, SubAck,
     SubscribeReasonCode, v4::V4, v5::V5,
 };
 
+use super::enhanced::Auth;
 use crate::broker::{Properties, QoS};
 
 /// Fixed-header packet types (MQTT 3.1.1 §2.2.1, MQTT 5 §2.1.2).
@@ -54,6 +57,7 @@ const SUBSCRIBE: u8 = 8;
 const UNSUBSCRIBE: u8 = 10;
 const PINGREQ: u8 = 12;
 const DISCONNECT: u8 = 14;
+const AUTH: u8 = 15;
 
 /// The MQTT protocol a client speaks, fixed by its CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,11 +111,30 @@ pub struct PublishHeader {
 }
 
 /// One decoded client packet.
+// AUTH is rare and small; boxing the common case for it would cost an
+// allocation per packet.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub struct Inbound {
-    pub packet: Packet,
-    /// Present for PUBLISH only.
-    pub publish: Option<PublishHeader>,
+pub enum Inbound {
+    /// A packet rumqttd's codec knows.
+    Packet {
+        packet: Packet,
+        /// Present for PUBLISH only.
+        publish: Option<PublishHeader>,
+    },
+    /// An MQTT 5 AUTH, which it does not.
+    Auth(Auth),
+}
+
+#[cfg(test)]
+impl Inbound {
+    /// The packet rumqttd decoded; panics on an AUTH.
+    pub fn into_packet(self) -> (Packet, Option<PublishHeader>) {
+        match self {
+            Inbound::Packet { packet, publish } => (packet, publish),
+            Inbound::Auth(auth) => panic!("expected a packet, got {auth:?}"),
+        }
+    }
 }
 
 /// The remaining-length field: how many bytes it takes and the value.
@@ -290,6 +313,15 @@ impl Codec {
             return Ok(None);
         };
         let kind = frame.kind();
+        if kind == AUTH && self.version.is_v5() {
+            if frame.first & 0x0F != 0 {
+                return Err(CodecError::Malformed("AUTH with flags set".into()));
+            }
+            let auth = Auth::decode(frame.bytes.get(frame.header..).unwrap_or_default())?;
+            let size = frame.bytes.len();
+            buf.advance(size);
+            return Ok(Some(Inbound::Auth(auth)));
+        }
         if !matches!(
             kind,
             CONNECT
@@ -321,7 +353,7 @@ impl Codec {
         }))
         .map_err(|_| CodecError::CodecPanic)?;
         match decoded {
-            Ok(packet) => Ok(Some(Inbound { packet, publish })),
+            Ok(packet) => Ok(Some(Inbound::Packet { packet, publish })),
             Err(protocol::Error::InsufficientBytes(_)) => Err(CodecError::Malformed(
                 "frame shorter than its remaining length".into(),
             )),
@@ -484,7 +516,7 @@ fn varint_len(value: usize) -> usize {
     }
 }
 
-fn put_varint(out: &mut BytesMut, mut value: usize) {
+pub(super) fn put_varint(out: &mut BytesMut, mut value: usize) {
     loop {
         let mut byte = (value % 128) as u8;
         value /= 128;
@@ -499,8 +531,9 @@ fn put_varint(out: &mut BytesMut, mut value: usize) {
 }
 
 /// A length-prefixed string or binary field. Every one written here came
-/// from a decoded MQTT field or a validated topic, so it fits the prefix.
-fn put_str(out: &mut BytesMut, bytes: &[u8]) {
+/// from a decoded MQTT field, a validated topic or jwtgate's own short
+/// text, so it fits the prefix.
+pub(super) fn put_str(out: &mut BytesMut, bytes: &[u8]) {
     out.put_u16(u16::try_from(bytes.len()).unwrap_or(u16::MAX));
     out.put_slice(bytes);
 }
@@ -682,7 +715,7 @@ mod tests {
         let mut buf = connect_frame(b"MQIsdp", 3);
         assert!(matches!(
             codec.decode(&mut buf),
-            Ok(Some(Inbound {
+            Ok(Some(Inbound::Packet {
                 packet: Packet::Connect(..),
                 ..
             }))
@@ -725,8 +758,8 @@ mod tests {
         let mut buf = connect_frame(b"MQIsdp", 3);
         buf.put_slice(&[0xc0, 0x00]); // a PINGREQ right behind it
         let codec = Codec::new(Version::V3_1, 1024);
-        let inbound = codec.decode(&mut buf).unwrap().unwrap();
-        match inbound.packet {
+        let (packet, _) = codec.decode(&mut buf).unwrap().unwrap().into_packet();
+        match packet {
             Packet::Connect(connect, ..) => {
                 assert_eq!(connect.client_id, "dev1");
                 assert_eq!(connect.keep_alive, 30);
@@ -734,9 +767,31 @@ mod tests {
             }
             other => panic!("expected CONNECT, got {other:?}"),
         }
-        let next = codec.decode(&mut buf).unwrap().unwrap();
-        assert!(matches!(next.packet, Packet::PingReq(_)));
+        let (next, _) = codec.decode(&mut buf).unwrap().unwrap().into_packet();
+        assert!(matches!(next, Packet::PingReq(_)));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn auth_is_an_mqtt5_packet() {
+        let auth = [0xF0u8, 0x08, 0x19, 0x06, 0x15, 0x00, 0x03, b'J', b'W', b'T'];
+        let mut buf = BytesMut::from(&auth[..]);
+        buf.put_slice(&[0xc0, 0x00]);
+        let v5 = Codec::new(Version::V5, 1024);
+        let Some(Inbound::Auth(decoded)) = v5.decode(&mut buf).unwrap() else {
+            panic!("not an AUTH");
+        };
+        assert_eq!(decoded.method.as_deref(), Some("JWT"));
+        assert_eq!(&buf[..], &[0xc0, 0x00]);
+        let mut flagged = BytesMut::from(&[0xF1u8, 0x00][..]);
+        assert!(v5.decode(&mut flagged).is_err());
+        for old in [Version::V3_1_1, Version::V3_1] {
+            let mut buf = BytesMut::from(&auth[..]);
+            assert!(matches!(
+                Codec::new(old, 1024).decode(&mut buf),
+                Err(CodecError::ForbiddenPacketType(15))
+            ));
+        }
     }
 
     #[test]
@@ -761,9 +816,9 @@ mod tests {
         let mut buf =
             BytesMut::from(&[0x32u8, 0x08, 0x00, 0x03, b'a', b'/', b'b', 0x12, 0x34, b'x'][..]);
         let codec = Codec::new(Version::V3_1_1, 1024);
-        let inbound = codec.decode(&mut buf).unwrap().unwrap();
+        let (_, publish) = codec.decode(&mut buf).unwrap().unwrap().into_packet();
         assert_eq!(
-            inbound.publish,
+            publish,
             Some(PublishHeader {
                 qos: QoS::AtLeastOnce,
                 pkid: 0x1234,
@@ -786,7 +841,7 @@ mod tests {
             .decode(&mut buf)
             .ok()
             .flatten()
-            .and_then(|i| i.publish);
+            .and_then(|i| i.into_packet().1);
         assert_eq!(header.map(|h| h.properties_len), Some(5));
     }
 
@@ -799,10 +854,10 @@ mod tests {
     ) {
         let mut wire = out.clone();
         let codec = Codec::new(Version::V5, 1 << 20);
-        let inbound = codec.decode(&mut wire).unwrap().unwrap();
+        let (packet, publish) = codec.decode(&mut wire).unwrap().unwrap().into_packet();
         assert!(wire.is_empty(), "exactly one frame");
-        match inbound.packet {
-            Packet::Publish(p, props) => (p, props, inbound.publish.unwrap()),
+        match packet {
+            Packet::Publish(p, props) => (p, props, publish.unwrap()),
             other => panic!("expected PUBLISH, got {other:?}"),
         }
     }

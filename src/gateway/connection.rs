@@ -42,18 +42,18 @@ use rumqttd::protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::Shared;
+use super::authenticate::{Authenticated, Failure, authenticate};
 use super::client::{Client, ClientLimits, Identity};
 use super::codec::{Codec, CodecError, Inbound, Version, broker_qos, sniff_version};
+use super::enhanced;
 use super::pending::Pending;
 use super::session::{self, Timers};
 use super::wire::Wire;
-use crate::acl::validate_topic_name;
+use crate::acl::{Grants, validate_topic_name};
 use crate::broker::{Properties, Publication, SessionKey, Will};
-use crate::token::{self, TokenError, VerifiedToken};
 
 /// How long a new connection waits for an older one of the same session
 /// to let go of it.
@@ -146,7 +146,7 @@ pub(super) async fn serve<S>(
     };
     let mut wire = Wire::new(stream, Codec::new(version, limit), input);
     let request = match wire.output.codec().decode(&mut wire.input) {
-        Ok(Some(Inbound {
+        Ok(Some(Inbound::Packet {
             packet: Packet::Connect(connect, properties, will, will_properties, login),
             ..
         })) => {
@@ -190,16 +190,23 @@ pub(super) async fn serve<S>(
     // must still reach it.
     let mut reloads = shared.reloads.clone();
     reloads.mark_unchanged();
-    let admitted = admit(&shared, &client_id, !assigned_id || clean_start, login).and_then(
-        |(token, credential)| {
+    let admitted = credentials(login, properties.as_ref())
+        .and_then(|credentials| {
+            admit(
+                &shared,
+                &client_id,
+                !assigned_id || clean_start,
+                credentials,
+            )
+        })
+        .and_then(|admitted| {
             check_properties(&shared, properties.as_ref(), will.as_ref())?;
             let will = will
-                .map(|(will, properties)| will_of(&token, will, properties))
+                .map(|(will, properties)| will_of(&admitted.0.grants, will, properties))
                 .transpose()?;
-            Ok((token, credential, will))
-        },
-    );
-    let (token, credential, will) = match admitted {
+            Ok((admitted, will))
+        });
+    let ((authenticated, credentials), will) = match admitted {
         Ok(admitted) => admitted,
         Err((refusal, reason)) => {
             info!(%peer, client_id, reason = %reason, code = ?refusal.code(), "connection refused");
@@ -211,6 +218,7 @@ pub(super) async fn serve<S>(
     // Sessions are keyed by subject as well as client id, so one device
     // cannot take over (or resume) another device's session by using its
     // client id.
+    let token = &authenticated.token;
     let key = SessionKey::new(token.subject.as_deref().unwrap_or(""), &client_id);
     let mut claim = match shared.takeover.claim(&key, TAKEOVER_WAIT).await {
         Ok(claim) => claim,
@@ -234,7 +242,7 @@ pub(super) async fn serve<S>(
     };
     // Authenticated, with a place: no longer a stranger.
     drop(pending);
-    let mut attached = shared.broker.attach(key, clean_start);
+    let attached = shared.broker.attach(key, clean_start);
 
     let max_session_expiry = shared.broker.settings().max_session_expiry;
     let requested_expiry = match (version.is_v5(), clean_start) {
@@ -277,6 +285,7 @@ pub(super) async fn serve<S>(
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(1),
         shared_subscription_available: Some(1),
+        authentication_method: credentials.enhanced.then(|| enhanced::METHOD.to_owned()),
         ..ConnAckProperties::default()
     });
     wire.output.queue(Packet::ConnAck(ack, ack_properties));
@@ -289,30 +298,16 @@ pub(super) async fn serve<S>(
         session_present = attached.present,
         "client connected"
     );
-    if attached.present {
-        // A resumed session may hold subscriptions made under an older,
-        // wider token.
-        let dropped =
-            shared
-                .broker
-                .restrict(&attached.session, &token.grants, &mut attached.inflight);
-        for filter in dropped {
-            info!(
-                client_id,
-                filter, "subscription dropped: the new token does not grant it"
-            );
-        }
-    }
-
+    let resumed = attached.present;
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    let expires_at = token
-        .expires_at
-        .and_then(|exp| deadline_from_unix(exp.saturating_add(shared.leeway.as_secs())));
+    let expires_at = authenticated.deadline(shared.leeway);
     let id = Identity {
         client_id,
         version,
-        credential,
-        grants: token.grants,
+        subject: authenticated.token.subject,
+        username: credentials.username,
+        credential: authenticated.credential,
+        grants: authenticated.grants,
     };
     let mut client = Client::new(
         Arc::clone(&shared.broker),
@@ -323,6 +318,11 @@ pub(super) async fn serve<S>(
         session_expiry,
         client_limits,
     );
+    if resumed {
+        // A resumed session may hold subscriptions made under an older,
+        // wider token.
+        client.narrow_to_grants();
+    }
     let timers = Timers {
         keep_alive,
         expires_at,
@@ -372,19 +372,77 @@ async fn read_version<S: AsyncRead + Unpin>(
 
 type Refused = (Refusal, String);
 
-/// Decides whether a CONNECT's credentials may become a session. Returns
-/// the verified token and the credential (kept to re-check it), or the
-/// refusal and a reason for the log.
+/// Where a CONNECT carries its token, and the user name placeholders see.
+struct Credentials {
+    token: String,
+    username: Option<String>,
+    /// The token came as MQTT 5 authentication data (method `JWT`), which
+    /// CONNACK then names.
+    enhanced: bool,
+}
+
+/// Takes the token out of a CONNECT: the password of user name `JWT`, or
+/// the authentication data of method `JWT` (MQTT 5), where a user name is
+/// optional and, if given, `JWT`.
+fn credentials(
+    login: Option<Login>,
+    properties: Option<&ConnectProperties>,
+) -> Result<Credentials, Refused> {
+    let username_is_jwt = |login: &Login| {
+        if login.username == "JWT" {
+            Ok(())
+        } else {
+            Err((Refusal::BadCredentials, "username is not JWT".to_owned()))
+        }
+    };
+    match properties.and_then(|p| p.authentication_method.as_deref()) {
+        Some(enhanced::METHOD) => {
+            let data = properties
+                .and_then(|p| p.authentication_data.as_ref())
+                .ok_or((
+                    Refusal::BadCredentials,
+                    "authentication method JWT without authentication data".to_owned(),
+                ))?;
+            let token = std::str::from_utf8(data)
+                .map_err(|_| {
+                    (
+                        Refusal::BadCredentials,
+                        "authentication data is not UTF-8".to_owned(),
+                    )
+                })?
+                .to_owned();
+            if let Some(login) = &login {
+                username_is_jwt(login)?;
+            }
+            Ok(Credentials {
+                token,
+                username: login.map(|l| l.username),
+                enhanced: true,
+            })
+        }
+        Some(method) => Err((
+            Refusal::BadAuthenticationMethod,
+            format!("authentication method {method:?} is not supported; jwtgate speaks JWT"),
+        )),
+        None => {
+            let login = login.ok_or((Refusal::BadCredentials, "no username".to_owned()))?;
+            username_is_jwt(&login)?;
+            Ok(Credentials {
+                token: login.password,
+                username: Some(login.username),
+                enhanced: false,
+            })
+        }
+    }
+}
+
+/// Decides whether a CONNECT's credentials may become a session.
 fn admit(
     shared: &Shared,
     client_id: &str,
     id_acceptable: bool,
-    login: Option<Login>,
-) -> Result<(VerifiedToken, String), Refused> {
-    let login = login.ok_or((Refusal::BadCredentials, "no username".to_owned()))?;
-    if login.username != "JWT" {
-        return Err((Refusal::BadCredentials, "username is not JWT".to_owned()));
-    }
+    mut credentials: Credentials,
+) -> Result<(Authenticated, Credentials), Refused> {
     // A client without an id must ask for a clean session: there is no
     // session of its to resume.
     if !id_acceptable {
@@ -393,48 +451,30 @@ fn admit(
             "empty client id with a persistent session".to_owned(),
         ));
     }
-    let keys = shared.keys.snapshot();
-    let token = token::verify(&login.password, &keys, &shared.policy).map_err(|e| {
-        // A token that verifies but carries no usable grant is a valid
-        // identity without rights; anything else is a bad credential.
-        let refusal = match &e {
-            // Revocation too: the token is authentic, the identity may not
-            // connect; it matches the DISCONNECT a live connection gets.
-            // A token without a subject is authentic too, but names no one
-            // a session could belong to.
-            TokenError::MissingTopics
-            | TokenError::BadTopicsClaim
-            | TokenError::Revoked { .. }
-            | TokenError::MissingSubject => Refusal::NotAuthorized,
-            _ => Refusal::BadCredentials,
-        };
-        (refusal, e.to_string())
-    })?;
-    for (filter, why) in &token.rejected_filters {
-        warn!(client_id, filter, reason = %why, "ignoring an invalid filter in the token");
-    }
-    if !token.grants.may_connect() {
+    // A wildcard in a client id is no use to any client and could only
+    // confuse a grant built from it.
+    if client_id.contains(['+', '#', '\0']) {
         return Err((
-            Refusal::NotAuthorized,
-            "the token grants no topics".to_owned(),
+            Refusal::BadClientId,
+            "client id holds a wildcard (+ or #) or NUL".to_owned(),
         ));
     }
-    Ok((token, login.password))
+    let token = std::mem::take(&mut credentials.token);
+    let authenticated = authenticate(shared, client_id, credentials.username.as_deref(), token)
+        .map_err(|failure| match failure {
+            Failure::BadCredentials(reason) => (Refusal::BadCredentials, reason),
+            Failure::NotAuthorized(reason) => (Refusal::NotAuthorized, reason),
+        })?;
+    Ok((authenticated, credentials))
 }
 
-/// MQTT 5 extras of a CONNECT: no enhanced authentication, and property
-/// sections within `[limits] max_property_bytes`.
+/// MQTT 5 extras of a CONNECT: property sections within `[limits]
+/// max_property_bytes`.
 fn check_properties(
     shared: &Shared,
     properties: Option<&ConnectProperties>,
     will: Option<&(LastWill, Option<LastWillProperties>)>,
 ) -> Result<(), Refused> {
-    if let Some(method) = properties.and_then(|p| p.authentication_method.as_ref()) {
-        return Err((
-            Refusal::BadAuthenticationMethod,
-            format!("enhanced authentication ({method}) is not supported"),
-        ));
-    }
     let user_bytes = |pairs: &[(String, String)]| -> usize {
         pairs.iter().map(|(k, v)| 4 + k.len() + v.len()).sum()
     };
@@ -454,9 +494,9 @@ fn check_properties(
     Ok(())
 }
 
-/// The will of a CONNECT, if the token lets the client publish it.
+/// The will of a CONNECT, if the grants let the client publish it.
 fn will_of(
-    token: &VerifiedToken,
+    grants: &Grants,
     will: LastWill,
     properties: Option<LastWillProperties>,
 ) -> Result<Will, Refused> {
@@ -467,7 +507,7 @@ fn will_of(
             Refusal::NotAuthorized,
             "will topic is not a valid topic".to_owned(),
         ))?;
-    if !token.grants.may_publish(topic) {
+    if !grants.may_publish(topic, broker_qos(will.qos), will.retain) {
         return Err((
             Refusal::NotAuthorized,
             "will topic is not granted".to_owned(),
@@ -522,15 +562,4 @@ fn generated_client_id() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("jwtgate-{:016x}{nanos:08x}", u64::from_be_bytes(bytes))
-}
-
-/// Converts a unix time into a tokio deadline; `None` when it is too far
-/// ahead for the clock to represent (a token with `exp` = 2^63 never
-/// expires in practice).
-fn deadline_from_unix(unix_secs: u64) -> Option<Instant> {
-    let now_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let target = Duration::from_secs(unix_secs);
-    Instant::now().checked_add(target.saturating_sub(now_unix))
 }

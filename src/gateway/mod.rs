@@ -21,9 +21,11 @@
 //!   connection is told (MQTT 5 clients get DISCONNECT "server shutting
 //!   down") and given a moment to finish.
 
+mod authenticate;
 mod client;
 mod codec;
 mod connection;
+mod enhanced;
 // The `mqtt_session` fuzz target's way in; not part of the gateway's API.
 mod fuzzing;
 mod listener;

@@ -13,7 +13,9 @@
 //!   pending or not: shutdown, takeover, the token's `exp`, keep-alive,
 //!   the write deadline (`[limits] write_timeout_secs`: the client must
 //!   read all its output, or another 64 KiB of it, within it), and
-//!   re-verification of the token after every reload of keys or deny list.
+//!   re-verification of the token after every reload of keys or deny list;
+//! - MQTT 5 re-authentication: an AUTH's token is verified here, between
+//!   packets, and its `exp` becomes the session's new deadline.
 //!
 //! Outbound data is bounded per connection: deliveries stay in the mailbox
 //! while 64 KiB wait for the socket, and past [`MAX_UNWRITTEN`] the
@@ -23,14 +25,18 @@
 //! [`LAST_WORDS`], and not at all when it stopped reading), and the session
 //! goes back to the routing core.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
+use tracing::info;
 
 use super::Shared;
+use super::authenticate::{Failure, authenticate};
 use super::client::{Client, Ending, WRITE_BATCH};
+use super::enhanced;
 use super::takeover::Claim;
 use super::wire::{Progress, Wire};
 use crate::broker::{Broker, Pending};
@@ -68,7 +74,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         keep_alive,
         expires_at,
     } = timers;
-    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let far = far_future();
     let expiry = sleep_until(expires_at.map_or(far, |at| at.min(far)));
     let idle = sleep_until(keep_alive.map_or(far, |k| Instant::now() + k));
     let stalled = sleep_until(far);
@@ -81,6 +87,9 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         return ending;
     }
     loop {
+        if let Some(ending) = reauthenticate(client, wire, shared, expiry.as_mut()) {
+            return ending;
+        }
         if let Some(ending) = client.pump(&mut wire.output) {
             return ending;
         }
@@ -148,6 +157,70 @@ pub(super) async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
         wire.close(LAST_WORDS).await;
     }
     client.hand_back(&ending);
+}
+
+/// Verifies the token of each re-authentication the client asked for, as
+/// a CONNECT's would be, and puts it into force (new grants, the expiry
+/// re-armed to the new `exp`) or ends the session; then takes the packets
+/// that waited behind it.
+fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut Client,
+    wire: &mut Wire<S>,
+    shared: &Shared,
+    mut expiry: Pin<&mut Sleep>,
+) -> Option<Ending> {
+    while let Some(token) = client.take_reauth() {
+        let id = client.id();
+        let authenticated = match authenticate(shared, &id.client_id, id.username.as_deref(), token)
+        {
+            Ok(authenticated) => authenticated,
+            Err(Failure::BadCredentials(detail)) => {
+                return Some(Ending::ReauthRefused {
+                    code: enhanced::BAD_USER_NAME_OR_PASSWORD,
+                    detail,
+                });
+            }
+            Err(Failure::NotAuthorized(detail)) => {
+                return Some(Ending::ReauthRefused {
+                    code: enhanced::NOT_AUTHORIZED,
+                    detail,
+                });
+            }
+        };
+        // The session is keyed by subject: a token for someone else must
+        // not take it over.
+        if authenticated.token.subject != id.subject {
+            return Some(Ending::ReauthRefused {
+                code: enhanced::NOT_AUTHORIZED,
+                detail: "the new token names another subject".to_owned(),
+            });
+        }
+        info!(
+            client_id = id.client_id,
+            kid = authenticated.token.key_id,
+            exp = authenticated.token.expires_at,
+            "client re-authenticated"
+        );
+        expiry.as_mut().reset(
+            authenticated
+                .deadline(shared.leeway)
+                .map_or(far_future(), |at| at.min(far_future())),
+        );
+        client.reauthenticated(
+            authenticated.grants,
+            authenticated.credential,
+            &mut wire.output,
+        );
+        if let Some(ending) = client.take_input(&mut wire.input, &mut wire.output) {
+            return Some(ending);
+        }
+    }
+    None
+}
+
+/// A deadline that never comes: a hundred years on.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 /// Advances the pending publication, if there is one.

@@ -65,6 +65,12 @@ impl Outbox {
         }
     }
 
+    /// Queues bytes the gateway encodes itself, for packets rumqttd does
+    /// not know (see [`super::enhanced`]).
+    pub fn queue_with(&mut self, encode: impl FnOnce(&mut BytesMut)) {
+        encode(&mut self.bytes);
+    }
+
     /// Queues a PUBLISH for the client.
     pub fn queue_publish(&mut self, publish: &OutgoingPublish<'_>) {
         self.codec.encode_publish(publish, &mut self.bytes);

@@ -44,6 +44,7 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod raw5;
 pub mod relay;
 
 use std::net::SocketAddr;

@@ -1,0 +1,124 @@
+//! The one path a token takes to become what a connection may do: at
+//! CONNECT (as the password, or as MQTT 5 authentication data with method
+//! `JWT`) and again at MQTT 5 re-authentication (AUTH 0x19).
+//!
+//! Both go through [`authenticate`]: the token is verified against the key
+//! set and policy in force, its grants are bound to the connection's client
+//! id, subject and user name ([`crate::acl::GrantTemplate::bind`]), and it
+//! must allow something. A failure says whether the credentials are bad or
+//! the identity is not authorized, which is all the client is told.
+
+// Untrusted input (a token from a client): fail with an error, never a
+// panic. See "Robustness" in the crate docs.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::Shared;
+use crate::acl::{Bindings, Grants};
+use crate::token::{self, TokenError, VerifiedToken};
+
+/// A token accepted for a connection.
+pub(super) struct Authenticated {
+    pub token: VerifiedToken,
+    pub grants: Grants,
+    /// The token as sent, kept to re-check it when keys or the deny list
+    /// change.
+    pub credential: String,
+}
+
+impl Authenticated {
+    /// When the connection must end: the token's `exp` plus the leeway,
+    /// if the clock can hold it.
+    pub fn deadline(&self, leeway: Duration) -> Option<Instant> {
+        let exp = self.token.expires_at?;
+        deadline_from_unix(exp.saturating_add(leeway.as_secs()))
+    }
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// Not a token the gateway can trust (MQTT 5 code 0x86).
+    BadCredentials(String),
+    /// An authentic token whose identity may not connect (0x87): revoked,
+    /// without a subject, or granting nothing.
+    NotAuthorized(String),
+}
+
+/// Verifies `token` for the connection of `client_id`, whose CONNECT gave
+/// `username`.
+pub(super) fn authenticate(
+    shared: &Shared,
+    client_id: &str,
+    username: Option<&str>,
+    token: String,
+) -> Result<Authenticated, Failure> {
+    let keys = shared.keys.snapshot();
+    let verified = token::verify(&token, &keys, &shared.policy).map_err(|e| {
+        let text = e.to_string();
+        match e {
+            // The token is authentic; the identity may not connect. A
+            // revoked one matches the DISCONNECT a live connection gets; a
+            // token without a subject names no one a session could belong
+            // to.
+            TokenError::Grants(_) | TokenError::Revoked { .. } | TokenError::MissingSubject => {
+                Failure::NotAuthorized(text)
+            }
+            _ => Failure::BadCredentials(text),
+        }
+    })?;
+    for (entry, why) in verified.grants.ignored() {
+        warn!(
+            client_id,
+            entry,
+            reason = why,
+            "ignoring an entry of the token's grants"
+        );
+    }
+    let bound = verified
+        .grants
+        .bind(&Bindings {
+            client_id,
+            subject: verified.subject.as_deref(),
+            username,
+        })
+        .map_err(|e| Failure::NotAuthorized(e.to_string()))?;
+    for dropped in &bound.dropped {
+        warn!(
+            client_id,
+            filter = dropped.topic,
+            reason = %dropped.reason,
+            "ignoring a grant of the token"
+        );
+    }
+    if !bound.grants.may_connect() {
+        return Err(Failure::NotAuthorized(
+            "the token grants no topics".to_owned(),
+        ));
+    }
+    Ok(Authenticated {
+        token: verified,
+        grants: bound.grants,
+        credential: token,
+    })
+}
+
+/// Converts a unix time into a tokio deadline; `None` when it is too far
+/// ahead for the clock to represent (a token with `exp` = 2^63 never
+/// expires in practice).
+fn deadline_from_unix(unix_secs: u64) -> Option<Instant> {
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let target = Duration::from_secs(unix_secs);
+    Instant::now().checked_add(target.saturating_sub(now_unix))
+}
