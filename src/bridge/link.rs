@@ -33,7 +33,7 @@ use crate::tls::{self, TlsError};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unacknowledged QoS 1 messages towards a remote that names no receive
 /// maximum (MQTT 3.1.1), and the most towards any.
-const DEFAULT_WINDOW: u16 = 64;
+const DEFAULT_WINDOW: u16 = 256;
 const MAX_WINDOW: u16 = 1024;
 /// Rows read from the queue at a time.
 const READ_BATCH: usize = 512;
@@ -519,10 +519,17 @@ impl Link {
         if !out.ahead.is_empty() || out.read_upto >= tail {
             return Ok(());
         }
+        let after = out.read_upto;
+        if let Some(rows) = self.queue.recent_after(after, READ_BATCH) {
+            if let Some(last) = rows.last() {
+                out.read_upto = last.seq;
+            }
+            out.ahead.extend(rows);
+            return Ok(());
+        }
         let Some(mut reader) = out.reader.take() else {
             return Ok(());
         };
-        let after = out.read_upto;
         let (reader, rows) = tokio::task::spawn_blocking(move || {
             let rows = reader.after(after, READ_BATCH);
             (reader, rows)

@@ -206,6 +206,14 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Takes the taps' commits out, for a publisher that holds its
+    /// acknowledgements in order on its own and reads on meanwhile (the
+    /// gateway's clients): the publication is then done once its
+    /// subscribers have it.
+    pub fn take_kept(&mut self) -> Vec<Kept> {
+        std::mem::take(&mut self.kept)
+    }
+
     /// Every subscriber has taken the message (or its policy dropped it).
     pub fn is_done(&self) -> bool {
         self.waiting.is_empty() && self.kept.is_empty()

@@ -43,10 +43,11 @@ use super::codec::{
     CodecError, Inbound, OutgoingPublish, PublishHeader, Version, broker_qos, wire_qos,
 };
 use super::enhanced::{self, Auth};
+use super::owed::{MAX_OWED, Owed};
 use super::wire::Outbox;
 use crate::acl::{Grants, RequestedFilter, validate_topic_name};
 use crate::broker::{
-    Attached, Broker, Delivery, Inflight, Pending, Properties, Publication, QoS, Resend,
+    Attached, Broker, Delivery, Inflight, Kept, Pending, Properties, Publication, QoS, Resend,
     RetainHandling, Session, SubscribeError, SubscriptionOptions, Taken, Will,
 };
 use crate::config::{DenyPublish, Limits, SessionSettings};
@@ -231,7 +232,9 @@ pub(super) struct Client {
     sent_aliases: SentAliases,
     /// A publication some subscriber has not taken yet, and the ack its
     /// publisher gets once it has.
-    pending: Option<(Pending, Option<Packet>)>,
+    pending: Option<(Pending, Option<Packet>, Vec<Kept>)>,
+    /// Acks waiting for their messages to be committed by the bridges.
+    owed: Owed,
     /// Packets read while a publication waits, with their sizes.
     deferred: VecDeque<(Inbound, usize)>,
     deferred_bytes: usize,
@@ -268,6 +271,7 @@ impl Client {
             alias_bytes: 0,
             sent_aliases: SentAliases::new(limits.sent_aliases),
             pending: None,
+            owed: Owed::default(),
             deferred: VecDeque::new(),
             deferred_bytes: 0,
             batch: Vec::new(),
@@ -299,27 +303,37 @@ impl Client {
     }
 
     /// Whether the client's packets may be read now: not while too many
-    /// wait behind a pending publication.
+    /// wait behind a pending publication, nor while too many acks wait
+    /// for the disk.
     pub fn reads_input(&self) -> bool {
-        self.deferred_bytes < LOOKAHEAD
+        self.deferred_bytes < LOOKAHEAD && self.owed.len() < MAX_OWED
     }
 
-    /// The publication some subscriber has not taken yet, if any: the
-    /// connection's loop drives it.
-    pub fn pending_mut(&mut self) -> Option<&mut Pending> {
-        self.pending.as_mut().map(|(pending, _)| pending)
+    /// What the connection's loop waits on for the client: the
+    /// publication some subscriber has not taken yet, if any, and the acks
+    /// owed once the bridges' queues commit.
+    pub fn waits(&mut self) -> (Option<&mut Pending>, &mut Owed) {
+        (
+            self.pending.as_mut().map(|(pending, _, _)| pending),
+            &mut self.owed,
+        )
     }
 
-    /// After the pending publication went through: its publisher gets its
-    /// ack, and the packets put aside meanwhile are handled.
+    /// After the pending publication went through: its publisher's ack
+    /// joins those owed, and the packets put aside meanwhile are handled.
     pub fn publication_done(&mut self, input: &mut BytesMut, out: &mut Outbox) -> Option<Ending> {
-        if !self.pending.as_ref().is_some_and(|(p, _)| p.is_done()) {
+        if !self.pending.as_ref().is_some_and(|(p, _, _)| p.is_done()) {
             return None;
         }
-        if let Some((_, Some(ack))) = self.pending.take() {
-            out.queue(ack);
+        if let Some((_, ack, kept)) = self.pending.take() {
+            self.owed.push(kept, ack, out);
         }
         self.take_input(input, out)
+    }
+
+    /// Sends the acks whose messages are committed.
+    pub fn release_owed(&mut self, out: &mut Outbox) {
+        self.owed.release(out);
     }
 
     /// Re-sends what a resumed session had in flight (MQTT 5 §4.4).
@@ -721,8 +735,9 @@ impl Client {
         };
         if header.qos == QoS::ExactlyOnce {
             if self.inflight.has_received(header.pkid) {
-                // A re-sent QoS 2 PUBLISH: routed once already.
-                out.queue(ack?);
+                // A re-sent QoS 2 PUBLISH: routed once already; its PUBREC
+                // still goes after those owed before it.
+                self.owed.push(Vec::new(), ack, out);
                 return None;
             }
             if self.inflight.incoming() >= self.limits.receive_maximum {
@@ -745,13 +760,12 @@ impl Client {
             properties,
             expiry,
         });
-        let pending = self.broker().publish(message, Some(&self.session));
+        let mut pending = self.broker().publish(message, Some(&self.session));
+        let kept = pending.take_kept();
         if pending.is_done() {
-            if let Some(ack) = ack {
-                out.queue(ack);
-            }
+            self.owed.push(kept, ack, out);
         } else {
-            self.pending = Some((pending, ack));
+            self.pending = Some((pending, ack, kept));
         }
         None
     }
@@ -986,7 +1000,7 @@ impl Client {
     /// is due. A pending publication completes in the background: its
     /// subscribers still get it, its publisher no longer its ack.
     pub fn hand_back(self, ending: &Ending) {
-        if let Some((mut pending, _)) = self.pending {
+        if let Some((mut pending, _, _)) = self.pending {
             let broker = Arc::clone(&self.broker);
             tokio::spawn(async move {
                 while !pending.is_done() {
@@ -1773,7 +1787,7 @@ mod tests {
                 prop_assert!(ending.is_none(), "the session ended: {:?}", ending);
                 // Queues hold 1000 messages; none fills up here, so no
                 // publication waits.
-                prop_assert!(self.h.client.pending_mut().is_none());
+                prop_assert!(self.h.client.waits().0.is_none());
                 Ok(())
             }
 

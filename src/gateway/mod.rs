@@ -29,6 +29,7 @@ mod enhanced;
 // The `mqtt_session` fuzz target's way in; not part of the gateway's API.
 mod fuzzing;
 mod listener;
+mod owed;
 mod pending;
 mod session;
 mod takeover;

@@ -109,6 +109,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             // told while the gateway is not reading it.
             idle.as_mut().reset(Instant::now() + k);
         }
+        let (pending, owed) = client.waits();
         tokio::select! {
             biased;
             _ = shutdown.changed() => return Ending::Shutdown,
@@ -123,7 +124,8 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             () = session.mailbox().ready() => {}
-            () = advance(client.pending_mut(), &shared.broker) => {
+            () = owed.settled() => client.release_owed(&mut wire.output),
+            () = advance(pending, &shared.broker) => {
                 if let Some(ending) = client.publication_done(&mut wire.input, &mut wire.output) {
                     return ending;
                 }

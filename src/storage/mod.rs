@@ -199,6 +199,7 @@ impl Storage {
             states.push(QueueState {
                 queue: Arc::clone(&queue),
                 next_seq: tail + 1,
+                dropped_through: 0,
                 unlogged_drops: 0,
                 last_drop_log: None,
             });
@@ -582,6 +583,24 @@ mod tests {
         let topics: Vec<String> = all.into_iter().map(|(_, t, _)| t).collect();
         let newest: Vec<String> = (40 - topics.len()..40).map(|i| format!("t/{i}")).collect();
         assert_eq!(topics, newest);
+        // Memory holds the recent commits, but never what the budget
+        // dropped: a reader from the start must go to the table.
+        let first_kept = read_all(&queue)[0].0;
+        assert!(queue.recent_after(0, 100).is_none());
+        let recent = queue
+            .recent_after(first_kept - 1, 100)
+            .expect("the kept messages are recent");
+        let seqs: Vec<u64> = recent.iter().map(|q| q.seq).collect();
+        assert_eq!(seqs, (first_kept..=40).collect::<Vec<_>>());
+        assert_eq!(
+            recent
+                .last()
+                .and_then(|q| q.publication.as_ref())
+                .map(|p| p.topic.as_str()),
+            Some("t/39")
+        );
+        // Taken once: the next reader past them finds nothing more.
+        assert!(queue.recent_after(40, 100).is_none());
         storage.close();
     }
 

@@ -8,11 +8,20 @@
 //! backlog after an outage or a restart is simply what the table holds,
 //! and draining it needs no new traffic: the bridge reads on until the
 //! table is empty.
+//!
+//! A bridge that is caught up would read back, row by row, what was just
+//! written; instead the writer leaves the messages of each commit in
+//! memory too ([`Queue::recent_after`], the newest [`RECENT_MAX`]), and the
+//! bridge takes them from there whenever they follow on from what it has
+//! read. The table stays the truth: anything not in memory (a backlog, a
+//! reconnect, a restart) is read from it.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{oneshot, watch};
@@ -37,6 +46,41 @@ pub struct Queue {
     bytes: AtomicU64,
     messages: AtomicU64,
     dropped: AtomicU64,
+    /// The messages of the latest commits, oldest first.
+    recent: Mutex<VecDeque<Recent>>,
+}
+
+/// Messages kept in memory after their commit, at most: a few commits'
+/// worth, for a bridge that keeps up.
+pub const RECENT_MAX: usize = 4096;
+
+/// A message just committed to a queue.
+pub(super) struct Recent {
+    pub seq: u64,
+    pub message: Arc<Message>,
+    /// The topic it is sent as.
+    pub topic: String,
+    pub qos: QoS,
+}
+
+impl Recent {
+    fn queued(self, now: Instant) -> Queued {
+        let expiry = match self.message.expires_at() {
+            None => Some(None),
+            Some(at) => at.checked_duration_since(now).map(Some),
+        };
+        Queued {
+            seq: self.seq,
+            publication: expiry.map(|expiry| Publication {
+                topic: self.topic,
+                payload: self.message.payload().clone(),
+                qos: self.qos,
+                retain: self.message.retain(),
+                properties: self.message.properties().cloned().unwrap_or_default(),
+                expiry,
+            }),
+        }
+    }
 }
 
 /// A queue's figures at one moment.
@@ -82,6 +126,7 @@ impl Queue {
             bytes: AtomicU64::new(stored.bytes),
             messages: AtomicU64::new(stored.messages),
             dropped: AtomicU64::new(stored.dropped),
+            recent: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -120,6 +165,38 @@ impl Queue {
     /// Watches the highest sequence number committed.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.tail.subscribe()
+    }
+
+    /// Up to `limit` messages after sequence number `after`, from memory,
+    /// when the latest commits follow on from it; `None` when the table
+    /// must be read.
+    pub fn recent_after(&self, after: u64, limit: usize) -> Option<Vec<Queued>> {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        while recent.front().is_some_and(|r| r.seq <= after) {
+            recent.pop_front();
+        }
+        if recent.front()?.seq != after + 1 {
+            return None;
+        }
+        let now = Instant::now();
+        let n = limit.min(recent.len());
+        Some(recent.drain(..n).map(|r| r.queued(now)).collect())
+    }
+
+    /// Forgets the recent messages up to `seq`, which the budget dropped.
+    pub(super) fn forget_recent_through(&self, seq: u64) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        while recent.front().is_some_and(|r| r.seq <= seq) {
+            recent.pop_front();
+        }
+    }
+
+    pub(super) fn committed_recently(&self, message: Recent) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() >= RECENT_MAX {
+            recent.pop_front();
+        }
+        recent.push_back(message);
     }
 
     /// A connection of its own to read the queue with.

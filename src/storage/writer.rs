@@ -26,7 +26,7 @@ use rusqlite::{Connection, ToSql, params, params_from_iter};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
-use super::queue::Queue;
+use super::queue::{Queue, Recent};
 use super::rows::{self, MESSAGE_COLUMNS, MessageRow};
 use crate::broker::store::SessionRecord;
 use crate::broker::{Message, QoS, SessionKey};
@@ -67,6 +67,8 @@ pub(super) struct QueueState {
     pub queue: Arc<Queue>,
     /// The next sequence number to give.
     pub next_seq: u64,
+    /// The newest sequence number the budget dropped.
+    pub dropped_through: u64,
     /// Drops not yet logged, and when the last warning was.
     pub unlogged_drops: u64,
     pub last_drop_log: Option<Instant>,
@@ -108,10 +110,21 @@ impl Writer {
                 }
             }
             let mut answers = Vec::new();
+            let mut committed = Vec::new();
             let mut flush = false;
             let stop = group.iter().any(|write| matches!(write, Write::Stop(_)));
-            match self.apply(group, &mut answers, &mut flush) {
-                Ok(()) => {}
+            match self.apply(group, &mut answers, &mut committed, &mut flush) {
+                Ok(()) => {
+                    for (queue, recent) in committed {
+                        if let Some(state) = self.queues.get(queue) {
+                            state.queue.committed_recently(recent);
+                        }
+                    }
+                    // What the budget dropped must not be sent from memory.
+                    for state in &self.queues {
+                        state.queue.forget_recent_through(state.dropped_through);
+                    }
+                }
                 Err(err) => error!(
                     error = %err,
                     "storage: a commit failed; the messages, retained messages and sessions in it are not kept"
@@ -146,6 +159,7 @@ impl Writer {
         &mut self,
         group: Vec<Write>,
         answers: &mut Vec<oneshot::Sender<()>>,
+        committed: &mut Vec<(usize, Recent)>,
         flush: &mut bool,
     ) -> rusqlite::Result<()> {
         let tx = self.db.transaction()?;
@@ -161,8 +175,18 @@ impl Writer {
                     answers.push(kept);
                     if let Some(state) = self.queues.get_mut(queue) {
                         let mut row = MessageRow::new(&message, qos);
-                        row.topic = topic;
-                        append(&tx, state, row)?;
+                        row.topic.clone_from(&topic);
+                        if let Some(seq) = append(&tx, state, row)? {
+                            committed.push((
+                                queue,
+                                Recent {
+                                    seq,
+                                    message,
+                                    topic,
+                                    qos,
+                                },
+                            ));
+                        }
                     }
                 }
                 Write::Acked { queue, seqs } => {
@@ -277,11 +301,13 @@ fn none_if_no_rows<T>(err: rusqlite::Error) -> rusqlite::Result<Option<T>> {
 
 /// Queues `row`, dropping the oldest messages of the queue while its
 /// budget would be exceeded.
+/// Inserts `row` at the end of a queue, dropping the oldest past its
+/// budget; returns its sequence number, or `None` when it was dropped.
 fn append(
     tx: &rusqlite::Transaction<'_>,
     state: &mut QueueState,
     row: MessageRow,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Option<u64>> {
     let size = row.size();
     let queue = Arc::clone(&state.queue);
     if size > queue.budget() {
@@ -292,7 +318,7 @@ fn append(
             1,
             "a message larger than the whole queue budget was dropped",
         );
-        return Ok(());
+        return Ok(None);
     }
     let mut dropped = 0;
     while queue.bytes() + size > queue.budget() {
@@ -304,7 +330,8 @@ fn append(
             .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map(Some)
             .or_else(none_if_no_rows)?;
-        let Some((_, freed)) = oldest else { break };
+        let Some((seq, freed)) = oldest else { break };
+        state.dropped_through = state.dropped_through.max(seq);
         queue.removed(freed);
         dropped += 1;
     }
@@ -326,7 +353,7 @@ fn append(
     ))?;
     state.next_seq += 1;
     queue.added(size);
-    Ok(())
+    Ok(Some(seq))
 }
 
 /// Counts `count` drops and warns about them, at most every
