@@ -272,6 +272,12 @@ impl GrantTemplate {
                     }
                 }
             }
+            if list.form == ClaimForm::Topics {
+                // All allow, so order means nothing: kept sorted and
+                // without repeats, as `jwtgate check` shows them.
+                rules.sort_by(|a, b| a.topic.cmp(&b.topic));
+                rules.dedup();
+            }
             lists.push(RuleList::new(rules));
         }
         Ok(Bound {

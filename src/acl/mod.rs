@@ -255,7 +255,7 @@ mod tests {
         let template =
             GrantTemplate::from_topics(["sensors/#", "", "a/#/b", "cmd/+", "x+", "$share/g/a"]);
         let bound = template.bind(&bindings("dev1")).expect("binds");
-        assert_eq!(bound.grants, grants(&["sensors/#", "cmd/+"]));
+        assert_eq!(bound.grants, grants(&["cmd/+", "sensors/#"]));
         let dropped: Vec<(String, GrantError)> = bound
             .dropped
             .into_iter()

@@ -66,7 +66,7 @@ impl QosLevels {
 }
 
 /// The topics a rule is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RuleTopic {
     /// Every topic the filter matches (and, for subscribe, every filter it
     /// covers).

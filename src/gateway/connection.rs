@@ -451,12 +451,12 @@ fn admit(
             "empty client id with a persistent session".to_owned(),
         ));
     }
-    // A wildcard in a client id is no use to any client and could only
-    // confuse a grant built from it.
-    if client_id.contains(['+', '#', '\0']) {
+    // Grants name topics after the client id (`${clientid}`): one holding
+    // a wildcard or a level separator would reach past its own.
+    if client_id.contains(['+', '#', '/', '\0']) {
         return Err((
             Refusal::BadClientId,
-            "client id holds a wildcard (+ or #) or NUL".to_owned(),
+            "client id holds '+', '#', '/' or NUL".to_owned(),
         ));
     }
     let token = std::mem::take(&mut credentials.token);
