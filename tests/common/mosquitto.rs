@@ -376,7 +376,10 @@ log_type notice
 log_type information
 log_timestamp true
 set_tcp_nodelay true
-max_queued_messages 100000
+# Unbounded queues per client: a subscriber that reads slower than a
+# bridge drains must see every message late, never lose some, or a test
+# or benchmark would blame the bridge for the central broker's drops.
+max_queued_messages 0
 
 listener {tls_port} 127.0.0.1
 cafile {ca}
