@@ -780,7 +780,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::acl::{Bindings, Bound, RuleList, RuleTopic};
+    use crate::acl::{Bindings, Bound};
     use crate::config::Config;
     use crate::keys::testing::{self, b64url};
     use crate::keys::{DenyKind, KeyStore};
@@ -891,13 +891,8 @@ mod tests {
     fn filters(token: &VerifiedToken) -> Vec<String> {
         bound(token)
             .grants
-            .lists()
-            .iter()
-            .flat_map(RuleList::rules)
-            .filter_map(|rule| match &rule.topic {
-                RuleTopic::Filter(filter) => Some(filter.as_str().to_owned()),
-                RuleTopic::Exact(_) => None,
-            })
+            .filters()
+            .map(|filter| filter.as_str().to_owned())
             .collect()
     }
 

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use jwtgate::acl::{Bindings, Grants, RuleList, RuleTopic, TopicFilter};
+use jwtgate::acl::{Bindings, Grants, TopicFilter};
 use jwtgate::broker::QoS;
 use jwtgate::config::Config;
 use jwtgate::keys::{KeySet, KeyStore};
@@ -63,13 +63,8 @@ fn granted(verified: &VerifiedToken) -> (BTreeSet<String>, usize) {
         .unwrap();
     let filters = bound
         .grants
-        .lists()
-        .iter()
-        .flat_map(RuleList::rules)
-        .filter_map(|rule| match &rule.topic {
-            RuleTopic::Filter(filter) => Some(filter.as_str().to_owned()),
-            RuleTopic::Exact(_) => None,
-        })
+        .filters()
+        .map(|filter| filter.as_str().to_owned())
         .collect();
     (filters, bound.dropped.len())
 }

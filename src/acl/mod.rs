@@ -104,6 +104,18 @@ impl Grants {
         &self.lists
     }
 
+    /// The filters every rule names, list by list, in order (rules taking
+    /// a topic literally, `eq ...`, are left out).
+    pub fn filters(&self) -> impl Iterator<Item = &TopicFilter> {
+        self.lists
+            .iter()
+            .flat_map(RuleList::rules)
+            .filter_map(|rule| match &rule.topic {
+                RuleTopic::Filter(filter) => Some(filter),
+                RuleTopic::Exact(_) => None,
+            })
+    }
+
     /// A token that allows nothing is an identity without rights: it is not
     /// worth a connection.
     pub fn may_connect(&self) -> bool {
