@@ -286,6 +286,56 @@ mod tests {
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(SECRET)).unwrap()
     }
 
+    #[test]
+    fn effective_rules_are_shown_bound_to_the_client_id() {
+        let (_dir, keys) = key_set(false);
+        let claims = json!({
+            "sub": "site-7",
+            "exp": now() + 600,
+            "acl": [
+                {"permission": "deny", "action": "all", "topic": "site/secret/#"},
+                {"permission": "allow", "action": "publish", "topic": "site/${clientid}/#", "qos": [0, 1], "retain": false},
+                {"permission": "allow", "action": "subscribe", "topic": "eq site/alerts/#"}
+            ],
+            "topics": ["site/#", "x/${peerhost}"]
+        });
+        let report = check_as(&token(&claims), &keys, &policy(|_| {}), "gw-7");
+        assert!(report.accepted, "{report}");
+        let json = json_of(&report);
+        assert_eq!(json["client_id"], json!("gw-7"));
+        assert_eq!(json["topics"], json!(["site/#"]));
+        assert_eq!(
+            json["rules"],
+            json!([
+                {"claim": "topics claim", "rules": ["allow all site/#"]},
+                {"claim": "acl claim, rule list", "rules": [
+                    "deny all site/secret/#",
+                    "allow publish site/gw-7/# qos 0,1 retain false",
+                    "allow subscribe eq site/alerts/#"
+                ]}
+            ])
+        );
+        assert_eq!(json["rejected_topics"][0]["filter"], json!("x/${peerhost}"));
+        let text = report.to_string();
+        assert!(text.contains("every list must allow"), "{text}");
+        assert!(
+            text.contains("    allow publish site/gw-7/# qos 0,1 retain false"),
+            "{text}"
+        );
+        // A deny rule that cannot be bound refuses the token.
+        let claims = json!({
+            "sub": "a/b",
+            "exp": now() + 600,
+            "acl": [
+                {"permission": "deny", "action": "all", "topic": "u/${sub}/admin"},
+                {"permission": "allow", "action": "all", "topic": "u/#"}
+            ]
+        });
+        let report = check(&token(&claims), &keys, &policy(|_| {}));
+        assert!(!report.accepted);
+        assert!(report.reason.unwrap_or_default().contains("deny rule"));
+    }
+
     fn json_of(report: &CheckReport) -> Value {
         serde_json::to_value(report).unwrap()
     }
