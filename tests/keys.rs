@@ -874,3 +874,70 @@ fn check_warns_about_a_secret_others_can_read() {
     );
     assert!(warning.contains("mode 0644"), "{warning}");
 }
+
+/// The repository's own `keys/` folder (issue 13): its README, examples
+/// and `.gitignore` are never read as keys, a first run fills it as it
+/// would an empty folder, and what that run makes stays out of git.
+#[test]
+fn the_repository_keys_folder_takes_a_first_run_and_keeps_its_secrets_out_of_git() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = repo.join("keys");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let keys = scratch.path().join("keys");
+    std::fs::create_dir_all(keys.join("examples")).expect("keys/examples");
+    for file in [
+        ".gitignore",
+        "README.md",
+        "examples/idp-example.json",
+        "examples/revoked",
+    ] {
+        std::fs::copy(shipped.join(file), keys.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+
+    // As shipped: no key, and nothing reported about the files there.
+    let (store, report) = jwtgate::keys::KeyStore::open(&keys).expect("opens");
+    assert!(report.issues.is_empty(), "{report}");
+    assert!(store.snapshot().is_empty());
+
+    let made = jwtgate::firstrun::ensure_dev_material(&keys).expect("first run");
+    assert_eq!(made.secret, keys.join("dev.b64"));
+    let (store, report) = jwtgate::keys::KeyStore::open(&keys).expect("opens");
+    assert!(report.issues.is_empty(), "{report}");
+    let set = store.snapshot();
+    let kids: Vec<&str> = set.iter().map(|k| k.id()).collect();
+    assert_eq!(kids, ["dev"], "the example JWK set is not a key");
+
+    // Every name a first run (or an operator) puts there is ignored by git;
+    // the README and the examples are not.
+    if std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return;
+    }
+    let ignored = |name: &str| {
+        std::process::Command::new("git")
+            .current_dir(repo)
+            .args(["check-ignore", "-q", "--no-index", name])
+            .status()
+            .expect("git check-ignore")
+            .success()
+    };
+    for generated in [
+        "keys/dev.b64",
+        "keys/auth0.b64",
+        "keys/idp.json",
+        "keys/revoked",
+        "keys/tls/ca.key",
+        "keys/tls/server.key",
+        "keys/tls/server.crt",
+        "keys/.next.b64.tmp",
+    ] {
+        assert!(ignored(generated), "{generated} would be committed");
+    }
+    for shipped in ["keys/README.md", "keys/.gitignore", "keys/examples/revoked"] {
+        assert!(!ignored(shipped), "{shipped} is ignored");
+    }
+}
