@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use jwtgate::config::Config;
+use jwtgate::config::{Config, LogFormat};
 use jwtgate::firstrun;
 use jwtgate::gateway::Gateway;
 use jwtgate::keys::{KeySet, KeyStore};
@@ -36,6 +36,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: `text`, or `json` (one object per line). For
+    /// `serve`, overrides the config's `[log] format`.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -102,13 +106,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log_format = cli.log_format;
     let result = match cli.command {
         Command::Check {
             token,
@@ -116,8 +114,11 @@ fn main() -> ExitCode {
             keys_dir,
             json,
             client_id,
-        } => return check(&token, config, keys_dir, json, &client_id),
-        Command::Serve { config, listen } => serve(config, listen),
+        } => {
+            init_logging(log_format.unwrap_or_default());
+            return check(&token, config, keys_dir, json, &client_id);
+        }
+        Command::Serve { config, listen } => serve(config, listen, log_format),
         Command::Mint {
             sub,
             topics,
@@ -125,7 +126,10 @@ fn main() -> ExitCode {
             keys_dir,
             config,
             kid,
-        } => mint(sub, topics, &ttl, keys_dir, config, kid),
+        } => {
+            init_logging(log_format.unwrap_or_default());
+            mint(sub, topics, &ttl, keys_dir, config, kid)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,9 +140,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config_path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> Result<(), String> {
-    let mut config = match &config_path {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+/// Logs go to stderr (journald under systemd); `RUST_LOG` filters them.
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn")),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn serve(
+    config_path: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    log_format: Option<LogFormat>,
+) -> Result<(), String> {
+    // The config says how to log, so it is read first; its errors go to
+    // stderr as they are.
+    let loaded = config_path.as_ref().map(|path| Config::load(path));
+    let format = match &loaded {
+        Some(Ok(config)) => log_format.unwrap_or(config.log.format),
+        _ => log_format.unwrap_or_default(),
+    };
+    init_logging(format);
+    let mut config = match loaded {
+        Some(loaded) => loaded.map_err(|e| e.to_string())?,
         None => first_run_config()?,
     };
     if let Some(listen) = listen {

@@ -109,6 +109,24 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Uplinks to central brokers, in the order written.
     pub bridges: Vec<BridgeConfig>,
+    pub log: LogConfig,
+}
+
+/// How the gateway writes its log (to stderr, which journald takes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// One line per event either way; `json` for log shippers, with every
+/// field (client id, subject, key id, remote address, outcome, reason) a
+/// key of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Where the durable state (retained messages, parked sessions, the
@@ -407,6 +425,7 @@ impl Config {
                 sync_interval: DEFAULT_SYNC_INTERVAL,
             },
             bridges: Vec::new(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -427,6 +446,7 @@ struct RawConfig {
     sessions: RawSessions,
     storage: RawStorage,
     bridge: Vec<Spanned<bridge::RawBridge>>,
+    log: RawLog,
     /// rumqttd's router's table, gone with it; read only to refuse it with
     /// an error naming the replacement.
     router: Option<Spanned<RawRouter>>,
@@ -483,6 +503,12 @@ struct RawSessions {
     slow_subscriber_timeout_ms: Option<Spanned<i64>>,
     max_subscriptions: Option<Spanned<i64>>,
     max_session_expiry_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [log] table")]
+struct RawLog {
+    format: Option<LogFormat>,
 }
 
 #[derive(Default, Deserialize)]
@@ -664,6 +690,9 @@ impl RawConfig {
         self.sessions.validate(doc, &mut config.sessions)?;
         self.storage.validate(doc, base_dir, &mut config.storage)?;
         config.bridges = bridge::validate(self.bridge, doc, base_dir)?;
+        if let Some(format) = self.log.format {
+            config.log.format = format;
+        }
         Ok(config)
     }
 }
@@ -1137,6 +1166,8 @@ max_session_expiry_secs = 86400  # default 86400; 0 allowed
 [storage]                        # retained messages, parked sessions, bridge queues
 dir = "state"                    # default "state" next to the config; created if missing
 sync_interval_ms = 1000          # what a power cut may lose; default 1000; 0 forces every commit; at most 60000
+[log]
+format = "text"                  # "text" (default) | "json": one JSON object per line; --log-format overrides
 [[bridge]]                       # one table per uplink; none by default
 name = "cloud"                   # required; letters, digits, - and _; unique
 remote = "mqtts://broker.example:8883"  # required; mqtts:// only, except a loopback host; port default 8883
@@ -1234,6 +1265,9 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
                     }],
                     max_queue_bytes: 512 * 1024 * 1024,
                 }],
+                log: LogConfig {
+                    format: LogFormat::Text,
+                },
             }
         );
     }
@@ -1459,6 +1493,21 @@ max_session_expiry_secs = 0
             message.contains("expected a string or a list of strings"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(
+            parse("[log]\nformat = \"json\"\n")
+                .expect("json")
+                .log
+                .format,
+            LogFormat::Json
+        );
+        let err = parse("[log]\nformat = \"yaml\"\n").expect_err("yaml is refused");
+        let text = err.to_string();
+        assert!(text.contains(":2:10: [log] format"), "{text}");
+        assert!(parse("[log]\nlevel = \"debug\"\n").is_err());
     }
 
     #[test]

@@ -44,14 +44,25 @@ impl Authenticated {
     }
 }
 
-/// Why a token was not accepted.
+/// Why a token was not accepted, and what is known of whose it was (for
+/// the log line of the decision).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Failure {
+pub(super) struct Failure {
+    pub kind: FailureKind,
+    pub reason: String,
+    /// The key the token named or was verified with, once known.
+    pub kid: Option<String>,
+    /// The token's `sub`, once its signature held.
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FailureKind {
     /// Not a token the gateway can trust (MQTT 5 code 0x86).
-    BadCredentials(String),
+    BadCredentials,
     /// An authentic token whose identity may not connect (0x87): revoked,
     /// without a subject, or granting nothing.
-    NotAuthorized(String),
+    NotAuthorized,
 }
 
 /// Verifies `token` for the connection of `client_id`, whose CONNECT gave
@@ -63,19 +74,27 @@ pub(super) fn authenticate(
     token: String,
 ) -> Result<Authenticated, Failure> {
     let keys = shared.keys.snapshot();
-    let verified = token::verify(&token, &keys, &shared.policy).map_err(|e| {
-        let text = e.to_string();
-        match e {
+    let verified = token::verify(&token, &keys, &shared.policy).map_err(|e| Failure {
+        kind: match e {
             // The token is authentic; the identity may not connect. A
             // revoked one matches the DISCONNECT a live connection gets; a
             // token without a subject names no one a session could belong
             // to.
             TokenError::Grants(_) | TokenError::Revoked { .. } | TokenError::MissingSubject => {
-                Failure::NotAuthorized(text)
+                FailureKind::NotAuthorized
             }
-            _ => Failure::BadCredentials(text),
-        }
+            _ => FailureKind::BadCredentials,
+        },
+        reason: e.to_string(),
+        kid: e.key_id().map(str::to_owned),
+        subject: None,
     })?;
+    let not_authorized = |reason: String| Failure {
+        kind: FailureKind::NotAuthorized,
+        reason,
+        kid: Some(verified.key_id.clone()),
+        subject: verified.subject.clone(),
+    };
     for (entry, why) in verified.grants.ignored() {
         warn!(
             client_id,
@@ -91,7 +110,7 @@ pub(super) fn authenticate(
             subject: verified.subject.as_deref(),
             username,
         })
-        .map_err(|e| Failure::NotAuthorized(e.to_string()))?;
+        .map_err(|e| not_authorized(e.to_string()))?;
     for dropped in &bound.dropped {
         warn!(
             client_id,
@@ -101,9 +120,7 @@ pub(super) fn authenticate(
         );
     }
     if !bound.grants.may_connect() {
-        return Err(Failure::NotAuthorized(
-            "the token grants no topics".to_owned(),
-        ));
+        return Err(not_authorized("the token grants no topics".to_owned()));
     }
     Ok(Authenticated {
         token: verified,

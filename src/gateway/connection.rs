@@ -42,10 +42,10 @@ use rumqttd::protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::Shared;
-use super::authenticate::{Authenticated, Failure, authenticate};
+use super::authenticate::{Authenticated, FailureKind, authenticate};
 use super::client::{Client, ClientLimits, Identity};
 use super::codec::{Codec, CodecError, Inbound, Version, broker_qos, sniff_version};
 use super::enhanced;
@@ -191,6 +191,7 @@ pub(super) async fn serve<S>(
     let mut reloads = shared.reloads.clone();
     reloads.mark_unchanged();
     let admitted = credentials(login, properties.as_ref())
+        .map_err(Rejection::from)
         .and_then(|credentials| {
             admit(
                 &shared,
@@ -199,18 +200,20 @@ pub(super) async fn serve<S>(
                 credentials,
             )
         })
-        .and_then(|admitted| {
-            check_properties(&shared, properties.as_ref(), will.as_ref())?;
-            let will = will
-                .map(|(will, properties)| will_of(&admitted.0.grants, will, properties))
-                .transpose()?;
-            Ok((admitted, will))
+        .and_then(|(authenticated, credentials)| {
+            let will = check_properties(&shared, properties.as_ref(), will.as_ref())
+                .and_then(|()| {
+                    will.map(|(will, properties)| will_of(&authenticated.grants, will, properties))
+                        .transpose()
+                })
+                .map_err(|refused| Rejection::of(&authenticated, refused))?;
+            Ok((authenticated, credentials, will))
         });
-    let ((authenticated, credentials), will) = match admitted {
+    let (authenticated, credentials, will) = match admitted {
         Ok(admitted) => admitted,
-        Err((refusal, reason)) => {
-            info!(%peer, client_id, reason = %reason, code = ?refusal.code(), "connection refused");
-            refuse(&mut wire, refusal).await;
+        Err(rejection) => {
+            rejection.log(peer, &client_id);
+            refuse(&mut wire, rejection.refusal).await;
             return;
         }
     };
@@ -223,7 +226,8 @@ pub(super) async fn serve<S>(
     let mut claim = match shared.takeover.claim(&key, TAKEOVER_WAIT).await {
         Ok(claim) => claim,
         Err(e) => {
-            warn!(%peer, client_id, error = %e, "connection refused");
+            Rejection::of(&authenticated, (Refusal::Unavailable, e.to_string()))
+                .log(peer, &client_id);
             refuse(&mut wire, Refusal::Unavailable).await;
             return;
         }
@@ -236,7 +240,7 @@ pub(super) async fn serve<S>(
             "all {} places for connections are taken ([limits] max_connections)",
             shared.limits.max_connections
         );
-        info!(%peer, client_id, reason = %reason, code = ?Refusal::Busy.code(), "connection refused");
+        Rejection::of(&authenticated, (Refusal::Busy, reason)).log(peer, &client_id);
         refuse(&mut wire, Refusal::Busy).await;
         return;
     };
@@ -290,10 +294,11 @@ pub(super) async fn serve<S>(
     });
     wire.output.queue(Packet::ConnAck(ack, ack_properties));
     info!(
-        %peer,
+        remote = %peer,
         client_id,
         sub = token.subject.as_deref().unwrap_or(""),
         kid = token.key_id,
+        outcome = "accepted",
         version = version.as_str(),
         session_present = attached.present,
         "client connected"
@@ -372,6 +377,51 @@ async fn read_version<S: AsyncRead + Unpin>(
 
 type Refused = (Refusal, String);
 
+/// A refused CONNECT, with what is known of whose token it carried: the
+/// one log line of a refusal, with the same fields as an acceptance's.
+struct Rejection {
+    refusal: Refusal,
+    reason: String,
+    subject: Option<String>,
+    kid: Option<String>,
+}
+
+impl From<Refused> for Rejection {
+    fn from((refusal, reason): Refused) -> Rejection {
+        Rejection {
+            refusal,
+            reason,
+            subject: None,
+            kid: None,
+        }
+    }
+}
+
+impl Rejection {
+    /// A refusal of a client whose token verified.
+    fn of(authenticated: &Authenticated, (refusal, reason): Refused) -> Rejection {
+        Rejection {
+            refusal,
+            reason,
+            subject: authenticated.token.subject.clone(),
+            kid: Some(authenticated.token.key_id.clone()),
+        }
+    }
+
+    fn log(&self, peer: SocketAddr, client_id: &str) {
+        info!(
+            remote = %peer,
+            client_id,
+            sub = self.subject.as_deref().unwrap_or(""),
+            kid = self.kid.as_deref().unwrap_or(""),
+            outcome = "refused",
+            reason = self.reason,
+            code = ?self.refusal.code(),
+            "connection refused"
+        );
+    }
+}
+
 /// Where a CONNECT carries its token, and the user name placeholders see.
 struct Credentials {
     token: String,
@@ -442,28 +492,33 @@ fn admit(
     client_id: &str,
     id_acceptable: bool,
     mut credentials: Credentials,
-) -> Result<(Authenticated, Credentials), Refused> {
+) -> Result<(Authenticated, Credentials), Rejection> {
     // A client without an id must ask for a clean session: there is no
     // session of its to resume.
     if !id_acceptable {
-        return Err((
+        return Err(Rejection::from((
             Refusal::BadClientId,
             "empty client id with a persistent session".to_owned(),
-        ));
+        )));
     }
     // Grants name topics after the client id (`${clientid}`): one holding
     // a wildcard or a level separator would reach past its own.
     if client_id.contains(['+', '#', '/', '\0']) {
-        return Err((
+        return Err(Rejection::from((
             Refusal::BadClientId,
             "client id holds '+', '#', '/' or NUL".to_owned(),
-        ));
+        )));
     }
     let token = std::mem::take(&mut credentials.token);
     let authenticated = authenticate(shared, client_id, credentials.username.as_deref(), token)
-        .map_err(|failure| match failure {
-            Failure::BadCredentials(reason) => (Refusal::BadCredentials, reason),
-            Failure::NotAuthorized(reason) => (Refusal::NotAuthorized, reason),
+        .map_err(|failure| Rejection {
+            refusal: match failure.kind {
+                FailureKind::BadCredentials => Refusal::BadCredentials,
+                FailureKind::NotAuthorized => Refusal::NotAuthorized,
+            },
+            reason: failure.reason,
+            subject: failure.subject,
+            kid: failure.kid,
         })?;
     Ok((authenticated, credentials))
 }

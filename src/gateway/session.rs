@@ -34,7 +34,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tracing::info;
 
 use super::Shared;
-use super::authenticate::{Failure, authenticate};
+use super::authenticate::{FailureKind, authenticate};
 use super::client::{Client, Ending, WRITE_BATCH};
 use super::enhanced;
 use super::takeover::Claim;
@@ -176,16 +176,13 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
         let authenticated = match authenticate(shared, &id.client_id, id.username.as_deref(), token)
         {
             Ok(authenticated) => authenticated,
-            Err(Failure::BadCredentials(detail)) => {
+            Err(failure) => {
                 return Some(Ending::ReauthRefused {
-                    code: enhanced::BAD_USER_NAME_OR_PASSWORD,
-                    detail,
-                });
-            }
-            Err(Failure::NotAuthorized(detail)) => {
-                return Some(Ending::ReauthRefused {
-                    code: enhanced::NOT_AUTHORIZED,
-                    detail,
+                    code: match failure.kind {
+                        FailureKind::BadCredentials => enhanced::BAD_USER_NAME_OR_PASSWORD,
+                        FailureKind::NotAuthorized => enhanced::NOT_AUTHORIZED,
+                    },
+                    detail: failure.reason,
                 });
             }
         };
@@ -199,8 +196,10 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
         }
         info!(
             client_id = id.client_id,
+            sub = authenticated.token.subject.as_deref().unwrap_or(""),
             kid = authenticated.token.key_id,
             exp = authenticated.token.expires_at,
+            outcome = "accepted",
             "client re-authenticated"
         );
         expiry.as_mut().reset(

@@ -1,0 +1,100 @@
+//! Structured logs (issue 13): with `[log] format = "json"` the real
+//! binary writes one JSON object per line, and every authentication
+//! decision is one line with the same fields (remote address, client id,
+//! subject, key id, outcome, reason), never the token.
+
+// Tests panic on purpose when a fixture cannot be set up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{DevBinary, V4Client, now_unix, sign_hs256_kid};
+use rumqttc::ConnectReturnCode;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_auth_decision_is_one_json_line_with_who_and_why_and_no_token() {
+    let gw = DevBinary::start("", "[log]\nformat = \"json\"\n").await;
+    let good = gw.token("sensor-1", &["s/#"], Duration::from_secs(600));
+    let nothing = gw.sign(&json!({ "sub": "sensor-2", "exp": now_unix() + 600, "topics": [] }));
+    let unknown_kid = sign_hs256_kid(
+        b"another secret of at least 32 bytes!",
+        "gone",
+        &json!({ "sub": "sensor-3", "exp": now_unix() + 600, "topics": ["s/#"] }),
+    );
+    let cases = [
+        ("c-good", &good, ConnectReturnCode::Success),
+        ("c-nothing", &nothing, ConnectReturnCode::NotAuthorized),
+        (
+            "c-kid",
+            &unknown_kid,
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+    ];
+    for (client_id, token, code) in cases {
+        let mut client = V4Client::start(gw.v4_options(client_id, token));
+        assert_eq!(client.connack().await.code, code, "{client_id}");
+    }
+    gw.served.wait_for_log(0, "c-kid").await;
+
+    let log = gw.served.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let decision = |client_id: &str| -> &Value {
+        let found: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["client_id"] == json!(client_id) && l.get("outcome").is_some())
+            .collect();
+        assert_eq!(found.len(), 1, "one decision line for {client_id}:\n{log}");
+        found[0]
+    };
+
+    let accepted = decision("c-good");
+    assert_eq!(accepted["outcome"], json!("accepted"));
+    assert_eq!(accepted["sub"], json!("sensor-1"));
+    assert_eq!(accepted["kid"], json!("dev"));
+    assert!(
+        accepted["remote"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+
+    let refused = decision("c-nothing");
+    assert_eq!(refused["outcome"], json!("refused"));
+    assert_eq!(
+        refused["sub"],
+        json!("sensor-2"),
+        "known once the signature held"
+    );
+    assert_eq!(refused["kid"], json!("dev"));
+    assert_eq!(refused["reason"], json!("the token grants no topics"));
+
+    let refused = decision("c-kid");
+    assert_eq!(refused["outcome"], json!("refused"));
+    assert_eq!(refused["sub"], json!(""), "not trusted, not told");
+    assert_eq!(refused["kid"], json!("gone"));
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no key has id"),
+        "{refused}"
+    );
+
+    for token in [&good, &nothing, &unknown_kid] {
+        assert!(!log.contains(token.as_str()), "a token is in the log");
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!log.contains(signature), "a signature is in the log");
+    }
+    for line in &lines {
+        assert!(
+            line["level"].is_string() && line["message"].is_string(),
+            "{line}"
+        );
+    }
+}
