@@ -5,8 +5,10 @@
 //! is verified **locally**, against key material that lives in a directory on
 //! the edge box, so the gateway keeps working when the link to the identity
 //! provider is down. The token's `topics` claim (the name is configurable)
-//! lists the MQTT topic filters the device may use, and every PUBLISH, every
-//! SUBSCRIBE filter and the will message are checked against it.
+//! lists the MQTT topic filters the device may use (EMQX's `acl` claim is
+//! read too), and every PUBLISH, every SUBSCRIBE filter and the will
+//! message are checked against it. An MQTT 5 client may hand over a fresh
+//! token on the same connection (AUTH, re-authentication).
 //!
 //! ## The model
 //!
@@ -15,9 +17,11 @@
 //!   immutable [`keys::KeySet`] swapped atomically, read by connections as a
 //!   snapshot.
 //! - [`token`] turns a compact JWT into a [`token::VerifiedToken`] (subject,
-//!   key id, expiry, and the [`acl::Grants`] it carries), or says exactly why
-//!   not. It also mints development tokens.
-//! - [`acl::Grants`] is the one place that decides "may this client do this".
+//!   key id, expiry, and the [`acl::GrantTemplate`] its claims carry), or
+//!   says exactly why not. It also mints development tokens.
+//! - [`acl::Grants`], the template bound to one connection (placeholders
+//!   resolved), is the one place that decides "may this client do this":
+//!   ordered allow/deny rule lists, every one of which must allow.
 //! - [`check`] answers "would the gateway accept this token?" offline.
 //! - [`tls`] loads the server certificate behind a resolver that can be
 //!   swapped at run time; [`firstrun`] creates development material so a

@@ -10,11 +10,14 @@
 //!   among the unauthenticated connections (`pending`: capped per source
 //!   and in all, the oldest pushed out by newcomers), a TLS handshake with
 //!   a timeout, then one task per client.
-//! - Each task answers CONNECT itself (`connection`), then runs the
-//!   client's session loop (`session`: socket, timers, deadlines) around
-//!   its protocol state (`client`: packets in, decisions out): every
-//!   packet authorized, publishes routed on the task itself, deliveries
-//!   written from the session's mailbox. MQTT framing comes from rumqttd's codec behind a guard
+//! - Each task answers CONNECT itself (`connection`; the token checked by
+//!   `authenticate`, also for MQTT 5 re-authentication, whose AUTH packet
+//!   `enhanced` reads and writes), then runs the client's session loop
+//!   (`session`: socket, timers, deadlines) around its protocol state
+//!   (`client`: packets in, decisions out): every packet authorized,
+//!   publishes routed on the task itself, acks held in order until the
+//!   bridges have committed (`owed`), deliveries written from the
+//!   session's mailbox. MQTT framing comes from rumqttd's codec behind a guard
 //!   (`codec`); the socket is driven in both directions at once (`wire`).
 //! - One live connection per session (`takeover`).
 //! - Shutdown: the future given to `run` resolves, the listener stops, every
