@@ -186,9 +186,15 @@ fn serve(
             print_first_run_help(&config, addr.port());
         }
         tokio::spawn(reload_on_sighup(gateway.reloader()));
+        if std::env::var_os("JWTGATE_TEST_HOOKS").is_some_and(|v| v == "1") {
+            tokio::spawn(wedge_on_sigusr2(gateway.broker()));
+        }
+        // The listener is bound and keys, certificate and state are loaded:
+        // a TLS connection made now is served.
         if let Err(e) = jwtgate::readiness::notify("READY=1") {
             tracing::warn!(error = %e, "could not notify systemd of readiness");
         }
+        tokio::spawn(jwtgate::readiness::supervise(gateway.health()));
         gateway
             .run(async {
                 shutdown_signal().await;
@@ -252,10 +258,26 @@ async fn reload_on_sighup(reloader: std::sync::Arc<jwtgate::reload::Reloader>) {
     };
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading keys and certificate");
+        let _ = jwtgate::readiness::reloading();
         let reloader = std::sync::Arc::clone(&reloader);
         if let Err(e) = tokio::task::spawn_blocking(move || reloader.reload()).await {
             tracing::error!(error = %e, "reload failed");
         }
+        let _ = jwtgate::readiness::notify("READY=1");
+    }
+}
+
+/// Test hook (`JWTGATE_TEST_HOOKS=1` only): SIGUSR2 wedges the routing
+/// core, so a test can see the watchdog pings stop.
+async fn wedge_on_sigusr2(broker: std::sync::Arc<jwtgate::broker::Broker>) {
+    let Ok(mut signal) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+    else {
+        return;
+    };
+    if signal.recv().await.is_some() {
+        tracing::warn!("test hook: wedging the routing core");
+        broker.wedge_for_tests();
     }
 }
 

@@ -102,6 +102,9 @@ pub struct Broker {
 /// What the overflow policies and limits did, since start.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Messages published into the routing core (not in the snapshot:
+    /// a rate, not a loss).
+    published: AtomicU64,
     dropped: AtomicU64,
     evicted: AtomicU64,
     expired: AtomicU64,
@@ -134,6 +137,11 @@ impl Stats {
             oversized: load(&self.oversized),
             retained_refused: load(&self.retained_refused),
         }
+    }
+
+    /// Messages published since start.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
     }
 
     pub fn evicted(&self) {
@@ -362,6 +370,26 @@ impl Broker {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Whether the subscription index can be read now: the routing core
+    /// is not stuck (the systemd watchdog asks, see [`crate::readiness`]).
+    pub fn responds(&self) -> bool {
+        self.index.try_read().is_ok()
+    }
+
+    /// Test hook: wedges the routing core for good, as a deadlock would,
+    /// by holding the subscription index from a thread that never lets
+    /// go. Only `jwtgate serve` with `JWTGATE_TEST_HOOKS=1` calls it.
+    #[doc(hidden)]
+    pub fn wedge_for_tests(self: &Arc<Self>) {
+        let broker = Arc::clone(self);
+        std::thread::spawn(move || {
+            let _held = broker.write_index();
+            loop {
+                std::thread::park();
+            }
+        });
     }
 
     /// Sessions known, connected or parked.
@@ -697,6 +725,7 @@ impl Broker {
     /// every matching subscription, and stores or clears it as the
     /// retained message of its topic when it has the RETAIN flag.
     pub fn publish(&self, message: Arc<Message>, publisher: Option<&Arc<Session>>) -> Pending {
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
         if message.retain() {
             self.update_retained(&message);
         }

@@ -203,6 +203,16 @@ impl Gateway {
         Arc::clone(&self.shared.broker)
     }
 
+    /// What the systemd watchdog and status report on.
+    pub fn health(&self) -> crate::readiness::Health {
+        crate::readiness::Health::new(
+            Arc::clone(&self.shared.broker),
+            Arc::clone(&self.shared.keys),
+            Arc::clone(&self.shared.sessions),
+            self.shared.limits.max_connections,
+        )
+    }
+
     /// Reloads keys and certificate on demand (the binary calls it on
     /// SIGHUP); the file watcher started by [`Gateway::bind`] calls it too.
     pub fn reloader(&self) -> Arc<Reloader> {

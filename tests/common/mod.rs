@@ -1742,8 +1742,20 @@ impl ServedBinary {
     /// As [`ServedBinary::start`], on `port` (a restart on the port the
     /// clients know).
     pub async fn start_on(config: &Path, log_path: PathBuf, port: u16) -> ServedBinary {
+        ServedBinary::start_with_env(config, log_path, port, &[]).await
+    }
+
+    /// As [`ServedBinary::start_on`], with `env` added to the child's
+    /// environment (systemd's `NOTIFY_SOCKET`, say).
+    pub async fn start_with_env(
+        config: &Path,
+        log_path: PathBuf,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> ServedBinary {
         let log = std::fs::File::create(&log_path).expect("create the log file");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--config")
             .arg(config)
@@ -1862,6 +1874,12 @@ impl DevBinary {
     /// (`"leeway_secs = 0\n"`) and `extra` appended to the config (other
     /// tables: `"[limits]\nwrite_timeout_secs = 2\n"`).
     pub async fn start(auth: &str, extra: &str) -> DevBinary {
+        DevBinary::start_with_env(auth, extra, &[]).await
+    }
+
+    /// As [`DevBinary::start`], with `env` added to the process's
+    /// environment.
+    pub async fn start_with_env(auth: &str, extra: &str, env: &[(&str, &str)]) -> DevBinary {
         let dir = tempfile::tempdir().expect("temp dir");
         let material =
             firstrun::ensure_dev_material(&dir.path().join("keys")).expect("dev material");
@@ -1879,7 +1897,9 @@ impl DevBinary {
             ),
         )
         .expect("write the config");
-        let served = ServedBinary::start(&config, dir.path().join("serve.log")).await;
+        let served =
+            ServedBinary::start_with_env(&config, dir.path().join("serve.log"), free_port(), env)
+                .await;
         DevBinary {
             served,
             ca,

@@ -1,0 +1,125 @@
+//! The gateway under systemd (issue 13): the real binary with
+//! `NOTIFY_SOCKET` pointing at a datagram socket the test owns and a
+//! watchdog asked for with `WATCHDOG_USEC`.
+
+// Tests panic on purpose when a fixture cannot be set up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::{DevBinary, RawClient, WAIT};
+
+/// The watchdog interval asked for: pings are due at half of it.
+const WATCHDOG: Duration = Duration::from_secs(2);
+
+/// systemd's end of the notification socket.
+struct Systemd {
+    socket: UnixDatagram,
+    _dir: tempfile::TempDir,
+    path: String,
+}
+
+impl Systemd {
+    fn new() -> Systemd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        Systemd {
+            socket,
+            path: path.to_string_lossy().into_owned(),
+            _dir: dir,
+        }
+    }
+
+    /// The next message, or `None` after `within`.
+    fn next(&self, within: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(within)).expect("timeout");
+        let mut buf = [0u8; 4096];
+        let n = self.socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Messages until one starts with `prefix` (which is returned), for up
+    /// to [`WAIT`].
+    fn until(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next(left) {
+                Some(message) if message.starts_with(prefix) => return message,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        panic!("no {prefix:?} from the gateway within {WAIT:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_watchdog_status_reload_and_stop_reach_systemd() {
+    let systemd = Systemd::new();
+    let usec = WATCHDOG.as_micros().to_string();
+    let mut gw = DevBinary::start_with_env(
+        "",
+        "",
+        &[
+            ("NOTIFY_SOCKET", &systemd.path),
+            ("WATCHDOG_USEC", &usec),
+            ("JWTGATE_TEST_HOOKS", "1"),
+        ],
+    )
+    .await;
+
+    // READY=1, and by then a TLS handshake is served.
+    assert_eq!(systemd.until("READY=1"), "READY=1");
+    drop(RawClient::connect(gw.addr(), &gw.ca).await);
+
+    // Pings, each with the status line, well within the interval.
+    let first = systemd.until("WATCHDOG=1");
+    assert!(first.contains("STATUS=keys 1, connections 0, "), "{first}");
+    let mut at = Instant::now();
+    for _ in 0..3 {
+        systemd.until("WATCHDOG=1");
+        let gap = at.elapsed();
+        assert!(gap < WATCHDOG, "a ping came {gap:?} after the last");
+        at = Instant::now();
+    }
+
+    // RELOADING=1 with the monotonic time, then READY=1, around SIGHUP.
+    gw.served.signal("HUP");
+    let reloading = systemd.until("RELOADING=1");
+    assert!(reloading.contains("\nMONOTONIC_USEC="), "{reloading}");
+    systemd.until("READY=1");
+
+    // A wedged routing core stops the pings.
+    gw.served.signal("USR2");
+    gw.served
+        .wait_for_log(0, "test hook: wedging the routing core")
+        .await;
+    // One ping may already be on its way.
+    let _ = systemd.next(WATCHDOG / 2);
+    let silence = Instant::now();
+    while silence.elapsed() < WATCHDOG * 2 {
+        if let Some(message) = systemd.next(WATCHDOG) {
+            assert!(
+                !message.starts_with("WATCHDOG=1"),
+                "pinged with the routing core wedged"
+            );
+        }
+    }
+    gw.served
+        .wait_for_log(0, "the routing core does not answer")
+        .await;
+    gw.served.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_is_said_on_sigterm() {
+    let systemd = Systemd::new();
+    let mut gw = DevBinary::start_with_env("", "", &[("NOTIFY_SOCKET", &systemd.path)]).await;
+    systemd.until("READY=1");
+    gw.served.terminate().await;
+    assert_eq!(systemd.until("STOPPING=1"), "STOPPING=1");
+}
