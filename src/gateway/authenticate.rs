@@ -99,7 +99,7 @@ pub(super) fn authenticate(
         warn!(
             client_id,
             entry,
-            reason = why,
+            reason = %why,
             "ignoring an entry of the token's grants"
         );
     }

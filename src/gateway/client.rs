@@ -977,7 +977,7 @@ impl Client {
                 info!(
                     client_id = self.id.client_id,
                     code,
-                    reason = detail,
+                    reason = %detail,
                     "re-authentication refused: disconnecting"
                 );
                 // Only MQTT 5 clients can send AUTH.

@@ -415,7 +415,7 @@ impl Rejection {
             sub = self.subject.as_deref().unwrap_or(""),
             kid = self.kid.as_deref().unwrap_or(""),
             outcome = "refused",
-            reason = self.reason,
+            reason = %self.reason,
             code = ?self.refusal.code(),
             "connection refused"
         );
