@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::acl::{Bindings, ClaimForm, RuleTopic};
+use crate::acl::{Bindings, ClaimForm};
 use crate::keys::KeySet;
 use crate::token::{self, Policy};
 
@@ -127,26 +127,17 @@ pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) ->
                 filter: d.topic.clone(),
                 reason: d.reason.to_string(),
             }));
-            let forms = verified.grants.lists().iter().map(|list| list.form);
-            let rules: Vec<RuleListReport> = forms
-                .zip(bound.grants.lists())
-                .map(|(form, list)| RuleListReport {
-                    claim: form.to_string(),
+            let mut rules = Vec::new();
+            let mut topics = Vec::new();
+            for (template, list) in verified.grants.lists().iter().zip(bound.grants.lists()) {
+                if template.form == ClaimForm::Topics {
+                    topics.extend(list.rules().iter().map(|rule| rule.topic.to_string()));
+                }
+                rules.push(RuleListReport {
+                    claim: template.form.to_string(),
                     rules: list.rules().iter().map(ToString::to_string).collect(),
-                })
-                .collect();
-            let topics = verified
-                .grants
-                .lists()
-                .iter()
-                .zip(bound.grants.lists())
-                .filter(|(template, _)| template.form == ClaimForm::Topics)
-                .flat_map(|(_, list)| list.rules())
-                .map(|rule| match &rule.topic {
-                    RuleTopic::Filter(filter) => filter.as_str().to_owned(),
-                    RuleTopic::Exact(exact) => format!("eq {exact}"),
-                })
-                .collect();
+                });
+            }
             let reason =
                 (!bound.grants.may_connect()).then(|| "the token grants no topics".to_owned());
             (reason, topics, rules)

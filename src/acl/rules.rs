@@ -180,6 +180,16 @@ fn reach(rule: &RuleTopic, requested: &str, topics: Filter<'_>) -> Reach {
     }
 }
 
+impl fmt::Display for RuleTopic {
+    /// As a token writes it: the filter, or `eq ` and the literal topic.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleTopic::Filter(filter) => write!(f, "{filter}"),
+            RuleTopic::Exact(exact) => write!(f, "eq {exact}"),
+        }
+    }
+}
+
 impl fmt::Display for Rule {
     /// `allow publish sensors/# qos 0,1 retain false`, the way `jwtgate
     /// check` shows effective rules.
@@ -193,11 +203,7 @@ impl fmt::Display for Rule {
             Action::Subscribe => "subscribe",
             Action::All => "all",
         };
-        write!(f, "{permission} {action} ")?;
-        match &self.topic {
-            RuleTopic::Filter(filter) => write!(f, "{filter}")?,
-            RuleTopic::Exact(exact) => write!(f, "eq {exact}")?,
-        }
+        write!(f, "{permission} {action} {}", self.topic)?;
         if self.qos != QosLevels::ALL {
             let levels: Vec<String> = (0u8..=2)
                 .filter(|level| self.qos.0 & (1 << level) != 0)

@@ -24,7 +24,7 @@ pub(super) const MAX_OWED: usize = 256;
 /// Acks waiting for their messages' commits, oldest first.
 #[derive(Default)]
 pub(super) struct Owed {
-    queue: VecDeque<(Vec<Kept>, Option<Packet>)>,
+    queue: VecDeque<(Vec<Kept>, Packet)>,
 }
 
 impl Owed {
@@ -42,7 +42,7 @@ impl Owed {
         if kept.is_empty() && self.queue.is_empty() {
             out.queue(ack);
         } else {
-            self.queue.push_back((kept, Some(ack)));
+            self.queue.push_back((kept, ack));
         }
     }
 
@@ -67,7 +67,7 @@ impl Owed {
             if !kept.is_empty() {
                 return;
             }
-            if let Some((_, Some(ack))) = self.queue.pop_front() {
+            if let Some((_, ack)) = self.queue.pop_front() {
                 out.queue(ack);
             }
         }

@@ -75,7 +75,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         expires_at,
     } = timers;
     let far = far_future();
-    let expiry = sleep_until(expires_at.map_or(far, |at| at.min(far)));
+    let expiry = sleep_until(deadline_or_far(expires_at));
     let idle = sleep_until(keep_alive.map_or(far, |k| Instant::now() + k));
     let stalled = sleep_until(far);
     tokio::pin!(expiry, idle, stalled);
@@ -202,11 +202,9 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
             outcome = "accepted",
             "client re-authenticated"
         );
-        expiry.as_mut().reset(
-            authenticated
-                .deadline(shared.leeway)
-                .map_or(far_future(), |at| at.min(far_future())),
-        );
+        expiry
+            .as_mut()
+            .reset(deadline_or_far(authenticated.deadline(shared.leeway)));
         client.reauthenticated(
             authenticated.grants,
             authenticated.credential,
@@ -222,6 +220,12 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
 /// A deadline that never comes: a hundred years on.
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// The token's deadline, no later than [`far_future`]; none never comes.
+fn deadline_or_far(deadline: Option<Instant>) -> Instant {
+    let far = far_future();
+    deadline.map_or(far, |at| at.min(far))
 }
 
 /// Advances the pending publication, if there is one.

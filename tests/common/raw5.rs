@@ -151,6 +151,14 @@ pub mod v5 {
             self
         }
 
+        /// Method `JWT` with `token` as authentication data.
+        pub fn jwt_auth(self, token: &str) -> Props {
+            let mut props = self.text(AUTHENTICATION_METHOD, "JWT");
+            props.0.push(AUTHENTICATION_DATA);
+            string(token.as_bytes(), &mut props.0);
+            props
+        }
+
         /// Length-prefixed, as they go on the wire.
         fn encode(&self, out: &mut Vec<u8>) {
             varint(self.0.len(), out);
@@ -252,9 +260,7 @@ pub mod v5 {
             body.extend_from_slice(&self.keep_alive.to_be_bytes());
             let mut props = self.props.clone();
             if self.enhanced {
-                props = props.text(AUTHENTICATION_METHOD, "JWT");
-                props.0.push(AUTHENTICATION_DATA);
-                string(self.token.as_bytes(), &mut props.0);
+                props = props.jwt_auth(&self.token);
             }
             props.encode(&mut body);
             string(self.client_id.as_bytes(), &mut body);
@@ -317,10 +323,7 @@ pub mod v5 {
 
     /// AUTH 0x19 (re-authenticate), method `JWT`, `token` as data.
     pub fn reauth(token: &str) -> Vec<u8> {
-        let mut props = Props::new().text(AUTHENTICATION_METHOD, "JWT");
-        props.0.push(AUTHENTICATION_DATA);
-        string(token.as_bytes(), &mut props.0);
-        auth(0x19, &props)
+        auth(0x19, &Props::new().jwt_auth(token))
     }
 
     /// §3.14: a DISCONNECT with `reason` and `props`.
