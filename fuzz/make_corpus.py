@@ -119,6 +119,17 @@ def token_signed():
         "namespaced-claim": claims(**{"https://example.com/topics": ["x/#"]}),
         "not-object": b'["sub","dev"]',
         "unicode": claims(sub="g\u00e9r\u00e4t-\U0001f600", topics=["\u00fc/\u00df/#"]),
+        # EMQX's acl claim (issue 12), both forms, alone and beside topics.
+        "acl-object": claims(topics=None, acl={"pub": ["devices/${clientid}/up"], "sub": ["cmd/${sub}/#"],
+                                                "all": ["eq fleet/+/status"], "other": ["x"]}),
+        "acl-rules": claims(topics=None, acl=[
+            {"permission": "deny", "action": "publish", "topic": "devices/${username}/secret"},
+            {"permission": "allow", "action": "all", "topic": "devices/${sub}/#", "qos": [0, 1], "retain": False},
+            {"permission": "allow", "action": "subscribe", "topic": "fleet/+/status", "qos": 2},
+            {"permission": "deny", "action": "all", "topic": "#"}]),
+        "acl-rules-bad": claims(topics=None, acl=[{"permission": "maybe", "action": "publish", "topic": "a"}]),
+        "acl-and-topics": claims(acl={"pub": ["a/#"]}),
+        "acl-not-json-shape": claims(topics=None, acl="a/#"),
     }
     for name, body in cases.items():
         write("token_signed", name, b"\x00" + body)
@@ -335,8 +346,10 @@ def packet(first, body):
 
 
 def connect(level, client_id, token, will=None, v5_props=b"", keep_alive=60, clean=True):
+    """A CONNECT; a token of None sends no user name or password (MQTT 5
+    enhanced authentication carries it in the properties)."""
     name = b"MQIsdp" if level == 3 else b"MQTT"
-    flags = 0xC0 | (0x02 if clean else 0)
+    flags = (0xC0 if token is not None else 0) | (0x02 if clean else 0)
     payload = string(client_id)
     if will:
         topic, message, qos, retain = will
@@ -344,7 +357,8 @@ def connect(level, client_id, token, will=None, v5_props=b"", keep_alive=60, cle
         if level == 5:
             payload += varint(0)
         payload += string(topic) + string(message)
-    payload += string(b"JWT") + string(token)
+    if token is not None:
+        payload += string(b"JWT") + string(token)
     body = string(name) + bytes([level, flags]) + struct.pack(">H", keep_alive)
     if level == 5:
         body += varint(len(v5_props)) + v5_props
@@ -407,6 +421,17 @@ def mqtt_session():
           + publish(v5, b"", b"b", props=bytes([0x23]) + struct.pack(">H", 1))
           + publish(v5, b"up", b"c", props=bytes([0x02]) + struct.pack(">I", 30) + bytes([0x01, 1])))
     write("mqtt_session", "v5-auth-method", b"\x00" + connect(v5, b"dev", tok, v5_props=bytes([0x15]) + string(b"SCRAM-SHA-1")))
+    # Enhanced authentication (issue 12): method JWT, the token as data;
+    # then a re-authentication with AUTH 0x19, a good one and a bad one.
+    jwt_auth = bytes([0x15]) + string(b"JWT") + bytes([0x16]) + string(tok)
+    write("mqtt_session", "v5-enhanced-auth-reauth", b"\x00" + connect(v5, b"dev", None, v5_props=jwt_auth)
+          + publish(v5, b"up", b"a")
+          + packet(0xF0, b"\x19" + varint(len(jwt_auth)) + jwt_auth)
+          + publish(v5, b"up", b"b")
+          + packet(0xF0, b"\x19" + varint(len(jwt_auth)) + jwt_auth[:-4] + b"AAAA")
+          + publish(v5, b"up", b"c"))
+    write("mqtt_session", "v5-reauth-after-password", b"\x04" + connect(v5, b"dev", tok)
+          + packet(0xF0, b"\x19" + varint(len(jwt_auth)) + jwt_auth) + publish(v5, b"up", b"d"))
     # The bytes issue 10 names: a 3.1 CONNECT cut to a 2-byte frame.
     write("mqtt_session", "sniff-short-frame", b"\x00" + b"\x10\x00\x00\x06MQIsdp\x03")
     write("mqtt_session", "unsupported-level", b"\x00" + packet(0x10, string(b"MQTT") + b"\x07\x02\x00\x3c" + string(b"x")))

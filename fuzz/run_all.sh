@@ -32,7 +32,11 @@ fi
 
 mkdir -p work/logs work/lines
 SUMMARY="work/summary-$(date -u +%Y%m%dT%H%M%SZ).txt"
+# Built once, then the binaries run: edits to the crate during a long run
+# neither change what is fuzzed nor stop it for a rebuild.
 cargo fuzz build >/dev/null
+BUILT_AT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- ../src ../Cargo.toml || echo "+changes")
+BIN_DIR=target/$(rustc -vV | sed -n 's/^host: //p')/release
 runs_flag=()
 [ "$RUNS" = 0 ] || runs_flag=(-runs="$RUNS")
 
@@ -45,8 +49,9 @@ run_target() {
     before=$(find "artifacts/$target" -type f | wc -l)
     start=$(date +%s)
     # A crash ends the run with a non-zero status; the summary says so.
-    cargo fuzz run "$target" "work/$target" "corpus/$target" "regressions/$target" -- \
+    "$BIN_DIR/$target" -artifact_prefix="artifacts/$target/" \
         -max_total_time="$TIME" "${runs_flag[@]}" -timeout=30 -print_final_stats=1 \
+        "work/$target" "corpus/$target" "regressions/$target" \
         >"$log" 2>&1 || true
     seconds=$(($(date +%s) - start))
     crashes=$(($(find "artifacts/$target" -type f | wc -l) - before))
@@ -68,7 +73,7 @@ wait
 
 {
     echo "# fuzz run: ${TIME}s or ${RUNS} executions per target (0: no cap), $JOBS at a time," \
-        "$(date -u +%FT%TZ), $(nproc) cores, commit $(git rev-parse --short HEAD)"
+        "$(date -u +%FT%TZ), $(nproc) cores, built at commit $BUILT_AT"
     printf '%-14s %12s %8s %8s %8s %8s  %s\n' target execs seconds cov ft crashes "last status line"
     for target in "${TARGETS[@]}"; do cat "work/lines/$target"; done
 } >"$SUMMARY"
