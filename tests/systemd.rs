@@ -123,3 +123,48 @@ async fn stopping_is_said_on_sigterm() {
     gw.served.terminate().await;
     assert_eq!(systemd.until("STOPPING=1"), "STOPPING=1");
 }
+
+/// The conffile the Debian package installs as /etc/jwtgate/jwtgate.toml
+/// is valid and production-shaped: everything under /etc/jwtgate and the
+/// unit's state directory, metrics on loopback; and the gateway started
+/// with it, as the unit starts it, creates nothing when the keys are not
+/// there yet: it refuses to start and names what is missing.
+#[test]
+fn the_packaged_config_is_valid_and_generates_nothing() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let conffile = root.join("systemd/deb/jwtgate.toml");
+    let config = jwtgate::config::Config::load(&conffile).expect("the packaged config parses");
+    let etc = std::path::Path::new("/etc/jwtgate");
+    assert_eq!(config.auth.keys_dir, etc.join("keys"));
+    assert_eq!(config.tls.cert, etc.join("keys/tls/server.crt"));
+    assert_eq!(config.tls.key, etc.join("keys/tls/server.key"));
+    assert_eq!(
+        config.storage.dir,
+        std::path::Path::new("/var/lib/jwtgate"),
+        "the unit's StateDirectory="
+    );
+    let metrics = config.metrics.listen.expect("metrics on");
+    assert!(metrics.ip().is_loopback(), "{metrics}");
+    let unit = std::fs::read_to_string(root.join("systemd/jwtgate.service")).unwrap();
+    assert!(
+        unit.contains("\nExecStart=/usr/bin/jwtgate serve --config /etc/jwtgate/jwtgate.toml\n"),
+        "the unit starts the packaged binary with the packaged config"
+    );
+    assert!(unit.contains("\nStateDirectory=jwtgate\n"));
+
+    // On a machine without the package installed: started as the unit
+    // starts it, before keys and certificate exist, it says so and stops.
+    if etc.exists() {
+        eprintln!("/etc/jwtgate exists here; not starting the packaged config");
+        return;
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+        .args(["serve", "--config"])
+        .arg(&conffile)
+        .output()
+        .expect("run jwtgate serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("/etc/jwtgate/keys"), "{stderr}");
+    assert!(!etc.exists(), "the gateway created /etc/jwtgate: {stderr}");
+}
