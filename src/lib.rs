@@ -43,7 +43,11 @@
 //!   publishes what it subscribed to locally.
 //! - [`reload`] swaps in new keys and certificates when files change (or
 //!   on SIGHUP) and makes live connections re-check their tokens.
-//! - [`readiness`] tells systemd when the gateway is up.
+//! - [`readiness`] tells systemd when the gateway is up, and pings its
+//!   watchdog while the routing core answers.
+//! - [`metrics`] counts what happens (connections, CONNECT outcomes,
+//!   packets, bytes, refusals, reloads) and serves it, with the state of
+//!   keys, routing core and bridges, to Prometheus on `[metrics] listen`.
 //! - [`provision`], the only part that talks to the identity provider, backs `jwtgate-provision`.
 //!
 //! The `jwtgate` binary is a thin command-line layer over this library.
@@ -67,6 +71,7 @@ pub mod firstrun;
 pub mod fuzz;
 pub mod gateway;
 pub mod keys;
+pub mod metrics;
 pub mod provision;
 pub mod readiness;
 pub mod reload;

@@ -31,6 +31,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::TlsPaths;
 use crate::keys::KeyStore;
+use crate::metrics::Metrics;
 use crate::tls::CertResolver;
 
 /// How long the files must be quiet before a reload: editors, `cp` and
@@ -43,15 +44,22 @@ pub struct Reloader {
     certs: Arc<CertResolver>,
     tls: TlsPaths,
     generation: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
 }
 
 impl Reloader {
-    pub fn new(keys: Arc<KeyStore>, certs: Arc<CertResolver>, tls: TlsPaths) -> Reloader {
+    pub fn new(
+        keys: Arc<KeyStore>,
+        certs: Arc<CertResolver>,
+        tls: TlsPaths,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
         Reloader {
             keys,
             certs,
             tls,
             generation: watch::channel(0).0,
+            metrics,
         }
     }
 
@@ -60,8 +68,14 @@ impl Reloader {
     /// force untouched.
     pub fn reload(&self) {
         match self.keys.reload() {
-            Ok(report) => report.log(),
-            Err(e) => error!(error = %e, "key reload failed; the keys in force are kept"),
+            Ok(report) => {
+                report.log();
+                self.metrics.key_reload(report.issues.is_empty());
+            }
+            Err(e) => {
+                error!(error = %e, "key reload failed; the keys in force are kept");
+                self.metrics.key_reload(false);
+            }
         }
         match self.certs.reload(&self.tls.cert, &self.tls.key) {
             Ok(()) => debug!(cert = %self.tls.cert.display(), "server certificate loaded"),
@@ -217,6 +231,7 @@ mod tests {
                 cert: material.server_cert.clone(),
                 key: material.server_key.clone(),
             },
+            Arc::default(),
         ));
         let mut reloads = reloader.subscribe();
         let task = watch_files(Arc::clone(&reloader)).unwrap();

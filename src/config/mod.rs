@@ -110,6 +110,16 @@ pub struct Config {
     /// Uplinks to central brokers, in the order written.
     pub bridges: Vec<BridgeConfig>,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Where Prometheus scrapes the gateway ([`crate::metrics`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// `[metrics] listen`; no metrics listener when unset. A loopback
+    /// address unless `[metrics] allow_remote` is set: the figures say
+    /// who connects how often, and the endpoint has no authentication.
+    pub listen: Option<SocketAddr>,
 }
 
 /// How the gateway writes its log (to stderr, which journald takes).
@@ -426,6 +436,7 @@ impl Config {
             },
             bridges: Vec::new(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -447,6 +458,7 @@ struct RawConfig {
     storage: RawStorage,
     bridge: Vec<Spanned<bridge::RawBridge>>,
     log: RawLog,
+    metrics: RawMetrics,
     /// rumqttd's router's table, gone with it; read only to refuse it with
     /// an error naming the replacement.
     router: Option<Spanned<RawRouter>>,
@@ -509,6 +521,13 @@ struct RawSessions {
 #[serde(default, deny_unknown_fields, expecting = "the [log] table")]
 struct RawLog {
     format: Option<LogFormat>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [metrics] table")]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
+    allow_remote: bool,
 }
 
 #[derive(Default, Deserialize)]
@@ -693,7 +712,39 @@ impl RawConfig {
         if let Some(format) = self.log.format {
             config.log.format = format;
         }
+        config.metrics = self.metrics.validate(doc)?;
         Ok(config)
+    }
+}
+
+impl RawMetrics {
+    fn validate(self, doc: &Document<'_>) -> Result<MetricsConfig, ConfigError> {
+        let Some(listen) = &self.listen else {
+            return Ok(MetricsConfig::default());
+        };
+        let key = "[metrics] listen";
+        let addr: SocketAddr = listen.get_ref().parse().map_err(|_| {
+            doc.bad(
+                listen,
+                key,
+                format!(
+                    "`{}` is not an IP address and port (for example \"127.0.0.1:9883\")",
+                    listen.get_ref()
+                ),
+            )
+        })?;
+        if !addr.ip().is_loopback() && !self.allow_remote {
+            return Err(doc.bad(
+                listen,
+                key,
+                format!(
+                    "{addr} is not a loopback address: the metrics endpoint has no \
+                     authentication and tells who connects how often; scrape it through \
+                     a proxy, or set [metrics] allow_remote = true to serve it there anyway"
+                ),
+            ));
+        }
+        Ok(MetricsConfig { listen: Some(addr) })
     }
 }
 
@@ -1168,6 +1219,9 @@ dir = "state"                    # default "state" next to the config; created i
 sync_interval_ms = 1000          # what a power cut may lose; default 1000; 0 forces every commit; at most 60000
 [log]
 format = "text"                  # "text" (default) | "json": one JSON object per line; --log-format overrides
+[metrics]                        # Prometheus text format at http://LISTEN/metrics; off by default
+listen = "127.0.0.1:9883"        # a loopback address unless allow_remote = true
+allow_remote = false             # default false
 [[bridge]]                       # one table per uplink; none by default
 name = "cloud"                   # required; letters, digits, - and _; unique
 remote = "mqtts://broker.example:8883"  # required; mqtts:// only, except a loopback host; port default 8883
@@ -1267,6 +1321,9 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
                 }],
                 log: LogConfig {
                     format: LogFormat::Text,
+                },
+                metrics: MetricsConfig {
+                    listen: Some(SocketAddr::from(([127, 0, 0, 1], 9883))),
                 },
             }
         );
@@ -1511,6 +1568,15 @@ max_session_expiry_secs = 0
     }
 
     #[test]
+    fn metrics_are_off_unless_listen_is_set_and_remote_only_when_allowed() {
+        assert_eq!(parse("").unwrap().metrics.listen, None);
+        let local = parse("[metrics]\nlisten = \"[::1]:9883\"\n").unwrap();
+        assert_eq!(local.metrics.listen, Some("[::1]:9883".parse().unwrap()));
+        let remote = parse("[metrics]\nlisten = \"0.0.0.0:9883\"\nallow_remote = true\n").unwrap();
+        assert_eq!(remote.metrics.listen, Some("0.0.0.0:9883".parse().unwrap()));
+    }
+
+    #[test]
     fn storage_takes_a_directory_and_a_bounded_sync_interval() {
         let config = parse("[storage]\ndir = \"/var/lib/jwtgate\"\nsync_interval_ms = 0\n")
             .expect("valid storage table");
@@ -1590,6 +1656,20 @@ max_session_expiry_secs = 0
     fn bad_values_name_the_key_and_line() {
         // (text, line, column, key, part of the message)
         let cases = [
+            (
+                "[metrics]\nlisten = \"0.0.0.0:9883\"\n",
+                2,
+                10,
+                "[metrics] listen",
+                "is not a loopback address",
+            ),
+            (
+                "[metrics]\nlisten = \"localhost:9883\"\n",
+                2,
+                10,
+                "[metrics] listen",
+                "is not an IP address and port",
+            ),
             (
                 "[sessions]\nmax_queued_bytes = 10\n",
                 2,

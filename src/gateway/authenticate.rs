@@ -24,6 +24,7 @@ use tracing::warn;
 
 use super::Shared;
 use crate::acl::{Bindings, Grants};
+use crate::metrics::ConnectOutcome;
 use crate::token::{self, TokenError, VerifiedToken};
 
 /// A token accepted for a connection.
@@ -49,6 +50,8 @@ impl Authenticated {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Failure {
     pub kind: FailureKind,
+    /// What the metrics count it as: finer than `kind`.
+    pub outcome: ConnectOutcome,
     pub reason: String,
     /// The key the token named or was verified with, once known.
     pub kid: Option<String>,
@@ -85,12 +88,14 @@ pub(super) fn authenticate(
             }
             _ => FailureKind::BadCredentials,
         },
+        outcome: ConnectOutcome::from(&e),
         reason: e.to_string(),
         kid: e.key_id().map(str::to_owned),
         subject: None,
     })?;
     let not_authorized = |reason: String| Failure {
         kind: FailureKind::NotAuthorized,
+        outcome: ConnectOutcome::NotAuthorized,
         reason,
         kid: Some(verified.key_id.clone()),
         subject: verified.subject.clone(),

@@ -51,6 +51,7 @@ use crate::broker::{
     RetainHandling, Session, SubscribeError, SubscriptionOptions, Taken, Will,
 };
 use crate::config::{DenyPublish, Limits, SessionSettings};
+use crate::metrics::{Metrics, SessionEnd};
 
 /// Output past which deliveries are left in the mailbox until the client
 /// has read what is written.
@@ -137,6 +138,24 @@ impl Ending {
         }
     }
 
+    /// What `jwtgate_disconnects` counts it as.
+    pub fn counted_as(&self) -> SessionEnd {
+        match self {
+            Ending::Disconnected { .. } => SessionEnd::Client,
+            Ending::Vanished => SessionEnd::Vanished,
+            Ending::Protocol(..) => SessionEnd::ProtocolError,
+            Ending::KeepAliveTimeout => SessionEnd::KeepAliveTimeout,
+            Ending::TokenExpired => SessionEnd::TokenExpired,
+            Ending::TakenOver => SessionEnd::TakenOver,
+            Ending::Shutdown => SessionEnd::Shutdown,
+            Ending::Revoked(_) => SessionEnd::Revoked,
+            Ending::PublishDenied => SessionEnd::PublishDenied,
+            Ending::SlowSubscriber => SessionEnd::SlowSubscriber,
+            Ending::WriteStalled => SessionEnd::WriteStalled,
+            Ending::ReauthRefused { .. } => SessionEnd::ReauthRefused,
+        }
+    }
+
     fn detail(&self) -> Option<String> {
         match self {
             Ending::Protocol(_, detail)
@@ -150,9 +169,11 @@ impl Ending {
     }
 }
 
-/// What one client may be sent and may send.
+/// What one client may be sent and may send, and what a refused PUBLISH
+/// costs it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ClientLimits {
+    deny_publish: DenyPublish,
     /// QoS 1/2 deliveries awaiting the client's ack, at most.
     inflight: usize,
     /// QoS 2 messages from the client awaiting its PUBREL, at most: the
@@ -174,6 +195,7 @@ impl ClientLimits {
     pub fn new(
         sessions: &SessionSettings,
         limits: &Limits,
+        deny_publish: DenyPublish,
         properties: Option<&ConnectProperties>,
     ) -> ClientLimits {
         let receive_maximum = properties
@@ -181,6 +203,7 @@ impl ClientLimits {
             .filter(|&r| r > 0)
             .unwrap_or(u16::MAX);
         ClientLimits {
+            deny_publish,
             inflight: usize::from(sessions.max_inflight.min(receive_maximum)),
             receive_maximum: usize::from(sessions.max_inflight),
             max_packet: properties
@@ -214,7 +237,7 @@ pub(super) struct Identity {
 /// A connected client's protocol state: packets in, packets out.
 pub(super) struct Client {
     broker: Arc<Broker>,
-    deny_publish: DenyPublish,
+    metrics: Arc<Metrics>,
     id: Identity,
     will: Option<Will>,
     session: Arc<Session>,
@@ -249,7 +272,7 @@ pub(super) struct Client {
 impl Client {
     pub fn new(
         broker: Arc<Broker>,
-        deny_publish: DenyPublish,
+        metrics: Arc<Metrics>,
         id: Identity,
         will: Option<Will>,
         attached: Attached,
@@ -258,7 +281,7 @@ impl Client {
     ) -> Client {
         Client {
             broker,
-            deny_publish,
+            metrics,
             id,
             will,
             session: attached.session,
@@ -435,6 +458,7 @@ impl Client {
         if let Some(SentAlias::New(alias)) = alias {
             self.sent_aliases.learned(delivery.message.topic(), alias);
         }
+        self.metrics.delivered(delivery.qos);
         if delivery.qos == QoS::AtMostOnce {
             out.queue_publish(&outgoing(&delivery, 0, false, now, alias));
         } else {
@@ -711,7 +735,7 @@ impl Client {
                 topic, "publish refused: topic not granted"
             );
             self.refuse_publish(out, header, PubAckReason::NotAuthorized);
-            return match self.deny_publish {
+            return match self.limits.deny_publish {
                 DenyPublish::Drop => None,
                 DenyPublish::Disconnect => Some(Ending::PublishDenied),
             };
@@ -751,6 +775,7 @@ impl Client {
             }
             self.inflight.receive(header.pkid);
         }
+        self.metrics.published(header.qos);
         let (properties, expiry) = message_properties(properties);
         let message = self.broker().message(Publication {
             topic,
@@ -825,6 +850,7 @@ impl Client {
     /// Answers a refused PUBLISH: QoS 0 is dropped, QoS 1/2 acknowledged so
     /// the client does not resend it forever (MQTT 5 with the reason).
     fn refuse_publish(&mut self, out: &mut Outbox, header: PublishHeader, reason: PubAckReason) {
+        self.metrics.publish_refused();
         let pkid = header.pkid;
         match header.qos {
             QoS::AtMostOnce => {}
@@ -871,6 +897,7 @@ impl Client {
                 }
             };
             if !matches!(code, SubscribeReasonCode::Success(_)) {
+                self.metrics.subscription_refused();
                 info!(client_id = self.id.client_id, filter = filter.path, reason = ?code, "subscription refused");
             }
             return_codes.push(code);
@@ -1173,11 +1200,11 @@ mod tests {
             credential: String::new(),
             grants,
         };
-        let limits = ClientLimits::new(&settings, &Limits::default(), None);
+        let limits = ClientLimits::new(&settings, &Limits::default(), deny_publish, None);
         Harness {
             client: Client::new(
                 broker,
-                deny_publish,
+                Arc::default(),
                 id,
                 None,
                 attached,
@@ -1651,10 +1678,10 @@ mod tests {
                 credential: String::new(),
                 grants: grants.clone(),
             };
-            let limits = ClientLimits::new(settings, &Limits::default(), None);
+            let limits = ClientLimits::new(settings, &Limits::default(), DenyPublish::Drop, None);
             let client = Client::new(
                 Arc::clone(broker),
-                DenyPublish::Drop,
+                Arc::default(),
                 id,
                 None,
                 attached,

@@ -54,6 +54,7 @@ use super::session::{self, Timers};
 use super::wire::Wire;
 use crate::acl::{Grants, validate_topic_name};
 use crate::broker::{Properties, Publication, SessionKey, Will};
+use crate::metrics::{ConnectOutcome, Metrics};
 
 /// How long a new connection waits for an older one of the same session
 /// to let go of it.
@@ -75,6 +76,20 @@ enum Refusal {
 }
 
 impl Refusal {
+    /// The outcome counted for a refusal that is not the token's fault
+    /// (a token's own failure is counted by its reason).
+    fn outcome(self) -> ConnectOutcome {
+        match self {
+            Refusal::BadCredentials => ConnectOutcome::BadUsername,
+            Refusal::NotAuthorized => ConnectOutcome::NotAuthorized,
+            Refusal::BadClientId => ConnectOutcome::BadClientId,
+            Refusal::BadAuthenticationMethod => ConnectOutcome::BadAuthMethod,
+            Refusal::QuotaExceeded => ConnectOutcome::QuotaExceeded,
+            Refusal::Busy => ConnectOutcome::ServerBusy,
+            Refusal::Unavailable => ConnectOutcome::ServerUnavailable,
+        }
+    }
+
     fn code(self) -> ConnectReturnCode {
         match self {
             Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
@@ -127,6 +142,7 @@ pub(super) async fn serve<S>(
         Ok(Ok(version)) => version,
         Ok(Err(ConnectReadError::Codec(CodecError::UnsupportedProtocol { name, level }))) => {
             info!(%peer, protocol = ?name, level, "refused: unsupported protocol version");
+            shared.metrics.connect(ConnectOutcome::UnsupportedProtocol);
             // 3.1.1's "unacceptable protocol version", which MQTT 5 also
             // prescribes for levels it does not speak.
             let _ =
@@ -144,7 +160,12 @@ pub(super) async fn serve<S>(
             return;
         }
     };
-    let mut wire = Wire::new(stream, Codec::new(version, limit), input);
+    let mut wire = Wire::new(
+        stream,
+        Codec::new(version, limit),
+        input,
+        shared.metrics.traffic(),
+    );
     let request = match wire.output.codec().decode(&mut wire.input) {
         Ok(Some(Inbound::Packet {
             packet: Packet::Connect(connect, properties, will, will_properties, login),
@@ -212,7 +233,7 @@ pub(super) async fn serve<S>(
     let (authenticated, credentials, will) = match admitted {
         Ok(admitted) => admitted,
         Err(rejection) => {
-            rejection.log(peer, &client_id);
+            rejection.report(peer, &client_id, &shared.metrics);
             refuse(&mut wire, rejection.refusal).await;
             return;
         }
@@ -226,8 +247,11 @@ pub(super) async fn serve<S>(
     let mut claim = match shared.takeover.claim(&key, TAKEOVER_WAIT).await {
         Ok(claim) => claim,
         Err(e) => {
-            Rejection::of(&authenticated, (Refusal::Unavailable, e.to_string()))
-                .log(peer, &client_id);
+            Rejection::of(&authenticated, (Refusal::Unavailable, e.to_string())).report(
+                peer,
+                &client_id,
+                &shared.metrics,
+            );
             refuse(&mut wire, Refusal::Unavailable).await;
             return;
         }
@@ -240,7 +264,11 @@ pub(super) async fn serve<S>(
             "all {} places for connections are taken ([limits] max_connections)",
             shared.limits.max_connections
         );
-        Rejection::of(&authenticated, (Refusal::Busy, reason)).log(peer, &client_id);
+        Rejection::of(&authenticated, (Refusal::Busy, reason)).report(
+            peer,
+            &client_id,
+            &shared.metrics,
+        );
         refuse(&mut wire, Refusal::Busy).await;
         return;
     };
@@ -269,6 +297,7 @@ pub(super) async fn serve<S>(
     let client_limits = ClientLimits::new(
         shared.broker.settings(),
         &shared.limits,
+        shared.deny_publish,
         properties.as_ref(),
     );
 
@@ -303,6 +332,8 @@ pub(super) async fn serve<S>(
         session_present = attached.present,
         "client connected"
     );
+    shared.metrics.connect(ConnectOutcome::Accepted);
+    let _connected = shared.metrics.connected(version);
     let resumed = attached.present;
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let expires_at = authenticated.deadline(shared.leeway);
@@ -316,7 +347,7 @@ pub(super) async fn serve<S>(
     };
     let mut client = Client::new(
         Arc::clone(&shared.broker),
-        shared.deny_publish,
+        Arc::clone(&shared.metrics),
         id,
         will,
         attached,
@@ -342,7 +373,7 @@ pub(super) async fn serve<S>(
         timers,
     )
     .await;
-    session::finish(client, &mut wire, ending).await;
+    session::finish(client, &mut wire, ending, &shared.metrics).await;
     // Only now, with the session handed back and its place given up, may a
     // newer connection of this client take them.
     drop(place);
@@ -381,6 +412,7 @@ type Refused = (Refusal, String);
 /// one log line of a refusal, with the same fields as an acceptance's.
 struct Rejection {
     refusal: Refusal,
+    outcome: ConnectOutcome,
     reason: String,
     subject: Option<String>,
     kid: Option<String>,
@@ -390,6 +422,7 @@ impl From<Refused> for Rejection {
     fn from((refusal, reason): Refused) -> Rejection {
         Rejection {
             refusal,
+            outcome: refusal.outcome(),
             reason,
             subject: None,
             kid: None,
@@ -402,13 +435,16 @@ impl Rejection {
     fn of(authenticated: &Authenticated, (refusal, reason): Refused) -> Rejection {
         Rejection {
             refusal,
+            outcome: refusal.outcome(),
             reason,
             subject: authenticated.token.subject.clone(),
             kid: Some(authenticated.token.key_id.clone()),
         }
     }
 
-    fn log(&self, peer: SocketAddr, client_id: &str) {
+    /// Logs the refusal and counts its outcome.
+    fn report(&self, peer: SocketAddr, client_id: &str, metrics: &Metrics) {
+        metrics.connect(self.outcome);
         info!(
             remote = %peer,
             client_id,
@@ -516,6 +552,7 @@ fn admit(
                 FailureKind::BadCredentials => Refusal::BadCredentials,
                 FailureKind::NotAuthorized => Refusal::NotAuthorized,
             },
+            outcome: failure.outcome,
             reason: failure.reason,
             subject: failure.subject,
             kid: failure.kid,

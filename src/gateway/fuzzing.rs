@@ -187,6 +187,7 @@ async fn run(
         broker: Arc::clone(&broker),
         takeover: Arc::new(takeover::Registry::default()),
         strangers: Arc::clone(&strangers),
+        metrics: Arc::default(),
     });
     let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let Ok(place) = strangers.enter(ip) else {

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
 
 use super::{Shared, connection};
+use crate::metrics::HandshakeFailure;
 
 /// Pause after an accept error (typically out of file descriptors) so the
 /// loop does not spin while the condition lasts.
@@ -86,8 +87,14 @@ pub(super) async fn accept_loop(
                 Ok(Ok(tls)) => {
                     connection::serve(Box::new(tls), peer, pending, shared, shutdown).await
                 }
-                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => debug!(%peer, "TLS handshake timed out"),
+                Ok(Err(e)) => {
+                    shared.metrics.handshake_failed(HandshakeFailure::Error);
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    shared.metrics.handshake_failed(HandshakeFailure::Timeout);
+                    debug!(%peer, "TLS handshake timed out");
+                }
             }
         });
     }

@@ -51,6 +51,7 @@ use crate::bridge;
 use crate::broker::{Broker, Budget};
 use crate::config::{Config, DenyPublish, Limits};
 use crate::keys::{KeyDirError, KeyStore};
+use crate::metrics::{self, Exposition, Metrics};
 use crate::reload::{self, Reloader};
 use crate::storage::{DurableStore, Storage, StorageError};
 use crate::tls::{self, CertResolver, TlsError};
@@ -77,6 +78,7 @@ struct Shared {
     strangers: Arc<pending::Strangers>,
     /// Places of the authenticated ones (`[limits] max_connections`).
     sessions: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 /// Why the gateway could not start.
@@ -90,6 +92,11 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot serve metrics on {addr} ([metrics] listen): {source}")]
+    MetricsBind {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -107,6 +114,8 @@ pub struct Gateway {
     storage: Arc<Storage>,
     bridges: tokio::task::JoinSet<()>,
     stop_bridges: tokio::sync::watch::Sender<bool>,
+    /// `[metrics] listen`, bound, with what it serves.
+    metrics: Option<(TcpListener, Arc<Exposition>)>,
 }
 
 impl Gateway {
@@ -119,7 +128,13 @@ impl Gateway {
         let keys = Arc::new(keys);
         let certs = Arc::new(CertResolver::load(&config.tls.cert, &config.tls.key)?);
         let acceptor = TlsAcceptor::from(tls::server_config(Arc::clone(&certs))?);
-        let reloader = Arc::new(Reloader::new(Arc::clone(&keys), certs, config.tls.clone()));
+        let metrics = Arc::new(Metrics::default());
+        let reloader = Arc::new(Reloader::new(
+            Arc::clone(&keys),
+            certs,
+            config.tls.clone(),
+            Arc::clone(&metrics),
+        ));
         // Restored before the listener takes anyone: a device that
         // resumes its session or subscribes finds what the last run kept.
         let queues: Vec<(&str, u64)> = config
@@ -144,6 +159,18 @@ impl Gateway {
         // run drains while the listener comes up.
         let (stop_bridges, bridges_stopped) = tokio::sync::watch::channel(false);
         let bridges = bridge::start(&config.bridges, &storage, &broker, &bridges_stopped);
+        let exposition = Arc::new(Exposition::new(
+            &metrics,
+            metrics::State {
+                broker: Arc::clone(&broker),
+                keys: Arc::clone(&keys),
+                queues: config
+                    .bridges
+                    .iter()
+                    .filter_map(|bridge| storage.queue(&bridge.name).cloned())
+                    .collect(),
+            },
+        ));
         let shared = Shared {
             limits: config.limits.clone(),
             leeway: config.auth.leeway,
@@ -158,6 +185,7 @@ impl Gateway {
                 config.limits.max_pending_per_source,
             )),
             sessions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
+            metrics,
         };
         // Watch from now on, so that a key dropped between start and the
         // first client is not missed.
@@ -166,6 +194,15 @@ impl Gateway {
                 error!(error = %e, "cannot watch the keys directory; reload with SIGHUP");
             })
             .ok();
+        let metrics = match config.metrics.listen {
+            Some(addr) => Some((
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::MetricsBind { addr, source })?,
+                exposition,
+            )),
+            None => None,
+        };
         // Bound last: a client that can connect finds the keys watched
         // and the durable state restored.
         let listener =
@@ -184,12 +221,20 @@ impl Gateway {
             storage,
             bridges,
             stop_bridges,
+            metrics,
         })
     }
 
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address `/metrics` is served on, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// The key store connections verify against.
@@ -230,9 +275,17 @@ impl Gateway {
             storage,
             mut bridges,
             stop_bridges,
+            metrics,
             ..
         } = self;
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        if let Some((listener, exposition)) = metrics {
+            tokio::spawn(metrics::endpoint::serve(
+                listener,
+                exposition,
+                stopped.clone(),
+            ));
+        }
         let mut connections = tokio::task::JoinSet::new();
         tokio::select! {
             () = listener::accept_loop(&listener, &acceptor, &shared, &stopped, &mut connections) => {

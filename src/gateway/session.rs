@@ -40,6 +40,7 @@ use super::enhanced;
 use super::takeover::Claim;
 use super::wire::{Progress, Wire};
 use crate::broker::{Broker, Pending};
+use crate::metrics::{ConnectOutcome, Metrics};
 use crate::token;
 
 /// Output past which the client's own packets are not read either: a
@@ -152,7 +153,9 @@ pub(super) async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     client: Client,
     wire: &mut Wire<S>,
     ending: Ending,
+    metrics: &Metrics,
 ) {
+    metrics.session_ended(ending.counted_as());
     client.say_goodbye(&ending, &mut wire.output);
     // A client that stopped reading would not read its last words either.
     if !matches!(ending, Ending::WriteStalled) {
@@ -177,6 +180,7 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
         {
             Ok(authenticated) => authenticated,
             Err(failure) => {
+                shared.metrics.reauthentication(failure.outcome);
                 return Some(Ending::ReauthRefused {
                     code: match failure.kind {
                         FailureKind::BadCredentials => enhanced::BAD_USER_NAME_OR_PASSWORD,
@@ -189,6 +193,9 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
         // The session is keyed by subject: a token for someone else must
         // not take it over.
         if authenticated.token.subject != id.subject {
+            shared
+                .metrics
+                .reauthentication(ConnectOutcome::NotAuthorized);
             return Some(Ending::ReauthRefused {
                 code: enhanced::NOT_AUTHORIZED,
                 detail: "the new token names another subject".to_owned(),
@@ -202,6 +209,7 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
             outcome = "accepted",
             "client re-authenticated"
         );
+        shared.metrics.reauthentication(ConnectOutcome::Accepted);
         expiry
             .as_mut()
             .reset(deadline_or_far(authenticated.deadline(shared.leeway)));

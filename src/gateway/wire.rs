@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::warn;
 
 use super::codec::{Codec, OutgoingPublish};
+use crate::metrics::Traffic;
 
 /// Room the input buffer gets before a socket read: from the minimum,
 /// doubled each time a read fills it, up to the maximum.
@@ -102,6 +103,7 @@ pub(super) struct Wire<S> {
     /// from a slow one.
     written: u64,
     chunk: usize,
+    traffic: Traffic,
 }
 
 /// What [`Wire::progress`] did.
@@ -117,7 +119,10 @@ pub(super) enum Progress {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
-    pub fn new(stream: S, codec: Codec, input: BytesMut) -> Wire<S> {
+    /// A wire over `stream`, whose first bytes (read while the CONNECT
+    /// was sniffed) are in `input`; `traffic` counts the bytes each way.
+    pub fn new(stream: S, codec: Codec, input: BytesMut, traffic: Traffic) -> Wire<S> {
+        traffic.received(input.len());
         Wire {
             stream,
             input,
@@ -125,6 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             unflushed: false,
             written: 0,
             chunk: MIN_READ_CHUNK,
+            traffic,
         }
     }
 
@@ -143,6 +149,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     Poll::Ready(Ok(n)) => {
                         output.advance(n);
                         self.written += n as u64;
+                        self.traffic.sent(n);
                         self.unflushed = true;
                         wrote = true;
                     }
@@ -173,6 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.input) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Progress::Closed),
                 Poll::Ready(Ok(n)) => {
+                    self.traffic.received(n);
                     if n >= room {
                         self.chunk = (self.chunk * 2).min(MAX_READ_CHUNK);
                     }

@@ -1,0 +1,616 @@
+//! Metrics: the figures an operator's Prometheus scrapes from the gateway.
+//!
+//! The model. Two kinds of figures, kept apart so that none is ever a
+//! stale copy or counted twice:
+//!
+//! - **Events**, counted where they happen, through [`Metrics`]: the
+//!   connections open (by protocol version), every CONNECT's outcome (by
+//!   reason: a bad signature, an expired token, an unknown key id, a
+//!   revoked one...), publishes received and deliveries sent (by QoS),
+//!   bytes in and out, refused publishes and subscriptions, why sessions
+//!   ended (the token expired, a reload revoked it, a slow subscriber...),
+//!   re-authentications, key reloads and failed TLS handshakes. Each is a
+//!   prometheus-client counter or gauge; those counted per packet are
+//!   resolved to their label when [`Metrics`] is made, so counting a
+//!   packet is one atomic add and takes no lock.
+//! - **State**, read from its owner at scrape time by [`State`]: the keys
+//!   loaded, the routing core's losses (slow subscribers, expiry, size,
+//!   memory budget) and each uplink bridge's queue (depth, bytes, drops).
+//!
+//! [`Exposition`] joins both in one registry and renders the Prometheus
+//! text format; [`endpoint`] serves it on `[metrics] listen`. The README
+//! ("Metrics") lists every name.
+
+pub mod endpoint;
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+
+use crate::broker::{Broker, QoS};
+use crate::gateway::Version;
+use crate::keys::KeyStore;
+use crate::storage::Queue;
+use crate::token::TokenError;
+
+/// One label, `name="value"`: every family here has exactly one.
+type Label = [(&'static str, &'static str); 1];
+
+/// The event counters the gateway's tasks share (as an `Arc<Metrics>`).
+#[derive(Debug)]
+pub struct Metrics {
+    connections: Family<Label, Gauge>,
+    /// `connections`' gauges for MQTT 3.1, 3.1.1 and 5.
+    connections_by_version: [Gauge; 3],
+    connects: Family<Label, Counter>,
+    publishes_received: Family<Label, Counter>,
+    /// `publishes_received`' counters for QoS 0, 1 and 2.
+    received_by_qos: [Counter; 3],
+    deliveries: Family<Label, Counter>,
+    delivered_by_qos: [Counter; 3],
+    publishes_refused: Counter,
+    subscriptions_refused: Counter,
+    bytes_received: Counter,
+    bytes_sent: Counter,
+    disconnects: Family<Label, Counter>,
+    reauthentications: Family<Label, Counter>,
+    key_reloads: Family<Label, Counter>,
+    handshakes_failed: Family<Label, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let connections = Family::<Label, Gauge>::default();
+        let publishes_received = Family::<Label, Counter>::default();
+        let deliveries = Family::<Label, Counter>::default();
+        let qos = ["0", "1", "2"];
+        Metrics {
+            connections_by_version: [Version::V3_1, Version::V3_1_1, Version::V5].map(|v| {
+                connections
+                    .get_or_create(&[("protocol", v.as_str())])
+                    .clone()
+            }),
+            connections,
+            received_by_qos: qos.map(|q| publishes_received.get_or_create(&[("qos", q)]).clone()),
+            publishes_received,
+            delivered_by_qos: qos.map(|q| deliveries.get_or_create(&[("qos", q)]).clone()),
+            deliveries,
+            connects: Family::default(),
+            publishes_refused: Counter::default(),
+            subscriptions_refused: Counter::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            disconnects: Family::default(),
+            reauthentications: Family::default(),
+            key_reloads: Family::default(),
+            handshakes_failed: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts an authenticated connection for as long as the returned
+    /// guard lives.
+    pub fn connected(&self, version: Version) -> Connected {
+        let gauge = self.connections_by_version[version as usize].clone();
+        gauge.inc();
+        Connected(gauge)
+    }
+
+    pub fn connect(&self, outcome: ConnectOutcome) {
+        self.connects
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .inc();
+    }
+
+    pub fn reauthentication(&self, outcome: ConnectOutcome) {
+        self.reauthentications
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .inc();
+    }
+
+    pub fn published(&self, qos: QoS) {
+        self.received_by_qos[qos as usize].inc();
+    }
+
+    pub fn delivered(&self, qos: QoS) {
+        self.delivered_by_qos[qos as usize].inc();
+    }
+
+    pub fn publish_refused(&self) {
+        self.publishes_refused.inc();
+    }
+
+    pub fn subscription_refused(&self) {
+        self.subscriptions_refused.inc();
+    }
+
+    /// The byte counters one connection adds to as it reads and writes.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            received: self.bytes_received.clone(),
+            sent: self.bytes_sent.clone(),
+        }
+    }
+
+    pub fn session_ended(&self, end: SessionEnd) {
+        self.disconnects
+            .get_or_create(&[("reason", end.as_str())])
+            .inc();
+    }
+
+    /// A reload of the keys directory: `ok` when every file was read,
+    /// false when any was refused or the directory could not be read
+    /// (the keys in force then stay, see [`crate::keys`]).
+    pub fn key_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.key_reloads.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub fn handshake_failed(&self, failure: HandshakeFailure) {
+        let reason = match failure {
+            HandshakeFailure::Error => "error",
+            HandshakeFailure::Timeout => "timeout",
+        };
+        self.handshakes_failed
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "jwtgate_connections",
+            "Authenticated MQTT connections open, by protocol version",
+            self.connections.clone(),
+        );
+        registry.register(
+            "jwtgate_connects",
+            "CONNECT attempts, by outcome (accepted, or why refused)",
+            self.connects.clone(),
+        );
+        registry.register(
+            "jwtgate_publishes_received",
+            "PUBLISH packets accepted from clients and routed, by QoS",
+            self.publishes_received.clone(),
+        );
+        registry.register(
+            "jwtgate_deliveries",
+            "PUBLISH packets sent to subscribers, by QoS",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "jwtgate_publishes_refused",
+            "PUBLISH packets refused: topic not granted, or too many property bytes",
+            self.publishes_refused.clone(),
+        );
+        registry.register(
+            "jwtgate_subscriptions_refused",
+            "Subscription filters refused: not granted, invalid or over a quota",
+            self.subscriptions_refused.clone(),
+        );
+        registry.register(
+            "jwtgate_received_bytes",
+            "MQTT bytes read from clients (inside TLS)",
+            self.bytes_received.clone(),
+        );
+        registry.register(
+            "jwtgate_sent_bytes",
+            "MQTT bytes written to clients (inside TLS)",
+            self.bytes_sent.clone(),
+        );
+        registry.register(
+            "jwtgate_disconnects",
+            "Sessions' connections ended, by reason (token_expired, revoked, ...)",
+            self.disconnects.clone(),
+        );
+        registry.register(
+            "jwtgate_reauthentications",
+            "MQTT 5 re-authentications (AUTH), by outcome",
+            self.reauthentications.clone(),
+        );
+        registry.register(
+            "jwtgate_key_reloads",
+            "Reloads of the keys directory, by result (failed: a file was refused and its old keys kept)",
+            self.key_reloads.clone(),
+        );
+        registry.register(
+            "jwtgate_tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            self.handshakes_failed.clone(),
+        );
+    }
+}
+
+/// Keeps one connection counted in `jwtgate_connections`.
+#[derive(Debug)]
+pub struct Connected(Gauge);
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The byte counters of one connection (clones sharing the gateway's).
+#[derive(Debug, Clone, Default)]
+pub struct Traffic {
+    received: Counter,
+    sent: Counter,
+}
+
+impl Traffic {
+    pub fn received(&self, bytes: usize) {
+        self.received.inc_by(bytes as u64);
+    }
+
+    pub fn sent(&self, bytes: usize) {
+        self.sent.inc_by(bytes as u64);
+    }
+}
+
+/// How a TLS handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    Error,
+    Timeout,
+}
+
+/// What became of a CONNECT (or an MQTT 5 re-authentication): the
+/// `outcome` label. Finer than the reason code the client gets, which
+/// says only "bad credentials" or "not authorized".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    Accepted,
+    /// Not an MQTT version the gateway speaks.
+    UnsupportedProtocol,
+    /// No user name `JWT` with a password, nor authentication method
+    /// `JWT` with data.
+    BadUsername,
+    /// Not a well-formed JWT, or claims of the wrong shape.
+    MalformedToken,
+    /// No key of that id, or none for the token's algorithm.
+    UnknownKid,
+    BadSignature,
+    /// An algorithm the key, the policy or jwtgate does not allow.
+    AlgorithmRefused,
+    Expired,
+    /// `nbf` or `iat` in the future.
+    NotYetValid,
+    /// Issuer, audience, lifetime, `kid` or `exp` demanded by `[auth]`.
+    PolicyRefused,
+    /// Named by the deny list.
+    Revoked,
+    /// An authentic token whose identity may not connect: no subject, no
+    /// usable grants, a will outside them.
+    NotAuthorized,
+    BadClientId,
+    BadAuthMethod,
+    /// Over a limit of the CONNECT's own (MQTT 5 property bytes).
+    QuotaExceeded,
+    /// Every place for a connection taken (`[limits] max_connections`).
+    ServerBusy,
+    ServerUnavailable,
+}
+
+impl ConnectOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectOutcome::Accepted => "accepted",
+            ConnectOutcome::UnsupportedProtocol => "unsupported_protocol",
+            ConnectOutcome::BadUsername => "bad_username",
+            ConnectOutcome::MalformedToken => "malformed_token",
+            ConnectOutcome::UnknownKid => "unknown_kid",
+            ConnectOutcome::BadSignature => "bad_signature",
+            ConnectOutcome::AlgorithmRefused => "algorithm_refused",
+            ConnectOutcome::Expired => "expired",
+            ConnectOutcome::NotYetValid => "not_yet_valid",
+            ConnectOutcome::PolicyRefused => "policy_refused",
+            ConnectOutcome::Revoked => "revoked",
+            ConnectOutcome::NotAuthorized => "not_authorized",
+            ConnectOutcome::BadClientId => "bad_client_id",
+            ConnectOutcome::BadAuthMethod => "bad_auth_method",
+            ConnectOutcome::QuotaExceeded => "quota_exceeded",
+            ConnectOutcome::ServerBusy => "server_busy",
+            ConnectOutcome::ServerUnavailable => "server_unavailable",
+        }
+    }
+}
+
+impl From<&TokenError> for ConnectOutcome {
+    fn from(error: &TokenError) -> ConnectOutcome {
+        match error {
+            TokenError::TooLarge { .. }
+            | TokenError::Malformed(_)
+            | TokenError::CriticalHeader
+            | TokenError::ClaimsNotAnObject
+            | TokenError::BadClaim { .. } => ConnectOutcome::MalformedToken,
+            TokenError::UnknownKey { .. } | TokenError::NoKeyForAlgorithm { .. } => {
+                ConnectOutcome::UnknownKid
+            }
+            TokenError::BadSignature { .. } => ConnectOutcome::BadSignature,
+            TokenError::UnsupportedAlgorithm { .. }
+            | TokenError::AlgorithmNotAllowed { .. }
+            | TokenError::KeyRefusesAlgorithm { .. }
+            | TokenError::KeyUnusable { .. } => ConnectOutcome::AlgorithmRefused,
+            TokenError::Expired { .. } => ConnectOutcome::Expired,
+            TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => {
+                ConnectOutcome::NotYetValid
+            }
+            TokenError::KidRequired
+            | TokenError::MissingExp
+            | TokenError::MissingIat { .. }
+            | TokenError::IssuedAfterExpiry { .. }
+            | TokenError::LifetimeTooLong { .. }
+            | TokenError::MissingIssuer
+            | TokenError::WrongIssuer { .. }
+            | TokenError::MissingAudience
+            | TokenError::WrongAudience => ConnectOutcome::PolicyRefused,
+            TokenError::Revoked { .. } => ConnectOutcome::Revoked,
+            TokenError::MissingSubject | TokenError::Grants(_) => ConnectOutcome::NotAuthorized,
+        }
+    }
+}
+
+/// Why a session's connection ended: the `reason` label of
+/// `jwtgate_disconnects`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The client sent DISCONNECT.
+    Client,
+    /// The socket closed or failed without one.
+    Vanished,
+    ProtocolError,
+    KeepAliveTimeout,
+    TokenExpired,
+    TakenOver,
+    Shutdown,
+    /// A reload removed the token's key or the deny list named it.
+    Revoked,
+    PublishDenied,
+    SlowSubscriber,
+    WriteStalled,
+    ReauthRefused,
+}
+
+impl SessionEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::Client => "client",
+            SessionEnd::Vanished => "vanished",
+            SessionEnd::ProtocolError => "protocol_error",
+            SessionEnd::KeepAliveTimeout => "keep_alive_timeout",
+            SessionEnd::TokenExpired => "token_expired",
+            SessionEnd::TakenOver => "taken_over",
+            SessionEnd::Shutdown => "shutdown",
+            SessionEnd::Revoked => "revoked",
+            SessionEnd::PublishDenied => "publish_denied",
+            SessionEnd::SlowSubscriber => "slow_subscriber",
+            SessionEnd::WriteStalled => "write_stalled",
+            SessionEnd::ReauthRefused => "reauth_refused",
+        }
+    }
+}
+
+/// The figures read from their owners at scrape time.
+pub struct State {
+    pub broker: Arc<Broker>,
+    pub keys: Arc<KeyStore>,
+    /// The uplink bridges' queues.
+    pub queues: Vec<Arc<Queue>>,
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State")
+            .field("queues", &self.queues.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for State {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let keys = self.keys.snapshot();
+        gauge(
+            &mut encoder,
+            "jwtgate_keys_loaded",
+            "Verification keys in force",
+            keys.len(),
+        )?;
+        gauge(
+            &mut encoder,
+            "jwtgate_deny_list_entries",
+            "Entries of the deny list (keys/revoked) in force",
+            keys.deny_list().len(),
+        )?;
+        let losses = self.broker.stats().snapshot();
+        for (name, help, value) in [
+            (
+                "jwtgate_slow_subscriber_drops",
+                "Deliveries dropped by a full session queue (slow_subscriber = \"drop\")",
+                losses.dropped,
+            ),
+            (
+                "jwtgate_slow_subscriber_disconnects",
+                "Connections closed by slow_subscriber = \"disconnect\"",
+                losses.evicted,
+            ),
+            (
+                "jwtgate_expired_deliveries",
+                "Deliveries whose message expired before it could be sent",
+                losses.expired,
+            ),
+            (
+                "jwtgate_oversized_deliveries",
+                "Deliveries larger than their client's maximum packet size, skipped",
+                losses.oversized,
+            ),
+            (
+                "jwtgate_retained_refused",
+                "Retained messages not stored: the memory budget was used up",
+                losses.retained_refused,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let snapshots: Vec<_> = self
+            .queues
+            .iter()
+            .map(|q| (q.name(), q.snapshot()))
+            .collect();
+        for (name, help, kind, value) in [
+            (
+                "jwtgate_bridge_queue_messages",
+                "Messages queued for a bridge's remote, not yet acknowledged",
+                MetricType::Gauge,
+                (|s: &crate::storage::QueueSnapshot| s.messages) as fn(&_) -> u64,
+            ),
+            (
+                "jwtgate_bridge_queue_bytes",
+                "Bytes those messages take, against the bridge's max_queue_bytes",
+                MetricType::Gauge,
+                |s| s.bytes,
+            ),
+            (
+                "jwtgate_bridge_queue_dropped",
+                "Messages a bridge's queue budget dropped (oldest first)",
+                MetricType::Counter,
+                |s| s.dropped,
+            ),
+        ] {
+            if snapshots.is_empty() {
+                break;
+            }
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (bridge, snapshot) in &snapshots {
+                let label = [("bridge", *bridge)];
+                let labelled = family.encode_family(&label)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(value(snapshot)).encode(labelled)?,
+                    _ => ConstGauge::new(saturating_i64(value(snapshot))).encode(labelled)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: usize) -> fmt::Result {
+    let gauge = ConstGauge::new(saturating_i64(value as u64));
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The registry Prometheus reads: the event counters and the state.
+#[derive(Debug)]
+pub struct Exposition {
+    registry: Registry,
+}
+
+impl Exposition {
+    pub fn new(metrics: &Metrics, state: State) -> Exposition {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        registry.register_collector(Box::new(state));
+        Exposition { registry }
+    }
+
+    /// The Prometheus text format (0.0.4), as served at `/metrics`.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail; an encoder error would be a
+        // bug in a metric, and a scrape still gets what came before it.
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
+        {
+            tracing::error!(error = %e, "metrics: encoding failed");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample line `name{labels}` or `name`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn events_are_rendered_with_their_labels() {
+        let metrics = Metrics::default();
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, _) = KeyStore::open(dir.path()).unwrap();
+        let state = State {
+            broker: Broker::new(
+                &crate::config::SessionSettings::default(),
+                1 << 20,
+                Arc::new(crate::broker::store::MemoryStore::new()),
+            ),
+            keys: Arc::new(keys),
+            queues: Vec::new(),
+        };
+        let exposition = Exposition::new(&metrics, state);
+        let held = metrics.connected(Version::V5);
+        metrics.connect(ConnectOutcome::Accepted);
+        metrics.connect(ConnectOutcome::Expired);
+        metrics.connect(ConnectOutcome::Expired);
+        metrics.published(QoS::AtLeastOnce);
+        metrics.traffic().received(100);
+        metrics.session_ended(SessionEnd::TokenExpired);
+        let text = exposition.render();
+        assert_eq!(
+            sample(&text, "jwtgate_connections{protocol=\"5\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "jwtgate_connections{protocol=\"3.1\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, "jwtgate_connects_total{outcome=\"expired\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "jwtgate_connects_total{outcome=\"accepted\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "jwtgate_publishes_received_total{qos=\"1\"}"),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, "jwtgate_received_bytes_total"), Some(100.0));
+        assert_eq!(
+            sample(&text, "jwtgate_disconnects_total{reason=\"token_expired\"}"),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, "jwtgate_keys_loaded"), Some(0.0));
+        assert_eq!(
+            sample(&text, "jwtgate_slow_subscriber_drops_total"),
+            Some(0.0)
+        );
+        drop(held);
+        assert_eq!(
+            sample(&exposition.render(), "jwtgate_connections{protocol=\"5\"}"),
+            Some(0.0)
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! Prometheus metrics (issue 13): the real binary with `[metrics] listen`,
+//! scraped over HTTP before and after a scripted session (a good connect,
+//! bad tokens, a refused publish, key reloads), every counter checked for
+//! the amount it must have moved; and the listener's loopback rule.
+
+// Tests panic on purpose when a fixture cannot be set up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{DevBinary, V4Client, WAIT, free_port, now_unix, sign_hs256_kid};
+use rumqttc::{ConnectReturnCode, QoS};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One scrape: every sample line, `name{labels}` to value.
+#[derive(Debug, Clone)]
+struct Scrape(BTreeMap<String, f64>);
+
+impl Scrape {
+    /// The value of `series`, 0 when absent (a labelled counter appears
+    /// with its first event).
+    fn get(&self, series: &str) -> f64 {
+        self.0.get(series).copied().unwrap_or(0.0)
+    }
+
+    /// How much `series` grew since `before`.
+    fn delta(&self, before: &Scrape, series: &str) -> f64 {
+        self.get(series) - before.get(series)
+    }
+}
+
+/// `GET path` on the metrics port: the status line and the body.
+async fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the metrics port");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("the response within WAIT")
+        .expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+async fn scrape(port: u16) -> Scrape {
+    let (status, body) = http_get(port, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    Scrape(
+        body.lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("`series value`");
+                (series.to_owned(), value.parse().expect("a number"))
+            })
+            .collect(),
+    )
+}
+
+/// Scrapes until `done` holds (a reload happens a moment after its file
+/// lands), for up to [`WAIT`].
+async fn scrape_until(port: u16, done: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = scrape(port).await;
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the metrics never got there: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connects a v3.1.1 client with `token` and returns it with its CONNACK code.
+async fn connect(gw: &DevBinary, client_id: &str, token: &str) -> (V4Client, ConnectReturnCode) {
+    let mut client = V4Client::start(gw.v4_options(client_id, token));
+    let code = client.connack().await.code;
+    (client, code)
+}
+
+/// Drops `name` into the keys directory the way operators are told to:
+/// written as a dotfile, then renamed into place (one change, one reload).
+fn drop_key_file(gw: &DevBinary, name: &str, contents: &str) {
+    let dir = gw.keys_dir();
+    let scratch = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&scratch, contents).unwrap();
+    std::fs::rename(&scratch, dir.join(name)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_session_moves_each_counter_by_its_amount() {
+    let port = free_port();
+    let gw = DevBinary::start("", &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
+    // The harness's own readiness probe (a bare TCP connect) is a failed
+    // handshake; counted once it has closed.
+    let handshake_errors = "jwtgate_tls_handshake_failures_total{reason=\"error\"}";
+    let before = scrape_until(port, |s| s.get(handshake_errors) == 1.0).await;
+    assert_eq!(before.get("jwtgate_keys_loaded"), 1.0, "{before:?}");
+    assert_eq!(before.get("jwtgate_connections{protocol=\"3.1.1\"}"), 0.0);
+
+    // A good device: connects, subscribes, publishes where it may (QoS 1,
+    // delivered back to itself) and where it may not.
+    let token = gw.token("meter-1", &["meters/1/#"], Duration::from_secs(600));
+    let (mut good, code) = connect(&gw, "meter-1", &token).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    good.subscribe("meters/1/#", QoS::AtLeastOnce).await;
+    good.publish("meters/1/kwh", QoS::AtLeastOnce, false, b"42")
+        .await;
+    good.expect_publish("meters/1/kwh").await;
+    good.publish("meters/2/kwh", QoS::AtLeastOnce, false, b"not mine")
+        .await;
+    let during = scrape(port).await;
+    assert_eq!(during.get("jwtgate_connections{protocol=\"3.1.1\"}"), 1.0);
+
+    // Plaintext MQTT on the TLS port: a failed handshake.
+    let mut plain = TcpStream::connect(gw.addr()).await.unwrap();
+    plain
+        .write_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut rest)).await;
+
+    // Three devices refused, each for a reason of its own.
+    let claims = |sub: &str, exp: u64| json!({ "sub": sub, "exp": exp, "topics": ["x/#"] });
+    let expired = gw.sign(&claims("meter-2", now_unix() - 3600));
+    let forged = sign_hs256_kid(
+        b"not the gateway's secret, 32 bytes+",
+        "dev",
+        &claims("meter-3", now_unix() + 600),
+    );
+    let unknown = sign_hs256_kid(
+        b"not the gateway's secret, 32 bytes+",
+        "retired-2025",
+        &claims("meter-4", now_unix() + 600),
+    );
+    for (client_id, token) in [("m2", &expired), ("m3", &forged), ("m4", &unknown)] {
+        let (_, code) = connect(&gw, client_id, token).await;
+        assert_eq!(code, ConnectReturnCode::BadUserNamePassword, "{client_id}");
+    }
+    good.disconnect().await;
+    let after_session = scrape_until(port, |s| {
+        s.get("jwtgate_connections{protocol=\"3.1.1\"}") == 0.0
+    })
+    .await;
+
+    // A new key, then a broken file: one reload each.
+    drop_key_file(
+        &gw,
+        "site-2027.b64",
+        "c2l0ZS0yMDI3LXNlY3JldC1vZi1hdC1sZWFzdC0zMi1ieXRlcw==\n",
+    );
+    let reloaded = scrape_until(port, |s| s.get("jwtgate_keys_loaded") == 2.0).await;
+    drop_key_file(&gw, "broken.b64", "this is not base64!\n");
+    let broken = scrape_until(port, |s| {
+        s.delta(&reloaded, "jwtgate_key_reloads_total{result=\"failed\"}") > 0.0
+    })
+    .await;
+    // Time for a second, unwanted reload to show.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let end = scrape(port).await;
+
+    let expect = [
+        ("jwtgate_connects_total{outcome=\"accepted\"}", 1.0),
+        ("jwtgate_connects_total{outcome=\"expired\"}", 1.0),
+        ("jwtgate_connects_total{outcome=\"bad_signature\"}", 1.0),
+        ("jwtgate_connects_total{outcome=\"unknown_kid\"}", 1.0),
+        ("jwtgate_publishes_received_total{qos=\"1\"}", 1.0),
+        ("jwtgate_deliveries_total{qos=\"1\"}", 1.0),
+        ("jwtgate_publishes_refused_total", 1.0),
+        ("jwtgate_subscriptions_refused_total", 0.0),
+        ("jwtgate_disconnects_total{reason=\"client\"}", 1.0),
+        ("jwtgate_key_reloads_total{result=\"ok\"}", 1.0),
+        ("jwtgate_key_reloads_total{result=\"failed\"}", 1.0),
+        (handshake_errors, 1.0),
+        (
+            "jwtgate_tls_handshake_failures_total{reason=\"timeout\"}",
+            0.0,
+        ),
+    ];
+    for (series, amount) in expect {
+        assert_eq!(end.delta(&before, series), amount, "{series}: {end:?}");
+    }
+    assert_eq!(
+        end.get("jwtgate_keys_loaded"),
+        2.0,
+        "the broken file added nothing"
+    );
+    assert_eq!(end, broken, "nothing moved after the reloads settled");
+    // Bytes: at least the good device's CONNECT (which carries its token)
+    // in, and its CONNACK, SUBACK, PUBACKs and the delivery out.
+    let received = after_session.delta(&before, "jwtgate_received_bytes_total");
+    let sent = after_session.delta(&before, "jwtgate_sent_bytes_total");
+    assert!(received > token.len() as f64, "received {received}");
+    assert!(sent >= 4.0 + 5.0 + 2.0 * 4.0 + 17.0, "sent {sent}");
+
+    // Only /metrics is served.
+    let (status, _) = http_get(port, "/").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+impl PartialEq for Scrape {
+    /// Equal but for the byte counters, which the scrapes themselves do
+    /// not move (they are MQTT bytes) but a keep-alive could.
+    fn eq(&self, other: &Scrape) -> bool {
+        let without_bytes = |s: &Scrape| {
+            s.0.iter()
+                .filter(|(k, _)| !k.ends_with("_bytes_total"))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect::<BTreeMap<_, _>>()
+        };
+        without_bytes(self) == without_bytes(other)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_refuses_a_non_loopback_address_unless_allowed() {
+    // Refused at start, naming file, line and key.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("jwtgate.toml");
+    std::fs::write(&config, "[metrics]\nlisten = \"0.0.0.0:9883\"\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run jwtgate serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for needle in [
+        "jwtgate.toml:2:",
+        "[metrics] listen",
+        "not a loopback address",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in: {stderr}");
+    }
+
+    // Served there when the config says so explicitly.
+    let port = free_port();
+    let _gw = DevBinary::start(
+        "",
+        &format!("[metrics]\nlisten = \"0.0.0.0:{port}\"\nallow_remote = true\n"),
+    )
+    .await;
+    let scrape = scrape(port).await;
+    assert_eq!(scrape.get("jwtgate_keys_loaded"), 1.0);
+}
