@@ -271,6 +271,7 @@ def config():
     match = re.search(r"```toml\n(listen = .*?)```", readme, re.S)
     full = match.group(1)
     write("config", "readme-full.toml", full)
+    write("config", "debian-conffile.toml", (FUZZ.parent / "systemd/deb/jwtgate.toml").read_text())
     write("config", "empty.toml", "")
     write("config", "minimal.toml", 'listen = "127.0.0.1:8883"\n')
     write("config", "issuer-audience.toml",
@@ -287,6 +288,9 @@ def config():
     write("config", "old-router.toml", '[router]\nmax_segment_size = 104857600\n')
     write("config", "deny-publish-top.toml", 'deny_publish = "disconnect"\n[tls]\ncert = "/etc/ssl/c.pem"\nkey = "/etc/ssl/k.pem"\n')
     write("config", "unknown-key.toml", '[auth]\nkeys_dirr = "keys"\n')
+    write("config", "metrics.toml", '[metrics]\nlisten = "127.0.0.1:9883"\n')
+    write("config", "metrics-remote.toml", '[metrics]\nlisten = "0.0.0.0:9883"\nallow_remote = true\n')
+    write("config", "metrics-refused.toml", '[metrics]\nlisten = "[::]:9883"\n[log]\nformat = "json"\n')
     write("config", "ipv6.toml", 'listen = "[::]:8883"\n[limits]\nwrite_timeout_secs = 0\n')
     bridge = re.search(r"```toml\n(\[storage\]\n.*?\[\[bridge\]\].*?)```", readme, re.S).group(1)
     write("config", "readme-bridge.toml", bridge)

@@ -437,6 +437,14 @@ pub fn config(data: &[u8]) {
     assert!(!sessions.slow_subscriber_timeout.is_zero());
     assert!(config.storage.sync_interval <= std::time::Duration::from_secs(60));
     assert!(config.storage.dir.starts_with("/"));
+    // The metrics endpoint leaves loopback only when told to in so many
+    // words.
+    if let Some(addr) = config.metrics.listen {
+        assert!(
+            addr.ip().is_loopback() || text.contains("allow_remote"),
+            "metrics on {addr} without allow_remote"
+        );
+    }
     let mut names = std::collections::HashSet::new();
     for bridge in &config.bridges {
         assert_bridge(bridge);
