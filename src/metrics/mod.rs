@@ -613,4 +613,59 @@ mod tests {
             Some(0.0)
         );
     }
+
+    #[tokio::test]
+    async fn each_bridge_queue_is_read_at_scrape_time() {
+        use crate::broker::{Budget, Message, Properties, Publication};
+        use crate::config::StorageConfig;
+        use crate::storage::Storage;
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            dir: dir.path().join("state"),
+            sync_interval: std::time::Duration::from_millis(50),
+        };
+        let (storage, _) = Storage::open(&config, &[("cloud", 1 << 20)]).unwrap();
+        let queue = Arc::clone(storage.queue("cloud").unwrap());
+        let keys = tempfile::tempdir().unwrap();
+        let state = State {
+            broker: Broker::new(
+                &crate::config::SessionSettings::default(),
+                1 << 20,
+                Arc::new(crate::broker::store::MemoryStore::new()),
+            ),
+            keys: Arc::new(KeyStore::open(keys.path()).unwrap().0),
+            queues: vec![Arc::clone(&queue)],
+        };
+        let exposition = Exposition::new(&Metrics::default(), state);
+        let depth = "jwtgate_bridge_queue_messages{bridge=\"cloud\"}";
+        assert_eq!(sample(&exposition.render(), depth), Some(0.0));
+        let budget = Budget::new(1 << 20);
+        let message = Message::new(
+            Publication {
+                topic: "t".into(),
+                payload: bytes::Bytes::from_static(b"42"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Properties::default(),
+                expiry: None,
+            },
+            &budget,
+        );
+        queue
+            .append(message, "t".to_owned(), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let text = exposition.render();
+        assert_eq!(sample(&text, depth), Some(1.0));
+        assert!(sample(&text, "jwtgate_bridge_queue_bytes{bridge=\"cloud\"}").unwrap() > 0.0);
+        assert_eq!(
+            sample(
+                &text,
+                "jwtgate_bridge_queue_dropped_total{bridge=\"cloud\"}"
+            ),
+            Some(0.0)
+        );
+        storage.close();
+    }
 }
