@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{DevBinary, V4Client, WAIT, free_port, now_unix, sign_hs256_kid};
+use common::{DevBinary, V4Client, WAIT, now_unix, sign_hs256_kid};
 use rumqttc::{ConnectReturnCode, QoS};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,6 +82,19 @@ async fn scrape_until(port: u16, done: impl Fn(&Scrape) -> bool) -> Scrape {
     }
 }
 
+/// The metrics port of a gateway whose `[metrics] listen` has port 0,
+/// from its log line (a port picked in advance could be taken, by a
+/// client's ephemeral port, before the gateway binds it).
+async fn metrics_port(gw: &DevBinary) -> u16 {
+    let needle = "metrics: serving /metrics addr=";
+    gw.served.wait_for_log(0, needle).await;
+    let log = gw.served.log();
+    let (_, rest) = log.split_once(needle).expect("the log line");
+    let addr = rest.split_whitespace().next().expect("an address");
+    let (_, port) = addr.rsplit_once(':').expect("host:port");
+    port.parse().expect("a port number")
+}
+
 /// Connects a v3.1.1 client with `token` and returns it with its CONNACK code.
 async fn connect(gw: &DevBinary, client_id: &str, token: &str) -> (V4Client, ConnectReturnCode) {
     let mut client = V4Client::start(gw.v4_options(client_id, token));
@@ -100,8 +113,8 @@ fn drop_key_file(gw: &DevBinary, name: &str, contents: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_session_moves_each_counter_by_its_amount() {
-    let port = free_port();
-    let gw = DevBinary::start("", &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
+    let gw = DevBinary::start("", "[metrics]\nlisten = \"127.0.0.1:0\"\n").await;
+    let port = metrics_port(&gw).await;
     // The harness's own readiness probe (a bare TCP connect) is a failed
     // handshake; counted once it has closed.
     let handshake_errors = "jwtgate_tls_handshake_failures_total{reason=\"error\"}";
@@ -247,12 +260,11 @@ async fn the_endpoint_refuses_a_non_loopback_address_unless_allowed() {
     }
 
     // Served there when the config says so explicitly.
-    let port = free_port();
-    let _gw = DevBinary::start(
+    let gw = DevBinary::start(
         "",
-        &format!("[metrics]\nlisten = \"0.0.0.0:{port}\"\nallow_remote = true\n"),
+        "[metrics]\nlisten = \"0.0.0.0:0\"\nallow_remote = true\n",
     )
     .await;
-    let scrape = scrape(port).await;
+    let scrape = scrape(metrics_port(&gw).await).await;
     assert_eq!(scrape.get("jwtgate_keys_loaded"), 1.0);
 }
