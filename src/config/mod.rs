@@ -602,6 +602,25 @@ impl Document<'_> {
         self.invalid(value.span().start, Some(key.to_owned()), message)
     }
 
+    /// An `IP:port` value; `example` shows the form in the error.
+    fn socket_addr(
+        &self,
+        value: &Spanned<String>,
+        key: &str,
+        example: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        value.get_ref().parse().map_err(|_| {
+            self.bad(
+                value,
+                key,
+                format!(
+                    "`{}` is not an IP address and port (for example \"{example}\")",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+
     fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         // toml always attaches a span in practice; the start of the file is
         // the honest fallback if a future version does not.
@@ -671,16 +690,7 @@ impl RawConfig {
     fn validate(self, doc: &Document<'_>, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut config = Config::defaults(base_dir);
         if let Some(listen) = &self.listen {
-            config.listen = listen.get_ref().parse().map_err(|_| {
-                doc.bad(
-                    listen,
-                    "listen",
-                    format!(
-                        "`{}` is not an IP address and port (for example \"0.0.0.0:8883\")",
-                        listen.get_ref()
-                    ),
-                )
-            })?;
+            config.listen = doc.socket_addr(listen, "listen", "0.0.0.0:8883")?;
         }
         self.tls.validate(doc, base_dir, &mut config.tls)?;
         let deny_publish = match (self.deny_publish, &self.auth.deny_publish) {
@@ -722,21 +732,11 @@ impl RawMetrics {
         let Some(listen) = &self.listen else {
             return Ok(MetricsConfig::default());
         };
-        let key = "[metrics] listen";
-        let addr: SocketAddr = listen.get_ref().parse().map_err(|_| {
-            doc.bad(
-                listen,
-                key,
-                format!(
-                    "`{}` is not an IP address and port (for example \"127.0.0.1:9883\")",
-                    listen.get_ref()
-                ),
-            )
-        })?;
+        let addr = doc.socket_addr(listen, "[metrics] listen", "127.0.0.1:9883")?;
         if !addr.ip().is_loopback() && !self.allow_remote {
             return Err(doc.bad(
                 listen,
-                key,
+                "[metrics] listen",
                 format!(
                     "{addr} is not a loopback address: the metrics endpoint has no \
                      authentication and tells who connects how often; scrape it through \

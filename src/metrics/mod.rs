@@ -37,7 +37,7 @@ use prometheus_client::registry::Registry;
 use crate::broker::{Broker, QoS};
 use crate::gateway::Version;
 use crate::keys::KeyStore;
-use crate::storage::Queue;
+use crate::storage::{Queue, QueueSnapshot};
 use crate::token::TokenError;
 
 /// One label, `name="value"`: every family here has exactly one.
@@ -465,6 +465,10 @@ impl Collector for State {
                 counter.metric_type(),
             )?)?;
         }
+        // A family with no member would still print its header.
+        if self.queues.is_empty() {
+            return Ok(());
+        }
         let snapshots: Vec<_> = self
             .queues
             .iter()
@@ -475,7 +479,7 @@ impl Collector for State {
                 "jwtgate_bridge_queue_messages",
                 "Messages queued for a bridge's remote, not yet acknowledged",
                 MetricType::Gauge,
-                (|s: &crate::storage::QueueSnapshot| s.messages) as fn(&_) -> u64,
+                (|s: &QueueSnapshot| s.messages) as fn(&QueueSnapshot) -> u64,
             ),
             (
                 "jwtgate_bridge_queue_bytes",
@@ -490,9 +494,6 @@ impl Collector for State {
                 |s| s.dropped,
             ),
         ] {
-            if snapshots.is_empty() {
-                break;
-            }
             let mut family = encoder.encode_descriptor(name, help, None, kind)?;
             for (bridge, snapshot) in &snapshots {
                 let label = [("bridge", *bridge)];
