@@ -30,6 +30,88 @@ const MAX_LEN: usize = 65535;
 /// The prefix that turns a SUBSCRIBE filter into a shared subscription.
 const SHARE_PREFIX: &str = "$share/";
 
+/// How deep and how long a topic name or filter a client may use
+/// (`[limits] max_topic_levels` and `max_topic_bytes`).
+///
+/// MQTT bounds a topic only by its 65535-byte length field, which allows
+/// 32,768 levels: enough to make every walk over topic levels, and every
+/// trie node per level, the attacker's lever. The connection layer checks
+/// these limits on every PUBLISH topic, SUBSCRIBE and UNSUBSCRIBE filter
+/// and will topic before anything else sees them, the bridge on what it
+/// receives, and the storage on what it restores, so nothing deeper or
+/// longer ever reaches the routing core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimits {
+    /// Levels (`/`-separated parts) at most.
+    pub max_levels: usize,
+    /// Bytes at most, `$share/{group}/` included for a shared subscription.
+    pub max_bytes: usize,
+}
+
+impl TopicLimits {
+    /// EMQX's default depth; a length no device topic comes near.
+    pub const DEFAULT: TopicLimits = TopicLimits {
+        max_levels: 128,
+        max_bytes: 4096,
+    };
+
+    /// Whether `s` (a topic name, or the filter part of a request whose
+    /// whole length is `len`) stays within the limits.
+    fn check(&self, levels_of: &str, len: usize) -> Result<(), LimitError> {
+        if len > self.max_bytes {
+            return Err(LimitError::TooLong {
+                len,
+                max: self.max_bytes,
+            });
+        }
+        let levels = levels_of.bytes().filter(|&b| b == b'/').count() + 1;
+        if levels > self.max_levels {
+            return Err(LimitError::TooDeep {
+                levels,
+                max: self.max_levels,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a topic name: valid for MQTT, and within these limits.
+    pub fn topic_name(&self, topic: &str) -> Result<(), TopicError> {
+        validate_topic_name(topic)?;
+        self.check(topic, topic.len()).map_err(TopicError::Limit)
+    }
+
+    /// Parses a SUBSCRIBE or UNSUBSCRIBE filter: valid for MQTT, and
+    /// within these limits.
+    pub fn requested<'a>(&self, requested: &'a str) -> Result<RequestedFilter<'a>, FilterError> {
+        // The cheap bounds first: an oversized filter is not scanned twice.
+        if requested.len() > self.max_bytes {
+            return Err(FilterError::Limit(LimitError::TooLong {
+                len: requested.len(),
+                max: self.max_bytes,
+            }));
+        }
+        let parsed = RequestedFilter::parse(requested)?;
+        self.check(parsed.filter, requested.len())
+            .map_err(FilterError::Limit)?;
+        Ok(parsed)
+    }
+}
+
+impl Default for TopicLimits {
+    fn default() -> Self {
+        TopicLimits::DEFAULT
+    }
+}
+
+/// How a topic or filter breaks the gateway's [`TopicLimits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("{levels} levels; this gateway allows at most {max} ([limits] max_topic_levels)")]
+    TooDeep { levels: usize, max: usize },
+    #[error("{len} bytes; this gateway allows at most {max} ([limits] max_topic_bytes)")]
+    TooLong { len: usize, max: usize },
+}
+
 /// A validated MQTT topic filter.
 ///
 /// It can only be built by [`TopicFilter::parse`], so holding one means the
@@ -62,6 +144,8 @@ pub enum FilterError {
         "a shared subscription needs `$share/{{group}}/{{filter}}` with a group free of wildcards"
     )]
     BadShareGroup,
+    #[error("topic filter over the limit: {0}")]
+    Limit(LimitError),
 }
 
 /// Why a string is not a valid topic name (the topic of a PUBLISH).
@@ -75,6 +159,8 @@ pub enum TopicError {
     Nul,
     #[error("topic name contains the wildcard `{0}`; wildcards are only allowed in filters")]
     Wildcard(char),
+    #[error("topic name over the limit: {0}")]
+    Limit(LimitError),
 }
 
 impl TopicFilter {

@@ -75,7 +75,10 @@ pub use claim::{
     BindError, Bindings, Bound, ClaimError, ClaimForm, ClaimNames, Dropped, GrantError,
     GrantTemplate,
 };
-pub use filter::{FilterError, RequestedFilter, TopicError, TopicFilter, validate_topic_name};
+pub use filter::{
+    FilterError, LimitError, RequestedFilter, TopicError, TopicFilter, TopicLimits,
+    validate_topic_name,
+};
 pub use rules::{Action, Permission, QosLevels, Rule, RuleList, RuleTopic};
 
 use crate::broker::QoS;

@@ -76,6 +76,19 @@ pub struct Match<'a> {
     pub shared: bool,
 }
 
+/// What one level of a filter costs in the index beside its name: the node
+/// and its place in its parent.
+pub const LEVEL_COST: usize = std::mem::size_of::<Node>() + 48;
+
+/// What subscribing to `requested` (`$share/...` included) costs: the
+/// filter as the session keeps it, and its chain of index nodes. Nodes
+/// shared with other subscriptions are counted for each, so the figure
+/// bounds what one subscription can add.
+pub fn subscription_cost(requested: &str) -> usize {
+    let levels = requested.bytes().filter(|&b| b == b'/').count() + 1;
+    2 * requested.len() + levels * LEVEL_COST + std::mem::size_of::<Subscriber>()
+}
+
 /// Splits the first level off a topic or filter.
 fn split_level(rest: &str) -> (&str, Option<&str>) {
     match rest.split_once('/') {
@@ -109,58 +122,93 @@ impl Node {
         node
     }
 
-    /// Removes `session`'s subscription at `filter` (in `group`, for a
-    /// shared one) and prunes nodes left empty. Returns whether there was
-    /// one.
-    fn remove(&mut self, filter: Option<&str>, group: Option<&str>, session: &Session) -> bool {
-        let Some(levels) = filter else {
-            let same = |s: &Subscriber| std::ptr::eq(Arc::as_ptr(&s.session), session);
-            return match group {
-                None => remove_where(&mut self.subscribers, same),
-                Some(name) => {
-                    let Some(i) = self.groups.iter().position(|g| &*g.name == name) else {
-                        return false;
-                    };
-                    let removed = remove_where(&mut self.groups[i].members, same);
-                    if self.groups[i].members.is_empty() {
-                        self.groups.swap_remove(i);
-                    }
-                    removed
-                }
-            };
-        };
-        let (level, rest) = split_level(levels);
-        let (removed, prune) = match level {
-            "+" | "#" => {
-                let slot = if level == "+" {
-                    &mut self.plus
-                } else {
-                    &mut self.hash
-                };
-                let Some(child) = slot.as_deref_mut() else {
-                    return false;
-                };
-                let removed = child.remove(rest, group, session);
-                (removed, child.is_empty())
-            }
-            literal => {
-                let Some(child) = self.children.get_mut(literal) else {
-                    return false;
-                };
-                let removed = child.remove(rest, group, session);
-                (removed, child.is_empty())
-            }
-        };
-        if prune {
+    /// Whether this node stays once the chain below it through `level`
+    /// is gone: it holds subscriptions or other children.
+    fn keeps_without(&self, level: &str) -> bool {
+        let others = self.children.len()
+            + usize::from(self.plus.is_some())
+            + usize::from(self.hash.is_some());
+        !self.subscribers.is_empty() || !self.groups.is_empty() || others > 1 || {
+            // The one child is not the one on the chain.
             match level {
-                "+" => self.plus = None,
-                "#" => self.hash = None,
-                literal => {
-                    self.children.remove(literal);
-                }
+                "+" => self.plus.is_none(),
+                "#" => self.hash.is_none(),
+                literal => !self.children.contains_key(literal),
             }
         }
-        removed
+    }
+
+    fn child(&self, level: &str) -> Option<&Node> {
+        match level {
+            "+" => self.plus.as_deref(),
+            "#" => self.hash.as_deref(),
+            literal => self.children.get(literal),
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            "#" => self.hash.as_deref_mut(),
+            literal => self.children.get_mut(literal),
+        }
+    }
+
+    fn take_child(&mut self, level: &str) -> Option<Node> {
+        match level {
+            "+" => self.plus.take().map(|b| *b),
+            "#" => self.hash.take().map(|b| *b),
+            literal => self.children.remove(literal),
+        }
+    }
+
+    /// The node `levels` lead to from here.
+    fn descend(&self, levels: &[&str]) -> Option<&Node> {
+        levels
+            .iter()
+            .try_fold(self, |node, level| node.child(level))
+    }
+
+    /// Whether `session` subscribes here (in `group`).
+    fn holds(&self, group: Option<&str>, session: &Session) -> bool {
+        let same = |s: &Subscriber| std::ptr::eq(Arc::as_ptr(&s.session), session);
+        match group {
+            None => self.subscribers.iter().any(same),
+            Some(name) => self
+                .groups
+                .iter()
+                .any(|g| &*g.name == name && g.members.iter().any(same)),
+        }
+    }
+
+    /// Takes the children out, for [`dispose`].
+    fn drain_children(&mut self) -> impl Iterator<Item = Node> + use<> {
+        let children = std::mem::take(&mut self.children).into_values();
+        let plus = self.plus.take().map(|b| *b);
+        let hash = self.hash.take().map(|b| *b);
+        children.chain(plus).chain(hash)
+    }
+
+    /// Removes `session`'s subscription from this node's lists (in
+    /// `group`, for a shared one). Returns whether there was one.
+    fn remove_here(&mut self, group: Option<&str>, session: &Session) -> bool {
+        let same = |s: &Subscriber| std::ptr::eq(Arc::as_ptr(&s.session), session);
+        match group {
+            None => remove_where(&mut self.subscribers, same),
+            Some(name) => {
+                let Some(i) = self.groups.iter().position(|g| &*g.name == name) else {
+                    return false;
+                };
+                let Some(members) = self.groups.get_mut(i).map(|g| &mut g.members) else {
+                    return false;
+                };
+                let removed = remove_where(members, same);
+                if members.is_empty() {
+                    self.groups.swap_remove(i);
+                }
+                removed
+            }
+        }
     }
 
     /// Visits the subscriptions held at this node.
@@ -181,37 +229,56 @@ impl Node {
         }
     }
 
+    /// Visits every subscription matching `topic`, walking with a stack
+    /// of its own: the depth of a topic is bounded at the door, but the
+    /// walk does not rely on it.
     fn matches<'a>(
         &'a self,
-        rest: Option<&str>,
-        first: bool,
+        topic: &str,
         dollar: bool,
         budget: &Budget,
         visit: &mut impl FnMut(Match<'a>),
     ) {
-        let wildcards = !(first && dollar);
-        let Some(levels) = rest else {
-            self.collect(budget, visit);
-            // `a/#` also matches `a`.
-            if let Some(hash) = &self.hash {
-                hash.collect(budget, visit);
+        let levels: Vec<&str> = topic.split('/').collect();
+        // (node, levels of the topic it stands for)
+        let mut stack: Vec<(&'a Node, usize)> = vec![(self, 0)];
+        while let Some((node, depth)) = stack.pop() {
+            let wildcards = !(depth == 0 && dollar);
+            let Some(level) = levels.get(depth) else {
+                node.collect(budget, visit);
+                // `a/#` also matches `a`.
+                if let Some(hash) = &node.hash {
+                    hash.collect(budget, visit);
+                }
+                continue;
+            };
+            if wildcards {
+                if let Some(hash) = &node.hash {
+                    hash.collect(budget, visit);
+                }
+                if let Some(plus) = &node.plus {
+                    stack.push((plus, depth + 1));
+                }
             }
-            return;
-        };
-        if wildcards {
-            if let Some(hash) = &self.hash {
-                hash.collect(budget, visit);
+            if let Some(child) = node.children.get(*level) {
+                stack.push((child, depth + 1));
             }
         }
-        let (level, tail) = split_level(levels);
-        if let Some(child) = self.children.get(level) {
-            child.matches(tail, false, dollar, budget, visit);
-        }
-        if wildcards {
-            if let Some(plus) = &self.plus {
-                plus.matches(tail, false, dollar, budget, visit);
-            }
-        }
+    }
+}
+
+/// Drops a subtree without recursing: the default drop of nested nodes
+/// would go one stack frame per level.
+fn dispose(node: Node) {
+    let mut stack = vec![node];
+    while let Some(mut node) = stack.pop() {
+        stack.extend(node.drain_children());
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        dispose(std::mem::take(&mut self.root));
     }
 }
 
@@ -286,19 +353,55 @@ impl Index {
     /// Removes `session`'s subscription to `filter` (in `group`). Returns
     /// whether it existed.
     pub fn remove(&mut self, group: Option<&str>, filter: &str, session: &Session) -> bool {
-        self.root.remove(Some(filter), group, session)
+        let levels: Vec<&str> = filter.split('/').collect();
+        // Find the node, and the highest node below which only this
+        // subscription's chain would be left empty.
+        let mut cut: Option<usize> = None;
+        let mut node = &self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            if node.keeps_without(level) || depth == 0 {
+                cut = Some(depth);
+            }
+            let Some(child) = node.child(level) else {
+                return false;
+            };
+            node = child;
+        }
+        let alone = node.subscribers.len()
+            + node.groups.iter().map(|g| g.members.len()).sum::<usize>()
+            == 1
+            && node.children.is_empty()
+            && node.plus.is_none()
+            && node.hash.is_none();
+        let mut node = &mut self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            if alone && Some(depth) == cut {
+                // Check it is really this session's before cutting.
+                let below = levels.get(depth + 1..).unwrap_or_default();
+                let Some(end) = node.child(level).and_then(|c| c.descend(below)) else {
+                    return false;
+                };
+                if !end.holds(group, session) {
+                    return false;
+                }
+                if let Some(chain) = node.take_child(level) {
+                    dispose(chain);
+                }
+                return true;
+            }
+            let Some(child) = node.child_mut(level) else {
+                return false;
+            };
+            node = child;
+        }
+        node.remove_here(group, session)
     }
 
     /// Visits every subscription matching `topic` (a valid topic name),
     /// one member per shared group.
     pub fn matches<'a>(&'a self, topic: &str, budget: &Budget, mut visit: impl FnMut(Match<'a>)) {
-        self.root.matches(
-            Some(topic),
-            true,
-            topic.starts_with('$'),
-            budget,
-            &mut visit,
-        );
+        self.root
+            .matches(topic, topic.starts_with('$'), budget, &mut visit);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -307,179 +410,4 @@ impl Index {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::acl::TopicFilter;
-    use crate::broker::mailbox::QueueLimits;
-    use crate::broker::session::SessionKey;
-    use crate::config::SlowSubscriber;
-    use proptest::prelude::*;
-
-    fn session(name: &str) -> Arc<Session> {
-        Arc::new(Session::new(
-            SessionKey::new(name, name),
-            QueueLimits {
-                max_messages: 10,
-                max_bytes: 1 << 20,
-                policy: SlowSubscriber::Drop,
-            },
-        ))
-    }
-
-    fn options(qos: QoS) -> SubscriptionOptions {
-        SubscriptionOptions {
-            qos,
-            no_local: false,
-            retain_as_published: false,
-            id: None,
-        }
-    }
-
-    fn matched(index: &Index, topic: &str) -> Vec<String> {
-        let budget = Budget::new(1 << 20);
-        let mut out = Vec::new();
-        index.matches(topic, &budget, |m| {
-            out.push(m.subscriber.session.key().client_id().to_owned())
-        });
-        out.sort();
-        out
-    }
-
-    #[test]
-    fn levels_wildcards_and_the_dollar_rule() {
-        let mut index = Index::default();
-        for (name, filter) in [
-            ("exact", "a/b"),
-            ("plus", "a/+"),
-            ("hash", "a/#"),
-            ("all", "#"),
-            ("sys", "$SYS/#"),
-            ("plusroot", "+/b"),
-            ("empty", "a//c"),
-        ] {
-            index.insert(
-                None,
-                filter,
-                Subscriber {
-                    session: session(name),
-                    options: options(QoS::AtMostOnce),
-                },
-            );
-        }
-        assert_eq!(
-            matched(&index, "a/b"),
-            ["all", "exact", "hash", "plus", "plusroot"]
-        );
-        assert_eq!(matched(&index, "a"), ["all", "hash"]);
-        assert_eq!(matched(&index, "a//c"), ["all", "empty", "hash"]);
-        assert_eq!(matched(&index, "$SYS/x"), ["sys"]);
-        assert_eq!(matched(&index, "$x/b"), Vec::<String>::new());
-    }
-
-    #[test]
-    fn removal_prunes_and_is_per_session() {
-        let mut index = Index::default();
-        let (a, b) = (session("a"), session("b"));
-        let sub = |s: &Arc<Session>| Subscriber {
-            session: Arc::clone(s),
-            options: options(QoS::AtLeastOnce),
-        };
-        assert!(!index.insert(None, "x/+/z", sub(&a)));
-        assert!(index.insert(None, "x/+/z", sub(&a)), "a replacement");
-        index.insert(None, "x/+/z", sub(&b));
-        assert!(index.remove(None, "x/+/z", &a));
-        assert!(!index.remove(None, "x/+/z", &a));
-        assert_eq!(matched(&index, "x/y/z"), ["b"]);
-        assert!(index.remove(None, "x/+/z", &b));
-        assert!(index.is_empty());
-    }
-
-    #[test]
-    fn shared_groups_are_keyed_by_group_and_filter() {
-        let mut index = Index::default();
-        let (a, b, c) = (session("a"), session("b"), session("c"));
-        let sub = |s: &Arc<Session>| Subscriber {
-            session: Arc::clone(s),
-            options: options(QoS::AtLeastOnce),
-        };
-        index.insert(Some("uniq"), "dev/1/#", sub(&a));
-        index.insert(Some("uniq"), "dev/2/#", sub(&b));
-        index.insert(Some("uniq"), "dev/1/#", sub(&c));
-        // dev/2 only ever goes to b, the one member of that subscription.
-        for _ in 0..4 {
-            assert_eq!(matched(&index, "dev/2/x"), ["b"]);
-        }
-        // dev/1 alternates between a and c (both offline: plain round robin).
-        let mut seen: Vec<String> = (0..4).flat_map(|_| matched(&index, "dev/1/x")).collect();
-        seen.sort();
-        assert_eq!(seen, ["a", "a", "c", "c"]);
-        assert!(index.remove(Some("uniq"), "dev/1/#", &a));
-        assert!(!index.remove(Some("uniq"), "dev/1/#", &b));
-        assert_eq!(matched(&index, "dev/1/x"), ["c"]);
-        index.remove(Some("uniq"), "dev/1/#", &c);
-        index.remove(Some("uniq"), "dev/2/#", &b);
-        assert!(index.is_empty());
-    }
-
-    #[test]
-    fn a_connected_member_with_room_is_preferred() {
-        let mut index = Index::default();
-        let (a, b) = (session("a"), session("b"));
-        b.mailbox().set_online(true);
-        for s in [&a, &b] {
-            index.insert(
-                Some("g"),
-                "t",
-                Subscriber {
-                    session: Arc::clone(s),
-                    options: options(QoS::AtLeastOnce),
-                },
-            );
-        }
-        for _ in 0..4 {
-            assert_eq!(matched(&index, "t"), ["b"]);
-        }
-    }
-
-    fn filter_strategy() -> impl Strategy<Value = String> {
-        prop::collection::vec(prop_oneof!["a", "b", "", "\\$s", "\\+"], 1..4).prop_flat_map(
-            |levels| {
-                let joined = levels.join("/");
-                prop_oneof![
-                    Just(joined.clone()),
-                    Just(format!("{joined}/#")),
-                    Just("#".to_owned())
-                ]
-            },
-        )
-    }
-
-    fn topic_strategy() -> impl Strategy<Value = String> {
-        prop::collection::vec(prop_oneof!["a", "b", "", "\\$s"], 1..5)
-            .prop_map(|l| l.join("/"))
-            .prop_filter("a topic name is never empty", |t| !t.is_empty())
-    }
-
-    proptest! {
-        /// The index agrees with the ACL's matcher, the reference for
-        /// what a filter matches, on every filter and topic.
-        #[test]
-        fn index_matches_like_the_acl(
-            filters in prop::collection::vec(filter_strategy(), 1..8),
-            topic in topic_strategy(),
-        ) {
-            let mut index = Index::default();
-            let mut expected = Vec::new();
-            for (i, filter) in filters.iter().enumerate() {
-                let Ok(parsed) = TopicFilter::parse(filter) else { continue };
-                let name = format!("s{i}");
-                index.insert(None, filter, Subscriber { session: session(&name), options: options(QoS::AtMostOnce) });
-                if parsed.matches_topic(&topic) {
-                    expected.push(name);
-                }
-            }
-            expected.sort();
-            prop_assert_eq!(matched(&index, &topic), expected);
-        }
-    }
-}
+mod tests;

@@ -253,6 +253,29 @@ impl Mailbox {
         }
     }
 
+    /// Queues `delivery` only if it fits, never overflowing: for retained
+    /// messages replayed on subscribe, which wait in the store until the
+    /// session has room. Whether it was queued.
+    pub fn push_if_room(&self, delivery: Delivery, budget: &Budget) -> bool {
+        let mut state = self.state();
+        if state.closed || !state.fits(&self.limits, delivery.message.cost(), budget) {
+            return false;
+        }
+        let was_empty = state.queue.is_empty();
+        state.push(delivery);
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Wakes the connection serving the session, which has work besides
+    /// the queue (retained messages to replay).
+    pub fn wake(&self) {
+        self.ready.notify_one();
+    }
+
     /// Copies of everything queued, oldest first, left in place.
     pub fn peek_all(&self) -> Vec<Delivery> {
         self.state().queue.iter().cloned().collect()

@@ -61,16 +61,90 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
-use crate::acl::{FilterError, Grants, RequestedFilter};
+use crate::acl::{FilterError, Grants, RequestedFilter, TopicLimits};
 use crate::config::SessionSettings;
-pub use budget::Budget;
+use budget::{Account, Kind};
+pub use budget::{Budget, QuotaError};
 pub use index::SubscriptionOptions;
 use index::{Index, Subscriber};
 pub use inflight::{Inflight, Resend, UnexpectedAck};
 pub use mailbox::{Delivery, Offer, QueueLimits, Taken};
 pub use message::{Message, Properties, Publication, QoS};
+use retained::{Position, Retained};
+use session::{Replay, Subscription};
 pub use session::{Session, SessionKey};
 use store::{SessionRecord, Store};
+
+/// What one subject, or one session, may hold beyond the per-session
+/// queue bounds ([`SessionSettings`] has the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Bytes of retained messages (payload, topic, tree) per subject.
+    pub retained_bytes_per_subject: usize,
+    /// The longest topic a client may use: what a retained replay's
+    /// position may hold.
+    pub max_topic_bytes: usize,
+}
+
+impl Quotas {
+    pub fn new(retained_bytes_per_subject: usize, topics: &TopicLimits) -> Quotas {
+        Quotas {
+            retained_bytes_per_subject,
+            max_topic_bytes: topics.max_bytes,
+        }
+    }
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas::new(8 * 1024 * 1024, &TopicLimits::DEFAULT)
+    }
+}
+
+/// Retained-tree nodes one replay slice looks at: bounds how long one
+/// subscriber holds the retained store from publishers of retained messages.
+const REPLAY_STEPS: usize = 256;
+
+/// What a session costs besides its subscriptions and queue: its state,
+/// mailbox and key.
+fn session_cost(key: &SessionKey) -> usize {
+    std::mem::size_of::<Session>() + 256 + key.subject().len() + key.client_id().len()
+}
+
+/// The sessions known, connected or parked, and how many each subject has.
+#[derive(Debug, Default)]
+struct Registry {
+    sessions: HashMap<SessionKey, Arc<Session>>,
+    per_subject: HashMap<Box<str>, usize>,
+}
+
+impl Registry {
+    fn get(&self, key: &SessionKey) -> Option<&Arc<Session>> {
+        self.sessions.get(key)
+    }
+
+    fn insert(&mut self, key: SessionKey, session: Arc<Session>) {
+        let subject = key.subject().into();
+        if self.sessions.insert(key, session).is_none() {
+            *self.per_subject.entry(subject).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &SessionKey) -> Option<Arc<Session>> {
+        let removed = self.sessions.remove(key)?;
+        if let Some(count) = self.per_subject.get_mut(key.subject()) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_subject.remove(key.subject());
+            }
+        }
+        Some(removed)
+    }
+
+    fn of_subject(&self, subject: &str) -> usize {
+        self.per_subject.get(subject).copied().unwrap_or(0)
+    }
+}
 
 /// Completes once a [`Tap`] has safely kept a message.
 pub type Kept = tokio::sync::oneshot::Receiver<()>;
@@ -87,9 +161,10 @@ pub trait Tap: Send + Sync {
 /// The routing core. One per gateway, shared by every connection.
 pub struct Broker {
     settings: SessionSettings,
+    quotas: Quotas,
     limits: QueueLimits,
     index: RwLock<Index>,
-    sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
+    sessions: Mutex<Registry>,
     store: Arc<dyn Store>,
     taps: RwLock<Vec<Arc<dyn Tap>>>,
     budget: Arc<Budget>,
@@ -183,6 +258,23 @@ pub enum SubscribeError {
     Invalid(#[from] FilterError),
     #[error("the session already has the maximum of {0} subscriptions")]
     TooMany(usize),
+    #[error(
+        "the session's subscriptions would hold more than {0} bytes ([sessions] max_subscription_bytes)"
+    )]
+    TooLarge(usize),
+    #[error("{0}")]
+    Quota(#[from] QuotaError),
+}
+
+/// Why a session could not be attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    #[error(
+        "the subject already holds {0} sessions, connected and parked ([sessions] max_sessions_per_subject)"
+    )]
+    TooMany(usize),
+    #[error("{0}")]
+    Quota(#[from] QuotaError),
 }
 
 /// A will to publish when its session's connection ends.
@@ -211,9 +303,17 @@ pub struct Pending {
     waiting: Vec<(Target, Instant)>,
     /// Taps still writing the message down.
     kept: Vec<Kept>,
+    /// Why the message was not kept as its topic's retained message.
+    refused: Option<QuotaError>,
 }
 
 impl Pending {
+    /// Why a retained message was not kept (routed all the same): its
+    /// publisher's acknowledgement must say so.
+    pub fn refusal(&self) -> Option<QuotaError> {
+        self.refused
+    }
+
     /// Takes the taps' commits out, for a publisher that holds its
     /// acknowledgements in order on its own and reads on meanwhile (the
     /// gateway's clients): the publication is then done once its
@@ -296,17 +396,24 @@ impl Broker {
         memory_budget: usize,
         store: Arc<dyn Store>,
     ) -> Arc<Broker> {
-        Broker::with_budget(settings, Budget::new(memory_budget), store)
+        Broker::with_budget(
+            settings,
+            Budget::new(memory_budget),
+            store,
+            Quotas::default(),
+        )
     }
 
-    /// As [`Broker::new`], charging messages to `budget`, which the
-    /// store's restored messages may already be charged to.
+    /// As [`Broker::new`], charging to `budget`, which the store's
+    /// restored state may already be charged to, with `quotas`.
     pub fn with_budget(
         settings: &SessionSettings,
         budget: Arc<Budget>,
         store: Arc<dyn Store>,
+        quotas: Quotas,
     ) -> Arc<Broker> {
         let broker = Arc::new(Broker {
+            quotas,
             limits: QueueLimits {
                 max_messages: settings.max_queued_messages,
                 max_bytes: settings.max_queued_bytes,
@@ -334,14 +441,29 @@ impl Broker {
                 continue;
             };
             let session = Arc::new(Session::new(key.clone(), self.limits));
+            {
+                // Restored state fitted the budget when it was made; it is
+                // charged, not refused.
+                let account = self.budget.account(key.subject());
+                let mut state = session.state();
+                state.charge = Some(self.budget.charge_as(Kind::Sessions, session_cost(&key)));
+                state.account = Some(account);
+            }
             for (requested, options) in &record.subscriptions {
                 let Ok(parsed) = RequestedFilter::parse(requested) else {
                     continue;
                 };
-                session
-                    .state()
-                    .subscriptions
-                    .insert(requested.as_str().into(), *options);
+                let cost = index::subscription_cost(requested);
+                let mut state = session.state();
+                state.subscription_bytes += cost;
+                state.subscriptions.insert(
+                    requested.as_str().into(),
+                    Subscription {
+                        options: *options,
+                        charge: Some(self.budget.charge_as(Kind::Subscriptions, cost)),
+                    },
+                );
+                drop(state);
                 self.write_index().insert(
                     parsed.group,
                     parsed.filter,
@@ -394,7 +516,7 @@ impl Broker {
 
     /// Sessions known, connected or parked.
     pub fn session_count(&self) -> usize {
-        lock(&self.sessions).len()
+        lock(&self.sessions).sessions.len()
     }
 
     /// Adds a tap, which sees every message routed from now on.
@@ -419,9 +541,14 @@ impl Broker {
     }
 
     /// Gives a connection the session `key`: the stored one unless
-    /// `clean_start` (which discards it), else a new one. The caller must
-    /// hold the key's takeover claim, so no other connection has it.
-    pub fn attach(self: &Arc<Self>, key: SessionKey, clean_start: bool) -> Attached {
+    /// `clean_start` (which discards it), else a new one, if its subject
+    /// may hold another and the budget has room. The caller must hold the
+    /// key's takeover claim, so no other connection has it.
+    pub fn attach(
+        self: &Arc<Self>,
+        key: SessionKey,
+        clean_start: bool,
+    ) -> Result<Attached, AttachError> {
         let mut sessions = lock(&self.sessions);
         let discarded = match sessions.get(&key) {
             Some(existing) if !clean_start => {
@@ -442,17 +569,45 @@ impl Broker {
                 existing.mailbox().set_online(true);
                 drop(sessions);
                 self.store.remove_session(&key);
-                return Attached {
+                return Ok(Attached {
                     session: existing,
                     present: true,
                     inflight,
-                };
+                });
             }
             Some(_) => sessions.remove(&key),
             None => None,
         };
+        // A session discarded by clean start makes room for its successor.
+        let held = sessions.of_subject(key.subject());
+        if discarded.is_none() && held >= self.settings.max_sessions_per_subject {
+            drop(sessions);
+            return Err(AttachError::TooMany(held));
+        }
+        let account = self.budget.account(key.subject());
+        let charge = match self.budget.try_charge(
+            &account,
+            Kind::Sessions,
+            session_cost(&key),
+            session_cost(&key),
+            usize::MAX,
+        ) {
+            Ok(charge) => charge,
+            Err(err) => {
+                if let Some(old) = discarded {
+                    // Put back: a refused connection discards nothing.
+                    sessions.insert(key, old);
+                }
+                return Err(err.into());
+            }
+        };
         let session = Arc::new(Session::new(key.clone(), self.limits));
-        session.state().attached = true;
+        {
+            let mut state = session.state();
+            state.attached = true;
+            state.account = Some(account);
+            state.charge = Some(charge);
+        }
         session.mailbox().set_online(true);
         sessions.insert(key, Arc::clone(&session));
         drop(sessions);
@@ -463,11 +618,11 @@ impl Broker {
             }
             self.retire(&old);
         }
-        Attached {
+        Ok(Attached {
             session,
             present: false,
             inflight: Inflight::default(),
-        }
+        })
     }
 
     /// The connection holding `session` is gone. With a zero `expiry` (or
@@ -492,7 +647,7 @@ impl Broker {
                 state
                     .subscriptions
                     .iter()
-                    .map(|(k, o)| (k.to_string(), *o))
+                    .map(|(k, sub)| (k.to_string(), sub.options))
                     .collect()
             };
             session.mailbox().set_online(false);
@@ -527,7 +682,7 @@ impl Broker {
     /// (unacknowledged ones first), so that they outlive a restart. For the
     /// gateway's shutdown, once its connections have ended.
     pub fn save_parked(&self) {
-        let parked: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
+        let parked: Vec<Arc<Session>> = lock(&self.sessions).sessions.values().cloned().collect();
         for session in parked {
             let record = {
                 let state = session.state();
@@ -551,7 +706,7 @@ impl Broker {
                     subscriptions: state
                         .subscriptions
                         .iter()
-                        .map(|(k, o)| (k.to_string(), *o))
+                        .map(|(k, sub)| (k.to_string(), sub.options))
                         .collect(),
                     expires_at,
                     queued,
@@ -615,8 +770,12 @@ impl Broker {
             if let Some(expiry) = state.expiry.take() {
                 expiry.abort();
             }
+            state.replays.clear();
+            state.subscription_bytes = 0;
+            state.charge = None;
             std::mem::take(&mut state.subscriptions)
         };
+        session.set_replaying(false);
         if !subscriptions.is_empty() {
             let mut index = self.write_index();
             for requested in subscriptions.keys() {
@@ -633,9 +792,14 @@ impl Broker {
     }
 
     /// Subscribes `session` to `requested` (a filter or `$share/...`),
-    /// replacing a subscription to the same filter, and queues the
-    /// retained messages `retain_handling` asks for. Returns whether the
+    /// replacing a subscription to the same filter, and sets up the replay
+    /// of the retained messages `retain_handling` asks for (sent as the
+    /// session has room, see [`Broker::replay`]). Returns whether the
     /// subscription existed before.
+    ///
+    /// A new subscription is charged to the session's subject: refused
+    /// past `max_subscriptions`, past `max_subscription_bytes`, or when the
+    /// memory budget is used up.
     pub fn subscribe(
         &self,
         session: &Arc<Session>,
@@ -644,49 +808,148 @@ impl Broker {
         retain_handling: RetainHandling,
     ) -> Result<bool, SubscribeError> {
         let parsed = RequestedFilter::parse(requested)?;
-        let existed = {
-            let mut state = session.state();
-            let existed = state.subscriptions.contains_key(requested);
-            if !existed && state.subscriptions.len() >= self.settings.max_subscriptions {
-                return Err(SubscribeError::TooMany(self.settings.max_subscriptions));
-            }
-            state.subscriptions.insert(requested.into(), options);
-            self.write_index().insert(
-                parsed.group,
-                parsed.filter,
-                Subscriber {
-                    session: Arc::clone(session),
-                    options,
-                },
-            );
-            existed
-        };
+        let mut state = session.state();
+        let existed = state.subscriptions.contains_key(requested);
         let send_retained = parsed.group.is_none()
             && match retain_handling {
                 RetainHandling::OnSubscribe => true,
                 RetainHandling::OnNewSubscription => !existed,
                 RetainHandling::Never => false,
             };
-        if send_retained {
-            let ids: Box<[u32]> = options.id.into_iter().collect();
-            self.store.retained(parsed.filter, &mut |message| {
-                session.mailbox().force(Delivery {
-                    message: Arc::clone(message),
-                    qos: message.qos().min(options.qos),
-                    retain: true,
-                    subscription_ids: ids.clone(),
-                });
+        let subscription_cost = if existed {
+            0
+        } else {
+            index::subscription_cost(requested)
+        };
+        let replay_cost = if send_retained {
+            parsed.filter.len() + self.quotas.max_topic_bytes + std::mem::size_of::<Replay>()
+        } else {
+            0
+        };
+        if !existed && state.subscriptions.len() >= self.settings.max_subscriptions {
+            return Err(SubscribeError::TooMany(self.settings.max_subscriptions));
+        }
+        let quota = self.settings.max_subscription_bytes;
+        if state.subscription_bytes + subscription_cost + replay_cost > quota {
+            return Err(SubscribeError::TooLarge(quota));
+        }
+        let account = match &state.account {
+            Some(account) => Arc::clone(account),
+            None => self.budget.account(session.key().subject()),
+        };
+        let charge = |bytes| {
+            self.budget
+                .try_charge(&account, Kind::Subscriptions, bytes, bytes, usize::MAX)
+        };
+        let subscription_charge = if existed {
+            None
+        } else {
+            Some(charge(subscription_cost)?)
+        };
+        let replay_charge = if send_retained {
+            Some(charge(replay_cost)?)
+        } else {
+            None
+        };
+        state.subscription_bytes += subscription_cost + replay_cost;
+        match state.subscriptions.get_mut(requested) {
+            Some(existing) => existing.options = options,
+            None => {
+                state.subscriptions.insert(
+                    requested.into(),
+                    Subscription {
+                        options,
+                        charge: subscription_charge,
+                    },
+                );
+            }
+        }
+        self.write_index().insert(
+            parsed.group,
+            parsed.filter,
+            Subscriber {
+                session: Arc::clone(session),
+                options,
+            },
+        );
+        if let Some(charge) = replay_charge {
+            state.replays.push_back(Replay {
+                filter: parsed.filter.into(),
+                options,
+                after: None,
+                charge,
             });
+            drop(state);
+            session.set_replaying(true);
+            session.mailbox().wake();
         }
         Ok(existed)
+    }
+
+    /// Moves retained messages waiting to be replayed into `session`'s
+    /// queue while it has room, reading the store one bounded slice at a
+    /// time. Returns whether more wait (the caller comes back once the
+    /// queue drains, or at once to yield between slices).
+    ///
+    /// Repeating a filter in one SUBSCRIBE, or subscribing to many, adds
+    /// positions to read from, not copies: what sits in the queue is bounded
+    /// by the queue's own limits.
+    pub fn replay(&self, session: &Arc<Session>) -> bool {
+        let mut state = session.state();
+        let Some(replay) = state.replays.front_mut() else {
+            drop(state);
+            session.set_replaying(false);
+            return false;
+        };
+        let ids: Box<[u32]> = replay.options.id.into_iter().collect();
+        let mut found = Vec::new();
+        let next = self.store.retained(
+            &replay.filter,
+            replay.after.as_deref(),
+            REPLAY_STEPS,
+            &mut |message| found.push(Arc::clone(message)),
+        );
+        let mut full = false;
+        for message in found {
+            let delivery = Delivery {
+                qos: message.qos().min(replay.options.qos),
+                retain: true,
+                subscription_ids: ids.clone(),
+                message,
+            };
+            let topic: Position = delivery.message.topic().into();
+            if !session.mailbox().push_if_room(delivery, &self.budget) {
+                full = true;
+                break;
+            }
+            replay.after = Some(topic);
+        }
+        if !full {
+            match next {
+                Some(position) => replay.after = Some(position),
+                None => {
+                    if let Some(done) = state.replays.pop_front() {
+                        state.subscription_bytes -= done.charge.bytes();
+                    }
+                }
+            }
+        }
+        let more = !state.replays.is_empty();
+        drop(state);
+        if !more {
+            session.set_replaying(false);
+        }
+        // A full queue is drained by the connection, which calls again.
+        more && !full
     }
 
     /// Removes `session`'s subscription to `requested`; whether it had one.
     pub fn unsubscribe(&self, session: &Arc<Session>, requested: &str) -> bool {
         let mut state = session.state();
-        if state.subscriptions.remove(requested).is_none() {
+        let Some(removed) = state.subscriptions.remove(requested) else {
             return false;
-        }
+        };
+        state.subscription_bytes -= removed.charge.as_ref().map_or(0, |c| c.bytes());
         match RequestedFilter::parse(requested) {
             Ok(parsed) => self
                 .write_index()
@@ -709,11 +972,20 @@ impl Broker {
             .state()
             .subscriptions
             .iter()
-            .filter(|(requested, options)| !grants.may_subscribe(requested, options.qos))
+            .filter(|(requested, sub)| !grants.may_subscribe(requested, sub.options.qos))
             .map(|(requested, _)| requested.to_string())
             .collect();
         for requested in &removed {
             self.unsubscribe(session, requested);
+        }
+        {
+            let mut state = session.state();
+            let before: usize = state.replays.iter().map(|r| r.charge.bytes()).sum();
+            state
+                .replays
+                .retain(|r| grants.may_subscribe(&r.filter, r.options.qos));
+            let after: usize = state.replays.iter().map(|r| r.charge.bytes()).sum();
+            state.subscription_bytes -= before - after;
         }
         let allowed = |d: &Delivery| grants.may_receive(d.message.topic(), d.qos);
         session.mailbox().retain(allowed);
@@ -726,9 +998,12 @@ impl Broker {
     /// retained message of its topic when it has the RETAIN flag.
     pub fn publish(&self, message: Arc<Message>, publisher: Option<&Arc<Session>>) -> Pending {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
-        if message.retain() {
-            self.update_retained(&message);
-        }
+        let refused = if message.retain() {
+            let account = publisher.and_then(|p| p.state().account.clone());
+            self.update_retained(&message, account.as_ref()).err()
+        } else {
+            None
+        };
         let mut targets = Vec::new();
         self.read_index()
             .matches(message.topic(), &self.budget, |m| {
@@ -770,26 +1045,64 @@ impl Broker {
             message,
             waiting,
             kept,
+            refused,
         }
     }
 
-    fn update_retained(&self, message: &Arc<Message>) {
+    /// Stores (or with an empty payload clears) `message` as its topic's
+    /// retained message, its place charged to its publisher's `account`
+    /// (the gateway's alone for a will or a bridged message), within the
+    /// subject's retained quota and the budget.
+    fn update_retained(
+        &self,
+        message: &Arc<Message>,
+        account: Option<&Arc<Account>>,
+    ) -> Result<(), QuotaError> {
         if message.payload().is_empty() {
             self.store.clear_retained(message.topic());
-        } else if self.budget.exhausted() {
-            self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
-            if !self.refusing_retained.swap(true, Ordering::Relaxed) {
-                warn!(
-                    topic = message.topic(),
-                    budget = self.budget.limit(),
-                    "memory budget used up: retained messages are not stored until memory frees up (see [limits] memory_budget_mb)"
-                );
+            return Ok(());
+        }
+        let place = retained::place_cost(message.topic());
+        let charge = match account {
+            Some(account) => {
+                // What it replaces of the same publisher is freed by it.
+                let quota = self.quotas.retained_bytes_per_subject
+                    + self.store.held_by(message.topic(), account);
+                self.budget.try_charge(
+                    account,
+                    Kind::Retained,
+                    place,
+                    place + message.cost(),
+                    quota,
+                )
             }
-        } else {
-            if self.refusing_retained.swap(false, Ordering::Relaxed) {
-                info!("retained messages are stored again");
+            None if self.budget.exhausted() => Err(QuotaError::Budget),
+            None => Ok(self.budget.charge_as(Kind::Retained, place)),
+        };
+        match charge {
+            Ok(charge) => {
+                if self.refusing_retained.swap(false, Ordering::Relaxed) {
+                    info!("retained messages are stored again");
+                }
+                self.store.retain(Retained {
+                    message: Arc::clone(message),
+                    charge: Some(charge),
+                });
+                Ok(())
             }
-            self.store.retain(Arc::clone(message));
+            Err(err) => {
+                self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
+                if err == QuotaError::Budget
+                    && !self.refusing_retained.swap(true, Ordering::Relaxed)
+                {
+                    warn!(
+                        topic = message.topic(),
+                        budget = self.budget.limit(),
+                        "memory budget used up: retained messages are not stored until memory frees up (see [limits] memory_budget_mb)"
+                    );
+                }
+                Err(err)
+            }
         }
     }
 
@@ -888,6 +1201,12 @@ mod tests {
         })
     }
 
+    /// What the session's connection would take, retained replays included.
+    fn replayed(broker: &Broker, session: &Arc<Session>) -> Vec<Delivery> {
+        while broker.replay(session) {}
+        taken(session)
+    }
+
     fn taken(session: &Session) -> Vec<Delivery> {
         let mut out = Vec::new();
         session.mailbox().take(usize::MAX, usize::MAX, &mut out);
@@ -897,7 +1216,10 @@ mod tests {
     #[tokio::test]
     async fn overlapping_subscriptions_make_one_delivery_at_the_highest_qos() {
         let broker = broker_with(Arc::new(MemoryStore::new()));
-        let a = broker.attach(SessionKey::new("s", "a"), true).session;
+        let a = broker
+            .attach(SessionKey::new("s", "a"), true)
+            .unwrap()
+            .session;
         broker
             .subscribe(
                 &a,
@@ -947,7 +1269,10 @@ mod tests {
     #[tokio::test]
     async fn no_local_skips_the_publishers_own_session() {
         let broker = broker_with(Arc::new(MemoryStore::new()));
-        let a = broker.attach(SessionKey::new("s", "a"), true).session;
+        let a = broker
+            .attach(SessionKey::new("s", "a"), true)
+            .unwrap()
+            .session;
         let no_local = SubscriptionOptions {
             no_local: true,
             ..options(QoS::AtMostOnce, None)
@@ -964,7 +1289,10 @@ mod tests {
     #[tokio::test]
     async fn a_full_subscriber_holds_the_publication_until_it_has_room() {
         let broker = broker_with(Arc::new(MemoryStore::new()));
-        let sub = broker.attach(SessionKey::new("s", "sub"), true).session;
+        let sub = broker
+            .attach(SessionKey::new("s", "sub"), true)
+            .unwrap()
+            .session;
         broker
             .subscribe(
                 &sub,
@@ -997,8 +1325,14 @@ mod tests {
     #[tokio::test]
     async fn only_a_subscriber_full_all_along_meets_the_policy() {
         let broker = broker_with(Arc::new(MemoryStore::new()));
-        let stalled = broker.attach(SessionKey::new("s", "stalled"), true).session;
-        let reader = broker.attach(SessionKey::new("s", "reader"), true).session;
+        let stalled = broker
+            .attach(SessionKey::new("s", "stalled"), true)
+            .unwrap()
+            .session;
+        let reader = broker
+            .attach(SessionKey::new("s", "reader"), true)
+            .unwrap()
+            .session;
         for session in [&stalled, &reader] {
             broker
                 .subscribe(
@@ -1052,7 +1386,10 @@ mod tests {
     #[tokio::test]
     async fn past_the_hold_back_bound_the_policy_applies() {
         let broker = broker_with(Arc::new(MemoryStore::new()));
-        let sub = broker.attach(SessionKey::new("s", "stalled"), true).session;
+        let sub = broker
+            .attach(SessionKey::new("s", "stalled"), true)
+            .unwrap()
+            .session;
         broker
             .subscribe(
                 &sub,
@@ -1082,7 +1419,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let broker = broker_with(Arc::clone(&store));
         let key = SessionKey::new("s", "p");
-        let attached = broker.attach(key.clone(), true);
+        let attached = broker.attach(key.clone(), true).unwrap();
         broker
             .subscribe(
                 &attached.session,
@@ -1103,7 +1440,7 @@ mod tests {
                 .publish(message(&broker, "t", QoS::AtLeastOnce, false), None)
                 .is_done()
         );
-        let resumed = broker.attach(key, false);
+        let resumed = broker.attach(key, false).unwrap();
         assert!(resumed.present);
         assert!(store.sessions().is_empty(), "live again");
         assert_eq!(taken(&resumed.session).len(), 1, "queued while away");
@@ -1113,7 +1450,7 @@ mod tests {
     async fn a_parked_session_expires() {
         let broker = broker_with(Arc::new(MemoryStore::new()));
         let key = SessionKey::new("s", "e");
-        let attached = broker.attach(key.clone(), true);
+        let attached = broker.attach(key.clone(), true).unwrap();
         broker.detach(
             attached.session,
             attached.inflight,
@@ -1123,7 +1460,7 @@ mod tests {
         assert_eq!(broker.session_count(), 1);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(broker.session_count(), 0);
-        assert!(!broker.attach(key, false).present);
+        assert!(!broker.attach(key, false).unwrap().present);
     }
 
     #[tokio::test]
@@ -1153,7 +1490,7 @@ mod tests {
                 .publish(message(&broker, "t/x", QoS::AtLeastOnce, false), None)
                 .is_done()
         );
-        let resumed = broker.attach(key, false);
+        let resumed = broker.attach(key, false).unwrap();
         assert!(resumed.present);
         let got = taken(&resumed.session);
         assert_eq!(got.len(), 1);
@@ -1164,21 +1501,24 @@ mod tests {
     async fn retained_messages_follow_retain_handling_and_are_not_sent_to_shared_subscriptions() {
         let broker = broker_with(Arc::new(MemoryStore::new()));
         let _ = broker.publish(message(&broker, "r/1", QoS::ExactlyOnce, true), None);
-        let a = broker.attach(SessionKey::new("s", "r"), true).session;
+        let a = broker
+            .attach(SessionKey::new("s", "r"), true)
+            .unwrap()
+            .session;
         let sub = |handling| {
             broker
                 .subscribe(&a, "r/#", options(QoS::AtLeastOnce, None), handling)
                 .unwrap()
         };
         assert!(!sub(RetainHandling::OnNewSubscription));
-        let got = taken(&a);
+        let got = replayed(&broker, &a);
         assert_eq!(got.len(), 1);
         assert!(got[0].retain);
         assert_eq!(got[0].qos, QoS::AtLeastOnce);
         assert!(sub(RetainHandling::OnNewSubscription), "exists now");
-        assert!(taken(&a).is_empty());
+        assert!(replayed(&broker, &a).is_empty());
         sub(RetainHandling::OnSubscribe);
-        assert_eq!(taken(&a).len(), 1);
+        assert_eq!(replayed(&broker, &a).len(), 1);
         broker
             .subscribe(
                 &a,
@@ -1187,7 +1527,7 @@ mod tests {
                 RetainHandling::OnSubscribe,
             )
             .unwrap();
-        assert!(taken(&a).is_empty());
+        assert!(replayed(&broker, &a).is_empty());
         // Only a retained empty payload deletes it.
         let mut empty = Publication {
             topic: "r/1".into(),
@@ -1198,13 +1538,13 @@ mod tests {
             expiry: None,
         };
         let _ = broker.publish(broker.message(empty.clone()), None);
-        taken(&a);
+        replayed(&broker, &a);
         sub(RetainHandling::OnSubscribe);
-        assert_eq!(taken(&a).len(), 1);
+        assert_eq!(replayed(&broker, &a).len(), 1);
         empty.retain = true;
         let _ = broker.publish(broker.message(empty), None);
-        taken(&a);
+        replayed(&broker, &a);
         sub(RetainHandling::OnSubscribe);
-        assert!(taken(&a).is_empty());
+        assert!(replayed(&broker, &a).is_empty());
     }
 }

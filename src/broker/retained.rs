@@ -5,13 +5,42 @@
 //! child, `+` every child, `#` takes the node and everything below it. At
 //! the first level, wildcards skip topics starting with `$` (MQTT §4.7.2).
 //! Expired messages (MQTT 5 message expiry) are never returned, and are
-//! removed when a lookup meets them or when their topic is replaced.
+//! removed when their topic is replaced or by [`RetainedTree::purge`].
+//!
+//! Topic depth is bounded at the door ([`crate::acl::TopicLimits`]), but no
+//! walk here relies on it: every walk keeps its own stack on the heap, and
+//! dropping the tree takes it apart level by level, so no topic however deep
+//! can overflow a thread's stack.
+//!
+//! Children are kept in order, so a walk has a position: a subscriber's
+//! retained messages are read in slices, each resuming after the topic the
+//! last one ended on ([`RetainedTree::matching_after`]), and no reader holds
+//! the tree for longer than one slice.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::budget::Charge;
 use super::message::Message;
+
+/// What one level of a retained topic costs in the tree beside its name:
+/// the node and its place in its parent's map.
+pub const LEVEL_COST: usize = std::mem::size_of::<Node>() + 48;
+
+/// What storing a retained message on `topic` costs beyond the message.
+pub fn place_cost(topic: &str) -> usize {
+    topic.len() + (topic.bytes().filter(|&b| b == b'/').count() + 1) * LEVEL_COST
+}
+
+/// A retained message with the charge for its place in the tree.
+#[derive(Debug)]
+pub struct Retained {
+    pub message: Arc<Message>,
+    /// Its place in the tree, booked to its publisher.
+    pub charge: Option<Charge>,
+}
 
 #[derive(Debug, Default)]
 pub struct RetainedTree {
@@ -21,124 +50,246 @@ pub struct RetainedTree {
 
 #[derive(Debug, Default)]
 struct Node {
-    message: Option<Arc<Message>>,
-    children: HashMap<Box<str>, Node>,
+    retained: Option<Retained>,
+    children: BTreeMap<Box<str>, Node>,
 }
 
 impl Node {
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
-        self.message.is_none() && self.children.is_empty()
+        self.retained.is_none() && self.children.is_empty()
     }
 
-    /// Everything at and below this node. `skip_dollar` keeps first-level
-    /// `$` topics out when a wildcard stands at the first level.
-    fn all(&self, skip_dollar: bool, now: Instant, visit: &mut dyn FnMut(&Arc<Message>)) {
-        if let Some(message) = self.message.as_ref().filter(|m| !m.expired(now)) {
-            visit(message);
-        }
-        for (level, child) in &self.children {
-            if !(skip_dollar && level.starts_with('$')) {
-                child.all(false, now, visit);
-            }
-        }
-    }
-
-    fn matching(
-        &self,
-        rest: Option<&str>,
-        first: bool,
-        now: Instant,
-        visit: &mut dyn FnMut(&Arc<Message>),
-    ) {
-        let Some(levels) = rest else {
-            if let Some(message) = self.message.as_ref().filter(|m| !m.expired(now)) {
-                visit(message);
-            }
-            return;
-        };
-        let (level, tail) = match levels.split_once('/') {
-            Some((level, tail)) => (level, Some(tail)),
-            None => (levels, None),
-        };
-        match level {
-            // `#` is always the last level of a valid filter; it matches
-            // its parent too.
-            "#" => self.all(first, now, visit),
-            "+" => {
-                for (name, child) in &self.children {
-                    if !(first && name.starts_with('$')) {
-                        child.matching(tail, false, now, visit);
-                    }
-                }
-            }
-            literal => {
-                if let Some(child) = self.children.get(literal) {
-                    child.matching(tail, false, now, visit);
-                }
-            }
-        }
-    }
-
-    /// Drops expired messages at and below this node; returns how many.
-    fn purge(&mut self, now: Instant) -> usize {
-        let mut purged = 0;
-        if self.message.as_ref().is_some_and(|m| m.expired(now)) {
-            self.message = None;
-            purged += 1;
-        }
-        self.children.retain(|_, child| {
-            purged += child.purge(now);
-            !child.is_empty()
-        });
-        purged
+    fn message(&self, now: Instant) -> Option<&Arc<Message>> {
+        self.retained
+            .as_ref()
+            .map(|r| &r.message)
+            .filter(|m| !m.expired(now))
     }
 }
 
-impl RetainedTree {
-    /// Stores `message` as the retained message of its topic, replacing
-    /// any other.
-    pub fn set(&mut self, message: Arc<Message>) {
-        let mut node = &mut self.root;
-        for level in message.topic().split('/') {
-            node = node.children.entry(level.into()).or_default();
-        }
-        if node.message.replace(message).is_none() {
-            self.count += 1;
+impl Drop for RetainedTree {
+    fn drop(&mut self) {
+        dispose(std::mem::take(&mut self.root));
+    }
+}
+
+/// Drops a subtree without recursing: the default drop of nested maps
+/// would go one stack frame per level.
+fn dispose(node: Node) {
+    let mut stack = vec![node];
+    while let Some(mut node) = stack.pop() {
+        stack.extend(std::mem::take(&mut node.children).into_values());
+    }
+}
+
+/// A walk over the tree along a filter, resuming after a position.
+struct Walk<'f> {
+    filter: &'f [&'f str],
+    after: &'f [&'f str],
+}
+
+/// How a walk goes on below one node.
+struct Frame<'a> {
+    /// Levels of the topics of the children (the root's children have 1).
+    depth: usize,
+    /// Everything from here down matches: a `#` was met.
+    all: bool,
+    /// The node's topic is a prefix of the resume position, or it.
+    on_path: bool,
+    children: std::collections::btree_map::Range<'a, Box<str>, Node>,
+}
+
+impl<'f> Walk<'f> {
+    /// The frame going through the children of `node`, whose topic has
+    /// `depth` levels.
+    fn frame<'a>(&self, node: &'a Node, depth: usize, all: bool, on_path: bool) -> Frame<'a> {
+        let level = self.filter.get(depth).copied();
+        let all = all || level == Some("#");
+        // On the resume path, children before the position's level at this
+        // depth were visited; its own level is on the path and goes on.
+        let from = match self.after.get(depth) {
+            Some(resume) if on_path => Bound::Included(*resume),
+            _ => Bound::Unbounded,
+        };
+        let children = match level {
+            Some(literal) if !all && literal != "+" => {
+                let before = matches!(from, Bound::Included(resume) if resume > literal);
+                if before {
+                    // Visited already: an empty range (both ends excluded would
+                    // panic).
+                    node.children
+                        .range::<str, _>((Bound::Included(literal), Bound::Excluded(literal)))
+                } else {
+                    node.children
+                        .range::<str, _>((Bound::Included(literal), Bound::Included(literal)))
+                }
+            }
+            _ => node.children.range::<str, _>((from, Bound::Unbounded)),
+        };
+        Frame {
+            depth: depth + 1,
+            all,
+            on_path,
+            children,
         }
     }
+}
 
-    /// Removes the retained message of `topic`, if any.
-    pub fn clear(&mut self, topic: &str) {
-        fn clear(node: &mut Node, rest: Option<&str>) -> bool {
-            let Some(levels) = rest else {
-                return node.message.take().is_some();
-            };
-            let (level, tail) = match levels.split_once('/') {
-                Some((level, tail)) => (level, Some(tail)),
-                None => (levels, None),
-            };
-            let Some(child) = node.children.get_mut(level) else {
-                return false;
-            };
-            let cleared = clear(child, tail);
-            if child.is_empty() {
-                node.children.remove(level);
-            }
-            cleared
+/// Where a slice of a walk stopped: resume after this topic (which need
+/// not hold a message).
+pub type Position = String;
+
+impl RetainedTree {
+    /// Stores `retained` as the retained message of its topic, replacing
+    /// any other. Returns the one replaced.
+    pub fn set(&mut self, retained: Retained) -> Option<Retained> {
+        let mut node = &mut self.root;
+        for level in retained.message.topic().split('/') {
+            node = node.children.entry(level.into()).or_default();
         }
-        if clear(&mut self.root, Some(topic)) {
+        let old = node.retained.replace(retained);
+        if old.is_none() {
+            self.count += 1;
+        }
+        old
+    }
+
+    /// The retained message of `topic`, if any (expired or not).
+    pub fn get(&self, topic: &str) -> Option<&Retained> {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.retained.as_ref()
+    }
+
+    /// Removes the retained message of `topic`, if any, and the nodes it
+    /// alone kept.
+    pub fn clear(&mut self, topic: &str) -> Option<Retained> {
+        // The highest node that would be left empty: everything from there
+        // down is the cleared message's chain alone.
+        let levels: Vec<&str> = topic.split('/').collect();
+        let mut cut = 0;
+        let mut node = &self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            if node.retained.is_some() || node.children.len() > 1 {
+                cut = depth;
+            }
+            node = node.children.get(*level)?;
+        }
+        node.retained.as_ref()?;
+        let keeps_itself = !node.children.is_empty();
+        let mut node = &mut self.root;
+        let mut taken = None;
+        for (depth, level) in levels.iter().enumerate() {
+            if depth == cut && !keeps_itself {
+                let chain = node.children.remove(*level)?;
+                taken = take_end(chain, levels.len() - depth);
+                break;
+            }
+            node = node.children.get_mut(*level)?;
+        }
+        if keeps_itself {
+            taken = node.retained.take();
+        }
+        if taken.is_some() {
             self.count -= 1;
         }
+        taken
     }
 
     /// Visits the unexpired retained messages `filter` (valid) matches.
     pub fn matching(&self, filter: &str, now: Instant, visit: &mut dyn FnMut(&Arc<Message>)) {
-        self.root.matching(Some(filter), true, now, visit);
+        self.matching_after(filter, None, usize::MAX, now, visit);
     }
 
-    /// Drops every expired message.
-    pub fn purge(&mut self, now: Instant) {
-        self.count -= self.root.purge(now);
+    /// Visits, in topic order, the unexpired retained messages `filter`
+    /// (valid) matches whose topics come after the position `after` (from
+    /// the start when `None`), looking at `steps` nodes at most. Returns
+    /// the position to resume from, or `None` once the walk is complete.
+    ///
+    /// Topics are ordered level by level, a topic before the topics below
+    /// it, which is the order of a walk over sorted children: so resuming
+    /// after a position skips, on each level of its path, the children
+    /// before it, and nothing else.
+    pub fn matching_after(
+        &self,
+        filter: &str,
+        after: Option<&str>,
+        steps: usize,
+        now: Instant,
+        visit: &mut dyn FnMut(&Arc<Message>),
+    ) -> Option<Position> {
+        let filter: Vec<&str> = filter.split('/').collect();
+        let after: Vec<&str> = after.map_or_else(Vec::new, |a| a.split('/').collect());
+        let walk = Walk {
+            filter: &filter,
+            after: &after,
+        };
+        // `path` holds the levels of the node whose children the top frame
+        // goes through.
+        let mut path: Vec<&str> = Vec::new();
+        let mut stack = vec![walk.frame(&self.root, 0, false, !after.is_empty())];
+        let mut left = steps;
+        while let Some(frame) = stack.last_mut() {
+            let Some((level, child)) = frame.children.next() else {
+                stack.pop();
+                path.pop();
+                continue;
+            };
+            let (depth, all, parent_on_path) = (frame.depth, frame.all, frame.on_path);
+            path.push(level);
+            let on_path = parent_on_path && after.get(depth - 1) == Some(&&**level);
+            let first_wildcard = all || filter.first() == Some(&"+");
+            let mut descended = false;
+            if !(depth == 1 && first_wildcard && level.starts_with('$')) {
+                let matched = all
+                    || (depth == filter.len() && filter.last() != Some(&"#"))
+                    || (depth + 1 == filter.len() && filter.last() == Some(&"#"));
+                // A node on the resume path is the position or before it.
+                if matched && !on_path {
+                    if let Some(message) = child.message(now) {
+                        visit(message);
+                    }
+                }
+                if all || depth < filter.len() {
+                    stack.push(walk.frame(child, depth, all, on_path));
+                    descended = true;
+                }
+            }
+            // Nodes on the resume path were counted by the slice that
+            // stopped there: counting them again could stop on the same
+            // position for ever.
+            if !on_path {
+                left = left.saturating_sub(1);
+                if left == 0 {
+                    return Some(path.join("/"));
+                }
+            }
+            if !descended {
+                path.pop();
+            }
+        }
+        None
+    }
+
+    /// Drops every expired message; returns how many.
+    pub fn purge(&mut self, now: Instant) -> usize {
+        let mut expired = Vec::new();
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            if let Some(retained) = &node.retained {
+                if retained.message.expired(now) {
+                    expired.push(retained.message.topic().to_owned());
+                }
+            }
+            stack.extend(node.children.values());
+        }
+        for topic in &expired {
+            self.clear(topic);
+        }
+        expired.len()
     }
 
     pub fn len(&self) -> usize {
@@ -148,97 +299,30 @@ impl RetainedTree {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::acl::TopicFilter;
-    use crate::broker::budget::Budget;
-    use crate::broker::message::{Properties, Publication, QoS};
-    use proptest::prelude::*;
-    use std::time::Duration;
-
-    fn message(topic: &str, expiry: Option<Duration>) -> Arc<Message> {
-        Message::new(
-            Publication {
-                topic: topic.into(),
-                payload: bytes::Bytes::from_static(b"v"),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: Properties::default(),
-                expiry,
-            },
-            &Budget::new(1 << 20),
-        )
-    }
-
-    fn topics(tree: &RetainedTree, filter: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        tree.matching(filter, Instant::now(), &mut |m| {
-            out.push(m.topic().to_owned())
-        });
-        out.sort();
-        out
-    }
-
-    #[test]
-    fn set_replace_clear() {
-        let mut tree = RetainedTree::default();
-        tree.set(message("a/b", None));
-        tree.set(message("a/b", None));
-        tree.set(message("a", None));
-        tree.set(message("$SYS/x", None));
-        assert_eq!(tree.len(), 3);
-        assert_eq!(topics(&tree, "a/#"), ["a", "a/b"]);
-        assert_eq!(topics(&tree, "#"), ["a", "a/b"]);
-        assert_eq!(topics(&tree, "+/b"), ["a/b"]);
-        assert_eq!(topics(&tree, "$SYS/+"), ["$SYS/x"]);
-        tree.clear("a/b");
-        tree.clear("a/b");
-        assert_eq!(tree.len(), 2);
-        assert_eq!(topics(&tree, "#"), ["a"]);
-        tree.clear("a");
-        tree.clear("$SYS/x");
-        assert!(tree.is_empty());
-        assert!(tree.root.is_empty(), "cleared topics leave no nodes behind");
-    }
-
-    #[test]
-    fn expired_messages_are_invisible_and_purged() {
-        let mut tree = RetainedTree::default();
-        tree.set(message("gone", Some(Duration::ZERO)));
-        tree.set(message("kept", Some(Duration::from_secs(60))));
-        assert_eq!(topics(&tree, "#"), ["kept"]);
-        tree.purge(Instant::now());
-        assert_eq!(tree.len(), 1);
-    }
-
-    proptest! {
-        /// Lookup by filter agrees with the ACL's matcher.
-        #[test]
-        fn lookup_matches_like_the_acl(
-            stored in prop::collection::vec(
-                prop::collection::vec(prop_oneof!["a", "b", "", "\\$s"], 1..4).prop_map(|l| l.join("/")),
-                0..10,
-            ),
-            filter in prop::collection::vec(prop_oneof!["a", "b", "", "\\$s", "\\+"], 1..4)
-                .prop_flat_map(|l| {
-                    let joined = l.join("/");
-                    prop_oneof![Just(joined.clone()), Just(format!("{joined}/#")), Just("#".to_owned())]
-                }),
-        ) {
-            let Ok(parsed) = TopicFilter::parse(&filter) else { return Ok(()) };
-            let mut tree = RetainedTree::default();
-            // Only valid topic names are ever retained; the empty one is not.
-            let stored: Vec<&String> = stored.iter().filter(|t| !t.is_empty()).collect();
-            for topic in &stored {
-                tree.set(message(topic, None));
+    /// Every retained message with its charge, for checking the ledger.
+    pub fn each(&self, visit: &mut dyn FnMut(&Retained)) {
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            if let Some(retained) = &node.retained {
+                visit(retained);
             }
-            let mut expected: Vec<String> = stored.iter().filter(|t| parsed.matches_topic(t)).map(|t| t.to_string()).collect();
-            expected.sort();
-            expected.dedup();
-            prop_assert_eq!(topics(&tree, &filter), expected);
+            stack.extend(node.children.values());
         }
     }
 }
+
+/// The retained message at the end of a chain of `levels` single-child
+/// nodes, taken apart without recursion.
+fn take_end(mut node: Node, levels: usize) -> Option<Retained> {
+    for _ in 1..levels {
+        let (_, child) = node.children.pop_first()?;
+        dispose(std::mem::replace(&mut node, child));
+    }
+    let taken = node.retained.take();
+    dispose(node);
+    taken
+}
+
+#[cfg(test)]
+mod tests;

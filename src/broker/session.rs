@@ -16,16 +16,19 @@
 //!   them (a connection owns them outright while it does);
 //! - the timers of a parked session: its expiry and a delayed will.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use tokio::task::AbortHandle;
 
+use super::budget::{Account, Charge};
 use super::index::SubscriptionOptions;
 use super::inflight::Inflight;
 use super::mailbox::{Mailbox, QueueLimits};
+use super::retained::Position;
 
 /// The name of a session: whose token, which client id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -62,12 +65,43 @@ pub struct Session {
     key: SessionKey,
     mailbox: Mailbox,
     state: Mutex<State>,
+    /// Retained messages wait to be replayed ([`State::replays`]): read
+    /// without the lock on every delivery round.
+    replaying: AtomicBool,
+}
+
+/// One subscription as the session holds it.
+#[derive(Debug)]
+pub(super) struct Subscription {
+    pub options: SubscriptionOptions,
+    /// The filter and its share of the subscription index.
+    pub charge: Option<Charge>,
+}
+
+/// Retained messages still to be sent for one subscription: a position in
+/// the retained store, read a slice at a time as the session has room.
+#[derive(Debug)]
+pub(super) struct Replay {
+    /// The filter (without `$share/...`: shared subscriptions get none).
+    pub filter: Box<str>,
+    pub options: SubscriptionOptions,
+    /// Resume after this topic; `None` before the first slice.
+    pub after: Option<Position>,
+    /// The filter and the largest position it may hold.
+    pub charge: Charge,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct State {
-    /// Requested filter (`$share/...` included) to options.
-    pub subscriptions: HashMap<Box<str>, SubscriptionOptions>,
+    /// Requested filter (`$share/...` included) to the subscription.
+    pub subscriptions: HashMap<Box<str>, Subscription>,
+    /// Bytes charged for the subscriptions and replays.
+    pub subscription_bytes: usize,
+    /// Retained messages to send, oldest subscription first.
+    pub replays: VecDeque<Replay>,
+    /// The subject's account, and the session's own place on it.
+    pub account: Option<Arc<Account>>,
+    pub charge: Option<Charge>,
     /// The exchanges of a parked session.
     pub inflight: Option<Inflight>,
     /// A connection holds the session.
@@ -86,6 +120,7 @@ impl Session {
             key,
             mailbox: Mailbox::new(limits),
             state: Mutex::default(),
+            replaying: AtomicBool::new(false),
         }
     }
 
@@ -101,6 +136,15 @@ impl Session {
         // Updates under this lock are single assignments and map edits
         // that cannot panic halfway.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether retained messages wait to be replayed.
+    pub fn is_replaying(&self) -> bool {
+        self.replaying.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_replaying(&self, replaying: bool) {
+        self.replaying.store(replaying, Ordering::Release);
     }
 
     /// The filters this session is subscribed to, as requested.

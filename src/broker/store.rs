@@ -19,10 +19,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
+use super::budget::{Account, Charge};
 use super::index::SubscriptionOptions;
 use super::mailbox::Delivery;
 use super::message::Message;
-use super::retained::RetainedTree;
+use super::retained::{Position, Retained, RetainedTree};
 use super::session::SessionKey;
 
 /// What is kept of a persistent session while its client is away.
@@ -38,12 +39,26 @@ pub struct SessionRecord {
 }
 
 pub trait Store: Send + Sync + 'static {
-    /// Makes `message` the retained message of its topic.
-    fn retain(&self, message: Arc<Message>);
+    /// Makes `retained` the retained message of its topic.
+    fn retain(&self, retained: Retained);
     /// Removes the retained message of `topic`.
     fn clear_retained(&self, topic: &str);
-    /// Visits the unexpired retained messages matching `filter` (valid).
-    fn retained(&self, filter: &str, visit: &mut dyn FnMut(&Arc<Message>));
+    /// What replacing the retained message of `topic` would give back to
+    /// `account`: its quota counts it as free for the new one.
+    fn held_by(&self, topic: &str, account: &Arc<Account>) -> usize;
+    /// Visits, in topic order, the unexpired retained messages matching
+    /// `filter` (valid) after position `after`, looking at `steps` entries
+    /// at most; returns where to resume, `None` when done. See
+    /// [`RetainedTree::matching_after`].
+    fn retained(
+        &self,
+        filter: &str,
+        after: Option<&str>,
+        steps: usize,
+        visit: &mut dyn FnMut(&Arc<Message>),
+    ) -> Option<Position>;
+    /// Every retained message with its charge, for checking the ledger.
+    fn each_retained(&self, visit: &mut dyn FnMut(&Retained));
     /// Parks a persistent session whose client went away.
     fn save_session(&self, key: &SessionKey, record: SessionRecord);
     /// Forgets a parked session (resumed, or ended).
@@ -79,12 +94,12 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn retain(&self, message: Arc<Message>) {
+    fn retain(&self, retained: Retained) {
         let mut tree = self
             .retained
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        tree.set(message);
+        tree.set(retained);
         let mut sets = self
             .sets_since_purge
             .lock()
@@ -103,11 +118,34 @@ impl Store for MemoryStore {
             .clear(topic);
     }
 
-    fn retained(&self, filter: &str, visit: &mut dyn FnMut(&Arc<Message>)) {
+    fn held_by(&self, topic: &str, account: &Arc<Account>) -> usize {
         self.retained
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .matching(filter, Instant::now(), visit);
+            .get(topic)
+            .and_then(|r| r.charge.as_ref())
+            .filter(|charge| charge.is_booked_to(account))
+            .map_or(0, Charge::account_bytes)
+    }
+
+    fn retained(
+        &self,
+        filter: &str,
+        after: Option<&str>,
+        steps: usize,
+        visit: &mut dyn FnMut(&Arc<Message>),
+    ) -> Option<Position> {
+        self.retained
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .matching_after(filter, after, steps, Instant::now(), visit)
+    }
+
+    fn each_retained(&self, visit: &mut dyn FnMut(&Retained)) {
+        self.retained
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .each(visit);
     }
 
     fn save_session(&self, key: &SessionKey, record: SessionRecord) {

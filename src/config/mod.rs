@@ -44,6 +44,7 @@ use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::acl::TopicLimits;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
@@ -267,6 +268,15 @@ pub struct Limits {
     /// per-session bounds alone would let many sessions together exhaust
     /// the edge box's memory.
     pub memory_budget: usize,
+    /// How deep and how long a topic or filter may be
+    /// (`max_topic_levels`, 1 to 65535, default 128; `max_topic_bytes`, 1
+    /// to 65535, default 4096). Over them, a PUBLISH gets 0x90 (MQTT 3.1.1:
+    /// the connection is closed), a filter 0x8F (3.1.1: SUBACK 0x80).
+    pub topics: TopicLimits,
+    /// Bytes of retained messages (payload, topic and their share of the
+    /// retained tree) one token subject may hold, at least 1024; default
+    /// 8 MiB. More is answered with 0x97 (quota exceeded).
+    pub max_retained_bytes_per_subject: usize,
 }
 
 impl Default for Limits {
@@ -284,6 +294,8 @@ impl Default for Limits {
             max_topic_aliases: 64,
             max_keep_alive: None,
             memory_budget: 512 * MIB,
+            topics: TopicLimits::DEFAULT,
+            max_retained_bytes_per_subject: 8 * MIB,
         }
     }
 }
@@ -321,6 +333,15 @@ pub struct SessionSettings {
     /// never comes back keeps its session and queue. Zero: no session
     /// outlives its connection.
     pub max_session_expiry: Duration,
+    /// Most sessions, connected and parked together, one token subject may
+    /// hold; at least 1, default 8. A CONNECT that would make another is
+    /// refused with 0x97 (quota exceeded; MQTT 3.1.1: server unavailable).
+    /// Without it one token could park a session per invented client id.
+    pub max_sessions_per_subject: usize,
+    /// Bytes the subscriptions of one session may hold (each filter and
+    /// its share of the subscription index), at least 1024; default 64
+    /// KiB. More gets SUBACK 0x97 (quota exceeded).
+    pub max_subscription_bytes: usize,
 }
 
 impl Default for SessionSettings {
@@ -333,6 +354,8 @@ impl Default for SessionSettings {
             slow_subscriber_timeout: Duration::from_millis(2000),
             max_subscriptions: 100,
             max_session_expiry: Duration::from_secs(86_400),
+            max_sessions_per_subject: 8,
+            max_subscription_bytes: 64 * 1024,
         }
     }
 }
@@ -503,6 +526,9 @@ struct RawLimits {
     max_topic_aliases: Option<Spanned<i64>>,
     max_keep_alive_secs: Option<Spanned<i64>>,
     memory_budget_mb: Option<Spanned<i64>>,
+    max_topic_levels: Option<Spanned<i64>>,
+    max_topic_bytes: Option<Spanned<i64>>,
+    max_retained_bytes_per_subject: Option<Spanned<i64>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -515,6 +541,8 @@ struct RawSessions {
     slow_subscriber_timeout_ms: Option<Spanned<i64>>,
     max_subscriptions: Option<Spanned<i64>>,
     max_session_expiry_secs: Option<Spanned<i64>>,
+    max_sessions_per_subject: Option<Spanned<i64>>,
+    max_subscription_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -970,6 +998,30 @@ impl RawLimits {
                 .checked_mul(MIB)
                 .ok_or_else(|| doc.bad(value, key, "is too large for this platform"))?;
         }
+        if let Some(count) = &self.max_topic_levels {
+            limits.topics.max_levels = doc.int(
+                count,
+                "[limits] max_topic_levels",
+                1..=i64::from(u16::MAX),
+                "",
+            )?;
+        }
+        if let Some(size) = &self.max_topic_bytes {
+            limits.topics.max_bytes = doc.int(
+                size,
+                "[limits] max_topic_bytes",
+                1..=i64::from(u16::MAX),
+                "bytes",
+            )?;
+        }
+        if let Some(size) = &self.max_retained_bytes_per_subject {
+            limits.max_retained_bytes_per_subject = doc.int(
+                size,
+                "[limits] max_retained_bytes_per_subject",
+                1024..=i64::MAX,
+                "bytes",
+            )?;
+        }
         Ok(())
     }
 }
@@ -1020,6 +1072,22 @@ impl RawSessions {
                     "seconds",
                 )
                 .map(Duration::from_secs)?;
+        }
+        if let Some(count) = &self.max_sessions_per_subject {
+            sessions.max_sessions_per_subject = doc.int(
+                count,
+                "[sessions] max_sessions_per_subject",
+                1..=i64::MAX,
+                "",
+            )?;
+        }
+        if let Some(size) = &self.max_subscription_bytes {
+            sessions.max_subscription_bytes = doc.int(
+                size,
+                "[sessions] max_subscription_bytes",
+                1024..=i64::MAX,
+                "bytes",
+            )?;
         }
         Ok(())
     }
@@ -1206,6 +1274,9 @@ max_property_bytes = 65536       # MQTT 5 property bytes per packet; default 64 
 max_topic_aliases = 64           # aliases granted per MQTT 5 client; default 64; 0 grants none
 max_keep_alive_secs = 600        # optional cap on the client's keep-alive; 1 to 65535
 memory_budget_mb = 512           # messages in memory, gateway-wide; default 512; 1 to 1048576
+max_topic_levels = 128           # levels in a topic or filter; default 128; 1 to 65535
+max_topic_bytes = 4096           # bytes in a topic or filter; default 4096; 1 to 65535
+max_retained_bytes_per_subject = 8388608  # retained messages one token subject may hold; default 8 MiB; minimum 1024
 [sessions]                       # jwtgate's routing core
 max_inflight = 1000              # unacknowledged QoS 1/2 per client; default 1000; 1 to 65535
 max_queued_messages = 1000       # per session; default 1000; must be >= 1
@@ -1214,6 +1285,8 @@ slow_subscriber = "disconnect"   # "disconnect" (default) | "drop"
 slow_subscriber_timeout_ms = 2000  # default 2000; must be > 0
 max_subscriptions = 100          # per session; default 100; must be > 0
 max_session_expiry_secs = 86400  # default 86400; 0 allowed
+max_sessions_per_subject = 8     # sessions (connected and parked) per token subject; default 8; must be > 0
+max_subscription_bytes = 65536   # subscriptions of one session, in bytes; default 64 KiB; minimum 1024
 [storage]                        # retained messages, parked sessions, bridge queues
 dir = "state"                    # default "state" next to the config; created if missing
 sync_interval_ms = 1000          # what a power cut may lose; default 1000; 0 forces every commit; at most 60000
@@ -1277,6 +1350,11 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
                     max_topic_aliases: 64,
                     max_keep_alive: Some(600),
                     memory_budget: 512 * 1024 * 1024,
+                    topics: TopicLimits {
+                        max_levels: 128,
+                        max_bytes: 4096,
+                    },
+                    max_retained_bytes_per_subject: 8 * 1024 * 1024,
                 },
                 sessions: SessionSettings {
                     max_inflight: 1000,
@@ -1286,6 +1364,8 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
                     slow_subscriber_timeout: Duration::from_millis(2000),
                     max_subscriptions: 100,
                     max_session_expiry: Duration::from_secs(86_400),
+                    max_sessions_per_subject: 8,
+                    max_subscription_bytes: 64 * 1024,
                 },
                 storage: StorageConfig {
                     dir: base.join("state"),
@@ -1504,6 +1584,7 @@ max_session_expiry_secs = 0
                 max_topic_aliases: 0,
                 max_keep_alive: Some(65_535),
                 memory_budget: 3 * 1024 * 1024,
+                ..Limits::default()
             }
         );
         assert_eq!(
@@ -1516,6 +1597,7 @@ max_session_expiry_secs = 0
                 slow_subscriber_timeout: Duration::from_millis(1),
                 max_subscriptions: 1,
                 max_session_expiry: Duration::ZERO,
+                ..SessionSettings::default()
             }
         );
     }

@@ -45,7 +45,7 @@ use super::codec::{
 use super::enhanced::{self, Auth};
 use super::owed::{MAX_OWED, Owed};
 use super::wire::Outbox;
-use crate::acl::{Grants, RequestedFilter, validate_topic_name};
+use crate::acl::{Grants, TopicLimits};
 use crate::broker::{
     Attached, Broker, Delivery, Inflight, Kept, Pending, Properties, Publication, QoS, Resend,
     RetainHandling, Session, SubscribeError, SubscriptionOptions, Taken, Will,
@@ -189,6 +189,8 @@ pub(super) struct ClientLimits {
     /// MQTT 5 property bytes accepted in one packet; also the bound on the
     /// topics held by aliases.
     max_property_bytes: usize,
+    /// How deep and long a topic or filter may be.
+    topics: TopicLimits,
 }
 
 impl ClientLimits {
@@ -217,6 +219,7 @@ impl ClientLimits {
                 .unwrap_or(0)
                 .min(limits.max_topic_aliases),
             max_property_bytes: limits.max_property_bytes,
+            topics: limits.topics,
         }
     }
 }
@@ -427,6 +430,13 @@ impl Client {
             }
         }
         self.batch = batch;
+        // Retained messages for new subscriptions, one slice per round,
+        // into the room the queue has: a slice that leaves more wakes the
+        // connection again, so the task yields between slices; a full queue
+        // is refilled when the client has taken from it.
+        if self.session.is_replaying() && self.broker.replay(&self.session) {
+            self.session.mailbox().wake();
+        }
         ending
     }
 
@@ -786,6 +796,35 @@ impl Client {
             expiry,
         });
         let mut pending = self.broker().publish(message, Some(&self.session));
+        let mut ack = ack;
+        if let Some(refusal) = pending.refusal() {
+            // Routed, but not kept as retained: the ack must not say it was.
+            self.metrics.publish_refused();
+            info!(client_id = self.id.client_id, error = %refusal, "retained message not stored");
+            if !self.id.version.is_v5() {
+                return Some(Ending::Protocol(
+                    DisconnectReasonCode::QuotaExceeded,
+                    format!("retained message not stored: {refusal}"),
+                ));
+            }
+            ack = ack.map(|packet| match packet {
+                Packet::PubAck(PubAck { pkid, .. }, p) => Packet::PubAck(
+                    PubAck {
+                        pkid,
+                        reason: PubAckReason::QuotaExceeded,
+                    },
+                    p,
+                ),
+                Packet::PubRec(PubRec { pkid, .. }, p) => Packet::PubRec(
+                    PubRec {
+                        pkid,
+                        reason: PubRecReason::QuotaExceeded,
+                    },
+                    p,
+                ),
+                other => other,
+            });
+        }
         let kept = pending.take_kept();
         if pending.is_done() {
             self.owed.push(kept, ack, out);
@@ -806,7 +845,10 @@ impl Client {
             |detail: String| Ending::Protocol(DisconnectReasonCode::TopicNameInvalid, detail);
         let topic = std::str::from_utf8(raw).map_err(|_| invalid("topic is not UTF-8".into()))?;
         let Some(alias) = properties.and_then(|p| p.topic_alias) else {
-            validate_topic_name(topic).map_err(|e| invalid(e.to_string()))?;
+            self.limits
+                .topics
+                .topic_name(topic)
+                .map_err(|e| invalid(e.to_string()))?;
             return Ok(topic.to_owned());
         };
         if alias == 0 || alias > self.limits.topic_aliases {
@@ -832,7 +874,10 @@ impl Client {
                     )
                 });
         }
-        validate_topic_name(topic).map_err(|e| invalid(e.to_string()))?;
+        self.limits
+            .topics
+            .topic_name(topic)
+            .map_err(|e| invalid(e.to_string()))?;
         if self.aliases.len() <= slot {
             self.aliases.resize(slot + 1, None);
         }
@@ -886,8 +931,18 @@ impl Client {
                 .map(|(k, v)| 4 + k.len() + v.len())
                 .sum()
         });
-        let mut return_codes = Vec::with_capacity(subscribe.filters.len());
-        for filter in &subscribe.filters {
+        // A filter repeated in one SUBSCRIBE is one subscription (the last
+        // options win, MQTT 5 §3.8.4): it is made, charged and replayed
+        // once, and every repetition gets its answer.
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(subscribe.filters.len());
+        for (i, filter) in subscribe.filters.iter().enumerate() {
+            last.insert(filter.path.as_str(), i);
+        }
+        let mut return_codes = vec![SubscribeReasonCode::Unspecified; subscribe.filters.len()];
+        for (i, filter) in subscribe.filters.iter().enumerate() {
+            if last.get(filter.path.as_str()) != Some(&i) {
+                continue;
+            }
             let code = if property_bytes > self.limits.max_property_bytes {
                 SubscribeReasonCode::QuotaExceeded
             } else {
@@ -900,7 +955,18 @@ impl Client {
                 self.metrics.subscription_refused();
                 info!(client_id = self.id.client_id, filter = filter.path, reason = ?code, "subscription refused");
             }
-            return_codes.push(code);
+            if let Some(slot) = return_codes.get_mut(i) {
+                *slot = code;
+            }
+        }
+        for (i, filter) in subscribe.filters.iter().enumerate() {
+            let answer = last
+                .get(filter.path.as_str())
+                .and_then(|&j| return_codes.get(j))
+                .copied();
+            if let (Some(answer), Some(slot)) = (answer, return_codes.get_mut(i)) {
+                *slot = answer;
+            }
         }
         out.queue(Packet::SubAck(
             SubAck {
@@ -917,7 +983,7 @@ impl Client {
         filter: &Filter,
         id: Option<u32>,
     ) -> Result<SubscribeReasonCode, Ending> {
-        let Ok(requested) = RequestedFilter::parse(&filter.path) else {
+        let Ok(requested) = self.limits.topics.requested(&filter.path) else {
             return Ok(SubscribeReasonCode::TopicFilterInvalid);
         };
         if requested.group.is_some() && filter.nolocal {
@@ -947,7 +1013,11 @@ impl Client {
                 .subscribe(&self.session, &filter.path, options, retain_handling)
             {
                 Ok(_) => SubscribeReasonCode::Success(wire_qos(qos)),
-                Err(SubscribeError::TooMany(_)) => SubscribeReasonCode::QuotaExceeded,
+                Err(
+                    SubscribeError::TooMany(_)
+                    | SubscribeError::TooLarge(_)
+                    | SubscribeError::Quota(_),
+                ) => SubscribeReasonCode::QuotaExceeded,
                 Err(SubscribeError::Invalid(_)) => SubscribeReasonCode::TopicFilterInvalid,
             },
         )
@@ -1185,7 +1255,7 @@ mod tests {
         settings: SessionSettings,
     ) -> Harness {
         let broker = Broker::new(&settings, 64 * 1024 * 1024, Arc::new(MemoryStore::new()));
-        let attached = broker.attach(SessionKey::new("dev", "c1"), true);
+        let attached = broker.attach(SessionKey::new("dev", "c1"), true).unwrap();
         let grants = Grants::new(
             grants
                 .iter()
@@ -1663,7 +1733,9 @@ mod tests {
             grants: &[&'static str],
         ) -> Peer {
             let client_id = format!("c{i}");
-            let attached = broker.attach(SessionKey::new(&format!("dev{i}"), &client_id), true);
+            let attached = broker
+                .attach(SessionKey::new(&format!("dev{i}"), &client_id), true)
+                .unwrap();
             let grants = Grants::new(
                 grants
                     .iter()
@@ -2007,7 +2079,8 @@ mod tests {
                             for (i, other) in self.peers.iter_mut().enumerate() {
                                 let mut best = None;
                                 for (filter, &sub_qos) in &other.subscriptions {
-                                    let parsed = RequestedFilter::parse(filter).unwrap();
+                                    let parsed =
+                                        crate::acl::RequestedFilter::parse(filter).unwrap();
                                     if !TopicFilter::parse(parsed.filter)
                                         .unwrap()
                                         .matches_topic(name)

@@ -52,7 +52,7 @@ use super::enhanced;
 use super::pending::Pending;
 use super::session::{self, Timers};
 use super::wire::Wire;
-use crate::acl::{Grants, validate_topic_name};
+use crate::acl::{Grants, TopicLimits};
 use crate::broker::{Properties, Publication, SessionKey, Will};
 use crate::metrics::{ConnectOutcome, Metrics};
 
@@ -70,6 +70,7 @@ enum Refusal {
     BadClientId,
     BadAuthenticationMethod,
     QuotaExceeded,
+    TopicNameInvalid,
     /// Every place for an authenticated connection is taken.
     Busy,
     Unavailable,
@@ -85,6 +86,7 @@ impl Refusal {
             Refusal::BadClientId => ConnectOutcome::BadClientId,
             Refusal::BadAuthenticationMethod => ConnectOutcome::BadAuthMethod,
             Refusal::QuotaExceeded => ConnectOutcome::QuotaExceeded,
+            Refusal::TopicNameInvalid => ConnectOutcome::TopicNameInvalid,
             Refusal::Busy => ConnectOutcome::ServerBusy,
             Refusal::Unavailable => ConnectOutcome::ServerUnavailable,
         }
@@ -97,6 +99,7 @@ impl Refusal {
             Refusal::BadClientId => ConnectReturnCode::ClientIdentifierNotValid,
             Refusal::BadAuthenticationMethod => ConnectReturnCode::BadAuthenticationMethod,
             Refusal::QuotaExceeded => ConnectReturnCode::QuotaExceeded,
+            Refusal::TopicNameInvalid => ConnectReturnCode::TopicNameInvalid,
             Refusal::Busy => ConnectReturnCode::ServerBusy,
             Refusal::Unavailable => ConnectReturnCode::ServerUnavailable,
         }
@@ -224,8 +227,15 @@ pub(super) async fn serve<S>(
         .and_then(|(authenticated, credentials)| {
             let will = check_properties(&shared, properties.as_ref(), will.as_ref())
                 .and_then(|()| {
-                    will.map(|(will, properties)| will_of(&authenticated.grants, will, properties))
-                        .transpose()
+                    will.map(|(will, properties)| {
+                        will_of(
+                            &authenticated.grants,
+                            &shared.limits.topics,
+                            will,
+                            properties,
+                        )
+                    })
+                    .transpose()
                 })
                 .map_err(|refused| Rejection::of(&authenticated, refused))?;
             Ok((authenticated, credentials, will))
@@ -274,7 +284,18 @@ pub(super) async fn serve<S>(
     };
     // Authenticated, with a place: no longer a stranger.
     drop(pending);
-    let attached = shared.broker.attach(key, clean_start);
+    let attached = match shared.broker.attach(key, clean_start) {
+        Ok(attached) => attached,
+        Err(e) => {
+            Rejection::of(&authenticated, (Refusal::QuotaExceeded, e.to_string())).report(
+                peer,
+                &client_id,
+                &shared.metrics,
+            );
+            refuse(&mut wire, Refusal::QuotaExceeded).await;
+            return;
+        }
+    };
 
     let max_session_expiry = shared.broker.settings().max_session_expiry;
     let requested_expiry = match (version.is_v5(), clean_start) {
@@ -586,19 +607,23 @@ fn check_properties(
     Ok(())
 }
 
-/// The will of a CONNECT, if the grants let the client publish it.
+/// The will of a CONNECT, if its topic is valid within `limits` and the
+/// grants let the client publish it.
 fn will_of(
     grants: &Grants,
+    limits: &TopicLimits,
     will: LastWill,
     properties: Option<LastWillProperties>,
 ) -> Result<Will, Refused> {
-    let topic = std::str::from_utf8(&will.topic)
-        .ok()
-        .filter(|t| validate_topic_name(t).is_ok())
-        .ok_or((
-            Refusal::NotAuthorized,
-            "will topic is not a valid topic".to_owned(),
-        ))?;
+    let topic = std::str::from_utf8(&will.topic).map_err(|_| {
+        (
+            Refusal::TopicNameInvalid,
+            "will topic is not UTF-8".to_owned(),
+        )
+    })?;
+    limits
+        .topic_name(topic)
+        .map_err(|e| (Refusal::TopicNameInvalid, format!("will topic: {e}")))?;
     if !grants.may_publish(topic, broker_qos(will.qos), will.retain) {
         return Err((
             Refusal::NotAuthorized,

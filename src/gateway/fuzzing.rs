@@ -119,6 +119,8 @@ async fn run(
         max_topic_aliases: 8,
         max_keep_alive: setup.cap_keep_alive.then_some(30),
         memory_budget: MEMORY_BUDGET,
+        topics: crate::acl::TopicLimits::DEFAULT,
+        max_retained_bytes_per_subject: MEMORY_BUDGET,
     };
     let sessions = SessionSettings {
         max_inflight: 8,
@@ -142,6 +144,7 @@ async fn run(
     // take it over, holding every topic a filter can name.
     let probe = broker
         .attach(SessionKey::new("fuzz-probe", "fuzz-probe"), true)
+        .expect("a new routing core has room for the probe's session")
         .session;
     for filter in PROBE_FILTERS {
         let options = SubscriptionOptions {
@@ -234,7 +237,7 @@ async fn run(
     take_all(&probe, &routed);
     let mut retained = Vec::new();
     for filter in PROBE_FILTERS {
-        store.retained(filter, &mut |message| {
+        store.retained(filter, None, usize::MAX, &mut |message| {
             retained.push(message.topic().to_owned())
         });
     }

@@ -48,7 +48,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use crate::bridge;
-use crate::broker::{Broker, Budget};
+use crate::broker::{Broker, Budget, Quotas};
 use crate::config::{Config, DenyPublish, Limits};
 use crate::keys::{KeyDirError, KeyStore};
 use crate::metrics::{self, Exposition, Metrics};
@@ -147,13 +147,30 @@ impl Gateway {
         if restored.skipped > 0 {
             warn!(skipped = restored.skipped, database = %storage.path().display(), "storage: some kept state did not decode and was left out");
         }
-        let store = DurableStore::new(&storage, restored, &budget);
+        let (store, refused) =
+            DurableStore::new(&storage, restored, &budget, &config.limits.topics);
+        if refused > 0 {
+            warn!(
+                refused,
+                max_topic_levels = config.limits.topics.max_levels,
+                max_topic_bytes = config.limits.topics.max_bytes,
+                "storage: kept retained messages, subscriptions or queued messages over today's topic limits were left out"
+            );
+        }
         info!(
             database = %storage.path().display(),
             retained = store.retained_count(),
             "durable state restored"
         );
-        let broker = Broker::with_budget(&config.sessions, budget, Arc::new(store));
+        let broker = Broker::with_budget(
+            &config.sessions,
+            budget,
+            Arc::new(store),
+            Quotas::new(
+                config.limits.max_retained_bytes_per_subject,
+                &config.limits.topics,
+            ),
+        );
         // The uplinks start now: their taps must be on the routing core
         // before the first device publishes, and a backlog left by the last
         // run drains while the listener comes up.

@@ -292,8 +292,12 @@ pub enum ConnectOutcome {
     NotAuthorized,
     BadClientId,
     BadAuthMethod,
-    /// Over a limit of the CONNECT's own (MQTT 5 property bytes).
+    /// Over a limit of the CONNECT's own (MQTT 5 property bytes), or of the
+    /// subject's (`[sessions] max_sessions_per_subject`, the memory budget).
     QuotaExceeded,
+    /// A will topic that is no valid topic name, or over `[limits]
+    /// max_topic_levels` / `max_topic_bytes`.
+    TopicNameInvalid,
     /// Every place for a connection taken (`[limits] max_connections`).
     ServerBusy,
     ServerUnavailable,
@@ -317,6 +321,7 @@ impl ConnectOutcome {
             ConnectOutcome::BadClientId => "bad_client_id",
             ConnectOutcome::BadAuthMethod => "bad_auth_method",
             ConnectOutcome::QuotaExceeded => "quota_exceeded",
+            ConnectOutcome::TopicNameInvalid => "topic_name_invalid",
             ConnectOutcome::ServerBusy => "server_busy",
             ConnectOutcome::ServerUnavailable => "server_unavailable",
         }

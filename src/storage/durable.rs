@@ -12,6 +12,9 @@ use std::sync::mpsc::Sender;
 
 use super::Restored;
 use super::writer::Write;
+use crate::acl::TopicLimits;
+use crate::broker::budget::{Account, Kind};
+use crate::broker::retained::{self, Position, Retained};
 use crate::broker::store::{MemoryStore, SessionRecord, Store};
 use crate::broker::{Budget, Delivery, Message, SessionKey};
 
@@ -22,13 +25,42 @@ pub struct DurableStore {
 
 impl DurableStore {
     /// A store holding `restored`, its messages charged to `budget`, that
-    /// writes through `storage`.
-    pub fn new(storage: &super::Storage, restored: Restored, budget: &Arc<Budget>) -> DurableStore {
+    /// writes through `storage`. What today's `limits` no longer admit (a
+    /// topic or a filter kept by a run with wider limits, or by a version
+    /// that had none) is left out, counted in the returned figure, and
+    /// deleted from the database: it would be refused at the door today.
+    pub fn new(
+        storage: &super::Storage,
+        restored: Restored,
+        budget: &Arc<Budget>,
+        limits: &TopicLimits,
+    ) -> (DurableStore, usize) {
         let memory = MemoryStore::new();
+        let writes = storage.writes();
+        let mut refused = 0;
         for publication in restored.retained {
-            memory.retain(Message::new(publication, budget));
+            if limits.topic_name(&publication.topic).is_err() {
+                refused += 1;
+                let _ = writes.send(Write::ClearRetained(publication.topic.into()));
+                continue;
+            }
+            // Who published it is not kept, so its place is charged to the
+            // gateway alone until its publisher replaces it.
+            let charge = budget.charge_as(Kind::Retained, retained::place_cost(&publication.topic));
+            memory.retain(Retained {
+                message: Message::new(publication, budget),
+                charge: Some(charge),
+            });
         }
-        for (key, parked) in restored.sessions {
+        for (key, mut parked) in restored.sessions {
+            let before = parked.subscriptions.len();
+            parked
+                .subscriptions
+                .retain(|(requested, _)| limits.requested(requested).is_ok());
+            refused += before - parked.subscriptions.len();
+            parked
+                .queued
+                .retain(|queued| limits.topic_name(&queued.publication.topic).is_ok());
             let queued = parked
                 .queued
                 .into_iter()
@@ -48,10 +80,7 @@ impl DurableStore {
                 },
             );
         }
-        DurableStore {
-            memory,
-            writes: storage.writes(),
-        }
+        (DurableStore { memory, writes }, refused)
     }
 
     /// Retained messages held.
@@ -66,8 +95,9 @@ impl DurableStore {
 }
 
 impl Store for DurableStore {
-    fn retain(&self, message: Arc<Message>) {
-        self.memory.retain(Arc::clone(&message));
+    fn retain(&self, retained: Retained) {
+        let message = Arc::clone(&retained.message);
+        self.memory.retain(retained);
         self.write(Write::Retain(message));
     }
 
@@ -76,8 +106,22 @@ impl Store for DurableStore {
         self.write(Write::ClearRetained(topic.into()));
     }
 
-    fn retained(&self, filter: &str, visit: &mut dyn FnMut(&Arc<Message>)) {
-        self.memory.retained(filter, visit);
+    fn held_by(&self, topic: &str, account: &Arc<Account>) -> usize {
+        self.memory.held_by(topic, account)
+    }
+
+    fn retained(
+        &self,
+        filter: &str,
+        after: Option<&str>,
+        steps: usize,
+        visit: &mut dyn FnMut(&Arc<Message>),
+    ) -> Option<Position> {
+        self.memory.retained(filter, after, steps, visit)
+    }
+
+    fn each_retained(&self, visit: &mut dyn FnMut(&Retained)) {
+        self.memory.each_retained(visit);
     }
 
     fn save_session(&self, key: &SessionKey, record: SessionRecord) {

@@ -448,8 +448,17 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::acl::TopicLimits;
+    use crate::broker::retained::Retained;
     use crate::broker::store::{SessionRecord, Store};
     use crate::broker::{Budget, Delivery, Message, Properties, QoS, SubscriptionOptions};
+
+    fn retained(message: Arc<Message>) -> Retained {
+        Retained {
+            message,
+            charge: None,
+        }
+    }
 
     fn config(dir: &Path) -> StorageConfig {
         StorageConfig {
@@ -618,7 +627,7 @@ mod tests {
         let expires_at = SystemTime::now() + Duration::from_secs(3600);
         {
             let (storage, restored) = Storage::open(&config(dir.path()), &[]).expect("open");
-            let store = DurableStore::new(&storage, restored, &budget);
+            let store = DurableStore::new(&storage, restored, &budget, &TopicLimits::DEFAULT).0;
             let mut with_props = Publication {
                 topic: "status/a".into(),
                 payload: Bytes::from_static(b"on"),
@@ -633,10 +642,10 @@ mod tests {
                 },
                 expiry: Some(Duration::from_secs(600)),
             };
-            store.retain(Message::new(with_props.clone(), &budget));
+            store.retain(retained(Message::new(with_props.clone(), &budget)));
             with_props.topic = "status/b".into();
-            store.retain(Message::new(with_props, &budget));
-            store.retain(message(&budget, "status/c", b"x"));
+            store.retain(retained(Message::new(with_props, &budget)));
+            store.retain(retained(message(&budget, "status/c", b"x")));
             store.clear_retained("status/b");
             store.save_session(
                 &key,
@@ -672,10 +681,10 @@ mod tests {
         }
         let (storage, restored) = Storage::open(&config(dir.path()), &[]).expect("reopen");
         assert_eq!(restored.skipped, 0);
-        let store = DurableStore::new(&storage, restored, &budget);
+        let store = DurableStore::new(&storage, restored, &budget, &TopicLimits::DEFAULT).0;
         let mut topics = Vec::new();
         let mut props = None;
-        store.retained("status/#", &mut |m| {
+        store.retained("status/#", None, usize::MAX, &mut |m| {
             topics.push(m.topic().to_owned());
             if m.topic() == "status/a" {
                 props = m.properties().cloned();
