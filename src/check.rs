@@ -106,11 +106,24 @@ pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) ->
             };
         }
     };
-    let bound = verified.grants.bind(&Bindings {
-        client_id,
-        subject: verified.subject.as_deref(),
-        username: Some("JWT"),
-    });
+    let bound = policy
+        .client_id_binding()
+        .bind(
+            client_id,
+            verified.client_id.as_deref(),
+            verified.subject.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|bound_client_id| {
+            verified
+                .grants
+                .bind(&Bindings {
+                    client_id: bound_client_id,
+                    subject: verified.subject.as_deref(),
+                    username: Some("JWT"),
+                })
+                .map_err(|e| e.to_string())
+        });
     let mut rejected_topics: Vec<RejectedTopic> = verified
         .grants
         .ignored()
@@ -121,7 +134,7 @@ pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) ->
         })
         .collect();
     let (reason, topics, rules) = match &bound {
-        Err(e) => (Some(e.to_string()), Vec::new(), Vec::new()),
+        Err(e) => (Some(e.clone()), Vec::new(), Vec::new()),
         Ok(bound) => {
             rejected_topics.extend(bound.dropped.iter().map(|d| RejectedTopic {
                 filter: d.topic.clone(),
@@ -232,6 +245,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::acl::ClientIdBinding;
     use crate::config::{AuthConfig, Config};
     use crate::keys::KeyStore;
     use crate::keys::testing;
@@ -282,6 +296,7 @@ mod tests {
         let (_dir, keys) = key_set(false);
         let claims = json!({
             "sub": "site-7",
+            "clientid": "gw-7",
             "exp": now() + 600,
             "acl": [
                 {"permission": "deny", "action": "all", "topic": "site/secret/#"},
@@ -325,6 +340,46 @@ mod tests {
         let report = check(&token(&claims), &keys, &policy(|_| {}));
         assert!(!report.accepted);
         assert!(report.reason.unwrap_or_default().contains("deny rule"));
+    }
+
+    #[test]
+    fn clientid_stands_only_for_a_client_id_bound_to_the_token() {
+        let (_dir, keys) = key_set(false);
+        let claims = |clientid: Option<&str>| {
+            let mut claims = json!({
+                "sub": "site-7",
+                "exp": now() + 600,
+                "topics": ["site/${clientid}/#", "fleet/#"]
+            });
+            if let Some(clientid) = clientid {
+                claims["clientid"] = json!(clientid);
+            }
+            token(&claims)
+        };
+        let strict = policy(|_| {});
+        let unbound = check_as(&claims(None), &keys, &strict, "gw-7");
+        assert!(unbound.accepted, "{unbound}");
+        assert_eq!(unbound.topics, vec!["fleet/#"]);
+        assert_eq!(unbound.rejected_topics[0].filter, "site/${clientid}/#");
+        let by_subject = check_as(&claims(None), &keys, &strict, "site-7");
+        assert_eq!(by_subject.topics, vec!["fleet/#", "site/site-7/#"]);
+        let mismatch = check_as(&claims(Some("gw-8")), &keys, &strict, "gw-7");
+        assert!(!mismatch.accepted);
+        assert!(
+            mismatch
+                .reason
+                .unwrap_or_default()
+                .contains("\"clientid\" claim"),
+            "the reason names the claim"
+        );
+        let none = policy(|auth| auth.client_id_binding = ClientIdBinding::Unchecked);
+        let old = check_as(&claims(Some("gw-8")), &keys, &none, "gw-7");
+        assert_eq!(old.topics, vec!["fleet/#", "site/gw-7/#"]);
+        assert!(
+            old.warnings
+                .iter()
+                .any(|w| w.contains("client_id_binding = \"none\""))
+        );
     }
 
     fn json_of(report: &CheckReport) -> Value {

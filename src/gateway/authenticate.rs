@@ -3,10 +3,14 @@
 //! `JWT`) and again at MQTT 5 re-authentication (AUTH 0x19).
 //!
 //! Both go through [`authenticate`]: the token is verified against the key
-//! set and policy in force, its grants are bound to the connection's client
-//! id, subject and user name ([`crate::acl::GrantTemplate::bind`]), and it
-//! must allow something. A failure says whether the credentials are bad or
-//! the identity is not authorized, which is all the client is told.
+//! set and policy in force, the connection's client id is checked against
+//! it ([`crate::acl::ClientIdBinding`]: a `clientid` claim naming another
+//! client is refused, and `${clientid}` resolves only for a client id the
+//! token vouches for), its grants are bound to that client id, the subject
+//! and the user name ([`crate::acl::GrantTemplate::bind`]), and it must
+//! allow something. A failure says whether the credentials are bad, the
+//! client id is not the token's, or the identity is not authorized, which
+//! is all the client is told.
 
 // Untrusted input (a token from a client): fail with an error, never a
 // panic. See "Robustness" in the crate docs.
@@ -66,6 +70,9 @@ pub(super) enum FailureKind {
     /// An authentic token whose identity may not connect (0x87): revoked,
     /// without a subject, or granting nothing.
     NotAuthorized,
+    /// An authentic token issued for another client id (its `clientid`
+    /// claim): CONNACK 0x85, "client identifier not valid".
+    ClientIdMismatch,
 }
 
 /// Verifies `token` for the connection of `client_id`, whose CONNECT gave
@@ -100,6 +107,21 @@ pub(super) fn authenticate(
         kid: Some(verified.key_id.clone()),
         subject: verified.subject.clone(),
     };
+    let bound_client_id = shared
+        .policy
+        .client_id_binding()
+        .bind(
+            client_id,
+            verified.client_id.as_deref(),
+            verified.subject.as_deref(),
+        )
+        .map_err(|e| Failure {
+            kind: FailureKind::ClientIdMismatch,
+            outcome: ConnectOutcome::ClientIdMismatch,
+            reason: e.to_string(),
+            kid: Some(verified.key_id.clone()),
+            subject: verified.subject.clone(),
+        })?;
     for (entry, why) in verified.grants.ignored() {
         warn!(
             client_id,
@@ -111,7 +133,7 @@ pub(super) fn authenticate(
     let bound = verified
         .grants
         .bind(&Bindings {
-            client_id,
+            client_id: bound_client_id,
             subject: verified.subject.as_deref(),
             username,
         })

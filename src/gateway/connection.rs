@@ -551,6 +551,7 @@ fn admit(
             refusal: match failure.kind {
                 FailureKind::BadCredentials => Refusal::BadCredentials,
                 FailureKind::NotAuthorized => Refusal::NotAuthorized,
+                FailureKind::ClientIdMismatch => Refusal::BadClientId,
             },
             outcome: failure.outcome,
             reason: failure.reason,

@@ -184,7 +184,12 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 return Some(Ending::ReauthRefused {
                     code: match failure.kind {
                         FailureKind::BadCredentials => enhanced::BAD_USER_NAME_OR_PASSWORD,
-                        FailureKind::NotAuthorized => enhanced::NOT_AUTHORIZED,
+                        // DISCONNECT has no "client identifier not valid";
+                        // a token for another client is, like one for
+                        // another subject below, not authorized here.
+                        FailureKind::NotAuthorized | FailureKind::ClientIdMismatch => {
+                            enhanced::NOT_AUTHORIZED
+                        }
                     },
                     detail: failure.reason,
                 });
