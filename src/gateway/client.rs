@@ -44,6 +44,7 @@ use super::codec::{
 };
 use super::enhanced::{self, Auth};
 use super::owed::{MAX_OWED, Owed};
+use super::quiet::{Kind, Quiet, Verdict};
 use super::wire::Outbox;
 use crate::acl::{Grants, RequestedFilter, validate_topic_name};
 use crate::broker::{
@@ -267,6 +268,8 @@ pub(super) struct Client {
     /// packet behind it is taken until it is, so each is judged by the
     /// grants in force when it was sent.
     reauth: Option<String>,
+    /// How many more lines the client's refusals may write to the log.
+    quiet: Quiet,
 }
 
 impl Client {
@@ -299,11 +302,23 @@ impl Client {
             deferred_bytes: 0,
             batch: Vec::new(),
             reauth: None,
+            quiet: Quiet::default(),
         }
     }
 
     fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Logs a line about this client's refusals through its [`Quiet`]:
+    /// `line` (given the client id) runs for the first few of `kind`, the
+    /// rest are only counted and summed up now and then.
+    pub fn log_limited(&mut self, kind: Kind, line: impl FnOnce(&str)) {
+        match self.quiet.admit(kind, std::time::Instant::now()) {
+            Verdict::Log => line(&self.id.client_id),
+            Verdict::Quiet => {}
+            Verdict::Summary(suppressed) => log_suppressed(&self.id.client_id, kind, suppressed),
+        }
     }
 
     pub fn id(&self) -> &Identity {
@@ -665,16 +680,18 @@ impl Client {
         self.id.grants = grants;
         self.id.credential = credential;
         self.narrow_to_grants();
-        if let Some(will) = &self.will {
+        let will_granted = self.will.as_ref().is_none_or(|will| {
             let p = &will.publication;
-            if !self.id.grants.may_publish(&p.topic, p.qos, p.retain) {
+            self.id.grants.may_publish(&p.topic, p.qos, p.retain)
+        });
+        if let (false, Some(will)) = (will_granted, self.will.take()) {
+            self.log_limited(Kind::Reauthentication, |client_id| {
                 info!(
-                    client_id = self.id.client_id,
-                    topic = p.topic,
+                    client_id,
+                    topic = will.publication.topic,
                     "will dropped: the new token does not grant its topic"
                 );
-                self.will = None;
-            }
+            });
         }
         out.queue_with(|bytes| Auth::encode(enhanced::SUCCESS, None, bytes));
     }
@@ -688,10 +705,12 @@ impl Client {
             .restrict(&self.session, &self.id.grants, &mut self.inflight);
         self.resend &= self.inflight.outgoing() > 0;
         for filter in dropped {
-            info!(
-                client_id = self.id.client_id,
-                filter, "subscription dropped: the new token does not grant it"
-            );
+            self.log_limited(Kind::SubscriptionDropped, |client_id| {
+                info!(
+                    client_id,
+                    filter, "subscription dropped: the new token does not grant it"
+                );
+            });
         }
     }
 
@@ -719,21 +738,20 @@ impl Client {
             ));
         }
         if header.properties_len > self.limits.max_property_bytes {
-            info!(
-                client_id = self.id.client_id,
-                topic,
-                bytes = header.properties_len,
-                max = self.limits.max_property_bytes,
-                "publish refused: too many property bytes"
-            );
+            let (bytes, max) = (header.properties_len, self.limits.max_property_bytes);
+            self.log_limited(Kind::PublishRefused, |client_id| {
+                info!(
+                    client_id,
+                    topic, bytes, max, "publish refused: too many property bytes"
+                );
+            });
             self.refuse_publish(out, header, PubAckReason::QuotaExceeded);
             return None;
         }
         if !self.id.grants.may_publish(&topic, header.qos, retain) {
-            info!(
-                client_id = self.id.client_id,
-                topic, "publish refused: topic not granted"
-            );
+            self.log_limited(Kind::PublishRefused, |client_id| {
+                info!(client_id, topic, "publish refused: topic not granted");
+            });
             self.refuse_publish(out, header, PubAckReason::NotAuthorized);
             return match self.limits.deny_publish {
                 DenyPublish::Drop => None,
@@ -898,7 +916,9 @@ impl Client {
             };
             if !matches!(code, SubscribeReasonCode::Success(_)) {
                 self.metrics.subscription_refused();
-                info!(client_id = self.id.client_id, filter = filter.path, reason = ?code, "subscription refused");
+                self.log_limited(Kind::SubscriptionRefused, |client_id| {
+                    info!(client_id, filter = filter.path, reason = ?code, "subscription refused");
+                });
             }
             return_codes.push(code);
         }
@@ -1026,7 +1046,10 @@ impl Client {
     /// Hands the session back to the routing core, with the will when one
     /// is due. A pending publication completes in the background: its
     /// subscribers still get it, its publisher no longer its ack.
-    pub fn hand_back(self, ending: &Ending) {
+    pub fn hand_back(mut self, ending: &Ending) {
+        for (kind, suppressed) in self.quiet.pending() {
+            log_suppressed(&self.id.client_id, kind, suppressed);
+        }
         if let Some((mut pending, _, _)) = self.pending {
             let broker = Arc::clone(&self.broker);
             tokio::spawn(async move {
@@ -1043,6 +1066,16 @@ impl Client {
         self.broker
             .detach(self.session, self.inflight, self.session_expiry, will);
     }
+}
+
+/// The line that stands for `suppressed` lines of `kind` left out.
+fn log_suppressed(client_id: &str, kind: Kind, suppressed: u64) {
+    info!(
+        client_id,
+        kind = kind.as_str(),
+        suppressed,
+        "lines left out of the log (the metrics count every refusal)"
+    );
 }
 
 /// The end of a connection whose bytes do not decode.

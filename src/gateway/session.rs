@@ -37,6 +37,7 @@ use super::Shared;
 use super::authenticate::{FailureKind, authenticate};
 use super::client::{Client, Ending, WRITE_BATCH};
 use super::enhanced;
+use super::quiet::Kind;
 use super::takeover::Claim;
 use super::wire::{Progress, Wire};
 use crate::broker::{Broker, Pending};
@@ -206,14 +207,16 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 detail: "the new token names another subject".to_owned(),
             });
         }
-        info!(
-            client_id = id.client_id,
-            sub = authenticated.token.subject.as_deref().unwrap_or(""),
-            kid = authenticated.token.key_id,
-            exp = authenticated.token.expires_at,
-            outcome = "accepted",
-            "client re-authenticated"
-        );
+        client.log_limited(Kind::Reauthentication, |client_id| {
+            info!(
+                client_id,
+                sub = authenticated.token.subject.as_deref().unwrap_or(""),
+                kid = authenticated.token.key_id,
+                exp = authenticated.token.expires_at,
+                outcome = "accepted",
+                "client re-authenticated"
+            );
+        });
         shared.metrics.reauthentication(ConnectOutcome::Accepted);
         expiry
             .as_mut()

@@ -1,0 +1,183 @@
+//! How much one connection may write to the log about what it is refused.
+//!
+//! A refusal costs a client nothing: one SUBSCRIBE of 0.68 MB named
+//! 170,000 filters it was not granted, and a loop of refused PUBLISHes runs
+//! as fast as the link does. One log line each made the log the gateway's
+//! weakest point (36 MB for that SUBSCRIBE, 75 MB/s for the loop), and
+//! drowned every other device's lines. The metrics
+//! (`jwtgate_subscriptions_refused_total`, `jwtgate_publishes_refused_total`,
+//! `jwtgate_reauthentications_total`) count every refusal exactly; the log
+//! is there to say who and why, which the first few lines already do.
+//!
+//! So each connection has a [`Quiet`]: of each [`Kind`] of line, the first
+//! [`LOGGED_IN_FULL`] are written; after that the lines are counted, and a
+//! refusal of that kind coming [`SUMMARY_INTERVAL`] or more after the last
+//! summary (or after the first line left out) writes one line with how many
+//! were left out meanwhile. What is still counted when the connection ends
+//! is written then ([`Quiet::pending`]).
+
+use std::time::{Duration, Instant};
+
+/// Lines of one kind written in full per connection.
+pub(super) const LOGGED_IN_FULL: u32 = 5;
+/// The shortest time between two summaries of one kind on one connection.
+pub(super) const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a line is about: each kind has its own allowance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A SUBSCRIBE filter refused (not granted, invalid, over a quota).
+    SubscriptionRefused,
+    /// A PUBLISH refused (not granted, too many property bytes).
+    PublishRefused,
+    /// A subscription removed because a new token no longer grants it.
+    SubscriptionDropped,
+    /// An MQTT 5 re-authentication accepted, and what it changed (the
+    /// will dropped).
+    Reauthentication,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [
+        Kind::SubscriptionRefused,
+        Kind::PublishRefused,
+        Kind::SubscriptionDropped,
+        Kind::Reauthentication,
+    ];
+
+    /// The `refusal` field of a summary line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::SubscriptionRefused => "subscription refused",
+            Kind::PublishRefused => "publish refused",
+            Kind::SubscriptionDropped => "subscription dropped",
+            Kind::Reauthentication => "re-authentication",
+        }
+    }
+}
+
+/// What to do about one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Write it.
+    Log,
+    /// Leave it out; it is counted.
+    Quiet,
+    /// Leave it out, and write instead that this many lines of its kind
+    /// (this one included) were left out since the last summary.
+    Summary(u64),
+}
+
+/// One kind's tally on one connection.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    logged: u32,
+    /// Left out since the last summary.
+    suppressed: u64,
+    /// When the last summary was written, or the first line left out.
+    since: Option<Instant>,
+}
+
+/// One connection's limiter, keyed by [`Kind`].
+#[derive(Debug, Default)]
+pub(super) struct Quiet {
+    tallies: [Tally; Kind::ALL.len()],
+}
+
+impl Quiet {
+    /// Decides about one line of `kind`, at `now`.
+    pub fn admit(&mut self, kind: Kind, now: Instant) -> Verdict {
+        let tally = &mut self.tallies[kind as usize];
+        if tally.logged < LOGGED_IN_FULL {
+            tally.logged += 1;
+            return Verdict::Log;
+        }
+        tally.suppressed += 1;
+        let since = *tally.since.get_or_insert(now);
+        if now.saturating_duration_since(since) < SUMMARY_INTERVAL {
+            return Verdict::Quiet;
+        }
+        tally.since = Some(now);
+        Verdict::Summary(std::mem::take(&mut tally.suppressed))
+    }
+
+    /// The lines still left out and not yet summed up, kind by kind: for
+    /// the connection's last words.
+    pub fn pending(&mut self) -> impl Iterator<Item = (Kind, u64)> + '_ {
+        Kind::ALL
+            .into_iter()
+            .zip(self.tallies.iter_mut())
+            .filter_map(|(kind, tally)| {
+                let suppressed = std::mem::take(&mut tally.suppressed);
+                (suppressed > 0).then_some((kind, suppressed))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(quiet: &mut Quiet, kind: Kind, n: usize, at: Instant) -> Vec<Verdict> {
+        (0..n).map(|_| quiet.admit(kind, at)).collect()
+    }
+
+    #[test]
+    fn the_first_lines_of_each_kind_are_written_then_counted() {
+        let mut quiet = Quiet::default();
+        let t0 = Instant::now();
+        let first = run(&mut quiet, Kind::PublishRefused, 1000, t0);
+        assert!(first[..5].iter().all(|v| *v == Verdict::Log));
+        assert!(first[5..].iter().all(|v| *v == Verdict::Quiet));
+        // Another kind has its own allowance.
+        assert_eq!(
+            quiet.admit(Kind::SubscriptionRefused, t0),
+            Verdict::Log,
+            "kinds are counted apart"
+        );
+        assert_eq!(
+            quiet.pending().collect::<Vec<_>>(),
+            vec![(Kind::PublishRefused, 995)]
+        );
+        assert_eq!(quiet.pending().count(), 0, "pending empties the tallies");
+    }
+
+    #[test]
+    fn a_summary_comes_at_most_once_per_interval_and_counts_every_line_left_out() {
+        let mut quiet = Quiet::default();
+        let t0 = Instant::now();
+        run(&mut quiet, Kind::SubscriptionRefused, 5, t0);
+        let mut summaries = Vec::new();
+        let mut left_out = 0;
+        // 100 lines a second for 35 seconds.
+        for tick in 0..3500u64 {
+            let at = t0 + Duration::from_millis(tick * 10);
+            match quiet.admit(Kind::SubscriptionRefused, at) {
+                Verdict::Log => panic!("line {tick} written in full"),
+                Verdict::Quiet => {}
+                Verdict::Summary(n) => {
+                    summaries.push(at);
+                    left_out += n;
+                }
+            }
+        }
+        assert_eq!(summaries.len(), 3, "at 10, 20 and 30 s");
+        for pair in summaries.windows(2) {
+            assert!(pair[1] - pair[0] >= SUMMARY_INTERVAL);
+        }
+        let rest: u64 = quiet.pending().map(|(_, n)| n).sum();
+        assert_eq!(left_out + rest, 3500, "every line left out is told");
+    }
+
+    #[test]
+    fn a_late_refusal_after_a_quiet_spell_is_summed_up_at_once() {
+        let mut quiet = Quiet::default();
+        let t0 = Instant::now();
+        run(&mut quiet, Kind::Reauthentication, 7, t0);
+        assert_eq!(
+            quiet.admit(Kind::Reauthentication, t0 + Duration::from_secs(60)),
+            Verdict::Summary(3)
+        );
+        assert_eq!(quiet.pending().count(), 0);
+    }
+}
