@@ -10,13 +10,24 @@ use tokio::net::TcpStream;
 use super::{DevBinary, WAIT};
 
 /// The metrics port of `gw`, from its log line (a port picked in advance
-/// could be taken by a client's ephemeral port before the gateway binds).
+/// could be taken by a client's ephemeral port before the gateway binds),
+/// in the text or the JSON log format.
 pub async fn metrics_port(gw: &DevBinary) -> u16 {
-    let needle = "metrics: serving /metrics addr=";
+    let needle = "metrics: serving /metrics";
     gw.served.wait_for_log(0, needle).await;
     let log = gw.served.log();
-    let (_, rest) = log.split_once(needle).expect("the log line");
-    let addr = rest.split_whitespace().next().expect("an address");
+    let line = log
+        .lines()
+        .find(|line| line.contains(needle))
+        .expect("the log line");
+    let (_, rest) = line
+        .split_once("addr=")
+        .or_else(|| line.split_once("\"addr\":\""))
+        .expect("an address field");
+    let addr = rest
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .next()
+        .expect("an address");
     let (_, port) = addr.rsplit_once(':').expect("host:port");
     port.parse().expect("a port number")
 }
