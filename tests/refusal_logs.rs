@@ -3,7 +3,8 @@
 //! is not granted and a flood of PUBLISHes it is not granted; the gateway's
 //! log about it stays a few lines (the first of each kind, then how many
 //! were left out), the metrics count every refusal, and a well-behaved
-//! device connects, publishes and receives meanwhile.
+//! device connects, publishes and receives meanwhile. The same for an MQTT
+//! 5 client re-authenticating in a loop.
 
 // Tests panic on purpose when a fixture cannot be set up.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,10 +13,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::raw5::v5;
 use common::scrape::{metrics_port, scrape, value};
-use common::{DevBinary, V4Client, mqtt};
+use common::{DevBinary, V4Client, mqtt, now_unix};
 use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Filters in the one SUBSCRIBE, each distinct and refused.
 const FILTERS: usize = 5_000;
@@ -23,6 +25,9 @@ const FILTERS: usize = 5_000;
 const PUBLISHES: usize = 20_000;
 /// Lines of one kind written in full (`gateway::quiet::LOGGED_IN_FULL`).
 const IN_FULL: usize = 5;
+
+/// Re-authentications in the loop.
+const REAUTHS: usize = 500;
 
 const SUBSCRIPTIONS_REFUSED: &str = "jwtgate_subscriptions_refused_total";
 const PUBLISHES_REFUSED: &str = "jwtgate_publishes_refused_total";
@@ -145,5 +150,72 @@ async fn a_flood_of_refusals_writes_a_few_lines_and_the_metrics_count_them_all()
         .publish("meter/2", QoS::AtLeastOnce, false, b"21.6")
         .await;
     assert_eq!(device.expect_publish("meter/2").await.payload, "21.6");
+    gw.assert_no_panic();
+}
+
+/// The log's lines, each a JSON object.
+fn json_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reauthentication_loop_writes_a_few_lines_and_the_metrics_count_it_all() {
+    let gw = DevBinary::start(
+        "",
+        "[log]\nformat = \"json\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let port = metrics_port(&gw).await;
+    let accepted = "jwtgate_reauthentications_total{outcome=\"accepted\"}";
+    let before = value(&scrape(port).await, accepted);
+    // Its client id is not its subject: the `${clientid}` grant is left
+    // out, with a warning, at every verification.
+    let token = gw.sign(&json!({
+        "sub": "meter-9", "exp": now_unix() + 600, "topics": ["meter/#", "dev/${clientid}/#"]
+    }));
+    let mut raw = gw.raw().await;
+    raw.send_ok(&v5::Connect::enhanced("m9", &token).encode())
+        .await;
+    assert!(matches!(
+        v5::parse(&raw.read_packet().await),
+        v5::Packet::ConnAck(ack) if ack.reason == 0
+    ));
+    let again: Vec<u8> = (0..REAUTHS).flat_map(|_| v5::reauth(&token)).collect();
+    raw.send_ok(&again).await;
+    for _ in 0..REAUTHS {
+        assert!(matches!(
+            v5::parse(&raw.read_packet().await),
+            v5::Packet::Auth { reason: 0, .. }
+        ));
+    }
+    assert_eq!(
+        value(&scrape(port).await, accepted) - before,
+        REAUTHS as f64
+    );
+    raw.send_ok(&v5::disconnect(0, &v5::Props::new())).await;
+    gw.served
+        .wait_for_log(0, "\"kind\":\"re-authentication\"")
+        .await;
+    gw.served
+        .wait_for_log(0, "\"kind\":\"grant ignored\"")
+        .await;
+    let lines = json_lines(&gw.served.log());
+    let about: Vec<&Value> = lines.iter().filter(|l| l["client_id"] == "m9").collect();
+    let count = |message: &str| about.iter().filter(|l| l["message"] == message).count();
+    assert_eq!(count("client re-authenticated"), IN_FULL);
+    // Once at CONNECT, then the re-authentications' allowance.
+    assert_eq!(count("ignoring a grant of the token"), 1 + IN_FULL);
+    let left_out = |kind: &str| -> u64 {
+        about
+            .iter()
+            .filter(|l| l["kind"] == kind)
+            .map(|l| l["suppressed"].as_u64().expect("a count"))
+            .sum()
+    };
+    assert_eq!(left_out("re-authentication"), (REAUTHS - IN_FULL) as u64);
+    assert_eq!(left_out("grant ignored"), (REAUTHS - IN_FULL) as u64);
+    assert!(about.len() < 30, "{} lines about the client", about.len());
     gw.assert_no_panic();
 }

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::Shared;
+use super::quiet::{Kind, Quiet};
 use crate::acl::{Bindings, Grants};
 use crate::metrics::ConnectOutcome;
 use crate::token::{self, TokenError, VerifiedToken};
@@ -76,12 +77,15 @@ pub(super) enum FailureKind {
 }
 
 /// Verifies `token` for the connection of `client_id`, whose CONNECT gave
-/// `username`.
+/// `username`. What the token's grants leave out is logged, through the
+/// connection's `quiet` when it has one (a client re-authenticating in a
+/// loop must not write the same warnings each time).
 pub(super) fn authenticate(
     shared: &Shared,
     client_id: &str,
     username: Option<&str>,
     token: String,
+    mut quiet: Option<&mut Quiet>,
 ) -> Result<Authenticated, Failure> {
     let keys = shared.keys.snapshot();
     let verified = token::verify(&token, &keys, &shared.policy).map_err(|e| Failure {
@@ -122,13 +126,19 @@ pub(super) fn authenticate(
             kid: Some(verified.key_id.clone()),
             subject: verified.subject.clone(),
         })?;
+    let mut warn_about = |line: &dyn Fn(&str)| match quiet.as_deref_mut() {
+        Some(quiet) => quiet.log(Kind::GrantIgnored, client_id, line),
+        None => line(client_id),
+    };
     for (entry, why) in verified.grants.ignored() {
-        warn!(
-            client_id,
-            entry,
-            reason = %why,
-            "ignoring an entry of the token's grants"
-        );
+        warn_about(&|client_id| {
+            warn!(
+                client_id,
+                entry,
+                reason = %why,
+                "ignoring an entry of the token's grants"
+            );
+        });
     }
     let bound = verified
         .grants
@@ -139,12 +149,14 @@ pub(super) fn authenticate(
         })
         .map_err(|e| not_authorized(e.to_string()))?;
     for dropped in &bound.dropped {
-        warn!(
-            client_id,
-            filter = dropped.topic,
-            reason = %dropped.reason,
-            "ignoring a grant of the token"
-        );
+        warn_about(&|client_id| {
+            warn!(
+                client_id,
+                filter = dropped.topic,
+                reason = %dropped.reason,
+                "ignoring a grant of the token"
+            );
+        });
     }
     if !bound.grants.may_connect() {
         return Err(not_authorized("the token grants no topics".to_owned()));

@@ -44,7 +44,7 @@ use super::codec::{
 };
 use super::enhanced::{self, Auth};
 use super::owed::{MAX_OWED, Owed};
-use super::quiet::{Kind, Quiet, Verdict};
+use super::quiet::{Kind, Quiet};
 use super::wire::Outbox;
 use crate::acl::{Grants, RequestedFilter, validate_topic_name};
 use crate::broker::{
@@ -314,11 +314,13 @@ impl Client {
     /// `line` (given the client id) runs for the first few of `kind`, the
     /// rest are only counted and summed up now and then.
     pub fn log_limited(&mut self, kind: Kind, line: impl FnOnce(&str)) {
-        match self.quiet.admit(kind, std::time::Instant::now()) {
-            Verdict::Log => line(&self.id.client_id),
-            Verdict::Quiet => {}
-            Verdict::Summary(suppressed) => log_suppressed(&self.id.client_id, kind, suppressed),
-        }
+        self.quiet.log(kind, &self.id.client_id, line);
+    }
+
+    /// The limiter, for lines written about the client from outside
+    /// (re-authentication).
+    pub fn quiet(&mut self) -> &mut Quiet {
+        &mut self.quiet
     }
 
     pub fn id(&self) -> &Identity {
@@ -1047,9 +1049,7 @@ impl Client {
     /// is due. A pending publication completes in the background: its
     /// subscribers still get it, its publisher no longer its ack.
     pub fn hand_back(mut self, ending: &Ending) {
-        for (kind, suppressed) in self.quiet.pending() {
-            log_suppressed(&self.id.client_id, kind, suppressed);
-        }
+        self.quiet.finish(&self.id.client_id);
         if let Some((mut pending, _, _)) = self.pending {
             let broker = Arc::clone(&self.broker);
             tokio::spawn(async move {
@@ -1066,16 +1066,6 @@ impl Client {
         self.broker
             .detach(self.session, self.inflight, self.session_expiry, will);
     }
-}
-
-/// The line that stands for `suppressed` lines of `kind` left out.
-fn log_suppressed(client_id: &str, kind: Kind, suppressed: u64) {
-    info!(
-        client_id,
-        kind = kind.as_str(),
-        suppressed,
-        "lines left out of the log (the metrics count every refusal)"
-    );
 }
 
 /// The end of a connection whose bytes do not decode.

@@ -14,9 +14,12 @@
 //! refusal of that kind coming [`SUMMARY_INTERVAL`] or more after the last
 //! summary (or after the first line left out) writes one line with how many
 //! were left out meanwhile. What is still counted when the connection ends
-//! is written then ([`Quiet::pending`]).
+//! is written then ([`Quiet::finish`]). [`Quiet::log`] is the one way the
+//! connection layer writes such lines.
 
 use std::time::{Duration, Instant};
+
+use tracing::info;
 
 /// Lines of one kind written in full per connection.
 pub(super) const LOGGED_IN_FULL: u32 = 5;
@@ -35,14 +38,18 @@ pub(super) enum Kind {
     /// An MQTT 5 re-authentication accepted, and what it changed (the
     /// will dropped).
     Reauthentication,
+    /// A grant of a re-authentication's token left out (unbound
+    /// placeholder, invalid filter).
+    GrantIgnored,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [
+    const ALL: [Kind; 5] = [
         Kind::SubscriptionRefused,
         Kind::PublishRefused,
         Kind::SubscriptionDropped,
         Kind::Reauthentication,
+        Kind::GrantIgnored,
     ];
 
     /// The `refusal` field of a summary line.
@@ -52,6 +59,7 @@ impl Kind {
             Kind::PublishRefused => "publish refused",
             Kind::SubscriptionDropped => "subscription dropped",
             Kind::Reauthentication => "re-authentication",
+            Kind::GrantIgnored => "grant ignored",
         }
     }
 }
@@ -101,9 +109,27 @@ impl Quiet {
         Verdict::Summary(std::mem::take(&mut tally.suppressed))
     }
 
-    /// The lines still left out and not yet summed up, kind by kind: for
-    /// the connection's last words.
-    pub fn pending(&mut self) -> impl Iterator<Item = (Kind, u64)> + '_ {
+    /// Writes a line of `kind` about `client_id` if [`Quiet::admit`] lets
+    /// it: `line` (given the client id) writes it; a summary, when one is
+    /// due, is written instead.
+    pub fn log(&mut self, kind: Kind, client_id: &str, line: impl FnOnce(&str)) {
+        match self.admit(kind, Instant::now()) {
+            Verdict::Log => line(client_id),
+            Verdict::Quiet => {}
+            Verdict::Summary(suppressed) => log_suppressed(client_id, kind, suppressed),
+        }
+    }
+
+    /// Writes what is still left out and not summed up: the connection's
+    /// last words about it.
+    pub fn finish(&mut self, client_id: &str) {
+        for (kind, suppressed) in self.pending() {
+            log_suppressed(client_id, kind, suppressed);
+        }
+    }
+
+    /// The lines still left out and not yet summed up, kind by kind.
+    fn pending(&mut self) -> impl Iterator<Item = (Kind, u64)> + '_ {
         Kind::ALL
             .into_iter()
             .zip(self.tallies.iter_mut())
@@ -112,6 +138,16 @@ impl Quiet {
                 (suppressed > 0).then_some((kind, suppressed))
             })
     }
+}
+
+/// The line that stands for `suppressed` lines of `kind` left out.
+fn log_suppressed(client_id: &str, kind: Kind, suppressed: u64) {
+    info!(
+        client_id,
+        kind = kind.as_str(),
+        suppressed,
+        "lines left out of the log (the metrics count every refusal)"
+    );
 }
 
 #[cfg(test)]

@@ -176,9 +176,16 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
     mut expiry: Pin<&mut Sleep>,
 ) -> Option<Ending> {
     while let Some(token) = client.take_reauth() {
+        let (client_id, username) = (client.id().client_id.clone(), client.id().username.clone());
+        let verified = authenticate(
+            shared,
+            &client_id,
+            username.as_deref(),
+            token,
+            Some(client.quiet()),
+        );
         let id = client.id();
-        let authenticated = match authenticate(shared, &id.client_id, id.username.as_deref(), token)
-        {
+        let authenticated = match verified {
             Ok(authenticated) => authenticated,
             Err(failure) => {
                 shared.metrics.reauthentication(failure.outcome);
