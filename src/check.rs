@@ -71,18 +71,24 @@ pub struct RejectedTopic {
     pub reason: String,
 }
 
-/// The client id [`check`] binds placeholders to.
+/// The client id [`check`] binds placeholders to when the token names
+/// none.
 pub const DEFAULT_CLIENT_ID: &str = "jwtgate-check";
 
-/// Checks `token` as the gateway would at CONNECT, for a client with id
-/// [`DEFAULT_CLIENT_ID`].
+/// Checks `token` as the gateway would at CONNECT from the client the token
+/// is for: the client id its `clientid` claim names, else its `sub` (both
+/// bind `${clientid}`), else [`DEFAULT_CLIENT_ID`].
 pub fn check(token: &str, keys: &KeySet, policy: &Policy) -> CheckReport {
-    check_as(token, keys, policy, DEFAULT_CLIENT_ID)
+    report(token, keys, policy, None)
 }
 
 /// Checks `token` as the gateway would at a CONNECT from `client_id` with
 /// user name `JWT`.
 pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) -> CheckReport {
+    report(token, keys, policy, Some(client_id))
+}
+
+fn report(token: &str, keys: &KeySet, policy: &Policy, client_id: Option<&str>) -> CheckReport {
     let warnings = policy
         .warnings(keys)
         .iter()
@@ -98,7 +104,7 @@ pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) ->
                 key_file: None,
                 subject: None,
                 expires_at: None,
-                client_id: client_id.to_owned(),
+                client_id: client_id.unwrap_or(DEFAULT_CLIENT_ID).to_owned(),
                 topics: Vec::new(),
                 rules: Vec::new(),
                 rejected_topics: Vec::new(),
@@ -106,6 +112,12 @@ pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) ->
             };
         }
     };
+    let client_id = client_id
+        .or(verified.client_id.as_deref())
+        .or(verified.subject.as_deref())
+        .unwrap_or(DEFAULT_CLIENT_ID)
+        .to_owned();
+    let client_id = client_id.as_str();
     let bound = policy
         .client_id_binding()
         .bind(
@@ -372,6 +384,12 @@ mod tests {
                 .contains("\"clientid\" claim"),
             "the reason names the claim"
         );
+        // Without --client-id: the client the token is for.
+        let own = check(&claims(Some("gw-8")), &keys, &strict);
+        assert_eq!(own.client_id, "gw-8");
+        assert_eq!(own.topics, vec!["fleet/#", "site/gw-8/#"]);
+        let own = check(&claims(None), &keys, &strict);
+        assert_eq!(own.topics, vec!["fleet/#", "site/site-7/#"]);
         let none = policy(|auth| auth.client_id_binding = ClientIdBinding::Unchecked);
         let old = check_as(&claims(Some("gw-8")), &keys, &none, "gw-7");
         assert_eq!(old.topics, vec!["fleet/#", "site/gw-7/#"]);
