@@ -893,6 +893,34 @@ mod tests {
         check_with(token, &policy(|_| {}))
     }
 
+    #[test]
+    fn the_clientid_claim_is_read_as_a_string_unless_binding_is_off() {
+        let with = |clientid: Value| {
+            let mut claims = claims();
+            claims["clientid"] = clientid;
+            sign(Algorithm::HS256, Some("dev"), &claims, &hmac())
+        };
+        let verified = check(&with(json!("pump-17"))).unwrap();
+        assert_eq!(verified.client_id.as_deref(), Some("pump-17"));
+        assert_eq!(
+            check(&sign(Algorithm::HS256, Some("dev"), &claims(), &hmac()))
+                .unwrap()
+                .client_id,
+            None
+        );
+        assert_eq!(
+            check(&with(json!(17))),
+            Err(TokenError::BadClaim { claim: "clientid" })
+        );
+        // "none" never read it, so a token carrying an odd one still passes.
+        let off = policy(|auth| auth.client_id_binding = ClientIdBinding::Unchecked);
+        let verified = check_with(&with(json!(17)), &off).unwrap();
+        assert_eq!(verified.client_id, None);
+        let unbound = PolicyWarning::UnboundClientId;
+        assert!(off.warnings(&fixture().keys).contains(&unbound));
+        assert!(!policy(|_| {}).warnings(&fixture().keys).contains(&unbound));
+    }
+
     fn dev_key() -> &'static Key {
         fixture().keys.get("dev").unwrap()
     }
