@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 /// Lines of one kind written in full per connection.
-pub(super) const LOGGED_IN_FULL: u32 = 5;
+const LOGGED_IN_FULL: u32 = 5;
 /// The shortest time between two summaries of one kind on one connection.
-pub(super) const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a line is about: each kind has its own allowance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl Kind {
 
 /// What to do about one line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Verdict {
+enum Verdict {
     /// Write it.
     Log,
     /// Leave it out; it is counted.
@@ -94,7 +94,7 @@ pub(super) struct Quiet {
 
 impl Quiet {
     /// Decides about one line of `kind`, at `now`.
-    pub fn admit(&mut self, kind: Kind, now: Instant) -> Verdict {
+    fn admit(&mut self, kind: Kind, now: Instant) -> Verdict {
         let tally = &mut self.tallies[kind as usize];
         if tally.logged < LOGGED_IN_FULL {
             tally.logged += 1;
@@ -146,7 +146,7 @@ fn log_suppressed(client_id: &str, kind: Kind, suppressed: u64) {
         client_id,
         kind = kind.as_str(),
         suppressed,
-        "lines left out of the log (the metrics count every refusal)"
+        "lines left out of the log (the metrics count them all)"
     );
 }
 
