@@ -13,7 +13,7 @@ mod common;
 
 use common::raw5::{Raw5, v5};
 use common::scrape::{metrics_port, scrape, value};
-use common::{DevBinary, TestGateway, V4Client, V5Client, now_unix, v5_options_for};
+use common::{DevBinary, TestGateway, V4Client, V5Client, mqtt, now_unix, v5_options_for};
 use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
 use serde_json::{Value, json};
 
@@ -125,11 +125,24 @@ async fn a_clientid_claim_binds_and_a_mismatch_is_client_identifier_not_valid() 
         rumqttc::v5::mqttbytes::v5::ConnectReturnCode::ClientIdentifierNotValid,
         "MQTT 5: 0x85"
     );
+    // No client id: the one the gateway would assign is not the claimed one.
+    let mut raw = gw.raw().await;
+    raw.send_ok(
+        &mqtt::Connect::new(4, "")
+            .username("JWT")
+            .password(&token)
+            .encode(),
+    )
+    .await;
+    assert_eq!(
+        mqtt::parse_connack(&raw.read_packet().await),
+        Some((false, 2))
+    );
     gw.served
         .wait_for_log(0, "the token's \"clientid\" claim is \"pump-17\"")
         .await;
     let after = value(&scrape(port).await, MISMATCHES);
-    assert_eq!(after - before, 3.0, "each mismatch counted once");
+    assert_eq!(after - before, 4.0, "each mismatch counted once");
     gw.assert_no_panic();
 }
 
