@@ -14,6 +14,8 @@ mod common;
 use common::raw5::{Raw5, v5};
 use common::scrape::{metrics_port, scrape, value};
 use common::{DevBinary, TestGateway, V4Client, V5Client, mqtt, now_unix, v5_options_for};
+use std::time::Duration;
+
 use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
 use serde_json::{Value, json};
 
@@ -190,17 +192,45 @@ async fn client_id_binding_none_restores_the_unbound_behaviour_and_warns() {
 }
 
 #[tokio::test]
-async fn reauthentication_with_a_token_for_another_client_id_ends_the_session() {
+async fn reauthentication_applies_the_binding_to_the_new_token() {
     let gw = TestGateway::start().await;
-    let sign = |clientid: &str| gw.sign(&claims("dev-r", Some(clientid), &["r/${clientid}/#"]));
-    let (mut device, _) =
-        Raw5::connect(&gw, v5::Connect::enhanced("dev-r1", &sign("dev-r1"))).await;
+    let watch_token = gw.token("will-watch", &["r/#"], Duration::from_secs(600));
+    let mut watcher = gw.v4_connected("will-watch", &watch_token).await;
+    watcher.subscribe("r/+/will", QoS::AtMostOnce).await;
+    let sign = |clientid: Option<&str>| gw.sign(&claims("dev-r", clientid, &["r/${clientid}/#"]));
+    let connect = |client_id: &str, token: &str| {
+        v5::Connect::enhanced(client_id, token)
+            .will(v5::Will::new(&format!("r/{client_id}/will"), b"gone"))
+    };
+
+    // The same binding: the grants and the will they allow carry on.
+    let (mut device, _) = Raw5::connect(&gw, connect("dev-r1", &sign(Some("dev-r1")))).await;
     assert_eq!(device.subscribe(1, &[("r/dev-r1/#", 1)]).await, vec![1]);
     assert!(matches!(
-        device.reauthenticate(&sign("dev-r1")).await,
+        device.reauthenticate(&sign(Some("dev-r1"))).await,
         Some(v5::Packet::Auth { reason: 0x00, .. })
     ));
-    match device.reauthenticate(&sign("dev-r2")).await {
+    drop(device);
+    assert_eq!(
+        watcher.expect_publish("r/dev-r1/will").await.payload,
+        "gone"
+    );
+
+    // A new token without the claim leaves dev-r2 unbound: the will it no
+    // longer grants is dropped.
+    let (mut device, _) = Raw5::connect(&gw, connect("dev-r2", &sign(Some("dev-r2")))).await;
+    assert!(matches!(
+        device
+            .reauthenticate(&gw.sign(&claims("dev-r", None, &["r/${clientid}/#", "other/#"])))
+            .await,
+        Some(v5::Packet::Auth { reason: 0x00, .. })
+    ));
+    drop(device);
+    watcher.expect_no_publish().await;
+
+    // A claim naming another client id ends the session.
+    let (mut device, _) = Raw5::connect(&gw, connect("dev-r3", &sign(Some("dev-r3")))).await;
+    match device.reauthenticate(&sign(Some("dev-r4"))).await {
         Some(v5::Packet::Disconnect { reason, .. }) => assert_eq!(reason, 0x87),
         other => panic!("expected DISCONNECT 0x87, got {other:?}"),
     }

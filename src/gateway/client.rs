@@ -682,11 +682,12 @@ impl Client {
         self.id.grants = grants;
         self.id.credential = credential;
         self.narrow_to_grants();
-        let will_granted = self.will.as_ref().is_none_or(|will| {
+        let grants = &self.id.grants;
+        let not_granted = self.will.take_if(|will| {
             let p = &will.publication;
-            self.id.grants.may_publish(&p.topic, p.qos, p.retain)
+            !grants.may_publish(&p.topic, p.qos, p.retain)
         });
-        if let (false, Some(will)) = (will_granted, self.will.take()) {
+        if let Some(will) = not_granted {
             self.log_limited(Kind::Reauthentication, |client_id| {
                 info!(
                     client_id,
