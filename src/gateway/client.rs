@@ -494,6 +494,8 @@ impl Client {
     /// waiting client keep draining its own queue (two devices flooding
     /// each other would otherwise each wait for the other's acks).
     pub fn take_input(&mut self, input: &mut BytesMut, out: &mut Outbox) -> Option<Ending> {
+        self.quiet
+            .catch_up(&self.id.client_id, std::time::Instant::now());
         loop {
             if self.reauth.is_some() {
                 return None;

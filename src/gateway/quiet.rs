@@ -13,8 +13,11 @@
 //! [`LOGGED_IN_FULL`] are written; after that the lines are counted, and a
 //! refusal of that kind coming [`SUMMARY_INTERVAL`] or more after the last
 //! summary (or after the first line left out) writes one line with how many
-//! were left out meanwhile. What is still counted when the connection ends
-//! is written then ([`Quiet::finish`]). [`Quiet::log`] is the one way the
+//! were left out meanwhile; so does the client's next packet of any kind
+//! once that interval has passed ([`Quiet::catch_up`]), so a flood that
+//! stops is summed up by the next keep-alive ping, not days later. What is
+//! still counted when the connection ends is written then
+//! ([`Quiet::finish`]). [`Quiet::log`] is the one way the
 //! connection layer writes such lines.
 
 use std::time::{Duration, Instant};
@@ -120,6 +123,31 @@ impl Quiet {
         }
     }
 
+    /// Writes the summaries due at `now`, whatever the kind of what comes
+    /// next.
+    pub fn catch_up(&mut self, client_id: &str, now: Instant) {
+        for (kind, suppressed) in self.due(now) {
+            log_suppressed(client_id, kind, suppressed);
+        }
+    }
+
+    /// The kinds whose lines were left out [`SUMMARY_INTERVAL`] or more
+    /// before `now` and not summed up since, with how many.
+    fn due(&mut self, now: Instant) -> impl Iterator<Item = (Kind, u64)> + '_ {
+        Kind::ALL
+            .into_iter()
+            .zip(self.tallies.iter_mut())
+            .filter_map(move |(kind, tally)| {
+                let since = tally.since?;
+                if tally.suppressed == 0 || now.saturating_duration_since(since) < SUMMARY_INTERVAL
+                {
+                    return None;
+                }
+                tally.since = Some(now);
+                Some((kind, std::mem::take(&mut tally.suppressed)))
+            })
+    }
+
     /// Writes what is still left out and not summed up: the connection's
     /// last words about it.
     pub fn finish(&mut self, client_id: &str) {
@@ -203,6 +231,32 @@ mod tests {
         }
         let rest: u64 = quiet.pending().map(|(_, n)| n).sum();
         assert_eq!(left_out + rest, 3500, "every line left out is told");
+    }
+
+    #[test]
+    fn a_flood_that_stops_is_summed_up_once_the_interval_has_passed() {
+        let mut quiet = Quiet::default();
+        let t0 = Instant::now();
+        run(&mut quiet, Kind::PublishRefused, 50, t0);
+        run(&mut quiet, Kind::SubscriptionRefused, 3, t0);
+        let later = |secs| t0 + Duration::from_secs(secs);
+        assert_eq!(quiet.due(later(9)).count(), 0, "not yet");
+        assert_eq!(
+            quiet.due(later(10)).collect::<Vec<_>>(),
+            vec![(Kind::PublishRefused, 45)]
+        );
+        assert_eq!(quiet.due(later(60)).count(), 0, "told once");
+        // Past the interval, the next refusal is summed up at once and the
+        // interval starts again from it.
+        assert_eq!(
+            run(&mut quiet, Kind::PublishRefused, 2, later(61)),
+            vec![Verdict::Summary(1), Verdict::Quiet]
+        );
+        assert_eq!(quiet.due(later(70)).count(), 0);
+        assert_eq!(
+            quiet.due(later(71)).collect::<Vec<_>>(),
+            vec![(Kind::PublishRefused, 1)]
+        );
     }
 
     #[test]
