@@ -47,6 +47,7 @@ pub(super) enum Kind {
 }
 
 impl Kind {
+    /// In declaration order: a kind's tally is at its discriminant.
     const ALL: [Kind; 5] = [
         Kind::SubscriptionRefused,
         Kind::PublishRefused,
@@ -55,8 +56,8 @@ impl Kind {
         Kind::GrantIgnored,
     ];
 
-    /// The `refusal` field of a summary line.
-    pub fn as_str(self) -> &'static str {
+    /// The `kind` field of a summary line.
+    fn as_str(self) -> &'static str {
         match self {
             Kind::SubscriptionRefused => "subscription refused",
             Kind::PublishRefused => "publish refused",
