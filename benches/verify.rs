@@ -326,7 +326,7 @@ fn bench_verify(c: &mut Criterion) {
 
 /// The connection grants are bound to.
 const BINDINGS: Bindings<'static> = Bindings {
-    client_id: "thermostat-1a",
+    client_id: Some("thermostat-1a"),
     subject: Some("thermostat-1a"),
     username: Some("JWT"),
 };

@@ -71,18 +71,24 @@ pub struct RejectedTopic {
     pub reason: String,
 }
 
-/// The client id [`check`] binds placeholders to.
+/// The client id [`check`] binds placeholders to when the token names
+/// none.
 pub const DEFAULT_CLIENT_ID: &str = "jwtgate-check";
 
-/// Checks `token` as the gateway would at CONNECT, for a client with id
-/// [`DEFAULT_CLIENT_ID`].
+/// Checks `token` as the gateway would at CONNECT from the client the token
+/// is for: the client id its `clientid` claim names, else its `sub` (both
+/// bind `${clientid}`), else [`DEFAULT_CLIENT_ID`].
 pub fn check(token: &str, keys: &KeySet, policy: &Policy) -> CheckReport {
-    check_as(token, keys, policy, DEFAULT_CLIENT_ID)
+    report(token, keys, policy, None)
 }
 
 /// Checks `token` as the gateway would at a CONNECT from `client_id` with
 /// user name `JWT`.
 pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) -> CheckReport {
+    report(token, keys, policy, Some(client_id))
+}
+
+fn report(token: &str, keys: &KeySet, policy: &Policy, client_id: Option<&str>) -> CheckReport {
     let warnings = policy
         .warnings(keys)
         .iter()
@@ -98,7 +104,7 @@ pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) ->
                 key_file: None,
                 subject: None,
                 expires_at: None,
-                client_id: client_id.to_owned(),
+                client_id: client_id.unwrap_or(DEFAULT_CLIENT_ID).to_owned(),
                 topics: Vec::new(),
                 rules: Vec::new(),
                 rejected_topics: Vec::new(),
@@ -106,11 +112,30 @@ pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) ->
             };
         }
     };
-    let bound = verified.grants.bind(&Bindings {
-        client_id,
-        subject: verified.subject.as_deref(),
-        username: Some("JWT"),
-    });
+    let client_id = client_id
+        .or(verified.client_id.as_deref())
+        .or(verified.subject.as_deref())
+        .unwrap_or(DEFAULT_CLIENT_ID)
+        .to_owned();
+    let client_id = client_id.as_str();
+    let bound = policy
+        .client_id_binding()
+        .bind(
+            client_id,
+            verified.client_id.as_deref(),
+            verified.subject.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|bound_client_id| {
+            verified
+                .grants
+                .bind(&Bindings {
+                    client_id: bound_client_id,
+                    subject: verified.subject.as_deref(),
+                    username: Some("JWT"),
+                })
+                .map_err(|e| e.to_string())
+        });
     let mut rejected_topics: Vec<RejectedTopic> = verified
         .grants
         .ignored()
@@ -121,7 +146,7 @@ pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) ->
         })
         .collect();
     let (reason, topics, rules) = match &bound {
-        Err(e) => (Some(e.to_string()), Vec::new(), Vec::new()),
+        Err(e) => (Some(e.clone()), Vec::new(), Vec::new()),
         Ok(bound) => {
             rejected_topics.extend(bound.dropped.iter().map(|d| RejectedTopic {
                 filter: d.topic.clone(),
@@ -232,6 +257,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::acl::ClientIdBinding;
     use crate::config::{AuthConfig, Config};
     use crate::keys::KeyStore;
     use crate::keys::testing;
@@ -282,6 +308,7 @@ mod tests {
         let (_dir, keys) = key_set(false);
         let claims = json!({
             "sub": "site-7",
+            "clientid": "gw-7",
             "exp": now() + 600,
             "acl": [
                 {"permission": "deny", "action": "all", "topic": "site/secret/#"},
@@ -325,6 +352,52 @@ mod tests {
         let report = check(&token(&claims), &keys, &policy(|_| {}));
         assert!(!report.accepted);
         assert!(report.reason.unwrap_or_default().contains("deny rule"));
+    }
+
+    #[test]
+    fn clientid_stands_only_for_a_client_id_bound_to_the_token() {
+        let (_dir, keys) = key_set(false);
+        let claims = |clientid: Option<&str>| {
+            let mut claims = json!({
+                "sub": "site-7",
+                "exp": now() + 600,
+                "topics": ["site/${clientid}/#", "fleet/#"]
+            });
+            if let Some(clientid) = clientid {
+                claims["clientid"] = json!(clientid);
+            }
+            token(&claims)
+        };
+        let strict = policy(|_| {});
+        let unbound = check_as(&claims(None), &keys, &strict, "gw-7");
+        assert!(unbound.accepted, "{unbound}");
+        assert_eq!(unbound.topics, vec!["fleet/#"]);
+        assert_eq!(unbound.rejected_topics[0].filter, "site/${clientid}/#");
+        let by_subject = check_as(&claims(None), &keys, &strict, "site-7");
+        assert_eq!(by_subject.topics, vec!["fleet/#", "site/site-7/#"]);
+        let mismatch = check_as(&claims(Some("gw-8")), &keys, &strict, "gw-7");
+        assert!(!mismatch.accepted);
+        assert!(
+            mismatch
+                .reason
+                .unwrap_or_default()
+                .contains("\"clientid\" claim"),
+            "the reason names the claim"
+        );
+        // Without --client-id: the client the token is for.
+        let own = check(&claims(Some("gw-8")), &keys, &strict);
+        assert_eq!(own.client_id, "gw-8");
+        assert_eq!(own.topics, vec!["fleet/#", "site/gw-8/#"]);
+        let own = check(&claims(None), &keys, &strict);
+        assert_eq!(own.topics, vec!["fleet/#", "site/site-7/#"]);
+        let none = policy(|auth| auth.client_id_binding = ClientIdBinding::Unchecked);
+        let old = check_as(&claims(Some("gw-8")), &keys, &none, "gw-7");
+        assert_eq!(old.topics, vec!["fleet/#", "site/gw-7/#"]);
+        assert!(
+            old.warnings
+                .iter()
+                .any(|w| w.contains("client_id_binding = \"none\""))
+        );
     }
 
     fn json_of(report: &CheckReport) -> Value {

@@ -74,9 +74,10 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
-        /// Bind `${clientid}` in the token's grants to this client id.
-        #[arg(long, value_name = "ID", default_value = jwtgate::check::DEFAULT_CLIENT_ID)]
-        client_id: String,
+        /// Check for a CONNECT with this client id (default: the one the
+        /// token is bound to: its `clientid` claim, else its `sub`).
+        #[arg(long, value_name = "ID")]
+        client_id: Option<String>,
     },
     /// Print an HS256 token signed with a secret from the keys directory.
     #[command(
@@ -116,7 +117,7 @@ fn main() -> ExitCode {
             client_id,
         } => {
             init_logging(log_format.unwrap_or_default());
-            return check(&token, config, keys_dir, json, &client_id);
+            return check(&token, config, keys_dir, json, client_id.as_deref());
         }
         Command::Serve { config, listen } => serve(config, listen, log_format),
         Command::Mint {
@@ -323,7 +324,7 @@ fn check(
     config_path: Option<PathBuf>,
     keys_dir: Option<PathBuf>,
     json: bool,
-    client_id: &str,
+    client_id: Option<&str>,
 ) -> ExitCode {
     let token = if token == "-" {
         let mut text = String::new();
@@ -342,8 +343,11 @@ fn check(
             return ExitCode::from(2);
         }
     };
-    let report =
-        jwtgate::check::check_as(&token, &keys, &Policy::from_config(&config.auth), client_id);
+    let policy = Policy::from_config(&config.auth);
+    let report = match client_id {
+        Some(client_id) => jwtgate::check::check_as(&token, &keys, &policy, client_id),
+        None => jwtgate::check::check(&token, &keys, &policy),
+    };
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),

@@ -38,6 +38,9 @@
 //!    `iat` not after `exp`, and `exp - iat` within the cap. Dates are
 //!    whole seconds and may be as large as `u64::MAX` (larger or
 //!    fractional JSON numbers are clipped): all sums with them saturate.
+//!    Under `[auth] client_id_binding = "claim_or_subject"`, a `clientid`
+//!    claim must be a string; whether it matches the connection is the
+//!    connection's to decide ([`ClientIdBinding`]).
 //! 8. Topics: the claim the policy names (possibly a namespaced URL) holds
 //!    an array of topic filters, or a single one as a string. Invalid
 //!    filters are dropped and returned for the caller to log.
@@ -76,7 +79,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
-use crate::acl::{ClaimError, ClaimNames, GrantTemplate};
+use crate::acl::{ClaimError, ClaimNames, ClientIdBinding, GrantTemplate};
 use crate::config::AuthConfig;
 use crate::keys::{DenyEntry, Key, KeySet};
 
@@ -106,6 +109,7 @@ pub struct Policy {
     max_lifetime: Option<u64>,
     /// `None` accepts every algorithm some key allows.
     algorithms: Option<Vec<Algorithm>>,
+    client_id_binding: ClientIdBinding,
 }
 
 impl Policy {
@@ -124,7 +128,13 @@ impl Policy {
             require_subject: auth.require_subject,
             max_lifetime: auth.max_token_lifetime.map(|max| max.as_secs()),
             algorithms: auth.algorithms.clone(),
+            client_id_binding: auth.client_id_binding,
         }
+    }
+
+    /// What ties a connection's client id to its token, for `${clientid}`.
+    pub fn client_id_binding(&self) -> ClientIdBinding {
+        self.client_id_binding
     }
 
     fn allows(&self, alg: Algorithm) -> bool {
@@ -155,6 +165,9 @@ impl Policy {
                 warnings.push(PolicyWarning::NoAudience { files });
             }
         }
+        if self.client_id_binding == ClientIdBinding::Unchecked {
+            warnings.push(PolicyWarning::UnboundClientId);
+        }
         warnings
     }
 }
@@ -169,6 +182,9 @@ pub enum PolicyWarning {
         /// The files holding those keys, sorted.
         files: Vec<PathBuf>,
     },
+    /// `[auth] client_id_binding = "none"`: `${clientid}` takes whatever
+    /// client id a device gives.
+    UnboundClientId,
 }
 
 impl fmt::Display for PolicyWarning {
@@ -190,6 +206,12 @@ impl fmt::Display for PolicyWarning {
                      to the \"aud\" of this gateway's tokens (RFC 8725 §3.9)",
                 )
             }
+            PolicyWarning::UnboundClientId => f.write_str(
+                "[auth] client_id_binding = \"none\": ${clientid} in grants takes any client id \
+                 a device connects with, so a device can use another's ${clientid} topics by \
+                 using its client id; give tokens a \"clientid\" claim (or sub equal to the \
+                 client id) and remove the setting",
+            ),
         }
     }
 }
@@ -198,6 +220,9 @@ impl fmt::Display for PolicyWarning {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedToken {
     pub subject: Option<String>,
+    /// The `clientid` claim: the one client id the issuer meant the token
+    /// for ([`ClientIdBinding`]).
+    pub client_id: Option<String>,
     /// The key that verified the signature.
     pub key_id: String,
     pub key_file: PathBuf,
@@ -366,6 +391,12 @@ fn verify_at(
     let claims = parts.claims()?;
     let subject = string_claim(&claims, "sub")?;
     let jti = string_claim(&claims, "jti")?;
+    // Under "none" the claim was never looked at; a token carrying one of
+    // an odd type must not start failing.
+    let client_id = match policy.client_id_binding {
+        ClientIdBinding::ClaimOrSubject => string_claim(&claims, "clientid")?,
+        ClientIdBinding::Unchecked => None,
+    };
     if let Some(by) = keys.deny_list().matching(jti, subject, key.id()) {
         return Err(TokenError::Revoked {
             by,
@@ -378,6 +409,7 @@ fn verify_at(
     let checked = check_claims(&claims, policy, now)?;
     Ok(VerifiedToken {
         subject: subject.map(str::to_owned),
+        client_id: client_id.map(str::to_owned),
         key_id: key.id().to_owned(),
         key_file: key.source().to_path_buf(),
         expires_at: checked.exp,
@@ -861,6 +893,34 @@ mod tests {
         check_with(token, &policy(|_| {}))
     }
 
+    #[test]
+    fn the_clientid_claim_is_read_as_a_string_unless_binding_is_off() {
+        let with = |clientid: Value| {
+            let mut claims = claims();
+            claims["clientid"] = clientid;
+            sign(Algorithm::HS256, Some("dev"), &claims, &hmac())
+        };
+        let verified = check(&with(json!("pump-17"))).unwrap();
+        assert_eq!(verified.client_id.as_deref(), Some("pump-17"));
+        assert_eq!(
+            check(&sign(Algorithm::HS256, Some("dev"), &claims(), &hmac()))
+                .unwrap()
+                .client_id,
+            None
+        );
+        assert_eq!(
+            check(&with(json!(17))),
+            Err(TokenError::BadClaim { claim: "clientid" })
+        );
+        // "none" never read it, so a token carrying an odd one still passes.
+        let off = policy(|auth| auth.client_id_binding = ClientIdBinding::Unchecked);
+        let verified = check_with(&with(json!(17)), &off).unwrap();
+        assert_eq!(verified.client_id, None);
+        let unbound = PolicyWarning::UnboundClientId;
+        assert!(off.warnings(&fixture().keys).contains(&unbound));
+        assert!(!policy(|_| {}).warnings(&fixture().keys).contains(&unbound));
+    }
+
     fn dev_key() -> &'static Key {
         fixture().keys.get("dev").unwrap()
     }
@@ -880,7 +940,7 @@ mod tests {
         token
             .grants
             .bind(&Bindings {
-                client_id: "c",
+                client_id: Some("c"),
                 subject: token.subject.as_deref(),
                 username: Some("JWT"),
             })

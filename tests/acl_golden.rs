@@ -94,7 +94,7 @@ fn jwtgate_decides_as_emqx_documents_or_says_why_not() {
         let grants = verified
             .grants
             .bind(&Bindings {
-                client_id: &case.client_id,
+                client_id: Some(&case.client_id),
                 subject: verified.subject.as_deref(),
                 username: Some("JWT"),
             })

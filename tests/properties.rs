@@ -56,7 +56,7 @@ fn granted(verified: &VerifiedToken) -> (BTreeSet<String>, usize) {
     let bound = verified
         .grants
         .bind(&Bindings {
-            client_id: "c",
+            client_id: Some("c"),
             subject: verified.subject.as_deref(),
             username: Some("JWT"),
         })

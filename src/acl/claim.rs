@@ -388,7 +388,10 @@ fn strings(value: &Value) -> Option<Vec<&str>> {
 /// What the placeholders of one connection stand for.
 #[derive(Debug, Clone, Copy)]
 pub struct Bindings<'a> {
-    pub client_id: &'a str,
+    /// The connection's client id when it is bound to the token
+    /// ([`super::ClientIdBinding::bind`]); `None` leaves `${clientid}`
+    /// without a value.
+    pub client_id: Option<&'a str>,
     /// The token's `sub`.
     pub subject: Option<&'a str>,
     /// The CONNECT's user name: always `JWT` when the token came as the
@@ -431,6 +434,11 @@ pub enum GrantError {
     UnknownPlaceholder(String),
     #[error("${{{0}}} has no value on this connection")]
     NoValue(&'static str),
+    #[error(
+        "${{clientid}} stands only for a client id bound to the token (named by its \"clientid\" \
+         claim, or equal to its \"sub\", and not starting with '$'); this one is not"
+    )]
+    UnboundClientId,
     #[error("the value of ${{{0}}} holds '/', '+', '#' or NUL, which would change the filter")]
     UnsafeValue(&'static str),
 }
@@ -449,7 +457,10 @@ fn substitute(topic: &str, values: &Bindings<'_>) -> Result<String, GrantError> 
         };
         let name = from.get(2..end).unwrap_or_default();
         let (label, value) = match name {
-            "clientid" => ("clientid", Some(values.client_id)),
+            "clientid" => (
+                "clientid",
+                Some(values.client_id.ok_or(GrantError::UnboundClientId)?),
+            ),
             "sub" => ("sub", values.subject),
             "username" => ("username", values.username),
             other => return Err(GrantError::UnknownPlaceholder(other.to_owned())),

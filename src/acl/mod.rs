@@ -18,7 +18,9 @@
 //! token can only narrow what its `topics` claim grants, and the reverse.
 //! Grants may hold placeholders (`${clientid}`, `${sub}`, `${username}`),
 //! so a token's claims are read into a [`GrantTemplate`] at verification
-//! and bound into [`Grants`] once the connection's client id is known.
+//! and bound into [`Grants`] once the connection's client id is known;
+//! `${clientid}` only takes a client id the token vouches for
+//! ([`client_id`]).
 //!
 //! Two relations between filters decide everything
 //! ([`filter`]):
@@ -68,6 +70,7 @@
 )]
 
 pub mod claim;
+pub mod client_id;
 pub mod filter;
 pub mod rules;
 
@@ -75,6 +78,7 @@ pub use claim::{
     BindError, Bindings, Bound, ClaimError, ClaimForm, ClaimNames, Dropped, GrantError,
     GrantTemplate,
 };
+pub use client_id::{ClientIdBinding, ClientIdMismatch};
 pub use filter::{
     FilterError, LimitError, RequestedFilter, TopicError, TopicFilter, TopicLimits,
     validate_topic_name,
@@ -183,7 +187,7 @@ mod tests {
 
     fn bindings(client_id: &'static str) -> Bindings<'static> {
         Bindings {
-            client_id,
+            client_id: Some(client_id),
             subject: Some("device-7"),
             username: Some("JWT"),
         }
@@ -441,6 +445,80 @@ mod tests {
         let open = GrantTemplate::from_topics(["x/${clientid"]);
         let g = open.bind(&bindings("dev1")).expect("binds").grants;
         assert!(g.may_publish("x/${clientid", Q0, false));
+    }
+
+    #[test]
+    fn an_unbound_client_id_leaves_its_allow_rules_out_and_refuses_its_deny_rules() {
+        let unbound = Bindings {
+            client_id: None,
+            ..bindings("pump-17")
+        };
+        let allow = GrantTemplate::from_topics(["dev/${clientid}/#", "fleet/#"]);
+        let bound = allow.bind(&unbound).expect("binds");
+        assert_eq!(bound.dropped.len(), 1);
+        assert_eq!(bound.dropped[0].topic, "dev/${clientid}/#");
+        assert_eq!(bound.dropped[0].reason, GrantError::UnboundClientId);
+        assert!(!bound.grants.may_subscribe("dev/pump-17/#", Q0));
+        assert!(!bound.grants.may_publish("dev/pump-17/cmd", Q0, false));
+        assert!(bound.grants.may_publish("fleet/x", Q0, false));
+
+        let deny = GrantTemplate::from_claims(
+            None,
+            Some(&json!([
+                {"permission": "deny", "action": "all", "topic": "dev/${clientid}/admin"},
+                {"permission": "allow", "action": "all", "topic": "dev/#"},
+            ])),
+            NAMES,
+        )
+        .expect("readable");
+        let refused = deny
+            .bind(&unbound)
+            .expect_err("a deny rule cannot be left out");
+        assert_eq!(refused.reason, GrantError::UnboundClientId);
+
+        // `${sub}` does not depend on the client id.
+        let sub = GrantTemplate::from_topics(["users/${sub}/#"]);
+        assert!(sub.bind(&unbound).expect("binds").dropped.is_empty());
+    }
+
+    #[test]
+    fn the_bound_client_id_is_what_clientid_resolves_to() {
+        let template = GrantTemplate::from_topics(["dev/${clientid}/#"]);
+        let as_seen = |client_id: &str, claim: Option<&str>, binding: ClientIdBinding| {
+            let client_id = binding.bind(client_id, claim, Some("thermostat-3"))?;
+            let grants = template
+                .bind(&Bindings {
+                    client_id,
+                    subject: Some("thermostat-3"),
+                    username: Some("JWT"),
+                })
+                .expect("binds")
+                .grants;
+            Ok::<_, ClientIdMismatch>(
+                grants
+                    .filters()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let strict = ClientIdBinding::ClaimOrSubject;
+        assert_eq!(as_seen("pump-17", None, strict), Ok(vec![]));
+        assert_eq!(
+            as_seen("thermostat-3", None, strict),
+            Ok(vec!["dev/thermostat-3/#".to_owned()])
+        );
+        assert_eq!(
+            as_seen("pump-17", Some("pump-17"), strict),
+            Ok(vec!["dev/pump-17/#".to_owned()])
+        );
+        assert!(as_seen("pump-17", Some("pump-18"), strict).is_err());
+        assert_eq!(as_seen("$SYS", Some("$SYS"), strict), Ok(vec![]));
+        let none = ClientIdBinding::Unchecked;
+        assert_eq!(
+            as_seen("pump-17", None, none),
+            Ok(vec!["dev/pump-17/#".to_owned()])
+        );
+        assert_eq!(as_seen("$SYS", None, none), Ok(vec![]));
     }
 
     mod properties {

@@ -48,6 +48,8 @@ use crate::acl::TopicLimits;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+pub use crate::acl::ClientIdBinding;
+
 mod bridge;
 pub use bridge::{
     BridgeConfig, BridgeQoS, ClientCert, Credential, ForwardRule, Protocol, Remote, SubscribeRule,
@@ -194,6 +196,8 @@ pub struct AuthConfig {
     pub algorithms: Option<Vec<Algorithm>>,
     /// What happens to a connection after a refused PUBLISH.
     pub deny_publish: DenyPublish,
+    /// What ties a client id to a token, for `${clientid}` in grants.
+    pub client_id_binding: ClientIdBinding,
 }
 
 /// What happens to a connection after the gateway refuses one of its
@@ -450,6 +454,7 @@ impl Config {
                 max_token_lifetime: None,
                 algorithms: None,
                 deny_publish: DenyPublish::Drop,
+                client_id_binding: ClientIdBinding::ClaimOrSubject,
             },
             limits: Limits::default(),
             sessions: SessionSettings::default(),
@@ -509,6 +514,7 @@ struct RawAuth {
     max_token_lifetime_secs: Option<Spanned<i64>>,
     algorithms: Option<Spanned<Vec<Spanned<String>>>>,
     deny_publish: Option<Spanned<DenyPublish>>,
+    client_id_binding: Option<Spanned<ClientIdBinding>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -893,6 +899,9 @@ impl RawAuth {
         if let Some(require_subject) = self.require_subject {
             auth.require_subject = require_subject;
         }
+        if let Some(binding) = self.client_id_binding {
+            auth.client_id_binding = binding.into_inner();
+        }
         if let Some(lifetime) = &self.max_token_lifetime_secs {
             auth.max_token_lifetime =
                 Some(doc.seconds(lifetime, "[auth] max_token_lifetime_secs", 1)?);
@@ -1261,6 +1270,7 @@ require_subject = true           # default true: refuse tokens without a non-emp
 max_token_lifetime_secs = 86400  # optional cap on exp - iat; must be > 0
 algorithms = ["HS256", "RS256"]  # optional allow-list; each must be a jsonwebtoken::Algorithm name; empty list is an error
 deny_publish = "drop"            # "drop" (default) | "disconnect": what happens to a connection after a refused PUBLISH
+client_id_binding = "claim_or_subject"  # default; "none" lets ${clientid} take any client id
 [limits]
 handshake_timeout_secs = 10      # TLS handshake timeout; default 10; must be > 0
 connect_timeout_secs = 10        # time from TLS up to a CONNECT packet; default 10; must be > 0
@@ -1336,6 +1346,7 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
                     max_token_lifetime: Some(Duration::from_secs(86_400)),
                     algorithms: Some(vec![Algorithm::HS256, Algorithm::RS256]),
                     deny_publish: DenyPublish::Drop,
+                    client_id_binding: ClientIdBinding::ClaimOrSubject,
                 },
                 limits: Limits {
                     handshake_timeout: Duration::from_secs(10),
@@ -1428,6 +1439,10 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
         assert_eq!(example.auth.keys_dir, defaults.auth.keys_dir);
         assert_eq!(example.auth.leeway, defaults.auth.leeway);
         assert_eq!(example.auth.require_subject, defaults.auth.require_subject);
+        assert_eq!(
+            example.auth.client_id_binding,
+            defaults.auth.client_id_binding
+        );
     }
 
     #[test]
@@ -1530,6 +1545,7 @@ require_exp = false
 require_subject = false
 algorithms = ["EdDSA", "ES256", "PS512"]
 deny_publish = "disconnect"
+client_id_binding = "none"
 [limits]
 handshake_timeout_secs = 3
 connect_timeout_secs = 7
@@ -1569,6 +1585,7 @@ max_session_expiry_secs = 0
             Some(vec![Algorithm::EdDSA, Algorithm::ES256, Algorithm::PS512])
         );
         assert_eq!(config.auth.deny_publish, DenyPublish::Disconnect);
+        assert_eq!(config.auth.client_id_binding, ClientIdBinding::Unchecked);
         assert_eq!(
             config.limits,
             Limits {
@@ -1793,6 +1810,13 @@ max_session_expiry_secs = 0
                 16,
                 "[auth] deny_publish",
                 "unknown variant `maybe`, expected `drop` or `disconnect`",
+            ),
+            (
+                "[auth]\n\nclient_id_binding = \"subject\"\n",
+                3,
+                21,
+                "[auth] client_id_binding",
+                "unknown variant `subject`, expected `claim_or_subject` or `none`",
             ),
             (
                 "[auth]\nalgorithms = [\"HS256\", \"HS999\"]\n",

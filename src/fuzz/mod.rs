@@ -131,7 +131,7 @@ fn fixture() -> &'static Fixture {
         let session_grants = verified
             .grants
             .bind(&Bindings {
-                client_id: "fuzz",
+                client_id: Some("fuzz"),
                 subject: verified.subject.as_deref(),
                 username: Some("JWT"),
             })

@@ -3,10 +3,14 @@
 //! `JWT`) and again at MQTT 5 re-authentication (AUTH 0x19).
 //!
 //! Both go through [`authenticate`]: the token is verified against the key
-//! set and policy in force, its grants are bound to the connection's client
-//! id, subject and user name ([`crate::acl::GrantTemplate::bind`]), and it
-//! must allow something. A failure says whether the credentials are bad or
-//! the identity is not authorized, which is all the client is told.
+//! set and policy in force, the connection's client id is checked against
+//! it ([`crate::acl::ClientIdBinding`]: a `clientid` claim naming another
+//! client is refused, and `${clientid}` resolves only for a client id the
+//! token vouches for), its grants are bound to that client id, the subject
+//! and the user name ([`crate::acl::GrantTemplate::bind`]), and it must
+//! allow something. A failure says whether the credentials are bad, the
+//! client id is not the token's, or the identity is not authorized, which
+//! is all the client is told.
 
 // Untrusted input (a token from a client): fail with an error, never a
 // panic. See "Robustness" in the crate docs.
@@ -23,6 +27,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::Shared;
+use super::quiet::{Kind, Quiet};
 use crate::acl::{Bindings, Grants};
 use crate::metrics::ConnectOutcome;
 use crate::token::{self, TokenError, VerifiedToken};
@@ -66,15 +71,21 @@ pub(super) enum FailureKind {
     /// An authentic token whose identity may not connect (0x87): revoked,
     /// without a subject, or granting nothing.
     NotAuthorized,
+    /// An authentic token issued for another client id (its `clientid`
+    /// claim): CONNACK 0x85, "client identifier not valid".
+    ClientIdMismatch,
 }
 
 /// Verifies `token` for the connection of `client_id`, whose CONNECT gave
-/// `username`.
+/// `username`. What the token's grants leave out is logged, through the
+/// connection's `quiet` when it has one (a client re-authenticating in a
+/// loop must not write the same warnings each time).
 pub(super) fn authenticate(
     shared: &Shared,
     client_id: &str,
     username: Option<&str>,
     token: String,
+    mut quiet: Option<&mut Quiet>,
 ) -> Result<Authenticated, Failure> {
     let keys = shared.keys.snapshot();
     let verified = token::verify(&token, &keys, &shared.policy).map_err(|e| Failure {
@@ -100,29 +111,52 @@ pub(super) fn authenticate(
         kid: Some(verified.key_id.clone()),
         subject: verified.subject.clone(),
     };
-    for (entry, why) in verified.grants.ignored() {
-        warn!(
+    let bound_client_id = shared
+        .policy
+        .client_id_binding()
+        .bind(
             client_id,
-            entry,
-            reason = %why,
-            "ignoring an entry of the token's grants"
-        );
+            verified.client_id.as_deref(),
+            verified.subject.as_deref(),
+        )
+        .map_err(|e| Failure {
+            kind: FailureKind::ClientIdMismatch,
+            outcome: ConnectOutcome::ClientIdMismatch,
+            reason: e.to_string(),
+            kid: Some(verified.key_id.clone()),
+            subject: verified.subject.clone(),
+        })?;
+    let mut warn_about = |line: &dyn Fn(&str)| match quiet.as_deref_mut() {
+        Some(quiet) => quiet.log(Kind::GrantIgnored, client_id, line),
+        None => line(client_id),
+    };
+    for (entry, why) in verified.grants.ignored() {
+        warn_about(&|client_id| {
+            warn!(
+                client_id,
+                entry,
+                reason = %why,
+                "ignoring an entry of the token's grants"
+            );
+        });
     }
     let bound = verified
         .grants
         .bind(&Bindings {
-            client_id,
+            client_id: bound_client_id,
             subject: verified.subject.as_deref(),
             username,
         })
         .map_err(|e| not_authorized(e.to_string()))?;
     for dropped in &bound.dropped {
-        warn!(
-            client_id,
-            filter = dropped.topic,
-            reason = %dropped.reason,
-            "ignoring a grant of the token"
-        );
+        warn_about(&|client_id| {
+            warn!(
+                client_id,
+                filter = dropped.topic,
+                reason = %dropped.reason,
+                "ignoring a grant of the token"
+            );
+        });
     }
     if !bound.grants.may_connect() {
         return Err(not_authorized("the token grants no topics".to_owned()));

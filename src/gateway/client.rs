@@ -44,6 +44,7 @@ use super::codec::{
 };
 use super::enhanced::{self, Auth};
 use super::owed::{MAX_OWED, Owed};
+use super::quiet::{Kind, Quiet};
 use super::wire::Outbox;
 use crate::acl::{Grants, TopicLimits};
 use crate::broker::{
@@ -270,6 +271,8 @@ pub(super) struct Client {
     /// packet behind it is taken until it is, so each is judged by the
     /// grants in force when it was sent.
     reauth: Option<String>,
+    /// How many more lines the client's refusals may write to the log.
+    quiet: Quiet,
 }
 
 impl Client {
@@ -302,11 +305,25 @@ impl Client {
             deferred_bytes: 0,
             batch: Vec::new(),
             reauth: None,
+            quiet: Quiet::default(),
         }
     }
 
     fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Logs a line about this client's refusals through its [`Quiet`]:
+    /// `line` (given the client id) runs for the first few of `kind`, the
+    /// rest are only counted and summed up now and then.
+    pub fn log_limited(&mut self, kind: Kind, line: impl FnOnce(&str)) {
+        self.quiet.log(kind, &self.id.client_id, line);
+    }
+
+    /// The limiter, for lines written about the client from outside
+    /// (re-authentication).
+    pub fn quiet(&mut self) -> &mut Quiet {
+        &mut self.quiet
     }
 
     pub fn id(&self) -> &Identity {
@@ -487,6 +504,8 @@ impl Client {
     /// waiting client keep draining its own queue (two devices flooding
     /// each other would otherwise each wait for the other's acks).
     pub fn take_input(&mut self, input: &mut BytesMut, out: &mut Outbox) -> Option<Ending> {
+        self.quiet
+            .catch_up(&self.id.client_id, std::time::Instant::now());
         loop {
             if self.reauth.is_some() {
                 return None;
@@ -675,16 +694,19 @@ impl Client {
         self.id.grants = grants;
         self.id.credential = credential;
         self.narrow_to_grants();
-        if let Some(will) = &self.will {
+        let grants = &self.id.grants;
+        let not_granted = self.will.take_if(|will| {
             let p = &will.publication;
-            if !self.id.grants.may_publish(&p.topic, p.qos, p.retain) {
+            !grants.may_publish(&p.topic, p.qos, p.retain)
+        });
+        if let Some(will) = not_granted {
+            self.log_limited(Kind::Reauthentication, |client_id| {
                 info!(
-                    client_id = self.id.client_id,
-                    topic = p.topic,
+                    client_id,
+                    topic = will.publication.topic,
                     "will dropped: the new token does not grant its topic"
                 );
-                self.will = None;
-            }
+            });
         }
         out.queue_with(|bytes| Auth::encode(enhanced::SUCCESS, None, bytes));
     }
@@ -698,10 +720,12 @@ impl Client {
             .restrict(&self.session, &self.id.grants, &mut self.inflight);
         self.resend &= self.inflight.outgoing() > 0;
         for filter in dropped {
-            info!(
-                client_id = self.id.client_id,
-                filter, "subscription dropped: the new token does not grant it"
-            );
+            self.log_limited(Kind::SubscriptionDropped, |client_id| {
+                info!(
+                    client_id,
+                    filter, "subscription dropped: the new token does not grant it"
+                );
+            });
         }
     }
 
@@ -729,21 +753,20 @@ impl Client {
             ));
         }
         if header.properties_len > self.limits.max_property_bytes {
-            info!(
-                client_id = self.id.client_id,
-                topic,
-                bytes = header.properties_len,
-                max = self.limits.max_property_bytes,
-                "publish refused: too many property bytes"
-            );
+            let (bytes, max) = (header.properties_len, self.limits.max_property_bytes);
+            self.log_limited(Kind::PublishRefused, |client_id| {
+                info!(
+                    client_id,
+                    topic, bytes, max, "publish refused: too many property bytes"
+                );
+            });
             self.refuse_publish(out, header, PubAckReason::QuotaExceeded);
             return None;
         }
         if !self.id.grants.may_publish(&topic, header.qos, retain) {
-            info!(
-                client_id = self.id.client_id,
-                topic, "publish refused: topic not granted"
-            );
+            self.log_limited(Kind::PublishRefused, |client_id| {
+                info!(client_id, topic, "publish refused: topic not granted");
+            });
             self.refuse_publish(out, header, PubAckReason::NotAuthorized);
             return match self.limits.deny_publish {
                 DenyPublish::Drop => None,
@@ -953,7 +976,9 @@ impl Client {
             };
             if !matches!(code, SubscribeReasonCode::Success(_)) {
                 self.metrics.subscription_refused();
-                info!(client_id = self.id.client_id, filter = filter.path, reason = ?code, "subscription refused");
+                self.log_limited(Kind::SubscriptionRefused, |client_id| {
+                    info!(client_id, filter = filter.path, reason = ?code, "subscription refused");
+                });
             }
             if let Some(slot) = return_codes.get_mut(i) {
                 *slot = code;
@@ -1096,7 +1121,8 @@ impl Client {
     /// Hands the session back to the routing core, with the will when one
     /// is due. A pending publication completes in the background: its
     /// subscribers still get it, its publisher no longer its ack.
-    pub fn hand_back(self, ending: &Ending) {
+    pub fn hand_back(mut self, ending: &Ending) {
+        self.quiet.finish(&self.id.client_id);
         if let Some((mut pending, _, _)) = self.pending {
             let broker = Arc::clone(&self.broker);
             tokio::spawn(async move {

@@ -567,11 +567,13 @@ fn admit(
         )));
     }
     let token = std::mem::take(&mut credentials.token);
-    let authenticated = authenticate(shared, client_id, credentials.username.as_deref(), token)
-        .map_err(|failure| Rejection {
+    let username = credentials.username.as_deref();
+    let authenticated =
+        authenticate(shared, client_id, username, token, None).map_err(|failure| Rejection {
             refusal: match failure.kind {
                 FailureKind::BadCredentials => Refusal::BadCredentials,
                 FailureKind::NotAuthorized => Refusal::NotAuthorized,
+                FailureKind::ClientIdMismatch => Refusal::BadClientId,
             },
             outcome: failure.outcome,
             reason: failure.reason,

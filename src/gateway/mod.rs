@@ -17,7 +17,8 @@
 //!   (`client`: packets in, decisions out): every packet authorized,
 //!   publishes routed on the task itself, acks held in order until the
 //!   bridges have committed (`owed`), deliveries written from the
-//!   session's mailbox. MQTT framing comes from rumqttd's codec behind a guard
+//!   session's mailbox; what it is refused is counted in full and logged
+//!   within a per-connection allowance (`quiet`). MQTT framing comes from rumqttd's codec behind a guard
 //!   (`codec`); the socket is driven in both directions at once (`wire`).
 //! - One live connection per session (`takeover`).
 //! - Shutdown: the future given to `run` resolves, the listener stops, every
@@ -34,6 +35,7 @@ mod fuzzing;
 mod listener;
 mod owed;
 mod pending;
+mod quiet;
 mod session;
 mod takeover;
 mod wire;

@@ -37,6 +37,7 @@ use super::Shared;
 use super::authenticate::{FailureKind, authenticate};
 use super::client::{Client, Ending, WRITE_BATCH};
 use super::enhanced;
+use super::quiet::Kind;
 use super::takeover::Claim;
 use super::wire::{Progress, Wire};
 use crate::broker::{Broker, Pending};
@@ -175,16 +176,28 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
     mut expiry: Pin<&mut Sleep>,
 ) -> Option<Ending> {
     while let Some(token) = client.take_reauth() {
+        let (client_id, username) = (client.id().client_id.clone(), client.id().username.clone());
+        let verified = authenticate(
+            shared,
+            &client_id,
+            username.as_deref(),
+            token,
+            Some(client.quiet()),
+        );
         let id = client.id();
-        let authenticated = match authenticate(shared, &id.client_id, id.username.as_deref(), token)
-        {
+        let authenticated = match verified {
             Ok(authenticated) => authenticated,
             Err(failure) => {
                 shared.metrics.reauthentication(failure.outcome);
                 return Some(Ending::ReauthRefused {
                     code: match failure.kind {
                         FailureKind::BadCredentials => enhanced::BAD_USER_NAME_OR_PASSWORD,
-                        FailureKind::NotAuthorized => enhanced::NOT_AUTHORIZED,
+                        // DISCONNECT has no "client identifier not valid";
+                        // a token for another client is, like one for
+                        // another subject below, not authorized here.
+                        FailureKind::NotAuthorized | FailureKind::ClientIdMismatch => {
+                            enhanced::NOT_AUTHORIZED
+                        }
                     },
                     detail: failure.reason,
                 });
@@ -201,14 +214,16 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 detail: "the new token names another subject".to_owned(),
             });
         }
-        info!(
-            client_id = id.client_id,
-            sub = authenticated.token.subject.as_deref().unwrap_or(""),
-            kid = authenticated.token.key_id,
-            exp = authenticated.token.expires_at,
-            outcome = "accepted",
-            "client re-authenticated"
-        );
+        client.log_limited(Kind::Reauthentication, |client_id| {
+            info!(
+                client_id,
+                sub = authenticated.token.subject.as_deref().unwrap_or(""),
+                kid = authenticated.token.key_id,
+                exp = authenticated.token.expires_at,
+                outcome = "accepted",
+                "client re-authenticated"
+            );
+        });
         shared.metrics.reauthentication(ConnectOutcome::Accepted);
         expiry
             .as_mut()

@@ -291,6 +291,8 @@ pub enum ConnectOutcome {
     /// usable grants, a will outside them.
     NotAuthorized,
     BadClientId,
+    /// The token's `clientid` claim names another client id.
+    ClientIdMismatch,
     BadAuthMethod,
     /// Over a limit of the CONNECT's own (MQTT 5 property bytes), or of the
     /// subject's (`[sessions] max_sessions_per_subject`, the memory budget).
@@ -319,6 +321,7 @@ impl ConnectOutcome {
             ConnectOutcome::Revoked => "revoked",
             ConnectOutcome::NotAuthorized => "not_authorized",
             ConnectOutcome::BadClientId => "bad_client_id",
+            ConnectOutcome::ClientIdMismatch => "client_id_mismatch",
             ConnectOutcome::BadAuthMethod => "bad_auth_method",
             ConnectOutcome::QuotaExceeded => "quota_exceeded",
             ConnectOutcome::TopicNameInvalid => "topic_name_invalid",

@@ -46,6 +46,7 @@
 pub mod mosquitto;
 pub mod raw5;
 pub mod relay;
+pub mod scrape;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

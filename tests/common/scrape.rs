@@ -1,0 +1,63 @@
+//! Reading the gateway's Prometheus endpoint from a test: its port (from
+//! the log of a binary serving `[metrics] listen = "127.0.0.1:0"`) and one
+//! scrape as `series -> value`.
+
+use std::collections::BTreeMap;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{DevBinary, WAIT};
+
+/// The metrics port of `gw`, from its log line (a port picked in advance
+/// could be taken by a client's ephemeral port before the gateway binds),
+/// in the text or the JSON log format.
+pub async fn metrics_port(gw: &DevBinary) -> u16 {
+    let needle = "metrics: serving /metrics";
+    gw.served.wait_for_log(0, needle).await;
+    let log = gw.served.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains(needle))
+        .expect("the log line");
+    let (_, rest) = line
+        .split_once("addr=")
+        .or_else(|| line.split_once("\"addr\":\""))
+        .expect("an address field");
+    let addr = rest
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .next()
+        .expect("an address");
+    let (_, port) = addr.rsplit_once(':').expect("host:port");
+    port.parse().expect("a port number")
+}
+
+/// One scrape: every sample, `name{labels}` to value; a series not yet
+/// counted reads 0.
+pub async fn scrape(port: u16) -> BTreeMap<String, f64> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("the response within WAIT")
+        .expect("read the response");
+    let (_, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of `series` in `scraped`, 0 when absent.
+pub fn value(scraped: &BTreeMap<String, f64>, series: &str) -> f64 {
+    scraped.get(series).copied().unwrap_or(0.0)
+}
