@@ -416,3 +416,204 @@ async fn a_rotated_token_file_is_used_at_the_next_reconnect() {
     central.expect_publish("site-42/sensors/dev0/data").await;
     gw.assert_no_panic();
 }
+
+/// A tmpfs mounted on a new temporary directory, unmounted when dropped:
+/// a small disk that can fill up for real (ENOSPC). `None` where mounting
+/// is not allowed (the test then says it was skipped).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then_some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk with a file, leaving about `leave` bytes free.
+    fn fill_leaving(&self, leave: u64) -> std::path::PathBuf {
+        let filler = self.path().join("filler");
+        let free = fs_free(self.path());
+        let chunk = vec![0u8; 64 * 1024];
+        let mut file = std::fs::File::create(&filler).expect("create the filler");
+        let mut written = 0;
+        while written + (chunk.len() as u64) + leave <= free {
+            use std::io::Write as _;
+            file.write_all(&chunk).expect("write the filler");
+            written += chunk.len() as u64;
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Bytes free on the file system holding `path`.
+fn fs_free(path: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("run df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .expect("df's figure")
+}
+
+/// Rows in the bridge's queue table, read from the database beside the
+/// running gateway (WAL mode lets a reader in).
+fn queue_rows(state_dir: &Path) -> u64 {
+    let db = rusqlite::Connection::open_with_flags(
+        state_dir.join("jwtgate.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the database read-only");
+    db.query_row("SELECT COUNT(*) FROM \"queue:cloud\"", [], |row| row.get(0))
+        .expect("count the queue's rows")
+}
+
+/// Publishes message `n` (payload `"0:{n}:"`, 1000 bytes) at QoS 1 on
+/// `sensors/dev0/data`; `Ok(n)` when its PUBACK said success, else the
+/// PUBACK's reason.
+async fn publish_numbered(device: &mut common::V5Client, n: usize) -> Result<usize, String> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+    let mut payload = format!("0:{n}:").into_bytes();
+    payload.resize(1000, b'x');
+    match device
+        .publish("sensors/dev0/data", QoS::AtLeastOnce, false, &payload)
+        .await
+    {
+        Some(Packet::PubAck(ack)) if ack.reason == PubAckReason::Success => Ok(n),
+        Some(Packet::PubAck(ack)) => Err(format!("{:?}", ack.reason)),
+        other => panic!("expected a PUBACK, got {other:?}"),
+    }
+}
+
+/// Issue 19, item 4: on a full disk a QoS 1 PUBLISH bound for the uplink
+/// is acknowledged with success only if its queue row was committed; the
+/// others are answered with an error reason (MQTT 5). Once space returns,
+/// the queue takes messages again without a restart, and everything
+/// acknowledged, and nothing else, reaches the central broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_full_disk_only_committed_publishes_are_acknowledged_and_the_queue_recovers() {
+    let Some(disk) = SmallDisk::mount("16m") else {
+        println!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let state = disk.path().join("state");
+    let Bridged {
+        mosquitto,
+        relay,
+        gw,
+        _secrets,
+    } = bridged(
+        false,
+        FORWARD_SENSORS,
+        &format!("[storage]\ndir = \"{}\"\n", state.display()),
+    )
+    .await;
+    let mut central = mosquitto.subscriber("central", "site-42/#").await;
+    let filler = disk.fill_leaving(512 * 1024);
+
+    let token = gw.token("dev0", &["sensors/dev0/#"], Duration::from_secs(3600));
+    let mut device = common::V5Client::start(common::v5_options_for(
+        gw.served.port(),
+        &gw.ca,
+        "dev0",
+        &token,
+    ));
+    device.connack().await;
+    let mut acked = Vec::new();
+    let mut refused: HashMap<String, usize> = HashMap::new();
+    let full_phase = 1000;
+    for n in 0..full_phase {
+        match publish_numbered(&mut device, n).await {
+            Ok(n) => acked.push(n),
+            Err(reason) => *refused.entry(reason).or_default() += 1,
+        }
+    }
+    let rows = queue_rows(&state);
+    println!(
+        "full disk: {} of {full_phase} QoS 1 publishes acknowledged with success, {rows} rows committed; refused: {refused:?}",
+        acked.len()
+    );
+    assert!(
+        acked.len() as u64 <= rows,
+        "{} PUBACKs said success for {rows} committed rows",
+        acked.len()
+    );
+    assert!(
+        acked.len() < full_phase,
+        "the disk never filled up: {} rows",
+        rows
+    );
+    assert!(
+        refused
+            .keys()
+            .all(|reason| reason == "QuotaExceeded" || reason == "UnspecifiedError"),
+        "{refused:?}"
+    );
+
+    // Space comes back: the same process takes messages again.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let recovered = 200;
+    let before = acked.len();
+    for n in full_phase..full_phase + recovered {
+        match publish_numbered(&mut device, n).await {
+            Ok(n) => acked.push(n),
+            Err(reason) => *refused.entry(reason).or_default() += 1,
+        }
+    }
+    assert_eq!(
+        acked.len() - before,
+        recovered,
+        "publishes after space returned were refused: {refused:?}"
+    );
+    assert_eq!(queue_rows(&state), acked.len() as u64);
+    let log = gw.served.log();
+    let failing = log.matches("storage: commits are failing").count();
+    let recovered_lines = log.matches("storage: commits succeed again").count();
+    println!(
+        "log: {failing} line(s) on commits failing, {recovered_lines} on their recovery, {} per failed commit",
+        log.matches("storage: a commit failed").count()
+    );
+    assert_eq!((failing, recovered_lines), (1, 1), "{log}");
+
+    relay.set_up(true);
+    let arrived = collect(&mut central, acked.len(), DRAIN_LIMIT).await;
+    let numbers: Vec<usize> = arrived
+        .iter()
+        .map(|p| {
+            let text = String::from_utf8_lossy(&p.payload);
+            text.split(':')
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .expect("message number")
+        })
+        .collect();
+    assert_eq!(
+        numbers, acked,
+        "the central broker must get exactly what was acknowledged, in order"
+    );
+    gw.assert_no_panic();
+}

@@ -72,8 +72,21 @@ pub use message::{Message, Properties, Publication, QoS};
 pub use session::{Session, SessionKey};
 use store::{SessionRecord, Store};
 
-/// Completes once a [`Tap`] has safely kept a message.
-pub type Kept = tokio::sync::oneshot::Receiver<()>;
+/// Completes once a [`Tap`] or the store has tried to commit a message,
+/// with the outcome the publisher's acknowledgement must tell. A closed
+/// channel (the writer stopped) means it was not kept.
+pub type Kept = tokio::sync::oneshot::Receiver<Result<(), CommitError>>;
+
+/// Why a message a publisher waits on was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// The commit failed (an I/O error, the writer gone).
+    #[error("the store could not commit it")]
+    Storage,
+    /// The disk, or the queue's own budget, has no room for it.
+    #[error("the store has no room for it")]
+    Full,
+}
 
 /// Something outside the routing core that takes the routed messages it
 /// wants: a bridge's store-and-forward queue. A publisher's QoS 1/2
@@ -240,11 +253,12 @@ impl Pending {
     /// the burst that other publishers, released at the same moment, had
     /// just delivered.
     pub async fn advance(&mut self, broker: &Broker) {
-        // The taps first: a bridge's queue commits within a moment, and
-        // the publisher's ack must not go out before it has.
+        // The commits first: they come within a moment, and the
+        // publisher's ack must not go out before them. Their outcome is
+        // for an ack to tell; a publisher with one takes them out first
+        // (`take_kept`), the others (wills, the bridges' inbound) have no
+        // one to tell.
         while let Some(kept) = self.kept.last_mut() {
-            // An error means the writer stopped (shutdown): nothing to wait
-            // for any more.
             let _ = kept.await;
             self.kept.pop();
         }
@@ -726,9 +740,11 @@ impl Broker {
     /// retained message of its topic when it has the RETAIN flag.
     pub fn publish(&self, message: Arc<Message>, publisher: Option<&Arc<Session>>) -> Pending {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
-        if message.retain() {
-            self.update_retained(&message);
-        }
+        let retained = if message.retain() {
+            self.update_retained(&message)
+        } else {
+            None
+        };
         let mut targets = Vec::new();
         self.read_index()
             .matches(message.topic(), &self.budget, |m| {
@@ -765,6 +781,7 @@ impl Broker {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter_map(|tap| tap.take(&message))
+            .chain(retained)
             .collect();
         Pending {
             message,
@@ -773,9 +790,11 @@ impl Broker {
         }
     }
 
-    fn update_retained(&self, message: &Arc<Message>) {
+    /// Stores or clears the retained message of `message`'s topic; the
+    /// store's commit, if it has one, is for the publisher's ack to wait on.
+    fn update_retained(&self, message: &Arc<Message>) -> Option<Kept> {
         if message.payload().is_empty() {
-            self.store.clear_retained(message.topic());
+            self.store.clear_retained(message.topic())
         } else if self.budget.exhausted() {
             self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
             if !self.refusing_retained.swap(true, Ordering::Relaxed) {
@@ -785,11 +804,15 @@ impl Broker {
                     "memory budget used up: retained messages are not stored until memory frees up (see [limits] memory_budget_mb)"
                 );
             }
+            // Routed, but not kept as retained: the ack must not say it was.
+            let (refused, kept) = tokio::sync::oneshot::channel();
+            let _ = refused.send(Err(CommitError::Full));
+            Some(kept)
         } else {
             if self.refusing_retained.swap(false, Ordering::Relaxed) {
                 info!("retained messages are stored again");
             }
-            self.store.retain(Arc::clone(message));
+            self.store.retain(Arc::clone(message))
         }
     }
 

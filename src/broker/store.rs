@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
+use super::Kept;
 use super::index::SubscriptionOptions;
 use super::mailbox::Delivery;
 use super::message::Message;
@@ -38,10 +39,13 @@ pub struct SessionRecord {
 }
 
 pub trait Store: Send + Sync + 'static {
-    /// Makes `message` the retained message of its topic.
-    fn retain(&self, message: Arc<Message>);
-    /// Removes the retained message of `topic`.
-    fn clear_retained(&self, topic: &str);
+    /// Makes `message` the retained message of its topic. A store that
+    /// writes it down returns the commit, which the publisher's ack waits
+    /// on; one that keeps it in memory only, `None`.
+    fn retain(&self, message: Arc<Message>) -> Option<Kept>;
+    /// Removes the retained message of `topic`; the commit as for
+    /// [`Store::retain`].
+    fn clear_retained(&self, topic: &str) -> Option<Kept>;
     /// Visits the unexpired retained messages matching `filter` (valid).
     fn retained(&self, filter: &str, visit: &mut dyn FnMut(&Arc<Message>));
     /// Parks a persistent session whose client went away.
@@ -79,7 +83,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn retain(&self, message: Arc<Message>) {
+    fn retain(&self, message: Arc<Message>) -> Option<Kept> {
         let mut tree = self
             .retained
             .write()
@@ -94,13 +98,15 @@ impl Store for MemoryStore {
             *sets = 0;
             tree.purge(Instant::now());
         }
+        None
     }
 
-    fn clear_retained(&self, topic: &str) {
+    fn clear_retained(&self, topic: &str) -> Option<Kept> {
         self.retained
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .clear(topic);
+        None
     }
 
     fn retained(&self, filter: &str, visit: &mut dyn FnMut(&Arc<Message>)) {

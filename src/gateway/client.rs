@@ -47,8 +47,8 @@ use super::owed::{MAX_OWED, Owed};
 use super::wire::Outbox;
 use crate::acl::{Grants, RequestedFilter, validate_topic_name};
 use crate::broker::{
-    Attached, Broker, Delivery, Inflight, Kept, Pending, Properties, Publication, QoS, Resend,
-    RetainHandling, Session, SubscribeError, SubscriptionOptions, Taken, Will,
+    Attached, Broker, CommitError, Delivery, Inflight, Kept, Pending, Properties, Publication, QoS,
+    Resend, RetainHandling, Session, SubscribeError, SubscriptionOptions, Taken, Will,
 };
 use crate::config::{DenyPublish, Limits, SessionSettings};
 use crate::metrics::{Metrics, SessionEnd};
@@ -84,6 +84,9 @@ pub(super) enum Ending {
     PublishDenied,
     /// The session's queue overflowed under the `disconnect` policy.
     SlowSubscriber,
+    /// A message of an MQTT 3.1.1 client could not be kept, which its
+    /// ack has no way to say: it is closed without one.
+    NotKept(CommitError),
     /// The client read nothing of what it was sent for
     /// `[limits] write_timeout_secs`.
     WriteStalled,
@@ -115,7 +118,10 @@ impl Ending {
             Ending::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
             Ending::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
             Ending::PublishDenied | Ending::Revoked(_) => Some(DisconnectReasonCode::NotAuthorized),
-            Ending::SlowSubscriber => Some(DisconnectReasonCode::QuotaExceeded),
+            Ending::SlowSubscriber | Ending::NotKept(CommitError::Full) => {
+                Some(DisconnectReasonCode::QuotaExceeded)
+            }
+            Ending::NotKept(CommitError::Storage) => Some(DisconnectReasonCode::UnspecifiedError),
         }
     }
 
@@ -134,6 +140,7 @@ impl Ending {
             | Ending::TokenExpired
             | Ending::PublishDenied
             | Ending::SlowSubscriber
+            | Ending::NotKept(_)
             | Ending::WriteStalled => true,
         }
     }
@@ -153,6 +160,7 @@ impl Ending {
             Ending::SlowSubscriber => SessionEnd::SlowSubscriber,
             Ending::WriteStalled => SessionEnd::WriteStalled,
             Ending::ReauthRefused { .. } => SessionEnd::ReauthRefused,
+            Ending::NotKept(_) => SessionEnd::NotKept,
         }
     }
 
@@ -164,6 +172,7 @@ impl Ending {
             Ending::SlowSubscriber => Some(
                 "the session's queue is full and the client does not read it fast enough".into(),
             ),
+            Ending::NotKept(err) => Some(format!("a message could not be kept: {err}")),
             _ => None,
         }
     }
@@ -354,9 +363,59 @@ impl Client {
         self.take_input(input, out)
     }
 
-    /// Sends the acks whose messages are committed.
-    pub fn release_owed(&mut self, out: &mut Outbox) {
-        self.owed.release(out);
+    /// Sends, in order, the acks whose messages' commits were tried, each
+    /// telling its outcome.
+    pub fn release_owed(&mut self, out: &mut Outbox) -> Option<Ending> {
+        while let Some((ack, outcome)) = self.owed.next_settled() {
+            match outcome {
+                Ok(()) => out.queue(ack),
+                Err(err) => {
+                    if let Some(ending) = self.not_kept(ack, err, out) {
+                        return Some(ending);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Answers a PUBLISH whose message could not be kept: MQTT 5 with the
+    /// ack's reason (0x97 when there was no room, 0x80 otherwise; a QoS 2
+    /// exchange then ends, §4.3.3, so its packet id is free again), MQTT
+    /// 3.1.1, whose ack cannot say it, by closing the connection without
+    /// one: the client sends the message again once it reconnects.
+    fn not_kept(&mut self, ack: Packet, err: CommitError, out: &mut Outbox) -> Option<Ending> {
+        if !self.id.version.is_v5() {
+            return Some(Ending::NotKept(err));
+        }
+        let (puback, pubrec) = match err {
+            CommitError::Full => (PubAckReason::QuotaExceeded, PubRecReason::QuotaExceeded),
+            CommitError::Storage => (
+                PubAckReason::UnspecifiedError,
+                PubRecReason::UnspecifiedError,
+            ),
+        };
+        out.queue(match ack {
+            Packet::PubAck(ack, properties) => Packet::PubAck(
+                PubAck {
+                    reason: puback,
+                    ..ack
+                },
+                properties,
+            ),
+            Packet::PubRec(rec, properties) => {
+                self.inflight.release(rec.pkid);
+                Packet::PubRec(
+                    PubRec {
+                        reason: pubrec,
+                        ..rec
+                    },
+                    properties,
+                )
+            }
+            other => other,
+        });
+        None
     }
 
     /// Re-sends what a resumed session had in flight (MQTT 5 §4.4).

@@ -142,8 +142,8 @@ impl Gateway {
             .iter()
             .map(|bridge| (bridge.name.as_str(), bridge.max_queue_bytes))
             .collect();
-        let (storage, restored) = Storage::open(&config.storage, &queues)?;
         let budget = Budget::new(config.limits.memory_budget);
+        let (storage, restored) = Storage::open(&config.storage, &queues, &budget)?;
         if restored.skipped > 0 {
             warn!(skipped = restored.skipped, database = %storage.path().display(), "storage: some kept state did not decode and was left out");
         }
@@ -164,6 +164,7 @@ impl Gateway {
             metrics::State {
                 broker: Arc::clone(&broker),
                 keys: Arc::clone(&keys),
+                storage: storage.health(),
                 queues: config
                     .bridges
                     .iter()

@@ -4,16 +4,20 @@
 //! Reads are served from memory, exactly as [`MemoryStore`] serves them
 //! (matching a filter against the retained messages is the hot path and
 //! stays a tree walk); every change is also sent to the writer, which
-//! commits it with whatever else is pending. At start the memory side is
-//! filled from what [`super::Storage::open`] read back.
+//! commits it with whatever else is pending. A retained message set or
+//! cleared hands its commit back ([`Kept`]), so that the publisher's ack
+//! waits for it: a kill after the PUBACK cannot lose it. At start the
+//! memory side is filled from what [`super::Storage::open`] read back.
 
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
+use tokio::sync::oneshot;
+
 use super::Restored;
 use super::writer::Write;
 use crate::broker::store::{MemoryStore, SessionRecord, Store};
-use crate::broker::{Budget, Delivery, Message, SessionKey};
+use crate::broker::{Budget, Delivery, Kept, Message, SessionKey};
 
 pub struct DurableStore {
     memory: MemoryStore,
@@ -26,7 +30,8 @@ impl DurableStore {
     pub fn new(storage: &super::Storage, restored: Restored, budget: &Arc<Budget>) -> DurableStore {
         let memory = MemoryStore::new();
         for publication in restored.retained {
-            memory.retain(Message::new(publication, budget));
+            // In memory only: nothing to commit.
+            let _ = memory.retain(Message::new(publication, budget));
         }
         for (key, parked) in restored.sessions {
             let queued = parked
@@ -60,20 +65,25 @@ impl DurableStore {
     }
 
     fn write(&self, write: Write) {
-        // Fails only after the storage closed, at shutdown.
+        // Fails only after the storage closed, at shutdown; a waiter's
+        // receiver then completes at once, as not kept.
         let _ = self.writes.send(write);
     }
 }
 
 impl Store for DurableStore {
-    fn retain(&self, message: Arc<Message>) {
+    fn retain(&self, message: Arc<Message>) -> Option<Kept> {
         self.memory.retain(Arc::clone(&message));
-        self.write(Write::Retain(message));
+        let (kept, receiver) = oneshot::channel();
+        self.write(Write::Retain(message, kept));
+        Some(receiver)
     }
 
-    fn clear_retained(&self, topic: &str) {
+    fn clear_retained(&self, topic: &str) -> Option<Kept> {
         self.memory.clear_retained(topic);
-        self.write(Write::ClearRetained(topic.into()));
+        let (kept, receiver) = oneshot::channel();
+        self.write(Write::ClearRetained(topic.into(), kept));
+        Some(receiver)
     }
 
     fn retained(&self, filter: &str, visit: &mut dyn FnMut(&Arc<Message>)) {

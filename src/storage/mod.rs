@@ -26,9 +26,12 @@
 //! `synchronous=NORMAL` writes every commit into the WAL file. A power cut
 //! may lose what was committed in the last `[storage] sync_interval_ms`,
 //! after which the WAL is fsynced (`writer.rs`); a zero interval fsyncs
-//! every commit. A message queued for a bridge is committed before the
-//! device's PUBACK is sent (the routing core waits for the writer's
-//! answer), so no acknowledged message is lost to a kill.
+//! every commit. A message queued for a bridge, and a retained message set
+//! or cleared, is committed before the device's PUBACK is sent (the
+//! device's ack waits for the writer's answer), so no acknowledged message
+//! is lost to a kill. A commit that fails (a full disk) is answered too:
+//! the ack then says the message was not kept ([`crate::broker::Kept`]),
+//! and [`Health`] shows the state until a commit works again.
 //!
 //! # Why SQLite
 //!
@@ -45,6 +48,7 @@ mod rows;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -58,7 +62,7 @@ pub use durable::DurableStore;
 pub use queue::{Queue, QueueReader, QueueSnapshot, Queued};
 pub use rows::RowError;
 
-use crate::broker::{Publication, SessionKey};
+use crate::broker::{Budget, Publication, SessionKey};
 use crate::config::StorageConfig;
 use rows::{MESSAGE_COLUMNS, MESSAGE_SCHEMA, MessageRow};
 use writer::{QueueState, Write, Writer};
@@ -125,21 +129,43 @@ pub struct QueuedDelivery {
     pub subscription_ids: Vec<u32>,
 }
 
+/// Whether commits work, as the writer last found, for the metrics.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The last commit that carried writes failed for want of space.
+    disk_full: AtomicBool,
+    /// Commits that failed, since start.
+    failed_commits: AtomicU64,
+}
+
+impl Health {
+    pub fn disk_full(&self) -> bool {
+        self.disk_full.load(Ordering::Relaxed)
+    }
+
+    pub fn failed_commits(&self) -> u64 {
+        self.failed_commits.load(Ordering::Relaxed)
+    }
+}
+
 /// The open database and its writer.
 pub struct Storage {
     path: PathBuf,
     writes: Sender<Write>,
     writer: Mutex<Option<JoinHandle<()>>>,
     queues: Vec<Arc<Queue>>,
+    health: Arc<Health>,
 }
 
 impl Storage {
     /// Opens (creating if needed) the database in `config.dir` with a
     /// queue for each bridge named in `bridges` (`(name, budget in
-    /// bytes)`), and reads back what the last run kept.
+    /// bytes)`), and reads back what the last run kept. The queues' caches
+    /// of recent messages give way to `memory`, the gateway's budget.
     pub fn open(
         config: &StorageConfig,
         bridges: &[(&str, u64)],
+        memory: &Arc<Budget>,
     ) -> Result<(Arc<Storage>, Restored), StorageError> {
         std::fs::create_dir_all(&config.dir).map_err(|source| StorageError::CreateDir {
             path: config.dir.clone(),
@@ -195,6 +221,7 @@ impl Storage {
                     bytes,
                     dropped: 0,
                 },
+                Arc::clone(memory),
             ));
             states.push(QueueState {
                 queue: Arc::clone(&queue),
@@ -205,11 +232,14 @@ impl Storage {
             });
             queues.push(queue);
         }
+        let health = Arc::new(Health::default());
         let writer = Writer {
             db,
             wal: wal_path(&path),
             sync_interval: config.sync_interval,
             queues: states,
+            health: Arc::clone(&health),
+            failing: false,
         };
         let thread = std::thread::Builder::new()
             .name("jwtgate-storage".to_owned())
@@ -223,6 +253,7 @@ impl Storage {
             writes,
             writer: Mutex::new(Some(thread)),
             queues,
+            health,
         });
         Ok((storage, restored))
     }
@@ -230,6 +261,11 @@ impl Storage {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether commits work.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
     }
 
     /// The queue of bridge `name`.
@@ -491,7 +527,7 @@ mod tests {
         let budget = Budget::new(1 << 30);
         {
             let (storage, _) =
-                Storage::open(&config(dir.path()), &[("cloud", 1 << 20)]).expect("open");
+                Storage::open(&config(dir.path()), &[("cloud", 1 << 20)], &budget).expect("open");
             let queue = Arc::clone(storage.queue("cloud").expect("the bridge's queue"));
             let mut kept = Vec::new();
             for i in 0..5u8 {
@@ -503,7 +539,7 @@ mod tests {
                 ));
             }
             for k in kept {
-                k.await.expect("kept");
+                assert_eq!(k.await, Ok(Ok(())));
             }
             assert_eq!(*queue.committed().borrow(), 5);
             let all = read_all(&queue);
@@ -519,7 +555,7 @@ mod tests {
             storage.close();
         }
         let (storage, _) =
-            Storage::open(&config(dir.path()), &[("cloud", 1 << 20)]).expect("reopen");
+            Storage::open(&config(dir.path()), &[("cloud", 1 << 20)], &budget).expect("reopen");
         let queue = Arc::clone(storage.queue("cloud").expect("the bridge's queue"));
         assert_eq!(
             read_all(&queue)
@@ -537,6 +573,7 @@ mod tests {
                 QoS::AtMostOnce,
             )
             .await
+            .expect("answered")
             .expect("kept");
         let mut reader = queue.reader().expect("reader");
         let after = reader.after(5, 10).expect("read");
@@ -556,7 +593,8 @@ mod tests {
     async fn past_its_budget_a_queue_drops_the_oldest_and_counts_them() {
         let dir = tempfile::tempdir().expect("temp dir");
         let budget = Budget::new(1 << 30);
-        let (storage, _) = Storage::open(&config(dir.path()), &[("cloud", 10_000)]).expect("open");
+        let (storage, _) =
+            Storage::open(&config(dir.path()), &[("cloud", 10_000)], &budget).expect("open");
         let queue = Arc::clone(storage.queue("cloud").expect("queue"));
         let payload = [7u8; 900];
         for i in 0..40 {
@@ -617,7 +655,8 @@ mod tests {
         };
         let expires_at = SystemTime::now() + Duration::from_secs(3600);
         {
-            let (storage, restored) = Storage::open(&config(dir.path()), &[]).expect("open");
+            let (storage, restored) =
+                Storage::open(&config(dir.path()), &[], &budget).expect("open");
             let store = DurableStore::new(&storage, restored, &budget);
             let mut with_props = Publication {
                 topic: "status/a".into(),
@@ -670,7 +709,7 @@ mod tests {
             store.remove_session(&SessionKey::new("device-2", "gone"));
             storage.close();
         }
-        let (storage, restored) = Storage::open(&config(dir.path()), &[]).expect("reopen");
+        let (storage, restored) = Storage::open(&config(dir.path()), &[], &budget).expect("reopen");
         assert_eq!(restored.skipped, 0);
         let store = DurableStore::new(&storage, restored, &budget);
         let mut topics = Vec::new();
@@ -739,7 +778,7 @@ mod tests {
         db.pragma_update(None, "user_version", 9)
             .expect("set version");
         drop(db);
-        match Storage::open(&config, &[]) {
+        match Storage::open(&config, &[], &Budget::new(1 << 20)) {
             Err(err @ StorageError::NewerSchema { found: 9, .. }) => {
                 assert!(err.to_string().contains("jwtgate.sqlite"), "{err}");
             }
