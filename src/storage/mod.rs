@@ -167,6 +167,17 @@ impl Storage {
         bridges: &[(&str, u64)],
         memory: &Arc<Budget>,
     ) -> Result<(Arc<Storage>, Restored), StorageError> {
+        Storage::open_with(config, bridges, memory, |_| Ok(()))
+    }
+
+    /// As [`Storage::open`], with `tweak` applied to the writer's
+    /// connection before it starts (a test's smaller disk).
+    fn open_with(
+        config: &StorageConfig,
+        bridges: &[(&str, u64)],
+        memory: &Arc<Budget>,
+        tweak: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+    ) -> Result<(Arc<Storage>, Restored), StorageError> {
         std::fs::create_dir_all(&config.dir).map_err(|source| StorageError::CreateDir {
             path: config.dir.clone(),
             source,
@@ -232,6 +243,7 @@ impl Storage {
             });
             queues.push(queue);
         }
+        tweak(&db).map_err(StorageError::Sql)?;
         let health = Arc::new(Health::default());
         let writer = Writer {
             db,
@@ -639,6 +651,149 @@ mod tests {
         );
         // Taken once: the next reader past them finds nothing more.
         assert!(queue.recent_after(40, 100).is_none());
+        storage.close();
+    }
+
+    /// Appends a message of `size` payload bytes on `t/{n}` and waits for
+    /// the writer's answer.
+    async fn append_one(
+        queue: &Queue,
+        budget: &Arc<Budget>,
+        n: usize,
+        size: usize,
+    ) -> Result<(), crate::broker::CommitError> {
+        let topic = format!("t/{n}");
+        queue
+            .append(
+                message(budget, &topic, &vec![b'x'; size]),
+                topic,
+                QoS::AtLeastOnce,
+            )
+            .await
+            .expect("the writer answers")
+    }
+
+    /// What the queue's table holds: (rows, bytes as budgeted, seqs).
+    fn table_figures(storage: &Storage) -> (u64, u64, Vec<u64>) {
+        let db = Connection::open_with_flags(storage.path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open read-only");
+        let (rows, bytes) = db
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM \"queue:cloud\"",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .expect("figures");
+        let mut select = db
+            .prepare("SELECT seq FROM \"queue:cloud\" ORDER BY seq")
+            .expect("select");
+        let seqs = select
+            .query_map([], |row| row.get(0))
+            .expect("seqs")
+            .collect::<rusqlite::Result<_>>()
+            .expect("read seqs");
+        (rows, bytes, seqs)
+    }
+
+    /// Issue 19, item 4: on a database that cannot grow (a full disk, made
+    /// here with `max_page_count`), a failed commit is answered as such
+    /// and moves none of the queue's figures; once room returns (acked
+    /// rows free pages) the queue takes messages again, numbered on
+    /// from the last committed one, and its figures still match its
+    /// table.
+    #[tokio::test]
+    async fn a_failed_commit_is_answered_and_leaves_the_queue_as_it_was() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let budget = Budget::new(1 << 30);
+        let (storage, _) =
+            Storage::open_with(&config(dir.path()), &[("cloud", 1 << 30)], &budget, |db| {
+                let pages: u64 = db.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+                db.query_row(
+                    &format!("PRAGMA max_page_count = {}", pages + 24),
+                    [],
+                    |_| Ok(()),
+                )
+            })
+            .expect("open");
+        let queue = Arc::clone(storage.queue("cloud").expect("queue"));
+        let health = storage.health();
+        let mut kept = 0;
+        let failure = loop {
+            match append_one(&queue, &budget, kept, 2000).await {
+                Ok(()) => kept += 1,
+                Err(err) => break err,
+            }
+            assert!(kept < 1000, "the database never filled up");
+        };
+        assert_eq!(failure, crate::broker::CommitError::Full);
+        assert!(kept > 0);
+        for n in 0..20 {
+            assert_eq!(
+                append_one(&queue, &budget, kept + n, 2000).await,
+                Err(crate::broker::CommitError::Full)
+            );
+        }
+        assert!(health.disk_full());
+        assert_eq!(health.failed_commits(), 21);
+        let (rows, bytes, seqs) = table_figures(&storage);
+        let snapshot = queue.snapshot();
+        assert_eq!((snapshot.messages, snapshot.bytes), (rows, bytes));
+        assert_eq!(rows, kept as u64);
+        assert_eq!(*queue.committed().borrow(), kept as u64);
+        assert_eq!(seqs, (1..=kept as u64).collect::<Vec<_>>());
+
+        // Room again: the remote took the first half.
+        queue.acked((1..=kept as u64 / 2).collect());
+        storage.flush().await;
+        append_one(&queue, &budget, 9999, 10)
+            .await
+            .expect("kept once there is room");
+        assert!(!health.disk_full());
+        let (rows, bytes, seqs) = table_figures(&storage);
+        let snapshot = queue.snapshot();
+        assert_eq!((snapshot.messages, snapshot.bytes), (rows, bytes));
+        assert_eq!(seqs.last(), Some(&(kept as u64 + 1)), "no gap, no reuse");
+        assert_eq!(*queue.committed().borrow(), kept as u64 + 1);
+        let recent = queue
+            .recent_after(kept as u64, 10)
+            .expect("the new message is recent");
+        assert_eq!(
+            recent
+                .iter()
+                .map(|q| (q.seq, q.publication.as_ref().map(|p| p.topic.as_str())))
+                .collect::<Vec<_>>(),
+            [(kept as u64 + 1, Some("t/9999"))]
+        );
+        storage.close();
+    }
+
+    /// The bridge's cache of recent messages holds at most a share of the
+    /// memory budget, and nothing while the budget is tight: the rows on
+    /// disk are read instead.
+    #[tokio::test]
+    async fn the_recent_cache_gives_way_to_the_memory_budget() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let budget = Budget::new(256 * 1024);
+        let (storage, _) =
+            Storage::open(&config(dir.path()), &[("cloud", 1 << 30)], &budget).expect("open");
+        let queue = Arc::clone(storage.queue("cloud").expect("queue"));
+        for n in 0..40 {
+            append_one(&queue, &budget, n, 1000).await.expect("kept");
+        }
+        // 40 kB committed, a 16 kB share: only the newest are in memory.
+        assert!(queue.recent_after(0, 100).is_none());
+        let cached = (0..40u64)
+            .find_map(|after| queue.recent_after(after, 100))
+            .expect("the newest are cached");
+        assert!(cached.len() <= 256 * 1024 / 16 / 1000, "{}", cached.len());
+        assert_eq!(cached.last().map(|q| q.seq), Some(40));
+
+        // Sessions hold more than half the budget: nothing is cached.
+        let _sessions = budget.charge(200 * 1024);
+        append_one(&queue, &budget, 40, 1000).await.expect("kept");
+        assert!(queue.recent_after(40, 100).is_none());
+        let mut reader = queue.reader().expect("reader");
+        assert_eq!(reader.after(40, 100).expect("read").len(), 1, "on disk");
         storage.close();
     }
 
