@@ -574,7 +574,27 @@ async fn on_a_full_disk_only_committed_publishes_are_acknowledged_and_the_queue_
         "{refused:?}"
     );
 
+    // MQTT 3.1.1 has no way to say it: the device is closed without its
+    // PUBACK, and sends the message again once it reconnects.
+    let token = gw.token("dev1", &["sensors/dev1/#"], Duration::from_secs(3600));
+    let mut old = V4Client::start(gw.v4_options("dev1", &token));
+    assert_eq!(old.connack().await.code, ConnectReturnCode::Success);
+    let mut payload = b"1:0:".to_vec();
+    payload.resize(1000, b'x');
+    old.client
+        .publish("sensors/dev1/data", QoS::AtLeastOnce, false, payload)
+        .await
+        .expect("queue PUBLISH");
+    loop {
+        match old.next_packet().await {
+            Ok(rumqttc::Packet::PubAck(ack)) => panic!("PUBACK {ack:?} for a message not kept"),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+
     // Space comes back: the same process takes messages again.
+    let full_log = gw.served.log().len();
     std::fs::remove_file(&filler).expect("remove the filler");
     let recovered = 200;
     let before = acked.len();
@@ -598,6 +618,10 @@ async fn on_a_full_disk_only_committed_publishes_are_acknowledged_and_the_queue_
         log.matches("storage: a commit failed").count()
     );
     assert_eq!((failing, recovered_lines), (1, 1), "{log}");
+    assert!(
+        log[full_log..].contains("storage: commits succeed again"),
+        "the recovery was reported before space came back:\n{log}"
+    );
 
     relay.set_up(true);
     let arrived = collect(&mut central, acked.len(), DRAIN_LIMIT).await;

@@ -1413,6 +1413,82 @@ mod tests {
         assert!(matches!(h.send(&publish), Some(Ending::PublishDenied)));
     }
 
+    /// A tap whose commits are already answered: `dev/full/...` had no
+    /// room, `dev/broken/...` failed, the rest was kept.
+    struct Answered;
+
+    impl crate::broker::Tap for Answered {
+        fn take(&self, message: &Arc<crate::broker::Message>) -> Option<Kept> {
+            let outcome = if message.topic().starts_with("dev/full/") {
+                Err(CommitError::Full)
+            } else if message.topic().starts_with("dev/broken/") {
+                Err(CommitError::Storage)
+            } else {
+                Ok(())
+            };
+            let (answer, kept) = tokio::sync::oneshot::channel();
+            let _ = answer.send(outcome);
+            Some(kept)
+        }
+    }
+
+    /// Issue 19, item 4: an ack tells whether its message was kept.
+    #[test]
+    fn an_ack_tells_whether_the_message_was_committed() {
+        let mut h = client(Version::V5, &["dev/#"]);
+        h.client.broker.add_tap(Arc::new(Answered));
+        for (topic, qos, pkid) in [
+            ("dev/ok/1", 1, 1),
+            ("dev/full/1", 1, 2),
+            ("dev/broken/1", 1, 3),
+            ("dev/full/2", 2, 4),
+        ] {
+            let publish = h.publish(topic, qos, pkid, &[]);
+            assert!(h.send(&publish).is_none());
+        }
+        assert!(h.client.release_owed(&mut h.out).is_none());
+        let reasons: Vec<String> = h
+            .answers()
+            .iter()
+            .map(|packet| match packet {
+                Packet::PubAck(ack, _) => format!("{} {:?}", ack.pkid, ack.reason),
+                Packet::PubRec(rec, _) => format!("{} {:?}", rec.pkid, rec.reason),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "1 Success",
+                "2 QuotaExceeded",
+                "3 UnspecifiedError",
+                "4 QuotaExceeded"
+            ]
+        );
+        // The refused QoS 2 exchange ended: the same packet id is a new
+        // message, routed (and refused) again, not taken for a re-send
+        // (which would be answered with success).
+        assert_eq!(h.client.inflight.incoming(), 0);
+        let publish = h.publish("dev/full/3", 2, 4, &[]);
+        assert!(h.send(&publish).is_none());
+        assert!(h.client.release_owed(&mut h.out).is_none());
+        assert!(matches!(
+            &h.answers()[..],
+            [Packet::PubRec(rec, _)] if rec.pkid == 4 && rec.reason == PubRecReason::QuotaExceeded
+        ));
+
+        // MQTT 3.1.1 cannot say it: the connection closes without the ack.
+        let mut h = client(Version::V3_1_1, &["dev/#"]);
+        h.client.broker.add_tap(Arc::new(Answered));
+        let publish = h.publish("dev/full/1", 1, 1, &[]);
+        assert!(h.send(&publish).is_none());
+        assert!(matches!(
+            h.client.release_owed(&mut h.out),
+            Some(Ending::NotKept(CommitError::Full))
+        ));
+        assert!(h.answers().is_empty());
+    }
+
     #[test]
     fn each_filter_is_granted_or_refused_on_its_own() {
         use rumqttd::protocol::QoS as WireQoS;

@@ -170,15 +170,16 @@ impl Writer {
             }
             let stop = group.iter().any(|write| matches!(write, Write::Stop(_)));
             let flush = stop || group.iter().any(|write| matches!(write, Write::Flush(_)));
-            let carries_writes = group
-                .iter()
-                .any(|write| !matches!(write, Write::Flush(_) | Write::Stop(_)));
+            // Only a commit that changed rows proves the disk takes writes
+            // again: a flush, or a delete that matched nothing, writes
+            // nothing.
+            let changes_before = self.db.total_changes();
             let mut changes: Vec<QueueChange> = self.queues.iter().map(QueueChange::new).collect();
             let mut outcomes = vec![Ok(()); group.len()];
             match self.apply(&group, &mut changes, &mut outcomes) {
                 Ok(()) => {
                     self.committed(changes);
-                    if carries_writes {
+                    if self.db.total_changes() > changes_before {
                         self.recovered();
                     }
                 }
