@@ -641,3 +641,83 @@ async fn on_a_full_disk_only_committed_publishes_are_acknowledged_and_the_queue_
     );
     gw.assert_no_panic();
 }
+
+/// Issue 19: the bridge's cache of recent messages gives way to the
+/// devices. 1,500 messages of 100 KB forwarded into a cut uplink, with a
+/// 128 MiB memory budget, once filled the cache past the budget: retained
+/// messages were refused and a parked session's messages dropped. Now the
+/// cache keeps to its share, and both are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_uplink_with_large_messages_leaves_the_memory_budget_to_sessions() {
+    let Bridged {
+        mosquitto: _mosquitto,
+        relay: _relay,
+        gw,
+        _secrets,
+    } = bridged(false, FORWARD_SENSORS, "[limits]\nmemory_budget_mb = 128\n").await;
+    let hour = Duration::from_secs(3600);
+
+    // A persistent subscriber, away while the burst comes.
+    let token = gw.token("panel", &["cmd/#", "status/#"], hour);
+    let mut options = gw.v4_options("panel", &token);
+    options.set_clean_session(false);
+    let mut panel = V4Client::start(options.clone());
+    assert_eq!(panel.connack().await.code, ConnectReturnCode::Success);
+    panel.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    panel.disconnect().await;
+
+    let token = gw.token("dev0", &["sensors/dev0/#"], hour);
+    let mut device = V4Client::start(gw.v4_options("dev0", &token));
+    assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
+    let payload = vec![b'x'; 100 * 1024];
+    for _ in 0..1500 {
+        device
+            .publish("sensors/dev0/data", QoS::AtLeastOnce, false, &payload)
+            .await;
+    }
+    let memory = gw.served.memory();
+
+    let token = gw.token("operator", &["cmd/#", "status/#"], hour);
+    let mut operator = V4Client::start(gw.v4_options("operator", &token));
+    assert_eq!(operator.connack().await.code, ConnectReturnCode::Success);
+    operator
+        .publish("status/site", QoS::AtLeastOnce, true, b"up")
+        .await;
+    for n in 0..20 {
+        operator
+            .publish(
+                "cmd/panel",
+                QoS::AtLeastOnce,
+                false,
+                format!("{n}").as_bytes(),
+            )
+            .await;
+    }
+    let mut panel = V4Client::start(options);
+    assert!(panel.connack().await.session_present);
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < 20 && std::time::Instant::now() < deadline {
+        got.extend(panel.publishes_within(Duration::from_millis(200)).await);
+    }
+    panel.subscribe("status/#", QoS::AtLeastOnce).await;
+    let retained = panel.publishes_within(Duration::from_millis(500)).await;
+    println!(
+        "1,500 x 100 KB into a cut uplink, 128 MiB budget: RSS {} MiB (peak {} MiB); the parked session got {} of 20; retained kept: {}",
+        memory.rss >> 20,
+        memory.peak >> 20,
+        got.len(),
+        retained.iter().any(|p| p.topic == "status/site"),
+    );
+    assert_eq!(got.len(), 20, "a parked session's messages were dropped");
+    assert!(
+        retained.iter().any(|p| p.topic == "status/site"),
+        "the retained message was refused"
+    );
+    assert!(
+        !gw.served.log().contains("memory budget used up"),
+        "{}",
+        gw.served.log()
+    );
+    gw.assert_no_panic();
+}
