@@ -59,12 +59,21 @@ struct Bridged {
 }
 
 async fn bridged(up: bool, rules: &str, extra: &str) -> Bridged {
+    bridged_within(up, rules, extra, None).await
+}
+
+/// As [`bridged`], the gateway's files limited to `file_size` bytes if
+/// given.
+async fn bridged_within(up: bool, rules: &str, extra: &str, file_size: Option<u64>) -> Bridged {
     let mosquitto = Mosquitto::start().await;
     let relay = Relay::start(mosquitto.tls_port(), up).await;
     let secrets = tempfile::tempdir().expect("temp dir");
     let credential = password_file(&mosquitto, secrets.path());
     let table = bridge_table(&mosquitto, relay.port, &credential, rules, extra);
-    let gw = DevBinary::start("", &table).await;
+    let gw = match file_size {
+        None => DevBinary::start("", &table).await,
+        Some(limit) => DevBinary::start_with_file_size_limit("", &table, limit).await,
+    };
     Bridged {
         mosquitto,
         relay,
@@ -509,31 +518,62 @@ async fn publish_numbered(device: &mut common::V5Client, n: usize) -> Result<usi
     }
 }
 
-/// Issue 19, item 4: on a full disk a QoS 1 PUBLISH bound for the uplink
-/// is acknowledged with success only if its queue row was committed; the
-/// others are answered with an error reason (MQTT 5). Once space returns,
-/// the queue takes messages again without a restart, and everything
-/// acknowledged, and nothing else, reaches the central broker.
+/// How a test's disk fills up, and how space comes back.
+enum FullDisk {
+    /// A small tmpfs (ENOSPC), filled by a file that is then removed.
+    Tmpfs(SmallDisk),
+    /// A file size limit on the gateway (EFBIG), then lifted: no root
+    /// needed.
+    FileSizeLimit,
+}
+
+/// Issue 19, item 4, on a real full disk (a tmpfs; root only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_full_disk_only_committed_publishes_are_acknowledged_and_the_queue_recovers() {
     let Some(disk) = SmallDisk::mount("16m") else {
-        println!("skipped: cannot mount a tmpfs here (needs root)");
+        println!("skipped: cannot mount a tmpfs here (needs root); see the file size limit case");
         return;
     };
-    let state = disk.path().join("state");
+    only_committed_publishes_are_acknowledged(FullDisk::Tmpfs(disk)).await;
+}
+
+/// Issue 19, item 4, past a file size limit: the same without root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_a_file_size_limit_only_committed_publishes_are_acknowledged_and_the_queue_recovers() {
+    only_committed_publishes_are_acknowledged(FullDisk::FileSizeLimit).await;
+}
+
+/// On a full disk a QoS 1 PUBLISH bound for the uplink is acknowledged
+/// with success only if its queue row was committed; the others are
+/// answered with an error reason (MQTT 5), or the connection is closed
+/// without the ack (MQTT 3.1.1). Once space returns, the queue takes
+/// messages again without a restart, and everything acknowledged, and
+/// nothing else, reaches the central broker.
+async fn only_committed_publishes_are_acknowledged(disk: FullDisk) {
+    let (extra, file_size) = match &disk {
+        FullDisk::Tmpfs(disk) => (
+            format!(
+                "[storage]\ndir = \"{}\"\n",
+                disk.path().join("state").display()
+            ),
+            None,
+        ),
+        FullDisk::FileSizeLimit => (String::new(), Some(512 * 1024)),
+    };
     let Bridged {
         mosquitto,
         relay,
         gw,
         _secrets,
-    } = bridged(
-        false,
-        FORWARD_SENSORS,
-        &format!("[storage]\ndir = \"{}\"\n", state.display()),
-    )
-    .await;
+    } = bridged_within(false, FORWARD_SENSORS, &extra, file_size).await;
     let mut central = mosquitto.subscriber("central", "site-42/#").await;
-    let filler = disk.fill_leaving(512 * 1024);
+    let (state, filler) = match &disk {
+        FullDisk::Tmpfs(disk) => (
+            disk.path().join("state"),
+            Some(disk.fill_leaving(512 * 1024)),
+        ),
+        FullDisk::FileSizeLimit => (gw.dir().join("state"), None),
+    };
 
     let token = gw.token("dev0", &["sensors/dev0/#"], Duration::from_secs(3600));
     let mut device = common::V5Client::start(common::v5_options_for(
@@ -554,7 +594,11 @@ async fn on_a_full_disk_only_committed_publishes_are_acknowledged_and_the_queue_
     }
     let rows = queue_rows(&state);
     println!(
-        "full disk: {} of {full_phase} QoS 1 publishes acknowledged with success, {rows} rows committed; refused: {refused:?}",
+        "{}: {} of {full_phase} QoS 1 publishes acknowledged with success, {rows} rows committed; refused: {refused:?}",
+        match disk {
+            FullDisk::Tmpfs(_) => "full tmpfs",
+            FullDisk::FileSizeLimit => "file size limit",
+        },
         acked.len()
     );
     assert!(
@@ -595,7 +639,10 @@ async fn on_a_full_disk_only_committed_publishes_are_acknowledged_and_the_queue_
 
     // Space comes back: the same process takes messages again.
     let full_log = gw.served.log().len();
-    std::fs::remove_file(&filler).expect("remove the filler");
+    match filler {
+        Some(filler) => std::fs::remove_file(&filler).expect("remove the filler"),
+        None => gw.served.lift_file_size_limit(),
+    }
     let recovered = 200;
     let before = acked.len();
     for n in full_phase..full_phase + recovered {
