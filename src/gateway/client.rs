@@ -380,11 +380,17 @@ impl Client {
     }
 
     /// Answers a PUBLISH whose message could not be kept: MQTT 5 with the
-    /// ack's reason (0x97 when there was no room, 0x80 otherwise; a QoS 2
-    /// exchange then ends, §4.3.3, so its packet id is free again), MQTT
+    /// ack's reason (0x97 when there was no room, 0x80 otherwise), MQTT
     /// 3.1.1, whose ack cannot say it, by closing the connection without
     /// one: the client sends the message again once it reconnects.
     fn not_kept(&mut self, ack: Packet, err: CommitError, out: &mut Outbox) -> Option<Ending> {
+        // The QoS 2 exchange ends here (MQTT 5 §4.3.3): its packet id is
+        // free again, so that the PUBLISH an MQTT 3.1.1 client sends again
+        // on its resumed session is routed, not taken for a re-send of a
+        // message already kept.
+        if let Packet::PubRec(rec, _) = &ack {
+            self.inflight.release(rec.pkid);
+        }
         if !self.id.version.is_v5() {
             return Some(Ending::NotKept(err));
         }
@@ -403,16 +409,13 @@ impl Client {
                 },
                 properties,
             ),
-            Packet::PubRec(rec, properties) => {
-                self.inflight.release(rec.pkid);
-                Packet::PubRec(
-                    PubRec {
-                        reason: pubrec,
-                        ..rec
-                    },
-                    properties,
-                )
-            }
+            Packet::PubRec(rec, properties) => Packet::PubRec(
+                PubRec {
+                    reason: pubrec,
+                    ..rec
+                },
+                properties,
+            ),
             other => other,
         });
         None
@@ -1477,16 +1480,20 @@ mod tests {
             [Packet::PubRec(rec, _)] if rec.pkid == 4 && rec.reason == PubRecReason::QuotaExceeded
         ));
 
-        // MQTT 3.1.1 cannot say it: the connection closes without the ack.
-        let mut h = client(Version::V3_1_1, &["dev/#"]);
-        h.client.broker.add_tap(Arc::new(Answered));
-        let publish = h.publish("dev/full/1", 1, 1, &[]);
-        assert!(h.send(&publish).is_none());
-        assert!(matches!(
-            h.client.release_owed(&mut h.out),
-            Some(Ending::NotKept(CommitError::Full))
-        ));
-        assert!(h.answers().is_empty());
+        // MQTT 3.1.1 cannot say it: the connection closes without the ack,
+        // and a QoS 2 id is not left behind as received.
+        for qos in [1, 2] {
+            let mut h = client(Version::V3_1_1, &["dev/#"]);
+            h.client.broker.add_tap(Arc::new(Answered));
+            let publish = h.publish("dev/full/1", qos, 1, &[]);
+            assert!(h.send(&publish).is_none());
+            assert!(matches!(
+                h.client.release_owed(&mut h.out),
+                Some(Ending::NotKept(CommitError::Full))
+            ));
+            assert!(h.answers().is_empty());
+            assert_eq!(h.client.inflight.incoming(), 0);
+        }
     }
 
     #[test]
