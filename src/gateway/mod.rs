@@ -16,7 +16,8 @@
 //!   (`session`: socket, timers, deadlines) around its protocol state
 //!   (`client`: packets in, decisions out): every packet authorized,
 //!   publishes routed on the task itself, acks held in order until the
-//!   bridges have committed (`owed`), deliveries written from the
+//!   bridges and the retained store have committed, each telling whether
+//!   its message was kept (`owed`), deliveries written from the
 //!   session's mailbox. MQTT framing comes from rumqttd's codec behind a guard
 //!   (`codec`); the socket is driven in both directions at once (`wire`).
 //! - One live connection per session (`takeover`).
