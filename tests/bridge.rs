@@ -518,6 +518,40 @@ async fn publish_numbered(device: &mut common::V5Client, n: usize) -> Result<usi
     }
 }
 
+/// `jwtgate_storage_disk_full` and `jwtgate_storage_failed_commits_total`
+/// as the gateway's metrics endpoint serves them (its `[metrics] listen`
+/// has port 0; the port is read from its log).
+async fn storage_metrics(gw: &DevBinary) -> (f64, f64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let needle = "metrics: serving /metrics addr=";
+    gw.served.wait_for_log(0, needle).await;
+    let log = gw.served.log();
+    let (_, rest) = log.split_once(needle).expect("the log line");
+    let addr = rest.split_whitespace().next().expect("an address");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    tokio::time::timeout(common::WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("the response in time")
+        .expect("read the response");
+    let sample = |name: &str| -> f64 {
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{response}"))
+    };
+    (
+        sample("jwtgate_storage_disk_full"),
+        sample("jwtgate_storage_failed_commits_total"),
+    )
+}
+
 /// How a test's disk fills up, and how space comes back.
 enum FullDisk {
     /// A small tmpfs (ENOSPC), filled by a file that is then removed.
@@ -550,15 +584,16 @@ async fn past_a_file_size_limit_only_committed_publishes_are_acknowledged_and_th
 /// messages again without a restart, and everything acknowledged, and
 /// nothing else, reaches the central broker.
 async fn only_committed_publishes_are_acknowledged(disk: FullDisk) {
+    let metrics = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
     let (extra, file_size) = match &disk {
         FullDisk::Tmpfs(disk) => (
             format!(
-                "[storage]\ndir = \"{}\"\n",
+                "{metrics}[storage]\ndir = \"{}\"\n",
                 disk.path().join("state").display()
             ),
             None,
         ),
-        FullDisk::FileSizeLimit => (String::new(), Some(512 * 1024)),
+        FullDisk::FileSizeLimit => (metrics.to_owned(), Some(512 * 1024)),
     };
     let Bridged {
         mosquitto,
@@ -612,11 +647,12 @@ async fn only_committed_publishes_are_acknowledged(disk: FullDisk) {
         rows
     );
     assert!(
-        refused
-            .keys()
-            .all(|reason| reason == "QuotaExceeded" || reason == "UnspecifiedError"),
-        "{refused:?}"
+        refused.keys().all(|reason| reason == "QuotaExceeded"),
+        "no room is quota exceeded (0x97): {refused:?}"
     );
+    let (disk_full, failed_commits) = storage_metrics(&gw).await;
+    assert_eq!(disk_full, 1.0);
+    assert!(failed_commits >= 1.0, "{failed_commits}");
 
     // MQTT 3.1.1 has no way to say it: the device is closed without its
     // PUBACK, and sends the message again once it reconnects.
@@ -657,6 +693,11 @@ async fn only_committed_publishes_are_acknowledged(disk: FullDisk) {
         "publishes after space returned were refused: {refused:?}"
     );
     assert_eq!(queue_rows(&state), acked.len() as u64);
+    assert_eq!(
+        storage_metrics(&gw).await.0,
+        0.0,
+        "the disk-full state cleared"
+    );
     let log = gw.served.log();
     let failing = log.matches("storage: commits are failing").count();
     let recovered_lines = log.matches("storage: commits succeed again").count();

@@ -83,7 +83,8 @@ pub enum CommitError {
     /// The commit failed (an I/O error, the writer gone).
     #[error("the store could not commit it")]
     Storage,
-    /// The disk, or the queue's own budget, has no room for it.
+    /// The disk (or a quota, or a file size limit), the queue's own
+    /// budget or the memory budget has no room for it.
     #[error("the store has no room for it")]
     Full,
 }

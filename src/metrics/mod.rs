@@ -440,7 +440,7 @@ impl Collector for State {
         gauge(
             &mut encoder,
             "jwtgate_storage_disk_full",
-            "1 while the durable store's commits fail for want of disk space (publishes are then answered as not kept), else 0",
+            "1 while the durable store's commits fail for want of room (a full disk, a quota, a file size limit; publishes are then answered as not kept), else 0",
             usize::from(self.storage.disk_full()),
         )?;
         let losses = self.broker.stats().snapshot();

@@ -132,7 +132,8 @@ pub struct QueuedDelivery {
 /// Whether commits work, as the writer last found, for the metrics.
 #[derive(Debug, Default)]
 pub struct Health {
-    /// The last commit that carried writes failed for want of space.
+    /// The last commit failed for want of room (a full disk, a quota, a
+    /// file size limit), and none has changed rows since.
     disk_full: AtomicBool,
     /// Commits that failed, since start.
     failed_commits: AtomicU64,

@@ -259,6 +259,14 @@ impl Writer {
     fn failed(&mut self, err: &rusqlite::Error) -> CommitError {
         let failure = match err.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DiskFull) => CommitError::Full,
+            // SQLite says "full" for ENOSPC only; a quota (EDQUOT) or a
+            // file size limit (EFBIG) is no room either, reported as an
+            // I/O error whose errno tells.
+            Some(rusqlite::ErrorCode::SystemIoFailure)
+                if matches!(self.system_errno(), libc::EDQUOT | libc::EFBIG) =>
+            {
+                CommitError::Full
+            }
             _ => CommitError::Storage,
         };
         self.health.failed_commits.fetch_add(1, Ordering::Relaxed);
@@ -276,8 +284,16 @@ impl Writer {
         failure
     }
 
-    /// A commit that carried writes worked: if commits were failing, they
-    /// no longer are.
+    /// The errno of the system call behind the connection's last I/O
+    /// error.
+    fn system_errno(&self) -> i32 {
+        // SAFETY: the handle is this open connection's, used on its own
+        // thread, and sqlite3_system_errno only reads it.
+        unsafe { rusqlite::ffi::sqlite3_system_errno(self.db.handle()) }
+    }
+
+    /// A commit that changed rows worked: if commits were failing, they no
+    /// longer are.
     fn recovered(&mut self) {
         if std::mem::take(&mut self.failing) {
             self.health.disk_full.store(false, Ordering::Relaxed);
