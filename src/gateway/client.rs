@@ -394,30 +394,7 @@ impl Client {
         if !self.id.version.is_v5() {
             return Some(Ending::NotKept(err));
         }
-        let (puback, pubrec) = match err {
-            CommitError::Full => (PubAckReason::QuotaExceeded, PubRecReason::QuotaExceeded),
-            CommitError::Storage => (
-                PubAckReason::UnspecifiedError,
-                PubRecReason::UnspecifiedError,
-            ),
-        };
-        out.queue(match ack {
-            Packet::PubAck(ack, properties) => Packet::PubAck(
-                PubAck {
-                    reason: puback,
-                    ..ack
-                },
-                properties,
-            ),
-            Packet::PubRec(rec, properties) => Packet::PubRec(
-                PubRec {
-                    reason: pubrec,
-                    ..rec
-                },
-                properties,
-            ),
-            other => other,
-        });
+        out.queue(super::owed::refused(ack, err));
         None
     }
 

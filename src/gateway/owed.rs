@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use rumqttd::protocol::Packet;
+use rumqttd::protocol::{Packet, PubAck, PubAckReason, PubRec, PubRecReason};
 use tokio::sync::oneshot::error::TryRecvError;
 
 use super::wire::Outbox;
@@ -107,5 +107,34 @@ impl Owed {
         self.queue
             .pop_front()
             .map(|owing| (owing.ack, owing.outcome))
+    }
+}
+
+/// `ack` saying its message was not kept (MQTT 5): 0x97 when there was no
+/// room, 0x80 when the commit failed otherwise.
+pub(super) fn refused(ack: Packet, err: CommitError) -> Packet {
+    let (puback, pubrec) = match err {
+        CommitError::Full => (PubAckReason::QuotaExceeded, PubRecReason::QuotaExceeded),
+        CommitError::Storage => (
+            PubAckReason::UnspecifiedError,
+            PubRecReason::UnspecifiedError,
+        ),
+    };
+    match ack {
+        Packet::PubAck(ack, properties) => Packet::PubAck(
+            PubAck {
+                reason: puback,
+                ..ack
+            },
+            properties,
+        ),
+        Packet::PubRec(rec, properties) => Packet::PubRec(
+            PubRec {
+                reason: pubrec,
+                ..rec
+            },
+            properties,
+        ),
+        other => other,
     }
 }
