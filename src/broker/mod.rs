@@ -228,10 +228,10 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Takes the taps' commits out, for a publisher that holds its
-    /// acknowledgements in order on its own and reads on meanwhile (the
-    /// gateway's clients): the publication is then done once its
-    /// subscribers have it.
+    /// Takes the commits (the taps', the retained store's) out, for a
+    /// publisher that holds its acknowledgements in order on its own and
+    /// reads on meanwhile (the gateway's clients): the publication is then
+    /// done once its subscribers have it.
     pub fn take_kept(&mut self) -> Vec<Kept> {
         std::mem::take(&mut self.kept)
     }

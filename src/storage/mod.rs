@@ -828,11 +828,19 @@ mod tests {
                 },
                 expiry: Some(Duration::from_secs(600)),
             };
-            store.retain(Message::new(with_props.clone(), &budget));
-            with_props.topic = "status/b".into();
-            store.retain(Message::new(with_props, &budget));
-            store.retain(message(&budget, "status/c", b"x"));
-            store.clear_retained("status/b");
+            // Each change hands its commit back for the publisher's ack.
+            let commits = [
+                store.retain(Message::new(with_props.clone(), &budget)),
+                {
+                    with_props.topic = "status/b".into();
+                    store.retain(Message::new(with_props, &budget))
+                },
+                store.retain(message(&budget, "status/c", b"x")),
+                store.clear_retained("status/b"),
+            ];
+            for commit in commits {
+                assert_eq!(commit.expect("a commit to wait on").await, Ok(Ok(())));
+            }
             store.save_session(
                 &key,
                 SessionRecord {
