@@ -253,6 +253,7 @@ impl Storage {
             queues: states,
             health: Arc::clone(&health),
             failing: false,
+            retry: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("jwtgate-storage".to_owned())
@@ -736,6 +737,7 @@ mod tests {
         }
         assert!(health.disk_full());
         assert_eq!(health.failed_commits(), 21);
+        let failed_before_acks = health.failed_commits();
         let (rows, bytes, seqs) = table_figures(&storage);
         let snapshot = queue.snapshot();
         assert_eq!((snapshot.messages, snapshot.bytes), (rows, bytes));
@@ -743,8 +745,21 @@ mod tests {
         assert_eq!(*queue.committed().borrow(), kept as u64);
         assert_eq!(seqs, (1..=kept as u64).collect::<Vec<_>>());
 
+        // The remote's acks in a commit that fails are applied by the
+        // next one.
+        queue.acked(vec![1]);
+        assert_eq!(
+            append_one(&queue, &budget, 0, 2000).await,
+            Err(crate::broker::CommitError::Full)
+        );
+        storage.flush().await;
+        assert_eq!(health.failed_commits(), failed_before_acks + 1);
+        let (rows, _, seqs) = table_figures(&storage);
+        assert_eq!((rows, seqs.first()), (kept as u64 - 1, Some(&2)));
+        assert_eq!(queue.snapshot().messages, rows);
+
         // Room again: the remote took the first half.
-        queue.acked((1..=kept as u64 / 2).collect());
+        queue.acked((2..=kept as u64 / 2).collect());
         storage.flush().await;
         append_one(&queue, &budget, 9999, 10)
             .await

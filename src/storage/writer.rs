@@ -138,6 +138,10 @@ pub(super) struct Writer {
     pub health: Arc<Health>,
     /// The last commit that carried writes failed.
     pub failing: bool,
+    /// The remote's acknowledgements a failed commit did not apply, for
+    /// the next one: otherwise their rows would stay, taking budget, and
+    /// be sent again after a restart.
+    pub retry: Vec<Write>,
 }
 
 impl Writer {
@@ -161,7 +165,8 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut group = vec![first];
+            let mut group = std::mem::take(&mut self.retry);
+            group.push(first);
             while group.len() < MAX_GROUP {
                 match writes.try_recv() {
                     Ok(write) => group.push(write),
@@ -209,6 +214,7 @@ impl Writer {
                     Write::Flush(done) | Write::Stop(done) => {
                         let _ = done.send(());
                     }
+                    acked @ Write::Acked { .. } if outcome.is_err() => self.retry.push(acked),
                     Write::Acked { .. } | Write::SaveSession(..) | Write::RemoveSession(_) => {}
                 }
             }
