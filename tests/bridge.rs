@@ -59,12 +59,21 @@ struct Bridged {
 }
 
 async fn bridged(up: bool, rules: &str, extra: &str) -> Bridged {
+    bridged_within(up, rules, extra, None).await
+}
+
+/// As [`bridged`], the gateway's files limited to `file_size` bytes if
+/// given.
+async fn bridged_within(up: bool, rules: &str, extra: &str, file_size: Option<u64>) -> Bridged {
     let mosquitto = Mosquitto::start().await;
     let relay = Relay::start(mosquitto.tls_port(), up).await;
     let secrets = tempfile::tempdir().expect("temp dir");
     let credential = password_file(&mosquitto, secrets.path());
     let table = bridge_table(&mosquitto, relay.port, &credential, rules, extra);
-    let gw = DevBinary::start("", &table).await;
+    let gw = match file_size {
+        None => DevBinary::start("", &table).await,
+        Some(limit) => DevBinary::start_with_file_size_limit("", &table, limit).await,
+    };
     Bridged {
         mosquitto,
         relay,
@@ -414,5 +423,389 @@ async fn a_rotated_token_file_is_used_at_the_next_reconnect() {
         .publish("sensors/dev0/data", QoS::AtLeastOnce, false, b"0:0")
         .await;
     central.expect_publish("site-42/sensors/dev0/data").await;
+    gw.assert_no_panic();
+}
+
+/// A tmpfs mounted on a new temporary directory, unmounted when dropped:
+/// a small disk that can fill up for real (ENOSPC). `None` where mounting
+/// is not allowed (the test then says it was skipped).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then_some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk with a file, leaving about `leave` bytes free.
+    fn fill_leaving(&self, leave: u64) -> std::path::PathBuf {
+        let filler = self.path().join("filler");
+        let free = fs_free(self.path());
+        let chunk = vec![0u8; 64 * 1024];
+        let mut file = std::fs::File::create(&filler).expect("create the filler");
+        let mut written = 0;
+        while written + (chunk.len() as u64) + leave <= free {
+            use std::io::Write as _;
+            file.write_all(&chunk).expect("write the filler");
+            written += chunk.len() as u64;
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Bytes free on the file system holding `path`.
+fn fs_free(path: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("run df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .expect("df's figure")
+}
+
+/// Rows in the bridge's queue table, read from the database beside the
+/// running gateway (WAL mode lets a reader in).
+fn queue_rows(state_dir: &Path) -> u64 {
+    let db = rusqlite::Connection::open_with_flags(
+        state_dir.join("jwtgate.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the database read-only");
+    db.query_row("SELECT COUNT(*) FROM \"queue:cloud\"", [], |row| row.get(0))
+        .expect("count the queue's rows")
+}
+
+/// Publishes message `n` (payload `"0:{n}:"`, 1000 bytes) at QoS 1 on
+/// `sensors/dev0/data`; `Ok(n)` when its PUBACK said success, else the
+/// PUBACK's reason.
+async fn publish_numbered(device: &mut common::V5Client, n: usize) -> Result<usize, String> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+    let mut payload = format!("0:{n}:").into_bytes();
+    payload.resize(1000, b'x');
+    match device
+        .publish("sensors/dev0/data", QoS::AtLeastOnce, false, &payload)
+        .await
+    {
+        Some(Packet::PubAck(ack)) if ack.reason == PubAckReason::Success => Ok(n),
+        Some(Packet::PubAck(ack)) => Err(format!("{:?}", ack.reason)),
+        other => panic!("expected a PUBACK, got {other:?}"),
+    }
+}
+
+/// `jwtgate_storage_disk_full` and `jwtgate_storage_failed_commits_total`
+/// as the gateway's metrics endpoint serves them (its `[metrics] listen`
+/// has port 0; the port is read from its log).
+async fn storage_metrics(gw: &DevBinary) -> (f64, f64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let needle = "metrics: serving /metrics addr=";
+    gw.served.wait_for_log(0, needle).await;
+    let log = gw.served.log();
+    let (_, rest) = log.split_once(needle).expect("the log line");
+    let addr = rest.split_whitespace().next().expect("an address");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    tokio::time::timeout(common::WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("the response in time")
+        .expect("read the response");
+    let sample = |name: &str| -> f64 {
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{response}"))
+    };
+    (
+        sample("jwtgate_storage_disk_full"),
+        sample("jwtgate_storage_failed_commits_total"),
+    )
+}
+
+/// How a test's disk fills up, and how space comes back.
+enum FullDisk {
+    /// A small tmpfs (ENOSPC), filled by a file that is then removed.
+    Tmpfs(SmallDisk),
+    /// A file size limit on the gateway (EFBIG), then lifted: no root
+    /// needed.
+    FileSizeLimit,
+}
+
+/// Issue 19, item 4, on a real full disk (a tmpfs; root only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_full_disk_only_committed_publishes_are_acknowledged_and_the_queue_recovers() {
+    let Some(disk) = SmallDisk::mount("16m") else {
+        println!("skipped: cannot mount a tmpfs here (needs root); see the file size limit case");
+        return;
+    };
+    only_committed_publishes_are_acknowledged(FullDisk::Tmpfs(disk)).await;
+}
+
+/// Issue 19, item 4, past a file size limit: the same without root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_a_file_size_limit_only_committed_publishes_are_acknowledged_and_the_queue_recovers() {
+    only_committed_publishes_are_acknowledged(FullDisk::FileSizeLimit).await;
+}
+
+/// On a full disk a QoS 1 PUBLISH bound for the uplink is acknowledged
+/// with success only if its queue row was committed; the others are
+/// answered with an error reason (MQTT 5), or the connection is closed
+/// without the ack (MQTT 3.1.1). Once space returns, the queue takes
+/// messages again without a restart, and everything acknowledged, and
+/// nothing else, reaches the central broker.
+async fn only_committed_publishes_are_acknowledged(disk: FullDisk) {
+    let metrics = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let (extra, file_size) = match &disk {
+        FullDisk::Tmpfs(disk) => (
+            format!(
+                "{metrics}[storage]\ndir = \"{}\"\n",
+                disk.path().join("state").display()
+            ),
+            None,
+        ),
+        FullDisk::FileSizeLimit => (metrics.to_owned(), Some(512 * 1024)),
+    };
+    let Bridged {
+        mosquitto,
+        relay,
+        gw,
+        _secrets,
+    } = bridged_within(false, FORWARD_SENSORS, &extra, file_size).await;
+    let mut central = mosquitto.subscriber("central", "site-42/#").await;
+    let (state, filler) = match &disk {
+        FullDisk::Tmpfs(disk) => (
+            disk.path().join("state"),
+            Some(disk.fill_leaving(512 * 1024)),
+        ),
+        FullDisk::FileSizeLimit => (gw.dir().join("state"), None),
+    };
+
+    let token = gw.token("dev0", &["sensors/dev0/#"], Duration::from_secs(3600));
+    let mut device = common::V5Client::start(common::v5_options_for(
+        gw.served.port(),
+        &gw.ca,
+        "dev0",
+        &token,
+    ));
+    device.connack().await;
+    let mut acked = Vec::new();
+    let mut refused: HashMap<String, usize> = HashMap::new();
+    let full_phase = 1000;
+    for n in 0..full_phase {
+        match publish_numbered(&mut device, n).await {
+            Ok(n) => acked.push(n),
+            Err(reason) => *refused.entry(reason).or_default() += 1,
+        }
+    }
+    let rows = queue_rows(&state);
+    println!(
+        "{}: {} of {full_phase} QoS 1 publishes acknowledged with success, {rows} rows committed; refused: {refused:?}",
+        match disk {
+            FullDisk::Tmpfs(_) => "full tmpfs",
+            FullDisk::FileSizeLimit => "file size limit",
+        },
+        acked.len()
+    );
+    assert!(
+        acked.len() as u64 <= rows,
+        "{} PUBACKs said success for {rows} committed rows",
+        acked.len()
+    );
+    assert!(
+        acked.len() < full_phase,
+        "the disk never filled up: {} rows",
+        rows
+    );
+    assert!(
+        refused.keys().all(|reason| reason == "QuotaExceeded"),
+        "no room is quota exceeded (0x97): {refused:?}"
+    );
+    let (disk_full, failed_commits) = storage_metrics(&gw).await;
+    assert_eq!(disk_full, 1.0);
+    assert!(failed_commits >= 1.0, "{failed_commits}");
+
+    // MQTT 3.1.1 has no way to say it: the device is closed without its
+    // PUBACK, and sends the message again once it reconnects.
+    let token = gw.token("dev1", &["sensors/dev1/#"], Duration::from_secs(3600));
+    let mut old = V4Client::start(gw.v4_options("dev1", &token));
+    assert_eq!(old.connack().await.code, ConnectReturnCode::Success);
+    let mut payload = b"1:0:".to_vec();
+    payload.resize(1000, b'x');
+    old.client
+        .publish("sensors/dev1/data", QoS::AtLeastOnce, false, payload)
+        .await
+        .expect("queue PUBLISH");
+    loop {
+        match old.next_packet().await {
+            Ok(rumqttc::Packet::PubAck(ack)) => panic!("PUBACK {ack:?} for a message not kept"),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+
+    // Space comes back: the same process takes messages again.
+    let full_log = gw.served.log().len();
+    match filler {
+        Some(filler) => std::fs::remove_file(&filler).expect("remove the filler"),
+        None => gw.served.lift_file_size_limit(),
+    }
+    let recovered = 200;
+    let before = acked.len();
+    for n in full_phase..full_phase + recovered {
+        match publish_numbered(&mut device, n).await {
+            Ok(n) => acked.push(n),
+            Err(reason) => *refused.entry(reason).or_default() += 1,
+        }
+    }
+    assert_eq!(
+        acked.len() - before,
+        recovered,
+        "publishes after space returned were refused: {refused:?}"
+    );
+    assert_eq!(queue_rows(&state), acked.len() as u64);
+    assert_eq!(
+        storage_metrics(&gw).await.0,
+        0.0,
+        "the disk-full state cleared"
+    );
+    let log = gw.served.log();
+    let failing = log.matches("storage: commits are failing").count();
+    let recovered_lines = log.matches("storage: commits succeed again").count();
+    println!(
+        "log: {failing} line(s) on commits failing, {recovered_lines} on their recovery, {} per failed commit",
+        log.matches("storage: a commit failed").count()
+    );
+    assert_eq!((failing, recovered_lines), (1, 1), "{log}");
+    assert!(
+        log[full_log..].contains("storage: commits succeed again"),
+        "the recovery was reported before space came back:\n{log}"
+    );
+
+    relay.set_up(true);
+    let arrived = collect(&mut central, acked.len(), DRAIN_LIMIT).await;
+    let numbers: Vec<usize> = arrived
+        .iter()
+        .map(|p| {
+            let text = String::from_utf8_lossy(&p.payload);
+            text.split(':')
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .expect("message number")
+        })
+        .collect();
+    assert_eq!(
+        numbers, acked,
+        "the central broker must get exactly what was acknowledged, in order"
+    );
+    gw.assert_no_panic();
+}
+
+/// Issue 19: the bridge's cache of recent messages gives way to the
+/// devices. 1,500 messages of 100 KB forwarded into a cut uplink, with a
+/// 128 MiB memory budget, once filled the cache past the budget: retained
+/// messages were refused and a parked session's messages dropped. Now the
+/// cache keeps to its share, and both are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_uplink_with_large_messages_leaves_the_memory_budget_to_sessions() {
+    let Bridged {
+        mosquitto: _mosquitto,
+        relay: _relay,
+        gw,
+        _secrets,
+    } = bridged(false, FORWARD_SENSORS, "[limits]\nmemory_budget_mb = 128\n").await;
+    let hour = Duration::from_secs(3600);
+
+    // A persistent subscriber, away while the burst comes.
+    let token = gw.token("panel", &["cmd/#", "status/#"], hour);
+    let mut options = gw.v4_options("panel", &token);
+    options.set_clean_session(false);
+    let mut panel = V4Client::start(options.clone());
+    assert_eq!(panel.connack().await.code, ConnectReturnCode::Success);
+    panel.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    panel.disconnect().await;
+
+    let token = gw.token("dev0", &["sensors/dev0/#"], hour);
+    let mut device = V4Client::start(gw.v4_options("dev0", &token));
+    assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
+    let payload = vec![b'x'; 100 * 1024];
+    for _ in 0..1500 {
+        device
+            .publish("sensors/dev0/data", QoS::AtLeastOnce, false, &payload)
+            .await;
+    }
+    let memory = gw.served.memory();
+
+    let token = gw.token("operator", &["cmd/#", "status/#"], hour);
+    let mut operator = V4Client::start(gw.v4_options("operator", &token));
+    assert_eq!(operator.connack().await.code, ConnectReturnCode::Success);
+    operator
+        .publish("status/site", QoS::AtLeastOnce, true, b"up")
+        .await;
+    for n in 0..20 {
+        operator
+            .publish(
+                "cmd/panel",
+                QoS::AtLeastOnce,
+                false,
+                format!("{n}").as_bytes(),
+            )
+            .await;
+    }
+    let mut panel = V4Client::start(options);
+    assert!(panel.connack().await.session_present);
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while got.len() < 20 && std::time::Instant::now() < deadline {
+        got.extend(panel.publishes_within(Duration::from_millis(200)).await);
+    }
+    panel.subscribe("status/#", QoS::AtLeastOnce).await;
+    let retained = panel.publishes_within(Duration::from_millis(500)).await;
+    println!(
+        "1,500 x 100 KB into a cut uplink, 128 MiB budget: RSS {} MiB (peak {} MiB); the parked session got {} of 20; retained kept: {}",
+        memory.rss >> 20,
+        memory.peak >> 20,
+        got.len(),
+        retained.iter().any(|p| p.topic == "status/site"),
+    );
+    assert_eq!(got.len(), 20, "a parked session's messages were dropped");
+    assert!(
+        retained.iter().any(|p| p.topic == "status/site"),
+        "the retained message was refused"
+    );
+    assert!(
+        !gw.served.log().contains("memory budget used up"),
+        "{}",
+        gw.served.log()
+    );
     gw.assert_no_panic();
 }

@@ -92,3 +92,71 @@ async fn a_persistent_session_and_its_queued_message_survive_a_restart() {
     );
     gw.assert_no_panic();
 }
+
+/// Issue 19, item 5: a retained message is acknowledged only once it is
+/// committed, so a SIGKILL right after the last PUBACK loses none of them.
+/// The publishes are pipelined (rumqttc keeps up to 100 in flight), as a
+/// device flushing its state after a reconnect would send them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_retained_messages_survive_a_kill_right_after_the_last_puback() {
+    const ROUNDS: usize = 3;
+    const MESSAGES: usize = 200;
+    let mut gw = DevBinary::start("", "").await;
+    let payload = vec![b'r'; 20 * 1024];
+    let mut survived = Vec::new();
+    let mut acked_in = Vec::new();
+    for round in 0..ROUNDS {
+        let started = std::time::Instant::now();
+        let token = gw.token("panel", &["status/#"], HOUR);
+        let mut device = V4Client::start(gw.v4_options("panel", &token));
+        assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
+        for i in 0..MESSAGES {
+            device
+                .client
+                .publish(
+                    format!("status/r{round}/{i}"),
+                    QoS::AtLeastOnce,
+                    true,
+                    payload.clone(),
+                )
+                .await
+                .expect("queue PUBLISH");
+        }
+        let mut acked = 0;
+        while acked < MESSAGES {
+            match device.next_packet().await {
+                Ok(rumqttc::Packet::PubAck(_)) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("connection ended after {acked} PUBACKs: {e}"),
+            }
+        }
+        acked_in.push(started.elapsed());
+        gw.served.kill().await;
+        gw.restart().await;
+
+        let reader_token = gw.token("dashboard", &["status/#"], HOUR);
+        let mut reader = V4Client::start(gw.v4_options("dashboard", &reader_token));
+        assert_eq!(reader.connack().await.code, ConnectReturnCode::Success);
+        reader
+            .subscribe(&format!("status/r{round}/#"), QoS::AtLeastOnce)
+            .await;
+        let mut topics = std::collections::HashSet::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while topics.len() < MESSAGES && std::time::Instant::now() < deadline {
+            for p in reader.publishes_within(Duration::from_millis(200)).await {
+                assert!(p.retain && p.payload.len() == payload.len(), "{p:?}");
+                topics.insert(p.topic);
+            }
+        }
+        reader.disconnect().await;
+        survived.push(topics.len());
+    }
+    println!(
+        "retained QoS 1 messages of 20 KB surviving a SIGKILL right after the last PUBACK: {survived:?} of {MESSAGES} per round (connect to last PUBACK: {acked_in:.2?})"
+    );
+    assert!(
+        survived.iter().all(|&n| n == MESSAGES),
+        "acknowledged retained messages lost: {survived:?} of {MESSAGES} per round"
+    );
+    gw.assert_no_panic();
+}

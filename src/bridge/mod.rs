@@ -8,8 +8,8 @@
 //!   core ([`crate::broker::Tap`]). Every routed message matching a forward
 //!   rule is written to the bridge's store-and-forward [`Queue`] on disk
 //!   under its remote topic, and the publishing device's PUBACK waits for
-//!   that commit (the device reads on meanwhile; its acks leave in order,
-//!   see `gateway::owed`). The link task sends the queue in order, at most
+//!   that commit and tells whether it worked (the device reads on
+//!   meanwhile; its acks leave in order, see `gateway::owed`). The link task sends the queue in order, at most
 //!   a window of unacknowledged messages at a time (the remote's receive
 //!   maximum; 256 for an MQTT 3.1.1 remote, which names none), taking what
 //!   was just committed from memory when it keeps up, and rows are deleted

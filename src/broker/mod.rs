@@ -146,8 +146,22 @@ impl Registry {
     }
 }
 
-/// Completes once a [`Tap`] has safely kept a message.
-pub type Kept = tokio::sync::oneshot::Receiver<()>;
+/// Completes once a [`Tap`] or the store has tried to commit a message,
+/// with the outcome the publisher's acknowledgement must tell. A closed
+/// channel (the writer stopped) means it was not kept.
+pub type Kept = tokio::sync::oneshot::Receiver<Result<(), CommitError>>;
+
+/// Why a message a publisher waits on was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// The commit failed (an I/O error, the writer gone).
+    #[error("the store could not commit it")]
+    Storage,
+    /// The disk (or a quota, or a file size limit), the queue's own
+    /// budget or the memory budget has no room for it.
+    #[error("the store has no room for it")]
+    Full,
+}
 
 /// Something outside the routing core that takes the routed messages it
 /// wants: a bridge's store-and-forward queue. A publisher's QoS 1/2
@@ -303,21 +317,13 @@ pub struct Pending {
     waiting: Vec<(Target, Instant)>,
     /// Taps still writing the message down.
     kept: Vec<Kept>,
-    /// Why the message was not kept as its topic's retained message.
-    refused: Option<QuotaError>,
 }
 
 impl Pending {
-    /// Why a retained message was not kept (routed all the same): its
-    /// publisher's acknowledgement must say so.
-    pub fn refusal(&self) -> Option<QuotaError> {
-        self.refused
-    }
-
-    /// Takes the taps' commits out, for a publisher that holds its
-    /// acknowledgements in order on its own and reads on meanwhile (the
-    /// gateway's clients): the publication is then done once its
-    /// subscribers have it.
+    /// Takes the commits (the taps', the retained store's) out, for a
+    /// publisher that holds its acknowledgements in order on its own and
+    /// reads on meanwhile (the gateway's clients): the publication is then
+    /// done once its subscribers have it.
     pub fn take_kept(&mut self) -> Vec<Kept> {
         std::mem::take(&mut self.kept)
     }
@@ -340,11 +346,12 @@ impl Pending {
     /// the burst that other publishers, released at the same moment, had
     /// just delivered.
     pub async fn advance(&mut self, broker: &Broker) {
-        // The taps first: a bridge's queue commits within a moment, and
-        // the publisher's ack must not go out before it has.
+        // The commits first: they come within a moment, and the
+        // publisher's ack must not go out before them. Their outcome is
+        // for an ack to tell; a publisher with one takes them out first
+        // (`take_kept`), the others (wills, the bridges' inbound) have no
+        // one to tell.
         while let Some(kept) = self.kept.last_mut() {
-            // An error means the writer stopped (shutdown): nothing to wait
-            // for any more.
             let _ = kept.await;
             self.kept.pop();
         }
@@ -998,9 +1005,9 @@ impl Broker {
     /// retained message of its topic when it has the RETAIN flag.
     pub fn publish(&self, message: Arc<Message>, publisher: Option<&Arc<Session>>) -> Pending {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
-        let refused = if message.retain() {
+        let retained = if message.retain() {
             let account = publisher.and_then(|p| p.state().account.clone());
-            self.update_retained(&message, account.as_ref()).err()
+            self.update_retained(&message, account.as_ref())
         } else {
             None
         };
@@ -1040,27 +1047,27 @@ impl Broker {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter_map(|tap| tap.take(&message))
+            .chain(retained)
             .collect();
         Pending {
             message,
             waiting,
             kept,
-            refused,
         }
     }
 
     /// Stores (or with an empty payload clears) `message` as its topic's
     /// retained message, its place charged to its publisher's `account`
     /// (the gateway's alone for a will or a bridged message), within the
-    /// subject's retained quota and the budget.
+    /// subject's retained quota and the budget. The store's commit, or the
+    /// refusal, is for the publisher's ack to wait on.
     fn update_retained(
         &self,
         message: &Arc<Message>,
         account: Option<&Arc<Account>>,
-    ) -> Result<(), QuotaError> {
+    ) -> Option<Kept> {
         if message.payload().is_empty() {
-            self.store.clear_retained(message.topic());
-            return Ok(());
+            return self.store.clear_retained(message.topic());
         }
         let place = retained::place_cost(message.topic());
         let charge = match account {
@@ -1087,8 +1094,7 @@ impl Broker {
                 self.store.retain(Retained {
                     message: Arc::clone(message),
                     charge: Some(charge),
-                });
-                Ok(())
+                })
             }
             Err(err) => {
                 self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
@@ -1101,7 +1107,11 @@ impl Broker {
                         "memory budget used up: retained messages are not stored until memory frees up (see [limits] memory_budget_mb)"
                     );
                 }
-                Err(err)
+                // Routed, but not kept as retained: the ack must not say
+                // it was.
+                let (refused, kept) = tokio::sync::oneshot::channel();
+                let _ = refused.send(Err(CommitError::Full));
+                Some(kept)
             }
         }
     }

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
+use super::Kept;
 use super::budget::{Account, Charge};
 use super::index::SubscriptionOptions;
 use super::mailbox::Delivery;
@@ -40,9 +41,12 @@ pub struct SessionRecord {
 
 pub trait Store: Send + Sync + 'static {
     /// Makes `retained` the retained message of its topic.
-    fn retain(&self, retained: Retained);
-    /// Removes the retained message of `topic`.
-    fn clear_retained(&self, topic: &str);
+    /// A store that writes it down returns the commit, which the
+    /// publisher's ack waits on; one that keeps it in memory only, `None`.
+    fn retain(&self, retained: Retained) -> Option<Kept>;
+    /// Removes the retained message of `topic`; the commit as for
+    /// [`Store::retain`].
+    fn clear_retained(&self, topic: &str) -> Option<Kept>;
     /// What replacing the retained message of `topic` would give back to
     /// `account`: its quota counts it as free for the new one.
     fn held_by(&self, topic: &str, account: &Arc<Account>) -> usize;
@@ -94,7 +98,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn retain(&self, retained: Retained) {
+    fn retain(&self, retained: Retained) -> Option<Kept> {
         let mut tree = self
             .retained
             .write()
@@ -109,13 +113,15 @@ impl Store for MemoryStore {
             *sets = 0;
             tree.purge(Instant::now());
         }
+        None
     }
 
-    fn clear_retained(&self, topic: &str) {
+    fn clear_retained(&self, topic: &str) -> Option<Kept> {
         self.retained
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .clear(topic);
+        None
     }
 
     fn held_by(&self, topic: &str, account: &Arc<Account>) -> usize {

@@ -48,8 +48,8 @@ use super::quiet::{Kind, Quiet};
 use super::wire::Outbox;
 use crate::acl::{Grants, TopicLimits};
 use crate::broker::{
-    Attached, Broker, Delivery, Inflight, Kept, Pending, Properties, Publication, QoS, Resend,
-    RetainHandling, Session, SubscribeError, SubscriptionOptions, Taken, Will,
+    Attached, Broker, CommitError, Delivery, Inflight, Kept, Pending, Properties, Publication, QoS,
+    Resend, RetainHandling, Session, SubscribeError, SubscriptionOptions, Taken, Will,
 };
 use crate::config::{DenyPublish, Limits, SessionSettings};
 use crate::metrics::{Metrics, SessionEnd};
@@ -85,6 +85,9 @@ pub(super) enum Ending {
     PublishDenied,
     /// The session's queue overflowed under the `disconnect` policy.
     SlowSubscriber,
+    /// A message of an MQTT 3.1.1 client could not be kept, which its
+    /// ack has no way to say: it is closed without one.
+    NotKept(CommitError),
     /// The client read nothing of what it was sent for
     /// `[limits] write_timeout_secs`.
     WriteStalled,
@@ -116,7 +119,10 @@ impl Ending {
             Ending::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
             Ending::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
             Ending::PublishDenied | Ending::Revoked(_) => Some(DisconnectReasonCode::NotAuthorized),
-            Ending::SlowSubscriber => Some(DisconnectReasonCode::QuotaExceeded),
+            Ending::SlowSubscriber | Ending::NotKept(CommitError::Full) => {
+                Some(DisconnectReasonCode::QuotaExceeded)
+            }
+            Ending::NotKept(CommitError::Storage) => Some(DisconnectReasonCode::UnspecifiedError),
         }
     }
 
@@ -135,6 +141,7 @@ impl Ending {
             | Ending::TokenExpired
             | Ending::PublishDenied
             | Ending::SlowSubscriber
+            | Ending::NotKept(_)
             | Ending::WriteStalled => true,
         }
     }
@@ -154,6 +161,7 @@ impl Ending {
             Ending::SlowSubscriber => SessionEnd::SlowSubscriber,
             Ending::WriteStalled => SessionEnd::WriteStalled,
             Ending::ReauthRefused { .. } => SessionEnd::ReauthRefused,
+            Ending::NotKept(_) => SessionEnd::NotKept,
         }
     }
 
@@ -165,6 +173,7 @@ impl Ending {
             Ending::SlowSubscriber => Some(
                 "the session's queue is full and the client does not read it fast enough".into(),
             ),
+            Ending::NotKept(err) => Some(format!("a message could not be kept: {err}")),
             _ => None,
         }
     }
@@ -374,9 +383,39 @@ impl Client {
         self.take_input(input, out)
     }
 
-    /// Sends the acks whose messages are committed.
-    pub fn release_owed(&mut self, out: &mut Outbox) {
-        self.owed.release(out);
+    /// Sends, in order, the acks whose messages' commits were tried, each
+    /// telling its outcome.
+    pub fn release_owed(&mut self, out: &mut Outbox) -> Option<Ending> {
+        while let Some((ack, outcome)) = self.owed.next_settled() {
+            match outcome {
+                Ok(()) => out.queue(ack),
+                Err(err) => {
+                    if let Some(ending) = self.not_kept(ack, err, out) {
+                        return Some(ending);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Answers a PUBLISH whose message could not be kept: MQTT 5 with the
+    /// ack's reason (0x97 when there was no room, 0x80 otherwise), MQTT
+    /// 3.1.1, whose ack cannot say it, by closing the connection without
+    /// one: the client sends the message again once it reconnects.
+    fn not_kept(&mut self, ack: Packet, err: CommitError, out: &mut Outbox) -> Option<Ending> {
+        // The QoS 2 exchange ends here (MQTT 5 §4.3.3): its packet id is
+        // free again, so that the PUBLISH an MQTT 3.1.1 client sends again
+        // on its resumed session is routed, not taken for a re-send of a
+        // message already kept.
+        if let Packet::PubRec(rec, _) = &ack {
+            self.inflight.release(rec.pkid);
+        }
+        if !self.id.version.is_v5() {
+            return Some(Ending::NotKept(err));
+        }
+        out.queue(super::owed::refused(ack, err));
+        None
     }
 
     /// Re-sends what a resumed session had in flight (MQTT 5 §4.4).
@@ -819,35 +858,6 @@ impl Client {
             expiry,
         });
         let mut pending = self.broker().publish(message, Some(&self.session));
-        let mut ack = ack;
-        if let Some(refusal) = pending.refusal() {
-            // Routed, but not kept as retained: the ack must not say it was.
-            self.metrics.publish_refused();
-            info!(client_id = self.id.client_id, error = %refusal, "retained message not stored");
-            if !self.id.version.is_v5() {
-                return Some(Ending::Protocol(
-                    DisconnectReasonCode::QuotaExceeded,
-                    format!("retained message not stored: {refusal}"),
-                ));
-            }
-            ack = ack.map(|packet| match packet {
-                Packet::PubAck(PubAck { pkid, .. }, p) => Packet::PubAck(
-                    PubAck {
-                        pkid,
-                        reason: PubAckReason::QuotaExceeded,
-                    },
-                    p,
-                ),
-                Packet::PubRec(PubRec { pkid, .. }, p) => Packet::PubRec(
-                    PubRec {
-                        pkid,
-                        reason: PubRecReason::QuotaExceeded,
-                    },
-                    p,
-                ),
-                other => other,
-            });
-        }
         let kept = pending.take_kept();
         if pending.is_done() {
             self.owed.push(kept, ack, out);
@@ -956,20 +966,19 @@ impl Client {
         });
         // A filter repeated in one SUBSCRIBE is one subscription (the last
         // options win, MQTT 5 §3.8.4): it is made, charged and replayed
-        // once, and every repetition gets its answer.
+        // once, by its last repetition; the others are answered as they
+        // would have been.
         let mut last: HashMap<&str, usize> = HashMap::with_capacity(subscribe.filters.len());
         for (i, filter) in subscribe.filters.iter().enumerate() {
             last.insert(filter.path.as_str(), i);
         }
-        let mut return_codes = vec![SubscribeReasonCode::Unspecified; subscribe.filters.len()];
+        let mut return_codes = Vec::with_capacity(subscribe.filters.len());
         for (i, filter) in subscribe.filters.iter().enumerate() {
-            if last.get(filter.path.as_str()) != Some(&i) {
-                continue;
-            }
+            let commit = last.get(filter.path.as_str()) == Some(&i);
             let code = if property_bytes > self.limits.max_property_bytes {
                 SubscribeReasonCode::QuotaExceeded
             } else {
-                match self.subscribe_one(filter, id.and_then(|id| u32::try_from(id).ok())) {
+                match self.subscribe_one(filter, id.and_then(|id| u32::try_from(id).ok()), commit) {
                     Ok(code) => code,
                     Err(ending) => return Some(ending),
                 }
@@ -980,18 +989,7 @@ impl Client {
                     info!(client_id, filter = filter.path, reason = ?code, "subscription refused");
                 });
             }
-            if let Some(slot) = return_codes.get_mut(i) {
-                *slot = code;
-            }
-        }
-        for (i, filter) in subscribe.filters.iter().enumerate() {
-            let answer = last
-                .get(filter.path.as_str())
-                .and_then(|&j| return_codes.get(j))
-                .copied();
-            if let (Some(answer), Some(slot)) = (answer, return_codes.get_mut(i)) {
-                *slot = answer;
-            }
+            return_codes.push(code);
         }
         out.queue(Packet::SubAck(
             SubAck {
@@ -1003,10 +1001,12 @@ impl Client {
         None
     }
 
+    /// Vets one filter and, with `commit`, subscribes to it.
     fn subscribe_one(
         &mut self,
         filter: &Filter,
         id: Option<u32>,
+        commit: bool,
     ) -> Result<SubscribeReasonCode, Ending> {
         let Ok(requested) = self.limits.topics.requested(&filter.path) else {
             return Ok(SubscribeReasonCode::TopicFilterInvalid);
@@ -1032,6 +1032,9 @@ impl Client {
             RetainForwardRule::OnNewSubscribe => RetainHandling::OnNewSubscription,
             RetainForwardRule::Never => RetainHandling::Never,
         };
+        if !commit {
+            return Ok(SubscribeReasonCode::Success(wire_qos(qos)));
+        }
         Ok(
             match self
                 .broker()
@@ -1448,6 +1451,86 @@ mod tests {
         );
         let publish = h.publish("other/x", 0, 0, &[]);
         assert!(matches!(h.send(&publish), Some(Ending::PublishDenied)));
+    }
+
+    /// A tap whose commits are already answered: `dev/full/...` had no
+    /// room, `dev/broken/...` failed, the rest was kept.
+    struct Answered;
+
+    impl crate::broker::Tap for Answered {
+        fn take(&self, message: &Arc<crate::broker::Message>) -> Option<Kept> {
+            let outcome = if message.topic().starts_with("dev/full/") {
+                Err(CommitError::Full)
+            } else if message.topic().starts_with("dev/broken/") {
+                Err(CommitError::Storage)
+            } else {
+                Ok(())
+            };
+            let (answer, kept) = tokio::sync::oneshot::channel();
+            let _ = answer.send(outcome);
+            Some(kept)
+        }
+    }
+
+    /// Issue 19, item 4: an ack tells whether its message was kept.
+    #[test]
+    fn an_ack_tells_whether_the_message_was_committed() {
+        let mut h = client(Version::V5, &["dev/#"]);
+        h.client.broker.add_tap(Arc::new(Answered));
+        for (topic, qos, pkid) in [
+            ("dev/ok/1", 1, 1),
+            ("dev/full/1", 1, 2),
+            ("dev/broken/1", 1, 3),
+            ("dev/full/2", 2, 4),
+        ] {
+            let publish = h.publish(topic, qos, pkid, &[]);
+            assert!(h.send(&publish).is_none());
+        }
+        assert!(h.client.release_owed(&mut h.out).is_none());
+        let reasons: Vec<String> = h
+            .answers()
+            .iter()
+            .map(|packet| match packet {
+                Packet::PubAck(ack, _) => format!("{} {:?}", ack.pkid, ack.reason),
+                Packet::PubRec(rec, _) => format!("{} {:?}", rec.pkid, rec.reason),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "1 Success",
+                "2 QuotaExceeded",
+                "3 UnspecifiedError",
+                "4 QuotaExceeded"
+            ]
+        );
+        // The refused QoS 2 exchange ended: the same packet id is a new
+        // message, routed (and refused) again, not taken for a re-send
+        // (which would be answered with success).
+        assert_eq!(h.client.inflight.incoming(), 0);
+        let publish = h.publish("dev/full/3", 2, 4, &[]);
+        assert!(h.send(&publish).is_none());
+        assert!(h.client.release_owed(&mut h.out).is_none());
+        assert!(matches!(
+            &h.answers()[..],
+            [Packet::PubRec(rec, _)] if rec.pkid == 4 && rec.reason == PubRecReason::QuotaExceeded
+        ));
+
+        // MQTT 3.1.1 cannot say it: the connection closes without the ack,
+        // and a QoS 2 id is not left behind as received.
+        for qos in [1, 2] {
+            let mut h = client(Version::V3_1_1, &["dev/#"]);
+            h.client.broker.add_tap(Arc::new(Answered));
+            let publish = h.publish("dev/full/1", qos, 1, &[]);
+            assert!(h.send(&publish).is_none());
+            assert!(matches!(
+                h.client.release_owed(&mut h.out),
+                Some(Ending::NotKept(CommitError::Full))
+            ));
+            assert!(h.answers().is_empty());
+            assert_eq!(h.client.inflight.incoming(), 0);
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //!   (`session`: socket, timers, deadlines) around its protocol state
 //!   (`client`: packets in, decisions out): every packet authorized,
 //!   publishes routed on the task itself, acks held in order until the
-//!   bridges have committed (`owed`), deliveries written from the
+//!   bridges and the retained store have committed, each telling whether
+//!   its message was kept (`owed`), deliveries written from the
 //!   session's mailbox; what it is refused is counted in full and logged
 //!   within a per-connection allowance (`quiet`). MQTT framing comes from rumqttd's codec behind a guard
 //!   (`codec`); the socket is driven in both directions at once (`wire`).
@@ -144,8 +145,8 @@ impl Gateway {
             .iter()
             .map(|bridge| (bridge.name.as_str(), bridge.max_queue_bytes))
             .collect();
-        let (storage, restored) = Storage::open(&config.storage, &queues)?;
         let budget = Budget::new(config.limits.memory_budget);
+        let (storage, restored) = Storage::open(&config.storage, &queues, &budget)?;
         if restored.skipped > 0 {
             warn!(skipped = restored.skipped, database = %storage.path().display(), "storage: some kept state did not decode and was left out");
         }
@@ -183,6 +184,7 @@ impl Gateway {
             metrics::State {
                 broker: Arc::clone(&broker),
                 keys: Arc::clone(&keys),
+                storage: storage.health(),
                 queues: config
                     .bridges
                     .iter()

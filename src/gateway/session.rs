@@ -126,7 +126,11 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             () = session.mailbox().ready() => {}
-            () = owed.settled() => client.release_owed(&mut wire.output),
+            () = owed.settled() => {
+                if let Some(ending) = client.release_owed(&mut wire.output) {
+                    return ending;
+                }
+            }
             () = advance(pending, &shared.broker) => {
                 if let Some(ending) = client.publication_done(&mut wire.input, &mut wire.output) {
                     return ending;

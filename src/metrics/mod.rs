@@ -15,7 +15,9 @@
 //!   packet is one atomic add and takes no lock.
 //! - **State**, read from its owner at scrape time by [`State`]: the keys
 //!   loaded, the routing core's losses (slow subscribers, expiry, size,
-//!   memory budget) and each uplink bridge's queue (depth, bytes, drops).
+//!   memory budget), whether the durable store's commits work (a full
+//!   disk, failed commits) and each uplink bridge's queue (depth, bytes,
+//!   drops).
 //!
 //! [`Exposition`] joins both in one registry and renders the Prometheus
 //! text format; [`endpoint`] serves it on `[metrics] listen`. The README
@@ -37,7 +39,7 @@ use prometheus_client::registry::Registry;
 use crate::broker::{Broker, QoS};
 use crate::gateway::Version;
 use crate::keys::KeyStore;
-use crate::storage::{Queue, QueueSnapshot};
+use crate::storage::{Health, Queue, QueueSnapshot};
 use crate::token::TokenError;
 
 /// One label, `name="value"`: every family here has exactly one.
@@ -385,6 +387,9 @@ pub enum SessionEnd {
     SlowSubscriber,
     WriteStalled,
     ReauthRefused,
+    /// An MQTT 3.1.1 client's message could not be kept (a full disk),
+    /// which its ack cannot say.
+    NotKept,
 }
 
 impl SessionEnd {
@@ -402,6 +407,7 @@ impl SessionEnd {
             SessionEnd::SlowSubscriber => "slow_subscriber",
             SessionEnd::WriteStalled => "write_stalled",
             SessionEnd::ReauthRefused => "reauth_refused",
+            SessionEnd::NotKept => "not_kept",
         }
     }
 }
@@ -410,6 +416,8 @@ impl SessionEnd {
 pub struct State {
     pub broker: Arc<Broker>,
     pub keys: Arc<KeyStore>,
+    /// Whether the durable store's commits work.
+    pub storage: Arc<Health>,
     /// The uplink bridges' queues.
     pub queues: Vec<Arc<Queue>>,
 }
@@ -437,6 +445,12 @@ impl Collector for State {
             "Entries of the deny list (keys/revoked) in force",
             keys.deny_list().len(),
         )?;
+        gauge(
+            &mut encoder,
+            "jwtgate_storage_disk_full",
+            "1 while the durable store's commits fail for want of room (a full disk, a quota, a file size limit; publishes are then answered as not kept), else 0",
+            usize::from(self.storage.disk_full()),
+        )?;
         let losses = self.broker.stats().snapshot();
         for (name, help, value) in [
             (
@@ -463,6 +477,11 @@ impl Collector for State {
                 "jwtgate_retained_refused",
                 "Retained messages not stored: the memory budget was used up",
                 losses.retained_refused,
+            ),
+            (
+                "jwtgate_storage_failed_commits",
+                "Commits of the durable store that failed; what they carried was answered as not kept",
+                self.storage.failed_commits(),
             ),
         ] {
             let counter = ConstCounter::new(value);
@@ -575,6 +594,7 @@ mod tests {
                 Arc::new(crate::broker::store::MemoryStore::new()),
             ),
             keys: Arc::new(keys),
+            storage: Arc::default(),
             queues: Vec::new(),
         };
         let exposition = Exposition::new(&metrics, state);
@@ -616,6 +636,11 @@ mod tests {
             sample(&text, "jwtgate_slow_subscriber_drops_total"),
             Some(0.0)
         );
+        assert_eq!(sample(&text, "jwtgate_storage_disk_full"), Some(0.0));
+        assert_eq!(
+            sample(&text, "jwtgate_storage_failed_commits_total"),
+            Some(0.0)
+        );
         drop(held);
         assert_eq!(
             sample(&exposition.render(), "jwtgate_connections{protocol=\"5\"}"),
@@ -634,7 +659,8 @@ mod tests {
             dir: dir.path().join("state"),
             sync_interval: std::time::Duration::from_millis(50),
         };
-        let (storage, _) = Storage::open(&config, &[("cloud", 1 << 20)]).unwrap();
+        let budget = Budget::new(1 << 20);
+        let (storage, _) = Storage::open(&config, &[("cloud", 1 << 20)], &budget).unwrap();
         let queue = Arc::clone(storage.queue("cloud").unwrap());
         let keys = tempfile::tempdir().unwrap();
         let state = State {
@@ -644,12 +670,12 @@ mod tests {
                 Arc::new(crate::broker::store::MemoryStore::new()),
             ),
             keys: Arc::new(KeyStore::open(keys.path()).unwrap().0),
+            storage: storage.health(),
             queues: vec![Arc::clone(&queue)],
         };
         let exposition = Exposition::new(&Metrics::default(), state);
         let depth = "jwtgate_bridge_queue_messages{bridge=\"cloud\"}";
         assert_eq!(sample(&exposition.render(), depth), Some(0.0));
-        let budget = Budget::new(1 << 20);
         let message = Message::new(
             Publication {
                 topic: "t".into(),
@@ -664,6 +690,7 @@ mod tests {
         queue
             .append(message, "t".to_owned(), QoS::AtLeastOnce)
             .await
+            .unwrap()
             .unwrap();
         let text = exposition.render();
         assert_eq!(sample(&text, depth), Some(1.0));

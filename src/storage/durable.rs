@@ -4,11 +4,15 @@
 //! Reads are served from memory, exactly as [`MemoryStore`] serves them
 //! (matching a filter against the retained messages is the hot path and
 //! stays a tree walk); every change is also sent to the writer, which
-//! commits it with whatever else is pending. At start the memory side is
-//! filled from what [`super::Storage::open`] read back.
+//! commits it with whatever else is pending. A retained message set or
+//! cleared hands its commit back ([`Kept`]), so that the publisher's ack
+//! waits for it: a kill after the PUBACK cannot lose it. At start the
+//! memory side is filled from what [`super::Storage::open`] read back.
 
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
+
+use tokio::sync::oneshot;
 
 use super::Restored;
 use super::writer::Write;
@@ -16,7 +20,7 @@ use crate::acl::TopicLimits;
 use crate::broker::budget::{Account, Kind};
 use crate::broker::retained::{self, Position, Retained};
 use crate::broker::store::{MemoryStore, SessionRecord, Store};
-use crate::broker::{Budget, Delivery, Message, SessionKey};
+use crate::broker::{Budget, Delivery, Kept, Message, SessionKey};
 
 pub struct DurableStore {
     memory: MemoryStore,
@@ -41,13 +45,16 @@ impl DurableStore {
         for publication in restored.retained {
             if limits.topic_name(&publication.topic).is_err() {
                 refused += 1;
-                let _ = writes.send(Write::ClearRetained(publication.topic.into()));
+                // Nobody waits for this commit.
+                let (kept, _) = oneshot::channel();
+                let _ = writes.send(Write::ClearRetained(publication.topic.into(), kept));
                 continue;
             }
             // Who published it is not kept, so its place is charged to the
             // gateway alone until its publisher replaces it.
             let charge = budget.charge_as(Kind::Retained, retained::place_cost(&publication.topic));
-            memory.retain(Retained {
+            // In memory only: nothing to commit.
+            let _ = memory.retain(Retained {
                 message: Message::new(publication, budget),
                 charge: Some(charge),
             });
@@ -89,21 +96,26 @@ impl DurableStore {
     }
 
     fn write(&self, write: Write) {
-        // Fails only after the storage closed, at shutdown.
+        // Fails only after the storage closed, at shutdown; a waiter's
+        // receiver then completes at once, as not kept.
         let _ = self.writes.send(write);
     }
 }
 
 impl Store for DurableStore {
-    fn retain(&self, retained: Retained) {
+    fn retain(&self, retained: Retained) -> Option<Kept> {
         let message = Arc::clone(&retained.message);
-        self.memory.retain(retained);
-        self.write(Write::Retain(message));
+        let _ = self.memory.retain(retained);
+        let (kept, receiver) = oneshot::channel();
+        self.write(Write::Retain(message, kept));
+        Some(receiver)
     }
 
-    fn clear_retained(&self, topic: &str) {
+    fn clear_retained(&self, topic: &str) -> Option<Kept> {
         self.memory.clear_retained(topic);
-        self.write(Write::ClearRetained(topic.into()));
+        let (kept, receiver) = oneshot::channel();
+        self.write(Write::ClearRetained(topic.into(), kept));
+        Some(receiver)
     }
 
     fn held_by(&self, topic: &str, account: &Arc<Account>) -> usize {

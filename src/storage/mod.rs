@@ -26,9 +26,12 @@
 //! `synchronous=NORMAL` writes every commit into the WAL file. A power cut
 //! may lose what was committed in the last `[storage] sync_interval_ms`,
 //! after which the WAL is fsynced (`writer.rs`); a zero interval fsyncs
-//! every commit. A message queued for a bridge is committed before the
-//! device's PUBACK is sent (the routing core waits for the writer's
-//! answer), so no acknowledged message is lost to a kill.
+//! every commit. A message queued for a bridge, and a retained message set
+//! or cleared, is committed before the device's PUBACK is sent (the
+//! device's ack waits for the writer's answer), so no acknowledged message
+//! is lost to a kill. A commit that fails (a full disk) is answered too:
+//! the ack then says the message was not kept ([`crate::broker::Kept`]),
+//! and [`Health`] shows the state until a commit works again.
 //!
 //! # Why SQLite
 //!
@@ -45,6 +48,7 @@ mod rows;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -58,7 +62,7 @@ pub use durable::DurableStore;
 pub use queue::{Queue, QueueReader, QueueSnapshot, Queued};
 pub use rows::RowError;
 
-use crate::broker::{Publication, SessionKey};
+use crate::broker::{Budget, Publication, SessionKey};
 use crate::config::StorageConfig;
 use rows::{MESSAGE_COLUMNS, MESSAGE_SCHEMA, MessageRow};
 use writer::{QueueState, Write, Writer};
@@ -125,21 +129,55 @@ pub struct QueuedDelivery {
     pub subscription_ids: Vec<u32>,
 }
 
+/// Whether commits work, as the writer last found, for the metrics.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The last commit failed for want of room (a full disk, a quota, a
+    /// file size limit), and none has changed rows since.
+    disk_full: AtomicBool,
+    /// Commits that failed, since start.
+    failed_commits: AtomicU64,
+}
+
+impl Health {
+    pub fn disk_full(&self) -> bool {
+        self.disk_full.load(Ordering::Relaxed)
+    }
+
+    pub fn failed_commits(&self) -> u64 {
+        self.failed_commits.load(Ordering::Relaxed)
+    }
+}
+
 /// The open database and its writer.
 pub struct Storage {
     path: PathBuf,
     writes: Sender<Write>,
     writer: Mutex<Option<JoinHandle<()>>>,
     queues: Vec<Arc<Queue>>,
+    health: Arc<Health>,
 }
 
 impl Storage {
     /// Opens (creating if needed) the database in `config.dir` with a
     /// queue for each bridge named in `bridges` (`(name, budget in
-    /// bytes)`), and reads back what the last run kept.
+    /// bytes)`), and reads back what the last run kept. The queues' caches
+    /// of recent messages give way to `memory`, the gateway's budget.
     pub fn open(
         config: &StorageConfig,
         bridges: &[(&str, u64)],
+        memory: &Arc<Budget>,
+    ) -> Result<(Arc<Storage>, Restored), StorageError> {
+        Storage::open_with(config, bridges, memory, |_| Ok(()))
+    }
+
+    /// As [`Storage::open`], with `tweak` applied to the writer's
+    /// connection before it starts (a test's smaller disk).
+    fn open_with(
+        config: &StorageConfig,
+        bridges: &[(&str, u64)],
+        memory: &Arc<Budget>,
+        tweak: impl FnOnce(&Connection) -> rusqlite::Result<()>,
     ) -> Result<(Arc<Storage>, Restored), StorageError> {
         std::fs::create_dir_all(&config.dir).map_err(|source| StorageError::CreateDir {
             path: config.dir.clone(),
@@ -195,6 +233,7 @@ impl Storage {
                     bytes,
                     dropped: 0,
                 },
+                Arc::clone(memory),
             ));
             states.push(QueueState {
                 queue: Arc::clone(&queue),
@@ -205,11 +244,16 @@ impl Storage {
             });
             queues.push(queue);
         }
+        tweak(&db).map_err(StorageError::Sql)?;
+        let health = Arc::new(Health::default());
         let writer = Writer {
             db,
             wal: wal_path(&path),
             sync_interval: config.sync_interval,
             queues: states,
+            health: Arc::clone(&health),
+            failing: false,
+            retry: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("jwtgate-storage".to_owned())
@@ -223,6 +267,7 @@ impl Storage {
             writes,
             writer: Mutex::new(Some(thread)),
             queues,
+            health,
         });
         Ok((storage, restored))
     }
@@ -230,6 +275,11 @@ impl Storage {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether commits work.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
     }
 
     /// The queue of bridge `name`.
@@ -500,7 +550,7 @@ mod tests {
         let budget = Budget::new(1 << 30);
         {
             let (storage, _) =
-                Storage::open(&config(dir.path()), &[("cloud", 1 << 20)]).expect("open");
+                Storage::open(&config(dir.path()), &[("cloud", 1 << 20)], &budget).expect("open");
             let queue = Arc::clone(storage.queue("cloud").expect("the bridge's queue"));
             let mut kept = Vec::new();
             for i in 0..5u8 {
@@ -512,7 +562,7 @@ mod tests {
                 ));
             }
             for k in kept {
-                k.await.expect("kept");
+                assert_eq!(k.await, Ok(Ok(())));
             }
             assert_eq!(*queue.committed().borrow(), 5);
             let all = read_all(&queue);
@@ -528,7 +578,7 @@ mod tests {
             storage.close();
         }
         let (storage, _) =
-            Storage::open(&config(dir.path()), &[("cloud", 1 << 20)]).expect("reopen");
+            Storage::open(&config(dir.path()), &[("cloud", 1 << 20)], &budget).expect("reopen");
         let queue = Arc::clone(storage.queue("cloud").expect("the bridge's queue"));
         assert_eq!(
             read_all(&queue)
@@ -546,6 +596,7 @@ mod tests {
                 QoS::AtMostOnce,
             )
             .await
+            .expect("answered")
             .expect("kept");
         let mut reader = queue.reader().expect("reader");
         let after = reader.after(5, 10).expect("read");
@@ -565,7 +616,8 @@ mod tests {
     async fn past_its_budget_a_queue_drops_the_oldest_and_counts_them() {
         let dir = tempfile::tempdir().expect("temp dir");
         let budget = Budget::new(1 << 30);
-        let (storage, _) = Storage::open(&config(dir.path()), &[("cloud", 10_000)]).expect("open");
+        let (storage, _) =
+            Storage::open(&config(dir.path()), &[("cloud", 10_000)], &budget).expect("open");
         let queue = Arc::clone(storage.queue("cloud").expect("queue"));
         let payload = [7u8; 900];
         for i in 0..40 {
@@ -613,6 +665,163 @@ mod tests {
         storage.close();
     }
 
+    /// Appends a message of `size` payload bytes on `t/{n}` and waits for
+    /// the writer's answer.
+    async fn append_one(
+        queue: &Queue,
+        budget: &Arc<Budget>,
+        n: usize,
+        size: usize,
+    ) -> Result<(), crate::broker::CommitError> {
+        let topic = format!("t/{n}");
+        queue
+            .append(
+                message(budget, &topic, &vec![b'x'; size]),
+                topic,
+                QoS::AtLeastOnce,
+            )
+            .await
+            .expect("the writer answers")
+    }
+
+    /// What the queue's table holds: (rows, bytes as budgeted, seqs).
+    fn table_figures(storage: &Storage) -> (u64, u64, Vec<u64>) {
+        let db = Connection::open_with_flags(storage.path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open read-only");
+        let (rows, bytes) = db
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM \"queue:cloud\"",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .expect("figures");
+        let mut select = db
+            .prepare("SELECT seq FROM \"queue:cloud\" ORDER BY seq")
+            .expect("select");
+        let seqs = select
+            .query_map([], |row| row.get(0))
+            .expect("seqs")
+            .collect::<rusqlite::Result<_>>()
+            .expect("read seqs");
+        (rows, bytes, seqs)
+    }
+
+    /// Issue 19, item 4: on a database that cannot grow (a full disk, made
+    /// here with `max_page_count`), a failed commit is answered as such
+    /// and moves none of the queue's figures; once room returns (acked
+    /// rows free pages) the queue takes messages again, numbered on
+    /// from the last committed one, and its figures still match its
+    /// table.
+    #[tokio::test]
+    async fn a_failed_commit_is_answered_and_leaves_the_queue_as_it_was() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let budget = Budget::new(1 << 30);
+        let (storage, _) =
+            Storage::open_with(&config(dir.path()), &[("cloud", 1 << 30)], &budget, |db| {
+                let pages: u64 = db.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+                db.query_row(
+                    &format!("PRAGMA max_page_count = {}", pages + 24),
+                    [],
+                    |_| Ok(()),
+                )
+            })
+            .expect("open");
+        let queue = Arc::clone(storage.queue("cloud").expect("queue"));
+        let health = storage.health();
+        let mut kept = 0;
+        let failure = loop {
+            match append_one(&queue, &budget, kept, 2000).await {
+                Ok(()) => kept += 1,
+                Err(err) => break err,
+            }
+            assert!(kept < 1000, "the database never filled up");
+        };
+        assert_eq!(failure, crate::broker::CommitError::Full);
+        assert!(kept > 0);
+        for n in 0..20 {
+            assert_eq!(
+                append_one(&queue, &budget, kept + n, 2000).await,
+                Err(crate::broker::CommitError::Full)
+            );
+        }
+        assert!(health.disk_full());
+        assert_eq!(health.failed_commits(), 21);
+        let failed_before_acks = health.failed_commits();
+        let (rows, bytes, seqs) = table_figures(&storage);
+        let snapshot = queue.snapshot();
+        assert_eq!((snapshot.messages, snapshot.bytes), (rows, bytes));
+        assert_eq!(rows, kept as u64);
+        assert_eq!(*queue.committed().borrow(), kept as u64);
+        assert_eq!(seqs, (1..=kept as u64).collect::<Vec<_>>());
+
+        // The remote's acks in a commit that fails are applied by the
+        // next one.
+        queue.acked(vec![1]);
+        assert_eq!(
+            append_one(&queue, &budget, 0, 2000).await,
+            Err(crate::broker::CommitError::Full)
+        );
+        storage.flush().await;
+        assert_eq!(health.failed_commits(), failed_before_acks + 1);
+        let (rows, _, seqs) = table_figures(&storage);
+        assert_eq!((rows, seqs.first()), (kept as u64 - 1, Some(&2)));
+        assert_eq!(queue.snapshot().messages, rows);
+
+        // Room again: the remote took the first half.
+        queue.acked((2..=kept as u64 / 2).collect());
+        storage.flush().await;
+        append_one(&queue, &budget, 9999, 10)
+            .await
+            .expect("kept once there is room");
+        assert!(!health.disk_full());
+        let (rows, bytes, seqs) = table_figures(&storage);
+        let snapshot = queue.snapshot();
+        assert_eq!((snapshot.messages, snapshot.bytes), (rows, bytes));
+        assert_eq!(seqs.last(), Some(&(kept as u64 + 1)), "no gap, no reuse");
+        assert_eq!(*queue.committed().borrow(), kept as u64 + 1);
+        let recent = queue
+            .recent_after(kept as u64, 10)
+            .expect("the new message is recent");
+        assert_eq!(
+            recent
+                .iter()
+                .map(|q| (q.seq, q.publication.as_ref().map(|p| p.topic.as_str())))
+                .collect::<Vec<_>>(),
+            [(kept as u64 + 1, Some("t/9999"))]
+        );
+        storage.close();
+    }
+
+    /// The bridge's cache of recent messages holds at most a share of the
+    /// memory budget, and nothing while the budget is tight: the rows on
+    /// disk are read instead.
+    #[tokio::test]
+    async fn the_recent_cache_gives_way_to_the_memory_budget() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let budget = Budget::new(256 * 1024);
+        let (storage, _) =
+            Storage::open(&config(dir.path()), &[("cloud", 1 << 30)], &budget).expect("open");
+        let queue = Arc::clone(storage.queue("cloud").expect("queue"));
+        for n in 0..40 {
+            append_one(&queue, &budget, n, 1000).await.expect("kept");
+        }
+        // 40 kB committed, a 16 kB share: only the newest are in memory.
+        assert!(queue.recent_after(0, 100).is_none());
+        let cached = (0..40u64)
+            .find_map(|after| queue.recent_after(after, 100))
+            .expect("the newest are cached");
+        assert!(cached.len() <= 256 * 1024 / 16 / 1000, "{}", cached.len());
+        assert_eq!(cached.last().map(|q| q.seq), Some(40));
+
+        // Sessions hold more than half the budget: nothing is cached.
+        let _sessions = budget.charge(200 * 1024);
+        append_one(&queue, &budget, 40, 1000).await.expect("kept");
+        assert!(queue.recent_after(40, 100).is_none());
+        let mut reader = queue.reader().expect("reader");
+        assert_eq!(reader.after(40, 100).expect("read").len(), 1, "on disk");
+        storage.close();
+    }
+
     #[tokio::test]
     async fn retained_messages_and_parked_sessions_survive_a_reopen() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -626,7 +835,8 @@ mod tests {
         };
         let expires_at = SystemTime::now() + Duration::from_secs(3600);
         {
-            let (storage, restored) = Storage::open(&config(dir.path()), &[]).expect("open");
+            let (storage, restored) =
+                Storage::open(&config(dir.path()), &[], &budget).expect("open");
             let store = DurableStore::new(&storage, restored, &budget, &TopicLimits::DEFAULT).0;
             let mut with_props = Publication {
                 topic: "status/a".into(),
@@ -642,11 +852,19 @@ mod tests {
                 },
                 expiry: Some(Duration::from_secs(600)),
             };
-            store.retain(retained(Message::new(with_props.clone(), &budget)));
-            with_props.topic = "status/b".into();
-            store.retain(retained(Message::new(with_props, &budget)));
-            store.retain(retained(message(&budget, "status/c", b"x")));
-            store.clear_retained("status/b");
+            // Each change hands its commit back for the publisher's ack.
+            let commits = [
+                store.retain(retained(Message::new(with_props.clone(), &budget))),
+                {
+                    with_props.topic = "status/b".into();
+                    store.retain(retained(Message::new(with_props, &budget)))
+                },
+                store.retain(retained(message(&budget, "status/c", b"x"))),
+                store.clear_retained("status/b"),
+            ];
+            for commit in commits {
+                assert_eq!(commit.expect("a commit to wait on").await, Ok(Ok(())));
+            }
             store.save_session(
                 &key,
                 SessionRecord {
@@ -679,7 +897,7 @@ mod tests {
             store.remove_session(&SessionKey::new("device-2", "gone"));
             storage.close();
         }
-        let (storage, restored) = Storage::open(&config(dir.path()), &[]).expect("reopen");
+        let (storage, restored) = Storage::open(&config(dir.path()), &[], &budget).expect("reopen");
         assert_eq!(restored.skipped, 0);
         let store = DurableStore::new(&storage, restored, &budget, &TopicLimits::DEFAULT).0;
         let mut topics = Vec::new();
@@ -748,7 +966,7 @@ mod tests {
         db.pragma_update(None, "user_version", 9)
             .expect("set version");
         drop(db);
-        match Storage::open(&config, &[]) {
+        match Storage::open(&config, &[], &Budget::new(1 << 20)) {
             Err(err @ StorageError::NewerSchema { found: 9, .. }) => {
                 assert!(err.to_string().contains("jwtgate.sqlite"), "{err}");
             }

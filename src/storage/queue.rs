@@ -15,6 +15,13 @@
 //! bridge takes them from there whenever they follow on from what it has
 //! read. The table stays the truth: anything not in memory (a backlog, a
 //! reconnect, a restart) is read from it.
+//!
+//! That cache is a convenience, and it gives way to the sessions: the
+//! messages it holds stay charged to the gateway's memory budget, so it
+//! holds at most a [`RECENT_SHARE`]th of the budget, and nothing at all
+//! while the budget is more than half used (a cut uplink must not fill
+//! memory that parked sessions and retained messages need). Whatever it
+//! does not hold, the bridge reads from the table.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -29,7 +36,7 @@ use tokio::sync::{oneshot, watch};
 use super::StorageError;
 use super::rows::{MESSAGE_COLUMNS, MessageRow, RowError};
 use super::writer::Write;
-use crate::broker::{Message, Publication, QoS};
+use crate::broker::{Budget, Kept, Message, Publication, QoS};
 
 /// A bridge's queue.
 pub struct Queue {
@@ -47,12 +54,38 @@ pub struct Queue {
     messages: AtomicU64,
     dropped: AtomicU64,
     /// The messages of the latest commits, oldest first.
-    recent: Mutex<VecDeque<Recent>>,
+    recent: Mutex<RecentCache>,
+    /// The gateway's memory budget, which the cached messages are charged
+    /// to.
+    memory: Arc<Budget>,
 }
 
 /// Messages kept in memory after their commit, at most: a few commits'
 /// worth, for a bridge that keeps up.
 pub const RECENT_MAX: usize = 4096;
+/// The share of the memory budget the cache may hold: at most
+/// `1/RECENT_SHARE` of it.
+pub const RECENT_SHARE: usize = 16;
+
+/// Consecutive messages just committed, and what they cost.
+#[derive(Default)]
+struct RecentCache {
+    messages: VecDeque<Recent>,
+    bytes: usize,
+}
+
+impl RecentCache {
+    fn pop_front(&mut self) -> Option<Recent> {
+        let recent = self.messages.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(recent.message.cost());
+        Some(recent)
+    }
+
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
+}
 
 /// A message just committed to a queue.
 pub(super) struct Recent {
@@ -105,7 +138,9 @@ pub struct Queued {
 
 impl Queue {
     /// The queue of bridge `name`, number `index` among the writer's,
-    /// holding what `stored` says up to sequence number `tail`.
+    /// holding what `stored` says up to sequence number `tail`; its
+    /// cache of recent messages gives way to `memory`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         name: &str,
         index: usize,
@@ -114,6 +149,7 @@ impl Queue {
         writes: Sender<Write>,
         tail: u64,
         stored: QueueSnapshot,
+        memory: Arc<Budget>,
     ) -> Queue {
         Queue {
             name: name.to_owned(),
@@ -126,7 +162,8 @@ impl Queue {
             bytes: AtomicU64::new(stored.bytes),
             messages: AtomicU64::new(stored.messages),
             dropped: AtomicU64::new(stored.dropped),
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::default(),
+            memory,
         }
     }
 
@@ -136,12 +173,13 @@ impl Queue {
     }
 
     /// Queues `message` to be sent as `topic` at `qos`. The receiver
-    /// completes once it is committed (whether or not the commit worked: a
-    /// failure is logged by the writer).
-    pub fn append(&self, message: Arc<Message>, topic: String, qos: QoS) -> oneshot::Receiver<()> {
+    /// completes once the commit was tried, with its outcome: an error
+    /// when the commit failed or the message is larger than the whole
+    /// budget.
+    pub fn append(&self, message: Arc<Message>, topic: String, qos: QoS) -> Kept {
         let (kept, receiver) = oneshot::channel();
         // A send fails only once the writer is gone (shutdown); the
-        // receiver then completes at once, and nothing more can be kept.
+        // receiver then completes at once as not kept.
         let _ = self.writes.send(Write::Append {
             queue: self.index,
             message,
@@ -172,31 +210,53 @@ impl Queue {
     /// must be read.
     pub fn recent_after(&self, after: u64, limit: usize) -> Option<Vec<Queued>> {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        while recent.front().is_some_and(|r| r.seq <= after) {
+        while recent.messages.front().is_some_and(|r| r.seq <= after) {
             recent.pop_front();
         }
-        if recent.front()?.seq != after + 1 {
+        if recent.messages.front()?.seq != after + 1 {
             return None;
         }
         let now = Instant::now();
-        let n = limit.min(recent.len());
-        Some(recent.drain(..n).map(|r| r.queued(now)).collect())
+        let n = limit.min(recent.messages.len());
+        let taken = (0..n)
+            .filter_map(|_| recent.pop_front())
+            .map(|r| r.queued(now))
+            .collect();
+        Some(taken)
     }
 
     /// Forgets the recent messages up to `seq`, which the budget dropped.
     pub(super) fn forget_recent_through(&self, seq: u64) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        while recent.front().is_some_and(|r| r.seq <= seq) {
+        while recent.messages.front().is_some_and(|r| r.seq <= seq) {
             recent.pop_front();
         }
     }
 
+    /// Keeps a just-committed message in memory, if the memory budget
+    /// can spare it (see the module docs).
     pub(super) fn committed_recently(&self, message: Recent) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        if recent.len() >= RECENT_MAX {
+        let cost = message.message.cost();
+        let share = self.memory.limit() / RECENT_SHARE;
+        let tight = self.memory.used() > self.memory.limit() / 2;
+        // The cache holds consecutive messages only: after a gap the
+        // bridge reads the table anyway.
+        let follows = recent
+            .messages
+            .back()
+            .is_none_or(|last| last.seq + 1 == message.seq);
+        if tight || cost > share || !follows {
+            recent.clear();
+            if tight || cost > share {
+                return;
+            }
+        }
+        while recent.messages.len() >= RECENT_MAX || recent.bytes + cost > share {
             recent.pop_front();
         }
-        recent.push_back(message);
+        recent.bytes += cost;
+        recent.messages.push_back(message);
     }
 
     /// A connection of its own to read the queue with.
@@ -242,26 +302,26 @@ impl Queue {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    pub(super) fn added(&self, size: u64) {
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        self.messages.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(super) fn removed(&self, size: u64) {
-        let _ = self
-            .bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(size))
+    /// A commit added `added` messages of `added_bytes`, removed
+    /// `removed` of `removed_bytes` and dropped `dropped` (some of those
+    /// removed, or never added). Only the writer calls it, after a commit
+    /// went through.
+    pub(super) fn changed(
+        &self,
+        added_bytes: u64,
+        added: u64,
+        removed_bytes: u64,
+        removed: u64,
+        dropped: u64,
+    ) {
+        let apply = |figure: &AtomicU64, add: u64, remove: u64| {
+            let _ = figure.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                Some((now + add).saturating_sub(remove))
             });
-        let _ = self
-            .messages
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
-                Some(m.saturating_sub(1))
-            });
-    }
-
-    pub(super) fn dropped(&self, count: u64) {
-        self.dropped.fetch_add(count, Ordering::Relaxed);
+        };
+        apply(&self.bytes, added_bytes, removed_bytes);
+        apply(&self.messages, added, removed);
+        self.dropped.fetch_add(dropped, Ordering::Relaxed);
     }
 
     pub(super) fn publish_tail(&self, seq: u64) {

@@ -4,10 +4,17 @@
 //! removed, a retained message set or cleared, a session parked or
 //! forgotten) is a [`Write`] sent over a channel. The writer takes what has
 //! gathered, applies it in one transaction and commits, then tells whoever
-//! waits that their writes are kept. Under load one commit carries hundreds
-//! of writes; an idle gateway commits each at once. SQLite allows one
-//! writer at a time anyway, and a thread of its own keeps its file I/O off
-//! the tokio workers.
+//! waits whether their writes are kept. Under load one commit carries
+//! hundreds of writes; an idle gateway commits each at once. SQLite allows
+//! one writer at a time anyway, and a thread of its own keeps its file I/O
+//! off the tokio workers.
+//!
+//! A failed commit (a full disk, an I/O error) is answered as one: the
+//! device's PUBACK says the message was not kept (`crate::broker::Kept`),
+//! and nothing of the transaction moves the queues' figures, which change
+//! only once a commit went through. Commits failing is a state, logged
+//! when it starts and when it ends and shown by the metrics ([`Health`]);
+//! the next commit that works ends it, without a restart.
 //!
 //! A commit in WAL mode with `synchronous=NORMAL` is a `write()` into the
 //! WAL file: from then on a process kill loses nothing. What a power cut
@@ -19,17 +26,22 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ToSql, params, params_from_iter};
 use tokio::sync::oneshot;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
+use super::Health;
 use super::queue::{Queue, Recent};
 use super::rows::{self, MESSAGE_COLUMNS, MessageRow};
 use crate::broker::store::SessionRecord;
-use crate::broker::{Message, QoS, SessionKey};
+use crate::broker::{CommitError, Message, QoS, SessionKey};
+
+/// Where a write's outcome goes: to whoever holds back an ack for it.
+pub(super) type Answer = oneshot::Sender<Result<(), CommitError>>;
 
 /// One change to the database.
 pub(super) enum Write {
@@ -39,15 +51,15 @@ pub(super) enum Write {
         message: Arc<Message>,
         topic: String,
         qos: QoS,
-        kept: oneshot::Sender<()>,
+        kept: Answer,
     },
     /// The remote acknowledged these sequence numbers of queue `queue`.
     Acked {
         queue: usize,
         seqs: Vec<u64>,
     },
-    Retain(Arc<Message>),
-    ClearRetained(Box<str>),
+    Retain(Arc<Message>, Answer),
+    ClearRetained(Box<str>, Answer),
     SaveSession(SessionKey, SessionRecord),
     RemoveSession(SessionKey),
     /// Commit and sync everything sent before, then answer.
@@ -74,11 +86,62 @@ pub(super) struct QueueState {
     pub last_drop_log: Option<Instant>,
 }
 
+/// What one transaction does to a queue's figures. It is gathered while
+/// the transaction runs and applied only once it committed: a rolled-back
+/// transaction must leave the queue's accounting (and its numbering) as
+/// it found it, or the queue would believe itself fuller than its table.
+struct QueueChange {
+    next_seq: u64,
+    dropped_through: u64,
+    added_bytes: u64,
+    added: u64,
+    removed_bytes: u64,
+    removed: u64,
+    /// The oldest messages dropped to make room.
+    evicted: u64,
+    /// Messages larger than the whole budget, not queued.
+    refused: u64,
+    recent: Vec<Recent>,
+}
+
+impl QueueChange {
+    fn new(state: &QueueState) -> QueueChange {
+        QueueChange {
+            next_seq: state.next_seq,
+            dropped_through: state.dropped_through,
+            added_bytes: 0,
+            added: 0,
+            removed_bytes: 0,
+            removed: 0,
+            evicted: 0,
+            refused: 0,
+            recent: Vec::new(),
+        }
+    }
+
+    /// The queue's bytes as the transaction has them so far.
+    fn bytes(&self, queue: &Queue) -> u64 {
+        (queue.bytes() + self.added_bytes).saturating_sub(self.removed_bytes)
+    }
+
+    fn removed(&mut self, size: u64) {
+        self.removed_bytes += size;
+        self.removed += 1;
+    }
+}
+
 pub(super) struct Writer {
     pub db: Connection,
     pub wal: PathBuf,
     pub sync_interval: Duration,
     pub queues: Vec<QueueState>,
+    pub health: Arc<Health>,
+    /// The last commit that carried writes failed.
+    pub failing: bool,
+    /// The remote's acknowledgements a failed commit did not apply, for
+    /// the next one: otherwise their rows would stay, taking budget, and
+    /// be sent again after a restart.
+    pub retry: Vec<Write>,
 }
 
 impl Writer {
@@ -102,33 +165,33 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut group = vec![first];
+            let mut group = std::mem::take(&mut self.retry);
+            group.push(first);
             while group.len() < MAX_GROUP {
                 match writes.try_recv() {
                     Ok(write) => group.push(write),
                     Err(_) => break,
                 }
             }
-            let mut answers = Vec::new();
-            let mut committed = Vec::new();
-            let mut flush = false;
             let stop = group.iter().any(|write| matches!(write, Write::Stop(_)));
-            match self.apply(group, &mut answers, &mut committed, &mut flush) {
+            let flush = stop || group.iter().any(|write| matches!(write, Write::Flush(_)));
+            // Only a commit that changed rows proves the disk takes writes
+            // again: a flush, or a delete that matched nothing, writes
+            // nothing.
+            let changes_before = self.db.total_changes();
+            let mut changes: Vec<QueueChange> = self.queues.iter().map(QueueChange::new).collect();
+            let mut outcomes = vec![Ok(()); group.len()];
+            match self.apply(&group, &mut changes, &mut outcomes) {
                 Ok(()) => {
-                    for (queue, recent) in committed {
-                        if let Some(state) = self.queues.get(queue) {
-                            state.queue.committed_recently(recent);
-                        }
-                    }
-                    // What the budget dropped must not be sent from memory.
-                    for state in &self.queues {
-                        state.queue.forget_recent_through(state.dropped_through);
+                    self.committed(changes);
+                    if self.db.total_changes() > changes_before {
+                        self.recovered();
                     }
                 }
-                Err(err) => error!(
-                    error = %err,
-                    "storage: a commit failed; the messages, retained messages and sessions in it are not kept"
-                ),
+                Err(err) => {
+                    let failure = self.failed(&err);
+                    outcomes.fill(Err(failure));
+                }
             }
             if flush || self.sync_interval.is_zero() {
                 self.sync();
@@ -141,8 +204,19 @@ impl Writer {
             for state in &self.queues {
                 state.queue.publish_tail(state.next_seq.saturating_sub(1));
             }
-            for answer in answers {
-                let _ = answer.send(());
+            for (write, outcome) in group.into_iter().zip(outcomes) {
+                match write {
+                    Write::Append { kept, .. }
+                    | Write::Retain(_, kept)
+                    | Write::ClearRetained(_, kept) => {
+                        let _ = kept.send(outcome);
+                    }
+                    Write::Flush(done) | Write::Stop(done) => {
+                        let _ = done.send(());
+                    }
+                    acked @ Write::Acked { .. } if outcome.is_err() => self.retry.push(acked),
+                    Write::Acked { .. } | Write::SaveSession(..) | Write::RemoveSession(_) => {}
+                }
             }
             if stop {
                 return;
@@ -151,46 +225,133 @@ impl Writer {
         self.sync();
     }
 
-    /// Applies `group` in one transaction. Whoever waits for a write is
-    /// answered (after the caller syncs, if it must) even when the commit
-    /// failed: the failure is logged, and holding a device's PUBACK
-    /// forever would not make the disk work again.
+    /// Applies what a committed transaction did to the queues.
+    fn committed(&mut self, changes: Vec<QueueChange>) {
+        for (state, change) in self.queues.iter_mut().zip(changes) {
+            state.next_seq = change.next_seq;
+            state.dropped_through = change.dropped_through;
+            let queue = Arc::clone(&state.queue);
+            queue.changed(
+                change.added_bytes,
+                change.added,
+                change.removed_bytes,
+                change.removed,
+                change.evicted + change.refused,
+            );
+            if change.refused > 0 {
+                note_drops(
+                    state,
+                    change.refused,
+                    "a message larger than the whole queue budget was dropped",
+                );
+            }
+            if change.evicted > 0 {
+                note_drops(
+                    state,
+                    change.evicted,
+                    "queue budget reached: the oldest messages were dropped",
+                );
+            }
+            for recent in change.recent {
+                queue.committed_recently(recent);
+            }
+            // What the budget dropped must not be sent from memory.
+            queue.forget_recent_through(state.dropped_through);
+        }
+    }
+
+    /// Counts a failed commit and says so once, when commits start
+    /// failing; returns what the waiters are told.
+    fn failed(&mut self, err: &rusqlite::Error) -> CommitError {
+        let failure = match err.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => CommitError::Full,
+            // SQLite says "full" for ENOSPC only; a quota (EDQUOT) or a
+            // file size limit (EFBIG) is no room either, reported as an
+            // I/O error whose errno tells.
+            Some(rusqlite::ErrorCode::SystemIoFailure)
+                if matches!(self.system_errno(), libc::EDQUOT | libc::EFBIG) =>
+            {
+                CommitError::Full
+            }
+            _ => CommitError::Storage,
+        };
+        self.health.failed_commits.fetch_add(1, Ordering::Relaxed);
+        self.health
+            .disk_full
+            .store(failure == CommitError::Full, Ordering::Relaxed);
+        if !self.failing {
+            self.failing = true;
+            error!(
+                error = %err,
+                disk_full = failure == CommitError::Full,
+                "storage: commits are failing: the messages, retained messages and sessions they carry are not kept, and publishers are told so (logged once; see jwtgate_storage_failed_commits)"
+            );
+        }
+        failure
+    }
+
+    /// The errno of the system call behind the connection's last I/O
+    /// error.
+    fn system_errno(&self) -> i32 {
+        // SAFETY: the handle is this open connection's, used on its own
+        // thread, and sqlite3_system_errno only reads it.
+        unsafe { rusqlite::ffi::sqlite3_system_errno(self.db.handle()) }
+    }
+
+    /// A commit that changed rows worked: if commits were failing, they no
+    /// longer are.
+    fn recovered(&mut self) {
+        if std::mem::take(&mut self.failing) {
+            self.health.disk_full.store(false, Ordering::Relaxed);
+            info!(
+                failed_commits = self.health.failed_commits.load(Ordering::Relaxed),
+                "storage: commits succeed again"
+            );
+        }
+    }
+
+    /// Applies `group` in one transaction, gathering what it does to the
+    /// queues in `changes` and, in `outcomes`, the writes it could not
+    /// keep whatever the commit does (a message larger than its queue's
+    /// whole budget).
     fn apply(
         &mut self,
-        group: Vec<Write>,
-        answers: &mut Vec<oneshot::Sender<()>>,
-        committed: &mut Vec<(usize, Recent)>,
-        flush: &mut bool,
+        group: &[Write],
+        changes: &mut [QueueChange],
+        outcomes: &mut [Result<(), CommitError>],
     ) -> rusqlite::Result<()> {
         let tx = self.db.transaction()?;
-        for write in group {
+        for (write, outcome) in group.iter().zip(outcomes.iter_mut()) {
             match write {
                 Write::Append {
                     queue,
                     message,
                     topic,
                     qos,
-                    kept,
+                    ..
                 } => {
-                    answers.push(kept);
-                    if let Some(state) = self.queues.get_mut(queue) {
-                        let mut row = MessageRow::new(&message, qos);
-                        row.topic.clone_from(&topic);
-                        if let Some(seq) = append(&tx, state, row)? {
-                            committed.push((
-                                queue,
-                                Recent {
-                                    seq,
-                                    message,
-                                    topic,
-                                    qos,
-                                },
-                            ));
-                        }
+                    let (Some(state), Some(change)) =
+                        (self.queues.get(*queue), changes.get_mut(*queue))
+                    else {
+                        *outcome = Err(CommitError::Storage);
+                        continue;
+                    };
+                    let mut row = MessageRow::new(message, *qos);
+                    row.topic.clone_from(topic);
+                    match append(&tx, &state.queue, change, row)? {
+                        Some(seq) => change.recent.push(Recent {
+                            seq,
+                            message: Arc::clone(message),
+                            topic: topic.clone(),
+                            qos: *qos,
+                        }),
+                        None => *outcome = Err(CommitError::Full),
                     }
                 }
                 Write::Acked { queue, seqs } => {
-                    if let Some(state) = self.queues.get(queue) {
+                    if let (Some(state), Some(change)) =
+                        (self.queues.get(*queue), changes.get_mut(*queue))
+                    {
                         let mut delete = tx.prepare_cached(&format!(
                             "DELETE FROM {} WHERE seq = ?1 RETURNING size",
                             state.queue.table()
@@ -201,21 +362,21 @@ impl Writer {
                                 .map(Some)
                                 .or_else(none_if_no_rows)?;
                             if let Some(size) = size {
-                                state.queue.removed(size);
+                                change.removed(size);
                             }
                         }
                     }
                 }
-                Write::Retain(message) => {
-                    let row = MessageRow::new(&message, message.qos());
+                Write::Retain(message, _) => {
+                    let row = MessageRow::new(message, message.qos());
                     tx.prepare_cached(&format!(
                         "INSERT OR REPLACE INTO retained ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
                     ))?
                     .execute(params_from_iter(row.values()))?;
                 }
-                Write::ClearRetained(topic) => {
+                Write::ClearRetained(topic, _) => {
                     tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?
-                        .execute([&*topic])?;
+                        .execute([&**topic])?;
                 }
                 Write::SaveSession(key, record) => {
                     tx.prepare_cached(
@@ -226,9 +387,9 @@ impl Writer {
                         key.subject(),
                         key.client_id(),
                         rows::unix_millis(record.expires_at),
-                        rows::subscriptions_json(&record)
+                        rows::subscriptions_json(record)
                     ])?;
-                    remove_queued(&tx, &key)?;
+                    remove_queued(&tx, key)?;
                     let mut insert = tx.prepare_cached(&format!(
                         "INSERT INTO session_messages (subject, client_id, position, delivery_qos, \
                          delivery_retain, subscription_ids, {MESSAGE_COLUMNS}) \
@@ -254,12 +415,9 @@ impl Writer {
                         "DELETE FROM sessions WHERE subject = ?1 AND client_id = ?2",
                     )?
                     .execute(params![key.subject(), key.client_id()])?;
-                    remove_queued(&tx, &key)?;
+                    remove_queued(&tx, key)?;
                 }
-                Write::Flush(answer) | Write::Stop(answer) => {
-                    answers.push(answer);
-                    *flush = true;
-                }
+                Write::Flush(_) | Write::Stop(_) => {}
             }
         }
         tx.commit()
@@ -299,29 +457,22 @@ fn none_if_no_rows<T>(err: rusqlite::Error) -> rusqlite::Result<Option<T>> {
     }
 }
 
-/// Queues `row`, dropping the oldest messages of the queue while its
-/// budget would be exceeded.
-/// Inserts `row` at the end of a queue, dropping the oldest past its
-/// budget; returns its sequence number, or `None` when it was dropped.
+/// Inserts `row` at the end of `queue`, dropping the oldest past its
+/// budget; returns its sequence number, or `None` when it was dropped
+/// itself. What it does is noted in `change`, for after the commit.
 fn append(
     tx: &rusqlite::Transaction<'_>,
-    state: &mut QueueState,
+    queue: &Queue,
+    change: &mut QueueChange,
     row: MessageRow,
 ) -> rusqlite::Result<Option<u64>> {
     let size = row.size();
-    let queue = Arc::clone(&state.queue);
     if size > queue.budget() {
         // It could never fit: dropping everything else would not help.
-        queue.dropped(1);
-        note_drops(
-            state,
-            1,
-            "a message larger than the whole queue budget was dropped",
-        );
+        change.refused += 1;
         return Ok(None);
     }
-    let mut dropped = 0;
-    while queue.bytes() + size > queue.budget() {
+    while change.bytes(queue) + size > queue.budget() {
         let oldest: Option<(u64, u64)> = tx
             .prepare_cached(&format!(
                 "DELETE FROM {table} WHERE seq = (SELECT MIN(seq) FROM {table}) RETURNING seq, size",
@@ -331,19 +482,11 @@ fn append(
             .map(Some)
             .or_else(none_if_no_rows)?;
         let Some((seq, freed)) = oldest else { break };
-        state.dropped_through = state.dropped_through.max(seq);
-        queue.removed(freed);
-        dropped += 1;
+        change.dropped_through = change.dropped_through.max(seq);
+        change.removed(freed);
+        change.evicted += 1;
     }
-    if dropped > 0 {
-        queue.dropped(dropped);
-        note_drops(
-            state,
-            dropped,
-            "queue budget reached: the oldest messages were dropped",
-        );
-    }
-    let seq = state.next_seq;
+    let seq = change.next_seq;
     tx.prepare_cached(&format!(
         "INSERT INTO {} (seq, size, {MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         queue.table()
@@ -351,8 +494,9 @@ fn append(
     .execute(params_from_iter(
         [&seq as &dyn ToSql, &size].into_iter().chain(row.values()),
     ))?;
-    state.next_seq += 1;
-    queue.added(size);
+    change.next_seq += 1;
+    change.added_bytes += size;
+    change.added += 1;
     Ok(Some(seq))
 }
 

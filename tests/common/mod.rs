@@ -34,7 +34,9 @@
 //!   (the test binary's log, to wait for what the gateway reports) and
 //!   [`ServedBinary`] (the `jwtgate` binary as a child process, for
 //!   signals and for its resident [`Memory`]; [`DevBinary`] runs it in a
-//!   temporary directory with development material and signs its tokens).
+//!   temporary directory with development material and signs its tokens,
+//!   optionally under a file size limit, a disk that fills up without
+//!   root: [`DevBinary::start_with_file_size_limit`]).
 //!   `benches/rotation.rs` includes this harness too.
 //!
 //! Timeouts here ([`WAIT`]) only keep a broken test from hanging; the short
@@ -1754,8 +1756,50 @@ impl ServedBinary {
         port: u16,
         env: &[(&str, &str)],
     ) -> ServedBinary {
+        ServedBinary::spawn(config, log_path, port, env, None).await
+    }
+
+    /// Lifts the limit [`DevBinary::start_with_file_size_limit`] set:
+    /// space comes back.
+    pub fn lift_file_size_limit(&self) {
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        let pid = libc::pid_t::try_from(self.pid()).expect("a pid");
+        // SAFETY: prlimit only reads the struct passed.
+        let done =
+            unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &unlimited, std::ptr::null_mut()) };
+        assert_eq!(done, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+
+    async fn spawn(
+        config: &Path,
+        log_path: PathBuf,
+        port: u16,
+        env: &[(&str, &str)],
+        file_size: Option<u64>,
+    ) -> ServedBinary {
         let log = std::fs::File::create(&log_path).expect("create the log file");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"));
+        if let Some(file_size) = file_size {
+            // SAFETY: signal and setrlimit are async-signal-safe, and
+            // nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let limit = libc::rlimit {
+                        rlim_cur: file_size,
+                        rlim_max: libc::RLIM_INFINITY,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .envs(env.iter().copied())
             .arg("serve")
             .arg("--config")
@@ -1881,6 +1925,23 @@ impl DevBinary {
     /// As [`DevBinary::start`], with `env` added to the process's
     /// environment.
     pub async fn start_with_env(auth: &str, extra: &str, env: &[(&str, &str)]) -> DevBinary {
+        DevBinary::spawn(auth, extra, env, None).await
+    }
+
+    /// As [`DevBinary::start`], with the process's files limited to
+    /// `file_size` bytes (a soft `RLIMIT_FSIZE`, with SIGXFSZ ignored so
+    /// that a write past it fails with EFBIG): a disk that fills up,
+    /// without root. [`ServedBinary::lift_file_size_limit`] lifts it.
+    pub async fn start_with_file_size_limit(auth: &str, extra: &str, file_size: u64) -> DevBinary {
+        DevBinary::spawn(auth, extra, &[], Some(file_size)).await
+    }
+
+    async fn spawn(
+        auth: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+        file_size: Option<u64>,
+    ) -> DevBinary {
         let dir = tempfile::tempdir().expect("temp dir");
         let material =
             firstrun::ensure_dev_material(&dir.path().join("keys")).expect("dev material");
@@ -1898,9 +1959,14 @@ impl DevBinary {
             ),
         )
         .expect("write the config");
-        let served =
-            ServedBinary::start_with_env(&config, dir.path().join("serve.log"), free_port(), env)
-                .await;
+        let served = ServedBinary::spawn(
+            &config,
+            dir.path().join("serve.log"),
+            free_port(),
+            env,
+            file_size,
+        )
+        .await;
         DevBinary {
             served,
             ca,
