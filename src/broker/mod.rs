@@ -42,6 +42,7 @@
 //! Authorization is not done here: the connection layer only hands the
 //! broker what the token allows ([`crate::acl`]).
 
+mod audit;
 pub mod budget;
 pub mod index;
 pub mod inflight;
@@ -829,7 +830,7 @@ impl Broker {
             index::subscription_cost(requested)
         };
         let replay_cost = if send_retained {
-            parsed.filter.len() + self.quotas.max_topic_bytes + std::mem::size_of::<Replay>()
+            self.replay_cost(parsed.filter)
         } else {
             0
         };
@@ -891,6 +892,12 @@ impl Broker {
             session.mailbox().wake();
         }
         Ok(existed)
+    }
+
+    /// What a retained replay of `filter` holds: the filter and the
+    /// longest position it may reach.
+    fn replay_cost(&self, filter: &str) -> usize {
+        filter.len() + self.quotas.max_topic_bytes + std::mem::size_of::<Replay>()
     }
 
     /// Moves retained messages waiting to be replayed into `session`'s

@@ -138,6 +138,12 @@ impl Session {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The account of the session's subject, which what the session's
+    /// connection holds is booked to.
+    pub fn account(&self) -> Option<Arc<Account>> {
+        self.state().account.clone()
+    }
+
     /// Whether retained messages wait to be replayed.
     pub fn is_replaying(&self) -> bool {
         self.replaying.load(Ordering::Acquire)

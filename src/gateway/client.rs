@@ -47,9 +47,11 @@ use super::owed::{MAX_OWED, Owed};
 use super::quiet::{Kind, Quiet};
 use super::wire::Outbox;
 use crate::acl::{Grants, TopicLimits};
+use crate::broker::budget::{Account, Charge, Kind as Held};
 use crate::broker::{
-    Attached, Broker, CommitError, Delivery, Inflight, Kept, Pending, Properties, Publication, QoS,
-    Resend, RetainHandling, Session, SubscribeError, SubscriptionOptions, Taken, Will,
+    Attached, Broker, Budget, CommitError, Delivery, Inflight, Kept, Pending, Properties,
+    Publication, QoS, Resend, RetainHandling, Session, SubscribeError, SubscriptionOptions, Taken,
+    Will,
 };
 use crate::config::{DenyPublish, Limits, SessionSettings};
 use crate::metrics::{Metrics, SessionEnd};
@@ -264,6 +266,8 @@ pub(super) struct Client {
     /// Topic aliases the client set: alias `n` is at `n - 1`.
     aliases: Vec<Option<Box<str>>>,
     alias_bytes: usize,
+    /// The client's aliases as booked to the ledger.
+    alias_charge: Option<Charge>,
     /// Topic aliases the gateway set towards the client.
     sent_aliases: SentAliases,
     /// A publication some subscriber has not taken yet, and the ack its
@@ -294,6 +298,12 @@ impl Client {
         session_expiry: Duration,
         limits: ClientLimits,
     ) -> Client {
+        let sent_aliases = SentAliases::new(
+            limits.sent_aliases,
+            limits.max_property_bytes,
+            Arc::clone(broker.budget()),
+            attached.session.account(),
+        );
         Client {
             broker,
             metrics,
@@ -307,7 +317,8 @@ impl Client {
             limits,
             aliases: Vec::new(),
             alias_bytes: 0,
-            sent_aliases: SentAliases::new(limits.sent_aliases),
+            alias_charge: None,
+            sent_aliases,
             pending: None,
             owed: Owed::default(),
             deferred: VecDeque::new(),
@@ -506,7 +517,7 @@ impl Client {
             stats.expired();
             return;
         }
-        let alias = self.sent_aliases.lookup(delivery.message.topic());
+        let mut alias = self.sent_aliases.lookup(delivery.message.topic());
         let size = out
             .codec()
             .publish_size(&outgoing(&delivery, 0, false, now, alias));
@@ -521,8 +532,10 @@ impl Client {
             );
             return;
         }
-        if let Some(SentAlias::New(alias)) = alias {
-            self.sent_aliases.learned(delivery.message.topic(), alias);
+        if let Some(SentAlias::New(new)) = alias {
+            if !self.sent_aliases.learned(delivery.message.topic(), new) {
+                alias = None;
+            }
         }
         self.metrics.delivered(delivery.qos);
         if delivery.qos == QoS::AtMostOnce {
@@ -916,6 +929,11 @@ impl Client {
         }
         let old = self.aliases[slot].replace(topic.into());
         self.alias_bytes = self.alias_bytes + topic.len() - old.map_or(0, |t| t.len());
+        // Bounded per connection just below; booked so the ledger sees it.
+        self.alias_charge = Some(self.broker.budget().charge_as(
+            Held::Aliases,
+            self.alias_bytes + self.aliases.len() * ALIAS_OVERHEAD,
+        ));
         if self.alias_bytes > self.limits.max_property_bytes {
             return Err(Ending::Protocol(
                 DisconnectReasonCode::QuotaExceeded,
@@ -1184,32 +1202,71 @@ enum SentAlias {
 /// get one each, for the life of the connection, and later PUBLISHes on
 /// them carry the alias and an empty topic. A device with a handful of
 /// topics then receives each topic name once.
+///
+/// The topics held are charged to the ledger and bounded in bytes like the
+/// client's own aliases (`[limits] max_property_bytes`): past either, a
+/// topic is simply sent without an alias.
 #[derive(Debug)]
 struct SentAliases {
     max: u16,
-    by_topic: HashMap<Box<str>, u16>,
+    by_topic: HashMap<Box<str>, (u16, Charge)>,
+    bytes: usize,
+    max_bytes: usize,
+    budget: Arc<Budget>,
+    account: Option<Arc<Account>>,
 }
 
+/// What one alias entry costs beside its topic: the map slot and the box.
+const ALIAS_OVERHEAD: usize = 48;
+
 impl SentAliases {
-    fn new(max: u16) -> SentAliases {
+    fn new(
+        max: u16,
+        max_bytes: usize,
+        budget: Arc<Budget>,
+        account: Option<Arc<Account>>,
+    ) -> SentAliases {
         SentAliases {
             max,
             by_topic: HashMap::new(),
+            bytes: 0,
+            max_bytes,
+            budget,
+            account,
         }
     }
 
     /// The alias to use for `topic`, if any.
     fn lookup(&self, topic: &str) -> Option<SentAlias> {
-        if let Some(&alias) = self.by_topic.get(topic) {
+        if let Some(&(alias, _)) = self.by_topic.get(topic) {
             return Some(SentAlias::Known(alias));
         }
         let next = u16::try_from(self.by_topic.len() + 1).ok()?;
         (next <= self.max).then_some(SentAlias::New(next))
     }
 
-    /// A PUBLISH has told the client that `alias` stands for `topic`.
-    fn learned(&mut self, topic: &str, alias: u16) {
-        self.by_topic.insert(topic.into(), alias);
+    /// A PUBLISH is about to tell the client that `alias` stands for
+    /// `topic`, if the aliases may hold it: whether they do.
+    fn learned(&mut self, topic: &str, alias: u16) -> bool {
+        let cost = topic.len() + ALIAS_OVERHEAD;
+        if self.bytes + cost > self.max_bytes {
+            return false;
+        }
+        let charge = match &self.account {
+            Some(account) => {
+                match self
+                    .budget
+                    .try_charge(account, Held::Aliases, cost, cost, usize::MAX)
+                {
+                    Ok(charge) => charge,
+                    Err(_) => return false,
+                }
+            }
+            None => self.budget.charge_as(Held::Aliases, cost),
+        };
+        self.bytes += cost;
+        self.by_topic.insert(topic.into(), (alias, charge));
+        true
     }
 }
 
