@@ -46,7 +46,7 @@ use super::enhanced::{self, Auth};
 use super::owed::{MAX_OWED, Owed};
 use super::quiet::{Kind, Quiet};
 use super::wire::Outbox;
-use crate::acl::{Grants, TopicLimits};
+use crate::acl::{Grants, TopicLimits, validate_topic_name};
 use crate::broker::budget::{Account, Charge, Kind as Held};
 use crate::broker::{
     Attached, Broker, Budget, CommitError, Delivery, Inflight, Kept, Pending, Properties,
@@ -804,6 +804,20 @@ impl Client {
                 "a client PUBLISH may not carry a subscription identifier".into(),
             ));
         }
+        if let Err(e) = self.limits.topics.topic_name(&topic) {
+            // MQTT 3.1.1 has no way to refuse one PUBLISH but closing.
+            if !self.id.version.is_v5() {
+                return Some(Ending::Protocol(
+                    DisconnectReasonCode::TopicNameInvalid,
+                    e.to_string(),
+                ));
+            }
+            self.log_limited(Kind::PublishRefused, |client_id| {
+                info!(client_id, error = %e, "publish refused: topic over the limits");
+            });
+            self.refuse_publish(out, header, PubAckReason::TopicNameInvalid);
+            return None;
+        }
         if header.properties_len > self.limits.max_property_bytes {
             let (bytes, max) = (header.properties_len, self.limits.max_property_bytes);
             self.log_limited(Kind::PublishRefused, |client_id| {
@@ -891,10 +905,7 @@ impl Client {
             |detail: String| Ending::Protocol(DisconnectReasonCode::TopicNameInvalid, detail);
         let topic = std::str::from_utf8(raw).map_err(|_| invalid("topic is not UTF-8".into()))?;
         let Some(alias) = properties.and_then(|p| p.topic_alias) else {
-            self.limits
-                .topics
-                .topic_name(topic)
-                .map_err(|e| invalid(e.to_string()))?;
+            validate_topic_name(topic).map_err(|e| invalid(e.to_string()))?;
             return Ok(topic.to_owned());
         };
         if alias == 0 || alias > self.limits.topic_aliases {
@@ -920,10 +931,7 @@ impl Client {
                     )
                 });
         }
-        self.limits
-            .topics
-            .topic_name(topic)
-            .map_err(|e| invalid(e.to_string()))?;
+        validate_topic_name(topic).map_err(|e| invalid(e.to_string()))?;
         if self.aliases.len() <= slot {
             self.aliases.resize(slot + 1, None);
         }
@@ -954,6 +962,7 @@ impl Client {
             QoS::ExactlyOnce => {
                 let reason = match reason {
                     PubAckReason::QuotaExceeded => PubRecReason::QuotaExceeded,
+                    PubAckReason::TopicNameInvalid => PubRecReason::TopicNameInvalid,
                     _ => PubRecReason::NotAuthorized,
                 };
                 out.queue(Packet::PubRec(PubRec { pkid, reason }, None));
@@ -1074,7 +1083,9 @@ impl Client {
             .filters
             .iter()
             .map(|filter| {
-                if self.broker().unsubscribe(&self.session, filter) {
+                if self.limits.topics.requested(filter).is_err() {
+                    UnsubAckReason::TopicFilterInvalid
+                } else if self.broker().unsubscribe(&self.session, filter) {
                     UnsubAckReason::Success
                 } else {
                     UnsubAckReason::NoSubscriptionExisted
@@ -1622,6 +1633,67 @@ mod tests {
             assert_eq!(ack.pkid, 3);
             assert_eq!(ack.return_codes, expected);
         }
+    }
+
+    /// Topics and filters over `[limits] max_topic_levels` are refused at
+    /// the door with the code MQTT has for them, and a filter repeated in
+    /// one SUBSCRIBE is answered each time but subscribed once.
+    #[test]
+    fn topics_over_the_limits_are_refused_at_the_door() {
+        let max = crate::acl::TopicLimits::DEFAULT.max_levels;
+        let deep = format!("dev/{}", vec!["l"; max].join("/"));
+        let fits = format!("dev/{}", vec!["l"; max - 1].join("/"));
+        let mut h = client(Version::V5, &["dev/#"]);
+        let subscribe = h.subscribe(1, &[(&deep, 1), (&fits, 1), (&fits, 0), (&fits, 1)]);
+        assert!(h.send(&subscribe).is_none());
+        let answers = h.answers();
+        let Packet::SubAck(ack, _) = &answers[0] else {
+            panic!("{answers:?}");
+        };
+        assert_eq!(
+            ack.return_codes,
+            [
+                SubscribeReasonCode::TopicFilterInvalid,
+                SubscribeReasonCode::QoS1,
+                SubscribeReasonCode::QoS0,
+                SubscribeReasonCode::QoS1,
+            ]
+        );
+        assert_eq!(
+            h.client.session.subscriptions(),
+            [fits.clone()],
+            "one subscription"
+        );
+        let publish = h.publish(&deep, 1, 2, &[]);
+        assert!(h.send(&publish).is_none(), "MQTT 5: refused, connected");
+        let answers = h.answers();
+        assert!(
+            matches!(
+                &answers[..],
+                [Packet::PubAck(
+                    PubAck {
+                        pkid: 2,
+                        reason: PubAckReason::TopicNameInvalid
+                    },
+                    _
+                )]
+            ),
+            "{answers:?}"
+        );
+        let mut h = client(Version::V3_1_1, &["dev/#"]);
+        let publish = h.publish(&deep, 1, 2, &[]);
+        assert!(matches!(
+            h.send(&publish),
+            Some(Ending::Protocol(DisconnectReasonCode::TopicNameInvalid, _))
+        ));
+        let mut h = client(Version::V3_1_1, &["dev/#"]);
+        let subscribe = h.subscribe(1, &[(&deep, 1)]);
+        assert!(h.send(&subscribe).is_none());
+        let answers = h.answers();
+        let Packet::SubAck(ack, _) = &answers[0] else {
+            panic!("{answers:?}");
+        };
+        assert_eq!(ack.return_codes, [SubscribeReasonCode::Failure]);
     }
 
     #[test]
