@@ -1661,7 +1661,7 @@ mod tests {
         );
         assert_eq!(
             h.client.session.subscriptions(),
-            [fits.clone()],
+            std::slice::from_ref(&fits),
             "one subscription"
         );
         let publish = h.publish(&deep, 1, 2, &[]);
