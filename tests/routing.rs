@@ -1354,7 +1354,13 @@ fn missing<'a>(wanted: &'a [String], got: &HashSet<String>) -> Vec<&'a String> {
 async fn ten_publishers_flooding_one_qos1_subscriber_lose_no_acknowledged_message() {
     const PUBLISHERS: usize = 10;
     const COUNT: usize = 2_000;
-    let gw = start_with(|cfg| cfg.sessions.max_queued_messages = 50).await;
+    // One token for eleven connections: more than a subject's default
+    // eight sessions.
+    let gw = start_with(|cfg| {
+        cfg.sessions.max_queued_messages = 50;
+        cfg.sessions.max_sessions_per_subject = 16;
+    })
+    .await;
     let token = gw.token("fan-in", &["fan-in/#"], HOUR);
     let mut sub = gw.v4_connected("fan-in-sub", &token).await;
     sub.subscribe("fan-in/#", QoS::AtLeastOnce).await;

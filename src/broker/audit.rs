@@ -14,7 +14,8 @@ use std::sync::Arc;
 use super::budget::Kind;
 use super::inflight::{Inflight, Resend};
 use super::message::Message;
-use super::{Broker, index, lock, retained, session_cost};
+use super::registry::session_cost;
+use super::{Broker, index, lock, retained};
 
 /// Bytes the ledger should hold, per [`Kind`], as recomputed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

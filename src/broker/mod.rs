@@ -33,8 +33,14 @@
 //! client comes back first.
 //!
 //! **Memory** is bounded per session (messages and bytes queued, in-flight
-//! window, subscriptions) and gateway-wide by a [`budget`] that every
-//! message, MQTT 5 properties included, is charged to while it lives.
+//! window, subscriptions) and gateway-wide by one ledger, the [`budget`]:
+//! every message (MQTT 5 properties included), subscription, retained
+//! message's place in the tree, session and topic alias is charged to it
+//! while it lives, and what a client asks to hold is also booked to its
+//! token subject's account, against the subject's quotas ([`Quotas`],
+//! `[sessions] max_sessions_per_subject`, `max_subscription_bytes`). No
+//! structure here walks topic levels by recursion, and retained messages
+//! for a new subscription are replayed in slices (see `subscribe.rs`).
 //!
 //! **Storage**: retained messages and parked sessions go through the
 //! [`store::Store`] trait; [`store::MemoryStore`] keeps them in memory.
@@ -48,11 +54,12 @@ pub mod index;
 pub mod inflight;
 pub mod mailbox;
 pub mod message;
+mod registry;
 pub mod retained;
 pub mod session;
 pub mod store;
+mod subscribe;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,7 +69,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
-use crate::acl::{FilterError, Grants, RequestedFilter, TopicLimits};
+use crate::acl::{FilterError, RequestedFilter, TopicLimits};
 use crate::config::SessionSettings;
 use budget::{Account, Kind};
 pub use budget::{Budget, QuotaError};
@@ -71,8 +78,9 @@ use index::{Index, Subscriber};
 pub use inflight::{Inflight, Resend, UnexpectedAck};
 pub use mailbox::{Delivery, Offer, QueueLimits, Taken};
 pub use message::{Message, Properties, Publication, QoS};
-use retained::{Position, Retained};
-use session::{Replay, Subscription};
+use registry::{Registry, session_cost};
+use retained::Retained;
+use session::Subscription;
 pub use session::{Session, SessionKey};
 use store::{SessionRecord, Store};
 
@@ -99,51 +107,6 @@ impl Quotas {
 impl Default for Quotas {
     fn default() -> Self {
         Quotas::new(8 * 1024 * 1024, &TopicLimits::DEFAULT)
-    }
-}
-
-/// Retained-tree nodes one replay slice looks at: bounds how long one
-/// subscriber holds the retained store from publishers of retained messages.
-const REPLAY_STEPS: usize = 256;
-
-/// What a session costs besides its subscriptions and queue: its state,
-/// mailbox and key.
-fn session_cost(key: &SessionKey) -> usize {
-    std::mem::size_of::<Session>() + 256 + key.subject().len() + key.client_id().len()
-}
-
-/// The sessions known, connected or parked, and how many each subject has.
-#[derive(Debug, Default)]
-struct Registry {
-    sessions: HashMap<SessionKey, Arc<Session>>,
-    per_subject: HashMap<Box<str>, usize>,
-}
-
-impl Registry {
-    fn get(&self, key: &SessionKey) -> Option<&Arc<Session>> {
-        self.sessions.get(key)
-    }
-
-    fn insert(&mut self, key: SessionKey, session: Arc<Session>) {
-        let subject = key.subject().into();
-        if self.sessions.insert(key, session).is_none() {
-            *self.per_subject.entry(subject).or_default() += 1;
-        }
-    }
-
-    fn remove(&mut self, key: &SessionKey) -> Option<Arc<Session>> {
-        let removed = self.sessions.remove(key)?;
-        if let Some(count) = self.per_subject.get_mut(key.subject()) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_subject.remove(key.subject());
-            }
-        }
-        Some(removed)
-    }
-
-    fn of_subject(&self, subject: &str) -> usize {
-        self.per_subject.get(subject).copied().unwrap_or(0)
     }
 }
 
@@ -797,214 +760,6 @@ impl Broker {
             info!(session = %session.key(), dropped, "session ended with undelivered messages");
         }
         self.store.remove_session(session.key());
-    }
-
-    /// Subscribes `session` to `requested` (a filter or `$share/...`),
-    /// replacing a subscription to the same filter, and sets up the replay
-    /// of the retained messages `retain_handling` asks for (sent as the
-    /// session has room, see [`Broker::replay`]). Returns whether the
-    /// subscription existed before.
-    ///
-    /// A new subscription is charged to the session's subject: refused
-    /// past `max_subscriptions`, past `max_subscription_bytes`, or when the
-    /// memory budget is used up.
-    pub fn subscribe(
-        &self,
-        session: &Arc<Session>,
-        requested: &str,
-        options: SubscriptionOptions,
-        retain_handling: RetainHandling,
-    ) -> Result<bool, SubscribeError> {
-        let parsed = RequestedFilter::parse(requested)?;
-        let mut state = session.state();
-        let existed = state.subscriptions.contains_key(requested);
-        let send_retained = parsed.group.is_none()
-            && match retain_handling {
-                RetainHandling::OnSubscribe => true,
-                RetainHandling::OnNewSubscription => !existed,
-                RetainHandling::Never => false,
-            };
-        let subscription_cost = if existed {
-            0
-        } else {
-            index::subscription_cost(requested)
-        };
-        let replay_cost = if send_retained {
-            self.replay_cost(parsed.filter)
-        } else {
-            0
-        };
-        if !existed && state.subscriptions.len() >= self.settings.max_subscriptions {
-            return Err(SubscribeError::TooMany(self.settings.max_subscriptions));
-        }
-        let quota = self.settings.max_subscription_bytes;
-        if state.subscription_bytes + subscription_cost + replay_cost > quota {
-            return Err(SubscribeError::TooLarge(quota));
-        }
-        let account = match &state.account {
-            Some(account) => Arc::clone(account),
-            None => self.budget.account(session.key().subject()),
-        };
-        let charge = |bytes| {
-            self.budget
-                .try_charge(&account, Kind::Subscriptions, bytes, bytes, usize::MAX)
-        };
-        let subscription_charge = if existed {
-            None
-        } else {
-            Some(charge(subscription_cost)?)
-        };
-        let replay_charge = if send_retained {
-            Some(charge(replay_cost)?)
-        } else {
-            None
-        };
-        state.subscription_bytes += subscription_cost + replay_cost;
-        match state.subscriptions.get_mut(requested) {
-            Some(existing) => existing.options = options,
-            None => {
-                state.subscriptions.insert(
-                    requested.into(),
-                    Subscription {
-                        options,
-                        charge: subscription_charge,
-                    },
-                );
-            }
-        }
-        self.write_index().insert(
-            parsed.group,
-            parsed.filter,
-            Subscriber {
-                session: Arc::clone(session),
-                options,
-            },
-        );
-        if let Some(charge) = replay_charge {
-            state.replays.push_back(Replay {
-                filter: parsed.filter.into(),
-                options,
-                after: None,
-                charge,
-            });
-            drop(state);
-            session.set_replaying(true);
-            session.mailbox().wake();
-        }
-        Ok(existed)
-    }
-
-    /// What a retained replay of `filter` holds: the filter and the
-    /// longest position it may reach.
-    fn replay_cost(&self, filter: &str) -> usize {
-        filter.len() + self.quotas.max_topic_bytes + std::mem::size_of::<Replay>()
-    }
-
-    /// Moves retained messages waiting to be replayed into `session`'s
-    /// queue while it has room, reading the store one bounded slice at a
-    /// time. Returns whether more wait (the caller comes back once the
-    /// queue drains, or at once to yield between slices).
-    ///
-    /// Repeating a filter in one SUBSCRIBE, or subscribing to many, adds
-    /// positions to read from, not copies: what sits in the queue is bounded
-    /// by the queue's own limits.
-    pub fn replay(&self, session: &Arc<Session>) -> bool {
-        let mut state = session.state();
-        let Some(replay) = state.replays.front_mut() else {
-            drop(state);
-            session.set_replaying(false);
-            return false;
-        };
-        let ids: Box<[u32]> = replay.options.id.into_iter().collect();
-        let mut found = Vec::new();
-        let next = self.store.retained(
-            &replay.filter,
-            replay.after.as_deref(),
-            REPLAY_STEPS,
-            &mut |message| found.push(Arc::clone(message)),
-        );
-        let mut full = false;
-        for message in found {
-            let delivery = Delivery {
-                qos: message.qos().min(replay.options.qos),
-                retain: true,
-                subscription_ids: ids.clone(),
-                message,
-            };
-            let topic: Position = delivery.message.topic().into();
-            if !session.mailbox().push_if_room(delivery, &self.budget) {
-                full = true;
-                break;
-            }
-            replay.after = Some(topic);
-        }
-        if !full {
-            match next {
-                Some(position) => replay.after = Some(position),
-                None => {
-                    if let Some(done) = state.replays.pop_front() {
-                        state.subscription_bytes -= done.charge.bytes();
-                    }
-                }
-            }
-        }
-        let more = !state.replays.is_empty();
-        drop(state);
-        if !more {
-            session.set_replaying(false);
-        }
-        // A full queue is drained by the connection, which calls again.
-        more && !full
-    }
-
-    /// Removes `session`'s subscription to `requested`; whether it had one.
-    pub fn unsubscribe(&self, session: &Arc<Session>, requested: &str) -> bool {
-        let mut state = session.state();
-        let Some(removed) = state.subscriptions.remove(requested) else {
-            return false;
-        };
-        state.subscription_bytes -= removed.charge.as_ref().map_or(0, |c| c.bytes());
-        match RequestedFilter::parse(requested) {
-            Ok(parsed) => self
-                .write_index()
-                .remove(parsed.group, parsed.filter, session),
-            Err(_) => false,
-        }
-    }
-
-    /// Narrows a session to what a new token grants (on resuming it, or on
-    /// re-authentication): subscriptions it does not cover at their QoS are
-    /// removed (and returned, for the log), and queued or unacknowledged
-    /// messages it would not let the client receive are dropped.
-    pub fn restrict(
-        &self,
-        session: &Arc<Session>,
-        grants: &Grants,
-        inflight: &mut Inflight,
-    ) -> Vec<String> {
-        let removed: Vec<String> = session
-            .state()
-            .subscriptions
-            .iter()
-            .filter(|(requested, sub)| !grants.may_subscribe(requested, sub.options.qos))
-            .map(|(requested, _)| requested.to_string())
-            .collect();
-        for requested in &removed {
-            self.unsubscribe(session, requested);
-        }
-        {
-            let mut state = session.state();
-            let before: usize = state.replays.iter().map(|r| r.charge.bytes()).sum();
-            state
-                .replays
-                .retain(|r| grants.may_subscribe(&r.filter, r.options.qos));
-            let after: usize = state.replays.iter().map(|r| r.charge.bytes()).sum();
-            state.subscription_bytes -= before - after;
-        }
-        let allowed = |d: &Delivery| grants.may_receive(d.message.topic(), d.qos);
-        session.mailbox().retain(allowed);
-        inflight.retain(allowed);
-        removed
     }
 
     /// Routes `message` (published by `publisher`'s session, if any) to
