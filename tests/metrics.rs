@@ -22,10 +22,14 @@ use tokio::net::TcpStream;
 struct Scrape(BTreeMap<String, f64>);
 
 impl Scrape {
-    /// The value of `series`, 0 when absent (a labelled counter appears
-    /// with its first event).
+    /// The value of `series`, which must be exported: every family is,
+    /// with every label value, from the start, so a misspelt or missing
+    /// series fails here instead of reading as 0.
     fn get(&self, series: &str) -> f64 {
-        self.0.get(series).copied().unwrap_or(0.0)
+        match self.0.get(series) {
+            Some(value) => *value,
+            None => panic!("{series} is not exported; the scrape: {:?}", self.0),
+        }
     }
 
     /// How much `series` grew since `before`.
@@ -121,6 +125,20 @@ async fn a_scripted_session_moves_each_counter_by_its_amount() {
     let before = scrape_until(port, |s| s.get(handshake_errors) == 1.0).await;
     assert_eq!(before.get("jwtgate_keys_loaded"), 1.0, "{before:?}");
     assert_eq!(before.get("jwtgate_connections{protocol=\"3.1.1\"}"), 0.0);
+    // Before any event, each labelled family is there at zero (an alert
+    // rule sees 0, not "no data"; README's `grep ^jwtgate_connects` finds
+    // it on a fresh gateway).
+    for series in [
+        "jwtgate_connects_total{outcome=\"accepted\"}",
+        "jwtgate_connects_total{outcome=\"expired\"}",
+        "jwtgate_reauthentications_total{outcome=\"accepted\"}",
+        "jwtgate_disconnects_total{reason=\"client\"}",
+        "jwtgate_key_reloads_total{result=\"ok\"}",
+        "jwtgate_key_reloads_total{result=\"failed\"}",
+        "jwtgate_tls_handshake_failures_total{reason=\"timeout\"}",
+    ] {
+        assert_eq!(before.get(series), 0.0, "{series}");
+    }
 
     // A good device: connects, subscribes, publishes where it may (QoS 1,
     // delivered back to itself) and where it may not.

@@ -84,17 +84,38 @@ impl Default for Metrics {
             publishes_received,
             delivered_by_qos: qos.map(|q| deliveries.get_or_create(&[("qos", q)]).clone()),
             deliveries,
-            connects: Family::default(),
+            connects: with_labels("outcome", ConnectOutcome::ALL.map(ConnectOutcome::as_str)),
             publishes_refused: Counter::default(),
             subscriptions_refused: Counter::default(),
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
-            disconnects: Family::default(),
-            reauthentications: Family::default(),
-            key_reloads: Family::default(),
-            handshakes_failed: Family::default(),
+            disconnects: with_labels("reason", SessionEnd::ALL.map(SessionEnd::as_str)),
+            reauthentications: with_labels(
+                "outcome",
+                ConnectOutcome::ALL.map(ConnectOutcome::as_str),
+            ),
+            key_reloads: with_labels("result", ["ok", "failed"]),
+            handshakes_failed: with_labels(
+                "reason",
+                [HandshakeFailure::Error, HandshakeFailure::Timeout].map(HandshakeFailure::as_str),
+            ),
         }
     }
+}
+
+/// A counter family with every label value it will ever have already
+/// exported at zero: a family that appears only with its first event reads
+/// as "no data" to an alert rule, and a fresh gateway's `grep` finds
+/// nothing.
+fn with_labels<const N: usize>(
+    name: &'static str,
+    values: [&'static str; N],
+) -> Family<Label, Counter> {
+    let family = Family::<Label, Counter>::default();
+    for value in values {
+        drop(family.get_or_create(&[(name, value)]));
+    }
+    family
 }
 
 impl Metrics {
@@ -157,12 +178,8 @@ impl Metrics {
     }
 
     pub fn handshake_failed(&self, failure: HandshakeFailure) {
-        let reason = match failure {
-            HandshakeFailure::Error => "error",
-            HandshakeFailure::Timeout => "timeout",
-        };
         self.handshakes_failed
-            .get_or_create(&[("reason", reason)])
+            .get_or_create(&[("reason", failure.as_str())])
             .inc();
     }
 
@@ -219,7 +236,7 @@ impl Metrics {
         );
         registry.register(
             "jwtgate_key_reloads",
-            "Reloads of the keys directory, by result (failed: a file was refused and its old keys kept)",
+            "Reloads of the keys directory (on a change to it, to the TLS certificate, or SIGHUP), by result (failed: a file was refused and its old keys kept)",
             self.key_reloads.clone(),
         );
         registry.register(
@@ -262,6 +279,15 @@ impl Traffic {
 pub enum HandshakeFailure {
     Error,
     Timeout,
+}
+
+impl HandshakeFailure {
+    fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Error => "error",
+            HandshakeFailure::Timeout => "timeout",
+        }
+    }
 }
 
 /// What became of a CONNECT (or an MQTT 5 re-authentication): the
@@ -308,6 +334,30 @@ pub enum ConnectOutcome {
 }
 
 impl ConnectOutcome {
+    /// Every outcome, so each label is exported from the start at zero
+    /// (a variant added above belongs here too).
+    pub const ALL: [ConnectOutcome; 19] = [
+        ConnectOutcome::Accepted,
+        ConnectOutcome::UnsupportedProtocol,
+        ConnectOutcome::BadUsername,
+        ConnectOutcome::MalformedToken,
+        ConnectOutcome::UnknownKid,
+        ConnectOutcome::BadSignature,
+        ConnectOutcome::AlgorithmRefused,
+        ConnectOutcome::Expired,
+        ConnectOutcome::NotYetValid,
+        ConnectOutcome::PolicyRefused,
+        ConnectOutcome::Revoked,
+        ConnectOutcome::NotAuthorized,
+        ConnectOutcome::BadClientId,
+        ConnectOutcome::ClientIdMismatch,
+        ConnectOutcome::BadAuthMethod,
+        ConnectOutcome::QuotaExceeded,
+        ConnectOutcome::TopicNameInvalid,
+        ConnectOutcome::ServerBusy,
+        ConnectOutcome::ServerUnavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ConnectOutcome::Accepted => "accepted",
@@ -393,6 +443,24 @@ pub enum SessionEnd {
 }
 
 impl SessionEnd {
+    /// Every reason, so each label is exported from the start at zero (a
+    /// variant added above belongs here too).
+    const ALL: [SessionEnd; 13] = [
+        SessionEnd::Client,
+        SessionEnd::Vanished,
+        SessionEnd::ProtocolError,
+        SessionEnd::KeepAliveTimeout,
+        SessionEnd::TokenExpired,
+        SessionEnd::TakenOver,
+        SessionEnd::Shutdown,
+        SessionEnd::Revoked,
+        SessionEnd::PublishDenied,
+        SessionEnd::SlowSubscriber,
+        SessionEnd::WriteStalled,
+        SessionEnd::ReauthRefused,
+        SessionEnd::NotKept,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             SessionEnd::Client => "client",
@@ -646,6 +714,35 @@ mod tests {
             sample(&exposition.render(), "jwtgate_connections{protocol=\"5\"}"),
             Some(0.0)
         );
+    }
+
+    /// Every family with labels is there, at zero, before its first event:
+    /// alert rules see 0, not "no data".
+    #[test]
+    fn a_fresh_gateway_exports_every_label_at_zero() {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for outcome in ConnectOutcome::ALL {
+            for family in ["jwtgate_connects_total", "jwtgate_reauthentications_total"] {
+                let series = format!("{family}{{outcome=\"{}\"}}", outcome.as_str());
+                assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+            }
+        }
+        for end in SessionEnd::ALL {
+            let series = format!("jwtgate_disconnects_total{{reason=\"{}\"}}", end.as_str());
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
+        for series in [
+            "jwtgate_key_reloads_total{result=\"ok\"}",
+            "jwtgate_key_reloads_total{result=\"failed\"}",
+            "jwtgate_tls_handshake_failures_total{reason=\"error\"}",
+            "jwtgate_tls_handshake_failures_total{reason=\"timeout\"}",
+        ] {
+            assert_eq!(sample(&text, series), Some(0.0), "{series}");
+        }
     }
 
     #[tokio::test]
