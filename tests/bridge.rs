@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::mosquitto::Mosquitto;
 use common::relay::Relay;
+use common::scrape::{metrics_port, scrape, value};
 use common::{DevBinary, V4Client};
 use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
 
@@ -519,36 +520,12 @@ async fn publish_numbered(device: &mut common::V5Client, n: usize) -> Result<usi
 }
 
 /// `jwtgate_storage_disk_full` and `jwtgate_storage_failed_commits_total`
-/// as the gateway's metrics endpoint serves them (its `[metrics] listen`
-/// has port 0; the port is read from its log).
+/// as the gateway's metrics endpoint serves them.
 async fn storage_metrics(gw: &DevBinary) -> (f64, f64) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let needle = "metrics: serving /metrics addr=";
-    gw.served.wait_for_log(0, needle).await;
-    let log = gw.served.log();
-    let (_, rest) = log.split_once(needle).expect("the log line");
-    let addr = rest.split_whitespace().next().expect("an address");
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the metrics port");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("send the request");
-    let mut response = String::new();
-    tokio::time::timeout(common::WAIT, stream.read_to_string(&mut response))
-        .await
-        .expect("the response in time")
-        .expect("read the response");
-    let sample = |name: &str| -> f64 {
-        response
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in:\n{response}"))
-    };
+    let scraped = scrape(metrics_port(gw).await).await;
     (
-        sample("jwtgate_storage_disk_full"),
-        sample("jwtgate_storage_failed_commits_total"),
+        value(&scraped, "jwtgate_storage_disk_full"),
+        value(&scraped, "jwtgate_storage_failed_commits_total"),
     )
 }
 

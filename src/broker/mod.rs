@@ -935,6 +935,19 @@ fn merge_per_session(targets: &mut Vec<Target>) {
     *targets = merged;
 }
 
+/// Runs `run` on a thread with a small stack (256 KiB, an eighth of a
+/// tokio worker's): a walk that recursed over thousands of topic levels
+/// would overflow it.
+#[cfg(test)]
+fn on_small_stack(run: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(run)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

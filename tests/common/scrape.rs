@@ -32,8 +32,7 @@ pub async fn metrics_port(gw: &DevBinary) -> u16 {
     port.parse().expect("a port number")
 }
 
-/// One scrape: every sample, `name{labels}` to value; a series not yet
-/// counted reads 0.
+/// One scrape: every sample, `name{labels}` to value.
 pub async fn scrape(port: u16) -> BTreeMap<String, f64> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await
@@ -57,7 +56,12 @@ pub async fn scrape(port: u16) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// The value of `series` in `scraped`, 0 when absent.
+/// The value of `series` in `scraped`. Every family is exported with
+/// every label value from the start, so a series missing from a scrape is
+/// a misspelt name or a lost metric, and fails the test.
 pub fn value(scraped: &BTreeMap<String, f64>, series: &str) -> f64 {
-    scraped.get(series).copied().unwrap_or(0.0)
+    match scraped.get(series) {
+        Some(value) => *value,
+        None => panic!("{series} is not exported; the scrape: {scraped:?}"),
+    }
 }

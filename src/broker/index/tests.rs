@@ -198,12 +198,7 @@ fn filters_far_deeper_than_the_limit_walk_without_recursion() {
         index.insert(None, &deep, sub(&a));
         drop(index);
     };
-    std::thread::Builder::new()
-        .stack_size(256 * 1024)
-        .spawn(run)
-        .unwrap()
-        .join()
-        .unwrap();
+    crate::broker::on_small_stack(run);
 }
 
 #[test]
