@@ -1082,6 +1082,59 @@ fn a_refresh_that_cannot_read_its_client_secret_fails_even_when_nothing_is_due()
     assert!(provider.requests().is_empty());
 }
 
+/// The packaged refresh unit's command line, as systemd would expand it
+/// with the README's provision.env, runs against this binary: renews a
+/// 15-minute token with less than its 10-minute floor left, and reads the
+/// client secret from /etc/jwtgate/provision/ (here, a directory standing
+/// in for it).
+#[test]
+fn the_refresh_units_command_line_renews_a_15_minute_token_in_time() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit =
+        std::fs::read_to_string(root.join("systemd/jwtgate-provision-refresh.service")).unwrap();
+    let timer =
+        std::fs::read_to_string(root.join("systemd/jwtgate-provision-refresh.timer")).unwrap();
+    assert!(timer.contains("\nOnCalendar=*:0/5\n"), "{timer}");
+    let exec_start = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .unwrap();
+    let floor = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("Environment=PROVISION_MIN_REMAINING="))
+        .unwrap();
+    // Two runs of the timer: one may come just before the floor is reached.
+    assert_eq!(floor, "10m");
+
+    let renewed = device_jwt(900);
+    let provider = FakeProvider::start(vec![Reply::tokens(json!({ "id_token": renewed }))]);
+    let device = Device::new();
+    std::fs::create_dir(device.path("provision")).unwrap();
+    std::fs::write(device.path("provision/client-secret"), CLIENT_SECRET).unwrap();
+    std::fs::write(device.refresh_path(), "refresh-1").unwrap();
+    // 15 minutes long, 9 minutes left: more than a third, less than the floor.
+    std::fs::write(device.token_path(), token_issued(6 * 60, 15 * 60)).unwrap();
+    let provision_args = format!(
+        "--id-token --client-secret-file {}",
+        path_arg(&device.path("provision/client-secret"))
+    );
+    let line = exec_start
+        .replace("${PROVISION_DOMAIN}", &provider.domain())
+        .replace("${PROVISION_CLIENT_ID}", "app-1")
+        .replace("${PROVISION_OUT}", &path_arg(&device.token_path()))
+        .replace("${PROVISION_MIN_REMAINING}", floor)
+        .replace("$PROVISION_ARGS", &provision_args);
+    let mut words = line.split_whitespace().map(str::to_owned);
+    assert_eq!(words.next().as_deref(), Some("/usr/bin/jwtgate-provision"));
+    let run = provision(&words.collect::<Vec<_>>(), None);
+    assert!(run.ok().stdout.contains("wrote the ID token"), "{run:?}");
+    assert_eq!(device.read("device.jwt").unwrap(), renewed);
+    assert_eq!(
+        provider.requests()[0].json()["client_secret"],
+        json!(CLIENT_SECRET)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // jwks
 // ---------------------------------------------------------------------------
