@@ -15,6 +15,9 @@
 //! - [`refresh_token`] trades `{out}.refresh` for a new token with the
 //!   `refresh_token` grant, so a timer can keep the token fresh without the
 //!   device password; it keeps a rotated refresh token the provider returns.
+//!   It decides from the token it holds ([`RenewWhen`]): by default it
+//!   renews once less than a third of the token's lifetime is left, so a
+//!   timer that runs often costs a file read while nothing is due.
 //! - [`fetch_jwks`] downloads `{domain}/.well-known/jwks.json` into the
 //!   gateway's keys directory, so the gateway can verify the provider's
 //!   RS256/ES256 tokens.
@@ -32,10 +35,11 @@
 //! `.tmp`, which the gateway's key loader ignores.
 //!
 //! Before a token is stored its claims are decoded (without checking the
-//! signature, unless [`TokenOut::keys_dir`] asks for the gateway's own
-//! verification) and [`Warning`]s name what would make the gateway refuse
-//! it, so a misconfigured tenant shows at provisioning time rather than as a
-//! refused CONNECT in the field.
+//! signature, unless [`TokenOut::verify`] asks for the gateway's own
+//! verification, under the gateway's own `[auth]` when its config file is
+//! given) and [`Warning`]s name what would make the gateway refuse it, so a
+//! misconfigured tenant shows at provisioning time rather than as a refused
+//! CONNECT in the field.
 //!
 //! Secrets never come from the command line (it is visible in `ps`), only
 //! from files or standard input ([`SecretReader`]), and never appear in
@@ -57,7 +61,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::Config;
+use crate::config::{AuthConfig, Config, ConfigError};
 use crate::keys::{self, KeyDirError, KeyStore, SkippedJwk};
 use crate::token::{self, Policy, TokenError};
 
@@ -141,9 +145,59 @@ pub struct TokenOut {
     pub kind: TokenKind,
     /// The claim the gateway reads topic filters from.
     pub topics_claim: String,
-    /// Verify the token as the gateway would (default policy, keys from
-    /// this directory) and refuse to store it when that fails.
-    pub keys_dir: Option<PathBuf>,
+    /// The claim the gateway reads EMQX-style rules from (a token with it
+    /// and no topics claim still grants).
+    pub acl_claim: String,
+    /// Verify the token as the gateway would and refuse to store it when
+    /// that fails.
+    pub verify: Option<Verify>,
+}
+
+/// The gateway's verification, as [`TokenOut::verify`] runs it.
+#[derive(Debug, Clone)]
+pub struct Verify {
+    /// The gateway's `[auth]`: the keys directory, and the issuer,
+    /// audience, algorithms, `require_kid` and lifetime it enforces.
+    pub auth: AuthConfig,
+    /// The config file `auth` was read from; `None` for the built-in
+    /// defaults, which enforce less than a production `[auth]` may.
+    pub config: Option<PathBuf>,
+}
+
+impl Verify {
+    /// The built-in `[auth]` with keys from `keys_dir`.
+    pub fn defaults(keys_dir: &Path) -> Verify {
+        let mut auth = Config::defaults(keys_dir).auth;
+        auth.keys_dir = keys_dir.to_path_buf();
+        Verify { auth, config: None }
+    }
+
+    /// The `[auth]` of the gateway's config file; `keys_dir`, when given,
+    /// replaces its keys directory.
+    pub fn from_config(path: &Path, keys_dir: Option<&Path>) -> Result<Verify, Error> {
+        let mut auth = Config::load(path)?.auth;
+        if let Some(dir) = keys_dir {
+            auth.keys_dir = dir.to_path_buf();
+        }
+        Ok(Verify {
+            auth,
+            config: Some(path.to_path_buf()),
+        })
+    }
+}
+
+/// Names the policy a token was verified under, in [`Error::Verify`].
+struct PolicyOrigin<'a>(&'a Option<PathBuf>);
+
+impl fmt::Display for PolicyOrigin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(path) => write!(f, "the [auth] of {}", path.display()),
+            None => f.write_str(
+                "the default [auth] policy (--config FILE verifies under the gateway's own)",
+            ),
+        }
+    }
 }
 
 impl TokenOut {
@@ -156,7 +210,7 @@ impl TokenOut {
 }
 
 /// What was learnt from a token's claims (not verified unless
-/// [`TokenOut::keys_dir`] was given).
+/// [`TokenOut::verify`] was given).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     pub subject: Option<String>,
@@ -244,16 +298,47 @@ pub struct Stored {
     pub warnings: Vec<Warning>,
 }
 
+/// When [`refresh_token`] renews the token it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewWhen {
+    /// Whatever the token (`--force`).
+    Always,
+    /// Once less than a third of the token's lifetime is left, or less than
+    /// `min_remaining` when that is longer: a third leaves room for a
+    /// provider outage over several runs of a timer, and the floor keeps a
+    /// short-lived token from expiring between two runs. A token whose
+    /// expiry cannot be read (none yet, not a JWT, no `exp`) is renewed.
+    Due { min_remaining: Option<Duration> },
+}
+
+impl Default for RenewWhen {
+    fn default() -> RenewWhen {
+        RenewWhen::Due {
+            min_remaining: None,
+        }
+    }
+}
+
+/// How the token held stands, when [`RenewWhen::Due`] finds it fresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fresh {
+    /// Until its `exp`.
+    pub expires_in: Duration,
+    /// `exp - iat`, or `exp` minus the token file's modification time when
+    /// it has no `iat`; `None` when neither is before `exp`.
+    pub lifetime: Option<Duration>,
+    /// It is renewed once less than this is left.
+    pub renew_within: Duration,
+    /// Whether `renew_within` is the `min_remaining` asked for (else it is
+    /// a third of `lifetime`).
+    pub by_min_remaining: bool,
+}
+
 /// The outcome of [`refresh_token`].
 #[derive(Debug, Clone)]
 pub enum Refreshed {
-    /// `--if-expiring-within` found the token fresh enough: nothing was
-    /// requested or written.
-    NotNeeded {
-        expires_in: Duration,
-        /// The `if_expiring_within` it is more than.
-        window: Duration,
-    },
+    /// The token is fresh enough: nothing was requested or written.
+    NotNeeded(Fresh),
     Stored(Stored),
 }
 
@@ -389,14 +474,21 @@ pub enum Error {
         path: PathBuf,
         error: SecretFileError,
     },
-    #[error("the {kind} does not verify against the keys in {}: {source}", dir.display())]
+    #[error(
+        "the {kind} does not verify against the keys in {} under {}: {source}",
+        dir.display(),
+        PolicyOrigin(config)
+    )]
     Verify {
         kind: TokenKind,
         dir: PathBuf,
+        config: Option<PathBuf>,
         source: TokenError,
     },
     #[error(transparent)]
     Keys(#[from] KeyDirError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("{url} did not answer with a JWK set: {source}; the body starts {snippet}")]
     NotJwks {
         url: String,
@@ -473,21 +565,20 @@ pub fn fetch_token(
     exchange(provider, &request, &grant, out)
 }
 
-/// Replaces the token at `out.path` using the refresh token beside it; with
-/// `if_expiring_within`, only when the current token expires within that
-/// time (or has no readable `exp`).
+/// Replaces the token at `out.path` using the refresh token beside it,
+/// when `when` finds it due (see [`RenewWhen`]). A token that is not due
+/// costs one file read: nothing is sent or written.
 pub fn refresh_token(
     provider: &Provider,
     client: &Client,
     out: &TokenOut,
-    if_expiring_within: Option<Duration>,
+    when: RenewWhen,
 ) -> Result<Refreshed, Error> {
     check_out_dir(&out.path)?;
-    if let Some(window) = if_expiring_within
-        && let Some(expires_in) = remaining_lifetime(&out.path)
-        && expires_in > window
+    if let RenewWhen::Due { min_remaining } = when
+        && let Some(fresh) = fresh(&out.path, min_remaining, SystemTime::now())
     {
-        return Ok(Refreshed::NotNeeded { expires_in, window });
+        return Ok(Refreshed::NotNeeded(fresh));
     }
     let refresh_path = out.refresh_path();
     let refresh = read_secret_file(&refresh_path).map_err(|error| Error::NoRefreshToken {
@@ -769,17 +860,20 @@ fn store(tokens: TokenAnswer, out: &TokenOut, grant: &Grant<'_>) -> Result<Store
     })
 }
 
-/// Decodes the token's claims (verifying it first when `out.keys_dir` asks
+/// Decodes the token's claims (verifying it first when `out.verify` asks
 /// for it) and says what the gateway will think of them.
 fn inspect(token: &str, out: &TokenOut) -> Result<(Summary, Vec<Warning>), Error> {
-    if let Some(dir) = &out.keys_dir {
+    if let Some(verify) = &out.verify {
+        let dir = &verify.auth.keys_dir;
         let (store, _report) = KeyStore::open(dir)?;
-        let mut auth = Config::defaults(dir).auth;
+        let mut auth = verify.auth.clone();
         auth.topics_claim.clone_from(&out.topics_claim);
+        auth.acl_claim.clone_from(&out.acl_claim);
         token::verify(token, &store.snapshot(), &Policy::from_config(&auth)).map_err(|source| {
             Error::Verify {
                 kind: out.kind,
                 dir: dir.clone(),
+                config: verify.config.clone(),
                 source,
             }
         })?;
@@ -804,8 +898,8 @@ fn inspect(token: &str, out: &TokenOut) -> Result<(Summary, Vec<Warning>), Error
     }
     let claim = out.topics_claim.clone();
     let topics = match claims.get(&out.topics_claim) {
-        // EMQX's acl claim grants instead (its default name).
-        None if claims.contains_key("acl") => None,
+        // EMQX's acl claim grants instead.
+        None if claims.contains_key(&out.acl_claim) => None,
         None => {
             warnings.push(Warning::NoTopics { claim });
             None
@@ -854,13 +948,47 @@ fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
     serde_json::from_slice(&json).ok()
 }
 
-/// How long until the token in `path` expires; `None` when that cannot be
-/// told (no file, not a JWT, no `exp`), which calls for a refresh.
-fn remaining_lifetime(path: &Path) -> Option<Duration> {
+/// The token in `path` when it is fresh enough to keep at `now`; `None`
+/// when it is due, or when its expiry cannot be told (no file, not a JWT,
+/// no `exp`), which calls for a refresh too.
+fn fresh(path: &Path, min_remaining: Option<Duration>, now: SystemTime) -> Option<Fresh> {
     let token = read_secret_file(path).ok()?;
-    let exp = unverified_claims(token.expose())?.get("exp")?.as_u64()?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    Some(Duration::from_secs(exp.saturating_sub(now)))
+    let claims = unverified_claims(token.expose())?;
+    let exp = claims.get("exp")?.as_u64()?;
+    // Without `iat`, the file was written when the token was issued, give
+    // or take the round trip: its modification time stands in.
+    let issued = claims.get("iat").and_then(Value::as_u64).or_else(|| {
+        let written = std::fs::metadata(path).ok()?.modified().ok()?;
+        Some(written.duration_since(UNIX_EPOCH).ok()?.as_secs())
+    });
+    decide(exp, issued, min_remaining, now)
+}
+
+/// [`fresh`]'s rule, on the token's `exp` and issue time (Unix seconds).
+fn decide(
+    exp: u64,
+    issued: Option<u64>,
+    min_remaining: Option<Duration>,
+    now: SystemTime,
+) -> Option<Fresh> {
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    let expires_in = exp.checked_sub(now).filter(|left| *left > 0)?;
+    let lifetime = issued
+        .and_then(|issued| exp.checked_sub(issued))
+        .filter(|lifetime| *lifetime > 0);
+    let third = lifetime.map(|lifetime| lifetime / 3);
+    let floor = min_remaining.map(|floor| floor.as_secs());
+    // Neither a lifetime nor a floor: nothing to decide by, so renew.
+    let renew_within = third.max(floor)?;
+    if expires_in < renew_within {
+        return None;
+    }
+    Some(Fresh {
+        expires_in: Duration::from_secs(expires_in),
+        lifetime: lifetime.map(Duration::from_secs),
+        renew_within: Duration::from_secs(renew_within),
+        by_min_remaining: floor.is_some_and(|floor| third.is_none_or(|third| floor >= third)),
+    })
 }
 
 /// Fails before any request when the output could not be written anyway,
@@ -923,8 +1051,43 @@ mod tests {
             path: PathBuf::from("device.jwt"),
             kind: TokenKind::Access,
             topics_claim: topics_claim.to_owned(),
-            keys_dir: None,
+            acl_claim: "acl".to_owned(),
+            verify: None,
         }
+    }
+
+    #[test]
+    fn renewal_is_due_once_a_third_of_the_lifetime_is_left() {
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        let min = |secs: u64| Some(Duration::from_secs(secs));
+        // Issued at 0, expires at 900: due from 600 on (300 s left).
+        let fresh = decide(900, Some(0), None, at(599)).unwrap();
+        assert_eq!(fresh.expires_in, Duration::from_secs(301));
+        assert_eq!(fresh.lifetime, Some(Duration::from_secs(900)));
+        assert_eq!(fresh.renew_within, Duration::from_secs(300));
+        assert!(!fresh.by_min_remaining);
+        assert_eq!(decide(900, Some(0), None, at(601)), None);
+        // Exactly a third left is not less than a third.
+        assert!(decide(900, Some(0), None, at(600)).is_some());
+        // A longer floor wins; a shorter one changes nothing.
+        assert_eq!(decide(900, Some(0), min(600), at(301)), None);
+        let fresh = decide(900, Some(0), min(600), at(299)).unwrap();
+        assert!(fresh.by_min_remaining);
+        assert_eq!(decide(900, Some(0), min(60), at(601)), None);
+        assert!(
+            !decide(900, Some(0), min(60), at(599))
+                .unwrap()
+                .by_min_remaining
+        );
+        // Expired, or no lifetime to take a third of and no floor: due.
+        assert_eq!(decide(900, Some(0), None, at(900)), None);
+        assert_eq!(decide(900, Some(0), None, at(5000)), None);
+        assert_eq!(decide(900, None, None, at(10)), None);
+        assert_eq!(decide(900, Some(900), None, at(10)), None);
+        assert_eq!(decide(900, Some(2000), None, at(10)), None);
+        // A floor alone still decides.
+        assert!(decide(900, None, min(60), at(10)).unwrap().by_min_remaining);
+        assert_eq!(decide(900, None, min(60), at(850)), None);
     }
 
     #[test]

@@ -944,6 +944,197 @@ fn refresh_without_a_refresh_token_file() {
     assert!(provider.requests().is_empty());
 }
 
+/// A token issued `age` seconds ago that lives `lifetime` seconds, with
+/// `iat`.
+fn token_issued(age: u64, lifetime: u64) -> String {
+    let iat = now() - age;
+    jwt(&json!({
+        "sub": "auth0|thermostat-1a",
+        "iat": iat,
+        "exp": iat + lifetime,
+        "topics": ["devices/thermostat-1a/#"],
+    }))
+}
+
+/// Sets the token file's modification time to `age` seconds ago.
+fn age_file(path: &Path, age: u64) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(SystemTime::now() - Duration::from_secs(age))
+        .unwrap();
+}
+
+#[test]
+fn refresh_renews_once_a_third_of_the_lifetime_is_left() {
+    let renewed = device_jwt(3600);
+    // An hour's token half-way through: 30 minutes left, more than a third.
+    let provider = FakeProvider::start(vec![Reply::tokens(json!({ "access_token": renewed }))]);
+    let device = Device::new();
+    let fresh = token_issued(30 * 60, 3600);
+    std::fs::write(device.token_path(), &fresh).unwrap();
+    std::fs::write(device.refresh_path(), "refresh-1").unwrap();
+    let run = provision(&device.refresh_args(&provider), None);
+    run.ok();
+    assert!(
+        run.stdout.contains(
+            "renewed once less than 20m 0s is left (a third of its 1h 0m lifetime): not refreshed"
+        ),
+        "{run:?}"
+    );
+    assert!(provider.requests().is_empty());
+    assert_eq!(device.read("device.jwt").unwrap(), fresh);
+
+    // Three quarters through: 15 minutes left, less than a third.
+    std::fs::write(device.token_path(), token_issued(45 * 60, 3600)).unwrap();
+    let run = provision(&device.refresh_args(&provider), None);
+    run.ok();
+    assert!(run.stdout.contains("wrote the access token"), "{run:?}");
+    assert_eq!(provider.requests().len(), 1);
+    assert_eq!(device.read("device.jwt").unwrap(), renewed);
+}
+
+#[test]
+fn without_iat_the_token_files_age_gives_the_lifetime() {
+    let renewed = device_jwt(900);
+    let provider = FakeProvider::start(vec![Reply::tokens(json!({ "access_token": renewed }))]);
+    let device = Device::new();
+    std::fs::write(device.refresh_path(), "refresh-1").unwrap();
+    // Just written, 15 minutes to go: fresh.
+    std::fs::write(device.token_path(), device_jwt(15 * 60)).unwrap();
+    let run = provision(&device.refresh_args(&provider), None);
+    assert!(run.ok().stdout.contains("not refreshed"), "{run:?}");
+    assert!(provider.requests().is_empty());
+    // Written 11 minutes ago with 4 to go: a 15-minute token with less
+    // than a third left.
+    std::fs::write(device.token_path(), device_jwt(4 * 60)).unwrap();
+    age_file(&device.token_path(), 11 * 60);
+    let run = provision(&device.refresh_args(&provider), None);
+    assert!(
+        run.ok().stdout.contains("wrote the access token"),
+        "{run:?}"
+    );
+    assert_eq!(device.read("device.jwt").unwrap(), renewed);
+}
+
+#[test]
+fn min_remaining_renews_earlier_than_a_third_and_force_at_once() {
+    let provider = FakeProvider::start(vec![
+        Reply::tokens(json!({ "access_token": device_jwt(900) })),
+        Reply::tokens(json!({ "access_token": device_jwt(900) })),
+    ]);
+    let device = Device::new();
+    std::fs::write(device.refresh_path(), "refresh-1").unwrap();
+    // A 15-minute token 5 minutes in: 10 minutes left, more than a third.
+    std::fs::write(device.token_path(), token_issued(5 * 60, 15 * 60)).unwrap();
+    let run = provision(&device.refresh_args(&provider), None);
+    assert!(run.ok().stdout.contains("not refreshed"), "{run:?}");
+    // A shorter floor changes nothing; the message says which rule held.
+    let mut list = device.refresh_args(&provider);
+    list.extend(args(&["--min-remaining", "2m"]));
+    let run = provision(&list, None);
+    assert!(
+        run.ok()
+            .stdout
+            .contains("renewed once less than 5m 0s is left (a third"),
+        "{run:?}"
+    );
+    let mut list = device.refresh_args(&provider);
+    list.extend(args(&["--min-remaining", "9m"]));
+    let run = provision(&list, None);
+    assert!(
+        run.ok()
+            .stdout
+            .contains("renewed once less than 9m 0s is left (--min-remaining): not refreshed"),
+        "{run:?}"
+    );
+    assert!(provider.requests().is_empty());
+    // A floor above the time left renews.
+    let mut list = device.refresh_args(&provider);
+    list.extend(args(&["--min-remaining", "11m"]));
+    provision(&list, None).ok();
+    assert_eq!(provider.requests().len(), 1);
+    // --force renews the fresh token just written.
+    let mut list = device.refresh_args(&provider);
+    list.push("--force".into());
+    provision(&list, None).ok();
+    assert_eq!(provider.requests().len(), 2);
+    let mut list = device.refresh_args(&provider);
+    list.extend(args(&["--force", "--min-remaining", "1m"]));
+    let run = provision(&list, None);
+    assert_eq!(run.code, Some(2), "a usage error; {run:?}");
+    assert!(run.stderr.contains("cannot be used with"), "{run:?}");
+}
+
+#[test]
+fn a_refresh_that_cannot_read_its_client_secret_fails_even_when_nothing_is_due() {
+    let provider = FakeProvider::start(vec![Reply::tokens(json!({ "access_token": "x" }))]);
+    let device = Device::new();
+    std::fs::write(device.token_path(), token_issued(60, 3600)).unwrap();
+    std::fs::write(device.refresh_path(), "refresh-1").unwrap();
+    let mut list = device.refresh_args(&provider);
+    list.extend([
+        "--client-secret-file".into(),
+        path_arg(&device.path("provision/client-secret")),
+    ]);
+    provision(&list, None).fails_with(&[
+        "cannot read --client-secret-file",
+        "provision/client-secret",
+    ]);
+    assert!(provider.requests().is_empty());
+}
+
+/// The packaged refresh unit's command line, as systemd would expand it
+/// with the README's provision.env, runs against this binary: renews a
+/// 15-minute token with less than its 10-minute floor left, and reads the
+/// client secret from /etc/jwtgate/provision/ (here, a directory standing
+/// in for it).
+#[test]
+fn the_refresh_units_command_line_renews_a_15_minute_token_in_time() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit =
+        std::fs::read_to_string(root.join("systemd/jwtgate-provision-refresh.service")).unwrap();
+    let timer =
+        std::fs::read_to_string(root.join("systemd/jwtgate-provision-refresh.timer")).unwrap();
+    assert!(timer.contains("\nOnCalendar=*:0/5\n"), "{timer}");
+    let exec_start = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .unwrap();
+    let floor = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("Environment=PROVISION_MIN_REMAINING="))
+        .unwrap();
+    // Two runs of the timer: one may come just before the floor is reached.
+    assert_eq!(floor, "10m");
+
+    let renewed = device_jwt(900);
+    let provider = FakeProvider::start(vec![Reply::tokens(json!({ "id_token": renewed }))]);
+    let device = Device::new();
+    std::fs::create_dir(device.path("provision")).unwrap();
+    std::fs::write(device.path("provision/client-secret"), CLIENT_SECRET).unwrap();
+    std::fs::write(device.refresh_path(), "refresh-1").unwrap();
+    // 15 minutes long, 9 minutes left: more than a third, less than the floor.
+    std::fs::write(device.token_path(), token_issued(6 * 60, 15 * 60)).unwrap();
+    let provision_args = format!(
+        "--id-token --client-secret-file {}",
+        path_arg(&device.path("provision/client-secret"))
+    );
+    let line = exec_start
+        .replace("${PROVISION_DOMAIN}", &provider.domain())
+        .replace("${PROVISION_CLIENT_ID}", "app-1")
+        .replace("${PROVISION_OUT}", &path_arg(&device.token_path()))
+        .replace("${PROVISION_MIN_REMAINING}", floor)
+        .replace("$PROVISION_ARGS", &provision_args);
+    let mut words = line.split_whitespace().map(str::to_owned);
+    assert_eq!(words.next().as_deref(), Some("/usr/bin/jwtgate-provision"));
+    let run = provision(&words.collect::<Vec<_>>(), None);
+    assert!(run.ok().stdout.contains("wrote the ID token"), "{run:?}");
+    assert_eq!(device.read("device.jwt").unwrap(), renewed);
+    assert_eq!(
+        provider.requests()[0].json()["client_secret"],
+        json!(CLIENT_SECRET)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // jwks
 // ---------------------------------------------------------------------------
@@ -1114,6 +1305,81 @@ fn keys_dir_verification_refuses_a_token_the_gateway_would_refuse() {
     list.extend(["--keys-dir".into(), path_arg(&site.config.auth.keys_dir)]);
     provision(&list, None).fails_with(&["does not verify against the keys in", "signature"]);
     assert!(!device.token_path().exists());
+}
+
+/// The site's config file, with `auth` as its `[auth]` table body.
+fn site_config(site: &Site, auth: &str) -> PathBuf {
+    let path = site.dir.path().join("jwtgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[tls]\ncert = \"keys/tls/server.crt\"\nkey = \"keys/tls/server.key\"\n\n[auth]\nkeys_dir = \"keys\"\n{auth}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn config_verifies_under_the_gateways_own_auth() {
+    let site = Site::new();
+    let config = site_config(&site, "issuer = \"https://idp.example/\"\n");
+    let provider = FakeProvider::start(vec![
+        Reply::tokens(json!({ "access_token": site.token })),
+        Reply::tokens(json!({ "access_token": site.token })),
+    ]);
+    let device = Device::new();
+    // The default policy takes the dev token; the gateway's [auth] does not.
+    let mut list = device.token_args(&provider);
+    list.extend(["--keys-dir".into(), path_arg(&site.config.auth.keys_dir)]);
+    provision(&list, None).ok();
+    let _ = std::fs::remove_file(device.token_path());
+    let mut list = device.token_args(&provider);
+    list.extend(["--config".into(), path_arg(&config)]);
+    provision(&list, None).fails_with(&[
+        "does not verify against the keys in",
+        &format!("under the [auth] of {}", config.display()),
+        "no \"iss\" claim",
+    ]);
+    assert!(!device.token_path().exists());
+}
+
+#[test]
+fn config_names_the_claims_and_a_broken_one_is_refused_before_any_request() {
+    let site = Site::new();
+    // A provider's token with the topics under the claim [auth] names.
+    let (store, _report) = KeyStore::open(&site.config.auth.keys_dir).unwrap();
+    let claims = MintClaims {
+        subject: "thermostat-1a".into(),
+        topics: vec!["devices/thermostat-1a/#".into()],
+        ttl: Duration::from_secs(3600),
+        topics_claim: "https://example.com/topics".into(),
+        issuer: None,
+        audience: Vec::new(),
+    };
+    let token = token::mint(store.snapshot().newest_hmac().unwrap(), &claims).unwrap();
+    let config = site_config(&site, "topics_claim = \"https://example.com/topics\"\n");
+    let provider = FakeProvider::start(vec![Reply::tokens(
+        json!({ "access_token": token, "refresh_token": "r" }),
+    )]);
+    let device = Device::new();
+    let mut list = device.token_args(&provider);
+    list.extend(["--config".into(), path_arg(&config)]);
+    let run = provision(&list, None);
+    run.ok();
+    assert!(!run.stderr.contains("warning"), "{run:?}");
+    assert!(run.stdout.contains("devices/thermostat-1a/#"), "{run:?}");
+    // --topics-claim would contradict the config.
+    list.extend(args(&["--topics-claim", "topics"]));
+    let run = provision(&list, None);
+    assert_eq!(run.code, Some(2), "a usage error; {run:?}");
+    assert!(run.stderr.contains("cannot be used with"), "{run:?}");
+
+    let broken = site_config(&site, "issuer = 42\n");
+    let mut list = device.token_args(&provider);
+    list.extend(["--config".into(), path_arg(&broken)]);
+    provision(&list, None).fails_with(&["jwtgate.toml:", "issuer"]);
+    assert_eq!(provider.requests().len(), 1);
 }
 
 fn mqtt_options(

@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use jwtgate::provision::{
-    self, Client, Error, JwksStored, PasswordGrant, Provider, RefreshFile, Refreshed, SecretReader,
-    SecretSource, Stored, TokenKind, TokenOut,
+    self, Client, Error, Fresh, JwksStored, PasswordGrant, Provider, RefreshFile, Refreshed,
+    RenewWhen, SecretReader, SecretSource, Stored, TokenKind, TokenOut, Verify,
 };
 use jwtgate::token::parse_ttl;
 use tracing_subscriber::EnvFilter;
@@ -30,7 +30,7 @@ Examples:
   jwtgate-provision token --domain https://tenant.eu.auth0.com --client-id ID \\
       --username thermostat-1a --password-file - --scope 'openid offline_access' --out device.jwt
   jwtgate-provision refresh --domain https://tenant.eu.auth0.com --client-id ID \\
-      --out device.jwt --if-expiring-within 6h";
+      --out device.jwt";
 
 const TOKEN_EXAMPLE: &str = "\
 Example:
@@ -45,10 +45,15 @@ Writes the token to --out and, when the provider returns one, the refresh
 token to --out.refresh (both mode 0600, replaced atomically).";
 
 const REFRESH_EXAMPLE: &str = "\
-Example (from a timer or cron; a no-op while the token has more than 6h left):
+Example (from a timer every 5 minutes; a file read while nothing is due):
   jwtgate-provision refresh --domain https://tenant.eu.auth0.com \\
       --client-id 'ZXlK...' --id-token --out /var/lib/device/device.jwt \\
-      --if-expiring-within 6h";
+      --min-remaining 10m
+
+Renews once less than a third of the token's lifetime (exp - iat; without
+iat, from the token file's modification time) is left, or less than
+--min-remaining when that is longer; a token whose expiry cannot be read
+is renewed. --if-expiring-within is the earlier name of --min-remaining.";
 
 const JWKS_EXAMPLE: &str = "\
 Example:
@@ -99,16 +104,24 @@ enum Command {
         #[command(flatten)]
         out: OutArgs,
     },
-    /// Renew the token at --out with the refresh token at --out.refresh.
+    /// Renew the token at --out with the refresh token at --out.refresh, when it is due.
     #[command(after_help = REFRESH_EXAMPLE)]
     Refresh {
         #[command(flatten)]
         provider: ProviderArgs,
         #[command(flatten)]
         client: ClientArgs,
-        /// Only refresh when the token expires within this time (30m, 6h, 1d).
-        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
-        if_expiring_within: Option<Duration>,
+        /// Also renew when less than this is left (30m, 6h, 1d); by default only a third of the lifetime counts.
+        #[arg(
+            long,
+            value_name = "DURATION",
+            value_parser = parse_ttl,
+            visible_alias = "if-expiring-within"
+        )]
+        min_remaining: Option<Duration>,
+        /// Renew whatever the token held.
+        #[arg(long, conflicts_with = "min_remaining")]
+        force: bool,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -151,26 +164,47 @@ struct OutArgs {
     /// Store the ID token instead of the access token.
     #[arg(long)]
     id_token: bool,
-    /// The claim holding the topic filters, as the gateway's topics_claim.
-    #[arg(long, value_name = "NAME", default_value = "topics")]
-    topics_claim: String,
+    /// The claim holding the topic filters, as the gateway's topics_claim [default: topics].
+    #[arg(long, value_name = "NAME", conflicts_with = "config")]
+    topics_claim: Option<String>,
     /// Verify the token against the gateway's keys directory before storing it.
     #[arg(long, value_name = "DIR")]
     keys_dir: Option<PathBuf>,
+    /// Verify the token as the gateway with this config file would: its [auth] (issuer, audience, algorithms, require_kid, lifetime, claim names) and keys directory (unless --keys-dir).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
-impl From<OutArgs> for TokenOut {
-    fn from(args: OutArgs) -> TokenOut {
-        TokenOut {
-            path: args.out,
-            kind: if args.id_token {
+impl OutArgs {
+    /// Reads the gateway's config, when one is given.
+    fn into_token_out(self) -> Result<TokenOut, Error> {
+        let verify = match (&self.config, &self.keys_dir) {
+            (Some(config), keys_dir) => Some(Verify::from_config(config, keys_dir.as_deref())?),
+            (None, Some(keys_dir)) => Some(Verify::defaults(keys_dir)),
+            (None, None) => None,
+        };
+        // With a config the claim names are the gateway's own.
+        let (topics_claim, acl_claim) = match &verify {
+            Some(Verify {
+                auth,
+                config: Some(_),
+            }) => (auth.topics_claim.clone(), auth.acl_claim.clone()),
+            _ => (
+                self.topics_claim.unwrap_or_else(|| "topics".to_owned()),
+                "acl".to_owned(),
+            ),
+        };
+        Ok(TokenOut {
+            path: self.out,
+            kind: if self.id_token {
                 TokenKind::Id
             } else {
                 TokenKind::Access
             },
-            topics_claim: args.topics_claim,
-            keys_dir: args.keys_dir,
-        }
+            topics_claim,
+            acl_claim,
+            verify,
+        })
     }
 }
 
@@ -220,25 +254,31 @@ fn run(command: Command) -> Result<(), Error> {
                 scope,
                 forwarded_for,
             };
-            let stored = provision::fetch_token(&provider, &grant, &out.into())?;
+            let stored = provision::fetch_token(&provider, &grant, &out.into_token_out()?)?;
             report_stored(&stored);
         }
         Command::Refresh {
             provider,
             client,
-            if_expiring_within,
+            min_remaining,
+            force,
             out,
         } => {
+            // Every run checks its settings and reads the client secret, due
+            // or not, so that a setup that cannot work fails the timer's
+            // first run rather than the first renewal.
             let provider = connect(provider)?;
             let client = read_client(client, &mut secrets)?;
-            let out = TokenOut::from(out);
-            match provision::refresh_token(&provider, &client, &out, if_expiring_within)? {
-                Refreshed::NotNeeded { expires_in, window } => println!(
-                    "{} expires in {}, more than --if-expiring-within {} away: not refreshed",
-                    out.path.display(),
-                    Human(expires_in),
-                    Human(window)
-                ),
+            let out = out.into_token_out()?;
+            let when = if force {
+                RenewWhen::Always
+            } else {
+                RenewWhen::Due { min_remaining }
+            };
+            match provision::refresh_token(&provider, &client, &out, when)? {
+                Refreshed::NotNeeded(fresh) => {
+                    println!("{}: not refreshed", NotDue(&out.path, &fresh));
+                }
                 Refreshed::Stored(stored) => report_stored(&stored),
             }
         }
@@ -321,6 +361,28 @@ fn report_jwks(stored: &JwksStored) {
         stored.path.display(),
         stored.key_ids.join(", ")
     );
+}
+
+/// Why a token is kept: `device.jwt expires in 50m 0s, renewed once less
+/// than 20m 0s is left (a third of its 1h 0m lifetime)`.
+struct NotDue<'a>(&'a std::path::Path, &'a Fresh);
+
+impl std::fmt::Display for NotDue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let NotDue(path, fresh) = self;
+        write!(
+            f,
+            "{} expires in {}, renewed once less than {} is left",
+            path.display(),
+            Human(fresh.expires_in),
+            Human(fresh.renew_within)
+        )?;
+        match fresh.lifetime {
+            _ if fresh.by_min_remaining => f.write_str(" (--min-remaining)"),
+            Some(lifetime) => write!(f, " (a third of its {} lifetime)", Human(lifetime)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A duration as people read it: `5d 3h`, `2h 5m`, `4m 10s`.
