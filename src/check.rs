@@ -94,16 +94,27 @@ fn report(token: &str, keys: &KeySet, policy: &Policy, client_id: Option<&str>) 
         .iter()
         .map(ToString::to_string)
         .collect();
-    let verified = match token::verify(token.trim(), keys, policy) {
+    let verified = match token::verify_signed(token.trim(), keys, policy) {
         Ok(verified) => verified,
-        Err(e) => {
+        Err(refused) => {
+            let e = refused.error;
+            // A token refused after its signature held still says whom it
+            // names, which key signed it and when it expires.
+            let signed = refused.signed;
+            let expires_at = match e {
+                token::TokenError::Expired { exp } => Some(exp),
+                _ => None,
+            };
             return CheckReport {
                 accepted: false,
                 reason: Some(e.to_string()),
-                key_id: e.key_id().map(str::to_owned),
-                key_file: None,
-                subject: None,
-                expires_at: None,
+                key_id: signed
+                    .as_ref()
+                    .map(|s| s.key_id.clone())
+                    .or_else(|| e.key_id().map(str::to_owned)),
+                key_file: signed.as_ref().map(|s| s.key_file.clone()),
+                subject: signed.and_then(|s| s.subject),
+                expires_at,
                 client_id: client_id.unwrap_or(DEFAULT_CLIENT_ID).to_owned(),
                 topics: Vec::new(),
                 rules: Vec::new(),
@@ -497,6 +508,28 @@ mod tests {
                 .warnings
                 .is_empty()
         );
+    }
+
+    /// A token whose signature held but which is refused all the same
+    /// (expired here) still shows whom it names and which key signed it;
+    /// one whose signature failed shows neither.
+    #[test]
+    fn a_refused_token_with_a_good_signature_names_its_subject_and_key() {
+        let (_dir, keys) = key_set(false);
+        let exp = now() - 3600;
+        let expired = token(&json!({ "sub": "meter-9", "exp": exp, "topics": "t" }));
+        let report = check(&expired, &keys, &policy(|_| {}));
+        assert!(!report.accepted);
+        assert_eq!(report.subject.as_deref(), Some("meter-9"), "{report}");
+        assert!(report.key_id.is_some(), "{report}");
+        assert!(report.key_file.is_some(), "{report}");
+        assert_eq!(report.expires_at, Some(exp));
+        let (signed_part, _) = expired.rsplit_once('.').unwrap();
+        let forged = format!("{signed_part}.AAAA");
+        let forged = check(&forged, &keys, &policy(|_| {}));
+        assert!(!forged.accepted);
+        assert_eq!(forged.subject, None, "{forged}");
+        assert_eq!(forged.key_file, None, "{forged}");
     }
 
     #[test]

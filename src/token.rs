@@ -354,6 +354,43 @@ pub enum Malformed {
 /// Verifies a compact JWT against `keys` under `policy`; see the module
 /// documentation for the steps.
 pub fn verify(token: &str, keys: &KeySet, policy: &Policy) -> Result<VerifiedToken, TokenError> {
+    verify_at(token, keys, policy, unix_now()).map_err(|refused| refused.error)
+}
+
+/// Who a token names, as far as its signature vouches for it: what a
+/// refusal after the signature held can still say (an expired, revoked or
+/// policy-refused token was signed by a known key for a known subject, and
+/// the log line says so).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub subject: Option<String>,
+    pub key_id: String,
+    pub key_file: PathBuf,
+}
+
+/// Why a token was refused, and whom it names if its signature held.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: TokenError,
+    pub signed: Option<Box<Signed>>,
+}
+
+impl From<TokenError> for Refused {
+    fn from(error: TokenError) -> Refused {
+        Refused {
+            error,
+            signed: None,
+        }
+    }
+}
+
+/// As [`verify`], telling on refusal whom a token with a good signature
+/// names.
+pub fn verify_signed(
+    token: &str,
+    keys: &KeySet,
+    policy: &Policy,
+) -> Result<VerifiedToken, Refused> {
     verify_at(token, keys, policy, unix_now())
 }
 
@@ -371,9 +408,9 @@ fn verify_at(
     keys: &KeySet,
     policy: &Policy,
     now: u64,
-) -> Result<VerifiedToken, TokenError> {
+) -> Result<VerifiedToken, Refused> {
     if token.len() > MAX_TOKEN_BYTES {
-        return Err(TokenError::TooLarge { len: token.len() });
+        return Err(TokenError::TooLarge { len: token.len() }.into());
     }
     let parts = Parts::split(token)?;
     let header = parts.header()?;
@@ -381,32 +418,41 @@ fn verify_at(
         alg: echo(&header.alg),
     })?;
     if header.crit.is_some() {
-        return Err(TokenError::CriticalHeader);
+        return Err(TokenError::CriticalHeader.into());
     }
     if !policy.allows(alg) {
-        return Err(TokenError::AlgorithmNotAllowed { alg });
+        return Err(TokenError::AlgorithmNotAllowed { alg }.into());
     }
     let key = verifying_key(&parts, header.kid.as_deref(), alg, keys, policy)?;
 
     let claims = parts.claims()?;
     let subject = string_claim(&claims, "sub")?;
-    let jti = string_claim(&claims, "jti")?;
+    // From here on the signature has held: a refusal names the signer.
+    let signed = |error: TokenError| Refused {
+        error,
+        signed: Some(Box::new(Signed {
+            subject: subject.map(str::to_owned),
+            key_id: key.id().to_owned(),
+            key_file: key.source().to_path_buf(),
+        })),
+    };
+    let jti = string_claim(&claims, "jti").map_err(signed)?;
     // Under "none" the claim was never looked at; a token carrying one of
     // an odd type must not start failing.
     let client_id = match policy.client_id_binding {
-        ClientIdBinding::ClaimOrSubject => string_claim(&claims, "clientid")?,
+        ClientIdBinding::ClaimOrSubject => string_claim(&claims, "clientid").map_err(signed)?,
         ClientIdBinding::Unchecked => None,
     };
     if let Some(by) = keys.deny_list().matching(jti, subject, key.id()) {
-        return Err(TokenError::Revoked {
+        return Err(signed(TokenError::Revoked {
             by,
             kid: key.id().to_owned(),
-        });
+        }));
     }
     if policy.require_subject && subject.is_none_or(str::is_empty) {
-        return Err(TokenError::MissingSubject);
+        return Err(signed(TokenError::MissingSubject));
     }
-    let checked = check_claims(&claims, policy, now)?;
+    let checked = check_claims(&claims, policy, now).map_err(signed)?;
     Ok(VerifiedToken {
         subject: subject.map(str::to_owned),
         client_id: client_id.map(str::to_owned),
@@ -886,7 +932,7 @@ mod tests {
     }
 
     fn check_with(token: &str, policy: &Policy) -> Result<VerifiedToken, TokenError> {
-        verify_at(token, &fixture().keys, policy, NOW)
+        verify_at(token, &fixture().keys, policy, NOW).map_err(|refused| refused.error)
     }
 
     fn check(token: &str) -> Result<VerifiedToken, TokenError> {
@@ -1511,7 +1557,9 @@ mod tests {
         .unwrap();
         let (store, _) = KeyStore::open(dir.path()).unwrap();
         let keys = store.snapshot();
-        let check = |token: &str| verify_at(token, &keys, &policy(|_| {}), NOW);
+        let check = |token: &str| {
+            verify_at(token, &keys, &policy(|_| {}), NOW).map_err(|refused| refused.error)
+        };
         let with = |extra: Value| {
             let mut claims = claims();
             for (name, value) in extra.as_object().unwrap() {

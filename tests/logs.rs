@@ -24,8 +24,16 @@ async fn every_auth_decision_is_one_json_line_with_who_and_why_and_no_token() {
         "gone",
         &json!({ "sub": "sensor-3", "exp": now_unix() + 600, "topics": ["s/#"] }),
     );
+    // Signed by a key in force, for a known subject, but expired.
+    let expired =
+        gw.sign(&json!({ "sub": "sensor-4", "exp": now_unix() - 3600, "topics": ["s/#"] }));
     let cases = [
         ("c-good", &good, ConnectReturnCode::Success),
+        (
+            "c-expired",
+            &expired,
+            ConnectReturnCode::BadUserNamePassword,
+        ),
         ("c-nothing", &nothing, ConnectReturnCode::NotAuthorized),
         (
             "c-kid",
@@ -74,6 +82,30 @@ async fn every_auth_decision_is_one_json_line_with_who_and_why_and_no_token() {
     assert_eq!(refused["kid"], json!("dev"));
     assert_eq!(refused["reason"], json!("the token grants no topics"));
 
+    // One shape for every decision: the same fields, filled with what
+    // the signature vouched for.
+    for client_id in ["c-good", "c-nothing", "c-expired", "c-kid"] {
+        let line = decision(client_id);
+        for field in [
+            "remote",
+            "client_id",
+            "sub",
+            "kid",
+            "outcome",
+            "reason",
+            "code",
+        ] {
+            assert!(
+                line.get(field).is_some(),
+                "{client_id}: no {field} in {line}"
+            );
+        }
+    }
+    let refused = decision("c-expired");
+    assert_eq!(refused["outcome"], json!("refused"));
+    assert_eq!(refused["sub"], json!("sensor-4"), "its signature held");
+    assert_eq!(refused["kid"], json!("dev"));
+
     let refused = decision("c-kid");
     assert_eq!(refused["outcome"], json!("refused"));
     assert_eq!(refused["sub"], json!(""), "not trusted, not told");
@@ -86,7 +118,7 @@ async fn every_auth_decision_is_one_json_line_with_who_and_why_and_no_token() {
         "{refused}"
     );
 
-    for token in [&good, &nothing, &unknown_kid] {
+    for token in [&good, &nothing, &expired, &unknown_kid] {
         assert!(!log.contains(token.as_str()), "a token is in the log");
         let signature = token.rsplit('.').next().unwrap();
         assert!(!log.contains(signature), "a signature is in the log");

@@ -88,21 +88,29 @@ pub(super) fn authenticate(
     mut quiet: Option<&mut Quiet>,
 ) -> Result<Authenticated, Failure> {
     let keys = shared.keys.snapshot();
-    let verified = token::verify(&token, &keys, &shared.policy).map_err(|e| Failure {
-        kind: match e {
-            // The token is authentic; the identity may not connect. A
-            // revoked one matches the DISCONNECT a live connection gets; a
-            // token without a subject names no one a session could belong
-            // to.
-            TokenError::Grants(_) | TokenError::Revoked { .. } | TokenError::MissingSubject => {
-                FailureKind::NotAuthorized
-            }
-            _ => FailureKind::BadCredentials,
-        },
-        outcome: ConnectOutcome::from(&e),
-        reason: e.to_string(),
-        kid: e.key_id().map(str::to_owned),
-        subject: None,
+    let verified = token::verify_signed(&token, &keys, &shared.policy).map_err(|refused| {
+        let e = refused.error;
+        let signed = refused.signed;
+        Failure {
+            kind: match e {
+                // The token is authentic; the identity may not connect. A
+                // revoked one matches the DISCONNECT a live connection gets; a
+                // token without a subject names no one a session could belong
+                // to.
+                TokenError::Grants(_) | TokenError::Revoked { .. } | TokenError::MissingSubject => {
+                    FailureKind::NotAuthorized
+                }
+                _ => FailureKind::BadCredentials,
+            },
+            outcome: ConnectOutcome::from(&e),
+            reason: e.to_string(),
+            // What the signature vouched for, when it held.
+            kid: signed
+                .as_ref()
+                .map(|s| s.key_id.clone())
+                .or_else(|| e.key_id().map(str::to_owned)),
+            subject: signed.and_then(|s| s.subject),
+        }
     })?;
     let not_authorized = |reason: String| Failure {
         kind: FailureKind::NotAuthorized,

@@ -101,6 +101,9 @@ pub(super) enum Ending {
     ReauthRefused {
         code: u8,
         detail: String,
+        /// What the refused token's signature vouched for, if it held:
+        /// subject and key id, for the log line.
+        signed: Option<(Option<String>, String)>,
     },
 }
 
@@ -238,6 +241,8 @@ impl ClientLimits {
 
 /// Who a client is, as its CONNECT established.
 pub(super) struct Identity {
+    /// Where the connection comes from, for the log.
+    pub remote: std::net::SocketAddr,
     pub client_id: String,
     pub version: Version,
     /// The token's `sub`: a re-authentication must name the same.
@@ -720,6 +725,7 @@ impl Client {
             return Some(Ending::ReauthRefused {
                 code: enhanced::BAD_AUTHENTICATION_METHOD,
                 detail: "re-authentication needs method JWT".to_owned(),
+                signed: None,
             });
         }
         match auth.data.as_deref().map(std::str::from_utf8) {
@@ -730,6 +736,7 @@ impl Client {
             _ => Some(Ending::ReauthRefused {
                 code: enhanced::BAD_USER_NAME_OR_PASSWORD,
                 detail: "re-authentication without a UTF-8 token as data".to_owned(),
+                signed: None,
             }),
         }
     }
@@ -1127,11 +1134,23 @@ impl Client {
                     "client stopped reading: disconnecting (see [limits] write_timeout_secs)"
                 );
             }
-            Ending::ReauthRefused { code, detail } => {
+            Ending::ReauthRefused {
+                code,
+                detail,
+                signed,
+            } => {
+                // The same fields as every authentication decision.
+                let (sub, kid) = signed.as_ref().map_or(("", ""), |(sub, kid)| {
+                    (sub.as_deref().unwrap_or(""), kid.as_str())
+                });
                 info!(
+                    remote = %self.id.remote,
                     client_id = self.id.client_id,
-                    code,
+                    sub,
+                    kid,
+                    outcome = "refused",
                     reason = %detail,
+                    code = format_args!("{code:#04x}"),
                     "re-authentication refused: disconnecting"
                 );
                 // Only MQTT 5 clients can send AUTH.
@@ -1360,6 +1379,7 @@ mod tests {
                 .collect(),
         );
         let id = Identity {
+            remote: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             client_id: "c1".to_owned(),
             version,
             subject: None,
@@ -1981,6 +2001,7 @@ mod tests {
                     .collect(),
             );
             let id = Identity {
+                remote: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 client_id,
                 version,
                 subject: None,

@@ -349,6 +349,8 @@ pub(super) async fn serve<S>(
         sub = token.subject.as_deref().unwrap_or(""),
         kid = token.key_id,
         outcome = "accepted",
+        reason = "",
+        code = ?ConnectReturnCode::Success,
         version = version.as_str(),
         session_present = attached.present,
         "client connected"
@@ -359,6 +361,7 @@ pub(super) async fn serve<S>(
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let expires_at = authenticated.deadline(shared.leeway);
     let id = Identity {
+        remote: peer,
         client_id,
         version,
         subject: authenticated.token.subject,

@@ -204,6 +204,7 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     },
                     detail: failure.reason,
+                    signed: failure.kid.map(|kid| (failure.subject, kid)),
                 });
             }
         };
@@ -216,15 +217,23 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
             return Some(Ending::ReauthRefused {
                 code: enhanced::NOT_AUTHORIZED,
                 detail: "the new token names another subject".to_owned(),
+                signed: Some((
+                    authenticated.token.subject.clone(),
+                    authenticated.token.key_id.clone(),
+                )),
             });
         }
+        let remote = id.remote;
         client.log_limited(Kind::Reauthentication, |client_id| {
             info!(
+                remote = %remote,
                 client_id,
                 sub = authenticated.token.subject.as_deref().unwrap_or(""),
                 kid = authenticated.token.key_id,
                 exp = authenticated.token.expires_at,
                 outcome = "accepted",
+                reason = "",
+                code = "0x00",
                 "client re-authenticated"
             );
         });
