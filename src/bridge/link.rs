@@ -24,7 +24,9 @@ use tracing::{error, info, warn};
 
 use super::backoff::Backoff;
 use super::wire::{Codec, InboundPublish, Incoming, WireError};
-use crate::broker::{Broker, Message, QoS};
+use super::{Refusal, Refusals};
+use crate::acl::{LimitError, TopicError, TopicLimits};
+use crate::broker::{Broker, CommitError, Message, QoS};
 use crate::config::{BridgeConfig, Credential, Transport};
 use crate::storage::{Queue, QueueReader, Queued, StorageError};
 use crate::tls::{self, TlsError};
@@ -50,6 +52,13 @@ const ACK_DELAY: Duration = Duration::from_millis(20);
 /// The packet id of the one SUBSCRIBE a connection sends; publishes use
 /// the others.
 const SUBSCRIBE_PKID: u16 = 1;
+/// Refused inbound messages are logged at most once per this interval
+/// (with how many were refused since): a hostile or broken remote could
+/// otherwise write the log as fast as it sends.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Bytes of a refused topic shown in the log: the topic may be as long as
+/// MQTT allows.
+const LOGGED_TOPIC_BYTES: usize = 120;
 
 /// A deadline for a disabled timer branch.
 fn far_future() -> Instant {
@@ -84,6 +93,10 @@ enum LinkError {
     Storage(#[from] StorageError),
     #[error("the queue reader stopped: {0}")]
     Reader(String),
+    #[error(
+        "a message from the remote on {topic} could not be kept ({error}); it is left unacknowledged, for the remote to send again on the next connection"
+    )]
+    NotKept { topic: String, error: CommitError },
 }
 
 impl LinkError {
@@ -99,7 +112,7 @@ impl LinkError {
             LinkError::Timeout(_) => "timeout",
             LinkError::Lost(_) => "connection",
             LinkError::Disconnected(_) => "disconnect",
-            LinkError::Storage(_) | LinkError::Reader(_) => "storage",
+            LinkError::Storage(_) | LinkError::Reader(_) | LinkError::NotKept { .. } => "storage",
         }
     }
 }
@@ -123,6 +136,8 @@ struct Connection {
     /// QoS 1 messages the remote takes unacknowledged.
     window: usize,
     keep_alive: Duration,
+    /// The remote resumed the bridge's session (CONNACK).
+    session_present: bool,
 }
 
 impl Connection {
@@ -161,6 +176,14 @@ pub(super) struct Link {
     name: Arc<str>,
     queue: Arc<Queue>,
     broker: Arc<Broker>,
+    /// `[limits]` topic limits, applied to what the remote sends as to
+    /// what devices send.
+    limits: TopicLimits,
+    /// Inbound messages not routed, by reason (the metrics read them).
+    refusals: Arc<Refusals>,
+    /// Refusals since the last one logged, and when that was.
+    refusals_unlogged: u64,
+    refusal_logged: Option<Instant>,
     /// The highest sequence number sent on any connection: sending one at
     /// or below it again is a resend.
     sent_ever: u64,
@@ -209,12 +232,18 @@ impl Link {
         name: Arc<str>,
         queue: Arc<Queue>,
         broker: Arc<Broker>,
+        limits: TopicLimits,
+        refusals: Arc<Refusals>,
     ) -> Link {
         Link {
             config,
             name,
             queue,
             broker,
+            limits,
+            refusals,
+            refusals_unlogged: 0,
+            refusal_logged: None,
             sent_ever: 0,
             forwarded: 0,
             resent: 0,
@@ -245,6 +274,7 @@ impl Link {
                         remote = self.remote(),
                         queued = self.queue.snapshot().messages,
                         window = connection.window,
+                        session_present = connection.session_present,
                         "bridge connected"
                     );
                     backoff.reset();
@@ -369,6 +399,7 @@ impl Link {
             codec: Codec::new(config.protocol),
             window: usize::from(DEFAULT_WINDOW),
             keep_alive: config.keep_alive,
+            session_present: false,
         };
         connection
             .codec
@@ -399,7 +430,12 @@ impl Link {
         if let Some(secs) = connack.server_keep_alive {
             connection.keep_alive = Duration::from_secs(u64::from(secs.max(1)));
         }
-        if !config.subscribe.is_empty() {
+        // A resumed session still holds the subscriptions: subscribing
+        // again would only make the remote send every retained message
+        // once more. A remote that forgot the session (it expired, or the
+        // remote restarted without persistence) gets them again.
+        connection.session_present = connack.session_present && !config.clean_start;
+        if !config.subscribe.is_empty() && !connection.session_present {
             let filters: Vec<(String, QoS)> = config
                 .subscribe
                 .iter()
@@ -665,7 +701,17 @@ impl Link {
     }
 
     /// Publishes a message from the remote into the routing core under its
-    /// local topic, then acknowledges it.
+    /// local topic, then acknowledges it: only once it is routed and every
+    /// commit it made (a retained message, another bridge's queue) is
+    /// done, so the remote keeps it until the gateway has it. A message
+    /// that could not be kept is not acknowledged and the connection ends:
+    /// the remote sends it again on the next one (the bridge's session
+    /// there holds it).
+    ///
+    /// A message the gateway would refuse from a device (its local topic
+    /// is over the `[limits]` topic limits, or it maps to no valid local
+    /// topic) is not routed, but acknowledged all the same: refused, it
+    /// would otherwise come back on every connection for ever.
     async fn receive(
         &mut self,
         publish: InboundPublish,
@@ -676,32 +722,82 @@ impl Link {
             topic,
             mut publication,
         } = publish;
-        let mapped = self
-            .config
-            .subscribe
-            .iter()
-            .find(|rule| rule.remote.matches_topic(&topic))
-            .and_then(|rule| Some((rule.local_topic(&topic)?, super::wire::rule_qos(rule.qos))));
         let qos = publication.qos;
-        match mapped {
-            Some((local, rule_qos)) => {
+        match self.local_topic(&topic) {
+            Ok((local, rule_qos)) => {
                 self.received += 1;
                 publication.topic = local;
                 publication.qos = qos.min(rule_qos);
                 let message = Message::bridged(publication, self.broker.budget(), &self.name);
                 let mut pending = self.broker.publish(message, None);
+                for kept in pending.take_kept() {
+                    // A dropped sender (the writer gone) is not kept.
+                    let outcome = kept.await.unwrap_or(Err(CommitError::Storage));
+                    if let Err(error) = outcome {
+                        return Err(LinkError::NotKept { topic, error });
+                    }
+                }
                 while !pending.is_done() {
                     pending.advance(&self.broker).await;
                 }
             }
-            None => warn!(
-                bridge = &*self.name,
-                topic, "bridge: a message from the remote matches no subscribe rule; dropped"
-            ),
+            Err(refusal) => self.refused_inbound(refusal, &topic),
         }
         if qos != QoS::AtMostOnce {
             connection.codec.puback(pkid, &mut connection.output)?;
         }
         Ok(())
+    }
+
+    /// The local topic and QoS of a message the remote sent on
+    /// `remote_topic`, or why it has none here. The local topic is
+    /// checked against the gateway's topic limits before anything else
+    /// sees it.
+    fn local_topic(&self, remote_topic: &str) -> Result<(String, QoS), Refusal> {
+        let rule = self
+            .config
+            .subscribe
+            .iter()
+            .find(|rule| rule.remote.matches_topic(remote_topic))
+            .ok_or(Refusal::Unmapped)?;
+        let local = rule
+            .local_topic(remote_topic)
+            .ok_or(Refusal::InvalidTopic)?;
+        match self.limits.topic_name(&local) {
+            Ok(()) => Ok((local, super::wire::rule_qos(rule.qos))),
+            Err(TopicError::Limit(LimitError::TooDeep { .. })) => Err(Refusal::TopicLevels),
+            Err(TopicError::Limit(LimitError::TooLong { .. })) => Err(Refusal::TopicBytes),
+            Err(_) => Err(Refusal::InvalidTopic),
+        }
+    }
+
+    /// Counts an inbound message not routed, and logs it unless one was
+    /// logged within [`REFUSAL_LOG_INTERVAL`].
+    fn refused_inbound(&mut self, refusal: Refusal, topic: &str) {
+        self.refusals.count(refusal);
+        self.refusals_unlogged += 1;
+        if self
+            .refusal_logged
+            .is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        let mut shown = LOGGED_TOPIC_BYTES.min(topic.len());
+        while !topic.is_char_boundary(shown) {
+            shown -= 1;
+        }
+        warn!(
+            bridge = &*self.name,
+            reason = refusal.as_str(),
+            topic = &topic[..shown],
+            topic_bytes = topic.len(),
+            topic_levels = topic.bytes().filter(|&b| b == b'/').count() + 1,
+            max_topic_levels = self.limits.max_levels,
+            max_topic_bytes = self.limits.max_bytes,
+            refused = self.refusals_unlogged,
+            "bridge: messages from the remote were not routed (acknowledged, not redelivered); logged at most once a minute, counted in jwtgate_bridge_refused_total"
+        );
+        self.refusals_unlogged = 0;
+        self.refusal_logged = Some(Instant::now());
     }
 }

@@ -61,6 +61,9 @@ pub(super) struct ConnAck {
     pub max_packet_size: Option<u32>,
     /// MQTT 5: the keep-alive it imposes.
     pub server_keep_alive: Option<u16>,
+    /// The remote resumed the bridge's session: its subscriptions are
+    /// still there, and so is what it queued for them meanwhile.
+    pub session_present: bool,
 }
 
 #[derive(Debug)]
@@ -139,9 +142,12 @@ impl Codec {
         self.max_outgoing = max_packet_size;
     }
 
-    /// CONNECT with a clean session: the bridge's own queue, not the
-    /// remote's session, carries what is unacknowledged, and the
-    /// subscriptions are made again on every connect.
+    /// CONNECT, keeping the session at the remote unless the bridge's
+    /// `clean_start`: the bridge's own queue carries what goes out, but
+    /// what comes in (commands for the site) can only wait at the remote,
+    /// in the bridge's session there, while the link or the gateway is
+    /// down. MQTT 5 names how long the remote keeps it; a 3.1.1 remote
+    /// applies its own setting.
     pub fn connect(
         &self,
         config: &BridgeConfig,
@@ -165,7 +171,7 @@ impl Codec {
             Protocol::V4 => {
                 let mut connect = v4::Connect::new(config.client_id.clone());
                 connect.keep_alive = keep_alive;
-                connect.clean_session = true;
+                connect.clean_session = config.clean_start;
                 connect.login =
                     login(password).map(|(username, password)| v4::Login { username, password });
                 v4::Packet::Connect(connect)
@@ -176,9 +182,11 @@ impl Codec {
                 let connect = v5::Connect {
                     keep_alive,
                     client_id: config.client_id.clone(),
-                    clean_start: true,
+                    clean_start: config.clean_start,
                     properties: Some(v5::ConnectProperties {
-                        session_expiry_interval: None,
+                        // Absent is zero: the session ends with the link.
+                        session_expiry_interval: (!config.clean_start)
+                            .then_some(config.session_expiry_secs),
                         receive_maximum: Some(RECEIVE_MAXIMUM),
                         max_packet_size: u32::try_from(MAX_INCOMING).ok(),
                         topic_alias_max: None,
@@ -385,6 +393,7 @@ fn incoming_v4(packet: v4::Packet) -> Incoming {
             receive_maximum: None,
             max_packet_size: None,
             server_keep_alive: None,
+            session_present: ack.session_present,
         }),
         v4::Packet::SubAck(ack) => Incoming::SubAck {
             pkid: ack.pkid,
@@ -443,6 +452,7 @@ fn incoming_v5(packet: v5::Packet) -> Incoming {
                 receive_maximum: properties.as_ref().and_then(|p| p.receive_max),
                 max_packet_size: properties.as_ref().and_then(|p| p.max_packet_size),
                 server_keep_alive: properties.as_ref().and_then(|p| p.server_keep_alive),
+                session_present: ack.session_present,
             })
         }
         v5::Packet::SubAck(ack) => Incoming::SubAck {
