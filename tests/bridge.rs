@@ -809,3 +809,155 @@ async fn a_cut_uplink_with_large_messages_leaves_the_memory_budget_to_sessions()
     );
     gw.assert_no_panic();
 }
+
+/// How the edge goes down in [`commands_sent_while_the_edge_is_down_arrive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EdgeDown {
+    /// SIGTERM: a clean stop, the parked sessions saved with their queues.
+    Terminated,
+    /// SIGKILL: a crash or a power cut, as far as the process can tell.
+    Killed,
+}
+
+/// Publishes commands `range` on `site-42/cmd/y` at the central broker,
+/// QoS 1, payload the number.
+async fn send_commands(operator: &mut V4Client, range: std::ops::Range<usize>) {
+    for n in range {
+        operator
+            .publish(
+                "site-42/cmd/y",
+                QoS::AtLeastOnce,
+                false,
+                n.to_string().as_bytes(),
+            )
+            .await;
+    }
+}
+
+/// The command numbers `client` received, in arrival order, once `count`
+/// arrived (or a limit passed).
+async fn command_numbers(client: &mut V4Client, count: usize) -> Vec<usize> {
+    collect(client, count, Duration::from_secs(20))
+        .await
+        .iter()
+        .map(|p| {
+            assert_eq!(p.topic, "cmd/y");
+            String::from_utf8_lossy(&p.payload)
+                .parse()
+                .expect("a command number")
+        })
+        .collect()
+}
+
+/// Issue 26, item 1: commands published centrally while the edge gateway
+/// is down (stopped, or killed) arrive at a persistent local subscriber
+/// once it is back, in order: the bridge keeps its session at the remote,
+/// which queues them meanwhile.
+async fn commands_sent_while_the_edge_is_down_arrive(down: EdgeDown, protocol: u8) {
+    let mosquitto = Mosquitto::start().await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let rules = format!(
+        "protocol = {protocol}\n\
+         subscribe = [ {{ remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\", qos = 1 }} ]"
+    );
+    let mut gw = DevBinary::start(
+        "",
+        &bridge_table(
+            &mosquitto,
+            mosquitto.tls_port(),
+            &password_file(&mosquitto, secrets.path()),
+            &rules,
+            "",
+        ),
+    )
+    .await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    assert!(
+        gw.served.log().contains("session_present=false"),
+        "the first connection finds no session:\n{}",
+        gw.served.log()
+    );
+
+    // A persistent local subscriber, as a site's controller would be.
+    let hour = Duration::from_secs(3600);
+    let token = gw.token("panel", &["cmd/#"], hour);
+    let mut options = gw.v4_options("panel", &token);
+    options.set_clean_session(false);
+    let mut panel = V4Client::start(options.clone());
+    assert_eq!(panel.connack().await.code, ConnectReturnCode::Success);
+    panel.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    let mut operator = mosquitto.connected("operator").await;
+
+    // Up: commands arrive at once.
+    send_commands(&mut operator, 0..10).await;
+    assert_eq!(
+        command_numbers(&mut panel, 10).await,
+        (0..10).collect::<Vec<_>>()
+    );
+    // The panel goes away; its session is parked (and written down).
+    panel.disconnect().await;
+    let mut expected: Vec<usize> = Vec::new();
+    if down == EdgeDown::Terminated {
+        // Routed into the parked session while the gateway runs: a clean
+        // stop saves them with it. (A kill would lose these: a parked
+        // session's queue is in memory while the gateway runs.)
+        send_commands(&mut operator, 10..20).await;
+        expected.extend(10..20);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    match down {
+        EdgeDown::Terminated => gw.served.terminate().await,
+        EdgeDown::Killed => gw.served.kill().await,
+    }
+
+    // The edge is down: the central broker holds these for the bridge.
+    send_commands(&mut operator, 20..120).await;
+    expected.extend(20..120);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let restarted_at = Instant::now();
+    gw.restart().await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    let log = gw.served.log();
+    let connected = log
+        .lines()
+        .find(|line| line.contains("bridge connected"))
+        .unwrap_or_default();
+    assert!(
+        connected.contains("session_present=true"),
+        "the remote kept the bridge's session: {connected}"
+    );
+    // Back up: more commands, while the panel is still away.
+    send_commands(&mut operator, 120..130).await;
+    expected.extend(120..130);
+
+    let mut panel = V4Client::start(options);
+    assert!(panel.connack().await.session_present);
+    let got = command_numbers(&mut panel, expected.len()).await;
+    let late = panel.publishes_within(Duration::from_millis(500)).await;
+    println!(
+        "{down:?}, MQTT {protocol} remote: {} of {} commands sent while the edge was down or its subscriber away arrived, in order, {:.2} s after the restart began; {} late duplicates",
+        got.len(),
+        expected.len(),
+        restarted_at.elapsed().as_secs_f64(),
+        late.len()
+    );
+    assert_eq!(got, expected, "missing, duplicated or out of order");
+    assert!(late.is_empty(), "duplicates: {late:?}");
+    gw.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_while_the_edge_is_stopped_arrive_after_the_restart() {
+    commands_sent_while_the_edge_is_down_arrive(EdgeDown::Terminated, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_while_the_edge_is_killed_arrive_after_the_restart() {
+    commands_sent_while_the_edge_is_down_arrive(EdgeDown::Killed, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_while_the_edge_is_killed_arrive_over_mqtt_3_1_1() {
+    commands_sent_while_the_edge_is_down_arrive(EdgeDown::Killed, 4).await;
+}
