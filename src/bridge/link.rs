@@ -488,6 +488,13 @@ impl Link {
         let mut last_heard = Instant::now();
         let mut last_sent = Instant::now();
         let mut ping_sent: Option<Instant> = None;
+        // What came in with the CONNACK: a resumed session's queued
+        // messages follow it at once, often in the same read, and would
+        // otherwise sit in the buffer until the next bytes arrive (the
+        // PINGRESP, a keep-alive later).
+        while let Some(packet) = connection.codec.decode(&mut connection.input)? {
+            self.handle(packet, connection, out).await?;
+        }
         loop {
             let tail = *committed.borrow_and_update();
             self.fill(out, tail).await?;
