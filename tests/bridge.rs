@@ -961,3 +961,229 @@ async fn commands_sent_while_the_edge_is_killed_arrive_after_the_restart() {
 async fn commands_sent_while_the_edge_is_killed_arrive_over_mqtt_3_1_1() {
     commands_sent_while_the_edge_is_down_arrive(EdgeDown::Killed, 4).await;
 }
+
+/// The bridge's `jwtgate_bridge_refused_total` by reason, from one scrape.
+async fn bridge_refusals(gw: &DevBinary) -> HashMap<String, f64> {
+    let port = common::scrape::metrics_port(gw).await;
+    let scraped = common::scrape::scrape(port).await;
+    ["topic_levels", "topic_bytes", "invalid_topic", "unmapped"]
+        .iter()
+        .map(|reason| {
+            let series =
+                format!("jwtgate_bridge_refused_total{{bridge=\"cloud\",reason=\"{reason}\"}}");
+            assert!(
+                scraped.contains_key(&series),
+                "{series} is not exposed at zero"
+            );
+            (
+                (*reason).to_owned(),
+                common::scrape::value(&scraped, &series),
+            )
+        })
+        .collect()
+}
+
+const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+/// A device granted `cmd/#`, connected and subscribed to it.
+async fn command_device(gw: &DevBinary) -> V4Client {
+    let token = gw.token("thermostat", &["cmd/#"], Duration::from_secs(3600));
+    let mut device = V4Client::start(gw.v4_options("thermostat", &token));
+    assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
+    assert_eq!(
+        device.subscribe("cmd/#", QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    device
+}
+
+/// After the refusals, the device still publishes and receives, and the
+/// gateway logged them once, not per message.
+async fn still_serving(gw: &DevBinary, device: &mut V4Client) {
+    device
+        .publish("cmd/local", QoS::AtLeastOnce, false, b"still here")
+        .await;
+    assert_eq!(
+        &device.expect_publish("cmd/local").await.payload[..],
+        b"still here"
+    );
+    let log = gw.served.log();
+    assert_eq!(
+        log.matches("bridge: messages from the remote were not routed")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.lines().all(|line| line.len() < 2048),
+        "a refused topic was logged whole"
+    );
+    gw.assert_no_panic();
+}
+
+/// Issue 19: a central broker publishes retained messages too deep (200
+/// levels, Mosquitto's own maximum) and too long (60,000 bytes) for the
+/// gateway's `[limits]` on a bridged subscription: neither is routed, the
+/// gateway and its devices carry on, and both are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_central_broker_cannot_push_topics_past_the_gateway_limits() {
+    let mosquitto = Mosquitto::start().await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let rules = "subscribe = [ { remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\" } ]";
+    let gw = DevBinary::start(
+        "",
+        &bridge_table(
+            &mosquitto,
+            mosquitto.tls_port(),
+            &password_file(&mosquitto, secrets.path()),
+            rules,
+            METRICS,
+        ),
+    )
+    .await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    let mut device = command_device(&gw).await;
+
+    let mut hostile = V4Client::start(mosquitto.plain_v4_options("hostile"));
+    assert_eq!(hostile.connack().await.code, ConnectReturnCode::Success);
+    let deep = format!("site-42/cmd/{}l", "l/".repeat(197));
+    assert_eq!(deep.split('/').count(), 200);
+    let long = format!("site-42/cmd/{}", "x".repeat(60_000));
+    for topic in [&deep, &long] {
+        hostile
+            .publish(topic, QoS::AtLeastOnce, true, b"boom")
+            .await;
+    }
+    hostile
+        .publish("site-42/cmd/ok", QoS::AtLeastOnce, true, b"fine")
+        .await;
+
+    // Only the message within the limits comes through (and after the
+    // two refused, so they were handled by then).
+    let got = device.expect_publish("cmd/ok").await;
+    assert_eq!(&got.payload[..], b"fine");
+    let others = device.take_other_publishes();
+    assert!(
+        others.is_empty(),
+        "{} refused messages came through",
+        others.len()
+    );
+    still_serving(&gw, &mut device).await;
+    let refused = bridge_refusals(&gw).await;
+    println!("refused by a Mosquitto remote: {refused:?}");
+    assert_eq!(refused["topic_levels"], 1.0, "{refused:?}");
+    assert_eq!(refused["topic_bytes"], 1.0, "{refused:?}");
+    assert_eq!(refused.values().sum::<f64>(), 2.0, "{refused:?}");
+}
+
+/// Reads one whole MQTT packet from `stream`, keeping the rest in `buf`.
+async fn read_frame(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(len) = common::mqtt::frame_len(buf) {
+            if buf.len() >= len {
+                return buf.drain(..len).collect();
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(common::WAIT, stream.read(&mut chunk))
+            .await
+            .expect("the gateway's bridge answers in time")
+            .expect("read from the bridge");
+        assert!(n > 0, "the bridge closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Issue 19: a hostile central broker (no real broker sends a topic this
+/// deep: Mosquitto stops at 200 levels) sends a retained message with
+/// 30,000 levels and one with 200 on a bridged subscription. The bridge
+/// refuses both without routing them, acknowledges them (so they are not
+/// sent again for ever), counts them, and the gateway serves its devices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_remote_sending_30000_levels_is_refused_acknowledged_and_counted() {
+    use common::mqtt;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the hostile broker");
+    let port = listener.local_addr().expect("its address").port();
+    // Plain MQTT 3.1.1 to a loopback remote: the hostile broker is this
+    // test, speaking bytes.
+    let table = format!(
+        "[[bridge]]\nname = \"cloud\"\nremote = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"site-42\"\n\
+         protocol = 4\nkeep_alive_secs = 30\n\
+         subscribe = [ {{ remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\" }} ]\n{METRICS}"
+    );
+    let gw = DevBinary::start("", &table).await;
+    let (mut remote, _) = tokio::time::timeout(common::WAIT, listener.accept())
+        .await
+        .expect("the bridge connects in time")
+        .expect("accept the bridge");
+    let mut buf = Vec::new();
+    let connect = read_frame(&mut remote, &mut buf).await;
+    assert_eq!(connect[0], 0x10, "CONNECT first");
+    remote
+        .write_all(&mqtt::CONNACK_OK_V4)
+        .await
+        .expect("send CONNACK");
+    let subscribe = read_frame(&mut remote, &mut buf).await;
+    assert_eq!(subscribe[0], 0x82, "then SUBSCRIBE: {subscribe:?}");
+    // Its packet id follows the remaining length (one byte here).
+    let pkid = [subscribe[2], subscribe[3]];
+    remote
+        .write_all(&mqtt::frame(0x90, &[pkid[0], pkid[1], 0x01]))
+        .await
+        .expect("send SUBACK");
+    let mut device = command_device(&gw).await;
+
+    let deep = format!("site-42/cmd/{}a", "a/".repeat(29_997));
+    assert_eq!(deep.split('/').count(), 30_000);
+    let two_hundred = format!("site-42/cmd/{}a", "a/".repeat(197));
+    assert_eq!(two_hundred.split('/').count(), 200);
+    for (pkid, topic, payload) in [
+        (10u16, deep.as_str(), &b"boom"[..]),
+        (11, two_hundred.as_str(), b"boom"),
+        (12, "site-42/cmd/ok", b"fine"),
+    ] {
+        let mut publish = mqtt::publish(4, topic, payload, 1, pkid);
+        publish[0] |= 0x01; // retained
+        remote.write_all(&publish).await.expect("send PUBLISH");
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 3 {
+        let packet = read_frame(&mut remote, &mut buf).await;
+        match packet[0] {
+            0x40 => acked.push(u16::from_be_bytes([packet[2], packet[3]])),
+            0xC0 => remote
+                .write_all(&mqtt::PINGRESP)
+                .await
+                .expect("send PINGRESP"),
+            other => panic!("unexpected packet {other:#x} from the bridge"),
+        }
+    }
+    assert_eq!(acked, vec![10, 11, 12], "each acknowledged, in order");
+
+    let got = device.expect_publish("cmd/ok").await;
+    assert_eq!(&got.payload[..], b"fine");
+    let others = device.take_other_publishes();
+    assert!(
+        others.is_empty(),
+        "{} refused messages came through",
+        others.len()
+    );
+    still_serving(&gw, &mut device).await;
+    // Nothing of them was kept as retained either.
+    let token = gw.token("late", &["cmd/#"], Duration::from_secs(3600));
+    let mut late = V4Client::start(gw.v4_options("late", &token));
+    assert_eq!(late.connack().await.code, ConnectReturnCode::Success);
+    late.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    let retained = late.publishes_within(Duration::from_millis(500)).await;
+    let topics: Vec<&str> = retained.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(topics, vec!["cmd/ok"]);
+    let refused = bridge_refusals(&gw).await;
+    println!("refused by a hostile remote: {refused:?}");
+    assert_eq!(refused["topic_bytes"], 1.0, "30,000 levels: {refused:?}");
+    assert_eq!(refused["topic_levels"], 1.0, "200 levels: {refused:?}");
+    assert_eq!(refused.values().sum::<f64>(), 2.0, "{refused:?}");
+}
