@@ -1187,3 +1187,99 @@ async fn a_hostile_remote_sending_30000_levels_is_refused_acknowledged_and_count
     assert_eq!(refused["topic_levels"], 1.0, "200 levels: {refused:?}");
     assert_eq!(refused.values().sum::<f64>(), 2.0, "{refused:?}");
 }
+
+/// Rows of the retained table for `topic`, read beside the running
+/// gateway.
+fn retained_rows(state_dir: &Path, topic: &str) -> u64 {
+    let db = rusqlite::Connection::open_with_flags(
+        state_dir.join("jwtgate.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the database read-only");
+    db.query_row(
+        "SELECT COUNT(*) FROM retained WHERE topic = ?1",
+        [topic],
+        |row| row.get(0),
+    )
+    .expect("count the retained rows")
+}
+
+/// Issue 26, item 1: a message from the remote is acknowledged only once
+/// its commit is done. A retained command that comes in while the disk is
+/// full (a file size limit) cannot be kept: it is not acknowledged, the
+/// link starts over, and once space returns the remote's redelivery is
+/// kept, with nobody publishing it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_command_that_cannot_be_kept_is_left_to_the_remote_until_it_can() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+    let rules = "subscribe = [ { remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\" } ]";
+    let Bridged {
+        mosquitto,
+        relay: _relay,
+        gw,
+        _secrets,
+    } = bridged_within(true, rules, METRICS, Some(512 * 1024)).await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    let state = gw.dir().join("state");
+
+    // A device's retained messages fill the file up to its limit.
+    let token = gw.token("dev0", &["status/dev0/#"], Duration::from_secs(3600));
+    let mut device = common::V5Client::start(common::v5_options_for(
+        gw.served.port(),
+        &gw.ca,
+        "dev0",
+        &token,
+    ));
+    device.connack().await;
+    let payload = vec![b'x'; 1000];
+    let mut full = false;
+    for n in 0..2000 {
+        match device
+            .publish(
+                &format!("status/dev0/{n}"),
+                QoS5::AtLeastOnce,
+                true,
+                &payload,
+            )
+            .await
+        {
+            Some(Packet::PubAck(ack)) if ack.reason == PubAckReason::Success => {}
+            Some(Packet::PubAck(_)) => {
+                full = true;
+                break;
+            }
+            other => panic!("expected a PUBACK, got {other:?}"),
+        }
+    }
+    assert!(full, "the file size limit was never reached");
+
+    let since = gw.served.log().len();
+    let mut operator = mosquitto.connected("operator").await;
+    operator
+        .publish("site-42/cmd/setpoint", QoS::AtLeastOnce, true, b"21")
+        .await;
+    gw.served.wait_for_log(since, "could not be kept").await;
+    assert_eq!(retained_rows(&state, "cmd/setpoint"), 0);
+
+    // Space comes back: the remote sends the command again on the next
+    // connection, and this time it is kept.
+    let lifted_at = Instant::now();
+    gw.served.lift_file_size_limit();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while retained_rows(&state, "cmd/setpoint") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the command was never kept:\n{}",
+            gw.served.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gw.served.log();
+    println!(
+        "kept {:.1} s after space returned (the reconnect backoff), {} connection(s) ended on it meanwhile",
+        lifted_at.elapsed().as_secs_f64(),
+        log[since..].matches("could not be kept").count()
+    );
+    gw.assert_no_panic();
+}
