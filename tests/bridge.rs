@@ -1283,3 +1283,64 @@ async fn a_retained_command_that_cannot_be_kept_is_left_to_the_remote_until_it_c
     );
     gw.assert_no_panic();
 }
+
+/// The bridge's session at the remote keeps its subscriptions: a restart
+/// with the same rules subscribes to nothing, and one with changed rules
+/// subscribes to the new and unsubscribes from the removed, so nothing is
+/// missed for want of a subscription, nor received for a rule gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_is_subscribed_again_only_when_the_rules_changed() {
+    let mosquitto = Mosquitto::start().await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let rules = "subscribe = [ { remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\" } ]";
+    let mut gw = DevBinary::start(
+        "",
+        &bridge_table(
+            &mosquitto,
+            mosquitto.tls_port(),
+            &password_file(&mosquitto, secrets.path()),
+            rules,
+            METRICS,
+        ),
+    )
+    .await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+
+    gw.served.terminate().await;
+    gw.restart().await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    let log = gw.served.log();
+    assert!(log.contains("session_present=true"), "{log}");
+    assert!(!log.contains("subscribing again"), "{log}");
+
+    gw.served.terminate().await;
+    let config = gw.dir().join("jwtgate.toml");
+    let text = std::fs::read_to_string(&config).expect("read the config");
+    std::fs::write(&config, text.replace("site-42/cmd/#", "site-42/cfg/#")).expect("change a rule");
+    gw.restart().await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    gw.served.wait_for_log(0, "subscribing again").await;
+
+    let token = gw.token("thermostat", &["cmd/#", "cfg/#"], Duration::from_secs(3600));
+    let mut device = V4Client::start(gw.v4_options("thermostat", &token));
+    assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
+    device
+        .subscribe_many(&[("cmd/#", QoS::AtLeastOnce), ("cfg/#", QoS::AtLeastOnce)])
+        .await;
+    let mut operator = mosquitto.connected("operator").await;
+    operator
+        .publish("site-42/cmd/y", QoS::AtLeastOnce, false, b"old rule")
+        .await;
+    operator
+        .publish("site-42/cfg/x", QoS::AtLeastOnce, false, b"new rule")
+        .await;
+    let got = device.expect_publish("cfg/x").await;
+    assert_eq!(&got.payload[..], b"new rule");
+    assert!(device.take_other_publishes().is_empty());
+    let refused = bridge_refusals(&gw).await;
+    assert_eq!(
+        refused["unmapped"], 0.0,
+        "the remote still sent the removed rule's messages"
+    );
+    gw.assert_no_panic();
+}

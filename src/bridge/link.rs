@@ -49,9 +49,11 @@ const MAX_UNWRITTEN: usize = 256 * 1024;
 /// duplicate after a crash, never a loss.
 const ACK_BATCH: usize = 256;
 const ACK_DELAY: Duration = Duration::from_millis(20);
-/// The packet id of the one SUBSCRIBE a connection sends; publishes use
-/// the others.
+/// The packet ids of the one SUBSCRIBE and the one UNSUBSCRIBE a
+/// connection may send; publishes use the others.
 const SUBSCRIBE_PKID: u16 = 1;
+const UNSUBSCRIBE_PKID: u16 = 2;
+const FIRST_PUBLISH_PKID: u16 = 3;
 /// Refused inbound messages are logged at most once per this interval
 /// (with how many were refused since): a hostile or broken remote could
 /// otherwise write the log as fast as it sends.
@@ -138,6 +140,46 @@ struct Connection {
     keep_alive: Duration,
     /// The remote resumed the bridge's session (CONNACK).
     session_present: bool,
+    /// Subscription changes sent, until the remote acknowledged them.
+    changing: Option<Changing>,
+}
+
+/// A SUBSCRIBE and/or UNSUBSCRIBE awaiting its ack; once both are in, and
+/// every filter was granted, `record` is what the remote's session holds.
+struct Changing {
+    suback: bool,
+    unsuback: bool,
+    granted: bool,
+    record: String,
+}
+
+/// What the bridge's session at the remote is subscribed to, as recorded
+/// in its subscriptions file: the remote and client id on the first line
+/// (another one is another session), then `{qos} {filter}` per rule.
+fn subscription_record(config: &BridgeConfig) -> String {
+    let mut record = format!(
+        "{}:{} {}\n",
+        config.remote.host, config.remote.port, config.client_id
+    );
+    for rule in &config.subscribe {
+        record.push_str(&format!(
+            "{} {}\n",
+            super::wire::rule_qos(rule.qos) as u8,
+            rule.remote.as_str()
+        ));
+    }
+    record
+}
+
+/// The filters of a record, if it is of the same session as `current`.
+fn recorded_filters<'a>(record: &'a str, current: &str) -> Vec<&'a str> {
+    let mut lines = record.lines();
+    if lines.next() != current.lines().next() {
+        return Vec::new();
+    }
+    lines
+        .filter_map(|line| line.split_once(' ').map(|(_, filter)| filter))
+        .collect()
 }
 
 impl Connection {
@@ -184,6 +226,10 @@ pub(super) struct Link {
     /// Refusals since the last one logged, and when that was.
     refusals_unlogged: u64,
     refusal_logged: Option<Instant>,
+    /// Where what the remote's session is subscribed to is recorded (in
+    /// `[storage] dir`), so that a resumed session is subscribed again
+    /// only when the rules changed; `None` with `clean_start`.
+    subscriptions_file: Option<PathBuf>,
     /// The highest sequence number sent on any connection: sending one at
     /// or below it again is a resend.
     sent_ever: u64,
@@ -216,7 +262,7 @@ impl Outbound {
         loop {
             let pkid = self.next_pkid;
             self.next_pkid = match self.next_pkid.wrapping_add(1) {
-                0 | SUBSCRIBE_PKID => SUBSCRIBE_PKID + 1,
+                0 | SUBSCRIBE_PKID | UNSUBSCRIBE_PKID => FIRST_PUBLISH_PKID,
                 next => next,
             };
             if !self.inflight.contains_key(&pkid) {
@@ -234,8 +280,10 @@ impl Link {
         broker: Arc<Broker>,
         limits: TopicLimits,
         refusals: Arc<Refusals>,
+        subscriptions_file: Option<PathBuf>,
     ) -> Link {
         Link {
+            subscriptions_file,
             config,
             name,
             queue,
@@ -400,6 +448,7 @@ impl Link {
             window: usize::from(DEFAULT_WINDOW),
             keep_alive: config.keep_alive,
             session_present: false,
+            changing: None,
         };
         connection
             .codec
@@ -430,28 +479,102 @@ impl Link {
         if let Some(secs) = connack.server_keep_alive {
             connection.keep_alive = Duration::from_secs(u64::from(secs.max(1)));
         }
-        // A resumed session still holds the subscriptions: subscribing
-        // again would only make the remote send every retained message
-        // once more. A remote that forgot the session (it expired, or the
-        // remote restarted without persistence) gets them again.
         connection.session_present = connack.session_present && !config.clean_start;
-        if !config.subscribe.is_empty() && !connection.session_present {
-            let filters: Vec<(String, QoS)> = config
-                .subscribe
-                .iter()
-                .map(|rule| {
-                    (
-                        rule.remote.as_str().to_owned(),
-                        super::wire::rule_qos(rule.qos),
-                    )
-                })
-                .collect();
+        self.subscribe(&mut connection)?;
+        connection.flush().await?;
+        Ok(connection)
+    }
+
+    /// Subscribes as the session at the remote needs. A resumed session
+    /// still holds its subscriptions: subscribing again would only make
+    /// the remote send every retained message once more, so it is done
+    /// only when the rules changed since they were made (then the removed
+    /// ones are unsubscribed). A new session (the remote forgot it: it
+    /// expired, or the remote restarted without persistence) gets them
+    /// all.
+    fn subscribe(&self, connection: &mut Connection) -> Result<(), LinkError> {
+        let config = &self.config;
+        let record = subscription_record(config);
+        let wanted: Vec<(String, QoS)> = config
+            .subscribe
+            .iter()
+            .map(|rule| {
+                (
+                    rule.remote.as_str().to_owned(),
+                    super::wire::rule_qos(rule.qos),
+                )
+            })
+            .collect();
+        let mut removed = Vec::new();
+        if let Some(file) = &self.subscriptions_file {
+            if connection.session_present {
+                match std::fs::read_to_string(file) {
+                    Ok(previous) if previous == record => return Ok(()),
+                    Ok(previous) => {
+                        removed = recorded_filters(&previous, &record)
+                            .into_iter()
+                            .filter(|filter| wanted.iter().all(|(f, _)| f != filter))
+                            .map(str::to_owned)
+                            .collect();
+                    }
+                    // Not recorded (or unreadable): subscribe to be sure.
+                    Err(_) => {}
+                }
+                info!(
+                    bridge = &*self.name,
+                    subscribe = wanted.len(),
+                    unsubscribe = removed.len(),
+                    "bridge: the subscribe rules changed since the remote's session was made; subscribing again"
+                );
+            } else if let Err(err) = std::fs::remove_file(file) {
+                // The remote holds no subscription: neither may the record.
+                if err.kind() != io::ErrorKind::NotFound {
+                    warn!(bridge = &*self.name, file = %file.display(), error = %err, "bridge: cannot remove the subscriptions record");
+                }
+            }
+        }
+        if !wanted.is_empty() {
             connection
                 .codec
-                .subscribe(SUBSCRIBE_PKID, &filters, &mut connection.output)?;
-            connection.flush().await?;
+                .subscribe(SUBSCRIBE_PKID, &wanted, &mut connection.output)?;
         }
-        Ok(connection)
+        if !removed.is_empty() {
+            connection
+                .codec
+                .unsubscribe(UNSUBSCRIBE_PKID, &removed, &mut connection.output)?;
+        }
+        if !wanted.is_empty() || !removed.is_empty() {
+            connection.changing = Some(Changing {
+                suback: wanted.is_empty(),
+                unsuback: removed.is_empty(),
+                granted: true,
+                record,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records what the remote's session is subscribed to, once it
+    /// acknowledged every change; a refused filter is not recorded, so it
+    /// is asked for again on the next connection.
+    fn record_subscriptions(&self, connection: &mut Connection) {
+        let Some(changing) = connection.changing.take_if(|c| c.suback && c.unsuback) else {
+            return;
+        };
+        let Some(file) = &self.subscriptions_file else {
+            return;
+        };
+        if !changing.granted {
+            return;
+        }
+        // Written aside and renamed, so a crash leaves the old record or
+        // the new one, never half of one.
+        let partial = file.with_extension("partial");
+        let written = std::fs::write(&partial, changing.record.as_bytes())
+            .and_then(|()| std::fs::rename(&partial, file));
+        if let Err(err) = written {
+            warn!(bridge = &*self.name, file = %file.display(), error = %err, "bridge: cannot record the remote session's subscriptions; they are made again on the next connection");
+        }
     }
 
     /// Moves messages both ways until the connection fails (an error) or
@@ -467,7 +590,7 @@ impl Link {
             ahead: VecDeque::new(),
             read_upto: 0,
             inflight: HashMap::new(),
-            next_pkid: SUBSCRIBE_PKID + 1,
+            next_pkid: FIRST_PUBLISH_PKID,
             done: Vec::new(),
             done_since: None,
             draining: (backlog > 0).then(|| (Instant::now(), backlog)),
@@ -679,11 +802,18 @@ impl Link {
             }
             Incoming::Publish(publish) => self.receive(publish, connection).await?,
             Incoming::SubAck { pkid, granted } => {
-                if pkid != SUBSCRIBE_PKID {
+                let Some(changing) = connection
+                    .changing
+                    .as_mut()
+                    .filter(|c| pkid == SUBSCRIBE_PKID && !c.suback)
+                else {
                     return Err(LinkError::Protocol(format!(
                         "SUBACK for unknown packet id {pkid}"
                     )));
-                }
+                };
+                changing.suback = true;
+                changing.granted = granted.len() == self.config.subscribe.len()
+                    && granted.iter().all(Result::is_ok);
                 for (rule, granted) in self.config.subscribe.iter().zip(granted) {
                     if let Err(reason) = granted {
                         error!(
@@ -694,6 +824,20 @@ impl Link {
                         );
                     }
                 }
+                self.record_subscriptions(connection);
+            }
+            Incoming::UnsubAck { pkid } => {
+                let Some(changing) = connection
+                    .changing
+                    .as_mut()
+                    .filter(|c| pkid == UNSUBSCRIBE_PKID && !c.unsuback)
+                else {
+                    return Err(LinkError::Protocol(format!(
+                        "UNSUBACK for unknown packet id {pkid}"
+                    )));
+                };
+                changing.unsuback = true;
+                self.record_subscriptions(connection);
             }
             Incoming::PingResp => {}
             Incoming::Disconnect { reason } => return Err(LinkError::Disconnected(reason)),

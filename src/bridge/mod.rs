@@ -27,7 +27,9 @@
 //!   `session_expiry_secs`), so what is published for it while the link
 //!   or the gateway is down waits there and arrives on the next
 //!   connection, in order; it subscribes again only when the remote says
-//!   it has no session. The local topic is held to the gateway's
+//!   it has no session, or when the subscribe rules changed since the
+//!   session's subscriptions were made (recorded beside the database).
+//!   The local topic is held to the gateway's
 //!   `[limits]` topic limits, as a device's is: a message over them is not
 //!   routed, is acknowledged (the remote would send it again for ever) and
 //!   counted ([`Refusals`]), and logged at most once a minute.
@@ -192,6 +194,13 @@ pub fn start(
             .iter()
             .find(|refusals| refusals.name() == config.name)
             .map_or_else(|| Arc::new(Refusals::new(&config.name)), Arc::clone);
+        // Beside the database: it describes the remote's session as the
+        // queue describes what the remote has not acknowledged.
+        let subscriptions_file = storage
+            .path()
+            .parent()
+            .filter(|_| !config.clean_start)
+            .map(|dir| dir.join(format!("bridge-{}.subscriptions", config.name)));
         let link = link::Link::new(
             config.clone(),
             name,
@@ -199,6 +208,7 @@ pub fn start(
             Arc::clone(broker),
             *limits,
             refused,
+            subscriptions_file,
         );
         links.spawn(link.run(shutdown.clone()));
     }

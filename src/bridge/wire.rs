@@ -36,6 +36,9 @@ pub(super) enum Incoming {
         /// Per filter: the granted QoS, or why it was refused.
         granted: Vec<Result<QoS, String>>,
     },
+    UnsubAck {
+        pkid: u16,
+    },
     PubAck {
         pkid: u16,
         /// Why the remote did not take the message (MQTT 5 reason code).
@@ -208,7 +211,10 @@ impl Codec {
     }
 
     /// SUBSCRIBE to `filters` (filter, QoS), with MQTT 5's no-local so
-    /// the remote never echoes the bridge's own forwards back.
+    /// the remote never echoes the bridge's own forwards back, and retained
+    /// messages sent only for a subscription the session did not have: a
+    /// resumed session subscribed again after a rule change does not get
+    /// the retained messages of its unchanged rules once more.
     pub fn subscribe(
         &self,
         pkid: u16,
@@ -241,7 +247,7 @@ impl Codec {
                             qos: wire_qos_v5(*qos),
                             nolocal: true,
                             preserve_retain: true,
-                            retain_forward_rule: v5::RetainForwardRule::OnEverySubscribe,
+                            retain_forward_rule: v5::RetainForwardRule::OnNewSubscribe,
                         })
                         .collect(),
                     properties: None,
@@ -251,6 +257,32 @@ impl Codec {
                     .map_err(v5_error)?;
             }
         }
+        Ok(())
+    }
+
+    /// UNSUBSCRIBE from `filters`: rules taken out of the configuration
+    /// while the remote kept the session.
+    pub fn unsubscribe(
+        &self,
+        pkid: u16,
+        filters: &[String],
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        match self.protocol {
+            Protocol::V4 => v4::Packet::Unsubscribe(v4::Unsubscribe {
+                pkid,
+                topics: filters.to_vec(),
+            })
+            .write(out, usize::MAX)
+            .map_err(v4_error)?,
+            Protocol::V5 => v5::Packet::Unsubscribe(v5::Unsubscribe {
+                pkid,
+                filters: filters.to_vec(),
+                properties: None,
+            })
+            .write(out, None)
+            .map_err(v5_error)?,
+        };
         Ok(())
     }
 
@@ -429,7 +461,7 @@ fn incoming_v4(packet: v4::Packet) -> Incoming {
         v4::Packet::PubRec(_) => Incoming::Unexpected("PUBREC"),
         v4::Packet::PubRel(_) => Incoming::Unexpected("PUBREL"),
         v4::Packet::PubComp(_) => Incoming::Unexpected("PUBCOMP"),
-        v4::Packet::UnsubAck(_) => Incoming::Unexpected("UNSUBACK"),
+        v4::Packet::UnsubAck(ack) => Incoming::UnsubAck { pkid: ack.pkid },
         v4::Packet::Connect(_)
         | v4::Packet::Subscribe(_)
         | v4::Packet::Unsubscribe(_)
@@ -504,7 +536,7 @@ fn incoming_v5(packet: v5::Packet) -> Incoming {
         v5::Packet::PubRec(_) => Incoming::Unexpected("PUBREC"),
         v5::Packet::PubRel(_) => Incoming::Unexpected("PUBREL"),
         v5::Packet::PubComp(_) => Incoming::Unexpected("PUBCOMP"),
-        v5::Packet::UnsubAck(_) => Incoming::Unexpected("UNSUBACK"),
+        v5::Packet::UnsubAck(ack) => Incoming::UnsubAck { pkid: ack.pkid },
         v5::Packet::Auth(_) => Incoming::Unexpected("AUTH"),
         v5::Packet::Connect(..)
         | v5::Packet::Subscribe(_)
