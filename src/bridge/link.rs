@@ -7,6 +7,11 @@
 //! whatever was in flight when a connection died is simply sent again, in
 //! order. A message sent twice this way is counted as resent; the remote
 //! may see it twice (at-least-once), never not at all.
+//!
+//! Inbound, the bridge's session at the remote plays that part: what the
+//! remote sent and the bridge did not acknowledge (because the
+//! connection died first, or because it could not be kept) is sent again
+//! on the next connection, and what is published meanwhile waits there.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

@@ -16,8 +16,9 @@
 //! - **State**, read from its owner at scrape time by [`State`]: the keys
 //!   loaded, the routing core's losses (slow subscribers, expiry, size,
 //!   memory budget), whether the durable store's commits work (a full
-//!   disk, failed commits) and each uplink bridge's queue (depth, bytes,
-//!   drops).
+//!   disk, failed commits), each uplink bridge's queue (depth, bytes,
+//!   drops) and what each bridge refused of what its remote sent (by
+//!   reason, from [`crate::bridge::Refusals`]).
 //!
 //! [`Exposition`] joins both in one registry and renders the Prometheus
 //! text format; [`endpoint`] serves it on `[metrics] listen`. The README
