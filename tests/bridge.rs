@@ -786,3 +786,538 @@ async fn a_cut_uplink_with_large_messages_leaves_the_memory_budget_to_sessions()
     );
     gw.assert_no_panic();
 }
+
+/// How the edge goes down in [`commands_sent_while_the_edge_is_down_arrive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EdgeDown {
+    /// SIGTERM: a clean stop, the parked sessions saved with their queues.
+    Terminated,
+    /// SIGKILL: a crash or a power cut, as far as the process can tell.
+    Killed,
+}
+
+/// Publishes commands `range` on `site-42/cmd/y` at the central broker,
+/// QoS 1, payload the number.
+async fn send_commands(operator: &mut V4Client, range: std::ops::Range<usize>) {
+    for n in range {
+        operator
+            .publish(
+                "site-42/cmd/y",
+                QoS::AtLeastOnce,
+                false,
+                n.to_string().as_bytes(),
+            )
+            .await;
+    }
+}
+
+/// The command numbers `client` received, in arrival order, once `count`
+/// arrived (or a limit passed).
+async fn command_numbers(client: &mut V4Client, count: usize) -> Vec<usize> {
+    collect(client, count, Duration::from_secs(20))
+        .await
+        .iter()
+        .map(|p| {
+            assert_eq!(p.topic, "cmd/y");
+            String::from_utf8_lossy(&p.payload)
+                .parse()
+                .expect("a command number")
+        })
+        .collect()
+}
+
+/// Issue 26, item 1: commands published centrally while the edge gateway
+/// is down (stopped, or killed) arrive at a persistent local subscriber
+/// once it is back, in order: the bridge keeps its session at the remote,
+/// which queues them meanwhile.
+async fn commands_sent_while_the_edge_is_down_arrive(down: EdgeDown, protocol: u8) {
+    let mosquitto = Mosquitto::start().await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let rules = format!(
+        "protocol = {protocol}\n\
+         subscribe = [ {{ remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\", qos = 1 }} ]"
+    );
+    let mut gw = DevBinary::start(
+        "",
+        &bridge_table(
+            &mosquitto,
+            mosquitto.tls_port(),
+            &password_file(&mosquitto, secrets.path()),
+            &rules,
+            "",
+        ),
+    )
+    .await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    assert!(
+        gw.served.log().contains("session_present=false"),
+        "the first connection finds no session:\n{}",
+        gw.served.log()
+    );
+
+    // A persistent local subscriber, as a site's controller would be.
+    let hour = Duration::from_secs(3600);
+    let token = gw.token("panel", &["cmd/#"], hour);
+    let mut options = gw.v4_options("panel", &token);
+    options.set_clean_session(false);
+    let mut panel = V4Client::start(options.clone());
+    assert_eq!(panel.connack().await.code, ConnectReturnCode::Success);
+    panel.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    let mut operator = mosquitto.connected("operator").await;
+
+    // Up: commands arrive at once.
+    send_commands(&mut operator, 0..10).await;
+    assert_eq!(
+        command_numbers(&mut panel, 10).await,
+        (0..10).collect::<Vec<_>>()
+    );
+    // The panel goes away; its session is parked (and written down).
+    panel.disconnect().await;
+    let mut expected: Vec<usize> = Vec::new();
+    if down == EdgeDown::Terminated {
+        // Routed into the parked session while the gateway runs: a clean
+        // stop saves them with it. (A kill would lose these: a parked
+        // session's queue is in memory while the gateway runs.)
+        send_commands(&mut operator, 10..20).await;
+        expected.extend(10..20);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    match down {
+        EdgeDown::Terminated => gw.served.terminate().await,
+        EdgeDown::Killed => gw.served.kill().await,
+    }
+
+    // The edge is down: the central broker holds these for the bridge.
+    send_commands(&mut operator, 20..120).await;
+    expected.extend(20..120);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let restarted_at = Instant::now();
+    gw.restart().await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    let log = gw.served.log();
+    let connected = log
+        .lines()
+        .find(|line| line.contains("bridge connected"))
+        .unwrap_or_default();
+    assert!(
+        connected.contains("session_present=true"),
+        "the remote kept the bridge's session: {connected}"
+    );
+    // Back up: more commands, while the panel is still away.
+    send_commands(&mut operator, 120..130).await;
+    expected.extend(120..130);
+
+    let mut panel = V4Client::start(options);
+    assert!(panel.connack().await.session_present);
+    let got = command_numbers(&mut panel, expected.len()).await;
+    let late = panel.publishes_within(Duration::from_millis(500)).await;
+    println!(
+        "{down:?}, MQTT {protocol} remote: {} of {} commands sent while the edge was down or its subscriber away arrived, in order, {:.2} s after the restart began; {} late duplicates",
+        got.len(),
+        expected.len(),
+        restarted_at.elapsed().as_secs_f64(),
+        late.len()
+    );
+    assert_eq!(got, expected, "missing, duplicated or out of order");
+    assert!(late.is_empty(), "duplicates: {late:?}");
+    gw.assert_no_panic();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_while_the_edge_is_stopped_arrive_after_the_restart() {
+    commands_sent_while_the_edge_is_down_arrive(EdgeDown::Terminated, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_while_the_edge_is_killed_arrive_after_the_restart() {
+    commands_sent_while_the_edge_is_down_arrive(EdgeDown::Killed, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_while_the_edge_is_killed_arrive_over_mqtt_3_1_1() {
+    commands_sent_while_the_edge_is_down_arrive(EdgeDown::Killed, 4).await;
+}
+
+/// The bridge's `jwtgate_bridge_refused_total` by reason, from one scrape.
+async fn bridge_refusals(gw: &DevBinary) -> HashMap<String, f64> {
+    let port = common::scrape::metrics_port(gw).await;
+    let scraped = common::scrape::scrape(port).await;
+    ["topic_levels", "topic_bytes", "invalid_topic", "unmapped"]
+        .iter()
+        .map(|reason| {
+            let series =
+                format!("jwtgate_bridge_refused_total{{bridge=\"cloud\",reason=\"{reason}\"}}");
+            assert!(
+                scraped.contains_key(&series),
+                "{series} is not exposed at zero"
+            );
+            (
+                (*reason).to_owned(),
+                common::scrape::value(&scraped, &series),
+            )
+        })
+        .collect()
+}
+
+const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+/// A device granted `cmd/#`, connected and subscribed to it.
+async fn command_device(gw: &DevBinary) -> V4Client {
+    let token = gw.token("thermostat", &["cmd/#"], Duration::from_secs(3600));
+    let mut device = V4Client::start(gw.v4_options("thermostat", &token));
+    assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
+    assert_eq!(
+        device.subscribe("cmd/#", QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    device
+}
+
+/// After the refusals, the device still publishes and receives, and the
+/// gateway logged them once, not per message.
+async fn still_serving(gw: &DevBinary, device: &mut V4Client) {
+    device
+        .publish("cmd/local", QoS::AtLeastOnce, false, b"still here")
+        .await;
+    assert_eq!(
+        &device.expect_publish("cmd/local").await.payload[..],
+        b"still here"
+    );
+    let log = gw.served.log();
+    assert_eq!(
+        log.matches("bridge: messages from the remote were not routed")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.lines().all(|line| line.len() < 2048),
+        "a refused topic was logged whole"
+    );
+    gw.assert_no_panic();
+}
+
+/// Issue 19: a central broker publishes retained messages too deep (200
+/// levels, Mosquitto's own maximum) and too long (60,000 bytes) for the
+/// gateway's `[limits]` on a bridged subscription: neither is routed, the
+/// gateway and its devices carry on, and both are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_central_broker_cannot_push_topics_past_the_gateway_limits() {
+    let mosquitto = Mosquitto::start().await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let rules = "subscribe = [ { remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\" } ]";
+    let gw = DevBinary::start(
+        "",
+        &bridge_table(
+            &mosquitto,
+            mosquitto.tls_port(),
+            &password_file(&mosquitto, secrets.path()),
+            rules,
+            METRICS,
+        ),
+    )
+    .await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    let mut device = command_device(&gw).await;
+
+    let mut hostile = V4Client::start(mosquitto.plain_v4_options("hostile"));
+    assert_eq!(hostile.connack().await.code, ConnectReturnCode::Success);
+    let deep = format!("site-42/cmd/{}l", "l/".repeat(197));
+    assert_eq!(deep.split('/').count(), 200);
+    let long = format!("site-42/cmd/{}", "x".repeat(60_000));
+    for topic in [&deep, &long] {
+        hostile
+            .publish(topic, QoS::AtLeastOnce, true, b"boom")
+            .await;
+    }
+    hostile
+        .publish("site-42/cmd/ok", QoS::AtLeastOnce, true, b"fine")
+        .await;
+
+    // Only the message within the limits comes through (and after the
+    // two refused, so they were handled by then).
+    let got = device.expect_publish("cmd/ok").await;
+    assert_eq!(&got.payload[..], b"fine");
+    let others = device.take_other_publishes();
+    assert!(
+        others.is_empty(),
+        "{} refused messages came through",
+        others.len()
+    );
+    still_serving(&gw, &mut device).await;
+    let refused = bridge_refusals(&gw).await;
+    println!("refused by a Mosquitto remote: {refused:?}");
+    assert_eq!(refused["topic_levels"], 1.0, "{refused:?}");
+    assert_eq!(refused["topic_bytes"], 1.0, "{refused:?}");
+    assert_eq!(refused.values().sum::<f64>(), 2.0, "{refused:?}");
+}
+
+/// Reads one whole MQTT packet from `stream`, keeping the rest in `buf`.
+async fn read_frame(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(len) = common::mqtt::frame_len(buf) {
+            if buf.len() >= len {
+                return buf.drain(..len).collect();
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(common::WAIT, stream.read(&mut chunk))
+            .await
+            .expect("the gateway's bridge answers in time")
+            .expect("read from the bridge");
+        assert!(n > 0, "the bridge closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Issue 19: a hostile central broker (no real broker sends a topic this
+/// deep: Mosquitto stops at 200 levels) sends a retained message with
+/// 30,000 levels and one with 200 on a bridged subscription. The bridge
+/// refuses both without routing them, acknowledges them (so they are not
+/// sent again for ever), counts them, and the gateway serves its devices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_remote_sending_30000_levels_is_refused_acknowledged_and_counted() {
+    use common::mqtt;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the hostile broker");
+    let port = listener.local_addr().expect("its address").port();
+    // Plain MQTT 3.1.1 to a loopback remote: the hostile broker is this
+    // test, speaking bytes.
+    let table = format!(
+        "[[bridge]]\nname = \"cloud\"\nremote = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"site-42\"\n\
+         protocol = 4\nkeep_alive_secs = 30\n\
+         subscribe = [ {{ remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\" }} ]\n{METRICS}"
+    );
+    let gw = DevBinary::start("", &table).await;
+    let (mut remote, _) = tokio::time::timeout(common::WAIT, listener.accept())
+        .await
+        .expect("the bridge connects in time")
+        .expect("accept the bridge");
+    let mut buf = Vec::new();
+    let connect = read_frame(&mut remote, &mut buf).await;
+    assert_eq!(connect[0], 0x10, "CONNECT first");
+    remote
+        .write_all(&mqtt::CONNACK_OK_V4)
+        .await
+        .expect("send CONNACK");
+    let subscribe = read_frame(&mut remote, &mut buf).await;
+    assert_eq!(subscribe[0], 0x82, "then SUBSCRIBE: {subscribe:?}");
+    // Its packet id follows the remaining length (one byte here).
+    let pkid = [subscribe[2], subscribe[3]];
+    remote
+        .write_all(&mqtt::frame(0x90, &[pkid[0], pkid[1], 0x01]))
+        .await
+        .expect("send SUBACK");
+    let mut device = command_device(&gw).await;
+
+    let deep = format!("site-42/cmd/{}a", "a/".repeat(29_997));
+    assert_eq!(deep.split('/').count(), 30_000);
+    let two_hundred = format!("site-42/cmd/{}a", "a/".repeat(197));
+    assert_eq!(two_hundred.split('/').count(), 200);
+    for (pkid, topic, payload) in [
+        (10u16, deep.as_str(), &b"boom"[..]),
+        (11, two_hundred.as_str(), b"boom"),
+        (12, "site-42/cmd/ok", b"fine"),
+    ] {
+        let mut publish = mqtt::publish(4, topic, payload, 1, pkid);
+        publish[0] |= 0x01; // retained
+        remote.write_all(&publish).await.expect("send PUBLISH");
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 3 {
+        let packet = read_frame(&mut remote, &mut buf).await;
+        match packet[0] {
+            0x40 => acked.push(u16::from_be_bytes([packet[2], packet[3]])),
+            0xC0 => remote
+                .write_all(&mqtt::PINGRESP)
+                .await
+                .expect("send PINGRESP"),
+            other => panic!("unexpected packet {other:#x} from the bridge"),
+        }
+    }
+    assert_eq!(acked, vec![10, 11, 12], "each acknowledged, in order");
+
+    let got = device.expect_publish("cmd/ok").await;
+    assert_eq!(&got.payload[..], b"fine");
+    let others = device.take_other_publishes();
+    assert!(
+        others.is_empty(),
+        "{} refused messages came through",
+        others.len()
+    );
+    still_serving(&gw, &mut device).await;
+    // Nothing of them was kept as retained either.
+    let token = gw.token("late", &["cmd/#"], Duration::from_secs(3600));
+    let mut late = V4Client::start(gw.v4_options("late", &token));
+    assert_eq!(late.connack().await.code, ConnectReturnCode::Success);
+    late.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    let retained = late.publishes_within(Duration::from_millis(500)).await;
+    let topics: Vec<&str> = retained.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(topics, vec!["cmd/ok"]);
+    let refused = bridge_refusals(&gw).await;
+    println!("refused by a hostile remote: {refused:?}");
+    assert_eq!(refused["topic_bytes"], 1.0, "30,000 levels: {refused:?}");
+    assert_eq!(refused["topic_levels"], 1.0, "200 levels: {refused:?}");
+    assert_eq!(refused.values().sum::<f64>(), 2.0, "{refused:?}");
+}
+
+/// Rows of the retained table for `topic`, read beside the running
+/// gateway.
+fn retained_rows(state_dir: &Path, topic: &str) -> u64 {
+    let db = rusqlite::Connection::open_with_flags(
+        state_dir.join("jwtgate.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the database read-only");
+    db.query_row(
+        "SELECT COUNT(*) FROM retained WHERE topic = ?1",
+        [topic],
+        |row| row.get(0),
+    )
+    .expect("count the retained rows")
+}
+
+/// Issue 26, item 1: a message from the remote is acknowledged only once
+/// its commit is done. A retained command that comes in while the disk is
+/// full (a file size limit) cannot be kept: it is not acknowledged, the
+/// link starts over, and once space returns the remote's redelivery is
+/// kept, with nobody publishing it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_command_that_cannot_be_kept_is_left_to_the_remote_until_it_can() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+    let rules = "subscribe = [ { remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\" } ]";
+    let Bridged {
+        mosquitto,
+        relay: _relay,
+        gw,
+        _secrets,
+    } = bridged_within(true, rules, METRICS, Some(512 * 1024)).await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    let state = gw.dir().join("state");
+
+    // A device's retained messages fill the file up to its limit.
+    let token = gw.token("dev0", &["status/dev0/#"], Duration::from_secs(3600));
+    let mut device = common::V5Client::start(common::v5_options_for(
+        gw.served.port(),
+        &gw.ca,
+        "dev0",
+        &token,
+    ));
+    device.connack().await;
+    let payload = vec![b'x'; 1000];
+    let mut full = false;
+    for n in 0..2000 {
+        match device
+            .publish(
+                &format!("status/dev0/{n}"),
+                QoS5::AtLeastOnce,
+                true,
+                &payload,
+            )
+            .await
+        {
+            Some(Packet::PubAck(ack)) if ack.reason == PubAckReason::Success => {}
+            Some(Packet::PubAck(_)) => {
+                full = true;
+                break;
+            }
+            other => panic!("expected a PUBACK, got {other:?}"),
+        }
+    }
+    assert!(full, "the file size limit was never reached");
+
+    let since = gw.served.log().len();
+    let mut operator = mosquitto.connected("operator").await;
+    operator
+        .publish("site-42/cmd/setpoint", QoS::AtLeastOnce, true, b"21")
+        .await;
+    gw.served.wait_for_log(since, "could not be kept").await;
+    assert_eq!(retained_rows(&state, "cmd/setpoint"), 0);
+
+    // Space comes back: the remote sends the command again on the next
+    // connection, and this time it is kept.
+    let lifted_at = Instant::now();
+    gw.served.lift_file_size_limit();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while retained_rows(&state, "cmd/setpoint") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the command was never kept:\n{}",
+            gw.served.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gw.served.log();
+    println!(
+        "kept {:.1} s after space returned (the reconnect backoff), {} connection(s) ended on it meanwhile",
+        lifted_at.elapsed().as_secs_f64(),
+        log[since..].matches("could not be kept").count()
+    );
+    gw.assert_no_panic();
+}
+
+/// The bridge's session at the remote keeps its subscriptions: a restart
+/// with the same rules subscribes to nothing, and one with changed rules
+/// subscribes to the new and unsubscribes from the removed, so nothing is
+/// missed for want of a subscription, nor received for a rule gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_is_subscribed_again_only_when_the_rules_changed() {
+    let mosquitto = Mosquitto::start().await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let rules = "subscribe = [ { remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\" } ]";
+    let mut gw = DevBinary::start(
+        "",
+        &bridge_table(
+            &mosquitto,
+            mosquitto.tls_port(),
+            &password_file(&mosquitto, secrets.path()),
+            rules,
+            METRICS,
+        ),
+    )
+    .await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+
+    gw.served.terminate().await;
+    gw.restart().await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    let log = gw.served.log();
+    assert!(log.contains("session_present=true"), "{log}");
+    assert!(!log.contains("subscribing again"), "{log}");
+
+    gw.served.terminate().await;
+    let config = gw.dir().join("jwtgate.toml");
+    let text = std::fs::read_to_string(&config).expect("read the config");
+    std::fs::write(&config, text.replace("site-42/cmd/#", "site-42/cfg/#")).expect("change a rule");
+    gw.restart().await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    gw.served.wait_for_log(0, "subscribing again").await;
+
+    let token = gw.token("thermostat", &["cmd/#", "cfg/#"], Duration::from_secs(3600));
+    let mut device = V4Client::start(gw.v4_options("thermostat", &token));
+    assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
+    device
+        .subscribe_many(&[("cmd/#", QoS::AtLeastOnce), ("cfg/#", QoS::AtLeastOnce)])
+        .await;
+    let mut operator = mosquitto.connected("operator").await;
+    operator
+        .publish("site-42/cmd/y", QoS::AtLeastOnce, false, b"old rule")
+        .await;
+    operator
+        .publish("site-42/cfg/x", QoS::AtLeastOnce, false, b"new rule")
+        .await;
+    let got = device.expect_publish("cfg/x").await;
+    assert_eq!(&got.payload[..], b"new rule");
+    assert!(device.take_other_publishes().is_empty());
+    let refused = bridge_refusals(&gw).await;
+    assert_eq!(
+        refused["unmapped"], 0.0,
+        "the remote still sent the removed rule's messages"
+    );
+    gw.assert_no_panic();
+}

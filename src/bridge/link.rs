@@ -7,6 +7,11 @@
 //! whatever was in flight when a connection died is simply sent again, in
 //! order. A message sent twice this way is counted as resent; the remote
 //! may see it twice (at-least-once), never not at all.
+//!
+//! Inbound, the bridge's session at the remote plays that part: what the
+//! remote sent and the bridge did not acknowledge (because the
+//! connection died first, or because it could not be kept) is sent again
+//! on the next connection, and what is published meanwhile waits there.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -24,7 +29,9 @@ use tracing::{error, info, warn};
 
 use super::backoff::Backoff;
 use super::wire::{Codec, InboundPublish, Incoming, WireError};
-use crate::broker::{Broker, Message, QoS};
+use super::{Refusal, Refusals};
+use crate::acl::{LimitError, TopicError, TopicLimits};
+use crate::broker::{Broker, CommitError, Message, QoS};
 use crate::config::{BridgeConfig, Credential, Transport};
 use crate::storage::{Queue, QueueReader, Queued, StorageError};
 use crate::tls::{self, TlsError};
@@ -47,9 +54,18 @@ const MAX_UNWRITTEN: usize = 256 * 1024;
 /// duplicate after a crash, never a loss.
 const ACK_BATCH: usize = 256;
 const ACK_DELAY: Duration = Duration::from_millis(20);
-/// The packet id of the one SUBSCRIBE a connection sends; publishes use
-/// the others.
+/// The packet ids of the one SUBSCRIBE and the one UNSUBSCRIBE a
+/// connection may send; publishes use the others.
 const SUBSCRIBE_PKID: u16 = 1;
+const UNSUBSCRIBE_PKID: u16 = 2;
+const FIRST_PUBLISH_PKID: u16 = 3;
+/// Refused inbound messages are logged at most once per this interval
+/// (with how many were refused since): a hostile or broken remote could
+/// otherwise write the log as fast as it sends.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Bytes of a refused topic shown in the log: the topic may be as long as
+/// MQTT allows.
+const LOGGED_TOPIC_BYTES: usize = 120;
 
 /// A deadline for a disabled timer branch.
 fn far_future() -> Instant {
@@ -84,6 +100,10 @@ enum LinkError {
     Storage(#[from] StorageError),
     #[error("the queue reader stopped: {0}")]
     Reader(String),
+    #[error(
+        "a message from the remote on {topic} could not be kept ({error}); it is left unacknowledged, for the remote to send again on the next connection"
+    )]
+    NotKept { topic: String, error: CommitError },
 }
 
 impl LinkError {
@@ -99,7 +119,7 @@ impl LinkError {
             LinkError::Timeout(_) => "timeout",
             LinkError::Lost(_) => "connection",
             LinkError::Disconnected(_) => "disconnect",
-            LinkError::Storage(_) | LinkError::Reader(_) => "storage",
+            LinkError::Storage(_) | LinkError::Reader(_) | LinkError::NotKept { .. } => "storage",
         }
     }
 }
@@ -123,6 +143,48 @@ struct Connection {
     /// QoS 1 messages the remote takes unacknowledged.
     window: usize,
     keep_alive: Duration,
+    /// The remote resumed the bridge's session (CONNACK).
+    session_present: bool,
+    /// Subscription changes sent, until the remote acknowledged them.
+    changing: Option<Changing>,
+}
+
+/// A SUBSCRIBE and/or UNSUBSCRIBE awaiting its ack; once both are in, and
+/// every filter was granted, `record` is what the remote's session holds.
+struct Changing {
+    suback: bool,
+    unsuback: bool,
+    granted: bool,
+    record: String,
+}
+
+/// What the bridge's session at the remote is subscribed to, as recorded
+/// in its subscriptions file: the remote and client id on the first line
+/// (another one is another session), then `{qos} {filter}` per rule.
+fn subscription_record(config: &BridgeConfig) -> String {
+    let mut record = format!(
+        "{}:{} {}\n",
+        config.remote.host, config.remote.port, config.client_id
+    );
+    for rule in &config.subscribe {
+        record.push_str(&format!(
+            "{} {}\n",
+            super::wire::rule_qos(rule.qos) as u8,
+            rule.remote.as_str()
+        ));
+    }
+    record
+}
+
+/// The filters of a record, if it is of the same session as `current`.
+fn recorded_filters<'a>(record: &'a str, current: &str) -> Vec<&'a str> {
+    let mut lines = record.lines();
+    if lines.next() != current.lines().next() {
+        return Vec::new();
+    }
+    lines
+        .filter_map(|line| line.split_once(' ').map(|(_, filter)| filter))
+        .collect()
 }
 
 impl Connection {
@@ -161,6 +223,18 @@ pub(super) struct Link {
     name: Arc<str>,
     queue: Arc<Queue>,
     broker: Arc<Broker>,
+    /// `[limits]` topic limits, applied to what the remote sends as to
+    /// what devices send.
+    limits: TopicLimits,
+    /// Inbound messages not routed, by reason (the metrics read them).
+    refusals: Arc<Refusals>,
+    /// Refusals since the last one logged, and when that was.
+    refusals_unlogged: u64,
+    refusal_logged: Option<Instant>,
+    /// Where what the remote's session is subscribed to is recorded (in
+    /// `[storage] dir`), so that a resumed session is subscribed again
+    /// only when the rules changed; `None` with `clean_start`.
+    subscriptions_file: Option<PathBuf>,
     /// The highest sequence number sent on any connection: sending one at
     /// or below it again is a resend.
     sent_ever: u64,
@@ -193,7 +267,7 @@ impl Outbound {
         loop {
             let pkid = self.next_pkid;
             self.next_pkid = match self.next_pkid.wrapping_add(1) {
-                0 | SUBSCRIBE_PKID => SUBSCRIBE_PKID + 1,
+                0 | SUBSCRIBE_PKID | UNSUBSCRIBE_PKID => FIRST_PUBLISH_PKID,
                 next => next,
             };
             if !self.inflight.contains_key(&pkid) {
@@ -209,12 +283,20 @@ impl Link {
         name: Arc<str>,
         queue: Arc<Queue>,
         broker: Arc<Broker>,
+        limits: TopicLimits,
+        refusals: Arc<Refusals>,
+        subscriptions_file: Option<PathBuf>,
     ) -> Link {
         Link {
+            subscriptions_file,
             config,
             name,
             queue,
             broker,
+            limits,
+            refusals,
+            refusals_unlogged: 0,
+            refusal_logged: None,
             sent_ever: 0,
             forwarded: 0,
             resent: 0,
@@ -245,6 +327,7 @@ impl Link {
                         remote = self.remote(),
                         queued = self.queue.snapshot().messages,
                         window = connection.window,
+                        session_present = connection.session_present,
                         "bridge connected"
                     );
                     backoff.reset();
@@ -369,6 +452,8 @@ impl Link {
             codec: Codec::new(config.protocol),
             window: usize::from(DEFAULT_WINDOW),
             keep_alive: config.keep_alive,
+            session_present: false,
+            changing: None,
         };
         connection
             .codec
@@ -399,23 +484,102 @@ impl Link {
         if let Some(secs) = connack.server_keep_alive {
             connection.keep_alive = Duration::from_secs(u64::from(secs.max(1)));
         }
-        if !config.subscribe.is_empty() {
-            let filters: Vec<(String, QoS)> = config
-                .subscribe
-                .iter()
-                .map(|rule| {
-                    (
-                        rule.remote.as_str().to_owned(),
-                        super::wire::rule_qos(rule.qos),
-                    )
-                })
-                .collect();
+        connection.session_present = connack.session_present && !config.clean_start;
+        self.subscribe(&mut connection)?;
+        connection.flush().await?;
+        Ok(connection)
+    }
+
+    /// Subscribes as the session at the remote needs. A resumed session
+    /// still holds its subscriptions: subscribing again would only make
+    /// the remote send every retained message once more, so it is done
+    /// only when the rules changed since they were made (then the removed
+    /// ones are unsubscribed). A new session (the remote forgot it: it
+    /// expired, or the remote restarted without persistence) gets them
+    /// all.
+    fn subscribe(&self, connection: &mut Connection) -> Result<(), LinkError> {
+        let config = &self.config;
+        let record = subscription_record(config);
+        let wanted: Vec<(String, QoS)> = config
+            .subscribe
+            .iter()
+            .map(|rule| {
+                (
+                    rule.remote.as_str().to_owned(),
+                    super::wire::rule_qos(rule.qos),
+                )
+            })
+            .collect();
+        let mut removed = Vec::new();
+        if let Some(file) = &self.subscriptions_file {
+            if connection.session_present {
+                match std::fs::read_to_string(file) {
+                    Ok(previous) if previous == record => return Ok(()),
+                    Ok(previous) => {
+                        removed = recorded_filters(&previous, &record)
+                            .into_iter()
+                            .filter(|filter| wanted.iter().all(|(f, _)| f != filter))
+                            .map(str::to_owned)
+                            .collect();
+                    }
+                    // Not recorded (or unreadable): subscribe to be sure.
+                    Err(_) => {}
+                }
+                info!(
+                    bridge = &*self.name,
+                    subscribe = wanted.len(),
+                    unsubscribe = removed.len(),
+                    "bridge: the subscribe rules changed since the remote's session was made; subscribing again"
+                );
+            } else if let Err(err) = std::fs::remove_file(file) {
+                // The remote holds no subscription: neither may the record.
+                if err.kind() != io::ErrorKind::NotFound {
+                    warn!(bridge = &*self.name, file = %file.display(), error = %err, "bridge: cannot remove the subscriptions record");
+                }
+            }
+        }
+        if !wanted.is_empty() {
             connection
                 .codec
-                .subscribe(SUBSCRIBE_PKID, &filters, &mut connection.output)?;
-            connection.flush().await?;
+                .subscribe(SUBSCRIBE_PKID, &wanted, &mut connection.output)?;
         }
-        Ok(connection)
+        if !removed.is_empty() {
+            connection
+                .codec
+                .unsubscribe(UNSUBSCRIBE_PKID, &removed, &mut connection.output)?;
+        }
+        if !wanted.is_empty() || !removed.is_empty() {
+            connection.changing = Some(Changing {
+                suback: wanted.is_empty(),
+                unsuback: removed.is_empty(),
+                granted: true,
+                record,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records what the remote's session is subscribed to, once it
+    /// acknowledged every change; a refused filter is not recorded, so it
+    /// is asked for again on the next connection.
+    fn record_subscriptions(&self, connection: &mut Connection) {
+        let Some(changing) = connection.changing.take_if(|c| c.suback && c.unsuback) else {
+            return;
+        };
+        let Some(file) = &self.subscriptions_file else {
+            return;
+        };
+        if !changing.granted {
+            return;
+        }
+        // Written aside and renamed, so a crash leaves the old record or
+        // the new one, never half of one.
+        let partial = file.with_extension("partial");
+        let written = std::fs::write(&partial, changing.record.as_bytes())
+            .and_then(|()| std::fs::rename(&partial, file));
+        if let Err(err) = written {
+            warn!(bridge = &*self.name, file = %file.display(), error = %err, "bridge: cannot record the remote session's subscriptions; they are made again on the next connection");
+        }
     }
 
     /// Moves messages both ways until the connection fails (an error) or
@@ -431,7 +595,7 @@ impl Link {
             ahead: VecDeque::new(),
             read_upto: 0,
             inflight: HashMap::new(),
-            next_pkid: SUBSCRIBE_PKID + 1,
+            next_pkid: FIRST_PUBLISH_PKID,
             done: Vec::new(),
             done_since: None,
             draining: (backlog > 0).then(|| (Instant::now(), backlog)),
@@ -452,6 +616,13 @@ impl Link {
         let mut last_heard = Instant::now();
         let mut last_sent = Instant::now();
         let mut ping_sent: Option<Instant> = None;
+        // What came in with the CONNACK: a resumed session's queued
+        // messages follow it at once, often in the same read, and would
+        // otherwise sit in the buffer until the next bytes arrive (the
+        // PINGRESP, a keep-alive later).
+        while let Some(packet) = connection.codec.decode(&mut connection.input)? {
+            self.handle(packet, connection, out).await?;
+        }
         loop {
             let tail = *committed.borrow_and_update();
             self.fill(out, tail).await?;
@@ -636,11 +807,18 @@ impl Link {
             }
             Incoming::Publish(publish) => self.receive(publish, connection).await?,
             Incoming::SubAck { pkid, granted } => {
-                if pkid != SUBSCRIBE_PKID {
+                let Some(changing) = connection
+                    .changing
+                    .as_mut()
+                    .filter(|c| pkid == SUBSCRIBE_PKID && !c.suback)
+                else {
                     return Err(LinkError::Protocol(format!(
                         "SUBACK for unknown packet id {pkid}"
                     )));
-                }
+                };
+                changing.suback = true;
+                changing.granted = granted.len() == self.config.subscribe.len()
+                    && granted.iter().all(Result::is_ok);
                 for (rule, granted) in self.config.subscribe.iter().zip(granted) {
                     if let Err(reason) = granted {
                         error!(
@@ -651,6 +829,20 @@ impl Link {
                         );
                     }
                 }
+                self.record_subscriptions(connection);
+            }
+            Incoming::UnsubAck { pkid } => {
+                let Some(changing) = connection
+                    .changing
+                    .as_mut()
+                    .filter(|c| pkid == UNSUBSCRIBE_PKID && !c.unsuback)
+                else {
+                    return Err(LinkError::Protocol(format!(
+                        "UNSUBACK for unknown packet id {pkid}"
+                    )));
+                };
+                changing.unsuback = true;
+                self.record_subscriptions(connection);
             }
             Incoming::PingResp => {}
             Incoming::Disconnect { reason } => return Err(LinkError::Disconnected(reason)),
@@ -665,7 +857,17 @@ impl Link {
     }
 
     /// Publishes a message from the remote into the routing core under its
-    /// local topic, then acknowledges it.
+    /// local topic, then acknowledges it: only once it is routed and every
+    /// commit it made (a retained message, another bridge's queue) is
+    /// done, so the remote keeps it until the gateway has it. A message
+    /// that could not be kept is not acknowledged and the connection ends:
+    /// the remote sends it again on the next one (the bridge's session
+    /// there holds it).
+    ///
+    /// A message the gateway would refuse from a device (its local topic
+    /// is over the `[limits]` topic limits, or it maps to no valid local
+    /// topic) is not routed, but acknowledged all the same: refused, it
+    /// would otherwise come back on every connection for ever.
     async fn receive(
         &mut self,
         publish: InboundPublish,
@@ -676,32 +878,119 @@ impl Link {
             topic,
             mut publication,
         } = publish;
-        let mapped = self
-            .config
-            .subscribe
-            .iter()
-            .find(|rule| rule.remote.matches_topic(&topic))
-            .and_then(|rule| Some((rule.local_topic(&topic)?, super::wire::rule_qos(rule.qos))));
         let qos = publication.qos;
-        match mapped {
-            Some((local, rule_qos)) => {
+        match self.local_topic(&topic) {
+            Ok((local, rule_qos)) => {
                 self.received += 1;
                 publication.topic = local;
                 publication.qos = qos.min(rule_qos);
                 let message = Message::bridged(publication, self.broker.budget(), &self.name);
                 let mut pending = self.broker.publish(message, None);
+                for kept in pending.take_kept() {
+                    // A dropped sender (the writer gone) is not kept.
+                    let outcome = kept.await.unwrap_or(Err(CommitError::Storage));
+                    if let Err(error) = outcome {
+                        return Err(LinkError::NotKept { topic, error });
+                    }
+                }
                 while !pending.is_done() {
                     pending.advance(&self.broker).await;
                 }
             }
-            None => warn!(
-                bridge = &*self.name,
-                topic, "bridge: a message from the remote matches no subscribe rule; dropped"
-            ),
+            Err(refusal) => self.refused_inbound(refusal, &topic),
         }
         if qos != QoS::AtMostOnce {
             connection.codec.puback(pkid, &mut connection.output)?;
         }
         Ok(())
+    }
+
+    /// The local topic and QoS of a message the remote sent on
+    /// `remote_topic`, or why it has none here. The local topic is
+    /// checked against the gateway's topic limits before anything else
+    /// sees it.
+    fn local_topic(&self, remote_topic: &str) -> Result<(String, QoS), Refusal> {
+        let rule = self
+            .config
+            .subscribe
+            .iter()
+            .find(|rule| rule.remote.matches_topic(remote_topic))
+            .ok_or(Refusal::Unmapped)?;
+        let local = rule
+            .local_topic(remote_topic)
+            .ok_or(Refusal::InvalidTopic)?;
+        match self.limits.topic_name(&local) {
+            Ok(()) => Ok((local, super::wire::rule_qos(rule.qos))),
+            Err(TopicError::Limit(LimitError::TooDeep { .. })) => Err(Refusal::TopicLevels),
+            Err(TopicError::Limit(LimitError::TooLong { .. })) => Err(Refusal::TopicBytes),
+            Err(_) => Err(Refusal::InvalidTopic),
+        }
+    }
+
+    /// Counts an inbound message not routed, and logs it unless one was
+    /// logged within [`REFUSAL_LOG_INTERVAL`].
+    fn refused_inbound(&mut self, refusal: Refusal, topic: &str) {
+        self.refusals.count(refusal);
+        self.refusals_unlogged += 1;
+        if self
+            .refusal_logged
+            .is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        let mut shown = LOGGED_TOPIC_BYTES.min(topic.len());
+        while !topic.is_char_boundary(shown) {
+            shown -= 1;
+        }
+        warn!(
+            bridge = &*self.name,
+            reason = refusal.as_str(),
+            topic = &topic[..shown],
+            topic_bytes = topic.len(),
+            topic_levels = topic.bytes().filter(|&b| b == b'/').count() + 1,
+            max_topic_levels = self.limits.max_levels,
+            max_topic_bytes = self.limits.max_bytes,
+            refused = self.refusals_unlogged,
+            "bridge: messages from the remote were not routed (acknowledged, not redelivered); logged at most once a minute, counted in jwtgate_bridge_refused_total"
+        );
+        self.refusals_unlogged = 0;
+        self.refusal_logged = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn bridge(subscribe: &str) -> BridgeConfig {
+        let text = format!(
+            "[[bridge]]\nname = \"cloud\"\nremote = \"mqtts://broker.example\"\nclient_id = \"site-42\"\n\
+             subscribe = [ {subscribe} ]\n"
+        );
+        let config = Config::parse(&text, Path::new("jwtgate.toml"), Path::new("/srv"))
+            .unwrap_or_else(|err| panic!("{err}"));
+        config.bridges[0].clone()
+    }
+
+    #[test]
+    fn a_subscriptions_record_names_its_session_and_its_filters() {
+        let before = subscription_record(&bridge(
+            "{ remote = \"site-42/cmd/#\" }, { remote = \"site-42/cfg/+\", qos = 0 }",
+        ));
+        assert_eq!(
+            before,
+            "broker.example:8883 site-42\n1 site-42/cmd/#\n0 site-42/cfg/+\n"
+        );
+        let after = subscription_record(&bridge("{ remote = \"site-42/cmd/#\" }"));
+        assert_eq!(
+            recorded_filters(&before, &after),
+            vec!["site-42/cmd/#", "site-42/cfg/+"]
+        );
+        // Another client id is another session: none of its filters are ours.
+        let elsewhere = before.replace(" site-42\n", " site-43\n");
+        assert!(recorded_filters(&elsewhere, &after).is_empty());
     }
 }

@@ -21,7 +21,18 @@
 //!   filters and publishes what arrives into the routing core under the
 //!   mapped local topic, so it reaches exactly the local subscribers whose
 //!   (token-checked) subscriptions match; it acknowledges the remote once
-//!   the routing core took the message.
+//!   the routing core took the message and every commit it made (a
+//!   retained message, another bridge's queue) is done. The bridge keeps a
+//!   session at the remote (`clean_start = false`, MQTT 5
+//!   `session_expiry_secs`), so what is published for it while the link
+//!   or the gateway is down waits there and arrives on the next
+//!   connection, in order; it subscribes again only when the remote says
+//!   it has no session, or when the subscribe rules changed since the
+//!   session's subscriptions were made (recorded beside the database).
+//!   The local topic is held to the gateway's
+//!   `[limits]` topic limits, as a device's is: a message over them is not
+//!   routed, is acknowledged (the remote would send it again for ever) and
+//!   counted ([`Refusals`]), and logged at most once a minute.
 //!
 //! **No loops.** A message that came in from a bridge carries that bridge
 //! as its origin ([`Message::origin`]), and its own `Forwarder` never
@@ -38,11 +49,13 @@ mod link;
 mod wire;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::error;
 
+use crate::acl::TopicLimits;
 use crate::broker::{Broker, Kept, Message, Tap};
 use crate::config::{BridgeConfig, ForwardRule};
 use crate::storage::{Queue, Storage};
@@ -71,13 +84,93 @@ impl Tap for Forwarder {
     }
 }
 
+/// Why a message from the remote was not routed locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its local topic has more levels than `[limits] max_topic_levels`.
+    TopicLevels,
+    /// Its local topic is longer than `[limits] max_topic_bytes`.
+    TopicBytes,
+    /// It maps to no valid local topic.
+    InvalidTopic,
+    /// It matches no subscribe rule (the remote should not have sent it).
+    Unmapped,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] = [
+        Refusal::TopicLevels,
+        Refusal::TopicBytes,
+        Refusal::InvalidTopic,
+        Refusal::Unmapped,
+    ];
+
+    /// The metric's `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::TopicLevels => "topic_levels",
+            Refusal::TopicBytes => "topic_bytes",
+            Refusal::InvalidTopic => "invalid_topic",
+            Refusal::Unmapped => "unmapped",
+        }
+    }
+}
+
+/// One bridge's count of the messages from its remote it did not route,
+/// by [`Refusal`]; every reason is there from the start, at zero.
+#[derive(Debug)]
+pub struct Refusals {
+    name: Arc<str>,
+    counts: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl Refusals {
+    pub fn new(name: &str) -> Refusals {
+        Refusals {
+            name: name.into(),
+            counts: Default::default(),
+        }
+    }
+
+    /// The bridge's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn count(&self, refusal: Refusal) {
+        self.counts[refusal as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every reason with its count.
+    pub fn snapshot(&self) -> [(Refusal, u64); Refusal::ALL.len()] {
+        Refusal::ALL.map(|refusal| {
+            (
+                refusal,
+                self.counts[refusal as usize].load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// One [`Refusals`] per bridge of `configs`, for [`start`] and the metrics.
+pub fn refusals(configs: &[BridgeConfig]) -> Vec<Arc<Refusals>> {
+    configs
+        .iter()
+        .map(|config| Arc::new(Refusals::new(&config.name)))
+        .collect()
+}
+
 /// Starts every bridge of `configs`: taps on `broker` for their forward
 /// rules, and one link task each, until `shutdown` turns true. The queues
-/// must have been opened in `storage`.
+/// must have been opened in `storage`; `refusals` are those of
+/// [`refusals`] for the same `configs`, and `limits` the gateway's topic
+/// limits, which what comes in from a remote is held to.
 pub fn start(
     configs: &[BridgeConfig],
     storage: &Storage,
     broker: &Arc<Broker>,
+    limits: &TopicLimits,
+    refusals: &[Arc<Refusals>],
     shutdown: &watch::Receiver<bool>,
 ) -> JoinSet<()> {
     let mut links = JoinSet::new();
@@ -97,8 +190,55 @@ pub fn start(
                 queue: Arc::clone(queue),
             }));
         }
-        let link = link::Link::new(config.clone(), name, Arc::clone(queue), Arc::clone(broker));
+        let refused = refusals
+            .iter()
+            .find(|refusals| refusals.name() == config.name)
+            .map_or_else(|| Arc::new(Refusals::new(&config.name)), Arc::clone);
+        // Beside the database: it describes the remote's session as the
+        // queue describes what the remote has not acknowledged.
+        let subscriptions_file = storage
+            .path()
+            .parent()
+            .filter(|_| !config.clean_start)
+            .map(|dir| dir.join(format!("bridge-{}.subscriptions", config.name)));
+        let link = link::Link::new(
+            config.clone(),
+            name,
+            Arc::clone(queue),
+            Arc::clone(broker),
+            *limits,
+            refused,
+            subscriptions_file,
+        );
         links.spawn(link.run(shutdown.clone()));
     }
     links
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_start_at_zero_for_every_reason_and_count_apart() {
+        let refusals = Refusals::new("cloud");
+        assert!(refusals.snapshot().iter().all(|&(_, count)| count == 0));
+        refusals.count(Refusal::TopicLevels);
+        refusals.count(Refusal::TopicBytes);
+        refusals.count(Refusal::TopicBytes);
+        let counts: Vec<_> = refusals
+            .snapshot()
+            .iter()
+            .map(|&(refusal, count)| (refusal.as_str(), count))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                ("topic_levels", 1),
+                ("topic_bytes", 2),
+                ("invalid_topic", 0),
+                ("unmapped", 0)
+            ]
+        );
+    }
 }

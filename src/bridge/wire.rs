@@ -36,6 +36,9 @@ pub(super) enum Incoming {
         /// Per filter: the granted QoS, or why it was refused.
         granted: Vec<Result<QoS, String>>,
     },
+    UnsubAck {
+        pkid: u16,
+    },
     PubAck {
         pkid: u16,
         /// Why the remote did not take the message (MQTT 5 reason code).
@@ -61,6 +64,9 @@ pub(super) struct ConnAck {
     pub max_packet_size: Option<u32>,
     /// MQTT 5: the keep-alive it imposes.
     pub server_keep_alive: Option<u16>,
+    /// The remote resumed the bridge's session: its subscriptions are
+    /// still there, and so is what it queued for them meanwhile.
+    pub session_present: bool,
 }
 
 #[derive(Debug)]
@@ -139,9 +145,12 @@ impl Codec {
         self.max_outgoing = max_packet_size;
     }
 
-    /// CONNECT with a clean session: the bridge's own queue, not the
-    /// remote's session, carries what is unacknowledged, and the
-    /// subscriptions are made again on every connect.
+    /// CONNECT, keeping the session at the remote unless the bridge's
+    /// `clean_start`: the bridge's own queue carries what goes out, but
+    /// what comes in (commands for the site) can only wait at the remote,
+    /// in the bridge's session there, while the link or the gateway is
+    /// down. MQTT 5 names how long the remote keeps it; a 3.1.1 remote
+    /// applies its own setting.
     pub fn connect(
         &self,
         config: &BridgeConfig,
@@ -165,7 +174,7 @@ impl Codec {
             Protocol::V4 => {
                 let mut connect = v4::Connect::new(config.client_id.clone());
                 connect.keep_alive = keep_alive;
-                connect.clean_session = true;
+                connect.clean_session = config.clean_start;
                 connect.login =
                     login(password).map(|(username, password)| v4::Login { username, password });
                 v4::Packet::Connect(connect)
@@ -176,9 +185,11 @@ impl Codec {
                 let connect = v5::Connect {
                     keep_alive,
                     client_id: config.client_id.clone(),
-                    clean_start: true,
+                    clean_start: config.clean_start,
                     properties: Some(v5::ConnectProperties {
-                        session_expiry_interval: None,
+                        // Absent is zero: the session ends with the link.
+                        session_expiry_interval: (!config.clean_start)
+                            .then_some(config.session_expiry_secs),
                         receive_maximum: Some(RECEIVE_MAXIMUM),
                         max_packet_size: u32::try_from(MAX_INCOMING).ok(),
                         topic_alias_max: None,
@@ -200,7 +211,10 @@ impl Codec {
     }
 
     /// SUBSCRIBE to `filters` (filter, QoS), with MQTT 5's no-local so
-    /// the remote never echoes the bridge's own forwards back.
+    /// the remote never echoes the bridge's own forwards back, and retained
+    /// messages sent only for a subscription the session did not have: a
+    /// resumed session subscribed again after a rule change does not get
+    /// the retained messages of its unchanged rules once more.
     pub fn subscribe(
         &self,
         pkid: u16,
@@ -233,7 +247,7 @@ impl Codec {
                             qos: wire_qos_v5(*qos),
                             nolocal: true,
                             preserve_retain: true,
-                            retain_forward_rule: v5::RetainForwardRule::OnEverySubscribe,
+                            retain_forward_rule: v5::RetainForwardRule::OnNewSubscribe,
                         })
                         .collect(),
                     properties: None,
@@ -243,6 +257,32 @@ impl Codec {
                     .map_err(v5_error)?;
             }
         }
+        Ok(())
+    }
+
+    /// UNSUBSCRIBE from `filters`: rules taken out of the configuration
+    /// while the remote kept the session.
+    pub fn unsubscribe(
+        &self,
+        pkid: u16,
+        filters: &[String],
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        match self.protocol {
+            Protocol::V4 => v4::Packet::Unsubscribe(v4::Unsubscribe {
+                pkid,
+                topics: filters.to_vec(),
+            })
+            .write(out, usize::MAX)
+            .map_err(v4_error)?,
+            Protocol::V5 => v5::Packet::Unsubscribe(v5::Unsubscribe {
+                pkid,
+                filters: filters.to_vec(),
+                properties: None,
+            })
+            .write(out, None)
+            .map_err(v5_error)?,
+        };
         Ok(())
     }
 
@@ -385,6 +425,7 @@ fn incoming_v4(packet: v4::Packet) -> Incoming {
             receive_maximum: None,
             max_packet_size: None,
             server_keep_alive: None,
+            session_present: ack.session_present,
         }),
         v4::Packet::SubAck(ack) => Incoming::SubAck {
             pkid: ack.pkid,
@@ -420,7 +461,7 @@ fn incoming_v4(packet: v4::Packet) -> Incoming {
         v4::Packet::PubRec(_) => Incoming::Unexpected("PUBREC"),
         v4::Packet::PubRel(_) => Incoming::Unexpected("PUBREL"),
         v4::Packet::PubComp(_) => Incoming::Unexpected("PUBCOMP"),
-        v4::Packet::UnsubAck(_) => Incoming::Unexpected("UNSUBACK"),
+        v4::Packet::UnsubAck(ack) => Incoming::UnsubAck { pkid: ack.pkid },
         v4::Packet::Connect(_)
         | v4::Packet::Subscribe(_)
         | v4::Packet::Unsubscribe(_)
@@ -443,6 +484,7 @@ fn incoming_v5(packet: v5::Packet) -> Incoming {
                 receive_maximum: properties.as_ref().and_then(|p| p.receive_max),
                 max_packet_size: properties.as_ref().and_then(|p| p.max_packet_size),
                 server_keep_alive: properties.as_ref().and_then(|p| p.server_keep_alive),
+                session_present: ack.session_present,
             })
         }
         v5::Packet::SubAck(ack) => Incoming::SubAck {
@@ -494,7 +536,7 @@ fn incoming_v5(packet: v5::Packet) -> Incoming {
         v5::Packet::PubRec(_) => Incoming::Unexpected("PUBREC"),
         v5::Packet::PubRel(_) => Incoming::Unexpected("PUBREL"),
         v5::Packet::PubComp(_) => Incoming::Unexpected("PUBCOMP"),
-        v5::Packet::UnsubAck(_) => Incoming::Unexpected("UNSUBACK"),
+        v5::Packet::UnsubAck(ack) => Incoming::UnsubAck { pkid: ack.pkid },
         v5::Packet::Auth(_) => Incoming::Unexpected("AUTH"),
         v5::Packet::Connect(..)
         | v5::Packet::Subscribe(_)

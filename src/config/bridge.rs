@@ -16,7 +16,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigError, Document, MIB};
-use crate::acl::{self, TopicFilter};
+use crate::acl::{self, TopicFilter, TopicLimits};
 
 /// The default `max_queue_mb`: a day of a busy site's telemetry at 5 KiB/s
 /// fits, and it is a small share of an edge box's storage.
@@ -27,6 +27,9 @@ const MAX_QUEUE_MB: i64 = 1024 * 1024;
 const MQTTS_PORT: u16 = 8883;
 /// The plain MQTT port, for a loopback `mqtt://` remote naming none.
 const MQTT_PORT: u16 = 1883;
+/// The default `session_expiry_secs`: a week, so that a site offline over
+/// a long weekend still finds the commands sent meanwhile.
+const DEFAULT_SESSION_EXPIRY_SECS: i64 = 7 * 24 * 3600;
 
 /// One uplink to a central broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +49,14 @@ pub struct BridgeConfig {
     pub client_cert: Option<ClientCert>,
     pub protocol: Protocol,
     pub keep_alive: Duration,
+    /// Start a new session at the remote on every connect. `false` (the
+    /// default) keeps one, so that what the remote queues for the bridge's
+    /// subscriptions while the link or the gateway is down arrives after.
+    pub clean_start: bool,
+    /// MQTT 5: how long the remote keeps the session after the link drops,
+    /// in seconds (`u32::MAX`: for ever). Ignored with `clean_start`; an
+    /// MQTT 3.1.1 remote applies its own setting.
+    pub session_expiry_secs: u32,
     /// Local messages sent to the remote.
     pub forward: Vec<ForwardRule>,
     /// Remote messages published locally.
@@ -159,6 +170,8 @@ pub(super) struct RawBridge {
     key_file: Option<Spanned<PathBuf>>,
     protocol: Option<Spanned<i64>>,
     keep_alive_secs: Option<Spanned<i64>>,
+    clean_start: Option<Spanned<bool>>,
+    session_expiry_secs: Option<Spanned<i64>>,
     forward: Vec<Spanned<RawForward>>,
     subscribe: Vec<Spanned<RawSubscribe>>,
     max_queue_mb: Option<Spanned<i64>>,
@@ -192,18 +205,21 @@ struct RawSubscribe {
     qos: Option<Spanned<i64>>,
 }
 
-/// Checks every `[[bridge]]` table; `at` is where the array starts, for
-/// errors about the tables as a whole.
+/// Checks every `[[bridge]]` table; its filters must keep to `limits`
+/// (`[limits] max_topic_levels`, `max_topic_bytes`), as a device's must.
 pub(super) fn validate(
     raw: Vec<Spanned<RawBridge>>,
     doc: &Document<'_>,
     base_dir: &Path,
+    limits: &TopicLimits,
 ) -> Result<Vec<BridgeConfig>, ConfigError> {
     let mut names = HashSet::new();
     let mut bridges = Vec::with_capacity(raw.len());
     for (index, table) in raw.into_iter().enumerate() {
         let at = table.span().start;
-        let bridge = table.into_inner().validate(doc, base_dir, index, at)?;
+        let bridge = table
+            .into_inner()
+            .validate(doc, base_dir, limits, index, at)?;
         if !names.insert(bridge.name.clone()) {
             return Err(doc.invalid(
                 at,
@@ -221,6 +237,7 @@ impl RawBridge {
         self,
         doc: &Document<'_>,
         base_dir: &Path,
+        limits: &TopicLimits,
         index: usize,
         at: usize,
     ) -> Result<BridgeConfig, ConfigError> {
@@ -323,6 +340,28 @@ impl RawBridge {
                 "seconds",
             )?),
         };
+        let clean_start = self.clean_start.as_ref().is_some_and(|v| *v.get_ref());
+        let session_expiry_secs: u32 = match &self.session_expiry_secs {
+            None => u32::try_from(DEFAULT_SESSION_EXPIRY_SECS).unwrap_or(u32::MAX),
+            Some(secs) => {
+                let key = key("session_expiry_secs");
+                if protocol == Protocol::V4 {
+                    return Err(doc.bad(
+                        secs,
+                        &key,
+                        "MQTT 3.1.1 (protocol = 4) has no session expiry; the remote's own setting applies",
+                    ));
+                }
+                if clean_start {
+                    return Err(doc.bad(
+                        secs,
+                        &key,
+                        "given with clean_start = true, which keeps no session",
+                    ));
+                }
+                doc.int(secs, &key, 1..=i64::from(u32::MAX), "seconds")?
+            }
+        };
         let max_queue_mb: u64 = match &self.max_queue_mb {
             None => DEFAULT_MAX_QUEUE_MB.unsigned_abs(),
             Some(mb) => doc.int(mb, &key("max_queue_mb"), 1..=MAX_QUEUE_MB, "MiB")?,
@@ -331,7 +370,10 @@ impl RawBridge {
             .forward
             .iter()
             .enumerate()
-            .map(|(i, rule)| rule.get_ref().validate(doc, &key(&format!("forward[{i}]"))))
+            .map(|(i, rule)| {
+                rule.get_ref()
+                    .validate(doc, limits, &key(&format!("forward[{i}]")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let subscribe = self
             .subscribe
@@ -339,7 +381,7 @@ impl RawBridge {
             .enumerate()
             .map(|(i, rule)| {
                 rule.get_ref()
-                    .validate(doc, &key(&format!("subscribe[{i}]")))
+                    .validate(doc, limits, &key(&format!("subscribe[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if forward.is_empty() && subscribe.is_empty() {
@@ -358,6 +400,8 @@ impl RawBridge {
             client_cert,
             protocol,
             keep_alive,
+            clean_start,
+            session_expiry_secs,
             forward,
             subscribe,
             max_queue_bytes: max_queue_mb.saturating_mul(MIB as u64),
@@ -405,18 +449,42 @@ fn prefix(
     Ok(text.clone())
 }
 
+/// A filter of a rule: valid for MQTT, and within the gateway's topic
+/// limits, as a device's filter must be.
 fn filter(
     doc: &Document<'_>,
     value: &Spanned<String>,
+    limits: &TopicLimits,
     key: &str,
 ) -> Result<TopicFilter, ConfigError> {
-    TopicFilter::parse(value.get_ref()).map_err(|err| doc.bad(value, key, err))
+    let parsed = TopicFilter::parse(value.get_ref()).map_err(|err| doc.bad(value, key, err))?;
+    within(doc, value, parsed.as_str(), limits, key)?;
+    Ok(parsed)
+}
+
+/// Checks `filter` (`value` itself, or what it maps to) against `limits`.
+fn within(
+    doc: &Document<'_>,
+    value: &Spanned<String>,
+    filter: &str,
+    limits: &TopicLimits,
+    key: &str,
+) -> Result<(), ConfigError> {
+    limits
+        .requested(filter)
+        .map(drop)
+        .map_err(|err| doc.bad(value, key, err))
 }
 
 impl RawForward {
-    fn validate(&self, doc: &Document<'_>, key: &str) -> Result<ForwardRule, ConfigError> {
+    fn validate(
+        &self,
+        doc: &Document<'_>,
+        limits: &TopicLimits,
+        key: &str,
+    ) -> Result<ForwardRule, ConfigError> {
         Ok(ForwardRule {
-            local: filter(doc, &self.local, &format!("{key}.local"))?,
+            local: filter(doc, &self.local, limits, &format!("{key}.local"))?,
             remote_prefix: prefix(
                 doc,
                 self.remote_prefix.as_ref(),
@@ -428,8 +496,13 @@ impl RawForward {
 }
 
 impl RawSubscribe {
-    fn validate(&self, doc: &Document<'_>, key: &str) -> Result<SubscribeRule, ConfigError> {
-        let remote = filter(doc, &self.remote, &format!("{key}.remote"))?;
+    fn validate(
+        &self,
+        doc: &Document<'_>,
+        limits: &TopicLimits,
+        key: &str,
+    ) -> Result<SubscribeRule, ConfigError> {
+        let remote = filter(doc, &self.remote, limits, &format!("{key}.remote"))?;
         let strip_prefix = prefix(
             doc,
             self.strip_prefix.as_ref(),
@@ -458,14 +531,27 @@ impl RawSubscribe {
                 ));
             }
         }
+        let local_prefix = prefix(
+            doc,
+            self.local_prefix.as_ref(),
+            &format!("{key}.local_prefix"),
+        )?;
+        // What the rule brings in lands under the mapped filter: a prefix
+        // that takes it past the limits would refuse every message.
+        if let Some(value) = &self.local_prefix {
+            let rest = remote.as_str().get(strip_prefix.len()..).unwrap_or("");
+            within(
+                doc,
+                value,
+                &format!("{local_prefix}{rest}"),
+                limits,
+                &format!("{key}.local_prefix"),
+            )?;
+        }
         Ok(SubscribeRule {
             remote,
             strip_prefix,
-            local_prefix: prefix(
-                doc,
-                self.local_prefix.as_ref(),
-                &format!("{key}.local_prefix"),
-            )?,
+            local_prefix,
             qos: qos(doc, self.qos.as_ref(), key)?,
         })
     }
@@ -581,6 +667,8 @@ mod tests {
         assert_eq!(bridge.protocol, Protocol::V5);
         assert_eq!(bridge.keep_alive, Duration::from_secs(30));
         assert_eq!(bridge.max_queue_bytes, 512 * 1024 * 1024);
+        assert!(!bridge.clean_start, "a session is kept at the remote");
+        assert_eq!(bridge.session_expiry_secs, 604_800);
         assert_eq!(bridge.credential, None);
         assert_eq!(bridge.forward[0].qos, BridgeQoS::AtLeastOnce);
         assert_eq!(bridge.forward[0].remote_prefix, "");
@@ -722,6 +810,94 @@ mod tests {
             2,
             "[[bridge]] ../cloud: name",
             "letters, digits",
+        );
+    }
+
+    #[test]
+    fn the_remote_session_is_kept_unless_clean_start() {
+        let config = parse(&bridge("clean_start = true")).expect("valid bridge");
+        assert!(config.bridges[0].clean_start);
+        let config = parse(&bridge("session_expiry_secs = 4294967295")).expect("valid bridge");
+        assert_eq!(config.bridges[0].session_expiry_secs, u32::MAX);
+        let config = parse(&bridge("protocol = 4\nclean_start = false")).expect("valid bridge");
+        assert!(!config.bridges[0].clean_start);
+        let cases: &[(&str, usize, &str, &str)] = &[
+            (
+                "session_expiry_secs = 0",
+                6,
+                "session_expiry_secs",
+                "greater than 0",
+            ),
+            (
+                "session_expiry_secs = 4294967296",
+                6,
+                "session_expiry_secs",
+                "at most",
+            ),
+            (
+                "protocol = 4\nsession_expiry_secs = 60",
+                7,
+                "session_expiry_secs",
+                "MQTT 3.1.1",
+            ),
+            (
+                "clean_start = true\nsession_expiry_secs = 60",
+                7,
+                "session_expiry_secs",
+                "keeps no session",
+            ),
+        ];
+        for &(extra, line, key, fragment) in cases {
+            assert_error(
+                &bridge(extra),
+                line,
+                &format!("[[bridge]] cloud: {key}"),
+                fragment,
+            );
+        }
+        let shown = parse(&bridge("clean_start = 1"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(shown.starts_with("jwtgate.toml:6:"), "{shown}");
+    }
+
+    #[test]
+    fn bridge_filters_keep_to_the_topic_limits() {
+        let limits = "[limits]\nmax_topic_levels = 4\nmax_topic_bytes = 40\n";
+        let config = parse(&format!(
+            "{limits}{}",
+            bridge("subscribe = [ { remote = \"site/cmd/#\", local_prefix = \"in/\" } ]")
+        ))
+        .expect("within the limits");
+        assert_eq!(config.bridges[0].subscribe[0].local_prefix, "in/");
+        let with_limits = |text: String| format!("{limits}{text}");
+        // The bridge table starts on line 4 after the [limits] table.
+        assert_error(
+            &with_limits(bridge("").replace("sensors/#", "a/b/c/d/#")),
+            8,
+            "[[bridge]] cloud: forward[0].local",
+            "max_topic_levels",
+        );
+        assert_error(
+            &with_limits(bridge("").replace("sensors/#", &"s".repeat(41))),
+            8,
+            "[[bridge]] cloud: forward[0].local",
+            "max_topic_bytes",
+        );
+        assert_error(
+            &with_limits(bridge("subscribe = [ { remote = \"a/b/c/d/e\" } ]")),
+            9,
+            "[[bridge]] cloud: subscribe[0].remote",
+            "max_topic_levels",
+        );
+        assert_error(
+            &with_limits(bridge(
+                "subscribe = [ { remote = \"site/cmd/#\", local_prefix = \"in/x/\" } ]",
+            )),
+            9,
+            "[[bridge]] cloud: subscribe[0].local_prefix",
+            "max_topic_levels",
         );
     }
 

@@ -752,7 +752,7 @@ impl RawConfig {
         }
         self.sessions.validate(doc, &mut config.sessions)?;
         self.storage.validate(doc, base_dir, &mut config.storage)?;
-        config.bridges = bridge::validate(self.bridge, doc, base_dir)?;
+        config.bridges = bridge::validate(self.bridge, doc, base_dir, &config.limits.topics)?;
         if let Some(format) = self.log.format {
             config.log.format = format;
         }
@@ -1315,6 +1315,8 @@ password_file = "keys/uplink.password"  # optional; or token_file, re-read on ev
 # cert_file = "..." and key_file = "...": a client certificate, both or neither
 protocol = 5                     # 4 (MQTT 3.1.1) or 5 (default)
 keep_alive_secs = 30             # default 30; 5 to 65535
+clean_start = false              # default false: keep a session at the remote, so commands sent while the link is down arrive
+session_expiry_secs = 604800     # MQTT 5: how long the remote keeps it; default 604800 (7 days); 4294967295 never ends
 forward = [ { local = "sensors/#", remote_prefix = "site-42/", qos = 1 } ]   # local -> remote; qos 0 or 1 (default)
 subscribe = [ { remote = "site-42/cmd/#", strip_prefix = "site-42/", local_prefix = "", qos = 1 } ]  # remote -> local
 max_queue_mb = 512               # disk budget of the store-and-forward queue; default 512; the oldest go past it
@@ -1396,6 +1398,8 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
                     client_cert: None,
                     protocol: Protocol::V5,
                     keep_alive: Duration::from_secs(30),
+                    clean_start: false,
+                    session_expiry_secs: 604_800,
                     forward: vec![ForwardRule {
                         local: crate::acl::TopicFilter::parse("sensors/#").expect("literal filter"),
                         remote_prefix: "site-42/".to_owned(),
@@ -1443,6 +1447,17 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
             example.auth.client_id_binding,
             defaults.auth.client_id_binding
         );
+        // The bridge's optional keys the example states are their defaults.
+        let minimal = parse(
+            "[[bridge]]\nname = \"b\"\nremote = \"mqtts://h\"\nclient_id = \"c\"\nforward = [ { local = \"a\" } ]\n",
+        )
+        .expect("a minimal bridge");
+        let (example, minimal) = (&example.bridges[0], &minimal.bridges[0]);
+        assert_eq!(example.clean_start, minimal.clean_start);
+        assert_eq!(example.session_expiry_secs, minimal.session_expiry_secs);
+        assert_eq!(example.keep_alive, minimal.keep_alive);
+        assert_eq!(example.protocol, minimal.protocol);
+        assert_eq!(example.max_queue_bytes, minimal.max_queue_bytes);
     }
 
     #[test]

@@ -178,7 +178,15 @@ impl Gateway {
         // before the first device publishes, and a backlog left by the last
         // run drains while the listener comes up.
         let (stop_bridges, bridges_stopped) = tokio::sync::watch::channel(false);
-        let bridges = bridge::start(&config.bridges, &storage, &broker, &bridges_stopped);
+        let refusals = bridge::refusals(&config.bridges);
+        let bridges = bridge::start(
+            &config.bridges,
+            &storage,
+            &broker,
+            &config.limits.topics,
+            &refusals,
+            &bridges_stopped,
+        );
         let exposition = Arc::new(Exposition::new(
             &metrics,
             metrics::State {
@@ -190,6 +198,7 @@ impl Gateway {
                     .iter()
                     .filter_map(|bridge| storage.queue(&bridge.name).cloned())
                     .collect(),
+                refusals,
             },
         ));
         let shared = Shared {

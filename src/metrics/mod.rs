@@ -16,8 +16,9 @@
 //! - **State**, read from its owner at scrape time by [`State`]: the keys
 //!   loaded, the routing core's losses (slow subscribers, expiry, size,
 //!   memory budget), whether the durable store's commits work (a full
-//!   disk, failed commits) and each uplink bridge's queue (depth, bytes,
-//!   drops).
+//!   disk, failed commits), each uplink bridge's queue (depth, bytes,
+//!   drops) and what each bridge refused of what its remote sent (by
+//!   reason, from [`crate::bridge::Refusals`]).
 //!
 //! [`Exposition`] joins both in one registry and renders the Prometheus
 //! text format; [`endpoint`] serves it on `[metrics] listen`. The README
@@ -36,13 +37,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
+use crate::bridge::Refusals;
 use crate::broker::{Broker, QoS};
 use crate::gateway::Version;
 use crate::keys::KeyStore;
 use crate::storage::{Health, Queue, QueueSnapshot};
 use crate::token::TokenError;
 
-/// One label, `name="value"`: every family here has exactly one.
+/// One label, `name="value"`: every family here but the bridges'
+/// refusals (`bridge` and `reason`) has exactly one.
 type Label = [(&'static str, &'static str); 1];
 
 /// The event counters the gateway's tasks share (as an `Arc<Metrics>`).
@@ -488,6 +491,8 @@ pub struct State {
     pub storage: Arc<Health>,
     /// The uplink bridges' queues.
     pub queues: Vec<Arc<Queue>>,
+    /// What each bridge did not route of what its remote sent.
+    pub refusals: Vec<Arc<Refusals>>,
 }
 
 impl fmt::Debug for State {
@@ -561,6 +566,20 @@ impl Collector for State {
             )?)?;
         }
         // A family with no member would still print its header.
+        if !self.refusals.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "jwtgate_bridge_refused",
+                "Messages from a bridge's remote not routed locally, by reason (topic_levels, topic_bytes: over [limits] max_topic_levels/max_topic_bytes; invalid_topic; unmapped: no subscribe rule matches); each was acknowledged to the remote",
+                None,
+                MetricType::Counter,
+            )?;
+            for refusals in &self.refusals {
+                for (refusal, count) in refusals.snapshot() {
+                    let labels = [("bridge", refusals.name()), ("reason", refusal.as_str())];
+                    ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
         if self.queues.is_empty() {
             return Ok(());
         }
@@ -664,6 +683,7 @@ mod tests {
             keys: Arc::new(keys),
             storage: Arc::default(),
             queues: Vec::new(),
+            refusals: Vec::new(),
         };
         let exposition = Exposition::new(&metrics, state);
         let held = metrics.connected(Version::V5);
@@ -769,10 +789,19 @@ mod tests {
             keys: Arc::new(KeyStore::open(keys.path()).unwrap().0),
             storage: storage.health(),
             queues: vec![Arc::clone(&queue)],
+            refusals: vec![Arc::new(Refusals::new("cloud"))],
         };
         let exposition = Exposition::new(&Metrics::default(), state);
         let depth = "jwtgate_bridge_queue_messages{bridge=\"cloud\"}";
         assert_eq!(sample(&exposition.render(), depth), Some(0.0));
+        // Every refusal reason is there from the start.
+        for reason in crate::bridge::Refusal::ALL {
+            let name = format!(
+                "jwtgate_bridge_refused_total{{bridge=\"cloud\",reason=\"{}\"}}",
+                reason.as_str()
+            );
+            assert_eq!(sample(&exposition.render(), &name), Some(0.0), "{name}");
+        }
         let message = Message::new(
             Publication {
                 topic: "t".into(),
