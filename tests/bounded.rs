@@ -550,13 +550,25 @@ fn bridge_table(mosquitto: &Mosquitto, dir: &std::path::Path) -> String {
     )
 }
 
-/// The central broker publishes a retained topic and a message over
-/// today's limits (150 levels of 200 bytes: Mosquitto itself refuses more
-/// than 200 levels), then an ordinary command; a device granted `cmd/#`
-/// is subscribed throughout. Returns the gateway, still running, and the
+/// The central broker holds a retained topic over today's limits (150
+/// levels of 200 bytes: Mosquitto itself refuses more than 200 levels)
+/// when the bridge subscribes, then publishes a message over them and an
+/// ordinary command; a device granted `cmd/#` is subscribed throughout. Returns the gateway, still running, and the
 /// topics the device received up to the ordinary command.
 async fn deep_topics_from_the_central_broker() -> (DevBinary, Mosquitto, Vec<String>) {
     let mosquitto = Mosquitto::start().await;
+    // Retained at the central broker before the bridge subscribes, so
+    // that it comes in as a retained message.
+    let deep_tail = deep(&"d".repeat(200), 150);
+    let mut operator = mosquitto.connected("operator").await;
+    operator
+        .publish(
+            &format!("site-42/cmd/{deep_tail}"),
+            QoS::AtLeastOnce,
+            true,
+            b"planted",
+        )
+        .await;
     let secrets = tempfile::tempdir().expect("temp dir");
     let gw = DevBinary::start(
         "",
@@ -571,16 +583,6 @@ async fn deep_topics_from_the_central_broker() -> (DevBinary, Mosquitto, Vec<Str
     assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
     device.subscribe("cmd/#", QoS::AtLeastOnce).await;
 
-    let deep_tail = deep(&"d".repeat(200), 150);
-    let mut operator = mosquitto.connected("operator").await;
-    operator
-        .publish(
-            &format!("site-42/cmd/{deep_tail}"),
-            QoS::AtLeastOnce,
-            true,
-            b"planted",
-        )
-        .await;
     operator
         .publish(
             &format!("site-42/cmd/x/{deep_tail}"),
@@ -614,9 +616,13 @@ async fn deep_topics_from_the_central_broker() -> (DevBinary, Mosquitto, Vec<Str
     let mut late = V4Client::start(gw.v4_options("late", &late_token));
     assert_eq!(late.connack().await.code, ConnectReturnCode::Success);
     late.subscribe("cmd/#", QoS::AtLeastOnce).await;
-    for p in late.publishes_within(Duration::from_millis(500)).await {
-        topics.push(format!("replayed:{}", p.topic));
-    }
+    let replayed = late.publishes_within(Duration::from_millis(500)).await;
+    eprintln!(
+        "  a later subscriber of cmd/# was replayed {} retained topic(s) of {:?} bytes",
+        replayed.len(),
+        replayed.iter().map(|p| p.topic.len()).collect::<Vec<_>>()
+    );
+    topics.extend(replayed.into_iter().map(|p| p.topic));
     late.disconnect().await;
     device.disconnect().await;
     device_is_served(&gw, "after-bridge").await;
@@ -773,7 +779,9 @@ async fn a_subscribe_repeating_a_non_matching_filter_does_not_stall_the_gateway(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let token = gw.token("walker", &["r/#"], HOUR);
     let mut conn = v5_connected(&gw, "walker", &token).await;
-    let filter = "r/+/none";
+    // The retained topics are r/{subject}/{n}: this filter walks every
+    // one of them and matches none.
+    let filter = "r/+/+/none";
     let repeats = 220 * 1024 / (filter.len() + 3);
     let filters = vec![(filter, 0u8); repeats];
     let started = Instant::now();
@@ -870,21 +878,31 @@ async fn deep_retained_nodes_cost_what_they_are_charged() {
     assert_peak_within(&gw, "128-level retained", base, 16, 3);
 }
 
-/// Before: 100 subscriptions of 20,000 levels added 1,236 MiB of index
-/// nodes. Now filters are at most 128 levels, and a session's
-/// subscriptions (filter and index nodes) at most `[sessions]
-/// max_subscription_bytes` (64 KiB): beyond, SUBACK 0x97.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deep_subscriptions_are_charged_until_quota_exceeded() {
+/// `sessions` sessions, each of its own subject, subscribe to 100
+/// distinct filters of 128 levels each with a 16 MiB budget: each is
+/// accepted until the session's `[sessions] max_subscription_bytes` (64
+/// KiB), or the budget, is used up, then answered 0x97. Returns the
+/// gateway, its baseline and the connections (their sessions stay).
+async fn deep_subscriptions_until_quota_exceeded(
+    sessions: usize,
+) -> (DevBinary, Memory, Vec<Raw5>) {
+    common::raise_open_file_limit();
     let gw = DevBinary::start("", BUDGET_16).await;
     let base = baseline(&gw).await;
     let tail = deep("a", 125);
     let mut conns = Vec::new();
     let mut held = 0;
-    for d in 0..30 {
+    let mut refused = 0;
+    for d in 0..sessions {
         let name = format!("subs{d}");
         let token = gw.token(&name, &["s/#"], HOUR);
-        let mut conn = v5_connected(&gw, &name, &token).await;
+        // Sessions are charged too: once the budget is used up, 0x97.
+        let (mut conn, ack) = v5_try(&gw, v5::Connect::new(&name, &token)).await;
+        if ack.reason == 0x97 {
+            eprintln!("  session {d}: CONNACK 0x97, the budget is used up");
+            break;
+        }
+        assert_eq!(ack.reason, 0, "{name}: CONNACK");
         let filters: Vec<String> = (0..100).map(|n| format!("s/{d}/{n}/{tail}")).collect();
         let pairs: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 0)).collect();
         let codes = conn.subscribe(1, &pairs).await;
@@ -894,26 +912,52 @@ async fn deep_subscriptions_are_charged_until_quota_exceeded() {
                 "  100 filters of 128 levels ({} bytes each): {accepted} accepted, then 0x97",
                 filters[0].len()
             );
+            assert!(accepted > 0, "{name}: none accepted");
         }
-        assert!(
-            accepted > 0 && accepted < 100,
-            "{name}: {accepted} accepted"
-        );
+        assert!(accepted < 100, "{name}: all accepted");
         assert!(
             codes[accepted..].iter().all(|&c| c == 0x97),
             "{name}: refusals are 0x97: {codes:02x?}"
         );
         held += accepted;
+        refused += 100 - accepted;
         conns.push(conn);
     }
     let memory = gw.served.memory();
     eprintln!(
-        "  {held} subscriptions of 128 levels held by 30 sessions: +{:.0} bytes of RSS per level",
+        "  {} sessions: {held} subscriptions of 128 levels held, {refused} refused: +{:.0} bytes of RSS per level",
+        conns.len(),
         memory.peak.saturating_sub(base.peak) as f64 / (held * 128) as f64
     );
+    (gw, base, conns)
+}
+
+/// Before: 100 subscriptions of 20,000 levels added 1,236 MiB of index
+/// nodes. Now filters are at most 128 levels, and a session's
+/// subscriptions (filter and index nodes) at most `[sessions]
+/// max_subscription_bytes` (64 KiB): beyond, SUBACK 0x97.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_subscriptions_are_charged_until_quota_exceeded() {
+    let (gw, base, conns) = deep_subscriptions_until_quota_exceeded(30).await;
     device_is_served(&gw, "after-deep-subscriptions").await;
-    // 30 sessions x 64 KiB = 2 MiB of subscriptions at most.
+    // 30 sessions x 64 KiB = 2 MiB charged at most; the index nodes cost
+    // several times that (see the ignored test below): measured +7 MiB.
     assert_peak_within(&gw, "128-level subscriptions", base, 16, 1);
+    drop(conns);
+}
+
+/// What the subscription index holds is charged at what it costs: the
+/// budget bounds the memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "product bug: src/broker/index.rs LEVEL_COST (size_of::<Node>() + 48, ~160 B) \
+            undercharges a level whose node holds one literal child: its HashMap allocates \
+            4 buckets of key and node (~0.5 KiB) and the key its own box; measured ~0.9 KiB \
+            of RSS per level, so 16 MiB charged take ~90 MiB"]
+async fn deep_subscription_nodes_cost_what_they_are_charged() {
+    // Until the budget is used up (the 399th session is refused 0x97).
+    let (gw, base, conns) = deep_subscriptions_until_quota_exceeded(400).await;
+    // 16 MiB charged at most; allocator overhead and debug build: x3.
+    assert_peak_within(&gw, "128-level subscriptions", base, 16, 3);
     drop(conns);
 }
 
@@ -1024,6 +1068,13 @@ async fn outbound_topic_aliases_stay_bounded() {
         receivers.push(conn);
     }
     let token = gw.token("talker", &["t/#"], HOUR);
+    // The review's topics of 60 KB: refused at the door (0x90).
+    let mut talker = v5_connected(&gw, "talker", &token).await;
+    let long = format!("t/0/{}", "t".repeat(60_000));
+    talker
+        .send(&v5::publish(&long, b"x", 1, false, 1, &v5::Props::new()))
+        .await;
+    assert_eq!(talker.closed().await, Some(0x90), "a 60 KB topic");
     let mut talker = v5_connected(&gw, "talker", &token).await;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
