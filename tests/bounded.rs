@@ -98,14 +98,28 @@ async fn baseline(gw: &DevBinary) -> Memory {
 /// Asserts the gateway's peak RSS stayed within `base.peak + k x budget`
 /// and prints the figures.
 fn assert_peak_within(gw: &DevBinary, case: &str, base: Memory, budget_mb: u64, k: u64) {
+    assert_peak_within_plus(gw, case, base, budget_mb, k, 0);
+}
+
+/// As [`assert_peak_within`], with `extra` bytes the budget does not
+/// cover added to the bound.
+fn assert_peak_within_plus(
+    gw: &DevBinary,
+    case: &str,
+    base: Memory,
+    budget_mb: u64,
+    k: u64,
+    extra: u64,
+) {
     let now = gw.served.memory();
-    let bound = base.peak + k * budget_mb * MIB;
+    let bound = base.peak + k * budget_mb * MIB + extra;
     eprintln!(
-        "  {case}: RSS {:.1} MiB, peak {:.1} MiB (+{:.1} MiB over the baseline peak); bound {:.1} MiB = baseline + {k} x {budget_mb} MiB",
+        "  {case}: RSS {:.1} MiB, peak {:.1} MiB (+{:.1} MiB over the baseline peak); bound {:.1} MiB = baseline + {k} x {budget_mb} MiB + {:.1} MiB",
         mib(now.rss),
         mib(now.peak),
         mib(now.peak.saturating_sub(base.peak)),
-        mib(bound)
+        mib(bound),
+        mib(extra)
     );
     assert!(
         now.peak <= bound,
@@ -861,9 +875,10 @@ async fn deep_retained_topics_are_charged_until_quota_exceeded() {
     // Bounded, but not by the budget alone: a level is charged
     // `retained::LEVEL_COST` (~120 bytes) while a node with one child
     // costs a whole B-tree leaf (~1 KiB): measured +136 MiB for 16 MiB
-    // charged. The bound is what is held today (before: unbounded, 374 MiB
-    // for 60 messages); the ignored test below holds the budget's.
-    assert_peak_within(&gw, "128-level retained", base, 16, 10);
+    // charged. The bound is what is held today with some room (before:
+    // unbounded, +123 MiB for 3,000 such messages, all accepted); the
+    // ignored test below holds the budget's.
+    assert_peak_within(&gw, "128-level retained", base, 16, 12);
 }
 
 /// What the retained tree holds is charged at what it costs: the budget
@@ -1119,9 +1134,13 @@ async fn outbound_topic_aliases_stay_bounded() {
     );
     assert_eq!(received, RECEIVERS * TOPICS, "every message delivered");
     device_is_served(&gw, "after-aliases").await;
-    // The alias topics are held by the connections, not charged to the
-    // budget: 100 x 64 x 4 KiB = 25 MiB at most, plus the connections'
-    // buffers. Baseline + 3 x 16 MiB (48 MiB) covers it (before: +431 MiB).
-    assert_peak_within(&gw, "outbound aliases", base, 16, 3);
+    // The alias topics are held by the connections and not charged to
+    // the budget (`budget::Kind::Aliases` is never booked): 100 x 64 x 4
+    // KiB = 25 MiB of topics at most, measured +30 to +51 MiB with
+    // aliases against +7 to +12 MiB for the same deliveries without
+    // (before, with the review's 60 KB topics: +438 MiB). The bound is the
+    // budget for the rest plus twice the alias topics (allocator).
+    let alias_topics = (RECEIVERS * TOPICS * 4096) as u64;
+    assert_peak_within_plus(&gw, "outbound aliases", base, 16, 1, 2 * alias_topics);
     drop(conns);
 }
