@@ -1728,7 +1728,8 @@ impl Memory {
 
 /// `jwtgate serve --config CONFIG --listen 127.0.0.1:PORT` as a child
 /// process, its log (stderr, level `info,rumqttd=warn`) in a file. Killed
-/// when dropped.
+/// when dropped. The binary is this build's, or the one the environment
+/// variable `JWTGATE_BIN` names.
 pub struct ServedBinary {
     child: tokio::process::Child,
     log_path: PathBuf,
@@ -1781,7 +1782,11 @@ impl ServedBinary {
         file_size: Option<u64>,
     ) -> ServedBinary {
         let log = std::fs::File::create(&log_path).expect("create the log file");
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_jwtgate"));
+        // `JWTGATE_BIN` runs another build (an older one, for before and
+        // after figures) under the same test.
+        let binary =
+            std::env::var_os("JWTGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_jwtgate").into());
+        let mut command = tokio::process::Command::new(binary);
         if let Some(file_size) = file_size {
             // SAFETY: signal and setrlimit are async-signal-safe, and
             // nothing else runs between fork and exec.

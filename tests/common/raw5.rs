@@ -24,13 +24,31 @@ impl Raw5 {
 
     /// Sends `connect` and reads the CONNACK, whatever its reason.
     pub async fn try_connect(gw: &TestGateway, connect: v5::Connect) -> (Raw5, v5::ConnAck) {
-        let mut raw = Raw5 {
-            raw: gw.raw().await,
-        };
+        Raw5::over(gw.raw().await, connect).await
+    }
+
+    /// Sends `connect` over `raw` (a connection to any gateway, the
+    /// served binary's included) and reads the CONNACK, whatever its
+    /// reason.
+    pub async fn over(raw: RawClient, connect: v5::Connect) -> (Raw5, v5::ConnAck) {
+        let mut raw = Raw5 { raw };
         raw.send(&connect.encode()).await;
         match raw.next().await {
             Some(v5::Packet::ConnAck(ack)) => (raw, ack),
             other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// The next packet, `None` once the server closed the connection or
+    /// `window` passed first (`Err(())`).
+    pub async fn next_within(
+        &mut self,
+        window: std::time::Duration,
+    ) -> Result<Option<v5::Packet>, ()> {
+        match self.raw.read_within(window).await {
+            Some(Read::Packet(frame)) => Ok(Some(v5::parse(&frame))),
+            Some(Read::Closed(_)) => Ok(None),
+            None => Err(()),
         }
     }
 
