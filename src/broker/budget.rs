@@ -14,7 +14,9 @@
 //!   topic aliases the gateway assigns: structures a client grows by
 //!   asking, so [`Budget::try_charge`] refuses them once the budget is
 //!   used up or the owner's quota is, and the client is told (MQTT 5
-//!   reason 0x97, quota exceeded).
+//!   reason 0x97, quota exceeded). Retained messages may fill at most half
+//!   the budget, subscriptions and aliases three quarters, so that what a
+//!   few clients pile up never keeps others from connecting.
 //!
 //! Charges on a client's behalf are also booked to the [`Account`] of its
 //! token subject, which is how per-subject quotas are kept: one device
@@ -45,6 +47,20 @@ impl Kind {
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// How much of the budget may be in use for a charge of this kind to
+    /// be taken. What a few clients can pile up for everyone (retained
+    /// messages) stops first, at half; subscriptions and aliases at three
+    /// quarters; a session only when the budget is used up: so a budget
+    /// filled with retained messages or subscriptions still lets devices
+    /// connect, subscribe and have their messages queued.
+    fn ceiling(self, limit: usize) -> usize {
+        match self {
+            Kind::Retained => limit / 2,
+            Kind::Subscriptions | Kind::Aliases => limit - limit / 4,
+            Kind::Messages | Kind::Sessions => limit,
+        }
     }
 }
 
@@ -167,7 +183,7 @@ impl Budget {
         if account.held.get(kind).saturating_add(account_bytes) > quota {
             return Err(QuotaError::Subject { quota });
         }
-        if self.used().saturating_add(bytes) > self.limit {
+        if self.used().saturating_add(bytes) > kind.ceiling(self.limit) {
             return Err(QuotaError::Budget);
         }
         Ok(self.book(Some(Arc::clone(account)), kind, bytes, account_bytes))

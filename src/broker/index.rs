@@ -18,11 +18,11 @@
 //! The index only finds subscribers; merging several subscriptions of one
 //! session into one delivery is the caller's business ([`super::Broker`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::budget::Budget;
+use super::children::{self, Children};
 use super::message::QoS;
 use super::session::Session;
 
@@ -53,7 +53,7 @@ pub struct Index {
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: Children<Node>,
     plus: Option<Box<Node>>,
     hash: Option<Box<Node>>,
     subscribers: Vec<Subscriber>,
@@ -78,7 +78,7 @@ pub struct Match<'a> {
 
 /// What one level of a filter costs in the index beside its name: the node
 /// and its place in its parent.
-pub const LEVEL_COST: usize = std::mem::size_of::<Node>() + 48;
+pub const LEVEL_COST: usize = children::level_cost::<Node>();
 
 /// What subscribing to `requested` (`$share/...` included) costs: the
 /// filter as the session keeps it, and its chain of index nodes. Nodes
@@ -116,7 +116,7 @@ impl Node {
             node = match level {
                 "+" => node.plus.get_or_insert_default(),
                 "#" => node.hash.get_or_insert_default(),
-                literal => node.children.entry(literal.into()).or_default(),
+                literal => node.children.get_or_default(literal),
             };
         }
         node
@@ -260,7 +260,7 @@ impl Node {
                     stack.push((plus, depth + 1));
                 }
             }
-            if let Some(child) = node.children.get(*level) {
+            if let Some(child) = node.children.get(level) {
                 stack.push((child, depth + 1));
             }
         }

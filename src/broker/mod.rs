@@ -50,6 +50,7 @@
 
 mod audit;
 pub mod budget;
+mod children;
 pub mod index;
 pub mod inflight;
 pub mod mailbox;

@@ -17,17 +17,17 @@
 //! last one ended on ([`RetainedTree::matching_after`]), and no reader holds
 //! the tree for longer than one slice.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::budget::Charge;
+use super::children::{self, Children};
 use super::message::Message;
 
 /// What one level of a retained topic costs in the tree beside its name:
 /// the node and its place in its parent's map.
-pub const LEVEL_COST: usize = std::mem::size_of::<Node>() + 48;
+pub const LEVEL_COST: usize = children::level_cost::<Node>();
 
 /// What storing a retained message on `topic` costs beyond the message.
 pub fn place_cost(topic: &str) -> usize {
@@ -51,7 +51,7 @@ pub struct RetainedTree {
 #[derive(Debug, Default)]
 struct Node {
     retained: Option<Retained>,
-    children: BTreeMap<Box<str>, Node>,
+    children: Children<Node>,
 }
 
 impl Node {
@@ -97,7 +97,7 @@ struct Frame<'a> {
     all: bool,
     /// The node's topic is a prefix of the resume position, or it.
     on_path: bool,
-    children: std::collections::btree_map::Range<'a, Box<str>, Node>,
+    children: children::Range<'a, Node>,
 }
 
 impl<'f> Walk<'f> {
@@ -116,16 +116,15 @@ impl<'f> Walk<'f> {
             Some(literal) if !all && literal != "+" => {
                 let before = matches!(from, Bound::Included(resume) if resume > literal);
                 if before {
-                    // Visited already: an empty range (both ends excluded would
-                    // panic).
+                    // Visited already: an empty range.
                     node.children
-                        .range::<str, _>((Bound::Included(literal), Bound::Excluded(literal)))
+                        .range(Bound::Included(literal), Bound::Excluded(literal))
                 } else {
                     node.children
-                        .range::<str, _>((Bound::Included(literal), Bound::Included(literal)))
+                        .range(Bound::Included(literal), Bound::Included(literal))
                 }
             }
-            _ => node.children.range::<str, _>((from, Bound::Unbounded)),
+            _ => node.children.range(from, Bound::Unbounded),
         };
         Frame {
             depth: depth + 1,
@@ -146,7 +145,7 @@ impl RetainedTree {
     pub fn set(&mut self, retained: Retained) -> Option<Retained> {
         let mut node = &mut self.root;
         for level in retained.message.topic().split('/') {
-            node = node.children.entry(level.into()).or_default();
+            node = node.children.get_or_default(level);
         }
         let old = node.retained.replace(retained);
         if old.is_none() {
@@ -176,7 +175,7 @@ impl RetainedTree {
             if node.retained.is_some() || node.children.len() > 1 {
                 cut = depth;
             }
-            node = node.children.get(*level)?;
+            node = node.children.get(level)?;
         }
         node.retained.as_ref()?;
         let keeps_itself = !node.children.is_empty();
@@ -184,11 +183,11 @@ impl RetainedTree {
         let mut taken = None;
         for (depth, level) in levels.iter().enumerate() {
             if depth == cut && !keeps_itself {
-                let chain = node.children.remove(*level)?;
+                let chain = node.children.remove(level)?;
                 taken = take_end(chain, levels.len() - depth);
                 break;
             }
-            node = node.children.get_mut(*level)?;
+            node = node.children.get_mut(level)?;
         }
         if keeps_itself {
             taken = node.retained.take();
@@ -240,7 +239,7 @@ impl RetainedTree {
             };
             let (depth, all, parent_on_path) = (frame.depth, frame.all, frame.on_path);
             path.push(level);
-            let on_path = parent_on_path && after.get(depth - 1) == Some(&&**level);
+            let on_path = parent_on_path && after.get(depth - 1) == Some(&level);
             let first_wildcard = all || filter.first() == Some(&"+");
             let mut descended = false;
             if !(depth == 1 && first_wildcard && level.starts_with('$')) {

@@ -343,8 +343,10 @@ pub struct SessionSettings {
     /// Without it one token could park a session per invented client id.
     pub max_sessions_per_subject: usize,
     /// Bytes the subscriptions of one session may hold (each filter and
-    /// its share of the subscription index), at least 1024; default 64
-    /// KiB. More gets SUBACK 0x97 (quota exceeded).
+    /// its share of the subscription index, about 400 bytes a level), at
+    /// least 1024; default 256 KiB, room for the 100 subscriptions of
+    /// `max_subscriptions` at 6 levels each. More gets SUBACK 0x97 (quota
+    /// exceeded).
     pub max_subscription_bytes: usize,
 }
 
@@ -359,7 +361,7 @@ impl Default for SessionSettings {
             max_subscriptions: 100,
             max_session_expiry: Duration::from_secs(86_400),
             max_sessions_per_subject: 8,
-            max_subscription_bytes: 64 * 1024,
+            max_subscription_bytes: 256 * 1024,
         }
     }
 }
@@ -1296,7 +1298,7 @@ slow_subscriber_timeout_ms = 2000  # default 2000; must be > 0
 max_subscriptions = 100          # per session; default 100; must be > 0
 max_session_expiry_secs = 86400  # default 86400; 0 allowed
 max_sessions_per_subject = 8     # sessions (connected and parked) per token subject; default 8; must be > 0
-max_subscription_bytes = 65536   # subscriptions of one session, in bytes; default 64 KiB; minimum 1024
+max_subscription_bytes = 262144  # subscriptions of one session, in bytes; default 256 KiB; minimum 1024
 [storage]                        # retained messages, parked sessions, bridge queues
 dir = "state"                    # default "state" next to the config; created if missing
 sync_interval_ms = 1000          # what a power cut may lose; default 1000; 0 forces every commit; at most 60000
@@ -1378,7 +1380,7 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
                     max_subscriptions: 100,
                     max_session_expiry: Duration::from_secs(86_400),
                     max_sessions_per_subject: 8,
-                    max_subscription_bytes: 64 * 1024,
+                    max_subscription_bytes: 256 * 1024,
                 },
                 storage: StorageConfig {
                     dir: base.join("state"),

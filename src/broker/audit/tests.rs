@@ -103,6 +103,10 @@ fn check(broker: &Broker) -> Result<(), TestCaseError> {
         structures,
         budget.limit()
     );
+    prop_assert!(
+        budget.used_by(Kind::Retained) <= budget.limit() / 2,
+        "retained messages hold at most half the budget"
+    );
     for subject in SUBJECTS {
         let account = budget.account(subject);
         prop_assert!(account.held(Kind::Retained) <= RETAINED_QUOTA);

@@ -56,3 +56,21 @@ fn quotas_refuse_per_subject_and_the_budget_refuses_for_all() {
         "accounts nobody holds are forgotten"
     );
 }
+
+#[test]
+fn retained_messages_give_way_to_subscriptions_and_both_to_sessions() {
+    let budget = Budget::new(1000);
+    let alice = budget.account("alice");
+    let charge = |kind, bytes| budget.try_charge(&alice, kind, bytes, bytes, usize::MAX);
+    let retained = charge(Kind::Retained, 500).unwrap();
+    assert_eq!(charge(Kind::Retained, 1).unwrap_err(), QuotaError::Budget);
+    let subscriptions = charge(Kind::Subscriptions, 250).unwrap();
+    assert_eq!(
+        charge(Kind::Subscriptions, 1).unwrap_err(),
+        QuotaError::Budget
+    );
+    let sessions = charge(Kind::Sessions, 250).unwrap();
+    assert_eq!(charge(Kind::Sessions, 1).unwrap_err(), QuotaError::Budget);
+    drop((retained, subscriptions, sessions));
+    assert_eq!(budget.used(), 0);
+}
