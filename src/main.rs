@@ -178,9 +178,6 @@ fn serve(
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async {
         let gateway = Gateway::bind(&config).await.map_err(|e| e.to_string())?;
-        for warning in Policy::from_config(&config.auth).warnings(&gateway.keys().snapshot()) {
-            tracing::warn!("{warning}");
-        }
         let addr = gateway.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%addr, "jwtgate listening (TLS only)");
         if config_path.is_none() {

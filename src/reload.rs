@@ -22,7 +22,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
@@ -33,6 +33,7 @@ use crate::config::TlsPaths;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::tls::CertResolver;
+use crate::token::{Policy, PolicyWarning};
 
 /// How long the files must be quiet before a reload: editors, `cp` and
 /// `tar` write a file in several steps.
@@ -45,6 +46,11 @@ pub struct Reloader {
     tls: TlsPaths,
     generation: watch::Sender<u64>,
     metrics: Arc<Metrics>,
+    /// The gateway's policy, to say what is unsafe about it with the keys
+    /// in force (a JWK set dropped in without `[auth] audience`).
+    policy: Policy,
+    /// The warnings last logged, so a reload logs only what is new.
+    warned: Mutex<Vec<PolicyWarning>>,
 }
 
 impl Reloader {
@@ -53,8 +59,11 @@ impl Reloader {
         certs: Arc<CertResolver>,
         tls: TlsPaths,
         metrics: Arc<Metrics>,
+        policy: Policy,
     ) -> Reloader {
         Reloader {
+            policy,
+            warned: Mutex::default(),
             keys,
             certs,
             tls,
@@ -71,6 +80,7 @@ impl Reloader {
             Ok(report) => {
                 report.log();
                 self.metrics.key_reload(report.issues.is_empty());
+                self.warn_about_policy();
             }
             Err(e) => {
                 error!(error = %e, "key reload failed; the keys in force are kept");
@@ -84,6 +94,19 @@ impl Reloader {
             }
         }
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Logs what is unsafe about the policy with the keys now in force, once
+    /// per warning: at start, and after a reload that brought it (a JWK set
+    /// arriving by reload needs `[auth] audience` as much as one present at
+    /// start).
+    pub fn warn_about_policy(&self) {
+        let warnings = self.policy.warnings(&self.keys.snapshot());
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        for warning in warnings.iter().filter(|w| !warned.contains(w)) {
+            warn!("{warning}");
+        }
+        *warned = warnings;
     }
 
     /// Resolves each time a reload has happened.
@@ -232,6 +255,7 @@ mod tests {
                 key: material.server_key.clone(),
             },
             Arc::default(),
+            Policy::from_config(&crate::config::Config::defaults(&keys_dir).auth),
         ));
         let mut reloads = reloader.subscribe();
         let task = watch_files(Arc::clone(&reloader)).unwrap();

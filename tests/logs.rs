@@ -130,3 +130,37 @@ async fn every_auth_decision_is_one_json_line_with_who_and_why_and_no_token() {
         );
     }
 }
+
+/// A JWK set that arrives by reload needs `[auth] audience` as much as one
+/// present at start: the warning is logged when it arrives, once, not
+/// again on later reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audience_warning_follows_a_jwk_set_dropped_in_later() {
+    let gw = DevBinary::start("", "").await;
+    let needle = "[auth] audience is unset";
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/examples/idp-example.json");
+    // The development keys are HMAC secrets: nothing to warn about yet.
+    assert!(!gw.served.log().contains(needle), "{}", gw.served.log());
+    std::fs::copy(&example, gw.keys_dir().join("idp.json")).unwrap();
+    gw.served.wait_for_log(0, needle).await;
+    // Another reload, with the same keys in force: no second warning.
+    let loaded = |log: &str| log.matches("verification keys loaded").count();
+    let before = loaded(&gw.served.log());
+    std::fs::write(gw.keys_dir().join("unrelated.txt"), "not a key").unwrap();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while loaded(&gw.served.log()) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload:\n{}",
+            gw.served.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        gw.served.log().matches(needle).count(),
+        1,
+        "{}",
+        gw.served.log()
+    );
+}

@@ -137,7 +137,9 @@ impl Gateway {
             certs,
             config.tls.clone(),
             Arc::clone(&metrics),
+            Policy::from_config(&config.auth),
         ));
+        reloader.warn_about_policy();
         // Restored before the listener takes anyone: a device that
         // resumes its session or subscribes finds what the last run kept.
         let queues: Vec<(&str, u64)> = config
