@@ -1151,7 +1151,8 @@ fn line_column(text: &str, at: usize) -> (usize, usize) {
 }
 
 /// Names the key an error span from toml points into, as `key`,
-/// `[table] key` or `[table]`.
+/// `[table] key`, `[table]`, or inside an array of tables as the bridge
+/// module names its own errors: `[[bridge]] cloud: forward[0].qos`.
 fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
     // The recoverable parser still yields the keys it could read when the
     // text has a syntax error.
@@ -1184,6 +1185,27 @@ fn find_key(table: &DeTable<'_>, at: usize, path: &mut Vec<String>) -> Option<bo
                 return Some(found);
             }
         }
+        // The tables of an array (`[[bridge]]`, `forward = [{...}]`): an
+        // element is named by its index, and by its `name` when it has one.
+        if let DeValue::Array(items) = value.get_ref() {
+            for (i, item) in items.iter().enumerate() {
+                let DeValue::Table(inner) = item.get_ref() else {
+                    continue;
+                };
+                let name = inner.get("name").and_then(|n| match n.get_ref() {
+                    DeValue::String(name) => Some(name.to_string()),
+                    _ => None,
+                });
+                path.push(match name {
+                    Some(name) => format!("[{i}]={name}"),
+                    None => format!("[{i}]"),
+                });
+                if let Some(found) = find_key(inner, at, path) {
+                    return Some(found);
+                }
+                path.pop();
+            }
+        }
         if covers(key.span()) || covers(value.span()) {
             return Some(value.get_ref().is_table());
         }
@@ -1193,6 +1215,31 @@ fn find_key(table: &DeTable<'_>, at: usize, path: &mut Vec<String>) -> Option<bo
 }
 
 fn render_key(path: &[String], is_table: bool) -> String {
+    // Inside an array of tables: `[[table]] name: key[1].key`.
+    if let [table, element, rest @ ..] = path {
+        if let Some(element) = element.strip_prefix('[') {
+            let (index, name) = element.split_once(']').unwrap_or((element, ""));
+            let label = name
+                .strip_prefix('=')
+                .map_or_else(|| format!("#{index}"), str::to_owned);
+            let mut inner = String::new();
+            for segment in rest {
+                match segment.strip_prefix('[') {
+                    Some(index) => {
+                        let index = index.split_once(']').map_or(index, |(i, _)| i);
+                        inner.push_str(&format!("[{index}]"));
+                    }
+                    None => {
+                        if !inner.is_empty() {
+                            inner.push('.');
+                        }
+                        inner.push_str(segment);
+                    }
+                }
+            }
+            return format!("[[{table}]] {label}: {inner}");
+        }
+    }
     match path {
         _ if is_table => format!("[{}]", path.join(".")),
         [key] => key.clone(),
@@ -1758,6 +1805,22 @@ max_session_expiry_secs = 0
             shown.starts_with("conf/jwtgate.toml:3:1: [auth] leeway: unknown field `leeway`"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn unknown_key_in_a_bridge_rule_names_the_bridge_and_the_rule() {
+        let text = "[[bridge]]\nname = \"cloud\"\nhost = \"central\"\nclient_id = \"site\"\n\
+                    forward = [ { local = \"a/#\" }, { local = \"b/#\", bogus = 1 } ]\n";
+        let (line, _, key, message, shown) = invalid(text);
+        assert_eq!(line, 5);
+        assert_eq!(
+            key.as_deref(),
+            Some("[[bridge]] cloud: forward[1].bogus"),
+            "{shown}"
+        );
+        assert!(message.contains("unknown field `bogus`"), "{message}");
+        let (_, _, key, _, _) = invalid("[[bridge]]\nname = \"cloud\"\nbogus = 1\n");
+        assert_eq!(key.as_deref(), Some("[[bridge]] cloud: bogus"));
     }
 
     #[test]
