@@ -28,31 +28,10 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// QoS 1 and receives its message back within this time.
 const SERVED_WITHIN: Duration = Duration::from_secs(10);
 
-/// A well-behaved device named `name` connects, subscribes to its own
-/// topic, publishes to it at QoS 1 and receives the message, within
-/// [`SERVED_WITHIN`]. Returns how long that took.
+/// A well-behaved device named `name` is served within [`SERVED_WITHIN`]
+/// (see `DevBinary::device_is_served`).
 async fn device_is_served(gw: &DevBinary, name: &str) -> Duration {
-    let started = Instant::now();
-    let topic = format!("ok/{name}");
-    let token = gw.token(name, &["ok/#"], HOUR);
-    let served = tokio::time::timeout(SERVED_WITHIN, async {
-        let mut device = V4Client::start(gw.v4_options(name, &token));
-        assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
-        device.subscribe(&topic, QoS::AtLeastOnce).await;
-        device
-            .publish(&topic, QoS::AtLeastOnce, false, b"served")
-            .await;
-        assert_eq!(&device.expect_publish(&topic).await.payload[..], b"served");
-        device.disconnect().await;
-    })
-    .await;
-    assert!(
-        served.is_ok(),
-        "device {name} not served within {SERVED_WITHIN:?}:\n{}",
-        gw.served.log()
-    );
-    gw.assert_no_panic();
-    started.elapsed()
+    gw.device_is_served(name, SERVED_WITHIN).await
 }
 
 /// 127.0.0.`n`: another host, as far as the gateway can tell.

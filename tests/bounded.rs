@@ -53,31 +53,10 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64
 }
 
-/// A well-behaved device named `name` connects, subscribes to its own
-/// topic, publishes to it at QoS 1 and receives the message, within
-/// [`SERVED_WITHIN`]; the log shows no panic. Returns how long it took.
+/// A well-behaved device named `name` is served within [`SERVED_WITHIN`]
+/// (see `DevBinary::device_is_served`); prints how long it took.
 async fn device_is_served(gw: &DevBinary, name: &str) -> Duration {
-    let started = Instant::now();
-    let topic = format!("ok/{name}");
-    let token = gw.token(name, &["ok/#"], HOUR);
-    let served = tokio::time::timeout(SERVED_WITHIN, async {
-        let mut device = V4Client::start(gw.v4_options(name, &token));
-        assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
-        device.subscribe(&topic, QoS::AtLeastOnce).await;
-        device
-            .publish(&topic, QoS::AtLeastOnce, false, b"served")
-            .await;
-        assert_eq!(&device.expect_publish(&topic).await.payload[..], b"served");
-        device.disconnect().await;
-    })
-    .await;
-    assert!(
-        served.is_ok(),
-        "device {name} not served within {SERVED_WITHIN:?}:\n{}",
-        gw.served.log()
-    );
-    gw.assert_no_panic();
-    let took = started.elapsed();
+    let took = gw.device_is_served(name, SERVED_WITHIN).await;
     eprintln!("  device {name} served in {took:?}");
     took
 }

@@ -2037,6 +2037,37 @@ impl DevBinary {
         let log = self.served.log();
         assert!(!log.contains("panicked"), "a panic in the log:\n{log}");
     }
+
+    /// A well-behaved device named `name` (granted `ok/#`) connects,
+    /// subscribes to its own topic, publishes to it at QoS 1 and receives
+    /// the message, all `within`; the log shows no panic. Returns how long
+    /// that took: the check the abuse tests make after every attack.
+    pub async fn device_is_served(&self, name: &str, within: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        let topic = format!("ok/{name}");
+        let token = self.token(name, &["ok/#"], Duration::from_secs(3600));
+        let served = tokio::time::timeout(within, async {
+            let mut device = V4Client::start(self.v4_options(name, &token));
+            assert_eq!(
+                device.connack().await.code,
+                rumqttc::ConnectReturnCode::Success
+            );
+            device.subscribe(&topic, rumqttc::QoS::AtLeastOnce).await;
+            device
+                .publish(&topic, rumqttc::QoS::AtLeastOnce, false, b"served")
+                .await;
+            assert_eq!(&device.expect_publish(&topic).await.payload[..], b"served");
+            device.disconnect().await;
+        })
+        .await;
+        assert!(
+            served.is_ok(),
+            "device {name} not served within {within:?}:\n{}",
+            self.served.log()
+        );
+        self.assert_no_panic();
+        started.elapsed()
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit, so a test can
