@@ -164,3 +164,75 @@ async fn the_audience_warning_follows_a_jwk_set_dropped_in_later() {
         gw.served.log()
     );
 }
+
+/// A re-authentication, accepted or refused, is one line of the same shape
+/// as a CONNECT's decision, filled with what the new token's signature
+/// vouched for: the refused one names the other subject its token holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reauthentication_lines_have_the_same_shape() {
+    use common::raw5::{Raw5, v5};
+    let gw = DevBinary::start("", "[log]\nformat = \"json\"\n").await;
+    let token = gw.token("meter-7", &["m/#"], Duration::from_secs(600));
+    let (mut conn, ack) =
+        Raw5::over(gw.raw().await, v5::Connect::enhanced("c-reauth", &token)).await;
+    assert_eq!(ack.reason, 0, "{ack:?}");
+    let fresh = gw.token("meter-7", &["m/#"], Duration::from_secs(900));
+    assert!(
+        matches!(
+            conn.reauthenticate(&fresh).await,
+            Some(v5::Packet::Auth { reason: 0, .. })
+        ),
+        "re-authentication accepted"
+    );
+    let other = gw.token("meter-8", &["m/#"], Duration::from_secs(600));
+    assert!(
+        matches!(
+            conn.reauthenticate(&other).await,
+            Some(v5::Packet::Disconnect { reason: 0x87, .. })
+        ),
+        "a token of another subject ends the session"
+    );
+    gw.served.wait_for_log(0, "re-authentication refused").await;
+    let log = gw.served.log();
+    let line = |message: &str| -> Value {
+        let found: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["message"] == json!(message))
+            .collect();
+        assert_eq!(found.len(), 1, "one {message:?} line:\n{log}");
+        found[0].clone()
+    };
+    let accepted = line("client re-authenticated");
+    let refused = line("re-authentication refused: disconnecting");
+    for decision in [&accepted, &refused] {
+        for field in [
+            "remote",
+            "client_id",
+            "sub",
+            "kid",
+            "outcome",
+            "reason",
+            "code",
+        ] {
+            assert!(decision.get(field).is_some(), "no {field} in {decision}");
+        }
+        assert!(
+            decision["remote"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
+            "{decision}"
+        );
+        assert_eq!(decision["client_id"], json!("c-reauth"));
+        assert_eq!(decision["kid"], json!("dev"));
+    }
+    assert_eq!(accepted["outcome"], json!("accepted"));
+    assert_eq!(accepted["sub"], json!("meter-7"));
+    assert_eq!(refused["outcome"], json!("refused"));
+    assert_eq!(
+        refused["sub"],
+        json!("meter-8"),
+        "what its signature vouched for"
+    );
+}
