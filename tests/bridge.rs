@@ -44,6 +44,24 @@ fn bridge_table(
     )
 }
 
+/// The gateway, bridged straight to `mosquitto` (no relay) with a
+/// password file in `secrets`, once its bridge is connected.
+async fn bridged_to(mosquitto: &Mosquitto, secrets: &Path, rules: &str, extra: &str) -> DevBinary {
+    let gw = DevBinary::start(
+        "",
+        &bridge_table(
+            mosquitto,
+            mosquitto.tls_port(),
+            &password_file(mosquitto, secrets),
+            rules,
+            extra,
+        ),
+    )
+    .await;
+    gw.served.wait_for_log(0, "bridge connected").await;
+    gw
+}
+
 fn password_file(mosquitto: &Mosquitto, dir: &Path) -> String {
     let path = dir.join("uplink.password");
     mosquitto.write_password_file(&path);
@@ -242,18 +260,7 @@ async fn inbound_commands_reach_granted_devices_only_and_never_loop_back() {
     let rules = "protocol = 4\n\
          forward = [ { local = \"cmd/#\", remote_prefix = \"site-42/\" } ]\n\
          subscribe = [ { remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\", local_prefix = \"\" } ]";
-    let gw = DevBinary::start(
-        "",
-        &bridge_table(
-            &mosquitto,
-            mosquitto.tls_port(),
-            &password_file(&mosquitto, secrets.path()),
-            rules,
-            "",
-        ),
-    )
-    .await;
-    gw.served.wait_for_log(0, "bridge connected").await;
+    let gw = bridged_to(&mosquitto, secrets.path(), rules, "").await;
 
     let granted_token = gw.token("thermostat", &["cmd/#"], Duration::from_secs(3600));
     let mut granted = V4Client::start(gw.v4_options("thermostat", &granted_token));
@@ -837,18 +844,7 @@ async fn commands_sent_while_the_edge_is_down_arrive(down: EdgeDown, protocol: u
         "protocol = {protocol}\n\
          subscribe = [ {{ remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\", qos = 1 }} ]"
     );
-    let mut gw = DevBinary::start(
-        "",
-        &bridge_table(
-            &mosquitto,
-            mosquitto.tls_port(),
-            &password_file(&mosquitto, secrets.path()),
-            &rules,
-            "",
-        ),
-    )
-    .await;
-    gw.served.wait_for_log(0, "bridge connected").await;
+    let mut gw = bridged_to(&mosquitto, secrets.path(), &rules, "").await;
     assert!(
         gw.served.log().contains("session_present=false"),
         "the first connection finds no session:\n{}",
@@ -1007,18 +1003,7 @@ async fn a_central_broker_cannot_push_topics_past_the_gateway_limits() {
     let mosquitto = Mosquitto::start().await;
     let secrets = tempfile::tempdir().expect("temp dir");
     let rules = "subscribe = [ { remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\" } ]";
-    let gw = DevBinary::start(
-        "",
-        &bridge_table(
-            &mosquitto,
-            mosquitto.tls_port(),
-            &password_file(&mosquitto, secrets.path()),
-            rules,
-            METRICS,
-        ),
-    )
-    .await;
-    gw.served.wait_for_log(0, "bridge connected").await;
+    let gw = bridged_to(&mosquitto, secrets.path(), rules, METRICS).await;
     let mut device = command_device(&gw).await;
 
     let mut hostile = V4Client::start(mosquitto.plain_v4_options("hostile"));
@@ -1270,18 +1255,7 @@ async fn a_resumed_session_is_subscribed_again_only_when_the_rules_changed() {
     let mosquitto = Mosquitto::start().await;
     let secrets = tempfile::tempdir().expect("temp dir");
     let rules = "subscribe = [ { remote = \"site-42/cmd/#\", strip_prefix = \"site-42/\" } ]";
-    let mut gw = DevBinary::start(
-        "",
-        &bridge_table(
-            &mosquitto,
-            mosquitto.tls_port(),
-            &password_file(&mosquitto, secrets.path()),
-            rules,
-            METRICS,
-        ),
-    )
-    .await;
-    gw.served.wait_for_log(0, "bridge connected").await;
+    let mut gw = bridged_to(&mosquitto, secrets.path(), rules, METRICS).await;
 
     gw.served.terminate().await;
     gw.restart().await;

@@ -14,6 +14,21 @@ use common::{DevBinary, V4Client, now_unix, sign_hs256_kid};
 use rumqttc::ConnectReturnCode;
 use serde_json::{Value, json};
 
+/// The fields every authentication decision's line carries.
+fn assert_decision_shape(line: &Value) {
+    for field in [
+        "remote",
+        "client_id",
+        "sub",
+        "kid",
+        "outcome",
+        "reason",
+        "code",
+    ] {
+        assert!(line.get(field).is_some(), "no {field} in {line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_auth_decision_is_one_json_line_with_who_and_why_and_no_token() {
     let gw = DevBinary::start("", "[log]\nformat = \"json\"\n").await;
@@ -85,21 +100,7 @@ async fn every_auth_decision_is_one_json_line_with_who_and_why_and_no_token() {
     // One shape for every decision: the same fields, filled with what
     // the signature vouched for.
     for client_id in ["c-good", "c-nothing", "c-expired", "c-kid"] {
-        let line = decision(client_id);
-        for field in [
-            "remote",
-            "client_id",
-            "sub",
-            "kid",
-            "outcome",
-            "reason",
-            "code",
-        ] {
-            assert!(
-                line.get(field).is_some(),
-                "{client_id}: no {field} in {line}"
-            );
-        }
+        assert_decision_shape(decision(client_id));
     }
     let refused = decision("c-expired");
     assert_eq!(refused["outcome"], json!("refused"));
@@ -206,17 +207,7 @@ async fn reauthentication_lines_have_the_same_shape() {
     let accepted = line("client re-authenticated");
     let refused = line("re-authentication refused: disconnecting");
     for decision in [&accepted, &refused] {
-        for field in [
-            "remote",
-            "client_id",
-            "sub",
-            "kid",
-            "outcome",
-            "reason",
-            "code",
-        ] {
-            assert!(decision.get(field).is_some(), "no {field} in {decision}");
-        }
+        assert_decision_shape(decision);
         assert!(
             decision["remote"]
                 .as_str()

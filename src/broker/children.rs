@@ -39,6 +39,11 @@ pub const fn level_cost<N>() -> usize {
     3 * std::mem::size_of::<(Box<str>, N)>() + 64
 }
 
+/// Where `name` is among sorted children, or would go.
+fn position<N>(few: &[(Box<str>, N)], name: &str) -> Result<usize, usize> {
+    few.binary_search_by(|(k, _)| (**k).cmp(name))
+}
+
 impl<N> Children<N> {
     pub fn len(&self) -> usize {
         match self {
@@ -53,8 +58,7 @@ impl<N> Children<N> {
 
     pub fn get(&self, name: &str) -> Option<&N> {
         match self {
-            Children::Few(few) => few
-                .binary_search_by(|(k, _)| (**k).cmp(name))
+            Children::Few(few) => position(few, name)
                 .ok()
                 .and_then(|i| few.get(i))
                 .map(|(_, n)| n),
@@ -64,8 +68,7 @@ impl<N> Children<N> {
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut N> {
         match self {
-            Children::Few(few) => few
-                .binary_search_by(|(k, _)| (**k).cmp(name))
+            Children::Few(few) => position(few, name)
                 .ok()
                 .and_then(|i| few.get_mut(i))
                 .map(|(_, n)| n),
@@ -83,14 +86,14 @@ impl<N> Children<N> {
         N: Default,
     {
         if let Children::Few(few) = self {
-            if few.len() >= FEW && few.binary_search_by(|(k, _)| (**k).cmp(name)).is_err() {
+            if few.len() >= FEW && position(few, name).is_err() {
                 let many: BTreeMap<Box<str>, N> = std::mem::take(few).into_iter().collect();
                 *self = Children::Many(many);
             }
         }
         match self {
             Children::Few(few) => {
-                let i = match few.binary_search_by(|(k, _)| (**k).cmp(name)) {
+                let i = match position(few, name) {
                     Ok(i) => i,
                     Err(i) => {
                         // Exactly one more: a vector's doubling would make a
@@ -113,7 +116,7 @@ impl<N> Children<N> {
     pub fn remove(&mut self, name: &str) -> Option<N> {
         let removed = match self {
             Children::Few(few) => {
-                let i = few.binary_search_by(|(k, _)| (**k).cmp(name)).ok()?;
+                let i = position(few, name).ok()?;
                 let (_, node) = few.remove(i);
                 few.shrink_to_fit();
                 Some(node)
