@@ -49,7 +49,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use criterion::{Criterion, criterion_group};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use jwtgate::acl::{Bindings, GrantTemplate, Grants};
-use jwtgate::broker::QoS;
+use jwtgate::mqtt::QoS;
 
 const Q1: QoS = QoS::AtLeastOnce;
 use jwtgate::config::Config;

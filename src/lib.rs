@@ -72,6 +72,7 @@ pub mod fuzz;
 pub mod gateway;
 pub mod keys;
 pub mod metrics;
+pub mod mqtt;
 pub mod provision;
 pub mod readiness;
 pub mod reload;

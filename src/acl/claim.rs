@@ -26,8 +26,8 @@ use std::fmt;
 use serde_json::Value;
 
 use super::Grants;
-use super::filter::{FilterError, TopicFilter};
 use super::rules::{Action, Permission, QosLevels, Rule, RuleList, RuleTopic};
+use crate::mqtt::{FilterError, TopicFilter};
 
 /// The prefix that takes a topic literally, as in EMQX.
 const EXACT_PREFIX: &str = "eq ";

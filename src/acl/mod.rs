@@ -23,7 +23,7 @@
 //! ([`client_id`]).
 //!
 //! Two relations between filters decide everything
-//! ([`filter`]):
+//! ([`crate::mqtt::topic`]):
 //!
 //! 1. **Publish**: a PUBLISH (or will message) to topic `t` is allowed iff
 //!    `t` is a valid topic name and, in every list, the first rule whose
@@ -71,7 +71,6 @@
 
 pub mod claim;
 pub mod client_id;
-pub mod filter;
 pub mod rules;
 
 pub use claim::{
@@ -79,13 +78,9 @@ pub use claim::{
     GrantTemplate,
 };
 pub use client_id::{ClientIdBinding, ClientIdMismatch};
-pub use filter::{
-    FilterError, LimitError, RequestedFilter, TopicError, TopicFilter, TopicLimits,
-    validate_topic_name,
-};
 pub use rules::{Action, Permission, QosLevels, Rule, RuleList, RuleTopic};
 
-use crate::broker::QoS;
+use crate::mqtt::{QoS, RequestedFilter, TopicFilter, validate_topic_name};
 
 /// What one connection may do: the token's rule lists, bound to it. Every
 /// list must allow.
@@ -163,6 +158,7 @@ impl Grants {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::FilterError;
     use serde_json::json;
 
     const Q0: QoS = QoS::AtMostOnce;

@@ -17,8 +17,8 @@
 
 use std::fmt;
 
-use super::filter::{Filter, RequestedFilter, TopicFilter};
-use crate::broker::QoS;
+use crate::mqtt::topic::Filter;
+use crate::mqtt::{QoS, RequestedFilter, TopicFilter};
 
 /// What a rule says when it applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,9 +30,10 @@ use tracing::{error, info, warn};
 use super::backoff::Backoff;
 use super::wire::{Codec, InboundPublish, Incoming, WireError};
 use super::{Refusal, Refusals};
-use crate::acl::{LimitError, TopicError, TopicLimits};
-use crate::broker::{Broker, CommitError, Message, QoS};
+use crate::broker::{Broker, CommitError, Message};
 use crate::config::{BridgeConfig, Credential, Transport};
+use crate::mqtt::QoS;
+use crate::mqtt::{LimitError, TopicError, TopicLimits};
 use crate::storage::{Queue, QueueReader, Queued, StorageError};
 use crate::tls::{self, TlsError};
 
@@ -167,11 +168,7 @@ fn subscription_record(config: &BridgeConfig) -> String {
         config.remote.host, config.remote.port, config.client_id
     );
     for rule in &config.subscribe {
-        record.push_str(&format!(
-            "{} {}\n",
-            super::wire::rule_qos(rule.qos) as u8,
-            rule.remote.as_str()
-        ));
+        record.push_str(&format!("{} {}\n", rule.qos.level(), rule.remote.as_str()));
     }
     record
 }
@@ -503,12 +500,7 @@ impl Link {
         let wanted: Vec<(String, QoS)> = config
             .subscribe
             .iter()
-            .map(|rule| {
-                (
-                    rule.remote.as_str().to_owned(),
-                    super::wire::rule_qos(rule.qos),
-                )
-            })
+            .map(|rule| (rule.remote.as_str().to_owned(), rule.qos))
             .collect();
         let mut removed = Vec::new();
         if let Some(file) = &self.subscriptions_file {
@@ -920,7 +912,7 @@ impl Link {
             .local_topic(remote_topic)
             .ok_or(Refusal::InvalidTopic)?;
         match self.limits.topic_name(&local) {
-            Ok(()) => Ok((local, super::wire::rule_qos(rule.qos))),
+            Ok(()) => Ok((local, rule.qos)),
             Err(TopicError::Limit(LimitError::TooDeep { .. })) => Err(Refusal::TopicLevels),
             Err(TopicError::Limit(LimitError::TooLong { .. })) => Err(Refusal::TopicBytes),
             Err(_) => Err(Refusal::InvalidTopic),

@@ -55,9 +55,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::error;
 
-use crate::acl::TopicLimits;
 use crate::broker::{Broker, Kept, Message, Tap};
 use crate::config::{BridgeConfig, ForwardRule};
+use crate::mqtt::TopicLimits;
 use crate::storage::{Queue, Storage};
 
 /// The tap that queues what a bridge forwards.
@@ -76,7 +76,7 @@ impl Tap for Forwarder {
             .rules
             .iter()
             .find(|rule| rule.local.matches_topic(message.topic()))?;
-        let qos = message.qos().min(wire::rule_qos(rule.qos));
+        let qos = message.qos().min(rule.qos);
         Some(
             self.queue
                 .append(Arc::clone(message), rule.remote_topic(message.topic()), qos),

@@ -19,8 +19,10 @@ use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::{self as v4bytes, v4};
 use rumqttc::v5::mqttbytes::{self as v5bytes, v5};
 
-use crate::broker::{Properties, Publication, QoS};
-use crate::config::{BridgeConfig, BridgeQoS, Protocol};
+use crate::broker::{Properties, Publication};
+
+use crate::config::{BridgeConfig, Protocol};
+use crate::mqtt::QoS;
 
 /// The largest packet accepted from the remote, when it does not say
 /// otherwise: a message bigger than this from the central side is refused
@@ -90,46 +92,6 @@ pub(super) struct Codec {
     protocol: Protocol,
     /// The largest packet the remote takes (MQTT 5 CONNACK).
     max_outgoing: Option<u32>,
-}
-
-fn wire_qos_v4(qos: QoS) -> v4bytes::QoS {
-    match qos {
-        QoS::AtMostOnce => v4bytes::QoS::AtMostOnce,
-        QoS::AtLeastOnce => v4bytes::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => v4bytes::QoS::ExactlyOnce,
-    }
-}
-
-fn wire_qos_v5(qos: QoS) -> v5bytes::QoS {
-    match qos {
-        QoS::AtMostOnce => v5bytes::QoS::AtMostOnce,
-        QoS::AtLeastOnce => v5bytes::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => v5bytes::QoS::ExactlyOnce,
-    }
-}
-
-fn from_v4(qos: v4bytes::QoS) -> QoS {
-    match qos {
-        v4bytes::QoS::AtMostOnce => QoS::AtMostOnce,
-        v4bytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        v4bytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
-
-fn from_v5(qos: v5bytes::QoS) -> QoS {
-    match qos {
-        v5bytes::QoS::AtMostOnce => QoS::AtMostOnce,
-        v5bytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        v5bytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
-
-/// The broker QoS of a bridge rule.
-pub(super) fn rule_qos(qos: BridgeQoS) -> QoS {
-    match qos {
-        BridgeQoS::AtMostOnce => QoS::AtMostOnce,
-        BridgeQoS::AtLeastOnce => QoS::AtLeastOnce,
-    }
 }
 
 impl Codec {
@@ -229,7 +191,7 @@ impl Codec {
                         .iter()
                         .map(|(path, qos)| v4::SubscribeFilter {
                             path: path.clone(),
-                            qos: wire_qos_v4(*qos),
+                            qos: (*qos).into(),
                         })
                         .collect(),
                 };
@@ -244,7 +206,7 @@ impl Codec {
                         .iter()
                         .map(|(path, qos)| v5::Filter {
                             path: path.clone(),
-                            qos: wire_qos_v5(*qos),
+                            qos: (*qos).into(),
                             nolocal: true,
                             preserve_retain: true,
                             retain_forward_rule: v5::RetainForwardRule::OnNewSubscribe,
@@ -300,7 +262,7 @@ impl Codec {
             Protocol::V4 => {
                 let publish = v4::Publish {
                     dup,
-                    qos: wire_qos_v4(qos),
+                    qos: qos.into(),
                     retain: publication.retain,
                     topic: publication.topic.clone(),
                     pkid,
@@ -328,7 +290,7 @@ impl Codec {
                     });
                 let publish = v5::Publish {
                     dup,
-                    qos: wire_qos_v5(qos),
+                    qos: qos.into(),
                     retain: publication.retain,
                     topic: Bytes::copy_from_slice(publication.topic.as_bytes()),
                     pkid,
@@ -433,7 +395,7 @@ fn incoming_v4(packet: v4::Packet) -> Incoming {
                 .return_codes
                 .into_iter()
                 .map(|code| match code {
-                    v4::SubscribeReasonCode::Success(qos) => Ok(from_v4(qos)),
+                    v4::SubscribeReasonCode::Success(qos) => Ok(QoS::from(qos)),
                     v4::SubscribeReasonCode::Failure => Err("Failure".to_owned()),
                 })
                 .collect(),
@@ -448,7 +410,7 @@ fn incoming_v4(packet: v4::Packet) -> Incoming {
             publication: Publication {
                 topic: publish.topic,
                 payload: publish.payload,
-                qos: from_v4(publish.qos),
+                qos: QoS::from(publish.qos),
                 retain: publish.retain,
                 properties: Properties::default(),
                 expiry: None,
@@ -493,7 +455,7 @@ fn incoming_v5(packet: v5::Packet) -> Incoming {
                 .return_codes
                 .into_iter()
                 .map(|code| match code {
-                    v5::SubscribeReasonCode::Success(qos) => Ok(from_v5(qos)),
+                    v5::SubscribeReasonCode::Success(qos) => Ok(QoS::from(qos)),
                     other => Err(format!("{other:?}")),
                 })
                 .collect(),
@@ -514,7 +476,7 @@ fn incoming_v5(packet: v5::Packet) -> Incoming {
                 publication: Publication {
                     topic,
                     payload: publish.payload,
-                    qos: from_v5(publish.qos),
+                    qos: QoS::from(publish.qos),
                     retain: publish.retain,
                     properties: Properties {
                         payload_format_indicator: properties.payload_format_indicator,

@@ -23,22 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::budget::Budget;
 use super::children::{self, Children};
-use super::message::QoS;
 use super::session::Session;
-
-/// The options of one subscription that matter when delivering (retain
-/// handling only matters when subscribing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubscriptionOptions {
-    /// The granted (maximum) QoS.
-    pub qos: QoS,
-    /// Never deliver the session's own publishes (MQTT 5).
-    pub no_local: bool,
-    /// Keep the RETAIN flag of live deliveries (MQTT 5).
-    pub retain_as_published: bool,
-    /// The subscription identifier (MQTT 5).
-    pub id: Option<u32>,
-}
+use crate::mqtt::SubscriptionOptions;
 
 #[derive(Debug, Clone)]
 pub struct Subscriber {

@@ -22,7 +22,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use super::mailbox::Delivery;
-use super::message::QoS;
+use crate::mqtt::QoS;
 
 #[derive(Debug, Default)]
 pub struct Inflight {

@@ -34,8 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 
 use super::budget::Budget;
-use super::message::{Message, QoS};
+use super::message::Message;
 use crate::config::SlowSubscriber;
+use crate::mqtt::QoS;
 
 /// One message on its way to one session, as that session gets it.
 #[derive(Debug, Clone)]

@@ -16,14 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::budget::{Budget, Charge};
-
-/// MQTT quality of service, ordered so that `min` gives the delivered QoS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum QoS {
-    AtMostOnce = 0,
-    AtLeastOnce = 1,
-    ExactlyOnce = 2,
-}
+use crate::mqtt::QoS;
 
 /// The MQTT 5 properties a message carries from its publisher to its
 /// subscribers unchanged (§3.3.2.3). Message expiry is held as a deadline

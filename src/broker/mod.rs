@@ -70,15 +70,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
-use crate::acl::{FilterError, RequestedFilter, TopicLimits};
 use crate::config::SessionSettings;
+use crate::mqtt::QoS;
+use crate::mqtt::{FilterError, RequestedFilter, TopicLimits};
 use budget::{Account, Kind};
 pub use budget::{Budget, QuotaError};
-pub use index::SubscriptionOptions;
 use index::{Index, Subscriber};
 pub use inflight::{Inflight, Resend, UnexpectedAck};
 pub use mailbox::{Delivery, Offer, QueueLimits, Taken};
-pub use message::{Message, Properties, Publication, QoS};
+pub use message::{Message, Properties, Publication};
 use registry::{Registry, session_cost};
 use retained::Retained;
 use session::Subscription;
@@ -219,15 +219,6 @@ pub struct Attached {
     pub present: bool,
     /// Its QoS exchanges, empty for a new session.
     pub inflight: Inflight,
-}
-
-/// When retained messages are sent for a new subscription (MQTT 5
-/// §3.8.3.1; MQTT 3.1.1 always sends them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetainHandling {
-    OnSubscribe,
-    OnNewSubscription,
-    Never,
 }
 
 /// Why a subscription was refused.
@@ -953,6 +944,7 @@ fn on_small_stack(run: impl FnOnce() + Send + 'static) {
 mod tests {
     use super::*;
     use crate::broker::store::MemoryStore;
+    use crate::mqtt::{RetainHandling, SubscriptionOptions};
     use bytes::Bytes;
 
     fn settings() -> SessionSettings {

@@ -7,7 +7,7 @@
 //! Expired messages (MQTT 5 message expiry) are never returned, and are
 //! removed when their topic is replaced or by [`RetainedTree::purge`].
 //!
-//! Topic depth is bounded at the door ([`crate::acl::TopicLimits`]), but no
+//! Topic depth is bounded at the door ([`crate::mqtt::TopicLimits`]), but no
 //! walk here relies on it: every walk keeps its own stack on the heap, and
 //! dropping the tree takes it apart level by level, so no topic however deep
 //! can overflow a thread's stack.

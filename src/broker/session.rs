@@ -25,10 +25,10 @@ use std::time::SystemTime;
 use tokio::task::AbortHandle;
 
 use super::budget::{Account, Charge};
-use super::index::SubscriptionOptions;
 use super::inflight::Inflight;
 use super::mailbox::{Mailbox, QueueLimits};
 use super::retained::Position;
+use crate::mqtt::SubscriptionOptions;
 
 /// The name of a session: whose token, which client id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -21,11 +21,11 @@ use std::time::{Instant, SystemTime};
 
 use super::Kept;
 use super::budget::{Account, Charge};
-use super::index::SubscriptionOptions;
 use super::mailbox::Delivery;
 use super::message::Message;
 use super::retained::{Position, Retained, RetainedTree};
 use super::session::SessionKey;
+use crate::mqtt::SubscriptionOptions;
 
 /// What is kept of a persistent session while its client is away.
 #[derive(Debug, Clone)]

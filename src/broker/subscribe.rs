@@ -15,8 +15,10 @@ use super::budget::Kind;
 use super::index::{self, Subscriber};
 use super::retained::Position;
 use super::session::{Replay, Session, Subscription};
-use super::{Broker, Delivery, Inflight, RetainHandling, SubscribeError, SubscriptionOptions};
-use crate::acl::{Grants, RequestedFilter};
+use super::{Broker, Delivery, Inflight, SubscribeError};
+use crate::acl::Grants;
+use crate::mqtt::RequestedFilter;
+use crate::mqtt::{RetainHandling, SubscriptionOptions};
 
 /// Retained-tree nodes one replay slice looks at: bounds how long one
 /// subscriber holds the retained store from publishers of retained messages.

@@ -16,7 +16,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigError, Document, MIB};
-use crate::acl::{self, TopicFilter, TopicLimits};
+use crate::mqtt::{QoS, validate_topic_name};
+use crate::mqtt::{TopicFilter, TopicLimits};
 
 /// The default `max_queue_mb`: a day of a busy site's telemetry at 5 KiB/s
 /// fits, and it is a small share of an edge box's storage.
@@ -106,23 +107,13 @@ pub enum Protocol {
     V5,
 }
 
-/// The QoS of a bridged message. QoS 2 is not offered: the queue already
-/// makes delivery at-least-once across outages and restarts, and QoS 2's
-/// extra round trip would halve the drain rate for a guarantee the central
-/// side's consumers get from message ids more cheaply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BridgeQoS {
-    AtMostOnce,
-    AtLeastOnce,
-}
-
 /// Local messages matching `local` go to the remote as `remote_prefix` +
 /// their topic, at `qos`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardRule {
     pub local: TopicFilter,
     pub remote_prefix: String,
-    pub qos: BridgeQoS,
+    pub qos: QoS,
 }
 
 /// Remote messages matching `remote` are subscribed to at `qos` and
@@ -133,7 +124,7 @@ pub struct SubscribeRule {
     pub remote: TopicFilter,
     pub strip_prefix: String,
     pub local_prefix: String,
-    pub qos: BridgeQoS,
+    pub qos: QoS,
 }
 
 impl SubscribeRule {
@@ -143,7 +134,7 @@ impl SubscribeRule {
     pub fn local_topic(&self, remote_topic: &str) -> Option<String> {
         let rest = remote_topic.strip_prefix(&self.strip_prefix)?;
         let topic = format!("{}{rest}", self.local_prefix);
-        acl::validate_topic_name(&topic).ok().map(|()| topic)
+        validate_topic_name(&topic).ok().map(|()| topic)
     }
 }
 
@@ -409,14 +400,10 @@ impl RawBridge {
     }
 }
 
-fn qos(
-    doc: &Document<'_>,
-    value: Option<&Spanned<i64>>,
-    key: &str,
-) -> Result<BridgeQoS, ConfigError> {
+fn qos(doc: &Document<'_>, value: Option<&Spanned<i64>>, key: &str) -> Result<QoS, ConfigError> {
     match value.map(|v| (v, *v.get_ref())) {
-        None | Some((_, 1)) => Ok(BridgeQoS::AtLeastOnce),
-        Some((_, 0)) => Ok(BridgeQoS::AtMostOnce),
+        None | Some((_, 1)) => Ok(QoS::AtLeastOnce),
+        Some((_, 0)) => Ok(QoS::AtMostOnce),
         Some((value, _)) => Err(doc.bad(
             value,
             &format!("{key}.qos"),
@@ -670,7 +657,7 @@ mod tests {
         assert!(!bridge.clean_start, "a session is kept at the remote");
         assert_eq!(bridge.session_expiry_secs, 604_800);
         assert_eq!(bridge.credential, None);
-        assert_eq!(bridge.forward[0].qos, BridgeQoS::AtLeastOnce);
+        assert_eq!(bridge.forward[0].qos, QoS::AtLeastOnce);
         assert_eq!(bridge.forward[0].remote_prefix, "");
         assert_eq!(bridge.forward[0].remote_topic("sensors/t1"), "sensors/t1");
     }

@@ -44,7 +44,7 @@ use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::acl::TopicLimits;
+use crate::mqtt::TopicLimits;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
@@ -52,8 +52,7 @@ pub use crate::acl::ClientIdBinding;
 
 mod bridge;
 pub use bridge::{
-    BridgeConfig, BridgeQoS, ClientCert, Credential, ForwardRule, Protocol, Remote, SubscribeRule,
-    Transport,
+    BridgeConfig, ClientCert, Credential, ForwardRule, Protocol, Remote, SubscribeRule, Transport,
 };
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use toml::Spanned;
@@ -1450,16 +1449,17 @@ max_queue_mb = 512               # disk budget of the store-and-forward queue; d
                     clean_start: false,
                     session_expiry_secs: 604_800,
                     forward: vec![ForwardRule {
-                        local: crate::acl::TopicFilter::parse("sensors/#").expect("literal filter"),
+                        local: crate::mqtt::TopicFilter::parse("sensors/#")
+                            .expect("literal filter"),
                         remote_prefix: "site-42/".to_owned(),
-                        qos: BridgeQoS::AtLeastOnce,
+                        qos: crate::mqtt::QoS::AtLeastOnce,
                     }],
                     subscribe: vec![SubscribeRule {
-                        remote: crate::acl::TopicFilter::parse("site-42/cmd/#")
+                        remote: crate::mqtt::TopicFilter::parse("site-42/cmd/#")
                             .expect("literal filter"),
                         strip_prefix: "site-42/".to_owned(),
                         local_prefix: String::new(),
-                        qos: BridgeQoS::AtLeastOnce,
+                        qos: crate::mqtt::QoS::AtLeastOnce,
                     }],
                     max_queue_bytes: 512 * 1024 * 1024,
                 }],

@@ -29,11 +29,13 @@ mod memory;
 
 pub use memory::{CountingAllocator, peak_during};
 
-use crate::acl::{Bindings, ClaimForm, FilterError, Grants, RequestedFilter, TopicFilter};
-use crate::broker::QoS;
+use crate::acl::{Bindings, ClaimForm, Grants};
+
 use crate::config::Config;
 use crate::gateway::{self, SessionSetup};
 use crate::keys::{self, KeySet, KeyStore, Problem};
+use crate::mqtt::QoS;
+use crate::mqtt::{FilterError, RequestedFilter, TopicFilter};
 use crate::token::{self, Policy};
 
 /// The HMAC key, 64 bytes so that it allows HS256, HS384 and HS512.

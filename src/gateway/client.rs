@@ -39,22 +39,22 @@ use rumqttd::protocol::{
 };
 use tracing::{debug, info, warn};
 
-use super::codec::{
-    CodecError, Inbound, OutgoingPublish, PublishHeader, Version, broker_qos, wire_qos,
-};
+use super::codec::{CodecError, Inbound, OutgoingPublish, PublishHeader};
 use super::enhanced::{self, Auth};
 use super::owed::{MAX_OWED, Owed};
 use super::quiet::{Kind, Quiet};
 use super::wire::Outbox;
-use crate::acl::{Grants, TopicLimits, validate_topic_name};
+use crate::acl::Grants;
 use crate::broker::budget::{Account, Charge, Kind as Held};
 use crate::broker::{
     Attached, Broker, Budget, CommitError, Delivery, Inflight, Kept, Pending, Properties,
-    Publication, QoS, Resend, RetainHandling, Session, SubscribeError, SubscriptionOptions, Taken,
-    Will,
+    Publication, Resend, Session, SubscribeError, Taken, Will,
 };
 use crate::config::{DenyPublish, Limits, SessionSettings};
 use crate::metrics::{Metrics, SessionEnd};
+use crate::mqtt::Version;
+use crate::mqtt::{QoS, RetainHandling, SubscriptionOptions};
+use crate::mqtt::{TopicLimits, validate_topic_name};
 
 /// Output past which deliveries are left in the mailbox until the client
 /// has read what is written.
@@ -1051,7 +1051,7 @@ impl Client {
                 "No Local on a shared subscription".into(),
             ));
         }
-        let qos = broker_qos(filter.qos);
+        let qos = QoS::from(filter.qos);
         if !self.id.grants.may_subscribe(&filter.path, qos) {
             return Ok(SubscribeReasonCode::NotAuthorized);
         }
@@ -1067,14 +1067,14 @@ impl Client {
             RetainForwardRule::Never => RetainHandling::Never,
         };
         if !commit {
-            return Ok(SubscribeReasonCode::Success(wire_qos(qos)));
+            return Ok(SubscribeReasonCode::Success(qos.into()));
         }
         Ok(
             match self
                 .broker()
                 .subscribe(&self.session, &filter.path, options, retain_handling)
             {
-                Ok(_) => SubscribeReasonCode::Success(wire_qos(qos)),
+                Ok(_) => SubscribeReasonCode::Success(qos.into()),
                 Err(
                     SubscribeError::TooMany(_)
                     | SubscribeError::TooLarge(_)
@@ -1351,10 +1351,10 @@ mod tests {
     use rumqttd::protocol::{Protocol, v4::V4, v5::V5};
 
     use super::*;
-    use crate::acl::TopicFilter;
     use crate::broker::SessionKey;
     use crate::broker::store::MemoryStore;
     use crate::gateway::codec::Codec;
+    use crate::mqtt::TopicFilter;
 
     const MAX_PACKET: usize = 1024 * 1024;
 
@@ -1660,7 +1660,7 @@ mod tests {
     /// one SUBSCRIBE is answered each time but subscribed once.
     #[test]
     fn topics_over_the_limits_are_refused_at_the_door() {
-        let max = crate::acl::TopicLimits::DEFAULT.max_levels;
+        let max = crate::mqtt::TopicLimits::DEFAULT.max_levels;
         let deep = format!("dev/{}", vec!["l"; max].join("/"));
         let fits = format!("dev/{}", vec!["l"; max - 1].join("/"));
         let mut h = client(Version::V5, &["dev/#"]);
@@ -2061,14 +2061,6 @@ mod tests {
             frame(first, &pkid.to_be_bytes())
         }
 
-        fn qos_number(qos: QoS) -> u8 {
-            match qos {
-                QoS::AtMostOnce => 0,
-                QoS::AtLeastOnce => 1,
-                QoS::ExactlyOnce => 2,
-            }
-        }
-
         fn granted_qos(code: &SubscribeReasonCode) -> Option<u8> {
             match code {
                 SubscribeReasonCode::QoS0 | SubscribeReasonCode::Success(WireQoS::AtMostOnce) => {
@@ -2222,7 +2214,7 @@ mod tests {
                                 .and_then(|p| p.strip_prefix('m'))
                                 .and_then(|m| m.parse().ok())
                                 .unwrap();
-                            let qos = qos_number(header.qos);
+                            let qos = QoS::level(header.qos);
                             prop_assert!(
                                 self.grants.may_receive(&topic, QoS::AtMostOnce),
                                 "message {} on {:?} delivered outside the grants {:?}",
@@ -2339,7 +2331,7 @@ mod tests {
                                 let mut best = None;
                                 for (filter, &sub_qos) in &other.subscriptions {
                                     let parsed =
-                                        crate::acl::RequestedFilter::parse(filter).unwrap();
+                                        crate::mqtt::RequestedFilter::parse(filter).unwrap();
                                     if !TopicFilter::parse(parsed.filter)
                                         .unwrap()
                                         .matches_topic(name)

@@ -44,7 +44,9 @@ use rumqttd::protocol::{
 };
 
 use super::enhanced::Auth;
-use crate::broker::{Properties, QoS};
+use crate::broker::Properties;
+use crate::mqtt::QoS;
+use crate::mqtt::Version;
 
 /// Fixed-header packet types (MQTT 3.1.1 §2.2.1, MQTT 5 §2.1.2).
 const CONNECT: u8 = 1;
@@ -58,31 +60,6 @@ const UNSUBSCRIBE: u8 = 10;
 const PINGREQ: u8 = 12;
 const DISCONNECT: u8 = 14;
 const AUTH: u8 = 15;
-
-/// The MQTT protocol a client speaks, fixed by its CONNECT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
-    /// MQTT 3.1 (`MQIsdp`, level 3).
-    V3_1,
-    /// MQTT 3.1.1 (`MQTT`, level 4).
-    V3_1_1,
-    /// MQTT 5 (`MQTT`, level 5).
-    V5,
-}
-
-impl Version {
-    pub fn is_v5(self) -> bool {
-        self == Version::V5
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Version::V3_1 => "3.1",
-            Version::V3_1_1 => "3.1.1",
-            Version::V5 => "5",
-        }
-    }
-}
 
 /// Why a byte stream could not be turned into packets.
 #[derive(Debug, thiserror::Error)]
@@ -271,24 +248,6 @@ fn upgrade_v31_connect(buf: &mut BytesMut, header: usize, size: usize) -> Result
     out.put_slice(after);
     *buf = out;
     Ok(())
-}
-
-/// The routing core's QoS for rumqttd's.
-pub fn broker_qos(qos: protocol::QoS) -> QoS {
-    match qos {
-        protocol::QoS::AtMostOnce => QoS::AtMostOnce,
-        protocol::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        protocol::QoS::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
-
-/// rumqttd's QoS for the routing core's.
-pub fn wire_qos(qos: QoS) -> protocol::QoS {
-    match qos {
-        QoS::AtMostOnce => protocol::QoS::AtMostOnce,
-        QoS::AtLeastOnce => protocol::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => protocol::QoS::ExactlyOnce,
-    }
 }
 
 /// The per-connection codec, once the version is known.
@@ -544,12 +503,8 @@ fn publish_header(frame: &Frame<'_>, v5: bool) -> Result<PublishHeader, CodecErr
         header,
         bytes: frame,
     } = *frame;
-    let qos = match (first >> 1) & 0b11 {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        2 => QoS::ExactlyOnce,
-        _ => return Err(CodecError::Malformed("PUBLISH with QoS 3".into())),
-    };
+    let qos = QoS::try_from(i64::from((first >> 1) & 0b11))
+        .map_err(|_| CodecError::Malformed("PUBLISH with QoS 3".into()))?;
     let topic = mqtt_str(frame, header)
         .ok_or_else(|| CodecError::Malformed("PUBLISH without topic".into()))?;
     let mut at = header + 2 + topic.len();

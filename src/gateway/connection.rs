@@ -47,14 +47,16 @@ use tracing::{debug, info};
 use super::Shared;
 use super::authenticate::{Authenticated, FailureKind, authenticate};
 use super::client::{Client, ClientLimits, Identity};
-use super::codec::{Codec, CodecError, Inbound, Version, broker_qos, sniff_version};
+use super::codec::{Codec, CodecError, Inbound, sniff_version};
 use super::enhanced;
 use super::pending::Pending;
 use super::session::{self, Timers};
 use super::wire::Wire;
-use crate::acl::{Grants, TopicLimits};
+use crate::acl::Grants;
 use crate::broker::{Properties, Publication, SessionKey, Will};
 use crate::metrics::{ConnectOutcome, Metrics};
+use crate::mqtt::TopicLimits;
+use crate::mqtt::{QoS, Version};
 
 /// How long a new connection waits for an older one of the same session
 /// to let go of it.
@@ -629,7 +631,7 @@ fn will_of(
     limits
         .topic_name(topic)
         .map_err(|e| (Refusal::TopicNameInvalid, format!("will topic: {e}")))?;
-    if !grants.may_publish(topic, broker_qos(will.qos), will.retain) {
+    if !grants.may_publish(topic, QoS::from(will.qos), will.retain) {
         return Err((
             Refusal::NotAuthorized,
             "will topic is not granted".to_owned(),
@@ -648,7 +650,7 @@ fn will_of(
         publication: Publication {
             topic: topic.to_owned(),
             payload: will.message,
-            qos: broker_qos(will.qos),
+            qos: QoS::from(will.qos),
             retain: will.retain,
             properties: Properties {
                 payload_format_indicator: properties.payload_format_indicator,

@@ -23,9 +23,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Shared, connection, pending, session, takeover};
 use crate::broker::store::{MemoryStore, Store};
-use crate::broker::{Broker, Delivery, QoS, RetainHandling, SessionKey, SubscriptionOptions};
+use crate::broker::{Broker, Delivery, SessionKey};
 use crate::config::{DenyPublish, Limits, SessionSettings};
 use crate::keys::KeyStore;
+use crate::mqtt::{QoS, RetainHandling, SubscriptionOptions};
 use crate::token::Policy;
 
 /// Filters the probe subscribes to. A filter starting with a wildcard does
@@ -119,7 +120,7 @@ async fn run(
         max_topic_aliases: 8,
         max_keep_alive: setup.cap_keep_alive.then_some(30),
         memory_budget: MEMORY_BUDGET,
-        topics: crate::acl::TopicLimits::DEFAULT,
+        topics: crate::mqtt::TopicLimits::DEFAULT,
         max_retained_bytes_per_subject: MEMORY_BUDGET,
     };
     let sessions = SessionSettings {

@@ -60,7 +60,6 @@ use crate::storage::{DurableStore, Storage, StorageError};
 use crate::tls::{self, CertResolver, TlsError};
 use crate::token::Policy;
 
-pub use codec::Version;
 #[doc(hidden)]
 pub use fuzzing::{SESSION_MEMORY_BOUND, SessionOutcome, SessionSetup, fuzz_session};
 

@@ -38,9 +38,10 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
 use crate::bridge::Refusals;
-use crate::broker::{Broker, QoS};
-use crate::gateway::Version;
+use crate::broker::Broker;
 use crate::keys::KeyStore;
+use crate::mqtt::QoS;
+use crate::mqtt::Version;
 use crate::storage::{Health, Queue, QueueSnapshot};
 use crate::token::TokenError;
 

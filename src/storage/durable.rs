@@ -16,11 +16,11 @@ use tokio::sync::oneshot;
 
 use super::Restored;
 use super::writer::Write;
-use crate::acl::TopicLimits;
 use crate::broker::budget::{Account, Kind};
 use crate::broker::retained::{self, Position, Retained};
 use crate::broker::store::{MemoryStore, SessionRecord, Store};
 use crate::broker::{Budget, Delivery, Kept, Message, SessionKey};
+use crate::mqtt::TopicLimits;
 
 pub struct DurableStore {
     memory: MemoryStore,

@@ -64,6 +64,7 @@ pub use rows::RowError;
 
 use crate::broker::{Budget, Publication, SessionKey};
 use crate::config::StorageConfig;
+use crate::mqtt::QoS;
 use rows::{MESSAGE_COLUMNS, MESSAGE_SCHEMA, MessageRow};
 use writer::{QueueState, Write, Writer};
 
@@ -114,7 +115,7 @@ pub struct Restored {
 /// for it not yet charged to the routing core's budget.
 #[derive(Debug)]
 pub struct ParkedSession {
-    pub subscriptions: Vec<(String, crate::broker::SubscriptionOptions)>,
+    pub subscriptions: Vec<(String, crate::mqtt::SubscriptionOptions)>,
     pub expires_at: std::time::SystemTime,
     pub queued: Vec<QueuedDelivery>,
 }
@@ -124,7 +125,7 @@ pub struct ParkedSession {
 pub struct QueuedDelivery {
     pub publication: Publication,
     /// The QoS and RETAIN flag it is delivered with.
-    pub qos: crate::broker::QoS,
+    pub qos: crate::mqtt::QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
 }
@@ -420,7 +421,7 @@ fn queued_deliveries(
             .and_then(|publication| {
                 let ids: Vec<u32> = serde_json::from_str(&ids)
                     .map_err(|err| RowError::Properties(err.to_string()))?;
-                let qos = rows::qos_of(qos)?;
+                let qos = QoS::try_from(qos)?;
                 Ok(publication.map(|publication| QueuedDelivery {
                     publication,
                     qos,
@@ -498,10 +499,11 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::acl::TopicLimits;
     use crate::broker::retained::Retained;
     use crate::broker::store::{SessionRecord, Store};
-    use crate::broker::{Budget, Delivery, Message, Properties, QoS, SubscriptionOptions};
+    use crate::broker::{Budget, Delivery, Message, Properties};
+    use crate::mqtt::TopicLimits;
+    use crate::mqtt::{QoS, SubscriptionOptions};
 
     fn retained(message: Arc<Message>) -> Retained {
         Retained {

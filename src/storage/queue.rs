@@ -36,7 +36,8 @@ use tokio::sync::{oneshot, watch};
 use super::StorageError;
 use super::rows::{MESSAGE_COLUMNS, MessageRow, RowError};
 use super::writer::Write;
-use crate::broker::{Budget, Kept, Message, Publication, QoS};
+use crate::broker::{Budget, Kept, Message, Publication};
+use crate::mqtt::QoS;
 
 /// A bridge's queue.
 pub struct Queue {

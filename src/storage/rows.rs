@@ -18,7 +18,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::store::SessionRecord;
-use crate::broker::{Message, Properties, Publication, QoS, SubscriptionOptions};
+use crate::broker::{Message, Properties, Publication};
+use crate::mqtt::InvalidQoS;
+use crate::mqtt::{QoS, SubscriptionOptions};
 
 /// The columns of a message, in the order every table declares them.
 pub(super) const MESSAGE_COLUMNS: &str = "topic, payload, qos, retain, expires_at, properties";
@@ -40,8 +42,8 @@ pub(super) struct MessageRow {
 /// Why a stored row could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum RowError {
-    #[error("QoS {0} is not 0, 1 or 2")]
-    QoS(i64),
+    #[error("{0}")]
+    QoS(#[from] InvalidQoS),
     #[error("MQTT 5 properties do not decode: {0}")]
     Properties(String),
     #[error("{0}")]
@@ -123,7 +125,7 @@ impl MessageRow {
 
     /// The publication this row holds; `None` when its expiry has passed.
     pub fn publication(self) -> Result<Option<Publication>, RowError> {
-        let qos = qos_of(self.qos)?;
+        let qos = QoS::try_from(self.qos)?;
         let expiry = match self.expires_at {
             None => None,
             Some(at) => match left_until(at) {
@@ -161,15 +163,6 @@ impl MessageRow {
             properties,
             expiry,
         }))
-    }
-}
-
-pub(super) fn qos_of(level: i64) -> Result<QoS, RowError> {
-    match level {
-        0 => Ok(QoS::AtMostOnce),
-        1 => Ok(QoS::AtLeastOnce),
-        2 => Ok(QoS::ExactlyOnce),
-        other => Err(RowError::QoS(other)),
     }
 }
 
@@ -243,7 +236,7 @@ pub(super) fn subscriptions_from_json(
             Ok((
                 s.filter,
                 SubscriptionOptions {
-                    qos: qos_of(i64::from(s.qos))?,
+                    qos: QoS::try_from(i64::from(s.qos))?,
                     no_local: s.no_local,
                     retain_as_published: s.retain_as_published,
                     id: s.id,

@@ -38,7 +38,8 @@ use super::Health;
 use super::queue::{Queue, Recent};
 use super::rows::{self, MESSAGE_COLUMNS, MessageRow};
 use crate::broker::store::SessionRecord;
-use crate::broker::{CommitError, Message, QoS, SessionKey};
+use crate::broker::{CommitError, Message, SessionKey};
+use crate::mqtt::QoS;
 
 /// Where a write's outcome goes: to whoever holds back an ack for it.
 pub(super) type Answer = oneshot::Sender<Result<(), CommitError>>;

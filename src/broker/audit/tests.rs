@@ -11,14 +11,12 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::Holdings;
-use crate::acl::TopicLimits;
 use crate::broker::budget::Kind;
 use crate::broker::store::MemoryStore;
-use crate::broker::{
-    Attached, Broker, Properties, Publication, QoS, Quotas, RetainHandling, SessionKey,
-    SubscriptionOptions,
-};
+use crate::broker::{Attached, Broker, Properties, Publication, Quotas, SessionKey};
 use crate::config::SessionSettings;
+use crate::mqtt::TopicLimits;
+use crate::mqtt::{QoS, RetainHandling, SubscriptionOptions};
 
 const SUBJECTS: [&str; 3] = ["alice", "bob", "carol"];
 const CLIENTS: [&str; 3] = ["c0", "c1", "c2"];

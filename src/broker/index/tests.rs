@@ -1,8 +1,9 @@
 use super::*;
-use crate::acl::TopicFilter;
 use crate::broker::mailbox::QueueLimits;
 use crate::broker::session::SessionKey;
 use crate::config::SlowSubscriber;
+use crate::mqtt::QoS;
+use crate::mqtt::TopicFilter;
 use proptest::prelude::*;
 
 fn session(name: &str) -> Arc<Session> {
@@ -175,7 +176,7 @@ proptest! {
 /// remove and drop never recurse.
 #[test]
 fn filters_far_deeper_than_the_limit_walk_without_recursion() {
-    let levels = crate::acl::TopicLimits::DEFAULT.max_levels * 100;
+    let levels = crate::mqtt::TopicLimits::DEFAULT.max_levels * 100;
     let deep = vec!["l"; levels].join("/");
     let run = move || {
         let mut index = Index::default();

@@ -1,7 +1,8 @@
 use super::*;
-use crate::acl::{TopicFilter, TopicLimits};
 use crate::broker::budget::Budget;
-use crate::broker::message::{Properties, Publication, QoS};
+use crate::broker::message::{Properties, Publication};
+use crate::mqtt::QoS;
+use crate::mqtt::{TopicFilter, TopicLimits};
 use proptest::prelude::*;
 use std::time::Duration;
 
