@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::Shared;
 use super::quiet::{Kind, Quiet};
+use super::shared::Shared;
 use crate::acl::{Bindings, Grants};
 use crate::metrics::ConnectOutcome;
 use crate::token::{self, TokenError, VerifiedToken};

@@ -44,13 +44,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use super::Shared;
 use super::authenticate::{Authenticated, FailureKind, authenticate};
 use super::client::{Client, ClientLimits, Identity};
 use super::codec::{Codec, CodecError, Inbound, sniff_version};
 use super::enhanced;
 use super::pending::Pending;
 use super::session::{self, Timers};
+use super::shared::Shared;
 use super::wire::Wire;
 use crate::acl::Grants;
 use crate::broker::{Properties, Publication, SessionKey, Will};

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Shared, connection, pending, session, takeover};
+use super::shared::Shared;
+use super::{connection, pending, session, takeover};
 use crate::broker::store::{MemoryStore, Store};
 use crate::broker::{Broker, Delivery, SessionKey};
 use crate::config::{DenyPublish, Limits, SessionSettings};

@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
 
-use super::{Shared, connection};
+use super::connection;
+use super::shared::Shared;
 use crate::metrics::HandshakeFailure;
 
 /// Pause after an accept error (typically out of file descriptors) so the

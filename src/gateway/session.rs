@@ -33,11 +33,11 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tracing::info;
 
-use super::Shared;
 use super::authenticate::{FailureKind, authenticate};
 use super::client::{Client, Ending, WRITE_BATCH};
 use super::enhanced;
 use super::quiet::Kind;
+use super::shared::Shared;
 use super::takeover::Claim;
 use super::wire::{Progress, Wire};
 use crate::broker::{Broker, Pending};
