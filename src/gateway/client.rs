@@ -39,8 +39,8 @@ use rumqttd::protocol::{
 };
 use tracing::{debug, info, warn};
 
+use super::codec::auth::{self as enhanced, Auth};
 use super::codec::{CodecError, Inbound, OutgoingPublish, PublishHeader};
-use super::enhanced::{self, Auth};
 use super::owed::{MAX_OWED, Owed};
 use super::quiet::{Kind, Quiet};
 use super::wire::Outbox;

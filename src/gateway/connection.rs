@@ -46,8 +46,8 @@ use tracing::{debug, info};
 
 use super::authenticate::{Authenticated, FailureKind, authenticate};
 use super::client::{Client, ClientLimits, Identity};
+use super::codec::auth;
 use super::codec::{Codec, CodecError, Inbound, sniff_version};
-use super::enhanced;
 use super::pending::Pending;
 use super::session::{self, Timers};
 use super::shared::Shared;
@@ -341,7 +341,7 @@ pub(super) async fn serve<S>(
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(1),
         shared_subscription_available: Some(1),
-        authentication_method: credentials.enhanced.then(|| enhanced::METHOD.to_owned()),
+        authentication_method: credentials.enhanced.then(|| auth::METHOD.to_owned()),
         ..ConnAckProperties::default()
     });
     wire.output.queue(Packet::ConnAck(ack, ack_properties));
@@ -508,7 +508,7 @@ fn credentials(
         }
     };
     match properties.and_then(|p| p.authentication_method.as_deref()) {
-        Some(enhanced::METHOD) => {
+        Some(auth::METHOD) => {
             let data = properties
                 .and_then(|p| p.authentication_data.as_ref())
                 .ok_or((

@@ -12,7 +12,7 @@
 //!   a timeout, then one task per client.
 //! - Each task answers CONNECT itself (`connection`; the token checked by
 //!   `authenticate`, also for MQTT 5 re-authentication, whose AUTH packet
-//!   `enhanced` reads and writes), then runs the client's session loop
+//!   `codec::auth` reads and writes), then runs the client's session loop
 //!   (`session`: socket, timers, deadlines) around its protocol state
 //!   (`client`: packets in, decisions out): every packet authorized,
 //!   publishes routed on the task itself, acks held in order until the
@@ -33,7 +33,6 @@ mod authenticate;
 mod client;
 mod codec;
 mod connection;
-mod enhanced;
 // The `mqtt_session` fuzz target's way in; not part of the gateway's API.
 mod fuzzing;
 mod listener;

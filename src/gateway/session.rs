@@ -35,7 +35,7 @@ use tracing::info;
 
 use super::authenticate::{FailureKind, authenticate};
 use super::client::{Client, Ending, WRITE_BATCH};
-use super::enhanced;
+use super::codec::auth;
 use super::quiet::Kind;
 use super::shared::Shared;
 use super::takeover::Claim;
@@ -195,12 +195,12 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 shared.metrics.reauthentication(failure.outcome);
                 return Some(Ending::ReauthRefused {
                     code: match failure.kind {
-                        FailureKind::BadCredentials => enhanced::BAD_USER_NAME_OR_PASSWORD,
+                        FailureKind::BadCredentials => auth::BAD_USER_NAME_OR_PASSWORD,
                         // DISCONNECT has no "client identifier not valid";
                         // a token for another client is, like one for
                         // another subject below, not authorized here.
                         FailureKind::NotAuthorized | FailureKind::ClientIdMismatch => {
-                            enhanced::NOT_AUTHORIZED
+                            auth::NOT_AUTHORIZED
                         }
                     },
                     detail: failure.reason,
@@ -215,7 +215,7 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 .metrics
                 .reauthentication(ConnectOutcome::NotAuthorized);
             return Some(Ending::ReauthRefused {
-                code: enhanced::NOT_AUTHORIZED,
+                code: auth::NOT_AUTHORIZED,
                 detail: "the new token names another subject".to_owned(),
                 signed: Some((
                     authenticated.token.subject.clone(),

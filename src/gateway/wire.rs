@@ -67,7 +67,7 @@ impl Outbox {
     }
 
     /// Queues bytes the gateway encodes itself, for packets rumqttd does
-    /// not know (see [`super::enhanced`]).
+    /// not know (see [`super::codec::auth`]).
     pub fn queue_with(&mut self, encode: impl FnOnce(&mut BytesMut)) {
         encode(&mut self.bytes);
     }

@@ -17,7 +17,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::codec::{CodecError, put_str, put_varint};
+use super::primitives::{CodecError, Reader, put_str, put_varint};
 
 /// The one authentication method jwtgate speaks.
 pub const METHOD: &str = "JWT";
@@ -145,95 +145,5 @@ fn put_reason_packet(first: u8, reason: u8, properties: &[u8], out: &mut BytesMu
     out.put_slice(&body);
 }
 
-/// Reads MQTT data types off the front of a slice.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&first, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(first)
-    }
-
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let taken = self.0.get(..n)?;
-        self.0 = self.0.get(n..)?;
-        Some(taken)
-    }
-
-    fn varint(&mut self) -> Option<usize> {
-        let mut value = 0usize;
-        for shift in [0, 7, 14, 21] {
-            let byte = self.byte()?;
-            value |= usize::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    fn binary(&mut self) -> Option<&'a [u8]> {
-        let len = u16::from_be_bytes([self.byte()?, self.byte()?]);
-        self.take(usize::from(len))
-    }
-
-    fn string(&mut self) -> Option<String> {
-        let bytes = self.binary()?;
-        std::str::from_utf8(bytes)
-            .ok()
-            .filter(|s| !s.contains('\0'))
-            .map(str::to_owned)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reauthentication_round_trips_and_its_answer_decodes() {
-        // AUTH 0x19, method "JWT", data "tok", as a client writes it.
-        let body = [
-            0x19, 12, 0x15, 0, 3, b'J', b'W', b'T', 0x16, 0, 3, b't', b'o', b'k',
-        ];
-        let auth = Auth::decode(&body).unwrap();
-        assert_eq!(auth.reason, REAUTHENTICATE);
-        assert_eq!(auth.method.as_deref(), Some("JWT"));
-        assert_eq!(auth.data.as_deref(), Some(&b"tok"[..]));
-
-        let mut out = BytesMut::new();
-        Auth::encode(SUCCESS, Some("ok"), &mut out);
-        assert_eq!(out[0], 0xF0);
-        assert_eq!(usize::from(out[1]), out.len() - 2);
-        let back = Auth::decode(&out[2..]).unwrap();
-        assert_eq!(back.reason, SUCCESS);
-        assert_eq!(back.method.as_deref(), Some("JWT"));
-    }
-
-    #[test]
-    fn malformed_auth_packets_are_errors() {
-        assert_eq!(Auth::decode(&[]).unwrap().reason, SUCCESS);
-        for bad in [
-            &[0x01][..],
-            &[0x19, 5, 0x15, 0, 9],
-            &[0x19, 2, 0x99, 0],
-            &[0x19, 1],
-            &[0x19, 0, 0xAA],
-            &[0x19, 8, 0x15, 0, 1, b'a', 0x15, 0, 1, b'b'],
-            &[0x19, 4, 0x15, 0, 1, 0xFF],
-            &[0x19, 0x80, 0x80, 0x80, 0x80, 0x01],
-        ] {
-            assert!(Auth::decode(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn a_disconnect_with_any_reason_code() {
-        let mut out = BytesMut::new();
-        encode_disconnect(0x86, "expired", &mut out);
-        assert_eq!(&out[..3], &[0xE0, 12, 0x86]);
-        assert_eq!(out[3], 10);
-        assert_eq!(out[4], REASON_STRING);
-    }
-}
+mod tests;

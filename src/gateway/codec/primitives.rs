@@ -1,0 +1,172 @@
+//! The byte-level MQTT primitives the codec and the AUTH packet share:
+//! variable byte integers, length-prefixed strings, the fixed header of a
+//! frame, and the error every reader here fails with.
+//!
+//! They sit below both `codec` and `codec::auth` so that neither has to
+//! import the other's internals to read or write a field.
+
+// Untrusted input (every frame comes from a client, authenticated or not):
+// fail with an error, never a panic. See "Robustness" in the crate docs.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use bytes::{BufMut, BytesMut};
+
+/// Why a byte stream could not be turned into packets.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("first packet is not CONNECT (packet type {0})")]
+    NotConnect(u8),
+    #[error("unsupported protocol {name:?} level {level}")]
+    UnsupportedProtocol { name: String, level: u8 },
+    #[error("packet type {0} may not be sent by a client")]
+    ForbiddenPacketType(u8),
+    #[error("packet of {size} bytes exceeds the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+    #[error("the MQTT codec panicked on this input")]
+    CodecPanic,
+}
+
+/// The remaining-length field: how many bytes it takes and the value.
+/// `None` when more bytes are needed.
+pub(super) fn remaining_length(buf: &[u8]) -> Result<Option<(usize, usize)>, CodecError> {
+    let mut value = 0usize;
+    for (i, byte) in buf.iter().skip(1).take(4).enumerate() {
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((i + 1, value)));
+        }
+    }
+    if buf.len() >= 5 {
+        return Err(CodecError::Malformed(
+            "remaining length over 4 bytes".into(),
+        ));
+    }
+    Ok(None)
+}
+
+/// A complete frame at the front of a buffer.
+pub(super) struct Frame<'a> {
+    /// The first byte: the packet type in the high nibble, its flags in the
+    /// low one.
+    pub(super) first: u8,
+    /// Length of the fixed header (the first byte and the remaining length).
+    pub(super) header: usize,
+    /// The whole frame, fixed header included.
+    pub(super) bytes: &'a [u8],
+}
+
+impl Frame<'_> {
+    pub(super) fn kind(&self) -> u8 {
+        self.first >> 4
+    }
+}
+
+/// The next frame, once it is complete in `buf`.
+pub(super) fn complete_frame(buf: &[u8], limit: usize) -> Result<Option<Frame<'_>>, CodecError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let Some((len_len, remaining)) = remaining_length(buf)? else {
+        return Ok(None);
+    };
+    let header = 1 + len_len;
+    let size = header + remaining;
+    if size > limit {
+        return Err(CodecError::TooLarge { size, limit });
+    }
+    let Some(bytes) = buf.get(..size) else {
+        return Ok(None);
+    };
+    Ok(Some(Frame {
+        first,
+        header,
+        bytes,
+    }))
+}
+
+/// Reads a 2-byte length-prefixed field starting at `at`.
+pub(super) fn mqtt_str(frame: &[u8], at: usize) -> Option<&[u8]> {
+    let len = usize::from(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
+    frame.get(at + 2..at + 2 + len)
+}
+
+/// Bytes of a variable byte integer (MQTT §1.5.5).
+pub(super) fn varint_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+pub(super) fn put_varint(out: &mut BytesMut, mut value: usize) {
+    loop {
+        let mut byte = (value % 128) as u8;
+        value /= 128;
+        if value > 0 {
+            byte |= 0x80;
+        }
+        out.put_u8(byte);
+        if value == 0 {
+            break;
+        }
+    }
+}
+
+/// A length-prefixed string or binary field. Every one written here came
+/// from a decoded MQTT field, a validated topic or jwtgate's own short
+/// text, so it fits the prefix.
+pub(super) fn put_str(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u16(u16::try_from(bytes.len()).unwrap_or(u16::MAX));
+    out.put_slice(bytes);
+}
+
+/// Reads MQTT data types off the front of a slice.
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
+
+impl<'a> Reader<'a> {
+    pub(super) fn byte(&mut self) -> Option<u8> {
+        let (&first, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(first)
+    }
+
+    pub(super) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let taken = self.0.get(..n)?;
+        self.0 = self.0.get(n..)?;
+        Some(taken)
+    }
+
+    pub(super) fn varint(&mut self) -> Option<usize> {
+        let mut value = 0usize;
+        for shift in [0, 7, 14, 21] {
+            let byte = self.byte()?;
+            value |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    pub(super) fn binary(&mut self) -> Option<&'a [u8]> {
+        let len = u16::from_be_bytes([self.byte()?, self.byte()?]);
+        self.take(usize::from(len))
+    }
+
+    pub(super) fn string(&mut self) -> Option<String> {
+        let bytes = self.binary()?;
+        std::str::from_utf8(bytes)
+            .ok()
+            .filter(|s| !s.contains('\0'))
+            .map(str::to_owned)
+    }
+}
