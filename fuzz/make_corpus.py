@@ -3,7 +3,7 @@
 captured MQTT sessions in fuzz/corpus/mqtt_session/capture-*, which
 capture_mqtt.py records from real clients).
 
-The keys are the fixed fuzzing keys of src/fuzz.rs (copied here, they are
+The keys are the fixed fuzzing keys of src/fuzz/fixture.rs (copied here, they are
 not secret), so tokens made here verify in the targets. JWK sets in the
 shapes of real providers use freshly generated keys; nothing is downloaded.
 Needs python3 with `cryptography`. Run from anywhere:

@@ -121,7 +121,7 @@ struct ConnectRequest {
 }
 
 /// Serves one accepted (TLS-established) connection to the end.
-pub(super) async fn serve<S>(
+pub(crate) async fn serve<S>(
     mut stream: S,
     peer: SocketAddr,
     pending: Pending,

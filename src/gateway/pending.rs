@@ -46,14 +46,14 @@ impl Source {
 
 /// Why a new connection got no place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(super) enum NoPlace {
+pub(crate) enum NoPlace {
     #[error("{0} unauthenticated connections from this source already")]
     SourceFull(usize),
 }
 
 /// The places of all strangers.
 #[derive(Debug)]
-pub(super) struct Strangers {
+pub(crate) struct Strangers {
     max_total: usize,
     max_per_source: usize,
     state: Mutex<State>,
@@ -151,7 +151,7 @@ impl Strangers {
 
 /// One stranger's place, given back when dropped.
 #[derive(Debug)]
-pub(super) struct Pending {
+pub(crate) struct Pending {
     strangers: Arc<Strangers>,
     id: u64,
     evict: Arc<Notify>,

@@ -46,7 +46,7 @@ use crate::token;
 
 /// Output past which the client's own packets are not read either: a
 /// client that never reads its acks is paced too.
-pub(super) const MAX_UNWRITTEN: usize = 4 * WRITE_BATCH;
+pub(crate) const MAX_UNWRITTEN: usize = 4 * WRITE_BATCH;
 /// Output a client must read, at least, within `[limits]
 /// write_timeout_secs` (unless it reads all there is): reading a byte now
 /// and then does not keep a stalled connection alive.

@@ -1,10 +1,11 @@
 //! One connection served from an in-memory stream, for the `mqtt_session`
-//! fuzz target ([`crate::fuzz::mqtt_session`]).
+//! fuzz target ([`super::mqtt_session`]).
 //!
-//! It lives here, inside `gateway`, because the connection state machine
-//! (`connection::serve`) and what it shares (`Shared`) are private to the
-//! gateway, and the target must drive exactly the function the TLS path
-//! calls, with a duplex stream where the TLS stream would be. Everything
+//! The target must drive exactly the function the TLS path calls
+//! (`gateway::connection::serve`), with a duplex stream where the TLS
+//! stream would be; the gateway opens that function and what it takes
+//! (`Shared`, a stranger's place) to the crate, and no further, for this
+//! harness. Everything
 //! around it is built small: short timeouts so a stalled exchange ends
 //! quickly, small packet limits so no input can make it hold much, and a
 //! fresh in-memory routing core per run so runs cannot influence each
@@ -21,11 +22,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::shared::Shared;
-use super::{connection, pending, session, takeover};
 use crate::broker::store::{MemoryStore, Store};
 use crate::broker::{Broker, Delivery, SessionKey};
 use crate::config::{DenyPublish, Limits, SessionSettings};
+use crate::gateway::connection;
+use crate::gateway::pending::Strangers;
+use crate::gateway::session::MAX_UNWRITTEN;
+use crate::gateway::shared::Shared;
+use crate::gateway::takeover::Registry;
 use crate::keys::KeyStore;
 use crate::mqtt::{QoS, RetainHandling, SubscriptionOptions};
 use crate::token::Policy;
@@ -55,8 +59,7 @@ const MAX_PACKET: usize = 64 * 1024;
 /// runtime, the broker's tables, the connection's state; a short run takes
 /// about 50 KiB in all). A run over it held memory its limits should have
 /// refused.
-pub const SESSION_MEMORY_BOUND: usize =
-    MEMORY_BUDGET + 4 * MAX_PACKET + session::MAX_UNWRITTEN + 256 * 1024;
+pub const SESSION_MEMORY_BOUND: usize = MEMORY_BUDGET + 4 * MAX_PACKET + MAX_UNWRITTEN + 256 * 1024;
 
 /// How the connection is set up.
 #[derive(Debug, Clone, Copy, Default)]
@@ -173,7 +176,7 @@ async fn run(
 
     let (_reload_sender, reloads) = tokio::sync::watch::channel(0);
     let (_shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
-    let strangers = Arc::new(pending::Strangers::new(
+    let strangers = Arc::new(Strangers::new(
         limits.max_pending_connections,
         limits.max_pending_per_source,
     ));
@@ -190,7 +193,7 @@ async fn run(
         keys,
         reloads,
         broker: Arc::clone(&broker),
-        takeover: Arc::new(takeover::Registry::default()),
+        takeover: Arc::new(Registry::default()),
         strangers: Arc::clone(&strangers),
         metrics: Arc::default(),
     });
