@@ -16,8 +16,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD_INDIFFERENT;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
-use super::Key;
 use super::secret::{HMAC_ALGORITHMS, ShortSecret};
+use super::set::Key;
 
 /// The RSA moduli aws-lc verifies signatures with.
 const RSA_MODULUS_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;

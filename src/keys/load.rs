@@ -17,7 +17,7 @@ use super::deny::{DENY_LIST_FILE, DenyList, parse_deny_list};
 use super::jwk::{SkippedJwk, parse_jwks};
 use super::report::{Concern, FileError, LoadIssue, LoadReport, LoadWarning, Problem};
 use super::secret::{HMAC_ALGORITHMS, decode_secret};
-use super::{FileKind, Key, KeyFile, KeySet};
+use super::set::{FileKind, Key, KeyFile, KeySet};
 
 /// Key files are small, and so is a deny list (1 MiB holds some 25,000
 /// `jti:` entries); anything larger is a mistake (or an attack on the
@@ -194,7 +194,9 @@ fn read_text(path: &Path) -> Result<Option<(String, fs::Metadata)>, FileError> {
     }
     .map_err(FileError::Read)?;
     if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
-        return Err(FileError::TooLarge);
+        return Err(FileError::TooLarge {
+            limit: MAX_KEY_FILE_BYTES,
+        });
     }
     let text = String::from_utf8(bytes).map_err(|_| FileError::NotUtf8)?;
     Ok(Some((text, metadata)))

@@ -3,9 +3,10 @@
 
 use super::testing::{ec_jwk, jwks, rsa_jwk};
 use super::*;
+use jsonwebtoken::Algorithm;
 use serde_json::json;
 use std::fs;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// 32 bytes, the shortest secret a key takes, as base64.
 pub(super) const SECRET: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
