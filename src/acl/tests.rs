@@ -1,5 +1,5 @@
 use super::*;
-use crate::mqtt::FilterError;
+use crate::mqtt::{FilterError, QoS, TopicFilter};
 use serde_json::json;
 
 const Q0: QoS = QoS::AtMostOnce;
