@@ -2,16 +2,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::acl::{Bindings, Bound};
-use crate::config::Config;
+use crate::acl::{Bindings, Bound, ClaimError};
+use crate::config::{AuthConfig, Config};
 use crate::keys::testing::{self, b64url};
-use crate::keys::{DenyKind, KeyStore};
+use crate::keys::{DenyEntry, DenyKind, Key, KeyStore};
+use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use jsonwebtoken::EncodingKey;
+use jsonwebtoken::{EncodingKey, Header};
 use proptest::prelude::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 const SECRET: &[u8] = b"a development secret of 32 bytes";
 const NOW: u64 = 1_700_000_000;
