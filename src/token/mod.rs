@@ -203,7 +203,7 @@ fn verify_at(
     let jti = string_claim(&claims, "jti").map_err(signed)?;
     // Under "none" the claim was never looked at; a token carrying one of
     // an odd type must not start failing.
-    let client_id = match policy.client_id_binding {
+    let client_id = match policy.client_id_binding() {
         ClientIdBinding::ClaimOrSubject => string_claim(&claims, "clientid").map_err(signed)?,
         ClientIdBinding::Unchecked => None,
     };

@@ -40,7 +40,7 @@ pub struct Policy {
     pub(super) max_lifetime: Option<u64>,
     /// `None` accepts every algorithm some key allows.
     algorithms: Option<Vec<Algorithm>>,
-    pub(super) client_id_binding: ClientIdBinding,
+    client_id_binding: ClientIdBinding,
 }
 
 impl Policy {
