@@ -25,7 +25,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use super::Grants;
+use super::grants::Grants;
 use super::rules::{Action, Permission, QosLevels, Rule, RuleList, RuleTopic};
 use crate::mqtt::{FilterError, TopicFilter};
 

@@ -42,11 +42,12 @@
 //! The deny list, `revoked`, is loaded and swapped with the keys, so a
 //! reload never pairs new keys with an old deny list (see [`DenyList`]).
 //!
-//! One file per job: `secret.rs` decodes `.b64` text, `jwk.rs` turns JWK
-//! sets into keys, `deny.rs` parses the deny list, `load.rs` reads the
-//! directory into a [`KeySet`], and `report.rs` says what a load found.
-//! This file holds the key model and the store; the public items of the
-//! others are re-exported here, so callers name them `keys::...`.
+//! One file per job: `set.rs` holds the key model ([`Key`], [`KeySet`]),
+//! `secret.rs` decodes `.b64` text, `jwk.rs` turns JWK sets into keys,
+//! `deny.rs` parses the deny list, `load.rs` reads the directory into a
+//! [`KeySet`], and `report.rs` says what a load found. This file holds the
+//! store; the public items of the others are re-exported here, so callers
+//! name them `keys::...`.
 
 // Untrusted input (the keys directory may hold anything; the lints cover the
 // submodules too): fail with an error, never a panic. Tests are exempt
@@ -64,14 +65,12 @@ mod jwk;
 mod load;
 mod report;
 mod secret;
+mod set;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
 pub use deny::{
     BadDenyLine, DENY_LIST_FILE, DenyEntry, DenyKind, DenyLineError, DenyList, parse_deny_list,
@@ -80,165 +79,9 @@ pub use jwk::{JwkError, JwksError, ParsedJwks, SkippedJwk, parse_jwks};
 pub use load::{KeyDirError, MAX_KEY_FILE_BYTES};
 pub use report::{Concern, FileError, LoadIssue, LoadReport, LoadWarning, Problem};
 pub use secret::{SecretError, ShortSecret, decode_secret};
+pub use set::{Key, KeySet};
 
 use load::load;
-
-/// One verification key.
-///
-/// A key only exists fully checked: its allowed algorithms are never empty
-/// and always belong to the family of its decoding key, and only HMAC keys
-/// carry a signing key.
-#[derive(Debug)]
-pub struct Key {
-    id: String,
-    source: PathBuf,
-    algorithms: &'static [Algorithm],
-    decoding: DecodingKey,
-    signing: Option<EncodingKey>,
-}
-
-impl Key {
-    /// An HMAC key for those of `allowed` its secret is long enough for;
-    /// none is an error.
-    fn hmac(
-        id: String,
-        source: &Path,
-        secret: &[u8],
-        allowed: &'static [Algorithm],
-    ) -> Result<Key, ShortSecret> {
-        Ok(Key {
-            id,
-            source: source.to_path_buf(),
-            algorithms: secret::usable_algorithms(secret.len(), allowed)?,
-            decoding: DecodingKey::from_secret(secret),
-            signing: Some(EncodingKey::from_secret(secret)),
-        })
-    }
-
-    fn public(
-        id: String,
-        source: &Path,
-        algorithms: &'static [Algorithm],
-        decoding: DecodingKey,
-    ) -> Key {
-        Key {
-            id,
-            source: source.to_path_buf(),
-            algorithms,
-            decoding,
-            signing: None,
-        }
-    }
-
-    /// The key id a token names in its `kid` header.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The file the key was loaded from.
-    pub fn source(&self) -> &Path {
-        &self.source
-    }
-
-    /// The signature algorithms this key may verify.
-    pub fn algorithms(&self) -> &'static [Algorithm] {
-        self.algorithms
-    }
-
-    /// Whether a token signed with `alg` may be verified with this key.
-    pub fn allows(&self, alg: Algorithm) -> bool {
-        self.algorithms.contains(&alg)
-    }
-
-    /// The key as jsonwebtoken verifies with it.
-    pub fn decoding_key(&self) -> &DecodingKey {
-        &self.decoding
-    }
-
-    /// The secret as a signing key; `Some` exactly for HMAC keys.
-    pub fn signing_key(&self) -> Option<&EncodingKey> {
-        self.signing.as_ref()
-    }
-}
-
-/// An immutable set of keys, indexed by key id, with the deny list loaded
-/// along with them. `KeySet::default()` is the empty set.
-#[derive(Debug, Default)]
-pub struct KeySet {
-    by_kid: BTreeMap<String, Arc<Key>>,
-    /// Every file that contributed, with all of its keys (also those that
-    /// lost a key id clash). The next reload falls back on these when a
-    /// file turns bad.
-    files: BTreeMap<PathBuf, KeyFile>,
-    /// Shared with the next set when the file cannot be read then.
-    deny: Arc<DenyList>,
-}
-
-#[derive(Debug, Clone)]
-struct KeyFile {
-    kind: FileKind,
-    modified: SystemTime,
-    keys: Vec<Arc<Key>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FileKind {
-    Secret,
-    Jwks,
-}
-
-impl KeySet {
-    /// The key with this id.
-    pub fn get(&self, kid: &str) -> Option<&Key> {
-        self.by_kid.get(kid).map(|key| &**key)
-    }
-
-    /// All keys in force, in key id order.
-    pub fn iter(&self) -> impl Iterator<Item = &Key> {
-        self.by_kid.values().map(|key| &**key)
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_kid.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_kid.is_empty()
-    }
-
-    /// The keys a token without `kid` may have been signed with: those
-    /// allowing `alg`, in key id order.
-    pub fn candidates(&self, alg: Algorithm) -> impl Iterator<Item = &Key> {
-        self.iter().filter(move |key| key.allows(alg))
-    }
-
-    /// The key to mint development tokens with: the key of the most
-    /// recently modified `.b64` file (of two files modified in the same
-    /// instant, the one whose name sorts first). A key whose id another
-    /// file took is not in force, and so not a candidate.
-    pub fn newest_hmac(&self) -> Option<&Key> {
-        self.files
-            .iter()
-            .filter(|(_, file)| file.kind == FileKind::Secret)
-            .flat_map(|(path, file)| file.keys.iter().map(move |key| (path, file.modified, key)))
-            .filter(|(_, _, key)| self.is_in_force(key))
-            .max_by(|(path_a, time_a, _), (path_b, time_b, _)| {
-                time_a.cmp(time_b).then_with(|| path_b.cmp(path_a))
-            })
-            .map(|(_, _, key)| &**key)
-    }
-
-    fn is_in_force(&self, key: &Arc<Key>) -> bool {
-        self.by_kid
-            .get(key.id())
-            .is_some_and(|in_force| Arc::ptr_eq(in_force, key))
-    }
-
-    /// The deny list loaded with these keys.
-    pub fn deny_list(&self) -> &DenyList {
-        &self.deny
-    }
-}
 
 /// Owns the key set in force and the directory it comes from.
 #[derive(Debug)]
@@ -296,78 +139,4 @@ impl KeyStore {
 pub(crate) mod testing;
 
 #[cfg(test)]
-mod tests {
-    // Tests panic on purpose when a fixture cannot be set up.
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use super::testing::{ec_jwk, jwks, rsa_jwk};
-    use super::*;
-    use serde_json::json;
-    use std::fs;
-    use std::time::Duration;
-
-    /// 32 bytes, the shortest secret a key takes, as base64.
-    pub(super) const SECRET: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
-    pub(super) fn write(dir: &Path, name: &str, text: &str) {
-        fs::write(dir.join(name), text).unwrap();
-    }
-
-    pub(super) fn open(dir: &Path) -> (KeyStore, LoadReport) {
-        KeyStore::open(dir).unwrap()
-    }
-
-    pub(super) fn kids(set: &KeySet) -> Vec<&str> {
-        set.iter().map(Key::id).collect()
-    }
-
-    #[test]
-    fn candidates_are_the_keys_allowing_the_algorithm() {
-        let dir = tempfile::tempdir().unwrap();
-        write(
-            dir.path(),
-            "idp.json",
-            &jwks(&[ec_jwk("ec"), rsa_jwk("rsa")]),
-        );
-        write(dir.path(), "dev.b64", SECRET);
-        let (store, _) = open(dir.path());
-        let set = store.snapshot();
-        let ids = |alg| set.candidates(alg).map(Key::id).collect::<Vec<_>>();
-        assert_eq!(ids(Algorithm::ES256), ["ec"]);
-        assert_eq!(ids(Algorithm::PS384), ["rsa"]);
-        assert_eq!(ids(Algorithm::HS256), ["dev"]);
-        assert!(ids(Algorithm::EdDSA).is_empty());
-    }
-
-    #[test]
-    fn newest_hmac_is_the_most_recently_modified_b64_in_force() {
-        let dir = tempfile::tempdir().unwrap();
-        let set_age = |name: &str, secs_ago: u64| {
-            let file = fs::File::options()
-                .write(true)
-                .open(dir.path().join(name))
-                .unwrap();
-            file.set_modified(SystemTime::now() - Duration::from_secs(secs_ago))
-                .unwrap();
-        };
-        write(dir.path(), "old.b64", SECRET);
-        write(dir.path(), "new.b64", SECRET);
-        // Newest of all, but its id is taken by a.json, so it is not in force.
-        write(dir.path(), "taken.b64", SECRET);
-        write(
-            dir.path(),
-            "a.json",
-            &jwks(&[json!({ "kty": "oct", "kid": "taken", "k": SECRET })]),
-        );
-        set_age("old.b64", 100);
-        set_age("new.b64", 10);
-        set_age("taken.b64", 1);
-        let (store, _) = open(dir.path());
-        assert_eq!(store.snapshot().newest_hmac().map(Key::id), Some("new"));
-
-        let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "idp.json", &jwks(&[ec_jwk("ec")]));
-        let (store, _) = open(dir.path());
-        assert!(store.snapshot().newest_hmac().is_none());
-    }
-}
+mod tests;

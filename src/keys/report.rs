@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use super::deny::BadDenyLine;
 use super::jwk::{JwksError, SkippedJwk};
-use super::load::MAX_KEY_FILE_BYTES;
 use super::secret::{SecretError, ShortSecret};
 
 /// What one load of the keys directory found.
@@ -207,8 +206,10 @@ impl fmt::Display for Problem {
 pub enum FileError {
     #[error("cannot read: {0}")]
     Read(#[source] io::Error),
-    #[error("larger than {MAX_KEY_FILE_BYTES} bytes")]
-    TooLarge,
+    /// `limit` is the loader's, carried here so that this report needs
+    /// nothing from the loader.
+    #[error("larger than {limit} bytes")]
+    TooLarge { limit: u64 },
     #[error("not UTF-8 text")]
     NotUtf8,
     #[error("the file name is not UTF-8, so it cannot name a key")]
