@@ -268,8 +268,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::acl::ClientIdBinding;
-    use crate::config::{AuthConfig, Config};
+    use crate::config::{AuthConfig, ClientIdBinding, Config};
     use crate::keys::KeyStore;
     use crate::keys::testing;
     use base64::Engine;

@@ -79,8 +79,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
-use crate::acl::{ClaimError, ClaimNames, ClientIdBinding, GrantTemplate};
-use crate::config::AuthConfig;
+use crate::acl::{ClaimError, ClaimNames, GrantTemplate};
+use crate::config::{AuthConfig, ClientIdBinding};
 use crate::keys::{DenyEntry, Key, KeySet};
 
 /// Longest accepted token, in bytes. A CONNECT password beyond this is

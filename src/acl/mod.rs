@@ -77,7 +77,7 @@ pub use claim::{
     BindError, Bindings, Bound, ClaimError, ClaimForm, ClaimNames, Dropped, GrantError,
     GrantTemplate,
 };
-pub use client_id::{ClientIdBinding, ClientIdMismatch};
+pub use client_id::ClientIdMismatch;
 pub use rules::{Action, Permission, QosLevels, Rule, RuleList, RuleTopic};
 
 use crate::mqtt::{QoS, RequestedFilter, TopicFilter, validate_topic_name};
@@ -158,6 +158,7 @@ impl Grants {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClientIdBinding;
     use crate::mqtt::FilterError;
     use serde_json::json;
 
