@@ -1,3 +1,7 @@
+//! The metrics rendered as Prometheus scrapes them: events with their
+//! labels, every label of a fresh gateway at zero, and bridge queues read
+//! at scrape time.
+
 use super::*;
 
 /// The value of the sample line `name{labels}` or `name`.
