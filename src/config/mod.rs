@@ -6,10 +6,10 @@
 //! by [`Config::defaults`] when no file is given, and then handed down to the
 //! rest of the gateway as plain data. Nothing reads the file again and
 //! nothing downstream re-validates: once a `Config` exists, every value in it
-//! is usable. Timeouts are [`Duration`](std::time::Duration)s, the reaction to a refused publish is
-//! a [`DenyPublish`], the algorithm allow-list is a list of
-//! [`jsonwebtoken::Algorithm`]s, and every path has already been resolved
-//! against the directory of the file it came from.
+//! is usable. Timeouts are [`Duration`](std::time::Duration)s, the
+//! reaction to a refused publish is a [`DenyPublish`], the algorithm
+//! allow-list is a list of [`jsonwebtoken::Algorithm`]s, and every path has
+//! already been resolved against the directory of the file it came from.
 //!
 //! Parsing happens in two steps. serde first reads the text into private
 //! "raw" structs that mirror the file (every key optional, every value

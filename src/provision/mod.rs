@@ -47,6 +47,17 @@
 //!
 //! The HTTP side (HTTPS only except on loopback, bounded retries on 429 and
 //! 5xx, timeouts) is in [`Provider`].
+//!
+//! ## Layout
+//!
+//! A file a job: `login` (the password and refresh token grants), `jwks`
+//! (the key set) and `claims` (what a token says: the warnings, and whether
+//! it is due). Below them, what they share: `types` (what a caller hands in
+//! and gets back), `secret`, `error`, `token_out` (where a token goes and
+//! how it is verified first), `files` (the secrets a command reads, the
+//! atomic writes) and `http`. Each file imports only from files below it,
+//! never from this one, which only re-exports: so each reads without the
+//! rest.
 
 mod claims;
 mod error;
