@@ -389,7 +389,7 @@ fn strings(value: &Value) -> Option<Vec<&str>> {
 #[derive(Debug, Clone, Copy)]
 pub struct Bindings<'a> {
     /// The connection's client id when it is bound to the token
-    /// ([`super::ClientIdBinding::bind`]); `None` leaves `${clientid}`
+    /// ([`crate::config::ClientIdBinding::bind`]); `None` leaves `${clientid}`
     /// without a value.
     pub client_id: Option<&'a str>,
     /// The token's `sub`.

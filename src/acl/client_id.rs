@@ -30,21 +30,10 @@
 //! whose devices cannot be given a bound id yet; the gateway warns about it
 //! at start.
 
+use crate::config::ClientIdBinding;
+// The test of the setting's names derives a table of its own.
+#[cfg(test)]
 use serde::Deserialize;
-
-/// `[auth] client_id_binding`: what ties a client id to a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientIdBinding {
-    /// The token's `clientid` claim must equal the client id when present;
-    /// `${clientid}` resolves when it does, or when the client id is the
-    /// token's `sub`.
-    #[default]
-    ClaimOrSubject,
-    /// Any client id resolves `${clientid}`; a `clientid` claim is ignored.
-    #[serde(rename = "none")]
-    Unchecked,
-}
 
 /// A token's `clientid` claim names another client than the connection's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -82,7 +82,7 @@ pub use claim::{
     BindError, Bindings, Bound, ClaimError, ClaimForm, ClaimNames, Dropped, GrantError,
     GrantTemplate,
 };
-pub use client_id::{ClientIdBinding, ClientIdMismatch};
+pub use client_id::ClientIdMismatch;
 pub use grants::Grants;
 pub use rules::{Action, Permission, QosLevels, Rule, RuleList, RuleTopic};
 

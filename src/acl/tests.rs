@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::ClientIdBinding;
 use crate::mqtt::{FilterError, QoS, TopicFilter};
 use serde_json::json;
 

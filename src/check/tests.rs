@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::acl::ClientIdBinding;
+use crate::config::ClientIdBinding;
 use crate::config::{AuthConfig, Config};
 use crate::keys::KeyStore;
 use crate::keys::testing;

@@ -4,7 +4,7 @@
 //!
 //! Both go through [`authenticate`]: the token is verified against the key
 //! set and policy in force, the connection's client id is checked against
-//! it ([`crate::acl::ClientIdBinding`]: a `clientid` claim naming another
+//! it ([`crate::config::ClientIdBinding`]: a `clientid` claim naming another
 //! client is refused, and `${clientid}` resolves only for a client id the
 //! token vouches for), its grants are bound to that client id, the subject
 //! and the user name ([`crate::acl::GrantTemplate::bind`]), and it must

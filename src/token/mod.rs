@@ -85,7 +85,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
 
-use crate::acl::{ClientIdBinding, GrantTemplate};
+use crate::acl::GrantTemplate;
+use crate::config::ClientIdBinding;
 use crate::keys::KeySet;
 
 pub use error::{Malformed, TokenError};

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
-use crate::acl::ClientIdBinding;
 use crate::config::AuthConfig;
+use crate::config::ClientIdBinding;
 use crate::keys::KeySet;
 
 /// Longest accepted token, in bytes. A CONNECT password beyond this is
