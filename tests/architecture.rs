@@ -395,9 +395,8 @@ fn modules_import_without_circles() {
     assert!(report.is_empty(), "import circles:\n{}", report.join("\n"));
 }
 
-#[test]
-fn top_level_modules_import_without_circles() {
-    let krate = Crate::read();
+/// Arrows between the top-level modules (`broker`, `gateway`, ...).
+fn top_level_arrows(krate: &Crate) -> BTreeMap<String, BTreeSet<String>> {
     let mut rooms: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (from, tos) in krate.arrows() {
         let Some(room) = from.first() else { continue };
@@ -410,11 +409,66 @@ fn top_level_modules_import_without_circles() {
             }
         }
     }
+    rooms
+}
+
+#[test]
+fn top_level_modules_import_without_circles() {
+    let rooms = top_level_arrows(&Crate::read());
     let found = circles(&rooms);
     assert!(
         found.is_empty(),
         "circles between top-level modules: {found:?}\narrows: {rooms:#?}"
     );
+}
+
+/// The top-level modules in the order README's "Code map" lists them
+/// (`- \`name\`: ...` lines), from the ground up.
+fn code_map() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("\n## Code map\n")
+        .nth(1)
+        .expect("README.md has a \"## Code map\" section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    section
+        .lines()
+        .filter_map(|line| line.strip_prefix("- `"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_code_map_is_the_real_layering() {
+    let rooms = top_level_arrows(&Crate::read());
+    let map = code_map();
+    let position = |room: &str| map.iter().position(|m| m == room);
+    let mut wrong = Vec::new();
+    for (room, imports) in &rooms {
+        let Some(at) = position(room) else {
+            wrong.push(format!("`{room}` is missing from README's code map"));
+            continue;
+        };
+        for import in imports {
+            match position(import) {
+                Some(below) if below < at => {}
+                Some(_) => wrong.push(format!(
+                    "`{room}` imports `{import}`, which README's code map lists above it"
+                )),
+                None => wrong.push(format!("`{import}` is missing from README's code map")),
+            }
+        }
+    }
+    for listed in &map {
+        if !rooms.contains_key(listed) && !listed.ends_with(".rs") {
+            wrong.push(format!(
+                "README's code map lists `{listed}`, which is not a module"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]
