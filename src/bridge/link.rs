@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use super::backoff::Backoff;
 use super::connection::{self, Connection, LinkError, READ_ROOM};
 use super::outbound::{Outbound, Totals};
-use super::refusals::{Refusal, Refusals};
+use super::refusal::{Refusal, Refusals};
 use super::subscriptions;
 use super::wire::{InboundPublish, Incoming};
 use crate::broker::{Broker, CommitError, Message};

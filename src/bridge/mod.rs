@@ -48,7 +48,7 @@ mod backoff;
 mod connection;
 mod link;
 mod outbound;
-mod refusals;
+mod refusal;
 mod subscriptions;
 mod wire;
 
@@ -63,7 +63,7 @@ use crate::config::{BridgeConfig, ForwardRule};
 use crate::mqtt::TopicLimits;
 use crate::storage::{Queue, Storage};
 
-pub use refusals::{Refusal, Refusals};
+pub use refusal::{Refusal, Refusals};
 
 /// The tap that queues what a bridge forwards.
 struct Forwarder {

@@ -133,6 +133,23 @@ fn record(config: &BridgeConfig, file: Option<&Path>, connection: &mut Connectio
     }
 }
 
+/// The change an `ack` with `pkid` acknowledges: the one sent with
+/// `expected`, not acknowledged yet (`acked`); anything else breaks the
+/// protocol.
+fn awaiting<'a>(
+    connection: &'a mut Connection,
+    ack: &str,
+    pkid: u16,
+    expected: u16,
+    acked: fn(&Changing) -> bool,
+) -> Result<&'a mut Changing, LinkError> {
+    connection
+        .changing
+        .as_mut()
+        .filter(|c| pkid == expected && !acked(c))
+        .ok_or_else(|| LinkError::Protocol(format!("{ack} for unknown packet id {pkid}")))
+}
+
 /// The remote's SUBACK, `granted` per subscribe rule: a refused filter is
 /// logged, and the record is written once every change is acknowledged.
 pub(super) fn subacked(
@@ -142,15 +159,7 @@ pub(super) fn subacked(
     pkid: u16,
     granted: Vec<Result<QoS, String>>,
 ) -> Result<(), LinkError> {
-    let Some(changing) = connection
-        .changing
-        .as_mut()
-        .filter(|c| pkid == SUBSCRIBE_PKID && !c.suback)
-    else {
-        return Err(LinkError::Protocol(format!(
-            "SUBACK for unknown packet id {pkid}"
-        )));
-    };
+    let changing = awaiting(connection, "SUBACK", pkid, SUBSCRIBE_PKID, |c| c.suback)?;
     changing.suback = true;
     changing.granted = granted.len() == config.subscribe.len() && granted.iter().all(Result::is_ok);
     for (rule, granted) in config.subscribe.iter().zip(granted) {
@@ -175,15 +184,9 @@ pub(super) fn unsubacked(
     connection: &mut Connection,
     pkid: u16,
 ) -> Result<(), LinkError> {
-    let Some(changing) = connection
-        .changing
-        .as_mut()
-        .filter(|c| pkid == UNSUBSCRIBE_PKID && !c.unsuback)
-    else {
-        return Err(LinkError::Protocol(format!(
-            "UNSUBACK for unknown packet id {pkid}"
-        )));
-    };
+    let changing = awaiting(connection, "UNSUBACK", pkid, UNSUBSCRIBE_PKID, |c| {
+        c.unsuback
+    })?;
     changing.unsuback = true;
     record(config, file, connection);
     Ok(())

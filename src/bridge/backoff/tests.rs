@@ -1,3 +1,5 @@
+//! The waits double up to a minute, jittered, and start over after a reset.
+
 use super::*;
 
 #[test]

@@ -1,3 +1,6 @@
+//! A subscriptions record names its session, so another session's
+//! filters are never taken for ours.
+
 use std::path::Path;
 
 use super::*;

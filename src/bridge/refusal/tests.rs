@@ -1,3 +1,5 @@
+//! Every reason is counted apart, from zero.
+
 use super::*;
 
 #[test]
