@@ -1,3 +1,7 @@
+//! The routing core's parts working together: routing and merging
+//! deliveries, back-pressure and the overflow policies, parked and restored
+//! sessions, retained messages.
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -40,6 +44,36 @@ fn message(broker: &Broker, topic: &str, qos: QoS, retain: bool) -> Arc<Message>
     })
 }
 
+/// A new session of subject `s`, attached.
+fn connected(broker: &Arc<Broker>, client_id: &str) -> Arc<Session> {
+    broker
+        .attach(SessionKey::new("s", client_id), true)
+        .unwrap()
+        .session
+}
+
+/// Subscribes `session` to `filter`, sending it no retained message.
+fn subscribe(broker: &Broker, session: &Arc<Session>, filter: &str, options: SubscriptionOptions) {
+    broker
+        .subscribe(session, filter, options, RetainHandling::Never)
+        .unwrap();
+}
+
+/// A new session subscribed to `t` at QoS 1.
+fn subscriber(broker: &Arc<Broker>, client_id: &str) -> Arc<Session> {
+    let session = connected(broker, client_id);
+    subscribe(broker, &session, "t", options(QoS::AtLeastOnce, None));
+    session
+}
+
+/// Publishes a QoS 1 message on `topic`: whether every subscriber took
+/// it at once.
+fn taken_at_once(broker: &Broker, topic: &str) -> bool {
+    broker
+        .publish(message(broker, topic, QoS::AtLeastOnce, false), None)
+        .is_done()
+}
+
 /// What the session's connection would take, retained replays included.
 fn replayed(broker: &Broker, session: &Arc<Session>) -> Vec<Delivery> {
     while broker.replay(session) {}
@@ -55,39 +89,11 @@ fn taken(session: &Session) -> Vec<Delivery> {
 #[tokio::test]
 async fn overlapping_subscriptions_make_one_delivery_at_the_highest_qos() {
     let broker = broker_with(Arc::new(MemoryStore::new()));
-    let a = broker
-        .attach(SessionKey::new("s", "a"), true)
-        .unwrap()
-        .session;
-    broker
-        .subscribe(
-            &a,
-            "t/#",
-            options(QoS::AtMostOnce, Some(1)),
-            RetainHandling::Never,
-        )
-        .unwrap();
-    broker
-        .subscribe(
-            &a,
-            "t/+",
-            options(QoS::ExactlyOnce, Some(2)),
-            RetainHandling::Never,
-        )
-        .unwrap();
-    broker
-        .subscribe(
-            &a,
-            "$share/g/t/x",
-            options(QoS::AtLeastOnce, None),
-            RetainHandling::Never,
-        )
-        .unwrap();
-    assert!(
-        broker
-            .publish(message(&broker, "t/x", QoS::AtLeastOnce, false), None)
-            .is_done()
-    );
+    let a = connected(&broker, "a");
+    subscribe(&broker, &a, "t/#", options(QoS::AtMostOnce, Some(1)));
+    subscribe(&broker, &a, "t/+", options(QoS::ExactlyOnce, Some(2)));
+    subscribe(&broker, &a, "$share/g/t/x", options(QoS::AtLeastOnce, None));
+    assert!(taken_at_once(&broker, "t/x"));
     let got = taken(&a);
     assert_eq!(
         got.len(),
@@ -108,17 +114,12 @@ async fn overlapping_subscriptions_make_one_delivery_at_the_highest_qos() {
 #[tokio::test]
 async fn no_local_skips_the_publishers_own_session() {
     let broker = broker_with(Arc::new(MemoryStore::new()));
-    let a = broker
-        .attach(SessionKey::new("s", "a"), true)
-        .unwrap()
-        .session;
+    let a = connected(&broker, "a");
     let no_local = SubscriptionOptions {
         no_local: true,
         ..options(QoS::AtMostOnce, None)
     };
-    broker
-        .subscribe(&a, "t", no_local, RetainHandling::Never)
-        .unwrap();
+    subscribe(&broker, &a, "t", no_local);
     let _ = broker.publish(message(&broker, "t", QoS::AtMostOnce, false), Some(&a));
     assert!(taken(&a).is_empty());
     let _ = broker.publish(message(&broker, "t", QoS::AtMostOnce, false), None);
@@ -128,24 +129,9 @@ async fn no_local_skips_the_publishers_own_session() {
 #[tokio::test]
 async fn a_full_subscriber_holds_the_publication_until_it_has_room() {
     let broker = broker_with(Arc::new(MemoryStore::new()));
-    let sub = broker
-        .attach(SessionKey::new("s", "sub"), true)
-        .unwrap()
-        .session;
-    broker
-        .subscribe(
-            &sub,
-            "t",
-            options(QoS::AtLeastOnce, None),
-            RetainHandling::Never,
-        )
-        .unwrap();
+    let sub = subscriber(&broker, "sub");
     for _ in 0..2 {
-        assert!(
-            broker
-                .publish(message(&broker, "t", QoS::AtLeastOnce, false), None)
-                .is_done()
-        );
+        assert!(taken_at_once(&broker, "t"));
     }
     let mut pending = broker.publish(message(&broker, "t", QoS::AtLeastOnce, false), None);
     assert!(!pending.is_done(), "the queue holds 2");
@@ -164,24 +150,8 @@ async fn a_full_subscriber_holds_the_publication_until_it_has_room() {
 #[tokio::test]
 async fn only_a_subscriber_full_all_along_meets_the_policy() {
     let broker = broker_with(Arc::new(MemoryStore::new()));
-    let stalled = broker
-        .attach(SessionKey::new("s", "stalled"), true)
-        .unwrap()
-        .session;
-    let reader = broker
-        .attach(SessionKey::new("s", "reader"), true)
-        .unwrap()
-        .session;
-    for session in [&stalled, &reader] {
-        broker
-            .subscribe(
-                session,
-                "t",
-                options(QoS::AtLeastOnce, None),
-                RetainHandling::Never,
-            )
-            .unwrap();
-    }
+    let stalled = subscriber(&broker, "stalled");
+    let reader = subscriber(&broker, "reader");
     for _ in 0..2 {
         let _ = broker.publish(message(&broker, "t", QoS::AtLeastOnce, false), None);
     }
@@ -225,18 +195,7 @@ fn taken_delivery(broker: &Broker, topic: &str) -> Delivery {
 #[tokio::test]
 async fn past_the_hold_back_bound_the_policy_applies() {
     let broker = broker_with(Arc::new(MemoryStore::new()));
-    let sub = broker
-        .attach(SessionKey::new("s", "stalled"), true)
-        .unwrap()
-        .session;
-    broker
-        .subscribe(
-            &sub,
-            "t",
-            options(QoS::AtLeastOnce, None),
-            RetainHandling::Never,
-        )
-        .unwrap();
+    let sub = subscriber(&broker, "stalled");
     for _ in 0..2 {
         let _ = broker.publish(message(&broker, "t", QoS::AtLeastOnce, false), None);
     }
@@ -259,14 +218,12 @@ async fn a_parked_session_keeps_receiving_and_is_resumed() {
     let broker = broker_with(Arc::clone(&store));
     let key = SessionKey::new("s", "p");
     let attached = broker.attach(key.clone(), true).unwrap();
-    broker
-        .subscribe(
-            &attached.session,
-            "t",
-            options(QoS::AtLeastOnce, None),
-            RetainHandling::Never,
-        )
-        .unwrap();
+    subscribe(
+        &broker,
+        &attached.session,
+        "t",
+        options(QoS::AtLeastOnce, None),
+    );
     broker.detach(
         attached.session,
         attached.inflight,
@@ -274,11 +231,7 @@ async fn a_parked_session_keeps_receiving_and_is_resumed() {
         None,
     );
     assert_eq!(store.sessions().len(), 1, "parked in the store");
-    assert!(
-        broker
-            .publish(message(&broker, "t", QoS::AtLeastOnce, false), None)
-            .is_done()
-    );
+    assert!(taken_at_once(&broker, "t"));
     let resumed = broker.attach(key, false).unwrap();
     assert!(resumed.present);
     assert!(store.sessions().is_empty(), "live again");
@@ -324,11 +277,7 @@ async fn parked_sessions_in_the_store_are_restored_at_start() {
     );
     let broker = broker_with(Arc::clone(&store));
     assert_eq!(broker.session_count(), 1, "the expired record is dropped");
-    assert!(
-        broker
-            .publish(message(&broker, "t/x", QoS::AtLeastOnce, false), None)
-            .is_done()
-    );
+    assert!(taken_at_once(&broker, "t/x"));
     let resumed = broker.attach(key, false).unwrap();
     assert!(resumed.present);
     let got = taken(&resumed.session);
@@ -340,10 +289,7 @@ async fn parked_sessions_in_the_store_are_restored_at_start() {
 async fn retained_messages_follow_retain_handling_and_are_not_sent_to_shared_subscriptions() {
     let broker = broker_with(Arc::new(MemoryStore::new()));
     let _ = broker.publish(message(&broker, "r/1", QoS::ExactlyOnce, true), None);
-    let a = broker
-        .attach(SessionKey::new("s", "r"), true)
-        .unwrap()
-        .session;
+    let a = connected(&broker, "r");
     let sub = |handling| {
         broker
             .subscribe(&a, "r/#", options(QoS::AtLeastOnce, None), handling)

@@ -108,16 +108,11 @@ pub(super) fn restore(db: &Connection) -> rusqlite::Result<Restored> {
     let mut select =
         db.prepare("SELECT subject, client_id, expires_at, subscriptions FROM sessions")?;
     let rows = select.query_map([], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, i64>(2)?,
-            row.get::<_, String>(3)?,
-        ))
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
     })?;
     let mut queued = queued_deliveries(db, &mut restored.skipped)?;
     for row in rows {
-        let (subject, client_id, expires_at, subscriptions) = row?;
+        let (subject, client_id, expires_at, subscriptions): (String, String, i64, String) = row?;
         let key = SessionKey::new(&subject, &client_id);
         match rows::subscriptions_from_json(&subscriptions) {
             Ok(subscriptions) => {

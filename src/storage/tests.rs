@@ -1,3 +1,7 @@
+//! The database across reopens: queue order and budget, failed commits,
+//! the recent cache, retained messages and parked sessions, and a layout
+//! from a later release.
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,3 +1,6 @@
+//! One subscriber's queue: its bounds, its overflow policies, the
+//! in-flight window and the publishers it wakes.
+
 use super::*;
 use crate::broker::message::{Properties, Publication};
 use bytes::Bytes;

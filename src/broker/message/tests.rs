@@ -1,3 +1,5 @@
+//! A message's cost to the budget, its expiry and its delivered QoS.
+
 use super::*;
 
 fn publication(payload: &'static [u8]) -> Publication {
