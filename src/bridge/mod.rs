@@ -45,11 +45,14 @@
 //! dead link.
 
 mod backoff;
+mod connection;
 mod link;
+mod outbound;
+mod refusal;
+mod subscriptions;
 mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -59,6 +62,8 @@ use crate::broker::{Broker, Kept, Message, Tap};
 use crate::config::{BridgeConfig, ForwardRule};
 use crate::mqtt::TopicLimits;
 use crate::storage::{Queue, Storage};
+
+pub use refusal::{Refusal, Refusals};
 
 /// The tap that queues what a bridge forwards.
 struct Forwarder {
@@ -81,74 +86,6 @@ impl Tap for Forwarder {
             self.queue
                 .append(Arc::clone(message), rule.remote_topic(message.topic()), qos),
         )
-    }
-}
-
-/// Why a message from the remote was not routed locally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Its local topic has more levels than `[limits] max_topic_levels`.
-    TopicLevels,
-    /// Its local topic is longer than `[limits] max_topic_bytes`.
-    TopicBytes,
-    /// It maps to no valid local topic.
-    InvalidTopic,
-    /// It matches no subscribe rule (the remote should not have sent it).
-    Unmapped,
-}
-
-impl Refusal {
-    pub const ALL: [Refusal; 4] = [
-        Refusal::TopicLevels,
-        Refusal::TopicBytes,
-        Refusal::InvalidTopic,
-        Refusal::Unmapped,
-    ];
-
-    /// The metric's `reason` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::TopicLevels => "topic_levels",
-            Refusal::TopicBytes => "topic_bytes",
-            Refusal::InvalidTopic => "invalid_topic",
-            Refusal::Unmapped => "unmapped",
-        }
-    }
-}
-
-/// One bridge's count of the messages from its remote it did not route,
-/// by [`Refusal`]; every reason is there from the start, at zero.
-#[derive(Debug)]
-pub struct Refusals {
-    name: Arc<str>,
-    counts: [AtomicU64; Refusal::ALL.len()],
-}
-
-impl Refusals {
-    pub fn new(name: &str) -> Refusals {
-        Refusals {
-            name: name.into(),
-            counts: Default::default(),
-        }
-    }
-
-    /// The bridge's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn count(&self, refusal: Refusal) {
-        self.counts[refusal as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Every reason with its count.
-    pub fn snapshot(&self) -> [(Refusal, u64); Refusal::ALL.len()] {
-        Refusal::ALL.map(|refusal| {
-            (
-                refusal,
-                self.counts[refusal as usize].load(Ordering::Relaxed),
-            )
-        })
     }
 }
 
@@ -213,32 +150,4 @@ pub fn start(
         links.spawn(link.run(shutdown.clone()));
     }
     links
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_start_at_zero_for_every_reason_and_count_apart() {
-        let refusals = Refusals::new("cloud");
-        assert!(refusals.snapshot().iter().all(|&(_, count)| count == 0));
-        refusals.count(Refusal::TopicLevels);
-        refusals.count(Refusal::TopicBytes);
-        refusals.count(Refusal::TopicBytes);
-        let counts: Vec<_> = refusals
-            .snapshot()
-            .iter()
-            .map(|&(refusal, count)| (refusal.as_str(), count))
-            .collect();
-        assert_eq!(
-            counts,
-            vec![
-                ("topic_levels", 1),
-                ("topic_bytes", 2),
-                ("invalid_topic", 0),
-                ("unmapped", 0)
-            ]
-        );
-    }
 }

@@ -15,7 +15,8 @@ use super::budget::Kind;
 use super::inflight::{Inflight, Resend};
 use super::message::Message;
 use super::registry::session_cost;
-use super::{Broker, index, lock, retained};
+use super::routing_core::{Broker, lock};
+use super::{index, retained};
 
 /// Bytes the ledger should hold, per [`Kind`], as recomputed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -19,12 +19,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
-use super::Kept;
 use super::budget::{Account, Charge};
 use super::mailbox::Delivery;
 use super::message::Message;
 use super::retained::{Position, Retained, RetainedTree};
 use super::session::SessionKey;
+use super::tap::Kept;
 use crate::mqtt::SubscriptionOptions;
 
 /// What is kept of a persistent session while its client is away.

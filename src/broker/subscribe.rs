@@ -11,14 +11,31 @@
 
 use std::sync::Arc;
 
-use super::budget::Kind;
+use super::budget::{Kind, QuotaError};
 use super::index::{self, Subscriber};
+use super::inflight::Inflight;
+use super::mailbox::Delivery;
 use super::retained::Position;
+use super::routing_core::Broker;
 use super::session::{Replay, Session, Subscription};
-use super::{Broker, Delivery, Inflight, SubscribeError};
 use crate::acl::Grants;
-use crate::mqtt::RequestedFilter;
+use crate::mqtt::{FilterError, RequestedFilter};
 use crate::mqtt::{RetainHandling, SubscriptionOptions};
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("invalid filter: {0}")]
+    Invalid(#[from] FilterError),
+    #[error("the session already has the maximum of {0} subscriptions")]
+    TooMany(usize),
+    #[error(
+        "the session's subscriptions would hold more than {0} bytes ([sessions] max_subscription_bytes)"
+    )]
+    TooLarge(usize),
+    #[error("{0}")]
+    Quota(#[from] QuotaError),
+}
 
 /// Retained-tree nodes one replay slice looks at: bounds how long one
 /// subscriber holds the retained store from publishers of retained messages.

@@ -7,15 +7,16 @@
 //! commits it with whatever else is pending. A retained message set or
 //! cleared hands its commit back ([`Kept`]), so that the publisher's ack
 //! waits for it: a kill after the PUBACK cannot lose it. At start the
-//! memory side is filled from what [`super::Storage::open`] read back.
+//! memory side is filled from what [`Storage::open`] read back.
 
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
 use tokio::sync::oneshot;
 
-use super::Restored;
-use super::writer::Write;
+use super::command::Write;
+use super::database::Storage;
+use super::restore::Restored;
 use crate::broker::budget::{Account, Kind};
 use crate::broker::retained::{self, Position, Retained};
 use crate::broker::store::{MemoryStore, SessionRecord, Store};
@@ -34,7 +35,7 @@ impl DurableStore {
     /// that had none) is left out, counted in the returned figure, and
     /// deleted from the database: it would be refused at the door today.
     pub fn new(
-        storage: &super::Storage,
+        storage: &Storage,
         restored: Restored,
         budget: &Arc<Budget>,
         limits: &TopicLimits,

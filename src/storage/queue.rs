@@ -33,9 +33,9 @@ use std::time::Instant;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{oneshot, watch};
 
-use super::StorageError;
+use super::command::Write;
 use super::rows::{MESSAGE_COLUMNS, MessageRow, RowError};
-use super::writer::Write;
+use super::schema::{PAGE_CACHE_KIB, StorageError};
 use crate::broker::{Budget, Kept, Message, Publication};
 use crate::mqtt::QoS;
 
@@ -272,7 +272,7 @@ impl Queue {
         })?;
         // Rows are read in order and once: a cache holding a batch's pages
         // is all it needs.
-        db.pragma_update(None, "cache_size", super::PAGE_CACHE_KIB)
+        db.pragma_update(None, "cache_size", PAGE_CACHE_KIB)
             .map_err(StorageError::Sql)?;
         Ok(QueueReader {
             db,

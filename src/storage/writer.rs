@@ -26,47 +26,36 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ToSql, params, params_from_iter};
-use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use super::Health;
+use super::command::Write;
 use super::queue::{Queue, Recent};
 use super::rows::{self, MESSAGE_COLUMNS, MessageRow};
-use crate::broker::store::SessionRecord;
-use crate::broker::{CommitError, Message, SessionKey};
-use crate::mqtt::QoS;
+use crate::broker::{CommitError, SessionKey};
 
-/// Where a write's outcome goes: to whoever holds back an ack for it.
-pub(super) type Answer = oneshot::Sender<Result<(), CommitError>>;
+/// Whether commits work, as the writer last found, for the metrics.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The last commit failed for want of room (a full disk, a quota, a
+    /// file size limit), and none has changed rows since.
+    disk_full: AtomicBool,
+    /// Commits that failed, since start.
+    failed_commits: AtomicU64,
+}
 
-/// One change to the database.
-pub(super) enum Write {
-    /// Queue `message` as `topic` at `qos` on queue number `queue`.
-    Append {
-        queue: usize,
-        message: Arc<Message>,
-        topic: String,
-        qos: QoS,
-        kept: Answer,
-    },
-    /// The remote acknowledged these sequence numbers of queue `queue`.
-    Acked {
-        queue: usize,
-        seqs: Vec<u64>,
-    },
-    Retain(Arc<Message>, Answer),
-    ClearRetained(Box<str>, Answer),
-    SaveSession(SessionKey, SessionRecord),
-    RemoveSession(SessionKey),
-    /// Commit and sync everything sent before, then answer.
-    Flush(oneshot::Sender<()>),
-    /// As `Flush`, then stop.
-    Stop(oneshot::Sender<()>),
+impl Health {
+    pub fn disk_full(&self) -> bool {
+        self.disk_full.load(Ordering::Relaxed)
+    }
+
+    pub fn failed_commits(&self) -> u64 {
+        self.failed_commits.load(Ordering::Relaxed)
+    }
 }
 
 /// Writes applied per transaction, at most: enough to carry a burst,
