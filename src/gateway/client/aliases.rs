@@ -1,11 +1,90 @@
-//! Topic alias tables (MQTT 5 §3.3.2.3.4): those the gateway sets
-//! towards its client.
+//! Topic alias tables (MQTT 5 §3.3.2.3.4): those the client sets, read
+//! on each of its PUBLISHes, and those the gateway sets towards it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::broker::Budget;
 use crate::broker::budget::{Account, Charge, Kind as Held};
+use crate::mqtt::validate_topic_name;
+
+use super::ending::ProtocolViolation;
+
+/// The topic aliases the client sets: alias `n` is at `n - 1`. What they
+/// hold is booked to the ledger and bounded per connection by
+/// `[limits] max_property_bytes`, as a client could otherwise park any
+/// number of long topics here.
+#[derive(Debug)]
+pub(super) struct ReceivedAliases {
+    topics: Vec<Option<Box<str>>>,
+    bytes: usize,
+    charge: Option<Charge>,
+    /// Topic aliases granted in CONNACK.
+    max: u16,
+    max_bytes: usize,
+    budget: Arc<Budget>,
+}
+
+impl ReceivedAliases {
+    pub(super) fn new(max: u16, max_bytes: usize, budget: Arc<Budget>) -> ReceivedAliases {
+        ReceivedAliases {
+            topics: Vec::new(),
+            bytes: 0,
+            charge: None,
+            max,
+            max_bytes,
+            budget,
+        }
+    }
+
+    /// The topic of a PUBLISH whose topic field is `raw`, through the
+    /// topic alias it carries, if any: an empty topic is looked up, a
+    /// topic with an alias (re)sets it.
+    pub(super) fn resolve(
+        &mut self,
+        raw: &[u8],
+        alias: Option<u16>,
+    ) -> Result<String, ProtocolViolation> {
+        let topic = std::str::from_utf8(raw).map_err(|_| ProtocolViolation::TopicNotUtf8)?;
+        let Some(alias) = alias else {
+            validate_topic_name(topic).map_err(ProtocolViolation::TopicName)?;
+            return Ok(topic.to_owned());
+        };
+        if alias == 0 || alias > self.max {
+            return Err(ProtocolViolation::TopicAliasInvalid {
+                alias,
+                max: self.max,
+            });
+        }
+        let slot = usize::from(alias) - 1;
+        if topic.is_empty() {
+            return self
+                .topics
+                .get(slot)
+                .and_then(|t| t.as_deref())
+                .map(str::to_owned)
+                .ok_or(ProtocolViolation::TopicAliasUnset(alias));
+        }
+        validate_topic_name(topic).map_err(ProtocolViolation::TopicName)?;
+        if self.topics.len() <= slot {
+            self.topics.resize(slot + 1, None);
+        }
+        let old = self
+            .topics
+            .get_mut(slot)
+            .and_then(|t| t.replace(topic.into()));
+        self.bytes = self.bytes + topic.len() - old.map_or(0, |t| t.len());
+        // Bounded per connection just below; booked so the ledger sees it.
+        self.charge = Some(self.budget.charge_as(
+            Held::Aliases,
+            self.bytes + self.topics.len() * ALIAS_OVERHEAD,
+        ));
+        if self.bytes > self.max_bytes {
+            return Err(ProtocolViolation::TopicAliasesTooLarge);
+        }
+        Ok(topic.to_owned())
+    }
+}
 
 /// A topic alias the gateway uses for one PUBLISH to its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +115,7 @@ pub(super) struct SentAliases {
 }
 
 /// What one alias entry costs beside its topic: the map slot and the box.
-pub(super) const ALIAS_OVERHEAD: usize = 48;
+const ALIAS_OVERHEAD: usize = 48;
 
 impl SentAliases {
     pub(super) fn new(

@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 use crate::broker::{Delivery, Resend, Taken};
 use crate::gateway::codec::OutgoingPublish;
 use crate::gateway::wire::Outbox;
-use crate::mqtt::QoS;
+use crate::mqtt::{PacketId, QoS};
 
 use super::aliases::SentAlias;
 use super::ending::Ending;
@@ -16,7 +16,7 @@ use super::state::Client;
 
 /// Output past which deliveries are left in the mailbox until the client
 /// has read what is written.
-pub(in crate::gateway) const WRITE_BATCH: usize = 64 * 1024;
+pub(crate) const WRITE_BATCH: usize = 64 * 1024;
 /// Deliveries taken from the mailbox per lock.
 const TAKE_BATCH: usize = 64;
 
@@ -28,7 +28,7 @@ impl Client {
         for resend in self.inflight.resend() {
             match resend {
                 Resend::Publish(id, delivery) => {
-                    let publish = outgoing(delivery, id, true, now, None);
+                    let publish = outgoing(delivery, Some(id), true, now, None);
                     if out.codec().publish_size(&publish) > self.limits.max_packet {
                         too_large.push(id);
                     } else {
@@ -37,7 +37,7 @@ impl Client {
                 }
                 Resend::Release(id) => out.queue(Packet::PubRel(
                     PubRel {
-                        pkid: id,
+                        pkid: id.get(),
                         reason: PubRelReason::Success,
                     },
                     None,
@@ -112,7 +112,7 @@ impl Client {
         let mut alias = self.sent_aliases.lookup(delivery.message.topic());
         let size = out
             .codec()
-            .publish_size(&outgoing(&delivery, 0, false, now, alias));
+            .publish_size(&outgoing(&delivery, None, false, now, alias));
         if size > self.limits.max_packet {
             stats.oversized();
             debug!(
@@ -131,10 +131,10 @@ impl Client {
         }
         self.metrics.delivered(delivery.qos);
         if delivery.qos == QoS::AtMostOnce {
-            out.queue_publish(&outgoing(&delivery, 0, false, now, alias));
+            out.queue_publish(&outgoing(&delivery, None, false, now, alias));
         } else {
             let (id, delivery) = self.inflight.send(delivery);
-            out.queue_publish(&outgoing(delivery, id, false, now, alias));
+            out.queue_publish(&outgoing(delivery, Some(id), false, now, alias));
         }
     }
 }
@@ -142,7 +142,7 @@ impl Client {
 /// The PUBLISH that carries `delivery` to its client.
 fn outgoing(
     delivery: &Delivery,
-    pkid: u16,
+    pkid: Option<PacketId>,
     dup: bool,
     now: std::time::Instant,
     alias: Option<SentAlias>,
@@ -157,7 +157,7 @@ fn outgoing(
         topic,
         payload: message.payload(),
         qos: delivery.qos,
-        pkid,
+        pkid: pkid.map_or(0, PacketId::get),
         dup,
         retain: delivery.retain,
         properties: message.properties(),

@@ -10,10 +10,11 @@ use rumqttd::protocol::{
 };
 use tracing::debug;
 
-use crate::gateway::codec::{CodecError, Inbound};
+use crate::gateway::codec::{Inbound, PublishHeader};
 use crate::gateway::wire::Outbox;
+use crate::mqtt::PacketId;
 
-use super::ending::Ending;
+use super::ending::{Ending, ProtocolViolation};
 use super::state::{Client, LOOKAHEAD};
 
 impl Client {
@@ -52,7 +53,7 @@ impl Client {
                     let inbound = match out.codec().decode(input) {
                         Ok(Some(inbound)) => inbound,
                         Ok(None) => return None,
-                        Err(e) => return Some(codec_error(e)),
+                        Err(e) => return Some(Ending::Protocol(e.into())),
                     };
                     if waiting && !is_ack(&inbound) {
                         let size = before - input.len();
@@ -75,9 +76,22 @@ impl Client {
             Inbound::Packet { packet, publish } => (packet, publish),
             Inbound::Auth(auth) => return self.auth(auth),
         };
-        match packet {
+        self.dispatch(out, packet, header)
+            .unwrap_or_else(|violation| Some(Ending::Protocol(violation)))
+    }
+
+    /// Handles one client packet by its type.
+    fn dispatch(
+        &mut self,
+        out: &mut Outbox,
+        packet: Packet,
+        header: Option<PublishHeader>,
+    ) -> Result<Option<Ending>, ProtocolViolation> {
+        Ok(match packet {
             Packet::Publish(publish, properties) => {
-                let header = header?;
+                let Some(header) = header else {
+                    return Ok(None);
+                };
                 self.publish(
                     out,
                     header,
@@ -88,20 +102,22 @@ impl Client {
                 )
             }
             Packet::PubAck(ack, _) => {
-                if let Err(e) = self.inflight.puback(ack.pkid) {
+                let id = packet_id(ack.pkid, "PUBACK")?;
+                if let Err(e) = self.inflight.puback(id) {
                     debug!(client_id = self.id.client_id, error = %e, "PUBACK ignored");
                 }
                 None
             }
             Packet::PubRec(rec, _) => {
+                let id = packet_id(rec.pkid, "PUBREC")?;
                 let success = matches!(
                     rec.reason,
                     PubRecReason::Success | PubRecReason::NoMatchingSubscribers
                 );
-                match self.inflight.pubrec(rec.pkid, success) {
+                match self.inflight.pubrec(id, success) {
                     Ok(()) if success => out.queue(Packet::PubRel(
                         PubRel {
-                            pkid: rec.pkid,
+                            pkid: id.get(),
                             reason: PubRelReason::Success,
                         },
                         None,
@@ -112,16 +128,18 @@ impl Client {
                 None
             }
             Packet::PubComp(comp, _) => {
-                if let Err(e) = self.inflight.pubcomp(comp.pkid) {
+                let id = packet_id(comp.pkid, "PUBCOMP")?;
+                if let Err(e) = self.inflight.pubcomp(id) {
                     debug!(client_id = self.id.client_id, error = %e, "PUBCOMP ignored");
                 }
                 None
             }
             Packet::PubRel(rel, _) => {
+                let id = packet_id(rel.pkid, "PUBREL")?;
                 // A PUBREL for an id the gateway does not know (one whose
                 // PUBLISH it refused, for a 3.1.1 client that cannot tell)
                 // still gets its PUBCOMP, so the client can move on.
-                let known = self.inflight.release(rel.pkid);
+                let known = self.inflight.release(id);
                 let reason = if known || !self.id.version.is_v5() {
                     PubCompReason::Success
                 } else {
@@ -129,15 +147,19 @@ impl Client {
                 };
                 out.queue(Packet::PubComp(
                     PubComp {
-                        pkid: rel.pkid,
+                        pkid: id.get(),
                         reason,
                     },
                     None,
                 ));
                 None
             }
-            Packet::Subscribe(subscribe, properties) => self.subscribe(out, subscribe, properties),
+            Packet::Subscribe(subscribe, properties) => {
+                packet_id(subscribe.pkid, "SUBSCRIBE")?;
+                self.subscribe(out, subscribe, properties)
+            }
             Packet::Unsubscribe(unsubscribe, _) => {
+                packet_id(unsubscribe.pkid, "UNSUBSCRIBE")?;
                 self.unsubscribe(out, unsubscribe);
                 None
             }
@@ -148,10 +170,7 @@ impl Client {
             Packet::Disconnect(disconnect, properties) => {
                 if let Some(secs) = properties.and_then(|p| p.session_expiry_interval) {
                     if self.expiry_was_zero && secs != 0 {
-                        return Some(Ending::Protocol(
-                            DisconnectReasonCode::ProtocolError,
-                            "DISCONNECT sets a session expiry after CONNECT set none".into(),
-                        ));
+                        return Err(ProtocolViolation::SessionExpiryAfterZero);
                     }
                     self.session_expiry = Duration::from_secs(secs.into());
                 }
@@ -160,26 +179,16 @@ impl Client {
                         == DisconnectReasonCode::DisconnectWithWillMessage,
                 })
             }
-            Packet::Connect(..) => Some(Ending::Protocol(
-                DisconnectReasonCode::ProtocolError,
-                "second CONNECT".into(),
-            )),
-            other => Some(Ending::Protocol(
-                DisconnectReasonCode::ProtocolError,
-                format!("unexpected packet {other:?}"),
-            )),
-        }
+            Packet::Connect(..) => return Err(ProtocolViolation::SecondConnect),
+            other => return Err(ProtocolViolation::UnexpectedPacket(format!("{other:?}"))),
+        })
     }
 }
 
-/// The end of a connection whose bytes do not decode.
-fn codec_error(e: CodecError) -> Ending {
-    let code = match e {
-        CodecError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
-        CodecError::ForbiddenPacketType(_) => DisconnectReasonCode::ProtocolError,
-        _ => DisconnectReasonCode::MalformedPacket,
-    };
-    Ending::Protocol(code, e.to_string())
+/// The identifier of a packet that must carry one ([MQTT-2.2.1-3]);
+/// rumqttd's decoder refuses a zero only on a PUBLISH.
+fn packet_id(id: u16, packet: &'static str) -> Result<PacketId, ProtocolViolation> {
+    PacketId::new(id).ok_or(ProtocolViolation::PacketIdZero(packet))
 }
 
 /// Packets about what the gateway sends, which may be taken ahead of the

@@ -4,22 +4,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttd::protocol::{
-    DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec, PubRecReason, PublishProperties,
-};
+use rumqttd::protocol::{Packet, PubAck, PubAckReason, PubRec, PubRecReason, PublishProperties};
 use tracing::info;
 
-use crate::broker::budget::Kind as Held;
 use crate::broker::{Properties, Publication};
 use crate::config::DenyPublish;
 use crate::gateway::codec::PublishHeader;
 use crate::gateway::quiet::Kind;
 use crate::gateway::wire::Outbox;
-use crate::mqtt::QoS;
-use crate::mqtt::validate_topic_name;
+use crate::mqtt::{PacketId, QoS};
 
-use super::aliases::ALIAS_OVERHEAD;
-use super::ending::Ending;
+use super::ending::{Ending, ProtocolViolation};
 use super::state::Client;
 
 impl Client {
@@ -33,26 +28,21 @@ impl Client {
         retain: bool,
         properties: Option<PublishProperties>,
     ) -> Option<Ending> {
-        let topic = match self.resolve_topic(&topic, properties.as_ref()) {
+        let alias = properties.as_ref().and_then(|p| p.topic_alias);
+        let topic = match self.aliases.resolve(&topic, alias) {
             Ok(topic) => topic,
-            Err(ending) => return Some(ending),
+            Err(violation) => return Some(Ending::Protocol(violation)),
         };
         if properties
             .as_ref()
             .is_some_and(|p| !p.subscription_identifiers.is_empty())
         {
-            return Some(Ending::Protocol(
-                DisconnectReasonCode::ProtocolError,
-                "a client PUBLISH may not carry a subscription identifier".into(),
-            ));
+            return Some(Ending::Protocol(ProtocolViolation::SubscriptionIdOnPublish));
         }
         if let Err(e) = self.limits.topics.topic_name(&topic) {
             // MQTT 3.1.1 has no way to refuse one PUBLISH but closing.
             if !self.id.version.is_v5() {
-                return Some(Ending::Protocol(
-                    DisconnectReasonCode::TopicNameInvalid,
-                    e.to_string(),
-                ));
+                return Some(Ending::Protocol(ProtocolViolation::TopicOverLimits(e)));
             }
             self.log_limited(Kind::PublishRefused, |client_id| {
                 info!(client_id, error = %e, "publish refused: topic over the limits");
@@ -99,22 +89,22 @@ impl Client {
             )),
         };
         if header.qos == QoS::ExactlyOnce {
-            if self.inflight.has_received(header.pkid) {
+            // rumqttd's decoder refuses a QoS 1/2 PUBLISH without one.
+            let Some(id) = PacketId::new(header.pkid) else {
+                return Some(Ending::Protocol(ProtocolViolation::PacketIdZero("PUBLISH")));
+            };
+            if self.inflight.has_received(id) {
                 // A re-sent QoS 2 PUBLISH: routed once already; its PUBREC
                 // still goes after those owed before it.
                 self.owed.push(Vec::new(), ack, out);
                 return None;
             }
             if self.inflight.incoming() >= self.limits.receive_maximum {
-                return Some(Ending::Protocol(
-                    DisconnectReasonCode::ReceiveMaximumExceeded,
-                    format!(
-                        "more than {} QoS 2 messages awaiting PUBREL",
-                        self.limits.receive_maximum
-                    ),
-                ));
+                return Some(Ending::Protocol(ProtocolViolation::ReceiveMaximum(
+                    self.limits.receive_maximum,
+                )));
             }
-            self.inflight.receive(header.pkid);
+            self.inflight.receive(id);
         }
         self.metrics.published(header.qos);
         let (properties, expiry) = message_properties(properties);
@@ -134,63 +124,6 @@ impl Client {
             self.pending = Some((pending, ack, kept));
         }
         None
-    }
-
-    /// The topic of a PUBLISH, through the client's topic aliases (MQTT 5
-    /// §3.3.2.3.4).
-    fn resolve_topic(
-        &mut self,
-        raw: &[u8],
-        properties: Option<&PublishProperties>,
-    ) -> Result<String, Ending> {
-        let invalid =
-            |detail: String| Ending::Protocol(DisconnectReasonCode::TopicNameInvalid, detail);
-        let topic = std::str::from_utf8(raw).map_err(|_| invalid("topic is not UTF-8".into()))?;
-        let Some(alias) = properties.and_then(|p| p.topic_alias) else {
-            validate_topic_name(topic).map_err(|e| invalid(e.to_string()))?;
-            return Ok(topic.to_owned());
-        };
-        if alias == 0 || alias > self.limits.topic_aliases {
-            return Err(Ending::Protocol(
-                DisconnectReasonCode::TopicAliasInvalid,
-                format!(
-                    "topic alias {alias}; the maximum granted is {}",
-                    self.limits.topic_aliases
-                ),
-            ));
-        }
-        let slot = usize::from(alias) - 1;
-        if topic.is_empty() {
-            return self
-                .aliases
-                .get(slot)
-                .and_then(|t| t.as_deref())
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    Ending::Protocol(
-                        DisconnectReasonCode::ProtocolError,
-                        format!("topic alias {alias} was never set"),
-                    )
-                });
-        }
-        validate_topic_name(topic).map_err(|e| invalid(e.to_string()))?;
-        if self.aliases.len() <= slot {
-            self.aliases.resize(slot + 1, None);
-        }
-        let old = self.aliases[slot].replace(topic.into());
-        self.alias_bytes = self.alias_bytes + topic.len() - old.map_or(0, |t| t.len());
-        // Bounded per connection just below; booked so the ledger sees it.
-        self.alias_charge = Some(self.broker.budget().charge_as(
-            Held::Aliases,
-            self.alias_bytes + self.aliases.len() * ALIAS_OVERHEAD,
-        ));
-        if self.alias_bytes > self.limits.max_property_bytes {
-            return Err(Ending::Protocol(
-                DisconnectReasonCode::QuotaExceeded,
-                "topic aliases hold more bytes than [limits] max_property_bytes".into(),
-            ));
-        }
-        Ok(topic.to_owned())
     }
 
     /// Answers a refused PUBLISH: QoS 0 is dropped, QoS 1/2 acknowledged so

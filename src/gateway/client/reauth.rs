@@ -2,7 +2,6 @@
 //! token replaces the grants in force, and what they no longer cover is
 //! dropped.
 
-use rumqttd::protocol::DisconnectReasonCode;
 use tracing::info;
 
 use crate::acl::Grants;
@@ -10,7 +9,7 @@ use crate::gateway::enhanced::{self, Auth};
 use crate::gateway::quiet::Kind;
 use crate::gateway::wire::Outbox;
 
-use super::ending::Ending;
+use super::ending::{Ending, ProtocolViolation};
 use super::state::Client;
 
 impl Client {
@@ -22,13 +21,7 @@ impl Client {
     /// way too.
     pub(super) fn auth(&mut self, auth: Auth) -> Option<Ending> {
         if auth.reason != enhanced::REAUTHENTICATE {
-            return Some(Ending::Protocol(
-                DisconnectReasonCode::ProtocolError,
-                format!(
-                    "AUTH reason {:#04x}: the gateway sends no challenge, only re-authentication (0x19) is expected",
-                    auth.reason
-                ),
-            ));
+            return Some(Ending::Protocol(ProtocolViolation::AuthReason(auth.reason)));
         }
         if auth.method.as_deref() != Some(enhanced::METHOD) {
             return Some(Ending::ReauthRefused {

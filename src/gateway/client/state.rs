@@ -10,7 +10,6 @@ use rumqttd::protocol::{ConnectProperties, Disconnect, DisconnectProperties, Pac
 use tracing::{info, warn};
 
 use crate::acl::Grants;
-use crate::broker::budget::Charge;
 use crate::broker::{
     Attached, Broker, CommitError, Delivery, Inflight, Kept, Pending, Session, Will,
 };
@@ -22,9 +21,9 @@ use crate::gateway::quiet::{Kind, Quiet};
 use crate::gateway::wire::Outbox;
 use crate::metrics::Metrics;
 use crate::mqtt::TopicLimits;
-use crate::mqtt::Version;
+use crate::mqtt::{PacketId, Version};
 
-use super::aliases::SentAliases;
+use super::aliases::{ReceivedAliases, SentAliases};
 use super::ending::Ending;
 
 /// Packets put aside while a publication waits, in bytes, past which the
@@ -34,7 +33,7 @@ pub(super) const LOOKAHEAD: usize = 64 * 1024;
 /// What one client may be sent and may send, and what a refused PUBLISH
 /// costs it.
 #[derive(Debug, Clone, Copy)]
-pub(in crate::gateway) struct ClientLimits {
+pub(crate) struct ClientLimits {
     pub(super) deny_publish: DenyPublish,
     /// QoS 1/2 deliveries awaiting the client's ack, at most.
     pub(super) inflight: usize,
@@ -87,7 +86,7 @@ impl ClientLimits {
 }
 
 /// Who a client is, as its CONNECT established.
-pub(in crate::gateway) struct Identity {
+pub(crate) struct Identity {
     /// Where the connection comes from, for the log.
     pub remote: std::net::SocketAddr,
     pub client_id: String,
@@ -102,7 +101,7 @@ pub(in crate::gateway) struct Identity {
 }
 
 /// A connected client's protocol state: packets in, packets out.
-pub(in crate::gateway) struct Client {
+pub(crate) struct Client {
     pub(super) broker: Arc<Broker>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) id: Identity,
@@ -115,11 +114,8 @@ pub(in crate::gateway) struct Client {
     /// CONNECT set no session expiry, so DISCONNECT may not set one.
     pub(super) expiry_was_zero: bool,
     pub(super) limits: ClientLimits,
-    /// Topic aliases the client set: alias `n` is at `n - 1`.
-    pub(super) aliases: Vec<Option<Box<str>>>,
-    pub(super) alias_bytes: usize,
-    /// The client's aliases as booked to the ledger.
-    pub(super) alias_charge: Option<Charge>,
+    /// Topic aliases the client set.
+    pub(super) aliases: ReceivedAliases,
     /// Topic aliases the gateway set towards the client.
     pub(super) sent_aliases: SentAliases,
     /// A publication some subscriber has not taken yet, and the ack its
@@ -150,6 +146,11 @@ impl Client {
         session_expiry: Duration,
         limits: ClientLimits,
     ) -> Client {
+        let aliases = ReceivedAliases::new(
+            limits.topic_aliases,
+            limits.max_property_bytes,
+            Arc::clone(broker.budget()),
+        );
         let sent_aliases = SentAliases::new(
             limits.sent_aliases,
             limits.max_property_bytes,
@@ -167,9 +168,7 @@ impl Client {
             expiry_was_zero: session_expiry.is_zero(),
             session_expiry,
             limits,
-            aliases: Vec::new(),
-            alias_bytes: 0,
-            alias_charge: None,
+            aliases,
             sent_aliases,
             pending: None,
             owed: Owed::default(),
@@ -271,8 +270,12 @@ impl Client {
         // free again, so that the PUBLISH an MQTT 3.1.1 client sends again
         // on its resumed session is routed, not taken for a re-send of a
         // message already kept.
-        if let Packet::PubRec(rec, _) = &ack {
-            self.inflight.release(rec.pkid);
+        let received = match &ack {
+            Packet::PubRec(rec, _) => PacketId::new(rec.pkid),
+            _ => None,
+        };
+        if let Some(id) = received {
+            self.inflight.release(id);
         }
         if !self.id.version.is_v5() {
             return Some(Ending::NotKept(err));
@@ -285,10 +288,12 @@ impl Client {
     /// DISCONNECT when the server is the side that ends it.
     pub fn say_goodbye(&self, ending: &Ending, out: &mut Outbox) {
         match ending {
-            Ending::Protocol(_, detail) => {
+            Ending::Protocol(violation) => {
+                self.metrics.protocol_violation(violation.label());
                 info!(
                     client_id = self.id.client_id,
-                    reason = detail,
+                    violation = violation.label(),
+                    reason = %violation,
                     "closing: protocol error"
                 );
             }

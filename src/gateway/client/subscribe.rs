@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use rumqttd::protocol::{
-    DisconnectReasonCode, Filter, Packet, RetainForwardRule, SubAck, Subscribe,
-    SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    Filter, Packet, RetainForwardRule, SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode,
+    UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use tracing::info;
 
@@ -14,7 +14,7 @@ use crate::gateway::quiet::Kind;
 use crate::gateway::wire::Outbox;
 use crate::mqtt::{QoS, RetainHandling, SubscriptionOptions};
 
-use super::ending::Ending;
+use super::ending::{Ending, ProtocolViolation};
 use super::state::Client;
 
 impl Client {
@@ -28,10 +28,7 @@ impl Client {
     ) -> Option<Ending> {
         let id = properties.as_ref().and_then(|p| p.id);
         if id == Some(0) {
-            return Some(Ending::Protocol(
-                DisconnectReasonCode::ProtocolError,
-                "subscription identifier 0".into(),
-            ));
+            return Some(Ending::Protocol(ProtocolViolation::SubscriptionIdZero));
         }
         let property_bytes: usize = properties.as_ref().map_or(0, |p| {
             p.user_properties
@@ -87,10 +84,7 @@ impl Client {
             return Ok(SubscribeReasonCode::TopicFilterInvalid);
         };
         if requested.group.is_some() && filter.nolocal {
-            return Err(Ending::Protocol(
-                DisconnectReasonCode::ProtocolError,
-                "No Local on a shared subscription".into(),
-            ));
+            return Err(Ending::Protocol(ProtocolViolation::NoLocalOnShared));
         }
         let qos = QoS::from(filter.qos);
         if !self.id.grants.may_subscribe(&filter.path, qos) {

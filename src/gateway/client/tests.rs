@@ -7,6 +7,7 @@ use rumqttd::protocol::{
     SubscribeReasonCode, UnsubAck, v4::V4, v5::V5,
 };
 
+use super::ending::ProtocolViolation;
 use super::{Client, ClientLimits, Ending, Identity};
 use crate::acl::Grants;
 use crate::broker::store::MemoryStore;
@@ -364,7 +365,8 @@ fn topics_over_the_limits_are_refused_at_the_door() {
     let publish = h.publish(&deep, 1, 2, &[]);
     assert!(matches!(
         h.send(&publish),
-        Some(Ending::Protocol(DisconnectReasonCode::TopicNameInvalid, _))
+        Some(Ending::Protocol(v @ ProtocolViolation::TopicOverLimits(_)))
+            if v.reason_code() == DisconnectReasonCode::TopicNameInvalid
     ));
     let mut h = client(Version::V3_1_1, &["dev/#"]);
     let subscribe = h.subscribe(1, &[(&deep, 1)]);
@@ -403,7 +405,8 @@ fn a_second_connect_is_a_protocol_error() {
     let connect = frame(0x10, &body);
     assert!(matches!(
         h.send(&connect),
-        Some(Ending::Protocol(DisconnectReasonCode::ProtocolError, _))
+        Some(Ending::Protocol(v @ ProtocolViolation::SecondConnect))
+            if v.reason_code() == DisconnectReasonCode::ProtocolError
     ));
 }
 
@@ -413,13 +416,15 @@ fn malformed_bytes_end_the_session_with_a_reason() {
     // A CONNACK is the server's to send.
     assert!(matches!(
         h.send(&[0x20, 0x02, 0x00, 0x00]),
-        Some(Ending::Protocol(DisconnectReasonCode::ProtocolError, _))
+        Some(Ending::Protocol(v @ ProtocolViolation::ForbiddenPacketType(_)))
+            if v.reason_code() == DisconnectReasonCode::ProtocolError
     ));
     let mut h = client(Version::V3_1_1, &["dev/#"]);
     // A PUBLISH whose topic length runs past its frame.
     assert!(matches!(
         h.send(&[0x30, 0x03, 0x00, 0x09, b'x']),
-        Some(Ending::Protocol(DisconnectReasonCode::MalformedPacket, _))
+        Some(Ending::Protocol(v @ ProtocolViolation::Malformed(_)))
+            if v.reason_code() == DisconnectReasonCode::MalformedPacket
     ));
 }
 
@@ -433,13 +438,15 @@ fn a_topic_alias_beyond_the_granted_maximum_ends_the_session() {
     let publish = h.publish("dev/x", 0, 0, &[0x23, hi, lo]);
     assert!(matches!(
         h.send(&publish),
-        Some(Ending::Protocol(DisconnectReasonCode::TopicAliasInvalid, _))
+        Some(Ending::Protocol(v @ ProtocolViolation::TopicAliasInvalid { .. }))
+            if v.reason_code() == DisconnectReasonCode::TopicAliasInvalid
     ));
     let mut h = client(Version::V5, &["dev/#"]);
     let unset = h.publish("", 0, 0, &[0x23, 0, 1]);
     assert!(matches!(
         h.send(&unset),
-        Some(Ending::Protocol(DisconnectReasonCode::ProtocolError, _))
+        Some(Ending::Protocol(v @ ProtocolViolation::TopicAliasUnset(1)))
+            if v.reason_code() == DisconnectReasonCode::ProtocolError
     ));
 }
 
@@ -457,10 +464,8 @@ fn more_qos2_messages_than_the_receive_maximum_end_the_session() {
     let third = h.publish("dev/x", 2, 3, &[]);
     assert!(matches!(
         h.send(&third),
-        Some(Ending::Protocol(
-            DisconnectReasonCode::ReceiveMaximumExceeded,
-            _
-        ))
+        Some(Ending::Protocol(v @ ProtocolViolation::ReceiveMaximum(2)))
+            if v.reason_code() == DisconnectReasonCode::ReceiveMaximumExceeded
     ));
 }
 
@@ -484,7 +489,8 @@ fn a_disconnect_may_not_set_an_expiry_the_connect_did_not() {
     let disconnect = frame(0xE0, &[0x00, 0x05, 0x11, 0, 0, 0, 60]);
     assert!(matches!(
         h.send(&disconnect),
-        Some(Ending::Protocol(DisconnectReasonCode::ProtocolError, _))
+        Some(Ending::Protocol(v @ ProtocolViolation::SessionExpiryAfterZero))
+            if v.reason_code() == DisconnectReasonCode::ProtocolError
     ));
     let mut h = client(Version::V5, &["dev/#"]);
     assert!(matches!(
@@ -1247,4 +1253,37 @@ mod sequences {
             world.drain()?;
         }
     }
+}
+
+#[test]
+fn a_packet_id_of_zero_ends_the_session() {
+    for (first, packet) in [
+        (0x40, "PUBACK"),
+        (0x50, "PUBREC"),
+        (0x62, "PUBREL"),
+        (0x70, "PUBCOMP"),
+    ] {
+        let mut h = client(Version::V3_1_1, &["dev/#"]);
+        assert!(matches!(
+            h.send(&[first, 0x02, 0x00, 0x00]),
+            Some(Ending::Protocol(v @ ProtocolViolation::PacketIdZero(p)))
+                if p == packet && v.reason_code() == DisconnectReasonCode::MalformedPacket
+        ));
+    }
+    let mut h = client(Version::V3_1_1, &["dev/#"]);
+    let subscribe = h.subscribe(0, &[("dev/x", 1)]);
+    assert!(matches!(
+        h.send(&subscribe),
+        Some(Ending::Protocol(ProtocolViolation::PacketIdZero(
+            "SUBSCRIBE"
+        )))
+    ));
+    // rumqttd's decoder refuses it on a PUBLISH already.
+    let mut h = client(Version::V3_1_1, &["dev/#"]);
+    let publish = h.publish("dev/x", 1, 0, &[]);
+    assert!(matches!(
+        h.send(&publish),
+        Some(Ending::Protocol(v @ ProtocolViolation::Malformed(_)))
+            if v.reason_code() == DisconnectReasonCode::MalformedPacket
+    ));
 }
