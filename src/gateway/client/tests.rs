@@ -19,6 +19,14 @@ use crate::mqtt::{QoS, TopicFilter, Version};
 
 const MAX_PACKET: usize = 1024 * 1024;
 
+/// The reason code and label of the violation a session ended with.
+fn violation(ending: Option<Ending>) -> (DisconnectReasonCode, &'static str) {
+    match ending {
+        Some(Ending::Protocol(violation)) => (violation.reason_code(), violation.label()),
+        other => panic!("expected a protocol violation, got {other:?}"),
+    }
+}
+
 struct Harness {
     client: Client,
     out: Outbox,
@@ -363,11 +371,10 @@ fn topics_over_the_limits_are_refused_at_the_door() {
     );
     let mut h = client(Version::V3_1_1, &["dev/#"]);
     let publish = h.publish(&deep, 1, 2, &[]);
-    assert!(matches!(
-        h.send(&publish),
-        Some(Ending::Protocol(v @ ProtocolViolation::TopicOverLimits(_)))
-            if v.reason_code() == DisconnectReasonCode::TopicNameInvalid
-    ));
+    assert_eq!(
+        violation(h.send(&publish)),
+        (DisconnectReasonCode::TopicNameInvalid, "topic_over_limits")
+    );
     let mut h = client(Version::V3_1_1, &["dev/#"]);
     let subscribe = h.subscribe(1, &[(&deep, 1)]);
     assert!(h.send(&subscribe).is_none());
@@ -403,29 +410,26 @@ fn a_second_connect_is_a_protocol_error() {
     body.extend_from_slice(&[4, 0x02, 0, 30]);
     string("c1", &mut body);
     let connect = frame(0x10, &body);
-    assert!(matches!(
-        h.send(&connect),
-        Some(Ending::Protocol(v @ ProtocolViolation::SecondConnect))
-            if v.reason_code() == DisconnectReasonCode::ProtocolError
-    ));
+    assert_eq!(
+        violation(h.send(&connect)),
+        (DisconnectReasonCode::ProtocolError, "second_connect")
+    );
 }
 
 #[test]
 fn malformed_bytes_end_the_session_with_a_reason() {
     let mut h = client(Version::V3_1_1, &["dev/#"]);
     // A CONNACK is the server's to send.
-    assert!(matches!(
-        h.send(&[0x20, 0x02, 0x00, 0x00]),
-        Some(Ending::Protocol(v @ ProtocolViolation::ForbiddenPacketType(_)))
-            if v.reason_code() == DisconnectReasonCode::ProtocolError
-    ));
+    assert_eq!(
+        violation(h.send(&[0x20, 0x02, 0x00, 0x00])),
+        (DisconnectReasonCode::ProtocolError, "forbidden_packet_type")
+    );
     let mut h = client(Version::V3_1_1, &["dev/#"]);
     // A PUBLISH whose topic length runs past its frame.
-    assert!(matches!(
-        h.send(&[0x30, 0x03, 0x00, 0x09, b'x']),
-        Some(Ending::Protocol(v @ ProtocolViolation::Malformed(_)))
-            if v.reason_code() == DisconnectReasonCode::MalformedPacket
-    ));
+    assert_eq!(
+        violation(h.send(&[0x30, 0x03, 0x00, 0x09, b'x'])),
+        (DisconnectReasonCode::MalformedPacket, "malformed_packet")
+    );
 }
 
 #[test]
@@ -436,18 +440,19 @@ fn a_topic_alias_beyond_the_granted_maximum_ends_the_session() {
     let [hi, lo] = too_far.to_be_bytes();
     // Property 0x23: topic alias.
     let publish = h.publish("dev/x", 0, 0, &[0x23, hi, lo]);
-    assert!(matches!(
-        h.send(&publish),
-        Some(Ending::Protocol(v @ ProtocolViolation::TopicAliasInvalid { .. }))
-            if v.reason_code() == DisconnectReasonCode::TopicAliasInvalid
-    ));
+    assert_eq!(
+        violation(h.send(&publish)),
+        (
+            DisconnectReasonCode::TopicAliasInvalid,
+            "topic_alias_invalid"
+        )
+    );
     let mut h = client(Version::V5, &["dev/#"]);
     let unset = h.publish("", 0, 0, &[0x23, 0, 1]);
-    assert!(matches!(
-        h.send(&unset),
-        Some(Ending::Protocol(v @ ProtocolViolation::TopicAliasUnset(1)))
-            if v.reason_code() == DisconnectReasonCode::ProtocolError
-    ));
+    assert_eq!(
+        violation(h.send(&unset)),
+        (DisconnectReasonCode::ProtocolError, "topic_alias_unset")
+    );
 }
 
 #[test]
@@ -462,11 +467,13 @@ fn more_qos2_messages_than_the_receive_maximum_end_the_session() {
         assert!(h.send(&publish).is_none());
     }
     let third = h.publish("dev/x", 2, 3, &[]);
-    assert!(matches!(
-        h.send(&third),
-        Some(Ending::Protocol(v @ ProtocolViolation::ReceiveMaximum(2)))
-            if v.reason_code() == DisconnectReasonCode::ReceiveMaximumExceeded
-    ));
+    assert_eq!(
+        violation(h.send(&third)),
+        (
+            DisconnectReasonCode::ReceiveMaximumExceeded,
+            "receive_maximum_exceeded"
+        )
+    );
 }
 
 #[test]
@@ -487,11 +494,13 @@ fn a_disconnect_may_not_set_an_expiry_the_connect_did_not() {
     let mut h = client(Version::V5, &["dev/#"]);
     // Reason 0, properties: session expiry interval (0x11) = 60.
     let disconnect = frame(0xE0, &[0x00, 0x05, 0x11, 0, 0, 0, 60]);
-    assert!(matches!(
-        h.send(&disconnect),
-        Some(Ending::Protocol(v @ ProtocolViolation::SessionExpiryAfterZero))
-            if v.reason_code() == DisconnectReasonCode::ProtocolError
-    ));
+    assert_eq!(
+        violation(h.send(&disconnect)),
+        (
+            DisconnectReasonCode::ProtocolError,
+            "session_expiry_after_zero"
+        )
+    );
     let mut h = client(Version::V5, &["dev/#"]);
     assert!(matches!(
         h.send(&[0xE0, 0x00]),
@@ -1264,11 +1273,14 @@ fn a_packet_id_of_zero_ends_the_session() {
         (0x70, "PUBCOMP"),
     ] {
         let mut h = client(Version::V3_1_1, &["dev/#"]);
-        assert!(matches!(
-            h.send(&[first, 0x02, 0x00, 0x00]),
-            Some(Ending::Protocol(v @ ProtocolViolation::PacketIdZero(p)))
-                if p == packet && v.reason_code() == DisconnectReasonCode::MalformedPacket
-        ));
+        let ending = h.send(&[first, 0x02, 0x00, 0x00]);
+        assert!(
+            matches!(&ending, Some(Ending::Protocol(ProtocolViolation::PacketIdZero(p))) if *p == packet)
+        );
+        assert_eq!(
+            violation(ending),
+            (DisconnectReasonCode::MalformedPacket, "packet_id_zero")
+        );
     }
     let mut h = client(Version::V3_1_1, &["dev/#"]);
     let subscribe = h.subscribe(0, &[("dev/x", 1)]);
@@ -1281,9 +1293,8 @@ fn a_packet_id_of_zero_ends_the_session() {
     // rumqttd's decoder refuses it on a PUBLISH already.
     let mut h = client(Version::V3_1_1, &["dev/#"]);
     let publish = h.publish("dev/x", 1, 0, &[]);
-    assert!(matches!(
-        h.send(&publish),
-        Some(Ending::Protocol(v @ ProtocolViolation::Malformed(_)))
-            if v.reason_code() == DisconnectReasonCode::MalformedPacket
-    ));
+    assert_eq!(
+        violation(h.send(&publish)),
+        (DisconnectReasonCode::MalformedPacket, "malformed_packet")
+    );
 }
