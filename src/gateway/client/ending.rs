@@ -44,7 +44,7 @@ pub(crate) enum Ending {
     /// `[limits] write_timeout_secs`.
     WriteStalled,
     /// A re-authentication (MQTT 5 AUTH) was refused. `code` is the
-    /// DISCONNECT reason, written by [`enhanced`] since rumqttd cannot
+    /// DISCONNECT reason, written by [`enhanced`](crate::gateway::enhanced) since rumqttd cannot
     /// name all of them: 0x86 for a token that is not to be trusted, 0x87
     /// for an identity that may not go on, 0x8C for a method other than
     /// `JWT`.

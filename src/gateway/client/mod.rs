@@ -24,7 +24,15 @@
 //!   tells an MQTT 5 client, and the session handed back to the routing
 //!   core with its will.
 //!
-//! Every answer goes into an [`Outbox`]; the loop writes it out.
+//! Every answer goes into an [`Outbox`](super::wire::Outbox); the loop
+//! writes it out.
+//!
+//! One file per seam, each an `impl Client` block over the state in
+//! [`state`]: [`inbound`] decodes and dispatches, [`publish`],
+//! [`subscribe`] and [`reauth`] answer their packets, [`deliver`] is the
+//! outbound pump, [`aliases`] holds the topic alias tables both ways, and
+//! [`ending`] says why a session ended, a broken rule being a
+//! [`ending::ProtocolViolation`].
 
 mod aliases;
 mod deliver;
