@@ -22,20 +22,20 @@
 use std::collections::{HashSet, VecDeque};
 
 use super::mailbox::Delivery;
-use crate::mqtt::QoS;
+use crate::mqtt::{PacketId, QoS};
 
 #[derive(Debug, Default)]
 pub struct Inflight {
     outgoing: VecDeque<Outgoing>,
-    /// The id the next outgoing delivery gets (1..=65535).
-    next_id: u16,
+    /// The id the next outgoing delivery gets; the first when `None`.
+    next_id: Option<PacketId>,
     /// QoS 2 packet ids received and PUBREC'd, awaiting PUBREL.
-    incoming: HashSet<u16>,
+    incoming: HashSet<PacketId>,
 }
 
 #[derive(Debug)]
 struct Outgoing {
-    id: u16,
+    id: PacketId,
     stage: Stage,
 }
 
@@ -52,20 +52,20 @@ enum Stage {
 #[derive(Debug)]
 pub enum Resend<'a> {
     /// The PUBLISH again, with DUP set.
-    Publish(u16, &'a Delivery),
+    Publish(PacketId, &'a Delivery),
     /// The PUBREL again.
-    Release(u16),
+    Release(PacketId),
 }
 
 /// A client acknowledgement that matched nothing: a protocol slip the
 /// connection logs and otherwise ignores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no QoS exchange is waiting for this acknowledgement of packet {0}")]
-pub struct UnexpectedAck(pub u16);
+pub struct UnexpectedAck(pub PacketId);
 
 /// Distance of `id` after `base` on the 1..=65535 ring.
-fn ring_distance(base: u16, id: u16) -> u32 {
-    (u32::from(id) + 65535 - u32::from(base)) % 65535
+fn ring_distance(base: PacketId, id: PacketId) -> u32 {
+    (u32::from(id.get()) + 65535 - u32::from(base.get())) % 65535
 }
 
 impl Inflight {
@@ -83,17 +83,17 @@ impl Inflight {
         }
     }
 
-    fn peek_id(&self) -> u16 {
-        self.next_id.max(1)
+    fn peek_id(&self) -> PacketId {
+        self.next_id.unwrap_or(PacketId::FIRST)
     }
 
     /// Records a QoS 1/2 delivery as sent and returns its packet id, and
     /// the delivery to write. The caller checks [`Inflight::free_ids`]
     /// first.
-    pub fn send(&mut self, delivery: Delivery) -> (u16, &Delivery) {
+    pub fn send(&mut self, delivery: Delivery) -> (PacketId, &Delivery) {
         debug_assert!(delivery.qos != QoS::AtMostOnce);
         let id = self.peek_id();
-        self.next_id = if id == u16::MAX { 1 } else { id + 1 };
+        self.next_id = Some(id.next());
         self.outgoing.push_back(Outgoing {
             id,
             stage: Stage::Published(delivery),
@@ -104,7 +104,7 @@ impl Inflight {
         }
     }
 
-    fn position(&self, id: u16) -> Option<usize> {
+    fn position(&self, id: PacketId) -> Option<usize> {
         let base = self.outgoing.front()?.id;
         let target = ring_distance(base, id);
         self.outgoing
@@ -113,7 +113,7 @@ impl Inflight {
     }
 
     /// PUBACK for a QoS 1 delivery: the exchange is over.
-    pub fn puback(&mut self, id: u16) -> Result<(), UnexpectedAck> {
+    pub fn puback(&mut self, id: PacketId) -> Result<(), UnexpectedAck> {
         match self.position(id) {
             Some(i)
                 if matches!(&self.outgoing[i].stage,
@@ -128,7 +128,7 @@ impl Inflight {
 
     /// PUBREC for a QoS 2 delivery. On success the caller sends PUBREL;
     /// a failure reason code (MQTT 5) ends the exchange instead (§4.3.3).
-    pub fn pubrec(&mut self, id: u16, success: bool) -> Result<(), UnexpectedAck> {
+    pub fn pubrec(&mut self, id: PacketId, success: bool) -> Result<(), UnexpectedAck> {
         let i = self.position(id).ok_or(UnexpectedAck(id))?;
         let entry = &mut self.outgoing[i];
         match &entry.stage {
@@ -146,7 +146,7 @@ impl Inflight {
     }
 
     /// PUBCOMP: the QoS 2 exchange is over.
-    pub fn pubcomp(&mut self, id: u16) -> Result<(), UnexpectedAck> {
+    pub fn pubcomp(&mut self, id: PacketId) -> Result<(), UnexpectedAck> {
         match self.position(id) {
             Some(i) if matches!(self.outgoing[i].stage, Stage::Released) => {
                 self.outgoing.remove(i);
@@ -158,7 +158,7 @@ impl Inflight {
 
     /// Gives up on an exchange without an ack (a re-send the client would
     /// not accept).
-    pub fn abandon(&mut self, id: u16) {
+    pub fn abandon(&mut self, id: PacketId) {
         if let Some(i) = self.position(id) {
             self.outgoing.remove(i);
         }
@@ -189,136 +189,21 @@ impl Inflight {
 
     /// Whether a QoS 2 PUBLISH with `id` was routed already and awaits
     /// its PUBREL (a PUBLISH with it again is a re-send).
-    pub fn has_received(&self, id: u16) -> bool {
+    pub fn has_received(&self, id: PacketId) -> bool {
         self.incoming.contains(&id)
     }
 
     /// Records a new QoS 2 PUBLISH with `id`, routed now.
-    pub fn receive(&mut self, id: u16) {
+    pub fn receive(&mut self, id: PacketId) {
         self.incoming.insert(id);
     }
 
     /// PUBREL for `id`: forgets it. False if it was not known (the client
     /// still gets its PUBCOMP; MQTT 5 with "packet identifier not found").
-    pub fn release(&mut self, id: u16) -> bool {
+    pub fn release(&mut self, id: PacketId) -> bool {
         self.incoming.remove(&id)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::broker::budget::Budget;
-    use crate::broker::message::{Message, Properties, Publication};
-    use proptest::prelude::*;
-
-    fn delivery(qos: QoS) -> Delivery {
-        let budget = Budget::new(1 << 20);
-        let message = Message::new(
-            Publication {
-                topic: "t".into(),
-                payload: bytes::Bytes::from_static(b"x"),
-                qos,
-                retain: false,
-                properties: Properties::default(),
-                expiry: None,
-            },
-            &budget,
-        );
-        Delivery {
-            message,
-            qos,
-            retain: false,
-            subscription_ids: Box::new([]),
-        }
-    }
-
-    #[test]
-    fn qos1_and_qos2_exchanges() {
-        let mut inflight = Inflight::default();
-        let a = inflight.send(delivery(QoS::AtLeastOnce)).0;
-        let b = inflight.send(delivery(QoS::ExactlyOnce)).0;
-        assert_eq!((a, b), (1, 2));
-        assert_eq!(inflight.puback(b), Err(UnexpectedAck(b)), "b is QoS 2");
-        assert_eq!(
-            inflight.pubcomp(b),
-            Err(UnexpectedAck(b)),
-            "not released yet"
-        );
-        inflight.pubrec(b, true).unwrap();
-        inflight.pubrec(b, true).unwrap();
-        assert!(matches!(
-            inflight.resend().collect::<Vec<_>>()[..],
-            [Resend::Publish(1, _), Resend::Release(2)]
-        ));
-        inflight.puback(a).unwrap();
-        assert_eq!(inflight.puback(a), Err(UnexpectedAck(a)));
-        inflight.pubcomp(b).unwrap();
-        assert_eq!(inflight.outgoing(), 0);
-    }
-
-    #[test]
-    fn a_failed_pubrec_ends_the_exchange() {
-        let mut inflight = Inflight::default();
-        let id = inflight.send(delivery(QoS::ExactlyOnce)).0;
-        inflight.pubrec(id, false).unwrap();
-        assert_eq!(inflight.outgoing(), 0);
-    }
-
-    #[test]
-    fn ids_wrap_and_never_collide_with_a_waiting_one() {
-        let mut inflight = Inflight::default();
-        assert_eq!(inflight.free_ids(), 65535);
-        let oldest = inflight.send(delivery(QoS::AtLeastOnce)).0;
-        for _ in 0..65533 {
-            let id = inflight.send(delivery(QoS::AtLeastOnce)).0;
-            inflight.puback(id).unwrap();
-        }
-        // 65534 ids used; one more is free, then the ring reaches `oldest`.
-        assert_eq!(inflight.free_ids(), 1);
-        let last = inflight.send(delivery(QoS::AtLeastOnce)).0;
-        assert_eq!(last, 65535);
-        assert_eq!(inflight.free_ids(), 0, "the next id would be {oldest}");
-        inflight.puback(oldest).unwrap();
-        assert_eq!(inflight.free_ids(), 65534);
-        assert_eq!(inflight.send(delivery(QoS::AtLeastOnce)).0, 1);
-        inflight.puback(last).unwrap();
-        inflight.puback(1).unwrap();
-        assert_eq!(inflight.outgoing(), 0);
-    }
-
-    #[test]
-    fn incoming_qos2_is_routed_once_per_id() {
-        let mut inflight = Inflight::default();
-        assert!(!inflight.has_received(7));
-        inflight.receive(7);
-        assert!(
-            inflight.has_received(7),
-            "a PUBLISH with 7 now is a re-send"
-        );
-        assert_eq!(inflight.incoming(), 1);
-        assert!(inflight.release(7));
-        assert!(!inflight.release(7));
-        assert!(!inflight.has_received(7), "a new message may reuse the id");
-    }
-
-    proptest! {
-        /// Whatever order acks come in, each sent id is found exactly once
-        /// and the window empties.
-        #[test]
-        fn acks_in_any_order(start in 1u16..=u16::MAX, n in 1usize..200, seed: u64) {
-            let mut inflight = Inflight { next_id: start, ..Inflight::default() };
-            let mut ids: Vec<u16> = (0..n).map(|_| inflight.send(delivery(QoS::AtLeastOnce)).0).collect();
-            let mut x = seed | 1;
-            for i in (1..ids.len()).rev() {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-                ids.swap(i, (x % (i as u64 + 1)) as usize);
-            }
-            for id in ids {
-                prop_assert_eq!(inflight.puback(id), Ok(()));
-                prop_assert_eq!(inflight.puback(id), Err(UnexpectedAck(id)));
-            }
-            prop_assert_eq!(inflight.outgoing(), 0);
-        }
-    }
-}
+mod tests;

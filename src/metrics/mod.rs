@@ -66,6 +66,11 @@ pub struct Metrics {
     bytes_received: Counter,
     bytes_sent: Counter,
     disconnects: Family<Label, Counter>,
+    /// The `protocol_error` disconnects by the rule broken. Its labels
+    /// are the gateway's (`ProtocolViolation::label`), which this module
+    /// cannot name without importing it: each appears with its first
+    /// event.
+    protocol_violations: Family<Label, Counter>,
     reauthentications: Family<Label, Counter>,
     key_reloads: Family<Label, Counter>,
     handshakes_failed: Family<Label, Counter>,
@@ -94,6 +99,7 @@ impl Default for Metrics {
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             disconnects: with_labels("reason", SessionEnd::ALL.map(SessionEnd::as_str)),
+            protocol_violations: Family::default(),
             reauthentications: with_labels(
                 "outcome",
                 ConnectOutcome::ALL.map(ConnectOutcome::as_str),
@@ -173,6 +179,13 @@ impl Metrics {
             .inc();
     }
 
+    /// A client closed for breaking the protocol, by the rule it broke.
+    pub fn protocol_violation(&self, violation: &'static str) {
+        self.protocol_violations
+            .get_or_create(&[("violation", violation)])
+            .inc();
+    }
+
     /// A reload of the keys directory: `ok` when every file was read,
     /// false when any was refused or the directory could not be read
     /// (the keys in force then stay, see [`crate::keys`]).
@@ -232,6 +245,11 @@ impl Metrics {
             "jwtgate_disconnects",
             "Sessions' connections ended, by reason (token_expired, revoked, ...)",
             self.disconnects.clone(),
+        );
+        registry.register(
+            "jwtgate_protocol_violations",
+            "Connections closed for breaking the protocol, by the rule broken",
+            self.protocol_violations.clone(),
         );
         registry.register(
             "jwtgate_reauthentications",
