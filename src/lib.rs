@@ -12,6 +12,10 @@
 //!
 //! ## The model
 //!
+//! - [`mqtt`] is the ground floor: the one `QoS`, topic names and filters
+//!   with their limits, subscription options, `Version` and `PacketId`,
+//!   shared by every layer above and importing nothing from them (README's
+//!   "Code map" draws the layers; `tests/architecture.rs` keeps them).
 //! - A [`config::Config`] is parsed once from TOML and handed down.
 //! - [`keys::KeyStore`] is the one owner of the verification keys: an
 //!   immutable [`keys::KeySet`] swapped atomically, read by connections as a

@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{DevBinary, V4Client, WAIT, now_unix, sign_hs256_kid};
+use common::{DevBinary, V4Client, WAIT, mqtt, now_unix, sign_hs256_kid};
 use rumqttc::{ConnectReturnCode, QoS};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -133,6 +133,9 @@ async fn a_scripted_session_moves_each_counter_by_its_amount() {
         "jwtgate_connects_total{outcome=\"expired\"}",
         "jwtgate_reauthentications_total{outcome=\"accepted\"}",
         "jwtgate_disconnects_total{reason=\"client\"}",
+        "jwtgate_disconnects_total{reason=\"protocol_error\"}",
+        "jwtgate_protocol_violations_total{violation=\"second_connect\"}",
+        "jwtgate_protocol_violations_total{violation=\"no_local_on_shared\"}",
         "jwtgate_key_reloads_total{result=\"ok\"}",
         "jwtgate_key_reloads_total{result=\"failed\"}",
         "jwtgate_tls_handshake_failures_total{reason=\"timeout\"}",
@@ -162,6 +165,17 @@ async fn a_scripted_session_moves_each_counter_by_its_amount() {
         .unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut rest)).await;
+
+    // A device that sends CONNECT twice: closed for the rule it broke.
+    let mut twice = gw.raw().await;
+    let hello = mqtt::Connect::new(4, "meter-5")
+        .username("JWT")
+        .password(&gw.token("meter-5", &["meters/5/#"], Duration::from_secs(600)))
+        .encode();
+    twice.send_ok(&hello).await;
+    assert_eq!(twice.read_packet().await, mqtt::CONNACK_OK_V4);
+    let _ = twice.send(&hello).await;
+    assert!(twice.expect_closed().await.is_empty());
 
     // Three devices refused, each for a reason of its own.
     let claims = |sub: &str, exp: u64| json!({ "sub": sub, "exp": exp, "topics": ["x/#"] });
@@ -203,7 +217,8 @@ async fn a_scripted_session_moves_each_counter_by_its_amount() {
     let end = scrape(port).await;
 
     let expect = [
-        ("jwtgate_connects_total{outcome=\"accepted\"}", 1.0),
+        // The good device and the one that sent CONNECT twice.
+        ("jwtgate_connects_total{outcome=\"accepted\"}", 2.0),
         ("jwtgate_connects_total{outcome=\"expired\"}", 1.0),
         ("jwtgate_connects_total{outcome=\"bad_signature\"}", 1.0),
         ("jwtgate_connects_total{outcome=\"unknown_kid\"}", 1.0),
@@ -212,6 +227,11 @@ async fn a_scripted_session_moves_each_counter_by_its_amount() {
         ("jwtgate_publishes_refused_total", 1.0),
         ("jwtgate_subscriptions_refused_total", 0.0),
         ("jwtgate_disconnects_total{reason=\"client\"}", 1.0),
+        ("jwtgate_disconnects_total{reason=\"protocol_error\"}", 1.0),
+        (
+            "jwtgate_protocol_violations_total{violation=\"second_connect\"}",
+            1.0,
+        ),
         ("jwtgate_key_reloads_total{result=\"ok\"}", 1.0),
         ("jwtgate_key_reloads_total{result=\"failed\"}", 1.0),
         (handshake_errors, 1.0),

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
+use super::client::ProtocolViolation;
 use super::listener;
 use super::pending::Strangers;
 use super::shared::Shared;
@@ -72,6 +73,7 @@ impl Gateway {
         let certs = Arc::new(CertResolver::load(&config.tls.cert, &config.tls.key)?);
         let acceptor = TlsAcceptor::from(tls::server_config(Arc::clone(&certs))?);
         let metrics = Arc::new(Metrics::default());
+        metrics.expect_protocol_violations(&ProtocolViolation::LABELS);
         let reloader = Arc::new(Reloader::new(
             Arc::clone(&keys),
             certs,

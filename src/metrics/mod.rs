@@ -68,8 +68,8 @@ pub struct Metrics {
     disconnects: Family<Label, Counter>,
     /// The `protocol_error` disconnects by the rule broken. Its labels
     /// are the gateway's (`ProtocolViolation::label`), which this module
-    /// cannot name without importing it: each appears with its first
-    /// event.
+    /// cannot name without importing it: the gateway hands them over at
+    /// start ([`Metrics::expect_protocol_violations`]).
     protocol_violations: Family<Label, Counter>,
     reauthentications: Family<Label, Counter>,
     key_reloads: Family<Label, Counter>,
@@ -177,6 +177,17 @@ impl Metrics {
         self.disconnects
             .get_or_create(&[("reason", end.as_str())])
             .inc();
+    }
+
+    /// Exports `jwtgate_protocol_violations_total` at zero for each of
+    /// `labels` (the gateway's list, which this module cannot import).
+    pub fn expect_protocol_violations(&self, labels: &[&'static str]) {
+        for label in labels {
+            drop(
+                self.protocol_violations
+                    .get_or_create(&[("violation", label)]),
+            );
+        }
     }
 
     /// A client closed for breaking the protocol, by the rule it broke.

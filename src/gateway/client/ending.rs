@@ -236,6 +236,30 @@ impl ProtocolViolation {
         }
     }
 
+    /// Every [`label`](Self::label), so that
+    /// `jwtgate_protocol_violations_total` is exported at zero from the
+    /// start, as every other refusal family is.
+    pub(crate) const LABELS: [&'static str; 18] = [
+        "second_connect",
+        "unexpected_packet",
+        "forbidden_packet_type",
+        "packet_too_large",
+        "malformed_packet",
+        "packet_id_zero",
+        "session_expiry_after_zero",
+        "auth_reason",
+        "subscription_id_on_publish",
+        "topic_not_utf8",
+        "topic_name_invalid",
+        "topic_over_limits",
+        "receive_maximum_exceeded",
+        "topic_alias_invalid",
+        "topic_alias_unset",
+        "topic_aliases_too_large",
+        "subscription_id_zero",
+        "no_local_on_shared",
+    ];
+
     /// The `violation` label of `jwtgate_protocol_violations` and the log.
     pub(crate) fn label(&self) -> &'static str {
         use ProtocolViolation::*;
@@ -271,3 +295,6 @@ impl From<CodecError> for ProtocolViolation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

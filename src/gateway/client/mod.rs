@@ -44,7 +44,7 @@ mod state;
 mod subscribe;
 
 pub(super) use deliver::WRITE_BATCH;
-pub(super) use ending::Ending;
+pub(super) use ending::{Ending, ProtocolViolation};
 pub(super) use state::{Client, ClientLimits, Identity};
 
 #[cfg(test)]
