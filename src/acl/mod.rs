@@ -63,9 +63,9 @@
 //! [`TopicFilter::intersects`]: crate::mqtt::TopicFilter::intersects
 
 // Untrusted input (topics and filters come from clients and from token
-// claims): fail with an error, never a panic. Tests are exempt through
-// clippy.toml; an exception in this code carries an `#[allow]` saying why it
-// cannot fail. See "Robustness" in the crate docs.
+// claims): fail with an error, never a panic, here and in every file below.
+// Tests are exempt through clippy.toml; an exception in this code carries an
+// `#[allow]` saying why it cannot fail. See "Robustness" in the crate docs.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,

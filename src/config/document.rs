@@ -8,17 +8,6 @@
 //! keys, wrong types) carry only a byte span, so the key they concern is
 //! recovered here by looking that span up in toml's spanned document tree.
 
-// Untrusted input (the config file is read whatever it holds): fail with an
-// error, never a panic. Tests are exempt through clippy.toml; an exception
-// in this code carries an `#[allow]` saying why it cannot fail. See
-// "Robustness" in the crate docs.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 use std::fmt::Display;
 use std::io;
 use std::net::SocketAddr;

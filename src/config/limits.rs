@@ -1,17 +1,6 @@
 //! The `[limits]` table: what one connection, and the whole gateway, may
 //! take.
 
-// Untrusted input (the config file is read whatever it holds): fail with an
-// error, never a panic. Tests are exempt through clippy.toml; an exception
-// in this code carries an `#[allow]` saying why it cannot fail. See
-// "Robustness" in the crate docs.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 use std::time::Duration;
 
 use crate::mqtt::TopicLimits;

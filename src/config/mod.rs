@@ -41,9 +41,9 @@
 //! data without a circle.
 
 // Untrusted input (the config file is read whatever it holds): fail with an
-// error, never a panic. Tests are exempt through clippy.toml; an exception
-// in this code carries an `#[allow]` saying why it cannot fail. See
-// "Robustness" in the crate docs.
+// error, never a panic, here and in every file below. Tests are exempt
+// through clippy.toml; an exception in this code carries an `#[allow]`
+// saying why it cannot fail. See "Robustness" in the crate docs.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,

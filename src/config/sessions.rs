@@ -2,17 +2,6 @@
 //! messages, and the `[router]` table it replaced, read only to be refused
 //! with the keys that took its place.
 
-// Untrusted input (the config file is read whatever it holds): fail with an
-// error, never a panic. Tests are exempt through clippy.toml; an exception
-// in this code carries an `#[allow]` saying why it cannot fail. See
-// "Robustness" in the crate docs.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 use std::time::Duration;
 
 use serde::Deserialize;

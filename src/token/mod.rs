@@ -63,9 +63,9 @@
 //! re-exported here, so callers name them `token::...`.
 
 // Untrusted input (a token is a stranger's bytes): fail with an error, never
-// a panic. Tests are exempt through clippy.toml; an exception in this code
-// carries an `#[allow]` saying why it cannot fail. See "Robustness" in the
-// crate docs.
+// a panic, here and in every file below. Tests are exempt through
+// clippy.toml; an exception in this code carries an `#[allow]` saying why it
+// cannot fail. See "Robustness" in the crate docs.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,

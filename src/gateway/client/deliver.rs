@@ -2,16 +2,6 @@
 //! the in-flight window and written as PUBLISH packets, and a resumed
 //! session's exchanges sent again.
 
-// Untrusted input (the client's packets drive this code): fail with an
-// error, never a panic, as in `connection.rs`. See "Robustness" in the
-// crate docs.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 use rumqttd::protocol::{Packet, PubRel, PubRelReason};
 use tracing::{debug, warn};
 

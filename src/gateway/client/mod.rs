@@ -34,6 +34,16 @@
 //! [`ending`] says why a session ended, a broken rule being a
 //! [`ending::ProtocolViolation`].
 
+// Untrusted input (the client's packets drive this code): fail with an
+// error, never a panic, here and in every file below. Tests are exempt
+// through clippy.toml. See "Robustness" in the crate docs.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod aliases;
 mod deliver;
 mod ending;

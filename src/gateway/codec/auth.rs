@@ -6,15 +6,6 @@
 //! one with AUTH reason 0x00. There is no challenge, so the gateway never
 //! sends 0x18 (continue authentication) and a client never needs to.
 
-// Untrusted input (every frame comes from a client): fail with an error,
-// never a panic. See "Robustness" in the crate docs.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::primitives::{CodecError, Reader, put_str, put_varint};

@@ -28,9 +28,9 @@
 //! [`auth`] both build on are in `primitives`.
 
 // Untrusted input (every frame comes from a client, authenticated or not):
-// fail with an error, never a panic. Tests are exempt through clippy.toml;
-// an exception in this code carries an `#[allow]` saying why it cannot fail.
-// See "Robustness" in the crate docs.
+// fail with an error, never a panic, here and in every file below. Tests are
+// exempt through clippy.toml; an exception in this code carries an
+// `#[allow]` saying why it cannot fail. See "Robustness" in the crate docs.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -5,15 +5,6 @@
 //! They sit below both `codec` and `codec::auth` so that neither has to
 //! import the other's internals to read or write a field.
 
-// Untrusted input (every frame comes from a client, authenticated or not):
-// fail with an error, never a panic. See "Robustness" in the crate docs.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 use bytes::{BufMut, BytesMut};
 
 /// Why a byte stream could not be turned into packets.
