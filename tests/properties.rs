@@ -13,7 +13,7 @@
 //!   version (src/keys/mod.rs, "The model").
 //!
 //! The MQTT sequence property needs crate-internal types and lives in
-//! `src/gateway/client.rs`'s tests.
+//! `src/gateway/client/tests.rs`.
 
 // Tests panic on purpose when a fixture cannot be set up.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -52,7 +52,7 @@
 //! [`VerifiedToken`] (subject, key id) or from [`TokenError::key_id`], never
 //! from parsing the token a second time.
 //!
-//! [`mint`] creates HS256 development tokens, such as those `jwtgate mint`
+//! [`mint()`] creates HS256 development tokens, such as those `jwtgate mint`
 //! prints, with any key that holds an HMAC secret.
 //!
 //! One file per job: `compact.rs` splits the token, decodes its header and

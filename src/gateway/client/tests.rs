@@ -753,7 +753,7 @@ mod sequences {
 
     /// What the gateway sent, decoded as `Harness::answers_with_headers`
     /// does, except UNSUBACK, read here: rumqttd's MQTT 5 reader
-    /// reaches `unreachable!()` on it (see codec.rs).
+    /// reaches `unreachable!()` on it (see gateway/codec/mod.rs).
     fn answers(h: &mut Harness) -> Vec<(Packet, Option<PublishHeader>)> {
         let mut bytes = h.out.take();
         let mut packets = Vec::new();
