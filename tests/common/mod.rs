@@ -49,6 +49,7 @@ pub mod mosquitto;
 pub mod raw5;
 pub mod relay;
 pub mod scrape;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
