@@ -160,3 +160,59 @@ async fn acknowledged_retained_messages_survive_a_kill_right_after_the_last_puba
     );
     gw.assert_no_panic();
 }
+
+/// An acknowledgement is a commit for a parked session too: QoS 1 messages
+/// queued for a device that is away are written down before their
+/// publisher's PUBACK, so a SIGKILL right after the last PUBACK loses none,
+/// and the device gets them all, in order, when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_acknowledged_for_a_parked_session_survive_a_kill() {
+    const MESSAGES: usize = 200;
+    let mut gw = DevBinary::start("", "").await;
+    let token = gw.token("valve", &["cmd/valve/#"], HOUR);
+    let mut options = gw.v4_options("valve-1", &token);
+    options.set_clean_session(false);
+    let mut valve = V4Client::start(options.clone());
+    assert_eq!(valve.connack().await.code, ConnectReturnCode::Success);
+    valve.subscribe("cmd/valve/#", QoS::AtLeastOnce).await;
+    valve.disconnect().await;
+
+    let operator_token = gw.token("operator", &["cmd/#"], HOUR);
+    let mut operator = V4Client::start(gw.v4_options("operator", &operator_token));
+    assert_eq!(operator.connack().await.code, ConnectReturnCode::Success);
+    for i in 0..MESSAGES {
+        operator
+            .client
+            .publish(
+                "cmd/valve/step",
+                QoS::AtLeastOnce,
+                false,
+                i.to_string().into_bytes(),
+            )
+            .await
+            .expect("queue PUBLISH");
+    }
+    let mut acked = 0;
+    while acked < MESSAGES {
+        match operator.next_packet().await {
+            Ok(rumqttc::Packet::PubAck(_)) => acked += 1,
+            Ok(_) => {}
+            Err(e) => panic!("connection ended after {acked} PUBACKs: {e}"),
+        }
+    }
+    gw.served.kill().await;
+    gw.restart().await;
+
+    let mut valve = V4Client::start(options);
+    let connack = valve.connack().await;
+    assert_eq!(connack.code, ConnectReturnCode::Success);
+    assert!(connack.session_present, "the session did not survive");
+    let mut got = Vec::new();
+    while got.len() < MESSAGES {
+        let publish = valve.expect_publish("cmd/valve/step").await;
+        got.push(String::from_utf8_lossy(&publish.payload).into_owned());
+    }
+    let sent: Vec<String> = (0..MESSAGES).map(|i| i.to_string()).collect();
+    assert_eq!(got, sent, "acknowledged messages lost or out of order");
+    gw.assert_no_panic();
+}

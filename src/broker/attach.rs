@@ -15,7 +15,7 @@ use super::mailbox::Delivery;
 use super::message::Publication;
 use super::registry::session_cost;
 use super::routing_core::{Broker, lock};
-use super::session::{Session, SessionKey, Subscription};
+use super::session::{Session, SessionKey, State, Subscription};
 use super::store::SessionRecord;
 use crate::mqtt::RequestedFilter;
 
@@ -90,7 +90,11 @@ impl Broker {
                     },
                 );
             }
-            session.state().inflight = Some(Inflight::default());
+            {
+                let mut state = session.state();
+                state.inflight = Some(Inflight::default());
+                state.stored = record.queued.len() as u64;
+            }
             for delivery in record.queued {
                 session.mailbox().force(delivery);
             }
@@ -199,26 +203,19 @@ impl Broker {
         if expiry.is_zero() {
             self.end(&session);
         } else {
-            let subscriptions = {
+            {
+                // One lock from parking the mailbox to sending the record:
+                // a delivery queued before is in the record, one queued
+                // after is written behind it (`Broker::write_parked`).
                 let mut state = session.state();
                 state.attached = false;
                 state.inflight = Some(inflight);
-                state
-                    .subscriptions
-                    .iter()
-                    .map(|(k, sub)| (k.to_string(), sub.options))
-                    .collect()
-            };
-            session.mailbox().set_online(false);
+                let queued = session.mailbox().park();
+                let record = parked_record(&state, queued, SystemTime::now() + expiry);
+                state.stored = record.queued.len() as u64;
+                self.store.save_session(session.key(), record);
+            }
             self.arm_expiry(&session, expiry);
-            self.store.save_session(
-                session.key(),
-                SessionRecord {
-                    subscriptions,
-                    expires_at: SystemTime::now() + expiry,
-                    queued: Vec::new(),
-                },
-            );
         }
         if let Some(will) = will {
             let delay = will.delay.min(expiry);
@@ -243,34 +240,15 @@ impl Broker {
     pub fn save_parked(&self) {
         let parked: Vec<Arc<Session>> = lock(&self.sessions).sessions.values().cloned().collect();
         for session in parked {
-            let record = {
-                let state = session.state();
-                if state.attached || state.ended {
-                    continue;
-                }
-                let Some(expires_at) = state.expires_at else {
-                    continue;
-                };
-                let mut queued: Vec<Delivery> = state
-                    .inflight
-                    .iter()
-                    .flat_map(Inflight::resend)
-                    .filter_map(|resend| match resend {
-                        Resend::Publish(_, delivery) => Some(delivery.clone()),
-                        Resend::Release(_) => None,
-                    })
-                    .collect();
-                queued.extend(session.mailbox().peek_all());
-                SessionRecord {
-                    subscriptions: state
-                        .subscriptions
-                        .iter()
-                        .map(|(k, sub)| (k.to_string(), sub.options))
-                        .collect(),
-                    expires_at,
-                    queued,
-                }
+            let mut state = session.state();
+            if state.attached || state.ended {
+                continue;
+            }
+            let Some(expires_at) = state.expires_at else {
+                continue;
             };
+            let record = parked_record(&state, session.mailbox().peek_all(), expires_at);
+            state.stored = record.queued.len() as u64;
             self.store.save_session(session.key(), record);
         }
     }
@@ -348,5 +326,29 @@ impl Broker {
             info!(session = %session.key(), dropped, "session ended with undelivered messages");
         }
         self.store.remove_session(session.key());
+    }
+}
+
+/// What a parked session leaves to the store: its subscriptions, and the
+/// deliveries it holds, unacknowledged ones first, then `queued`.
+fn parked_record(state: &State, queued: Vec<Delivery>, expires_at: SystemTime) -> SessionRecord {
+    let mut held: Vec<Delivery> = state
+        .inflight
+        .iter()
+        .flat_map(Inflight::resend)
+        .filter_map(|resend| match resend {
+            Resend::Publish(_, delivery) => Some(delivery.clone()),
+            Resend::Release(_) => None,
+        })
+        .collect();
+    held.extend(queued);
+    SessionRecord {
+        subscriptions: state
+            .subscriptions
+            .iter()
+            .map(|(k, sub)| (k.to_string(), sub.options))
+            .collect(),
+        expires_at,
+        queued: held,
     }
 }

@@ -62,17 +62,39 @@ pub struct QueueLimits {
 /// What became of an offered delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
-    Queued,
+    /// Queued. `parked`: no connection held the session then, so the
+    /// delivery outlives a crash only if the store writes it down.
+    Queued { parked: bool },
     /// The session is connected and its queue is full: wait for room, up to
     /// the hold-back bound.
     Full,
     /// The overflow policy dropped a message (the new one or an older QoS 0
-    /// one). `first` marks the first drop of an overflow episode.
+    /// one). `first` marks the first drop of an overflow episode; `queued`
+    /// says the new one was queued all the same (older ones made room),
+    /// `parked` as for `Queued`.
     Dropped {
         first: bool,
+        queued: bool,
+        parked: bool,
     },
     /// The session has ended; nothing is delivered to it any more.
     Closed,
+}
+
+impl Offer {
+    /// The offered delivery went into the queue of a session no connection
+    /// held.
+    pub fn queued_while_parked(self) -> bool {
+        matches!(
+            self,
+            Offer::Queued { parked: true }
+                | Offer::Dropped {
+                    queued: true,
+                    parked: true,
+                    ..
+                }
+        )
+    }
 }
 
 /// What [`Mailbox::take`] found besides the deliveries.
@@ -195,13 +217,14 @@ impl Mailbox {
     ) -> Offer {
         let cost = delivery.message.cost();
         let was_empty = state.queue.is_empty();
+        let parked = !state.online;
         if state.fits(&self.limits, cost, budget) {
             state.push(delivery);
             drop(state);
             if was_empty {
                 self.ready.notify_one();
             }
-            return Offer::Queued;
+            return Offer::Queued { parked };
         }
         let first = state.overflow.is_none();
         let mut dropped = 0;
@@ -221,7 +244,8 @@ impl Mailbox {
             }
             dropped += 1;
         }
-        if state.fits(&self.limits, cost, budget) {
+        let queued = state.fits(&self.limits, cost, budget);
+        if queued {
             state.push(delivery);
         } else {
             dropped += 1;
@@ -232,9 +256,13 @@ impl Mailbox {
             self.ready.notify_one();
         }
         if dropped == 0 {
-            Offer::Queued
+            Offer::Queued { parked }
         } else {
-            Offer::Dropped { first }
+            Offer::Dropped {
+                first,
+                queued,
+                parked,
+            }
         }
     }
 
@@ -362,6 +390,19 @@ impl Mailbox {
 
     pub fn is_online(&self) -> bool {
         self.state().online
+    }
+
+    /// No connection serves the session any more: returns what it queues,
+    /// read under the same lock, so that every delivery queued from now on
+    /// is answered `parked` and none of those is in what this returns.
+    pub fn park(&self) -> Vec<Delivery> {
+        let mut state = self.state();
+        state.online = false;
+        state.evicted = false;
+        let queued = state.queue.iter().cloned().collect();
+        drop(state);
+        self.room.notify_waiters();
+        queued
     }
 
     /// A connection now serves the session (or no longer does). Publishers

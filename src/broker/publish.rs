@@ -105,9 +105,18 @@ impl Pending {
             }
         }
         let now = Instant::now();
-        let message = &self.message;
-        self.waiting.retain(|(target, deadline)| {
-            broker.offer(target, message, *deadline <= now) == Offer::Full
+        let Pending {
+            message,
+            waiting,
+            kept,
+        } = self;
+        // A session parked since it was found full writes the message down
+        // now; the commit is awaited on the next call, its outcome told to
+        // no one (the publisher's ack tells what the first offers found).
+        waiting.retain(|(target, deadline)| {
+            let (offer, written) = broker.offer(target, message, *deadline <= now);
+            kept.extend(written);
+            offer == Offer::Full
         });
     }
 }
@@ -143,6 +152,7 @@ impl Broker {
             });
         merge_per_session(&mut targets);
         let deadline = Instant::now() + self.settings.slow_subscriber_timeout;
+        let mut kept: Vec<Kept> = retained.into_iter().collect();
         // A publisher never waits for its own session: it could not drain
         // it while it waits (its acks are not read), so its own overflow
         // applies at once.
@@ -150,18 +160,19 @@ impl Broker {
             .into_iter()
             .filter(|target| {
                 let own = publisher.is_some_and(|p| Arc::ptr_eq(p, &target.session));
-                self.offer(target, &message, own) == Offer::Full
+                let (offer, written) = self.offer(target, &message, own);
+                kept.extend(written);
+                offer == Offer::Full
             })
             .map(|target| (target, deadline))
             .collect();
-        let kept = self
-            .taps
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter_map(|tap| tap.take(&message))
-            .chain(retained)
-            .collect();
+        kept.extend(
+            self.taps
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .filter_map(|tap| tap.take(&message)),
+        );
         Pending {
             message,
             waiting,
@@ -230,9 +241,17 @@ impl Broker {
     }
 
     /// Offers `message` to one target; with `overflow`, its policy applies
-    /// if it is still full.
-    fn offer(&self, target: &Target, message: &Arc<Message>, overflow: bool) -> Offer {
-        let delivery = Delivery {
+    /// if it is still full. A QoS 1 or 2 delivery queued for a parked
+    /// session is written down too: its commit, if the store makes one, is
+    /// for the publisher's ack to wait on, since that ack promises the
+    /// message outlives a crash.
+    fn offer(
+        &self,
+        target: &Target,
+        message: &Arc<Message>,
+        overflow: bool,
+    ) -> (Offer, Option<Kept>) {
+        let delivery = || Delivery {
             message: Arc::clone(message),
             qos: message.qos().min(target.qos),
             retain: target.retain_as_published && message.retain(),
@@ -240,11 +259,17 @@ impl Broker {
         };
         let mailbox = target.session.mailbox();
         let offer = if overflow {
-            mailbox.overflow(delivery, &self.budget)
+            mailbox.overflow(delivery(), &self.budget)
         } else {
-            mailbox.offer(delivery, &self.budget)
+            mailbox.offer(delivery(), &self.budget)
         };
-        if let Offer::Dropped { first } = offer {
+        let written =
+            if offer.queued_while_parked() && message.qos().min(target.qos) > QoS::AtMostOnce {
+                self.write_parked(&target.session, &delivery())
+            } else {
+                None
+            };
+        if let Offer::Dropped { first, .. } = offer {
             let total = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if first {
                 warn!(
@@ -256,7 +281,22 @@ impl Broker {
                 );
             }
         }
-        offer
+        (offer, written)
+    }
+
+    /// Writes down a delivery just queued for a parked session, behind the
+    /// record [`Broker::detach`] saved. Under the session's lock, which
+    /// `detach` holds from parking the mailbox until its record is sent:
+    /// this write reaches the store after the record, never before.
+    fn write_parked(&self, session: &Session, delivery: &Delivery) -> Option<Kept> {
+        let mut state = session.state();
+        // Resumed since (its connection holds the message now) or ended.
+        if state.attached || state.ended {
+            return None;
+        }
+        let position = state.stored;
+        state.stored += 1;
+        self.store.queue_parked(session.key(), position, delivery)
     }
 }
 

@@ -106,6 +106,9 @@ pub(super) struct State {
     pub inflight: Option<Inflight>,
     /// A connection holds the session.
     pub attached: bool,
+    /// Deliveries the store holds for this parked session: the next one
+    /// queued while it is parked is written at this position.
+    pub stored: u64,
     /// The session is over; it only lingers in tasks that still hold it.
     pub ended: bool,
     pub expiry: Option<AbortHandle>,

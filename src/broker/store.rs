@@ -65,6 +65,13 @@ pub trait Store: Send + Sync + 'static {
     fn each_retained(&self, visit: &mut dyn FnMut(&Retained));
     /// Parks a persistent session whose client went away.
     fn save_session(&self, key: &SessionKey, record: SessionRecord);
+    /// Writes down `delivery`, queued for parked session `key` after its
+    /// record was saved, at `position` of its queue. A store that writes
+    /// it down returns the commit, which the publisher's ack waits on; one
+    /// that keeps sessions in memory only, `None` (the session's mailbox
+    /// holds it, and [`Broker::save_parked`](super::Broker::save_parked)
+    /// saves it at shutdown).
+    fn queue_parked(&self, key: &SessionKey, position: u64, delivery: &Delivery) -> Option<Kept>;
     /// Forgets a parked session (resumed, or ended).
     fn remove_session(&self, key: &SessionKey);
     /// Every parked session, read once at start.
@@ -159,6 +166,10 @@ impl Store for MemoryStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key.clone(), record);
+    }
+
+    fn queue_parked(&self, _: &SessionKey, _: u64, _: &Delivery) -> Option<Kept> {
+        None
     }
 
     fn remove_session(&self, key: &SessionKey) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::broker::store::SessionRecord;
-use crate::broker::{CommitError, Message, SessionKey};
+use crate::broker::{CommitError, Delivery, Message, SessionKey};
 use crate::mqtt::QoS;
 
 /// Where a write's outcome goes: to whoever holds back an ack for it.
@@ -33,6 +33,14 @@ pub(super) enum Write {
     Retain(Arc<Message>, Answer),
     ClearRetained(Box<str>, Answer),
     SaveSession(SessionKey, SessionRecord),
+    /// A delivery for a parked session, at `position` of its stored queue
+    /// (behind what its last `SaveSession` wrote).
+    QueueParked {
+        key: SessionKey,
+        position: u64,
+        delivery: Delivery,
+        kept: Answer,
+    },
     RemoveSession(SessionKey),
     /// Commit and sync everything sent before, then answer.
     Flush(oneshot::Sender<()>),

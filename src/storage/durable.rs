@@ -138,8 +138,28 @@ impl Store for DurableStore {
     }
 
     fn save_session(&self, key: &SessionKey, record: SessionRecord) {
-        self.memory.save_session(key, record.clone());
+        // The memory copy serves only the restore at start, which reads
+        // the database instead: it keeps no queue, which would hold every
+        // queued message a second time, outside the ledger.
+        self.memory.save_session(
+            key,
+            SessionRecord {
+                queued: Vec::new(),
+                ..record.clone()
+            },
+        );
         self.write(Write::SaveSession(key.clone(), record));
+    }
+
+    fn queue_parked(&self, key: &SessionKey, position: u64, delivery: &Delivery) -> Option<Kept> {
+        let (kept, receiver) = oneshot::channel();
+        self.write(Write::QueueParked {
+            key: key.clone(),
+            position,
+            delivery: delivery.clone(),
+            kept,
+        });
+        Some(receiver)
     }
 
     fn remove_session(&self, key: &SessionKey) {

@@ -36,7 +36,7 @@ use tracing::{error, info, warn};
 use super::command::Write;
 use super::queue::{Queue, Recent};
 use super::rows::{self, MESSAGE_COLUMNS, MessageRow};
-use crate::broker::{CommitError, SessionKey};
+use crate::broker::{CommitError, Delivery, SessionKey};
 
 /// Whether commits work, as the writer last found, for the metrics.
 #[derive(Debug, Default)]
@@ -197,6 +197,7 @@ impl Writer {
             for (write, outcome) in group.into_iter().zip(outcomes) {
                 match write {
                     Write::Append { kept, .. }
+                    | Write::QueueParked { kept, .. }
                     | Write::Retain(_, kept)
                     | Write::ClearRetained(_, kept) => {
                         let _ = kept.send(outcome);
@@ -380,26 +381,16 @@ impl Writer {
                         rows::subscriptions_json(record)
                     ])?;
                     remove_queued(&tx, key)?;
-                    let mut insert = tx.prepare_cached(&format!(
-                        "INSERT INTO session_messages (subject, client_id, position, delivery_qos, \
-                         delivery_retain, subscription_ids, {MESSAGE_COLUMNS}) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-                    ))?;
                     for (position, delivery) in record.queued.iter().enumerate() {
-                        let row = MessageRow::new(&delivery.message, delivery.message.qos());
-                        let ids = serde_json::to_string(&delivery.subscription_ids)
-                            .unwrap_or_else(|_| "[]".to_owned());
-                        let first: [&dyn ToSql; 6] = [
-                            &key.subject(),
-                            &key.client_id(),
-                            &position,
-                            &(delivery.qos as i64),
-                            &delivery.retain,
-                            &ids,
-                        ];
-                        insert.execute(params_from_iter(first.into_iter().chain(row.values())))?;
+                        insert_queued(&tx, key, position as u64, delivery)?;
                     }
                 }
+                Write::QueueParked {
+                    key,
+                    position,
+                    delivery,
+                    ..
+                } => insert_queued(&tx, key, *position, delivery)?,
                 Write::RemoveSession(key) => {
                     tx.prepare_cached(
                         "DELETE FROM sessions WHERE subject = ?1 AND client_id = ?2",
@@ -432,6 +423,34 @@ impl Writer {
             ),
         }
     }
+}
+
+/// One delivery of a parked session's queue, at `position`.
+fn insert_queued(
+    tx: &rusqlite::Transaction<'_>,
+    key: &SessionKey,
+    position: u64,
+    delivery: &Delivery,
+) -> rusqlite::Result<()> {
+    let row = MessageRow::new(&delivery.message, delivery.message.qos());
+    let ids = serde_json::to_string(&delivery.subscription_ids).unwrap_or_else(|_| "[]".to_owned());
+    // SQLite's integers are signed; a queue never holds 2^63 deliveries.
+    let position = i64::try_from(position).unwrap_or(i64::MAX);
+    let first: [&dyn ToSql; 6] = [
+        &key.subject(),
+        &key.client_id(),
+        &position,
+        &(delivery.qos as i64),
+        &delivery.retain,
+        &ids,
+    ];
+    tx.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO session_messages (subject, client_id, position, delivery_qos, \
+         delivery_retain, subscription_ids, {MESSAGE_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    ))?
+    .execute(params_from_iter(first.into_iter().chain(row.values())))?;
+    Ok(())
 }
 
 fn remove_queued(tx: &rusqlite::Transaction<'_>, key: &SessionKey) -> rusqlite::Result<()> {

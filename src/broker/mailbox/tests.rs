@@ -49,7 +49,7 @@ fn a_connected_full_queue_makes_publishers_wait() {
     for p in ["a", "b"] {
         assert_eq!(
             mailbox.offer(delivery(&budget, p, QoS::AtLeastOnce), &budget),
-            Offer::Queued
+            Offer::Queued { parked: false }
         );
     }
     assert_eq!(
@@ -69,16 +69,28 @@ fn overflow_drops_the_oldest_qos0_then_the_new_message() {
     mailbox.offer(delivery(&budget, "q1b", QoS::AtLeastOnce), &budget);
     assert_eq!(
         mailbox.offer(delivery(&budget, "new0", QoS::AtMostOnce), &budget),
-        Offer::Dropped { first: true }
+        Offer::Dropped {
+            first: true,
+            queued: true,
+            parked: true
+        }
     );
     assert_eq!(
         mailbox.offer(delivery(&budget, "late1", QoS::AtLeastOnce), &budget),
-        Offer::Dropped { first: false },
+        Offer::Dropped {
+            first: false,
+            queued: true,
+            parked: true
+        },
         "a QoS 1 message displaces the queued QoS 0 one"
     );
     assert_eq!(
         mailbox.offer(delivery(&budget, "later1", QoS::AtLeastOnce), &budget),
-        Offer::Dropped { first: false },
+        Offer::Dropped {
+            first: false,
+            queued: false,
+            parked: true
+        },
         "with no QoS 0 message left, the new one is dropped"
     );
     let mut out = Vec::new();
@@ -98,7 +110,11 @@ fn disconnect_policy_evicts_on_qos1_overflow_only() {
     mailbox.offer(delivery(&budget, "a", QoS::AtMostOnce), &budget);
     assert_eq!(
         mailbox.overflow(delivery(&budget, "b", QoS::AtMostOnce), &budget),
-        Offer::Dropped { first: true }
+        Offer::Dropped {
+            first: true,
+            queued: true,
+            parked: false
+        }
     );
     let mut out = Vec::new();
     assert_eq!(mailbox.take(0, 0, &mut out), Taken::Ok);
@@ -151,7 +167,7 @@ fn byte_bound_and_budget_count() {
     let big = "x".repeat(100);
     assert_eq!(
         mailbox.offer(delivery(&budget, &big, QoS::AtLeastOnce), &budget),
-        Offer::Queued
+        Offer::Queued { parked: false }
     );
     assert_eq!(
         mailbox.offer(delivery(&budget, &big, QoS::AtLeastOnce), &budget),
@@ -163,7 +179,7 @@ fn byte_bound_and_budget_count() {
     other.set_online(true);
     assert_eq!(
         other.offer(delivery(&tight, "a", QoS::AtLeastOnce), &tight),
-        Offer::Queued
+        Offer::Queued { parked: false }
     );
     assert_eq!(
         other.offer(delivery(&tight, "b", QoS::AtLeastOnce), &tight),
@@ -184,4 +200,25 @@ fn a_closed_mailbox_refuses_and_forgets() {
     );
     assert!(mailbox.is_empty());
     assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn park_splits_what_was_queued_from_what_comes_after() {
+    let budget = Budget::new(1 << 30);
+    let mailbox = Mailbox::new(limits(10, SlowSubscriber::Drop));
+    mailbox.set_online(true);
+    assert_eq!(
+        mailbox.offer(delivery(&budget, "before", QoS::AtLeastOnce), &budget),
+        Offer::Queued { parked: false }
+    );
+    let parked: Vec<_> = mailbox
+        .park()
+        .iter()
+        .map(|d| d.message.payload().clone())
+        .collect();
+    assert_eq!(parked, ["before"]);
+    let after = mailbox.offer(delivery(&budget, "after", QoS::AtLeastOnce), &budget);
+    assert_eq!(after, Offer::Queued { parked: true });
+    assert!(after.queued_while_parked());
+    assert_eq!(mailbox.len(), 2, "parking keeps the queue");
 }
