@@ -869,14 +869,11 @@ async fn commands_sent_while_the_edge_is_down_arrive(down: EdgeDown, protocol: u
     );
     // The panel goes away; its session is parked (and written down).
     panel.disconnect().await;
-    let mut expected: Vec<usize> = Vec::new();
-    if down == EdgeDown::Terminated {
-        // Routed into the parked session while the gateway runs: a clean
-        // stop saves them with it. (A kill would lose these: a parked
-        // session's queue is in memory while the gateway runs.)
-        send_commands(&mut operator, 10..20).await;
-        expected.extend(10..20);
-    }
+    // Routed into the parked session while the gateway runs: written down
+    // before the bridge acknowledges them to the remote, so that a kill
+    // loses them no more than a clean stop does.
+    send_commands(&mut operator, 10..20).await;
+    let mut expected: Vec<usize> = (10..20).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     match down {
         EdgeDown::Terminated => gw.served.terminate().await,
