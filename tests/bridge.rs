@@ -209,27 +209,158 @@ async fn a_backlog_built_while_the_remote_is_down_drains_in_order_without_new_pu
     gw.assert_no_panic();
 }
 
+/// Collects publishes on `client` until the connection has been quiet for
+/// `quiet` (or `limit` passed).
+async fn until_quiet(
+    client: &mut V4Client,
+    quiet: Duration,
+    limit: Duration,
+) -> Vec<rumqttc::Publish> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        let more = client.publishes_within(quiet).await;
+        if more.is_empty() || Instant::now() >= deadline {
+            return seen;
+        }
+        seen.extend(more);
+    }
+}
+
+/// Whether every device's messages `0..each` are all in `seen`.
+fn all_arrived(seen: &HashMap<usize, Vec<usize>>, devices: usize, each: usize) -> bool {
+    (0..devices).all(|d| {
+        seen.get(&d).is_some_and(|got| {
+            let mut unique = got.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            unique.len() == each
+        })
+    })
+}
+
+/// A relay like [`Relay`] whose gateway-to-remote direction carries at
+/// most [`SlowRelay::CHUNK`] bytes every [`SlowRelay::PAUSE`] (about 6,000
+/// bridged messages a second): a remote that reads slowly, so that a drain
+/// keeps messages on their way, where a power cut loses them. Cut, it drops
+/// both sockets, and what they held.
+struct SlowRelay {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowRelay {
+    const CHUNK: usize = 512;
+    const PAUSE: Duration = Duration::from_millis(2);
+
+    async fn start(target: u16, up: bool) -> SlowRelay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let (up, state) = tokio::sync::watch::channel(up);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*state.borrow() {
+                    continue;
+                }
+                let mut state = state.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (mut from_gateway, mut to_gateway) = inbound.into_split();
+                    let (mut from_remote, mut to_remote) = outbound.into_split();
+                    let slowly_up = async {
+                        let mut chunk = [0u8; SlowRelay::CHUNK];
+                        loop {
+                            let n = match from_gateway.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if to_remote.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(SlowRelay::PAUSE).await;
+                        }
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut from_remote, &mut to_gateway).await;
+                    };
+                    tokio::select! {
+                        _ = async { tokio::join!(slowly_up, down) } => {}
+                        _ = state.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        SlowRelay { port, up, task }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for SlowRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_the_drain_loses_nothing_a_device_had_acknowledged() {
-    let Bridged {
-        mosquitto,
-        relay,
-        mut gw,
-        _secrets,
-    } = bridged(false, FORWARD_SENSORS, "").await;
+    let mosquitto = Mosquitto::start().await;
+    let relay = SlowRelay::start(mosquitto.tls_port(), false).await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let credential = password_file(&mosquitto, secrets.path());
+    let mut gw = DevBinary::start(
+        "",
+        &bridge_table(&mosquitto, relay.port, &credential, FORWARD_SENSORS, ""),
+    )
+    .await;
     let mut central = mosquitto.subscriber("central", "site-42/#").await;
     let (devices, each) = (4, 1500);
+    let total = devices * each;
     publish_from_devices(&gw, devices, each).await;
 
+    // The kill comes once half the backlog has reached the central
+    // subscriber: mid-drain, since the slow remote takes about a second
+    // for all of it, and long enough after the drain began for what the
+    // bridge took off its queue to be on disk. A power cut: the uplink goes
+    // with the process, and what was on its way to the remote is lost with
+    // it, so only what the remote acknowledged may be taken off the queue.
     relay.set_up(true);
-    let mut arrived = collect(&mut central, 500, DRAIN_LIMIT).await;
+    let mut arrived = collect(&mut central, total / 2, DRAIN_LIMIT).await;
+    relay.set_up(false);
     gw.served.kill().await;
+    // What had got through still arrives; then nothing more until the
+    // restart.
+    arrived.extend(until_quiet(&mut central, Duration::from_secs(1), DRAIN_LIMIT).await);
     let before_kill = arrived.len();
+    assert!(
+        0 < before_kill && before_kill < total,
+        "the kill did not come during the drain: {before_kill} of {total} had arrived"
+    );
+
+    relay.set_up(true);
     gw.restart().await;
-    arrived.extend(collect(&mut central, devices * each - before_kill, DRAIN_LIMIT).await);
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while !all_arrived(&by_device(&arrived), devices, each) && Instant::now() < deadline {
+        arrived.extend(central.publishes_within(Duration::from_millis(200)).await);
+    }
     // Late duplicates of what was in flight at the kill.
     arrived.extend(central.publishes_within(Duration::from_millis(500)).await);
 
+    // Every acknowledged message arrived at least once, in all.
     let seen = by_device(&arrived);
     let mut duplicates = 0;
     for d in 0..devices {
@@ -238,15 +369,18 @@ async fn a_kill_during_the_drain_loses_nothing_a_device_had_acknowledged() {
         unique.sort_unstable();
         unique.dedup();
         duplicates += got.len() - unique.len();
-        let expected: Vec<usize> = (0..each).collect();
-        assert_eq!(
-            unique, expected,
-            "device {d}: acknowledged messages missing after the kill"
+        let missing: Vec<usize> = (0..each)
+            .filter(|n| unique.binary_search(n).is_err())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "device {d}: acknowledged messages {missing:?} missing after the kill \
+             ({before_kill} of {total} had arrived before it)"
         );
     }
     println!(
-        "killed after {before_kill} of {} arrived; all arrived after the restart, {duplicates} duplicates",
-        devices * each
+        "killed after {before_kill} of {total} arrived; all arrived after the restart, \
+         {duplicates} duplicates"
     );
     gw.assert_no_panic();
 }
@@ -436,7 +570,7 @@ async fn a_rotated_token_file_is_used_at_the_next_reconnect() {
 
 /// A tmpfs mounted on a new temporary directory, unmounted when dropped:
 /// a small disk that can fill up for real (ENOSPC). `None` where mounting
-/// is not allowed (the test then says it was skipped).
+/// is not allowed.
 struct SmallDisk {
     dir: tempfile::TempDir,
 }
@@ -548,10 +682,11 @@ enum FullDisk {
 /// Issue 19, item 4, on a real full disk (a tmpfs; root only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_full_disk_only_committed_publishes_are_acknowledged_and_the_queue_recovers() {
-    let Some(disk) = SmallDisk::mount("16m") else {
-        println!("skipped: cannot mount a tmpfs here (needs root); see the file size limit case");
-        return;
-    };
+    // A missing prerequisite fails the test rather than passing it
+    // unchecked; the file size limit case below is the same check without
+    // root.
+    let disk = SmallDisk::mount("16m")
+        .expect("cannot mount a tmpfs here: this test needs root (CAP_SYS_ADMIN)");
     only_committed_publishes_are_acknowledged(FullDisk::Tmpfs(disk)).await;
 }
 

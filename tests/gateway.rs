@@ -3,14 +3,16 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use common::checks::{ahead_of_now, assert_at_exp};
+use common::raw5::{Raw5, v5};
 use common::{QUIET, TestGateway, V4Client, V5Client, WAIT, mqtt, now_unix};
 use jwtgate::config::DenyPublish;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode as Code5, DisconnectReasonCode, Packet as Packet5, PubAckReason,
-    SubscribeReasonCode as Sub5,
+    PubCompReason, SubscribeReasonCode as Sub5,
 };
 use rumqttc::{ConnectReturnCode, LastWill, QoS, SubscribeReasonCode};
 use serde_json::json;
@@ -336,8 +338,18 @@ async fn pubsub_round_trip_at_qos_0_1_2() {
         let ack = pub5
             .publish(&topic, qos5(qos), false, payload.as_bytes())
             .await;
-        if let Some(Packet5::PubAck(ack)) = ack {
-            assert_eq!(ack.reason, PubAckReason::Success);
+        // The acknowledgement of the publish's QoS, and a successful one:
+        // none at QoS 0, PUBACK at 1, PUBCOMP (after a successful PUBREC,
+        // which the client answered) at 2.
+        match (qos, &ack) {
+            (QoS::AtMostOnce, None) => {}
+            (QoS::AtLeastOnce, Some(Packet5::PubAck(ack))) => {
+                assert_eq!(ack.reason, PubAckReason::Success);
+            }
+            (QoS::ExactlyOnce, Some(Packet5::PubComp(comp))) => {
+                assert_eq!(comp.reason, PubCompReason::Success);
+            }
+            _ => panic!("{qos:?} publish acknowledged with {ack:?}"),
         }
         let got = sub4.expect_publish(&topic).await;
         assert_eq!(&got.payload[..], payload.as_bytes());
@@ -687,12 +699,18 @@ async fn will_is_published_when_a_client_vanishes() {
         .await;
     watcher.subscribe("status/#", QoS::AtLeastOnce).await;
 
-    // A clean DISCONNECT does not publish the will.
-    let token = gw.token("dev8", &["status/dev8", "status/dev8-v5"], HOUR);
+    // A clean DISCONNECT does not publish the will. Its will differs from
+    // the killed client's below in topic and payload, so that the polite
+    // client's will, published however late, cannot pass for the other.
+    let token = gw.token(
+        "dev8",
+        &["status/dev8", "status/dev8-polite", "status/dev8-v5"],
+        HOUR,
+    );
     let mut opts = gw.v4_options("dev8-polite", &token);
     opts.set_last_will(LastWill::new(
-        "status/dev8",
-        "offline",
+        "status/dev8-polite",
+        "offline (polite)",
         QoS::AtLeastOnce,
         false,
     ));
@@ -705,15 +723,25 @@ async fn will_is_published_when_a_client_vanishes() {
     let mut opts = gw.v4_options("dev8", &token);
     opts.set_last_will(LastWill::new(
         "status/dev8",
-        "offline",
+        "offline (killed)",
         QoS::AtLeastOnce,
         false,
     ));
     let mut rude = V4Client::start(opts);
     assert_eq!(rude.connack().await.code, ConnectReturnCode::Success);
     rude.kill().await;
-    let will = watcher.expect_publish("status/dev8").await;
-    assert_eq!(&will.payload[..], b"offline");
+    // The first will to arrive is the killed client's: any will of the
+    // polite one, published by the same path before it, would be first.
+    let will = watcher.next_packet().await;
+    match will {
+        Ok(rumqttc::Packet::Publish(will)) => {
+            assert_eq!(
+                (will.topic.as_str(), &will.payload[..]),
+                ("status/dev8", &b"offline (killed)"[..])
+            );
+        }
+        other => panic!("expected the killed client's will, got {other:?}"),
+    }
 
     let mut opts = gw.v5_options("dev8-v5", &token);
     opts.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
@@ -728,6 +756,10 @@ async fn will_is_published_when_a_client_vanishes() {
     rude5.kill().await;
     let will = watcher.expect_publish("status/dev8-v5").await;
     assert_eq!(&will.payload[..], b"gone");
+    // Nothing else, ever, from the polite client.
+    let late = watcher.publishes_within(QUIET).await;
+    assert!(late.is_empty(), "{late:?}");
+    assert!(watcher.is_open().await, "the watcher left");
 }
 
 // ---------------------------------------------------------------------------
@@ -737,21 +769,26 @@ async fn will_is_published_when_a_client_vanishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_expiry_closes_the_connection() {
     let gw = TestGateway::start_with(|cfg| cfg.auth.leeway = Duration::ZERO).await;
-    let ttl = Duration::from_secs(3);
-    let exp = now_unix() + ttl.as_secs();
-    let token = gw.token("dev9", &["sensors/#"], ttl);
+    // `exp` set from a measured now, far enough ahead for both CONNECTs on
+    // a loaded machine (checked below).
+    let exp = now_unix() + 4;
+    let token = gw.sign(&json!({ "sub": "dev9", "exp": exp, "topics": ["sensors/#"] }));
 
     let mut v5 = gw.v5_connected("dev9-v5", &token).await;
     let mut v4 = gw.v4_connected("dev9-v4", &token).await;
     assert!(v5.is_open().await && v4.is_open().await);
-
-    let end = v5.closed().await;
     assert!(
-        now_unix() + 1 >= exp,
-        "closed at {} before the token's exp {exp}",
-        now_unix()
+        ahead_of_now(exp) > Duration::ZERO,
+        "connected after exp: nothing tested"
     );
-    let why = v4.closed().await;
+
+    // Closed at exp (no leeway): not before it, and not long after.
+    let ((end, closed5), (why, closed4)) =
+        tokio::join!(async { (v5.closed().await, SystemTime::now()) }, async {
+            (v4.closed().await, SystemTime::now())
+        },);
+    assert_at_exp("v5 closed", closed5, exp, Duration::from_secs(3));
+    assert_at_exp("v4 closed", closed4, exp, Duration::from_secs(3));
     eprintln!("v4 closed at expiry: {why}");
     assert_eq!(
         end.disconnect,
@@ -1396,24 +1433,53 @@ async fn oversized_packets_close_only_their_sender() {
     let mut bystander = gw.v4_connected("bystander", &token).await;
     bystander.subscribe("big/#", QoS::AtLeastOnce).await;
 
-    // MQTT 5 clients learn the limit from CONNACK and do not send more.
-    let mut v5 = gw.v5_connected("big-v5", &token).await;
-    v5.client
-        .publish("big/x", QoS5::AtMostOnce, false, vec![0u8; 4096])
-        .await
-        .unwrap();
-    let end = v5.closed().await;
-    assert!(end.error.contains("max: 2048"), "{end:?}");
+    // MQTT 5: the limit is announced in CONNACK (Maximum Packet Size,
+    // 0x27), and a PUBLISH over it, sent raw since rumqttc refuses to send
+    // it, is answered with DISCONNECT 0x95 "packet too large" naming the
+    // limit, then the close.
+    let (mut big5, ack) = Raw5::connect(&gw, v5::Connect::new("big-v5", &token)).await;
+    assert_eq!(ack.props.get(0x27), Some(&v5::Value::Four(2048)), "{ack:?}");
+    big5.send(&v5::publish(
+        "big/x",
+        &[0u8; 4096],
+        0,
+        false,
+        0,
+        &v5::Props::new(),
+    ))
+    .await;
+    match big5.next().await {
+        Some(v5::Packet::Disconnect { reason, props }) => {
+            assert_eq!(reason, 0x95, "packet too large");
+            let Some(v5::Value::Text(why)) = props.get(v5::REASON_STRING) else {
+                panic!("no reason string: {props:?}");
+            };
+            assert!(why.contains("exceeds the limit of 2048"), "{why}");
+        }
+        other => panic!("expected DISCONNECT 0x95, got {other:?}"),
+    }
+    assert_eq!(big5.closed().await, None, "closed after the DISCONNECT");
 
-    // A 3.1.1 client has no such hint; its oversized PUBLISH closes it.
-    let mut sender = gw.v4_connected("big-sender", &token).await;
+    // A 3.1.1 client has no such hint, and the server no DISCONNECT: its
+    // oversized PUBLISH (raw as well) closes the connection, nothing sent.
+    let mut sender = gw.raw().await;
     sender
-        .client
-        .publish("big/x", QoS::AtMostOnce, false, vec![0u8; 4096])
-        .await
-        .unwrap();
-    let closed = sender.closed().await;
-    assert!(!closed.is_empty());
+        .send_ok(
+            &mqtt::Connect::new(4, "big-sender")
+                .username("JWT")
+                .password(&token)
+                .encode(),
+        )
+        .await;
+    assert_eq!(sender.read_packet().await, mqtt::CONNACK_OK_V4);
+    // The gateway may close before all of it is written.
+    let _ = sender
+        .send(&mqtt::publish(4, "big/x", &[0u8; 4096], 0, 0))
+        .await;
+    assert!(
+        sender.expect_closed().await.is_empty(),
+        "nothing is answered to an oversized 3.1.1 packet"
+    );
     bystander.expect_no_publish().await;
     bystander
         .publish("big/y", QoS::AtLeastOnce, false, b"small")

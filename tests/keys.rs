@@ -717,23 +717,41 @@ async fn sighup_reloads_keys() {
         ConnectReturnCode::BadUserNamePassword
     );
 
+    // The control: the watcher is up, and watches `keys-a`. A key dropped
+    // there comes into force without a signal.
+    let probe_secret = b"a probe for the watcher, in keys-a";
+    drop_secret(&root.path().join("keys-a"), "probe", probe_secret);
+    let probe_token = sign_hs256_kid(probe_secret, "probe", &device_claims("d3"));
+    target.until(&probe_token, ConnectReturnCode::Success).await;
+
     let link = root.path().join(".keys.tmp");
     std::os::unix::fs::symlink("keys-b", &link).expect("link keys-b");
     std::fs::rename(&link, root.path().join("keys")).expect("swap the link");
-    // No reload has happened, nor can one without the signal.
+    // No reload happens without the signal: well past the watcher's
+    // debounce (and the reload the control took, well under a second), the
+    // new key is still refused and the probe, which only `keys-a` holds,
+    // still accepted.
+    tokio::time::sleep(10 * jwtgate::reload::DEBOUNCE).await;
     assert_eq!(
         target.connack(&new_token).await,
         ConnectReturnCode::BadUserNamePassword,
         "the watcher saw the link swap:\n{}",
         served.log()
     );
+    assert_eq!(
+        target.connack(&probe_token).await,
+        ConnectReturnCode::Success,
+        "keys reloaded without the signal:\n{}",
+        served.log()
+    );
 
-    let since = served.log().len();
     served.signal("HUP");
-    served
-        .wait_for_log(since, "SIGHUP: reloading keys and certificate")
-        .await;
+    // The reload read `keys-b`: its new key is in force, the probe's gone.
     target.until(&new_token, ConnectReturnCode::Success).await;
+    assert_eq!(
+        target.connack(&probe_token).await,
+        ConnectReturnCode::BadUserNamePassword
+    );
     assert_eq!(target.connack(&old_token).await, ConnectReturnCode::Success);
 }
 
@@ -909,14 +927,13 @@ fn the_repository_keys_folder_takes_a_first_run_and_keeps_its_secrets_out_of_git
     assert_eq!(kids, ["dev"], "the example JWK set is not a key");
 
     // Every name a first run (or an operator) puts there is ignored by git;
-    // the README and the examples are not.
-    if std::process::Command::new("git")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return;
-    }
+    // the README and the examples are not. Without git this cannot be
+    // checked, which fails the test rather than passing it unchecked.
+    let git = std::process::Command::new("git").arg("--version").output();
+    assert!(
+        git.is_ok_and(|out| out.status.success()),
+        "git is needed to check what the keys folder keeps out of the repository; install it"
+    );
     let ignored = |name: &str| {
         std::process::Command::new("git")
             .current_dir(repo)

@@ -11,10 +11,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use common::checks::{ahead_of_now, assert_at_exp, until_past};
 use common::raw5::{Raw5, v5};
-use common::{QUIET, TestGateway, V4Client, WAIT, now_unix};
+use common::{QUIET, TestGateway, V4Client, now_unix};
 use serde_json::json;
 
 /// Session expiry interval (a property of CONNECT).
@@ -90,7 +91,10 @@ async fn a_token_as_authentication_data_connects_and_connack_names_the_method() 
 async fn reauthentication_keeps_the_session_past_the_old_expiry() {
     let gw = gateway().await;
     let mut publisher = watcher(&gw, "pub-1", "unused/#").await;
-    let short = token(&gw, "dev-r", &["q/#"], 2);
+    // Long enough for a loaded machine to connect, subscribe, deliver and
+    // re-authenticate before it; checked below, not hoped.
+    let short_exp = now_unix() + 6;
+    let short = gw.sign(&json!({ "sub": "dev-r", "exp": short_exp, "topics": ["q/#"] }));
     let connect = v5::Connect::enhanced("dev-r", &short)
         .clean_start(false)
         .props(v5::Props::new().u32(SESSION_EXPIRY, 300));
@@ -104,9 +108,16 @@ async fn reauthentication_keeps_the_session_past_the_old_expiry() {
 
     let long = token(&gw, "dev-r", &["q/#"], 600);
     assert!(is_auth_success(&device.reauthenticate(&long).await));
+    let left = ahead_of_now(short_exp);
+    assert!(
+        left > Duration::ZERO,
+        "the re-authentication came after the first token's exp: nothing tested"
+    );
 
-    // Past the first token's exp (no leeway), the connection lives on.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A second past the first token's exp (no leeway), the connection lives
+    // on: the same connection without the AUTH is closed at exp (the next
+    // test).
+    until_past(short_exp, Duration::from_secs(1)).await;
     publisher
         .publish("q/1", rumqttc::QoS::AtLeastOnce, false, b"after")
         .await;
@@ -130,10 +141,15 @@ async fn reauthentication_keeps_the_session_past_the_old_expiry() {
 #[tokio::test]
 async fn without_reauthentication_the_old_expiry_still_ends_the_connection() {
     let gw = gateway().await;
-    let short = token(&gw, "dev-x", &["x/#"], 1);
+    // Far enough ahead that the CONNECT is surely before it.
+    let exp = now_unix() + 3;
+    let short = gw.sign(&json!({ "sub": "dev-x", "exp": exp, "topics": ["x/#"] }));
     let (mut device, _) = Raw5::connect(&gw, v5::Connect::enhanced("dev-x", &short)).await;
-    // MQTT 5's "maximum connect time".
+    assert!(ahead_of_now(exp) > Duration::ZERO, "connected after exp");
+    // MQTT 5's "maximum connect time", at exp (no leeway): not before it,
+    // and not long after.
     assert_eq!(device.closed().await, Some(0xA0));
+    assert_at_exp("closed", SystemTime::now(), exp, Duration::from_secs(3));
 }
 
 #[tokio::test]
@@ -207,7 +223,11 @@ async fn refused_reauthentications_end_the_connection_with_their_reason_and_no_w
     let gw = gateway().await;
     let mut will_watch = watcher(&gw, "will-watch", "wills/#").await;
     let other_sub = token(&gw, "someone-else", &["w/#"], 600);
-    let expired = token(&gw, "dev-w", &["w/#"], 0);
+    // Expired a minute ago: expiry is the point, with no second to spare
+    // either way (leeway is zero).
+    let expired = gw.sign(&json!({
+        "sub": "dev-w", "exp": now_unix() - 60, "topics": ["w/#"]
+    }));
     let revoked = gw.sign(&json!({
         "sub": "dev-w", "exp": now_unix() + 600, "topics": ["w/#"], "jti": "revoked-one"
     }));
@@ -217,11 +237,17 @@ async fn refused_reauthentications_end_the_connection_with_their_reason_and_no_w
         ("revoked", &revoked, NOT_AUTHORIZED),
         ("garbage", "not-a-token", BAD_CREDENTIALS),
     ];
+    let good = token(&gw, "dev-w", &["w/#", "wills/#"], 600);
+    // Each connection's will names its case, so that a will published late
+    // is still told apart from the control's below.
+    let with_will = |what: &str| {
+        v5::Connect::enhanced("dev-w", &good).will(v5::Will::new(
+            "wills/dev-w",
+            format!("will of {what}").as_bytes(),
+        ))
+    };
     for (what, bad, code) in cases {
-        let good = token(&gw, "dev-w", &["w/#", "wills/#"], 600);
-        let connect =
-            v5::Connect::enhanced("dev-w", &good).will(v5::Will::new("wills/dev-w", b"gone"));
-        let (mut device, _) = Raw5::connect(&gw, connect).await;
+        let (mut device, _) = Raw5::connect(&gw, with_will(what)).await;
         match device.reauthenticate(bad).await {
             Some(v5::Packet::Disconnect { reason, .. }) => assert_eq!(reason, code, "{what}"),
             other => panic!("{what}: expected DISCONNECT {code:#04x}, got {other:?}"),
@@ -232,14 +258,32 @@ async fn refused_reauthentications_end_the_connection_with_their_reason_and_no_w
             "{what}: closed after the DISCONNECT"
         );
         will_watch.expect_no_publish().await;
+        assert!(will_watch.is_open().await, "{what}: the will watcher left");
     }
 
-    // A method other than JWT, and a reason other than 0x19.
-    let good = token(&gw, "dev-w", &["w/#"], 600);
-    let (mut device, _) = Raw5::connect(&gw, v5::Connect::enhanced("dev-w", &good)).await;
+    // A method other than JWT: refused too, no will.
+    let (mut device, _) = Raw5::connect(&gw, with_will("another method")).await;
     let scram = v5::Props::new().text(v5::AUTHENTICATION_METHOD, "SCRAM-SHA-1");
     device.send(&v5::auth(0x19, &scram)).await;
     assert_eq!(device.closed().await, Some(BAD_AUTHENTICATION_METHOD));
+    will_watch.expect_no_publish().await;
+
+    // The control: the same connection, will and watcher, ended without a
+    // DISCONNECT instead of by a refused AUTH, does publish its will. Any
+    // will of a refused case, published however late by the same path,
+    // would have come first.
+    let (device, _) = Raw5::connect(&gw, with_will("the control")).await;
+    drop(device);
+    let first = will_watch.expect_publish("wills/dev-w").await;
+    assert_eq!(
+        String::from_utf8_lossy(&first.payload),
+        "will of the control",
+        "a refused re-authentication's will was published"
+    );
+    assert!(will_watch.is_open().await, "the will watcher left");
+
+    // A reason other than 0x19 (no will here: a protocol error publishes
+    // it).
     let (mut device, _) = Raw5::connect(&gw, v5::Connect::enhanced("dev-w", &good)).await;
     let jwt = v5::Props::new().text(v5::AUTHENTICATION_METHOD, "JWT");
     device.send(&v5::auth(0x18, &jwt)).await;
@@ -248,7 +292,4 @@ async fn refused_reauthentications_end_the_connection_with_their_reason_and_no_w
         Some(0x82),
         "continue: a protocol error"
     );
-    tokio::time::timeout(WAIT, will_watch.expect_no_publish())
-        .await
-        .expect("no will");
 }

@@ -45,6 +45,7 @@
 
 #![allow(dead_code)]
 
+pub mod checks;
 pub mod mosquitto;
 pub mod raw5;
 pub mod relay;
