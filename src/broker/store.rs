@@ -91,6 +91,16 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// Holds `record` with its queue, for [`Store::sessions`] to hand over
+    /// at start: how a store that reads sessions back from the disk passes
+    /// them on (`save_session` keeps no queue).
+    pub fn restore_session(&self, key: &SessionKey, record: SessionRecord) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), record);
+    }
+
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
@@ -162,10 +172,19 @@ impl Store for MemoryStore {
     }
 
     fn save_session(&self, key: &SessionKey, record: SessionRecord) {
+        // The queue of a session saved while running is in its own
+        // mailbox; a copy here would keep messages alive that the mailbox
+        // has delivered or dropped, outside what the ledger can see.
         self.sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.clone(), record);
+            .insert(
+                key.clone(),
+                SessionRecord {
+                    queued: Vec::new(),
+                    ..record
+                },
+            );
     }
 
     fn queue_parked(&self, _: &SessionKey, _: u64, _: &Delivery) -> Option<Kept> {
@@ -180,11 +199,22 @@ impl Store for MemoryStore {
     }
 
     fn sessions(&self) -> Vec<(SessionKey, SessionRecord)> {
+        // Read once, at start: the queues go to the sessions restored with
+        // them, and are not held here a second time.
         self.sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(k, r)| (k.clone(), r.clone()))
+            .iter_mut()
+            .map(|(key, record)| {
+                let queued = std::mem::take(&mut record.queued);
+                (
+                    key.clone(),
+                    SessionRecord {
+                        queued,
+                        ..record.clone()
+                    },
+                )
+            })
             .collect()
     }
 }

@@ -79,7 +79,7 @@ impl DurableStore {
                     subscription_ids: queued.subscription_ids.into(),
                 })
                 .collect();
-            memory.save_session(
+            memory.restore_session(
                 &key,
                 SessionRecord {
                     subscriptions: parked.subscriptions,
@@ -138,16 +138,7 @@ impl Store for DurableStore {
     }
 
     fn save_session(&self, key: &SessionKey, record: SessionRecord) {
-        // The memory copy serves only the restore at start, which reads
-        // the database instead: it keeps no queue, which would hold every
-        // queued message a second time, outside the ledger.
-        self.memory.save_session(
-            key,
-            SessionRecord {
-                queued: Vec::new(),
-                ..record.clone()
-            },
-        );
+        self.memory.save_session(key, record.clone());
         self.write(Write::SaveSession(key.clone(), record));
     }
 
