@@ -15,7 +15,13 @@
 //!   CA, whose event loop runs in a task that stops at the first error (no
 //!   automatic reconnect), with helpers to wait for CONNACK, SUBACK, a
 //!   PUBLISH, a PUBACK, the end of the connection, or to check that nothing
-//!   arrives within a short window; the MQTT 5 client also publishes with
+//!   arrives, the latter ([`V4Client::expect_no_publish`],
+//!   [`V4Client::publishes_while_alive`]) ending with a round trip that
+//!   proves the watcher's connection is still served
+//!   ([`V4Client::assert_alive`]); [`V4Client::publishes_within`] panics
+//!   if the connection ends, so a dead watcher never reads as "nothing
+//!   arrived"; [`V4Client::publishes_expecting`] waits for a known number
+//!   of messages and then for extras. The MQTT 5 client also publishes with
 //!   properties and subscribes with subscription options. Options come from
 //!   [`TestGateway::v4_options`] / [`TestGateway::v5_options`] and are
 //!   adjusted with rumqttc's own setters (`set_clean_session`,
@@ -39,7 +45,7 @@
 //!   root: [`DevBinary::start_with_file_size_limit`]).
 //!   `benches/rotation.rs` includes this harness too.
 //!
-//! Timeouts here ([`WAIT`]) only keep a broken test from hanging; the short
+//! Timeouts here ([`WAIT`]) only keep a broken test from hanging; the
 //! [`QUIET`] window is for negative checks ("nothing arrives"), never a
 //! speed requirement.
 
@@ -71,8 +77,17 @@ use tokio_rustls::rustls;
 /// Upper bound for anything a test waits on; only there to fail instead of
 /// hanging.
 pub const WAIT: Duration = Duration::from_secs(10);
-/// The window of a negative check: nothing may arrive within it.
-pub const QUIET: Duration = Duration::from_millis(300);
+/// The window of a negative check: nothing may arrive within it. Long
+/// enough that, on a loaded machine, a message routed where it must not go
+/// would have arrived; the absence checks ([`V4Client::expect_no_publish`],
+/// [`V4Client::publishes_while_alive`]) then also make a round trip on the
+/// watcher's connection, so a watcher that saw nothing because it was no
+/// longer served fails instead of passing.
+pub const QUIET: Duration = Duration::from_secs(1);
+/// The filter of the liveness round trip ([`V4Client::assert_alive`]): an
+/// UNSUBSCRIBE of it is answered with an UNSUBACK and changes nothing,
+/// since nothing ever subscribes to it.
+pub const LIVENESS_FILTER: &str = "jwtgate-test/liveness";
 /// The name the dev server certificate is issued for.
 pub const SERVER_NAME: &str = "localhost";
 
@@ -567,23 +582,92 @@ impl V4Client {
     }
 
     /// Every PUBLISH that arrives within `window` (plus those already
-    /// buffered). Stops early if the connection ends.
+    /// buffered). Panics if the connection has ended or ends within the
+    /// window: a client no longer connected receives nothing, which must
+    /// not read as "nothing was sent to it".
     pub async fn publishes_within(&mut self, window: Duration) -> Vec<rumqttc::Publish> {
         let mut seen = std::mem::take(&mut self.pending);
         let deadline = tokio::time::Instant::now() + window;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_incoming_within(left).await {
-                None | Some(Err(_)) => return seen,
+                None => return seen,
                 Some(Ok(rumqttc::Packet::Publish(p))) => seen.push(p),
                 Some(Ok(_)) => {}
+                Some(Err(e)) => panic!(
+                    "the connection ended while collecting publishes (after {} of them: {:?}): {e}",
+                    seen.len(),
+                    topics_v4(&seen)
+                ),
             }
         }
     }
 
-    /// Asserts that no PUBLISH arrives within [`QUIET`].
+    /// Proves the connection is served now: a round trip, an UNSUBSCRIBE
+    /// of [`LIVENESS_FILTER`] (never subscribed, so it changes nothing)
+    /// answered by its UNSUBACK. Publishes arriving meanwhile are kept
+    /// (for [`V4Client::take_other_publishes`] and the waits). Panics if
+    /// the connection has ended, ends, or no answer comes within [`WAIT`].
+    pub async fn assert_alive(&mut self) {
+        if let Some(reason) = &self.ended {
+            panic!("the connection has ended (liveness check): {reason}");
+        }
+        if let Err(e) = self.client.unsubscribe(LIVENESS_FILTER).await {
+            panic!("the connection has ended (liveness check): its event loop is gone: {e:?}");
+        }
+        loop {
+            match self
+                .next_incoming("the UNSUBACK of the liveness check")
+                .await
+            {
+                Ok(rumqttc::Packet::UnsubAck(_)) => return,
+                Ok(rumqttc::Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => panic!("the connection ended during the liveness check: {e}"),
+            }
+        }
+    }
+
+    /// The absence check: every PUBLISH within `window`, then a round trip
+    /// on the connection ([`V4Client::assert_alive`]) and whatever arrived
+    /// before its answer. Panics if the connection ends, so an empty result
+    /// means a connected client was sent nothing.
+    pub async fn publishes_while_alive(&mut self, window: Duration) -> Vec<rumqttc::Publish> {
+        let mut seen = self.publishes_within(window).await;
+        self.assert_alive().await;
+        seen.append(&mut self.pending);
+        seen
+    }
+
+    /// A positive check of a known number: waits (up to [`WAIT`]) until
+    /// `count` publishes arrived, then collects what else arrives within
+    /// [`QUIET`] and a round trip, so that a duplicate or an extra shows.
+    /// Returns them all for the caller to compare; panics if the
+    /// connection ends.
+    pub async fn publishes_expecting(&mut self, count: usize) -> Vec<rumqttc::Publish> {
+        let mut seen = std::mem::take(&mut self.pending);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while seen.len() < count {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_incoming_within(left).await {
+                None => break,
+                Some(Ok(rumqttc::Packet::Publish(p))) => seen.push(p),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!(
+                    "the connection ended after {} of {count} publishes ({:?}): {e}",
+                    seen.len(),
+                    topics_v4(&seen)
+                ),
+            }
+        }
+        seen.extend(self.publishes_while_alive(QUIET).await);
+        seen
+    }
+
+    /// Asserts that no PUBLISH arrives within [`QUIET`] and that the
+    /// connection is still served after it ([`V4Client::publishes_while_alive`]).
     pub async fn expect_no_publish(&mut self) {
-        let seen = self.publishes_within(QUIET).await;
+        let seen = self.publishes_while_alive(QUIET).await;
         assert!(seen.is_empty(), "expected no PUBLISH, got {seen:?}");
     }
 
@@ -612,7 +696,9 @@ impl V4Client {
         }
     }
 
-    /// True while the event loop has not reported an error.
+    /// True while the event loop has not reported an error. Without
+    /// traffic that proves little (a connection nobody serves reports no
+    /// error either): [`V4Client::assert_alive`] makes a round trip.
     pub async fn is_open(&mut self) -> bool {
         // Drain whatever is queued without waiting.
         while let Ok(event) = self.events.try_recv() {
@@ -646,6 +732,19 @@ impl Drop for V4Client {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The topics of `publishes`, for failure messages.
+fn topics_v4(publishes: &[rumqttc::Publish]) -> Vec<&str> {
+    publishes.iter().map(|p| p.topic.as_str()).collect()
+}
+
+/// The topics of `publishes`, for failure messages.
+fn topics_v5(publishes: &[rumqttc::v5::mqttbytes::v5::Publish]) -> Vec<String> {
+    publishes
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.topic).into_owned())
+        .collect()
 }
 
 /// A rumqttc MQTT 5 client whose event loop runs in its own task.
@@ -920,7 +1019,8 @@ impl V5Client {
     }
 
     /// Every PUBLISH that arrives within `window` (plus those already
-    /// buffered). Stops early if the connection ends.
+    /// buffered). Panics if the connection has ended or ends within the
+    /// window (see [`V4Client::publishes_within`]).
     pub async fn publishes_within(
         &mut self,
         window: Duration,
@@ -931,16 +1031,82 @@ impl V5Client {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_incoming_within(left).await {
-                None | Some(Err(_)) => return seen,
+                None => return seen,
                 Some(Ok(Packet::Publish(p))) => seen.push(p),
                 Some(Ok(_)) => {}
+                Some(Err(end)) => panic!(
+                    "the connection ended while collecting publishes (after {} of them: {:?}): {end:?}",
+                    seen.len(),
+                    topics_v5(&seen)
+                ),
             }
         }
     }
 
-    /// Asserts that no PUBLISH arrives within [`QUIET`].
+    /// Proves the connection is served now (see [`V4Client::assert_alive`]):
+    /// an UNSUBSCRIBE of [`LIVENESS_FILTER`] answered by its UNSUBACK.
+    pub async fn assert_alive(&mut self) {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        if let Some(end) = &self.ended {
+            panic!("the connection has ended (liveness check): {end:?}");
+        }
+        if let Err(e) = self.client.unsubscribe(LIVENESS_FILTER).await {
+            panic!("the connection has ended (liveness check): its event loop is gone: {e:?}");
+        }
+        loop {
+            match self
+                .next_incoming("the UNSUBACK of the liveness check")
+                .await
+            {
+                Ok(Packet::UnsubAck(_)) => return,
+                Ok(Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(end) => panic!("the connection ended during the liveness check: {end:?}"),
+            }
+        }
+    }
+
+    /// The absence check (see [`V4Client::publishes_while_alive`]).
+    pub async fn publishes_while_alive(
+        &mut self,
+        window: Duration,
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+        let mut seen = self.publishes_within(window).await;
+        self.assert_alive().await;
+        seen.append(&mut self.pending);
+        seen
+    }
+
+    /// A positive check of a known number (see
+    /// [`V4Client::publishes_expecting`]).
+    pub async fn publishes_expecting(
+        &mut self,
+        count: usize,
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        let mut seen = std::mem::take(&mut self.pending);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while seen.len() < count {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_incoming_within(left).await {
+                None => break,
+                Some(Ok(Packet::Publish(p))) => seen.push(p),
+                Some(Ok(_)) => {}
+                Some(Err(end)) => panic!(
+                    "the connection ended after {} of {count} publishes ({:?}): {end:?}",
+                    seen.len(),
+                    topics_v5(&seen)
+                ),
+            }
+        }
+        seen.extend(self.publishes_while_alive(QUIET).await);
+        seen
+    }
+
+    /// Asserts that no PUBLISH arrives within [`QUIET`] and that the
+    /// connection is still served after it.
     pub async fn expect_no_publish(&mut self) {
-        let seen = self.publishes_within(QUIET).await;
+        let seen = self.publishes_while_alive(QUIET).await;
         assert!(seen.is_empty(), "expected no PUBLISH, got {seen:?}");
     }
 
@@ -968,7 +1134,9 @@ impl V5Client {
         }
     }
 
-    /// True while the event loop has not reported an error.
+    /// True while the event loop has not reported an error (see
+    /// [`V4Client::is_open`]; [`V5Client::assert_alive`] makes a round
+    /// trip).
     pub async fn is_open(&mut self) -> bool {
         while let Ok(event) = self.events.try_recv() {
             match event {
