@@ -1,12 +1,17 @@
 //! What outlives a restart of the real binary (issue 11): retained
 //! messages, and persistent sessions with their subscriptions and the QoS 1
 //! messages queued for them while their device was away.
+//!
+//! The restarted binary listens on a new port (the harness starts it on
+//! port 0 and reads the port it reports), so every client after a restart
+//! is started with options made after it.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{DevBinary, V4Client};
+use rumqttc::MqttOptions;
 use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -47,13 +52,18 @@ async fn a_retained_message_survives_a_restart() {
     gw.assert_no_panic();
 }
 
+/// The valve's options for where `gw` listens now: a persistent session.
+fn valve_options(gw: &DevBinary, token: &str) -> MqttOptions {
+    let mut options = gw.v4_options("valve-1", token);
+    options.set_clean_session(false);
+    options
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_session_and_its_queued_message_survive_a_restart() {
     let mut gw = DevBinary::start("", "").await;
     let token = gw.token("valve", &["cmd/valve/#"], HOUR);
-    let mut options = gw.v4_options("valve-1", &token);
-    options.set_clean_session(false);
-    let mut valve = V4Client::start(options.clone());
+    let mut valve = V4Client::start(valve_options(&gw, &token));
     let connack = valve.connack().await;
     assert_eq!(connack.code, ConnectReturnCode::Success);
     assert_eq!(
@@ -74,7 +84,7 @@ async fn a_persistent_session_and_its_queued_message_survive_a_restart() {
     gw.served.terminate().await;
     gw.restart().await;
 
-    let mut valve = V4Client::start(options.clone());
+    let mut valve = V4Client::start(valve_options(&gw, &token));
     let connack = valve.connack().await;
     assert_eq!(connack.code, ConnectReturnCode::Success);
     assert!(connack.session_present, "the session did not survive");

@@ -45,9 +45,17 @@
 //!   root: [`DevBinary::start_with_file_size_limit`]).
 //!   `benches/rotation.rs` includes this harness too.
 //!
-//! Timeouts here ([`WAIT`]) only keep a broken test from hanging; the
-//! [`QUIET`] window is for negative checks ("nothing arrives"), never a
-//! speed requirement.
+//! Timeouts here ([`WAIT`], [`START`]) only keep a broken test from
+//! hanging; the [`QUIET`] window is for negative checks ("nothing
+//! arrives"), never a speed requirement.
+//!
+//! No spawned binary listens on a port picked in advance: [`ServedBinary`]
+//! starts `jwtgate serve --listen 127.0.0.1:0 --ready-file FILE` and reads
+//! the bound addresses from the file (a port picked in advance could be
+//! taken by another process first, and a connect probe would then succeed
+//! against that process). After [`DevBinary::restart`] the gateway listens
+//! on a new port: clients must take their options from the harness again
+//! ([`DevBinary::addr`], [`DevBinary::v4_options`] are current).
 
 #![allow(dead_code)]
 
@@ -77,6 +85,10 @@ use tokio_rustls::rustls;
 /// Upper bound for anything a test waits on; only there to fail instead of
 /// hanging.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// Upper bound for a spawned `jwtgate serve` to report its listeners bound
+/// (`--ready-file`): a start opens the state database and loads keys and
+/// certificate, which a loaded machine can take a while over.
+pub const START: Duration = Duration::from_secs(30);
 /// The window of a negative check: nothing may arrive within it. Long
 /// enough that, on a loaded machine, a message routed where it must not go
 /// would have arrived; the absence checks ([`V4Client::expect_no_publish`],
@@ -1759,12 +1771,6 @@ pub fn drop_secret(dir: &Path, kid: &str, secret: &[u8]) -> Instant {
     write_atomically(&dir.join(format!("{kid}.b64")), text)
 }
 
-/// A TCP port that was free a moment ago, for a child process to listen on.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
-
 /// The log of this test binary, captured so that a test can wait for what
 /// the gateway reports (a key file it left out, a certificate it refused).
 /// Every test's gateway logs here; tests tell their lines apart by the
@@ -1894,38 +1900,106 @@ impl Memory {
     }
 }
 
-/// `jwtgate serve --config CONFIG --listen 127.0.0.1:PORT` as a child
-/// process, its log (stderr, level `info,rumqttd=warn`) in a file. Killed
-/// when dropped. The binary is this build's, or the one the environment
-/// variable `JWTGATE_BIN` names.
+/// What `jwtgate serve --ready-file FILE` reported: the addresses its
+/// listeners are bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    /// The MQTT (TLS) listener (`mqtt=`).
+    pub mqtt: SocketAddr,
+    /// The `/metrics` listener (`metrics=`), when `[metrics] listen` is set.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Ready {
+    /// Parses the file's `key=address` lines; `None` unless it holds an
+    /// `mqtt=` line and every line parses.
+    pub fn parse(text: &str) -> Option<Ready> {
+        let mut mqtt = None;
+        let mut metrics = None;
+        for line in text.lines().filter(|line| !line.trim().is_empty()) {
+            let (key, addr) = line.split_once('=')?;
+            let addr: SocketAddr = addr.trim().parse().ok()?;
+            match key.trim() {
+                "mqtt" => mqtt = Some(addr),
+                "metrics" => metrics = Some(addr),
+                _ => return None,
+            }
+        }
+        Some(Ready {
+            mqtt: mqtt?,
+            metrics,
+        })
+    }
+}
+
+/// Waits until the `jwtgate serve` in `child`, started with `--ready-file
+/// path`, has written `path`, and returns what it says. Panics with `log()`
+/// (the child's log) if the process exits first, if the file does not
+/// parse, or after [`START`]. For tests that spawn the binary themselves.
+pub async fn wait_for_ready_file(
+    path: &Path,
+    child: &mut tokio::process::Child,
+    log: impl Fn() -> String,
+) -> Ready {
+    let deadline = Instant::now() + START;
+    loop {
+        // The gateway renames the file into place: there is all of it or
+        // none.
+        match std::fs::read_to_string(path) {
+            Ok(text) => match Ready::parse(&text) {
+                Some(ready) => return ready,
+                None => panic!(
+                    "unreadable ready file {}: {text:?}\n{}",
+                    path.display(),
+                    log()
+                ),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("reading the ready file {}: {e}\n{}", path.display(), log()),
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "jwtgate serve exited ({status}) before it was ready:\n{}",
+                log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jwtgate serve did not report ready within {START:?} ({} not written):\n{}",
+            path.display(),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `jwtgate serve --config CONFIG --listen 127.0.0.1:0 --ready-file FILE`
+/// as a child process, its log (stderr, level `info,rumqttd=warn`) in a
+/// file, the ready file next to it (`serve.log`, `serve.ready`). Started
+/// once the ready file says where it listens. Killed when dropped. The
+/// binary is this build's, or the one the environment variable
+/// `JWTGATE_BIN` names (a build that has `--ready-file`).
 pub struct ServedBinary {
     child: tokio::process::Child,
     log_path: PathBuf,
-    port: u16,
+    ready: Ready,
 }
 
 impl ServedBinary {
-    /// Starts the binary with `config` on a free port, writing its log to
-    /// `log_path`, and waits until it accepts TCP connections.
+    /// Starts the binary with `config` on port 0, writing its log to
+    /// `log_path`, and waits until it reports its listeners bound.
     pub async fn start(config: &Path, log_path: PathBuf) -> ServedBinary {
-        ServedBinary::start_on(config, log_path, free_port()).await
+        ServedBinary::start_with_env(config, log_path, &[]).await
     }
 
-    /// As [`ServedBinary::start`], on `port` (a restart on the port the
-    /// clients know).
-    pub async fn start_on(config: &Path, log_path: PathBuf, port: u16) -> ServedBinary {
-        ServedBinary::start_with_env(config, log_path, port, &[]).await
-    }
-
-    /// As [`ServedBinary::start_on`], with `env` added to the child's
+    /// As [`ServedBinary::start`], with `env` added to the child's
     /// environment (systemd's `NOTIFY_SOCKET`, say).
     pub async fn start_with_env(
         config: &Path,
         log_path: PathBuf,
-        port: u16,
         env: &[(&str, &str)],
     ) -> ServedBinary {
-        ServedBinary::spawn(config, log_path, port, env, None).await
+        ServedBinary::spawn(config, log_path, env, None).await
     }
 
     /// Lifts the limit [`DevBinary::start_with_file_size_limit`] set:
@@ -1945,11 +2019,16 @@ impl ServedBinary {
     async fn spawn(
         config: &Path,
         log_path: PathBuf,
-        port: u16,
         env: &[(&str, &str)],
         file_size: Option<u64>,
     ) -> ServedBinary {
         let log = std::fs::File::create(&log_path).expect("create the log file");
+        let ready_path = log_path.with_extension("ready");
+        match std::fs::remove_file(&ready_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("remove the old {}: {e}", ready_path.display()),
+        }
         // `JWTGATE_BIN` runs another build (an older one, for before and
         // after figures) under the same test.
         let binary =
@@ -1972,12 +2051,14 @@ impl ServedBinary {
                 });
             }
         }
-        let child = command
+        let mut child = command
             .envs(env.iter().copied())
             .arg("serve")
             .arg("--config")
             .arg(config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--ready-file")
+            .arg(&ready_path)
             .env("RUST_LOG", "info,rumqttd=warn")
             .env("NO_COLOR", "1")
             .stdin(std::process::Stdio::null())
@@ -1986,28 +2067,35 @@ impl ServedBinary {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn jwtgate serve");
-        let mut served = ServedBinary {
+        let ready = wait_for_ready_file(&ready_path, &mut child, || {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        })
+        .await;
+        ServedBinary {
             child,
             log_path,
-            port,
-        };
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if let Ok(Some(status)) = served.child.try_wait() {
-                panic!("jwtgate serve exited early ({status}):\n{}", served.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "jwtgate serve never listened:\n{}",
-                served.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            ready,
         }
-        served
     }
 
+    /// The addresses the running process reported.
+    pub fn ready(&self) -> Ready {
+        self.ready
+    }
+
+    /// The MQTT listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.ready.mqtt
+    }
+
+    /// The `/metrics` listener's address, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.ready.metrics
+    }
+
+    /// The MQTT listener's port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.ready.mqtt.port()
     }
 
     /// The child's process id.
@@ -2132,14 +2220,8 @@ impl DevBinary {
             ),
         )
         .expect("write the config");
-        let served = ServedBinary::spawn(
-            &config,
-            dir.path().join("serve.log"),
-            free_port(),
-            env,
-            file_size,
-        )
-        .await;
+        let served =
+            ServedBinary::spawn(&config, dir.path().join("serve.log"), env, file_size).await;
         DevBinary {
             served,
             ca,
@@ -2148,8 +2230,15 @@ impl DevBinary {
         }
     }
 
+    /// Where the gateway listens now (a [`DevBinary::restart`] moves it).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.served.port()))
+        self.served.addr()
+    }
+
+    /// Where `/metrics` is served now, when the config sets `[metrics]
+    /// listen` (port 0 is fine: this is the bound address).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.served.metrics_addr()
     }
 
     pub fn keys_dir(&self) -> PathBuf {
@@ -2162,20 +2251,23 @@ impl DevBinary {
     }
 
     /// Starts the binary again after [`ServedBinary::kill`] or
-    /// [`ServedBinary::terminate`]: same config, same directory, same
-    /// port, a fresh log (`serve-N.log`; the earlier ones stay).
+    /// [`ServedBinary::terminate`]: same config, same directory, a fresh
+    /// log (`serve-N.log`; the earlier ones stay), on port 0 again: it
+    /// listens on a new port, which [`DevBinary::addr`] and the options
+    /// made from now on use. Clients must be started with new options.
     pub async fn restart(&mut self) {
         let runs = std::fs::read_dir(self.dir.path())
             .expect("read the test directory")
             .filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("serve"))
+                e.as_ref().is_ok_and(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("serve") && name.ends_with(".log")
+                })
             })
             .count();
         let log = self.dir.path().join(format!("serve-{runs}.log"));
-        let port = self.served.port();
-        self.served =
-            ServedBinary::start_on(&self.dir.path().join("jwtgate.toml"), log, port).await;
+        self.served = ServedBinary::start(&self.dir.path().join("jwtgate.toml"), log).await;
     }
 
     /// `claims` signed with the development secret.
@@ -2192,8 +2284,14 @@ impl DevBinary {
         }))
     }
 
+    /// rumqttc v4 options for where the gateway listens now.
     pub fn v4_options(&self, client_id: &str, token: &str) -> rumqttc::MqttOptions {
         v4_options_for(self.served.port(), &self.ca, client_id, token)
+    }
+
+    /// rumqttc v5 options for where the gateway listens now.
+    pub fn v5_options(&self, client_id: &str, token: &str) -> rumqttc::v5::MqttOptions {
+        v5_options_for(self.served.port(), &self.ca, client_id, token)
     }
 
     pub async fn raw(&self) -> RawClient {
