@@ -3,6 +3,8 @@
 //! - `jwtgate serve [--config PATH]` runs the gateway. Without `--config` it
 //!   is the first-run default: `./keys`, with development TLS material and a
 //!   secret created there when absent. SIGHUP reloads keys and certificate.
+//!   `--ready-file PATH` writes the bound addresses there once the
+//!   listeners are bound (for whoever started it on port 0).
 //! - `jwtgate mint --sub ID --topics a,b --ttl 1h` prints an HS256 token
 //!   signed with a secret from the keys directory.
 //! - `jwtgate check TOKEN` says offline whether the gateway would accept a
@@ -46,7 +48,7 @@ struct Cli {
 enum Command {
     /// Run the gateway (TLS only).
     #[command(
-        after_help = "Examples:\n  jwtgate serve                          # first run: ./keys, dev certificates\n  jwtgate serve --config /etc/jwtgate/jwtgate.toml"
+        after_help = "Examples:\n  jwtgate serve                          # first run: ./keys, dev certificates\n  jwtgate serve --config /etc/jwtgate/jwtgate.toml\n  jwtgate serve --config jwtgate.toml --listen 127.0.0.1:0 --ready-file ready\n                                         # then: grep ^mqtt= ready"
     )]
     Serve {
         /// Config file (TOML). Without it, the first-run default is used.
@@ -55,6 +57,15 @@ enum Command {
         /// Listen on this address instead of the config's `listen`.
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<std::net::SocketAddr>,
+        /// Once the MQTT listener (and the metrics listener, when
+        /// `[metrics] listen` is set) is bound, write the bound addresses
+        /// to this file, one a line: `mqtt=127.0.0.1:40123`, then
+        /// `metrics=127.0.0.1:40124` when metrics are on. Written to a
+        /// temporary file next to it and renamed into place, so it never
+        /// holds half of that; an existing file is removed at start. With
+        /// port 0 (`--listen 127.0.0.1:0`), this is how to learn the port.
+        #[arg(long, value_name = "PATH")]
+        ready_file: Option<PathBuf>,
     },
     /// Check a token against the keys directory, offline: would the gateway
     /// accept it, with which key, for whom, until when, granting what?
@@ -119,7 +130,11 @@ fn main() -> ExitCode {
             init_logging(log_format.unwrap_or_default());
             return check(&token, config, keys_dir, json, client_id.as_deref());
         }
-        Command::Serve { config, listen } => serve(config, listen, log_format),
+        Command::Serve {
+            config,
+            listen,
+            ready_file,
+        } => serve(config, listen, ready_file.as_deref(), log_format),
         Command::Mint {
             sub,
             topics,
@@ -158,6 +173,7 @@ fn init_logging(format: LogFormat) {
 fn serve(
     config_path: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
+    ready_file: Option<&Path>,
     log_format: Option<LogFormat>,
 ) -> Result<(), String> {
     // The config says how to log, so it is read first; its errors go to
@@ -175,6 +191,10 @@ fn serve(
     if let Some(listen) = listen {
         config.listen = listen;
     }
+    // A file left by an earlier run must not say "ready" for this one.
+    if let Some(path) = ready_file {
+        remove_stale_ready_file(path)?;
+    }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async {
         let gateway = Gateway::bind(&config).await.map_err(|e| e.to_string())?;
@@ -189,6 +209,9 @@ fn serve(
         }
         // The listener is bound and keys, certificate and state are loaded:
         // a TLS connection made now is served.
+        if let Some(path) = ready_file {
+            write_ready_file(path, addr, gateway.metrics_addr())?;
+        }
         if let Err(e) = jwtgate::readiness::notify("READY=1") {
             tracing::warn!(error = %e, "could not notify systemd of readiness");
         }
@@ -202,6 +225,50 @@ fn serve(
         tracing::info!("jwtgate stopped");
         Ok(())
     })
+}
+
+/// Removes `--ready-file`'s file if an earlier run left it.
+fn remove_stale_ready_file(path: &Path) -> Result<(), String> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!(
+            "--ready-file: removing the old {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// Writes the bound addresses to `path` (`mqtt=ADDR`, then `metrics=ADDR`
+/// when metrics are served), through `.NAME.tmp` next to it renamed into
+/// place: a reader sees no file or the whole of it.
+fn write_ready_file(
+    path: &Path,
+    mqtt: std::net::SocketAddr,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
+    let metrics_line = metrics
+        .map(|addr| format!("metrics={addr}\n"))
+        .unwrap_or_default();
+    let text = format!("mqtt={mqtt}\n{metrics_line}");
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("--ready-file {}: not a file name", path.display()))?;
+    let mut scratch_name = std::ffi::OsString::from(".");
+    scratch_name.push(name);
+    scratch_name.push(".tmp");
+    let scratch = path.with_file_name(scratch_name);
+    std::fs::write(&scratch, text)
+        .map_err(|e| format!("--ready-file: writing {}: {e}", scratch.display()))?;
+    std::fs::rename(&scratch, path).map_err(|e| {
+        format!(
+            "--ready-file: renaming {} to {}: {e}",
+            scratch.display(),
+            path.display()
+        )
+    })?;
+    tracing::info!(path = %path.display(), "ready file written");
+    Ok(())
 }
 
 /// The built-in config for `jwtgate serve` without `--config`, with the

@@ -991,7 +991,7 @@ async fn commands_sent_while_the_edge_is_down_arrive(down: EdgeDown, protocol: u
     let token = gw.token("panel", &["cmd/#"], hour);
     let mut options = gw.v4_options("panel", &token);
     options.set_clean_session(false);
-    let mut panel = V4Client::start(options.clone());
+    let mut panel = V4Client::start(options);
     assert_eq!(panel.connack().await.code, ConnectReturnCode::Success);
     panel.subscribe("cmd/#", QoS::AtLeastOnce).await;
     let mut operator = mosquitto.connected("operator").await;
@@ -1036,6 +1036,9 @@ async fn commands_sent_while_the_edge_is_down_arrive(down: EdgeDown, protocol: u
     send_commands(&mut operator, 120..130).await;
     expected.extend(120..130);
 
+    // The restarted gateway listens on a new port: options made now.
+    let mut options = gw.v4_options("panel", &token);
+    options.set_clean_session(false);
     let mut panel = V4Client::start(options);
     assert!(panel.connack().await.session_present);
     let got = command_numbers(&mut panel, expected.len()).await;

@@ -11,7 +11,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{DevBinary, V4Client, WAIT, mqtt, now_unix, sign_hs256_kid};
+use common::scrape::{metrics_port, value};
+use common::{DevBinary, QUIET, V4Client, WAIT, mqtt, now_unix, sign_hs256_kid};
 use rumqttc::{ConnectReturnCode, QoS};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,12 +25,10 @@ struct Scrape(BTreeMap<String, f64>);
 impl Scrape {
     /// The value of `series`, which must be exported: every family is,
     /// with every label value, from the start, so a misspelt or missing
-    /// series fails here instead of reading as 0.
+    /// series fails here instead of reading as 0 (the harness's strict
+    /// [`value`]).
     fn get(&self, series: &str) -> f64 {
-        match self.0.get(series) {
-            Some(value) => *value,
-            None => panic!("{series} is not exported; the scrape: {:?}", self.0),
-        }
+        value(&self.0, series)
     }
 
     /// How much `series` grew since `before`.
@@ -86,19 +85,6 @@ async fn scrape_until(port: u16, done: impl Fn(&Scrape) -> bool) -> Scrape {
     }
 }
 
-/// The metrics port of a gateway whose `[metrics] listen` has port 0,
-/// from its log line (a port picked in advance could be taken, by a
-/// client's ephemeral port, before the gateway binds it).
-async fn metrics_port(gw: &DevBinary) -> u16 {
-    let needle = "metrics: serving /metrics addr=";
-    gw.served.wait_for_log(0, needle).await;
-    let log = gw.served.log();
-    let (_, rest) = log.split_once(needle).expect("the log line");
-    let addr = rest.split_whitespace().next().expect("an address");
-    let (_, port) = addr.rsplit_once(':').expect("host:port");
-    port.parse().expect("a port number")
-}
-
 /// Connects a v3.1.1 client with `token` and returns it with its CONNACK code.
 async fn connect(gw: &DevBinary, client_id: &str, token: &str) -> (V4Client, ConnectReturnCode) {
     let mut client = V4Client::start(gw.v4_options(client_id, token));
@@ -118,11 +104,14 @@ fn drop_key_file(gw: &DevBinary, name: &str, contents: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_session_moves_each_counter_by_its_amount() {
     let gw = DevBinary::start("", "[metrics]\nlisten = \"127.0.0.1:0\"\n").await;
+    // The port of a `[metrics] listen` with port 0, from the ready file.
     let port = metrics_port(&gw).await;
-    // The harness's own readiness probe (a bare TCP connect) is a failed
-    // handshake; counted once it has closed.
+    // Nothing has connected yet: the harness learns that the gateway is
+    // ready from its ready file, without probing the port, so not even a
+    // failed handshake is counted.
     let handshake_errors = "jwtgate_tls_handshake_failures_total{reason=\"error\"}";
-    let before = scrape_until(port, |s| s.get(handshake_errors) == 1.0).await;
+    let before = scrape(port).await;
+    assert_eq!(before.get(handshake_errors), 0.0, "{before:?}");
     assert_eq!(before.get("jwtgate_keys_loaded"), 1.0, "{before:?}");
     assert_eq!(before.get("jwtgate_connections{protocol=\"3.1.1\"}"), 0.0);
     // Before any event, each labelled family is there at zero (an alert
@@ -212,8 +201,9 @@ async fn a_scripted_session_moves_each_counter_by_its_amount() {
         s.delta(&reloaded, "jwtgate_key_reloads_total{result=\"failed\"}") > 0.0
     })
     .await;
-    // Time for a second, unwanted reload to show.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Time for a second, unwanted reload to show (the harness's window of
+    // "nothing more happens").
+    tokio::time::sleep(QUIET).await;
     let end = scrape(port).await;
 
     let expect = [

@@ -2,9 +2,11 @@
 //! uplink bridge tests use as their central broker: a real `mosquitto`
 //! with TLS and a password file accepts the harness's credentials and
 //! delivers, refuses a wrong password, and comes back on the same ports
-//! after a stop.
+//! after a stop, waiting for a port another process took meanwhile.
 
 mod common;
+
+use std::time::Duration;
 
 use common::V4Client;
 use common::mosquitto::Mosquitto;
@@ -61,6 +63,46 @@ async fn comes_back_on_the_same_ports_after_a_stop() {
     );
     broker.connected("harness-restart").await.disconnect().await;
     assert!(broker.log().contains("harness-restart"));
+}
+
+/// Mosquitto cannot listen on port 0 and report its port, so a restart
+/// uses the ports it had, which another process may hold by then: the
+/// start fails to bind, and `start_again` tries again until the port is
+/// free (bounded), rather than taking whatever answers on the port for the
+/// broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_again_waits_for_a_port_taken_meanwhile() {
+    let mut broker = Mosquitto::start().await;
+    let (tls_port, plain_port) = (broker.tls_port(), broker.plain_port());
+    broker.stop().await;
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", tls_port))
+        .expect("take the broker's TLS port while it is down");
+    let since = broker.log_len();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(squatter);
+    });
+
+    broker.start_again().await;
+    release.await.expect("the squatter task");
+    let log = broker.log();
+    assert!(
+        log.get(since..)
+            .unwrap_or_default()
+            .contains("Address already in use"),
+        "the first start again met the taken port:\n{log}"
+    );
+    assert_eq!(
+        (broker.tls_port(), broker.plain_port()),
+        (tls_port, plain_port)
+    );
+    // The broker itself answers on its TLS port now (the squatter spoke no
+    // MQTT).
+    broker
+        .connected("harness-squatted")
+        .await
+        .disconnect()
+        .await;
 }
 
 #[tokio::test]

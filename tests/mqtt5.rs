@@ -19,7 +19,9 @@
 //! differently (noted on the test).
 //!
 //! Waits are bounded by [`WAIT`] only so a broken test fails instead of
-//! hanging; [`QUIET`] is the window of "nothing arrives" checks. Lower
+//! hanging; [`QUIET`] is the window of "nothing arrives" checks, each
+//! ending with a round trip that proves the watcher is still served
+//! ([`Client5::publishes_while_alive`]). Lower
 //! bounds on elapsed time (a will not published before its delay, a
 //! connection not closed before its keep-alive) are correctness checks,
 //! never speed requirements.
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::raw5::{Raw5, v5};
-use common::{QUIET, TestGateway, WAIT};
+use common::{LIVENESS_FILTER, QUIET, TestGateway, WAIT};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, LastWillProperties, Packet,
@@ -98,7 +100,7 @@ async fn inflight_window_is_respected(
             delivered.push(sub.expect_publish(topic).await);
         }
         // ...and nothing more until the client acks.
-        let extra = sub.publishes_within(QUIET).await;
+        let extra = sub.publishes_while_alive(QUIET).await;
         assert!(
             extra.is_empty(),
             "{} unacknowledged deliveries outstanding (window {window}), yet more arrived: {:?}",
@@ -188,13 +190,12 @@ async fn maximum_packet_size_both_ways() {
     // so a delivered big message shows up as a failed wait here.
     let got = small.expect_publish("mps/small").await;
     assert_eq!(&got.payload[..], b"fits");
-    let extra = small.publishes_within(QUIET).await;
+    let extra = small.publishes_while_alive(QUIET).await;
     assert!(
         extra.is_empty(),
         "nothing else for the 1024-byte client: {:?}",
         topics(&extra)
     );
-    assert!(small.is_open().await, "the small client is still connected");
 
     assert_eq!(roomy.expect_publish("mps/big").await.payload.len(), 4000);
     roomy.expect_publish("mps/small").await;
@@ -517,7 +518,7 @@ async fn message_expiry_interval_is_enforced_and_counted_down() {
         None,
         "no interval was set, none is invented"
     );
-    let rest = offline.publishes_within(QUIET).await;
+    let rest = offline.publishes_while_alive(QUIET).await;
     assert!(
         rest.is_empty(),
         "the expired queued message is never delivered: {:?}",
@@ -537,7 +538,7 @@ async fn message_expiry_interval_is_enforced_and_counted_down() {
         left.is_some_and(|s| (1..=58).contains(&s)),
         "retained 2.5 s: at most 58 of 60 s left, at least 1: {retained:?}"
     );
-    let rest = late.publishes_within(QUIET).await;
+    let rest = late.publishes_while_alive(QUIET).await;
     assert!(
         rest.is_empty(),
         "the expired retained message is gone: {:?}",
@@ -586,7 +587,7 @@ async fn retained_messages_set_replace_and_delete() {
         sub.subscribe(vec![Filter::new("ret/a", QoS::AtLeastOnce)], None)
             .await;
         let seen: Vec<(Vec<u8>, bool)> = sub
-            .publishes_within(QUIET)
+            .publishes_expecting(usize::from(expected.is_some()))
             .await
             .into_iter()
             .map(|p| (p.payload.to_vec(), p.retain))
@@ -709,7 +710,7 @@ async fn topic_aliases_resolve_and_are_authorized() {
             assert_eq!(&got.payload[..], step.as_bytes(), "{step}");
         }
     }
-    let stray = sub.publishes_within(QUIET).await;
+    let stray = sub.publishes_while_alive(QUIET).await;
     assert!(
         stray.is_empty(),
         "nothing refused or aliased reached the subscriber: {:?}",
@@ -1175,7 +1176,7 @@ async fn subscription_identifiers_are_delivered() {
         Some(vec![1]),
         "only sid/# matches"
     );
-    let rest = sub.publishes_within(QUIET).await;
+    let rest = sub.publishes_while_alive(QUIET).await;
     assert!(rest.is_empty(), "one copy per message: {:?}", topics(&rest));
 
     // A subscription without an identifier adds none.
@@ -1217,7 +1218,7 @@ async fn no_local_skips_own_publishes() {
         .publish("nl/theirs", QoS::AtLeastOnce, false, "theirs", None)
         .await;
     me.expect_publish("nl/theirs").await;
-    let rest = me.publishes_within(QUIET).await;
+    let rest = me.publishes_while_alive(QUIET).await;
     assert!(
         rest.is_empty(),
         "own publish not delivered to a No Local subscription: {:?}",
@@ -1306,7 +1307,7 @@ async fn retain_handling_0_1_2() {
             }
             seen.push(p);
         }
-        seen.extend(sub.publishes_within(QUIET).await);
+        seen.extend(sub.publishes_while_alive(QUIET).await);
         let retained = seen
             .iter()
             .filter(|p| p.retain && &p.payload[..] == b"retained")
@@ -1506,7 +1507,9 @@ async fn will_is_not_published_when_the_session_resumes_within_the_delay() {
     assert!(ack.session_present, "resumed within the delay: {ack:?}");
 
     // Past the 2 s delay, with margin.
-    let seen = watch.publishes_within(Duration::from_millis(3000)).await;
+    let seen = watch
+        .publishes_while_alive(Duration::from_millis(3000))
+        .await;
     assert!(
         seen.is_empty(),
         "no will after a resume within the delay: {:?}",
@@ -1536,7 +1539,7 @@ async fn disconnect_with_will_message_publishes_the_will() {
     }
     let will = watch.expect_publish("dw/dw-with-will").await;
     assert_eq!(&will.payload[..], b"dw-with-will");
-    let rest = watch.publishes_within(QUIET).await;
+    let rest = watch.publishes_while_alive(QUIET).await;
     assert!(
         rest.is_empty(),
         "a normal DISCONNECT discards the will: {:?}",
@@ -1638,9 +1641,10 @@ async fn publish_properties_over_max_property_bytes_get_quota_exceeded() {
         got.properties.unwrap_or_default().user_properties,
         with_value(100).user_properties
     );
-    let rest = sub.publishes_within(QUIET).await;
+    let rest = sub.publishes_while_alive(QUIET).await;
     assert!(rest.is_empty(), "pb/big not delivered: {:?}", topics(&rest));
-    assert!(publisher.is_open().await, "the publisher stays connected");
+    // The publisher stays connected: still served, a round trip shows.
+    publisher.assert_alive().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1880,40 +1884,90 @@ impl Client5 {
     }
 
     /// Every PUBLISH that arrives within `window`, after those already
-    /// kept. Stops early if the connection ends.
+    /// kept. Panics if the connection has ended or ends within the window:
+    /// a client no longer connected receives nothing, which must not read
+    /// as "nothing was sent to it".
     async fn publishes_within(&mut self, window: Duration) -> Vec<Publish> {
         let mut seen: Vec<Publish> = self.pending.drain(..).collect();
         let deadline = tokio::time::Instant::now() + window;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_within(left).await {
-                None | Some(Err(_)) => return seen,
+                None => return seen,
                 Some(Ok(Packet::Publish(p))) => seen.push(p),
                 Some(Ok(_)) => {}
+                Some(Err(end)) => panic!(
+                    "the connection ended while collecting publishes (after {:?}): {end:?}",
+                    topics(&seen)
+                ),
             }
         }
     }
 
-    /// Asserts that no PUBLISH arrives within [`QUIET`].
+    /// Proves the connection is served now: an UNSUBSCRIBE of the
+    /// harness's [`LIVENESS_FILTER`] (never subscribed, so it changes
+    /// nothing) answered by its UNSUBACK. Publishes arriving meanwhile are
+    /// kept. Panics if the connection has ended, ends, or no answer comes
+    /// within [`WAIT`].
+    async fn assert_alive(&mut self) {
+        if let Some(end) = &self.end {
+            panic!("the connection has ended (liveness check): {end:?}");
+        }
+        if let Err(e) = self.client.unsubscribe(LIVENESS_FILTER).await {
+            panic!("the connection has ended (liveness check): its event loop is gone: {e:?}");
+        }
+        loop {
+            match self.next("the UNSUBACK of the liveness check").await {
+                Ok(Packet::UnsubAck(_)) => return,
+                Ok(Packet::Publish(p)) => self.pending.push_back(p),
+                Ok(_) => {}
+                Err(end) => panic!("the connection ended during the liveness check: {end:?}"),
+            }
+        }
+    }
+
+    /// The absence check: every PUBLISH within `window`, then a round trip
+    /// ([`Client5::assert_alive`]) and whatever arrived before its answer.
+    /// Panics if the connection ends, so an empty result means a connected
+    /// client was sent nothing.
+    async fn publishes_while_alive(&mut self, window: Duration) -> Vec<Publish> {
+        let mut seen = self.publishes_within(window).await;
+        self.assert_alive().await;
+        seen.extend(self.pending.drain(..));
+        seen
+    }
+
+    /// A positive check of a known number: waits (up to [`WAIT`]) until
+    /// `count` publishes arrived, then takes what else arrives within
+    /// [`QUIET`] and a round trip, so that an extra shows.
+    async fn publishes_expecting(&mut self, count: usize) -> Vec<Publish> {
+        let mut seen: Vec<Publish> = self.pending.drain(..).collect();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while seen.len() < count {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                None => break,
+                Some(Ok(Packet::Publish(p))) => seen.push(p),
+                Some(Ok(_)) => {}
+                Some(Err(end)) => panic!(
+                    "the connection ended after {:?} of {count} publishes: {end:?}",
+                    topics(&seen)
+                ),
+            }
+        }
+        seen.extend(self.publishes_while_alive(QUIET).await);
+        seen
+    }
+
+    /// Asserts that no PUBLISH arrives within [`QUIET`] and that the
+    /// connection is still served after it.
     async fn expect_no_publish(&mut self) {
-        let seen = self.publishes_within(QUIET).await;
+        let seen = self.publishes_while_alive(QUIET).await;
         assert!(
             seen.is_empty(),
             "expected no PUBLISH, got {:?}",
             topics(&seen)
         );
-    }
-
-    /// True while the connection has not ended.
-    async fn is_open(&mut self) -> bool {
-        match self.next_within(Duration::ZERO).await {
-            Some(Err(_)) => false,
-            Some(Ok(Packet::Publish(p))) => {
-                self.pending.push_back(p);
-                self.end.is_none()
-            }
-            _ => self.end.is_none() && !self.task.is_finished(),
-        }
     }
 
     /// Waits until the connection ends; panics after [`WAIT`].

@@ -229,8 +229,10 @@ impl RawDevice {
         }
     }
 
-    /// Every PUBLISH until nothing arrives for [`QUIET`], each acknowledged.
-    /// Panics if the connection closes.
+    /// Every PUBLISH until nothing arrives for [`QUIET`], each acknowledged,
+    /// then those arriving before the answer to a PINGREQ ([`RawDevice::ping`]):
+    /// the device was served throughout, so "nothing" means nothing was
+    /// sent. Panics if the connection closes.
     async fn publishes_until_quiet(&mut self) -> Vec<mqtt::Publish> {
         let mut seen = Vec::new();
         for publish in std::mem::take(&mut self.pending) {
@@ -239,7 +241,10 @@ impl RawDevice {
         }
         loop {
             match self.raw.read_within(QUIET).await {
-                None => return seen,
+                None => {
+                    seen.extend(self.ping().await);
+                    return seen;
+                }
                 Some(Read::Closed(rest)) => {
                     panic!(
                         "connection closed after {} publishes ({rest:02x?})",
@@ -357,9 +362,9 @@ async fn delivered_qos_is_the_minimum_of_publish_and_granted_qos() {
         }
     }
     assert!(wrong.is_empty(), "delivered at the wrong QoS:\n{wrong:#?}");
-    let extra4 = sub4.publishes_within(QUIET).await;
+    let extra4 = sub4.publishes_while_alive(QUIET).await;
     assert!(extra4.is_empty(), "3.1.1 duplicates: {extra4:?}");
-    let extra5 = sub5.publishes_within(QUIET).await;
+    let extra5 = sub5.publishes_while_alive(QUIET).await;
     assert!(extra5.is_empty(), "MQTT 5 duplicates: {extra5:?}");
 }
 
@@ -375,7 +380,8 @@ enum Sub<'a> {
 }
 
 impl Sub<'_> {
-    /// The payloads of the publishes arriving within `window`.
+    /// The payloads of the publishes arriving within `window` (the
+    /// connection must not end).
     async fn payloads_within(&mut self, window: Duration) -> Vec<String> {
         match self {
             Sub::V4(c) => c
@@ -392,11 +398,32 @@ impl Sub<'_> {
                 .collect(),
         }
     }
+
+    /// The payloads of the publishes already here and of those arriving
+    /// before the answer to a round trip that proves the connection is
+    /// still served.
+    async fn payloads_while_alive(&mut self) -> Vec<String> {
+        match self {
+            Sub::V4(c) => c
+                .publishes_while_alive(Duration::ZERO)
+                .await
+                .iter()
+                .map(|p| text(&p.payload))
+                .collect(),
+            Sub::V5(c) => c
+                .publishes_while_alive(Duration::ZERO)
+                .await
+                .iter()
+                .map(|p| text(&p.payload))
+                .collect(),
+        }
+    }
 }
 
 /// What each of `subs` receives until together they hold `expected`
-/// messages (or [`WAIT`] passes), then for [`QUIET`] more, so that a
-/// duplicate shows.
+/// messages (or [`WAIT`] passes), then for [`QUIET`] more and a round trip
+/// on each connection, so that a duplicate shows and a member that got
+/// nothing more was still connected.
 async fn gather(subs: &mut [Sub<'_>], expected: usize) -> Vec<Vec<String>> {
     let mut got = vec![Vec::new(); subs.len()];
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -410,7 +437,7 @@ async fn gather(subs: &mut [Sub<'_>], expected: usize) -> Vec<Vec<String>> {
     // One quiet window for all: a duplicate has had time to arrive anywhere.
     tokio::time::sleep(QUIET).await;
     for (sub, got) in subs.iter_mut().zip(got.iter_mut()) {
-        got.extend(sub.payloads_within(Duration::ZERO).await);
+        got.extend(sub.payloads_while_alive().await);
     }
     got
 }
@@ -893,17 +920,19 @@ async fn brick_v5_two_devices_one_group_different_filters() {
 // ---------------------------------------------------------------------------
 
 /// A new 3.1.1 and a new MQTT 5 subscriber to `topic`: what each is sent
-/// on subscribing, as (payload, retain flag).
+/// on subscribing, as (payload, retain flag): `expected` messages waited
+/// for, then whatever else arrives.
 async fn retained_for_newcomers(
     gw: &TestGateway,
     token: &str,
     topic: &str,
     step: &str,
+    expected: usize,
 ) -> [Vec<(String, bool)>; 2] {
     let mut c4 = gw.v4_connected(&format!("new4-{step}"), token).await;
     c4.subscribe(topic, QoS::AtLeastOnce).await;
     let got4 = c4
-        .publishes_within(QUIET)
+        .publishes_expecting(expected)
         .await
         .iter()
         .map(|p| (text(&p.payload), p.retain))
@@ -911,7 +940,7 @@ async fn retained_for_newcomers(
     let mut c5 = gw.v5_connected(&format!("new5-{step}"), token).await;
     c5.subscribe(topic, QoS5::AtLeastOnce).await;
     let got5 = c5
-        .publishes_within(QUIET)
+        .publishes_expecting(expected)
         .await
         .iter()
         .map(|p| (text(&p.payload), p.retain))
@@ -984,7 +1013,7 @@ async fn retained_messages_are_set_replaced_and_deleted_only_by_a_retained_empty
             &(&sent, retain),
         );
         let want: Vec<(String, bool)> = kept.map(|k| (k.to_owned(), true)).into_iter().collect();
-        let [got4, got5] = retained_for_newcomers(&gw, &token, topic, step).await;
+        let [got4, got5] = retained_for_newcomers(&gw, &token, topic, step, want.len()).await;
         check(format!("{step}: a new 3.1.1 subscriber gets"), &got4, &want);
         check(
             format!("{step}: a new MQTT 5 subscriber gets"),
@@ -992,9 +1021,9 @@ async fn retained_messages_are_set_replaced_and_deleted_only_by_a_retained_empty
             &want,
         );
     }
-    let extra4 = watch4.publishes_within(QUIET).await.len();
+    let extra4 = watch4.publishes_while_alive(QUIET).await.len();
     check("3.1.1 extra live deliveries".into(), &extra4, &0);
-    let extra5 = watch5.publishes_within(QUIET).await.len();
+    let extra5 = watch5.publishes_while_alive(QUIET).await.len();
     check("MQTT 5 extra live deliveries".into(), &extra5, &0);
     assert!(wrong.is_empty(), "retained messages:\n{wrong:#?}");
 }
@@ -1085,8 +1114,9 @@ async fn offline_messages_are_queued_and_delivered_on_resume() {
 
     let mut c4 = V4Client::start(persistent_v4(&gw, "offline-4", &token));
     assert!(c4.connack().await.session_present, "3.1.1 session resumed");
+    let queued: usize = want(4).iter().map(|(_, _, payloads)| payloads.len()).sum();
     let got4 = c4
-        .publishes_within(QUIET)
+        .publishes_expecting(queued)
         .await
         .iter()
         .map(|p| (p.topic.clone(), p.qos as u8, text(&p.payload)))
@@ -1100,7 +1130,7 @@ async fn offline_messages_are_queued_and_delivered_on_resume() {
     let mut c5 = V5Client::start(persistent_v5(&gw, "offline-5", &token));
     assert!(c5.connack().await.session_present, "MQTT 5 session resumed");
     let got5 = c5
-        .publishes_within(QUIET)
+        .publishes_expecting(queued)
         .await
         .iter()
         .map(|p| (text(&p.topic), p.qos as u8, text(&p.payload)))
@@ -1246,7 +1276,7 @@ async fn offline_queue_is_bounded_by_max_queued_messages_and_bytes() {
 
     let mut c = V4Client::start(persistent_v4(&gw, "by-count", &token));
     assert!(c.connack().await.session_present);
-    let got = c.publishes_within(QUIET).await;
+    let got = c.publishes_expecting(5).await;
     assert_eq!(
         got.len(),
         5,
@@ -1255,7 +1285,8 @@ async fn offline_queue_is_bounded_by_max_queued_messages_and_bytes() {
     );
     let mut c = V4Client::start(persistent_v4(&gw, "by-bytes", &token));
     assert!(c.connack().await.session_present);
-    let got = c.publishes_within(QUIET).await;
+    // At least one, then whatever else was kept.
+    let got = c.publishes_expecting(1).await;
     assert!(
         (1..=4).contains(&got.len()),
         "max_queued_bytes = 4096 keeps one to four of ten 1 KiB messages, got {}",
@@ -1673,13 +1704,15 @@ async fn publish_over_max_property_bytes_gets_quota_exceeded_and_is_not_delivere
         Some(small.user_properties),
         "user properties delivered unchanged"
     );
-    let stray = watcher.publishes_within(QUIET).await;
+    let stray = watcher.publishes_while_alive(QUIET).await;
     assert!(
         stray.is_empty(),
         "refused publishes were delivered: {:?}",
         stray.iter().map(|p| text(&p.payload)).collect::<Vec<_>>()
     );
-    assert!(publisher.is_open().await, "the publisher stays connected");
+    // The publisher stays connected: it is still served, a round trip
+    // shows (an open socket alone would not).
+    publisher.assert_alive().await;
 }
 
 /// Past `[sessions] max_subscriptions` a SUBSCRIBE filter gets 0x97 (MQTT
@@ -1740,7 +1773,7 @@ async fn subscriptions_past_max_subscriptions_are_refused() {
             .await;
     }
     let mut got5: Vec<String> = c5
-        .publishes_within(QUIET)
+        .publishes_expecting(3)
         .await
         .iter()
         .map(|p| text(&p.topic))
@@ -1748,7 +1781,7 @@ async fn subscriptions_past_max_subscriptions_are_refused() {
     got5.sort();
     assert_eq!(got5, ["cap/a", "cap/c", "cap/d"], "MQTT 5 deliveries");
     let mut got4: Vec<String> = c4
-        .publishes_within(QUIET)
+        .publishes_expecting(3)
         .await
         .iter()
         .map(|p| p.topic.clone())
@@ -1852,7 +1885,7 @@ async fn user_properties_flood_stays_within_a_memory_bound() {
         .publish_with_properties("flood/t", QoS5::AtLeastOnce, false, b"y", Some(over))
         .await;
     let over_reason = ack_reason(ack);
-    let stray = device.publishes_within(QUIET).await.len();
+    let stray = device.publishes_while_alive(QUIET).await.len();
 
     device.unsubscribe("flood/#").await;
     let after_unsubscribe = served.memory();

@@ -15,7 +15,13 @@
 //!   CA, whose event loop runs in a task that stops at the first error (no
 //!   automatic reconnect), with helpers to wait for CONNACK, SUBACK, a
 //!   PUBLISH, a PUBACK, the end of the connection, or to check that nothing
-//!   arrives within a short window; the MQTT 5 client also publishes with
+//!   arrives, the latter ([`V4Client::expect_no_publish`],
+//!   [`V4Client::publishes_while_alive`]) ending with a round trip that
+//!   proves the watcher's connection is still served
+//!   ([`V4Client::assert_alive`]); [`V4Client::publishes_within`] panics
+//!   if the connection ends, so a dead watcher never reads as "nothing
+//!   arrived"; [`V4Client::publishes_expecting`] waits for a known number
+//!   of messages and then for extras. The MQTT 5 client also publishes with
 //!   properties and subscribes with subscription options. Options come from
 //!   [`TestGateway::v4_options`] / [`TestGateway::v5_options`] and are
 //!   adjusted with rumqttc's own setters (`set_clean_session`,
@@ -39,9 +45,17 @@
 //!   root: [`DevBinary::start_with_file_size_limit`]).
 //!   `benches/rotation.rs` includes this harness too.
 //!
-//! Timeouts here ([`WAIT`]) only keep a broken test from hanging; the short
-//! [`QUIET`] window is for negative checks ("nothing arrives"), never a
-//! speed requirement.
+//! Timeouts here ([`WAIT`], [`START`]) only keep a broken test from
+//! hanging; the [`QUIET`] window is for negative checks ("nothing
+//! arrives"), never a speed requirement.
+//!
+//! No spawned binary listens on a port picked in advance: [`ServedBinary`]
+//! starts `jwtgate serve --listen 127.0.0.1:0 --ready-file FILE` and reads
+//! the bound addresses from the file (a port picked in advance could be
+//! taken by another process first, and a connect probe would then succeed
+//! against that process). After [`DevBinary::restart`] the gateway listens
+//! on a new port: clients must take their options from the harness again
+//! ([`DevBinary::addr`], [`DevBinary::v4_options`] are current).
 
 #![allow(dead_code)]
 
@@ -73,8 +87,21 @@ use tokio_rustls::rustls;
 /// Upper bound for anything a test waits on; only there to fail instead of
 /// hanging.
 pub const WAIT: Duration = Duration::from_secs(10);
-/// The window of a negative check: nothing may arrive within it.
-pub const QUIET: Duration = Duration::from_millis(300);
+/// Upper bound for a spawned `jwtgate serve` to report its listeners bound
+/// (`--ready-file`): a start opens the state database and loads keys and
+/// certificate, which a loaded machine can take a while over.
+pub const START: Duration = Duration::from_secs(30);
+/// The window of a negative check: nothing may arrive within it. Long
+/// enough that, on a loaded machine, a message routed where it must not go
+/// would have arrived; the absence checks ([`V4Client::expect_no_publish`],
+/// [`V4Client::publishes_while_alive`]) then also make a round trip on the
+/// watcher's connection, so a watcher that saw nothing because it was no
+/// longer served fails instead of passing.
+pub const QUIET: Duration = Duration::from_secs(1);
+/// The filter of the liveness round trip ([`V4Client::assert_alive`]): an
+/// UNSUBSCRIBE of it is answered with an UNSUBACK and changes nothing,
+/// since nothing ever subscribes to it.
+pub const LIVENESS_FILTER: &str = "jwtgate-test/liveness";
 /// The name the dev server certificate is issued for.
 pub const SERVER_NAME: &str = "localhost";
 
@@ -569,23 +596,92 @@ impl V4Client {
     }
 
     /// Every PUBLISH that arrives within `window` (plus those already
-    /// buffered). Stops early if the connection ends.
+    /// buffered). Panics if the connection has ended or ends within the
+    /// window: a client no longer connected receives nothing, which must
+    /// not read as "nothing was sent to it".
     pub async fn publishes_within(&mut self, window: Duration) -> Vec<rumqttc::Publish> {
         let mut seen = std::mem::take(&mut self.pending);
         let deadline = tokio::time::Instant::now() + window;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_incoming_within(left).await {
-                None | Some(Err(_)) => return seen,
+                None => return seen,
                 Some(Ok(rumqttc::Packet::Publish(p))) => seen.push(p),
                 Some(Ok(_)) => {}
+                Some(Err(e)) => panic!(
+                    "the connection ended while collecting publishes (after {} of them: {:?}): {e}",
+                    seen.len(),
+                    topics_v4(&seen)
+                ),
             }
         }
     }
 
-    /// Asserts that no PUBLISH arrives within [`QUIET`].
+    /// Proves the connection is served now: a round trip, an UNSUBSCRIBE
+    /// of [`LIVENESS_FILTER`] (never subscribed, so it changes nothing)
+    /// answered by its UNSUBACK. Publishes arriving meanwhile are kept
+    /// (for [`V4Client::take_other_publishes`] and the waits). Panics if
+    /// the connection has ended, ends, or no answer comes within [`WAIT`].
+    pub async fn assert_alive(&mut self) {
+        if let Some(reason) = &self.ended {
+            panic!("the connection has ended (liveness check): {reason}");
+        }
+        if let Err(e) = self.client.unsubscribe(LIVENESS_FILTER).await {
+            panic!("the connection has ended (liveness check): its event loop is gone: {e:?}");
+        }
+        loop {
+            match self
+                .next_incoming("the UNSUBACK of the liveness check")
+                .await
+            {
+                Ok(rumqttc::Packet::UnsubAck(_)) => return,
+                Ok(rumqttc::Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(e) => panic!("the connection ended during the liveness check: {e}"),
+            }
+        }
+    }
+
+    /// The absence check: every PUBLISH within `window`, then a round trip
+    /// on the connection ([`V4Client::assert_alive`]) and whatever arrived
+    /// before its answer. Panics if the connection ends, so an empty result
+    /// means a connected client was sent nothing.
+    pub async fn publishes_while_alive(&mut self, window: Duration) -> Vec<rumqttc::Publish> {
+        let mut seen = self.publishes_within(window).await;
+        self.assert_alive().await;
+        seen.append(&mut self.pending);
+        seen
+    }
+
+    /// A positive check of a known number: waits (up to [`WAIT`]) until
+    /// `count` publishes arrived, then collects what else arrives within
+    /// [`QUIET`] and a round trip, so that a duplicate or an extra shows.
+    /// Returns them all for the caller to compare; panics if the
+    /// connection ends.
+    pub async fn publishes_expecting(&mut self, count: usize) -> Vec<rumqttc::Publish> {
+        let mut seen = std::mem::take(&mut self.pending);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while seen.len() < count {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_incoming_within(left).await {
+                None => break,
+                Some(Ok(rumqttc::Packet::Publish(p))) => seen.push(p),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!(
+                    "the connection ended after {} of {count} publishes ({:?}): {e}",
+                    seen.len(),
+                    topics_v4(&seen)
+                ),
+            }
+        }
+        seen.extend(self.publishes_while_alive(QUIET).await);
+        seen
+    }
+
+    /// Asserts that no PUBLISH arrives within [`QUIET`] and that the
+    /// connection is still served after it ([`V4Client::publishes_while_alive`]).
     pub async fn expect_no_publish(&mut self) {
-        let seen = self.publishes_within(QUIET).await;
+        let seen = self.publishes_while_alive(QUIET).await;
         assert!(seen.is_empty(), "expected no PUBLISH, got {seen:?}");
     }
 
@@ -614,7 +710,9 @@ impl V4Client {
         }
     }
 
-    /// True while the event loop has not reported an error.
+    /// True while the event loop has not reported an error. Without
+    /// traffic that proves little (a connection nobody serves reports no
+    /// error either): [`V4Client::assert_alive`] makes a round trip.
     pub async fn is_open(&mut self) -> bool {
         // Drain whatever is queued without waiting.
         while let Ok(event) = self.events.try_recv() {
@@ -648,6 +746,19 @@ impl Drop for V4Client {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The topics of `publishes`, for failure messages.
+fn topics_v4(publishes: &[rumqttc::Publish]) -> Vec<&str> {
+    publishes.iter().map(|p| p.topic.as_str()).collect()
+}
+
+/// The topics of `publishes`, for failure messages.
+fn topics_v5(publishes: &[rumqttc::v5::mqttbytes::v5::Publish]) -> Vec<String> {
+    publishes
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.topic).into_owned())
+        .collect()
 }
 
 /// A rumqttc MQTT 5 client whose event loop runs in its own task.
@@ -922,7 +1033,8 @@ impl V5Client {
     }
 
     /// Every PUBLISH that arrives within `window` (plus those already
-    /// buffered). Stops early if the connection ends.
+    /// buffered). Panics if the connection has ended or ends within the
+    /// window (see [`V4Client::publishes_within`]).
     pub async fn publishes_within(
         &mut self,
         window: Duration,
@@ -933,16 +1045,82 @@ impl V5Client {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_incoming_within(left).await {
-                None | Some(Err(_)) => return seen,
+                None => return seen,
                 Some(Ok(Packet::Publish(p))) => seen.push(p),
                 Some(Ok(_)) => {}
+                Some(Err(end)) => panic!(
+                    "the connection ended while collecting publishes (after {} of them: {:?}): {end:?}",
+                    seen.len(),
+                    topics_v5(&seen)
+                ),
             }
         }
     }
 
-    /// Asserts that no PUBLISH arrives within [`QUIET`].
+    /// Proves the connection is served now (see [`V4Client::assert_alive`]):
+    /// an UNSUBSCRIBE of [`LIVENESS_FILTER`] answered by its UNSUBACK.
+    pub async fn assert_alive(&mut self) {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        if let Some(end) = &self.ended {
+            panic!("the connection has ended (liveness check): {end:?}");
+        }
+        if let Err(e) = self.client.unsubscribe(LIVENESS_FILTER).await {
+            panic!("the connection has ended (liveness check): its event loop is gone: {e:?}");
+        }
+        loop {
+            match self
+                .next_incoming("the UNSUBACK of the liveness check")
+                .await
+            {
+                Ok(Packet::UnsubAck(_)) => return,
+                Ok(Packet::Publish(p)) => self.pending.push(p),
+                Ok(_) => {}
+                Err(end) => panic!("the connection ended during the liveness check: {end:?}"),
+            }
+        }
+    }
+
+    /// The absence check (see [`V4Client::publishes_while_alive`]).
+    pub async fn publishes_while_alive(
+        &mut self,
+        window: Duration,
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+        let mut seen = self.publishes_within(window).await;
+        self.assert_alive().await;
+        seen.append(&mut self.pending);
+        seen
+    }
+
+    /// A positive check of a known number (see
+    /// [`V4Client::publishes_expecting`]).
+    pub async fn publishes_expecting(
+        &mut self,
+        count: usize,
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        let mut seen = std::mem::take(&mut self.pending);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while seen.len() < count {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_incoming_within(left).await {
+                None => break,
+                Some(Ok(Packet::Publish(p))) => seen.push(p),
+                Some(Ok(_)) => {}
+                Some(Err(end)) => panic!(
+                    "the connection ended after {} of {count} publishes ({:?}): {end:?}",
+                    seen.len(),
+                    topics_v5(&seen)
+                ),
+            }
+        }
+        seen.extend(self.publishes_while_alive(QUIET).await);
+        seen
+    }
+
+    /// Asserts that no PUBLISH arrives within [`QUIET`] and that the
+    /// connection is still served after it.
     pub async fn expect_no_publish(&mut self) {
-        let seen = self.publishes_within(QUIET).await;
+        let seen = self.publishes_while_alive(QUIET).await;
         assert!(seen.is_empty(), "expected no PUBLISH, got {seen:?}");
     }
 
@@ -970,7 +1148,9 @@ impl V5Client {
         }
     }
 
-    /// True while the event loop has not reported an error.
+    /// True while the event loop has not reported an error (see
+    /// [`V4Client::is_open`]; [`V5Client::assert_alive`] makes a round
+    /// trip).
     pub async fn is_open(&mut self) -> bool {
         while let Ok(event) = self.events.try_recv() {
             match event {
@@ -1593,12 +1773,6 @@ pub fn drop_secret(dir: &Path, kid: &str, secret: &[u8]) -> Instant {
     write_atomically(&dir.join(format!("{kid}.b64")), text)
 }
 
-/// A TCP port that was free a moment ago, for a child process to listen on.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
-
 /// The log of this test binary, captured so that a test can wait for what
 /// the gateway reports (a key file it left out, a certificate it refused).
 /// Every test's gateway logs here; tests tell their lines apart by the
@@ -1728,38 +1902,106 @@ impl Memory {
     }
 }
 
-/// `jwtgate serve --config CONFIG --listen 127.0.0.1:PORT` as a child
-/// process, its log (stderr, level `info,rumqttd=warn`) in a file. Killed
-/// when dropped. The binary is this build's, or the one the environment
-/// variable `JWTGATE_BIN` names.
+/// What `jwtgate serve --ready-file FILE` reported: the addresses its
+/// listeners are bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    /// The MQTT (TLS) listener (`mqtt=`).
+    pub mqtt: SocketAddr,
+    /// The `/metrics` listener (`metrics=`), when `[metrics] listen` is set.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Ready {
+    /// Parses the file's `key=address` lines; `None` unless it holds an
+    /// `mqtt=` line and every line parses.
+    pub fn parse(text: &str) -> Option<Ready> {
+        let mut mqtt = None;
+        let mut metrics = None;
+        for line in text.lines().filter(|line| !line.trim().is_empty()) {
+            let (key, addr) = line.split_once('=')?;
+            let addr: SocketAddr = addr.trim().parse().ok()?;
+            match key.trim() {
+                "mqtt" => mqtt = Some(addr),
+                "metrics" => metrics = Some(addr),
+                _ => return None,
+            }
+        }
+        Some(Ready {
+            mqtt: mqtt?,
+            metrics,
+        })
+    }
+}
+
+/// Waits until the `jwtgate serve` in `child`, started with `--ready-file
+/// path`, has written `path`, and returns what it says. Panics with `log()`
+/// (the child's log) if the process exits first, if the file does not
+/// parse, or after [`START`]. For tests that spawn the binary themselves.
+pub async fn wait_for_ready_file(
+    path: &Path,
+    child: &mut tokio::process::Child,
+    log: impl Fn() -> String,
+) -> Ready {
+    let deadline = Instant::now() + START;
+    loop {
+        // The gateway renames the file into place: there is all of it or
+        // none.
+        match std::fs::read_to_string(path) {
+            Ok(text) => match Ready::parse(&text) {
+                Some(ready) => return ready,
+                None => panic!(
+                    "unreadable ready file {}: {text:?}\n{}",
+                    path.display(),
+                    log()
+                ),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("reading the ready file {}: {e}\n{}", path.display(), log()),
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "jwtgate serve exited ({status}) before it was ready:\n{}",
+                log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jwtgate serve did not report ready within {START:?} ({} not written):\n{}",
+            path.display(),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `jwtgate serve --config CONFIG --listen 127.0.0.1:0 --ready-file FILE`
+/// as a child process, its log (stderr, level `info,rumqttd=warn`) in a
+/// file, the ready file next to it (`serve.log`, `serve.ready`). Started
+/// once the ready file says where it listens. Killed when dropped. The
+/// binary is this build's, or the one the environment variable
+/// `JWTGATE_BIN` names (a build that has `--ready-file`).
 pub struct ServedBinary {
     child: tokio::process::Child,
     log_path: PathBuf,
-    port: u16,
+    ready: Ready,
 }
 
 impl ServedBinary {
-    /// Starts the binary with `config` on a free port, writing its log to
-    /// `log_path`, and waits until it accepts TCP connections.
+    /// Starts the binary with `config` on port 0, writing its log to
+    /// `log_path`, and waits until it reports its listeners bound.
     pub async fn start(config: &Path, log_path: PathBuf) -> ServedBinary {
-        ServedBinary::start_on(config, log_path, free_port()).await
+        ServedBinary::start_with_env(config, log_path, &[]).await
     }
 
-    /// As [`ServedBinary::start`], on `port` (a restart on the port the
-    /// clients know).
-    pub async fn start_on(config: &Path, log_path: PathBuf, port: u16) -> ServedBinary {
-        ServedBinary::start_with_env(config, log_path, port, &[]).await
-    }
-
-    /// As [`ServedBinary::start_on`], with `env` added to the child's
+    /// As [`ServedBinary::start`], with `env` added to the child's
     /// environment (systemd's `NOTIFY_SOCKET`, say).
     pub async fn start_with_env(
         config: &Path,
         log_path: PathBuf,
-        port: u16,
         env: &[(&str, &str)],
     ) -> ServedBinary {
-        ServedBinary::spawn(config, log_path, port, env, None).await
+        ServedBinary::spawn(config, log_path, env, None).await
     }
 
     /// Lifts the limit [`DevBinary::start_with_file_size_limit`] set:
@@ -1779,11 +2021,16 @@ impl ServedBinary {
     async fn spawn(
         config: &Path,
         log_path: PathBuf,
-        port: u16,
         env: &[(&str, &str)],
         file_size: Option<u64>,
     ) -> ServedBinary {
         let log = std::fs::File::create(&log_path).expect("create the log file");
+        let ready_path = log_path.with_extension("ready");
+        match std::fs::remove_file(&ready_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("remove the old {}: {e}", ready_path.display()),
+        }
         // `JWTGATE_BIN` runs another build (an older one, for before and
         // after figures) under the same test.
         let binary =
@@ -1806,12 +2053,14 @@ impl ServedBinary {
                 });
             }
         }
-        let child = command
+        let mut child = command
             .envs(env.iter().copied())
             .arg("serve")
             .arg("--config")
             .arg(config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--ready-file")
+            .arg(&ready_path)
             .env("RUST_LOG", "info,rumqttd=warn")
             .env("NO_COLOR", "1")
             .stdin(std::process::Stdio::null())
@@ -1820,28 +2069,35 @@ impl ServedBinary {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn jwtgate serve");
-        let mut served = ServedBinary {
+        let ready = wait_for_ready_file(&ready_path, &mut child, || {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        })
+        .await;
+        ServedBinary {
             child,
             log_path,
-            port,
-        };
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if let Ok(Some(status)) = served.child.try_wait() {
-                panic!("jwtgate serve exited early ({status}):\n{}", served.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "jwtgate serve never listened:\n{}",
-                served.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            ready,
         }
-        served
     }
 
+    /// The addresses the running process reported.
+    pub fn ready(&self) -> Ready {
+        self.ready
+    }
+
+    /// The MQTT listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.ready.mqtt
+    }
+
+    /// The `/metrics` listener's address, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.ready.metrics
+    }
+
+    /// The MQTT listener's port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.ready.mqtt.port()
     }
 
     /// The child's process id.
@@ -1966,14 +2222,8 @@ impl DevBinary {
             ),
         )
         .expect("write the config");
-        let served = ServedBinary::spawn(
-            &config,
-            dir.path().join("serve.log"),
-            free_port(),
-            env,
-            file_size,
-        )
-        .await;
+        let served =
+            ServedBinary::spawn(&config, dir.path().join("serve.log"), env, file_size).await;
         DevBinary {
             served,
             ca,
@@ -1982,8 +2232,15 @@ impl DevBinary {
         }
     }
 
+    /// Where the gateway listens now (a [`DevBinary::restart`] moves it).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.served.port()))
+        self.served.addr()
+    }
+
+    /// Where `/metrics` is served now, when the config sets `[metrics]
+    /// listen` (port 0 is fine: this is the bound address).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.served.metrics_addr()
     }
 
     pub fn keys_dir(&self) -> PathBuf {
@@ -1996,20 +2253,23 @@ impl DevBinary {
     }
 
     /// Starts the binary again after [`ServedBinary::kill`] or
-    /// [`ServedBinary::terminate`]: same config, same directory, same
-    /// port, a fresh log (`serve-N.log`; the earlier ones stay).
+    /// [`ServedBinary::terminate`]: same config, same directory, a fresh
+    /// log (`serve-N.log`; the earlier ones stay), on port 0 again: it
+    /// listens on a new port, which [`DevBinary::addr`] and the options
+    /// made from now on use. Clients must be started with new options.
     pub async fn restart(&mut self) {
         let runs = std::fs::read_dir(self.dir.path())
             .expect("read the test directory")
             .filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("serve"))
+                e.as_ref().is_ok_and(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("serve") && name.ends_with(".log")
+                })
             })
             .count();
         let log = self.dir.path().join(format!("serve-{runs}.log"));
-        let port = self.served.port();
-        self.served =
-            ServedBinary::start_on(&self.dir.path().join("jwtgate.toml"), log, port).await;
+        self.served = ServedBinary::start(&self.dir.path().join("jwtgate.toml"), log).await;
     }
 
     /// `claims` signed with the development secret.
@@ -2026,8 +2286,14 @@ impl DevBinary {
         }))
     }
 
+    /// rumqttc v4 options for where the gateway listens now.
     pub fn v4_options(&self, client_id: &str, token: &str) -> rumqttc::MqttOptions {
         v4_options_for(self.served.port(), &self.ca, client_id, token)
+    }
+
+    /// rumqttc v5 options for where the gateway listens now.
+    pub fn v5_options(&self, client_id: &str, token: &str) -> rumqttc::v5::MqttOptions {
+        v5_options_for(self.served.port(), &self.ca, client_id, token)
     }
 
     pub async fn raw(&self) -> RawClient {

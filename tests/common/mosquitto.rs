@@ -17,6 +17,12 @@
 //!   starts print the tail of. Not every packet: a line per message would
 //!   make the log the bottleneck of `benches/bridge.rs`.
 //!
+//! Mosquitto cannot listen on port 0 and say which port it got, so the
+//! ports are picked here ([`free_port`]); the broker is ready once its log
+//! says it is running (not when a connect succeeds, which another process
+//! holding the port would answer too), and a start whose bind fails
+//! because another process took a port meanwhile is retried (bounded).
+//!
 //! [`Mosquitto::stop`] and [`Mosquitto::start_again`] take the broker down
 //! and bring it back on the same ports with the same files ("the remote is
 //! down, then comes back"); [`Mosquitto::add_user`] adds credentials and
@@ -36,9 +42,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
-use tokio::net::TcpStream;
 
-use super::{V4Client, WAIT, free_port, v4_options_for};
+use super::{START, V4Client, WAIT, v4_options_for};
 
 /// The user the password file is created with.
 pub const USERNAME: &str = "site-42";
@@ -47,6 +52,13 @@ const MOSQUITTO_FALLBACK: &str = "/usr/sbin/mosquitto";
 /// How many times [`Mosquitto::start`] tries fresh ports when another
 /// process took one between [`free_port`] and the broker's bind.
 const START_ATTEMPTS: usize = 3;
+/// How many times [`Mosquitto::start_again`] tries its ports again when
+/// another process holds one (a client's ephemeral port, say), and how
+/// long it waits between tries: up to about ten seconds in all.
+const START_AGAIN_ATTEMPTS: usize = 20;
+const START_AGAIN_PAUSE: Duration = Duration::from_millis(500);
+/// What mosquitto logs when a listener's port is taken.
+const PORT_TAKEN: &str = "Address already in use";
 /// How much of the log a failure shows.
 const LOG_TAIL_LINES: usize = 40;
 
@@ -74,9 +86,10 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     /// Generates the certificates, the password file and the configuration
-    /// in a new temporary directory, starts `mosquitto` and waits until
-    /// both listeners accept TCP connections. Panics (with the log's tail)
-    /// if the broker does not come up within [`WAIT`].
+    /// in a new temporary directory, starts `mosquitto` on two free ports
+    /// (fresh ones again if another process takes one first) and waits
+    /// until it says it is running, both listeners bound. Panics (with the
+    /// log's tail) if the broker does not come up within [`START`].
     pub async fn start() -> Mosquitto {
         Mosquitto::start_with("").await
     }
@@ -117,8 +130,10 @@ impl Mosquitto {
             broker.write_conf();
             match broker.launch().await {
                 Ok(()) => return broker,
-                Err(why) if attempt < START_ATTEMPTS && why.contains("in use") => {}
-                Err(why) => panic!("{why}"),
+                Err(Launch::PortTaken(_)) if attempt < START_ATTEMPTS => {}
+                Err(Launch::PortTaken(why) | Launch::Failed(why)) => {
+                    panic!("mosquitto start, attempt {attempt} of {START_ATTEMPTS}: {why}")
+                }
             }
         }
         unreachable!("the last attempt returns or panics")
@@ -126,14 +141,25 @@ impl Mosquitto {
 
     /// Starts the broker again after [`Mosquitto::stop`], on the same ports
     /// with the same files (certificates, users, configuration), and waits
-    /// until it listens. Panics if it is still running.
+    /// until it runs. If another process took one of its ports meanwhile,
+    /// tries again every [`START_AGAIN_PAUSE`], up to
+    /// [`START_AGAIN_ATTEMPTS`] times, then panics with the log. Panics if
+    /// it is still running.
     pub async fn start_again(&mut self) {
         assert!(
             !self.is_running(),
             "start_again: mosquitto is still running"
         );
-        if let Err(why) = self.launch().await {
-            panic!("{why}");
+        for attempt in 1..=START_AGAIN_ATTEMPTS {
+            match self.launch().await {
+                Ok(()) => return,
+                Err(Launch::PortTaken(_)) if attempt < START_AGAIN_ATTEMPTS => {
+                    tokio::time::sleep(START_AGAIN_PAUSE).await;
+                }
+                Err(Launch::PortTaken(why) | Launch::Failed(why)) => panic!(
+                    "mosquitto start_again, attempt {attempt} of {START_AGAIN_ATTEMPTS}: {why}"
+                ),
+            }
         }
     }
 
@@ -402,10 +428,13 @@ listener {plain_port} 127.0.0.1
         std::fs::write(dir.join(CONF), conf).expect("write mosquitto.conf");
     }
 
-    /// Spawns the broker and waits until both listeners accept TCP
-    /// connections. `Err` with a message (and the log's tail) if it exits
-    /// or does not listen within [`WAIT`].
-    async fn launch(&mut self) -> Result<(), String> {
+    /// Spawns the broker and waits until its log (from this start on) says
+    /// it is running, which it says once every listener is bound.
+    /// [`Launch::PortTaken`] if it exits because a port is taken, other
+    /// failures (an exit, no "running" within [`START`]) as
+    /// [`Launch::Failed`], each with the log's tail.
+    async fn launch(&mut self) -> Result<(), Launch> {
+        let since = self.log_len();
         let output = std::fs::File::create(self.dir().join(OUTPUT))
             .expect("create mosquitto's stdout/stderr file");
         let stderr = output
@@ -426,37 +455,60 @@ listener {plain_port} 127.0.0.1
                 )
             });
         self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        for port in [self.tls_port, self.plain_port] {
-            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                let exited = match &mut self.child {
-                    Some(child) => child.try_wait().ok().flatten(),
-                    None => None,
-                };
-                if let Some(status) = exited {
-                    self.child = None;
-                    return Err(format!(
-                        "mosquitto exited at start ({status}; ports {} and {}):\n{}",
-                        self.tls_port,
-                        self.plain_port,
-                        self.log_tail()
-                    ));
-                }
-                if Instant::now() >= deadline {
-                    if let Some(mut child) = self.child.take() {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                    }
-                    return Err(format!(
-                        "mosquitto did not listen on 127.0.0.1:{port} within {WAIT:?}:\n{}",
-                        self.log_tail()
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let deadline = Instant::now() + START;
+        loop {
+            let log = std::fs::read_to_string(self.dir().join(LOG)).unwrap_or_default();
+            let this_start = log.get(since..).unwrap_or("");
+            let exited = match &mut self.child {
+                Some(child) => child.try_wait().ok().flatten(),
+                None => None,
+            };
+            if let Some(status) = exited {
+                self.child = None;
+                let why = format!(
+                    "mosquitto exited at start ({status}; ports {} and {}):\n{}",
+                    self.tls_port,
+                    self.plain_port,
+                    self.log_tail()
+                );
+                let output = std::fs::read_to_string(self.dir().join(OUTPUT)).unwrap_or_default();
+                return Err(
+                    if this_start.contains(PORT_TAKEN) || output.contains(PORT_TAKEN) {
+                        Launch::PortTaken(why)
+                    } else {
+                        Launch::Failed(why)
+                    },
+                );
             }
+            if this_start
+                .lines()
+                .any(|line| line.contains("mosquitto version") && line.ends_with(" running"))
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Err(Launch::Failed(format!(
+                    "mosquitto did not say it was running within {START:?} (ports {} and {}):\n{}",
+                    self.tls_port,
+                    self.plain_port,
+                    self.log_tail()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(())
     }
+}
+
+/// Why [`Mosquitto::launch`] failed, with the log's tail.
+enum Launch {
+    /// A listener's port was taken by another process.
+    PortTaken(String),
+    /// Anything else.
+    Failed(String),
 }
 
 impl Drop for Mosquitto {
@@ -466,6 +518,13 @@ impl Drop for Mosquitto {
             let _ = child.wait();
         }
     }
+}
+
+/// A TCP port that was free a moment ago, for mosquitto to listen on (it
+/// cannot take port 0 and report the one it got).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
 }
 
 /// `mosquitto` from `PATH`, or where the Debian package installs it

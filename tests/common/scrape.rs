@@ -1,6 +1,6 @@
-//! Reading the gateway's Prometheus endpoint from a test: its port (from
-//! the log of a binary serving `[metrics] listen = "127.0.0.1:0"`) and one
-//! scrape as `series -> value`.
+//! Reading the gateway's Prometheus endpoint from a test: its port (what a
+//! binary serving `[metrics] listen = "127.0.0.1:0"` reported in its ready
+//! file) and one scrape as `series -> value`.
 
 use std::collections::BTreeMap;
 
@@ -9,27 +9,17 @@ use tokio::net::TcpStream;
 
 use super::{DevBinary, WAIT};
 
-/// The metrics port of `gw`, from its log line (a port picked in advance
-/// could be taken by a client's ephemeral port before the gateway binds),
-/// in the text or the JSON log format.
+/// The metrics port of `gw`, as its ready file reported it (the listener is
+/// bound by then). Panics if its config has no `[metrics] listen`.
 pub async fn metrics_port(gw: &DevBinary) -> u16 {
-    let needle = "metrics: serving /metrics";
-    gw.served.wait_for_log(0, needle).await;
-    let log = gw.served.log();
-    let line = log
-        .lines()
-        .find(|line| line.contains(needle))
-        .expect("the log line");
-    let (_, rest) = line
-        .split_once("addr=")
-        .or_else(|| line.split_once("\"addr\":\""))
-        .expect("an address field");
-    let addr = rest
-        .split(|c: char| c.is_whitespace() || c == '"')
-        .next()
-        .expect("an address");
-    let (_, port) = addr.rsplit_once(':').expect("host:port");
-    port.parse().expect("a port number")
+    gw.metrics_addr()
+        .unwrap_or_else(|| {
+            panic!(
+                "no metrics= line in the ready file: is [metrics] listen set?\n{}",
+                gw.served.log()
+            )
+        })
+        .port()
 }
 
 /// One scrape: every sample, `name{labels}` to value.
