@@ -211,6 +211,9 @@ async fn messages_acknowledged_for_a_parked_session_survive_a_kill() {
     gw.served.kill().await;
     gw.restart().await;
 
+    // The restarted gateway listens on a new port: options made now.
+    let mut options = gw.v4_options("valve-1", &token);
+    options.set_clean_session(false);
     let mut valve = V4Client::start(options);
     let connack = valve.connack().await;
     assert_eq!(connack.code, ConnectReturnCode::Success);
