@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::mosquitto::Mosquitto;
-use common::relay::Relay;
+use common::relay::{Pace, Relay};
 use common::scrape::{metrics_port, scrape, value};
 use common::{DevBinary, V4Client};
 use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
@@ -239,87 +239,18 @@ fn all_arrived(seen: &HashMap<usize, Vec<usize>>, devices: usize, each: usize) -
     })
 }
 
-/// A relay like [`Relay`] whose gateway-to-remote direction carries at
-/// most [`SlowRelay::CHUNK`] bytes every [`SlowRelay::PAUSE`] (about 6,000
-/// bridged messages a second): a remote that reads slowly, so that a drain
-/// keeps messages on their way, where a power cut loses them. Cut, it drops
-/// both sockets, and what they held.
-struct SlowRelay {
-    port: u16,
-    up: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SlowRelay {
-    const CHUNK: usize = 512;
-    const PAUSE: Duration = Duration::from_millis(2);
-
-    async fn start(target: u16, up: bool) -> SlowRelay {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        use tokio::net::{TcpListener, TcpStream};
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the relay");
-        let port = listener.local_addr().expect("relay address").port();
-        let (up, state) = tokio::sync::watch::channel(up);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !*state.borrow() {
-                    continue;
-                }
-                let mut state = state.clone();
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
-                        return;
-                    };
-                    let _ = inbound.set_nodelay(true);
-                    let _ = outbound.set_nodelay(true);
-                    let (mut from_gateway, mut to_gateway) = inbound.into_split();
-                    let (mut from_remote, mut to_remote) = outbound.into_split();
-                    let slowly_up = async {
-                        let mut chunk = [0u8; SlowRelay::CHUNK];
-                        loop {
-                            let n = match from_gateway.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if to_remote.write_all(&chunk[..n]).await.is_err() {
-                                return;
-                            }
-                            tokio::time::sleep(SlowRelay::PAUSE).await;
-                        }
-                    };
-                    let down = async {
-                        let _ = tokio::io::copy(&mut from_remote, &mut to_gateway).await;
-                    };
-                    tokio::select! {
-                        _ = async { tokio::join!(slowly_up, down) } => {}
-                        _ = state.wait_for(|up| !*up) => {}
-                    }
-                });
-            }
-        });
-        SlowRelay { port, up, task }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
-    }
-}
-
-impl Drop for SlowRelay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// A remote that reads slowly: the gateway-to-remote direction carries at
+/// most 512 bytes every 2 ms (about 6,000 bridged messages a second), so
+/// that a drain keeps messages on their way, where a power cut loses them.
+const SLOW_REMOTE: Pace = Pace {
+    chunk: 512,
+    pause: Duration::from_millis(2),
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_the_drain_loses_nothing_a_device_had_acknowledged() {
     let mosquitto = Mosquitto::start().await;
-    let relay = SlowRelay::start(mosquitto.tls_port(), false).await;
+    let relay = Relay::start_paced(mosquitto.tls_port(), false, Some(SLOW_REMOTE)).await;
     let secrets = tempfile::tempdir().expect("temp dir");
     let credential = password_file(&mosquitto, secrets.path());
     let mut gw = DevBinary::start(
