@@ -1,7 +1,8 @@
 //! Sessions coming and going: a connection attaches to a new or a resumed
 //! session and detaches when it ends; the session then ends, or is parked
-//! until its expiry, with its will published after its delay. Parked
-//! sessions are saved to the store, and brought back from it at start.
+//! until its expiry, with its will published after its delay. Persistent
+//! sessions are saved to the store, connected or parked, and brought back
+//! from it at start.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,7 +17,8 @@ use super::message::Publication;
 use super::registry::session_cost;
 use super::routing_core::{Broker, lock};
 use super::session::{Session, SessionKey, State, Subscription};
-use super::store::SessionRecord;
+use super::store::{SessionExpiry, SessionRecord};
+use super::tap::Kept;
 use crate::mqtt::RequestedFilter;
 
 /// A session a connection has just taken.
@@ -53,7 +55,7 @@ impl Broker {
     pub(super) fn restore(self: &Arc<Self>) {
         let now = SystemTime::now();
         for (key, record) in self.store.sessions() {
-            let Ok(left) = record.expires_at.duration_since(now) else {
+            let Some(left) = record.expiry.left(now) else {
                 self.store.remove_session(&key);
                 continue;
             };
@@ -106,12 +108,16 @@ impl Broker {
     /// Gives a connection the session `key`: the stored one unless
     /// `clean_start` (which discards it), else a new one, if its subject
     /// may hold another and the budget has room. The caller must hold the
-    /// key's takeover claim, so no other connection has it.
+    /// key's takeover claim, so no other connection has it. A session the
+    /// client asks to keep (`expiry` not zero) is written to the store at
+    /// once, and again on each change of its subscriptions.
     pub fn attach(
         self: &Arc<Self>,
         key: SessionKey,
         clean_start: bool,
+        expiry: Duration,
     ) -> Result<Attached, AttachError> {
+        let keep_for = Some(expiry.min(self.settings.max_session_expiry)).filter(|e| !e.is_zero());
         let mut sessions = lock(&self.sessions);
         let discarded = match sessions.get(&key) {
             Some(existing) if !clean_start => {
@@ -127,11 +133,17 @@ impl Broker {
                         timer.abort();
                     }
                     state.attached = true;
+                    state.keep_for = keep_for;
+                    // A crash before the commit leaves the parked record,
+                    // which is as good: nobody waits on it.
+                    let _ = self.save_connected(&existing, &state);
                     state.inflight.take().unwrap_or_default()
                 };
                 existing.mailbox().set_online(true);
                 drop(sessions);
-                self.store.remove_session(&key);
+                if keep_for.is_none() {
+                    self.store.remove_session(&key);
+                }
                 return Ok(Attached {
                     session: existing,
                     present: true,
@@ -170,6 +182,7 @@ impl Broker {
             state.attached = true;
             state.account = Some(account);
             state.charge = Some(charge);
+            state.keep_for = keep_for;
         }
         session.mailbox().set_online(true);
         sessions.insert(key, Arc::clone(&session));
@@ -181,6 +194,10 @@ impl Broker {
             }
             self.retire(&old);
         }
+        // After the old session's record is gone: they share a key. A
+        // crash before the commit loses a session its client was told is
+        // new, so nobody waits on it.
+        let _ = self.save_connected(&session, &session.state());
         Ok(Attached {
             session,
             present: false,
@@ -209,11 +226,18 @@ impl Broker {
                 // after is written behind it (`Broker::write_parked`).
                 let mut state = session.state();
                 state.attached = false;
+                state.keep_for = None;
                 state.inflight = Some(inflight);
                 let queued = session.mailbox().park();
-                let record = parked_record(&state, queued, SystemTime::now() + expiry);
+                let record = stored_record(
+                    &state,
+                    queued,
+                    SessionExpiry::At(SystemTime::now() + expiry),
+                );
                 state.stored = record.queued.len() as u64;
-                self.store.save_session(session.key(), record);
+                // Nobody is left to answer; a crash before the commit
+                // leaves the record written while connected.
+                let _ = self.store.save_session(session.key(), record);
             }
             self.arm_expiry(&session, expiry);
         }
@@ -247,10 +271,30 @@ impl Broker {
             let Some(expires_at) = state.expires_at else {
                 continue;
             };
-            let record = parked_record(&state, session.mailbox().peek_all(), expires_at);
+            let record = stored_record(
+                &state,
+                session.mailbox().peek_all(),
+                SessionExpiry::At(expires_at),
+            );
             state.stored = record.queued.len() as u64;
-            self.store.save_session(session.key(), record);
+            // The storage's close, next at shutdown, waits for the commit.
+            let _ = self.store.save_session(session.key(), record);
         }
+    }
+
+    /// Writes down `session`, connected, if its client asked to keep it:
+    /// its subscriptions as they are now. Returns the commit, for the
+    /// SUBACK or UNSUBACK that changed them to wait on.
+    pub fn keep_subscriptions(&self, session: &Session) -> Option<Kept> {
+        self.save_connected(session, &session.state())
+    }
+
+    /// [`Broker::keep_subscriptions`] for a caller that holds the session's
+    /// lock (`state`): records reach the store in the order of the changes.
+    pub(super) fn save_connected(&self, session: &Session, state: &State) -> Option<Kept> {
+        let interval = state.keep_for.filter(|_| state.attached)?;
+        let record = stored_record(state, Vec::new(), SessionExpiry::AfterRestart(interval));
+        self.store.save_session(session.key(), record)
     }
 
     fn arm_expiry(self: &Arc<Self>, session: &Arc<Session>, after: Duration) {
@@ -325,13 +369,21 @@ impl Broker {
         if dropped > 0 {
             info!(session = %session.key(), dropped, "session ended with undelivered messages");
         }
-        self.store.remove_session(session.key());
+        // An expiry that fired as a clean start replaced the session would
+        // otherwise erase its successor's record, which has the same key.
+        let replaced = lock(&self.sessions)
+            .get(session.key())
+            .is_some_and(|current| !Arc::ptr_eq(current, session));
+        if !replaced {
+            self.store.remove_session(session.key());
+        }
     }
 }
 
-/// What a parked session leaves to the store: its subscriptions, and the
-/// deliveries it holds, unacknowledged ones first, then `queued`.
-fn parked_record(state: &State, queued: Vec<Delivery>, expires_at: SystemTime) -> SessionRecord {
+/// What a session leaves to the store: its subscriptions, and the
+/// deliveries it holds, unacknowledged ones first, then `queued` (a
+/// connected session's connection holds its exchanges, so it leaves none).
+fn stored_record(state: &State, queued: Vec<Delivery>, expiry: SessionExpiry) -> SessionRecord {
     let mut held: Vec<Delivery> = state
         .inflight
         .iter()
@@ -348,7 +400,7 @@ fn parked_record(state: &State, queued: Vec<Delivery>, expires_at: SystemTime) -
             .iter()
             .map(|(k, sub)| (k.to_string(), sub.options))
             .collect(),
-        expires_at,
+        expiry,
         queued: held,
     }
 }

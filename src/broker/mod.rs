@@ -42,7 +42,7 @@
 //! structure here walks topic levels by recursion, and retained messages
 //! for a new subscription are replayed in slices (see `subscribe.rs`).
 //!
-//! **Storage**: retained messages and parked sessions go through the
+//! **Storage**: retained messages and persistent sessions go through the
 //! [`store::Store`] trait; [`store::MemoryStore`] keeps them in memory.
 //!
 //! Authorization is not done here: the connection layer only hands the

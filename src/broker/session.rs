@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::task::AbortHandle;
 
@@ -106,6 +106,10 @@ pub(super) struct State {
     pub inflight: Option<Inflight>,
     /// A connection holds the session.
     pub attached: bool,
+    /// While attached, the expiry the client asked for, when not zero: the
+    /// session is kept in the store while connected (see
+    /// `Broker::save_connected`).
+    pub keep_for: Option<Duration>,
     /// Deliveries the store holds for this parked session: the next one
     /// queued while it is parked is written at this position.
     pub stored: u64,

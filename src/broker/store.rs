@@ -5,10 +5,12 @@
 //! client's connection, and one day a restart, goes through [`Store`]:
 //!
 //! - **retained messages**, one per topic, found by filter;
-//! - **parked sessions**: a persistent session's subscriptions and expiry
-//!   while no connection holds it. The broker saves the record when the
-//!   client goes away, removes it when the session is resumed or ends, and
-//!   reads them all back when it starts. When the gateway stops, every
+//! - **persistent sessions**: their subscriptions and expiry. The broker
+//!   saves the record when a client attaches to one and whenever its
+//!   subscriptions change (so a crash while it is connected loses neither
+//!   the session nor its subscriptions), saves it with the messages it
+//!   holds when the client goes away, removes it when the session ends,
+//!   and reads them all back when it starts. When the gateway stops, every
 //!   parked session is saved again with the messages waiting for it
 //!   ([`super::Broker::save_parked`]), so they outlive the restart.
 //!
@@ -17,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::budget::{Account, Charge};
 use super::mailbox::Delivery;
@@ -27,16 +29,37 @@ use super::session::SessionKey;
 use super::tap::Kept;
 use crate::mqtt::SubscriptionOptions;
 
-/// What is kept of a persistent session while its client is away.
+/// What is kept of a persistent session.
 #[derive(Debug, Clone)]
 pub struct SessionRecord {
     /// Subscriptions as the client made them (`$share/...` included).
     pub subscriptions: Vec<(String, SubscriptionOptions)>,
     /// When the session ends unless a client resumes it.
-    pub expires_at: SystemTime,
+    pub expiry: SessionExpiry,
     /// Messages waiting for it, oldest first (unacknowledged ones
-    /// included): filled when the gateway stops, empty while it runs.
+    /// included): those it held when parked; none for a connected one.
     pub queued: Vec<Delivery>,
+}
+
+/// When a stored session ends unless a client resumes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionExpiry {
+    /// Parked: at this time.
+    At(SystemTime),
+    /// Connected when it was written: this long after the gateway reads it
+    /// back. Its connection ended with the process, at a time nobody wrote
+    /// down, so the client's interval counts from the restart.
+    AfterRestart(Duration),
+}
+
+impl SessionExpiry {
+    /// How long a session read back at `now` has left, `None` if none.
+    pub fn left(self, now: SystemTime) -> Option<Duration> {
+        match self {
+            SessionExpiry::At(at) => at.duration_since(now).ok(),
+            SessionExpiry::AfterRestart(interval) => Some(interval),
+        }
+    }
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -63,8 +86,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Option<Position>;
     /// Every retained message with its charge, for checking the ledger.
     fn each_retained(&self, visit: &mut dyn FnMut(&Retained));
-    /// Parks a persistent session whose client went away.
-    fn save_session(&self, key: &SessionKey, record: SessionRecord);
+    /// Writes down a persistent session: a connected one (its
+    /// subscriptions) or a parked one (with the messages it holds). The
+    /// commit as for [`Store::retain`]: a SUBACK waits on it.
+    fn save_session(&self, key: &SessionKey, record: SessionRecord) -> Option<Kept>;
     /// Writes down `delivery`, queued for parked session `key` after its
     /// record was saved, at `position` of its queue. A store that writes
     /// it down returns the commit, which the publisher's ack waits on; one
@@ -171,7 +196,7 @@ impl Store for MemoryStore {
             .each(visit);
     }
 
-    fn save_session(&self, key: &SessionKey, record: SessionRecord) {
+    fn save_session(&self, key: &SessionKey, record: SessionRecord) -> Option<Kept> {
         // The queue of a session saved while running is in its own
         // mailbox; a copy here would keep messages alive that the mailbox
         // has delivered or dropped, outside what the ledger can see.
@@ -185,6 +210,7 @@ impl Store for MemoryStore {
                     ..record
                 },
             );
+        None
     }
 
     fn queue_parked(&self, _: &SessionKey, _: u64, _: &Delivery) -> Option<Kept> {

@@ -51,6 +51,10 @@ impl Broker {
     /// A new subscription is charged to the session's subject: refused
     /// past `max_subscriptions`, past `max_subscription_bytes`, or when the
     /// memory budget is used up.
+    ///
+    /// The store is not written here: the caller makes one record of a
+    /// whole SUBSCRIBE ([`Broker::keep_subscriptions`]) and answers once it
+    /// is committed.
     pub fn subscribe(
         &self,
         session: &Arc<Session>,
@@ -201,6 +205,7 @@ impl Broker {
     }
 
     /// Removes `session`'s subscription to `requested`; whether it had one.
+    /// The store as for [`Broker::subscribe`].
     pub fn unsubscribe(&self, session: &Arc<Session>, requested: &str) -> bool {
         let mut state = session.state();
         let Some(removed) = state.subscriptions.remove(requested) else {
@@ -234,6 +239,11 @@ impl Broker {
             .collect();
         for requested in &removed {
             self.unsubscribe(session, requested);
+        }
+        if !removed.is_empty() {
+            // Nothing waits: a crash before the commit brings back
+            // subscriptions the next connection's token narrows again.
+            let _ = self.keep_subscriptions(session);
         }
         {
             let mut state = session.state();

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use super::*;
-use crate::broker::store::{MemoryStore, SessionRecord, Store};
+use crate::broker::store::{MemoryStore, SessionExpiry, SessionRecord, Store};
 use crate::config::SessionSettings;
 use crate::mqtt::{QoS, RetainHandling, SubscriptionOptions};
 
@@ -47,7 +47,7 @@ fn message(broker: &Broker, topic: &str, qos: QoS, retain: bool) -> Arc<Message>
 /// A new session of subject `s`, attached.
 fn connected(broker: &Arc<Broker>, client_id: &str) -> Arc<Session> {
     broker
-        .attach(SessionKey::new("s", client_id), true)
+        .attach(SessionKey::new("s", client_id), true, Duration::ZERO)
         .unwrap()
         .session
 }
@@ -217,7 +217,7 @@ async fn a_parked_session_keeps_receiving_and_is_resumed() {
     let store = Arc::new(MemoryStore::new());
     let broker = broker_with(Arc::clone(&store));
     let key = SessionKey::new("s", "p");
-    let attached = broker.attach(key.clone(), true).unwrap();
+    let attached = broker.attach(key.clone(), true, Duration::ZERO).unwrap();
     subscribe(
         &broker,
         &attached.session,
@@ -232,17 +232,80 @@ async fn a_parked_session_keeps_receiving_and_is_resumed() {
     );
     assert_eq!(store.sessions().len(), 1, "parked in the store");
     assert!(taken_at_once(&broker, "t"));
-    let resumed = broker.attach(key, false).unwrap();
+    let resumed = broker.attach(key, false, Duration::ZERO).unwrap();
     assert!(resumed.present);
     assert!(store.sessions().is_empty(), "live again");
     assert_eq!(taken(&resumed.session).len(), 1, "queued while away");
+}
+
+/// A session its client asks to keep is in the store while connected:
+/// written at attach and with its subscriptions once they are kept, with
+/// its interval to count from a restart; parked, at its time; resumed
+/// with expiry, connected again; ended, gone.
+#[tokio::test]
+async fn a_kept_session_is_in_the_store_while_connected() {
+    let store = Arc::new(MemoryStore::new());
+    let broker = broker_with(Arc::clone(&store));
+    let key = SessionKey::new("s", "kept");
+    let expiry = Duration::from_secs(90);
+    let stored = || {
+        let sessions = store.sessions();
+        assert!(sessions.len() <= 1, "{sessions:?}");
+        sessions.into_iter().next().map(|(k, record)| {
+            assert_eq!(k, key);
+            let filters: Vec<String> = record.subscriptions.into_iter().map(|(f, _)| f).collect();
+            (filters, record.expiry)
+        })
+    };
+    let attached = broker.attach(key.clone(), true, expiry).unwrap();
+    assert_eq!(
+        stored(),
+        Some((vec![], SessionExpiry::AfterRestart(expiry)))
+    );
+    subscribe(
+        &broker,
+        &attached.session,
+        "t/+",
+        options(QoS::AtLeastOnce, None),
+    );
+    assert!(
+        broker.keep_subscriptions(&attached.session).is_none(),
+        "memory: nothing to wait on"
+    );
+    assert_eq!(
+        stored(),
+        Some((vec!["t/+".into()], SessionExpiry::AfterRestart(expiry)))
+    );
+    broker.detach(attached.session, attached.inflight, expiry, None);
+    assert!(
+        matches!(stored(), Some((_, SessionExpiry::At(_)))),
+        "parked at its time"
+    );
+    let resumed = broker.attach(key.clone(), false, expiry).unwrap();
+    assert!(resumed.present);
+    assert_eq!(
+        stored(),
+        Some((vec!["t/+".into()], SessionExpiry::AfterRestart(expiry)))
+    );
+    broker.detach(resumed.session, resumed.inflight, Duration::ZERO, None);
+    assert_eq!(stored(), None, "ended");
+    // Asked for no expiry: nothing written.
+    let clean = broker.attach(key.clone(), true, Duration::ZERO).unwrap();
+    subscribe(
+        &broker,
+        &clean.session,
+        "t/+",
+        options(QoS::AtLeastOnce, None),
+    );
+    assert!(broker.keep_subscriptions(&clean.session).is_none());
+    assert_eq!(stored(), None);
 }
 
 #[tokio::test]
 async fn a_parked_session_expires() {
     let broker = broker_with(Arc::new(MemoryStore::new()));
     let key = SessionKey::new("s", "e");
-    let attached = broker.attach(key.clone(), true).unwrap();
+    let attached = broker.attach(key.clone(), true, Duration::ZERO).unwrap();
     broker.detach(
         attached.session,
         attached.inflight,
@@ -252,7 +315,7 @@ async fn a_parked_session_expires() {
     assert_eq!(broker.session_count(), 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(broker.session_count(), 0);
-    assert!(!broker.attach(key, false).unwrap().present);
+    assert!(!broker.attach(key, false, Duration::ZERO).unwrap().present);
 }
 
 #[tokio::test]
@@ -263,7 +326,7 @@ async fn parked_sessions_in_the_store_are_restored_at_start() {
         &key,
         SessionRecord {
             subscriptions: vec![("t/+".into(), options(QoS::AtLeastOnce, Some(7)))],
-            expires_at: SystemTime::now() + Duration::from_secs(60),
+            expiry: SessionExpiry::At(SystemTime::now() + Duration::from_secs(60)),
             queued: Vec::new(),
         },
     );
@@ -271,14 +334,14 @@ async fn parked_sessions_in_the_store_are_restored_at_start() {
         &SessionKey::new("s", "stale"),
         SessionRecord {
             subscriptions: Vec::new(),
-            expires_at: SystemTime::now() - Duration::from_secs(1),
+            expiry: SessionExpiry::At(SystemTime::now() - Duration::from_secs(1)),
             queued: Vec::new(),
         },
     );
     let broker = broker_with(Arc::clone(&store));
     assert_eq!(broker.session_count(), 1, "the expired record is dropped");
     assert!(taken_at_once(&broker, "t/x"));
-    let resumed = broker.attach(key, false).unwrap();
+    let resumed = broker.attach(key, false, Duration::ZERO).unwrap();
     assert!(resumed.present);
     let got = taken(&resumed.session);
     assert_eq!(got.len(), 1);

@@ -146,7 +146,11 @@ async fn run(
     // The probe: a session of its own subject, so the client can never
     // take it over, holding every topic a filter can name.
     let probe = broker
-        .attach(SessionKey::new("fuzz-probe", "fuzz-probe"), true)
+        .attach(
+            SessionKey::new("fuzz-probe", "fuzz-probe"),
+            true,
+            Duration::ZERO,
+        )
         .expect("a new routing core has room for the probe's session")
         .session;
     for filter in PROBE_FILTERS {

@@ -286,19 +286,6 @@ pub(crate) async fn serve<S>(
     };
     // Authenticated, with a place: no longer a stranger.
     drop(pending);
-    let attached = match shared.broker.attach(key, clean_start) {
-        Ok(attached) => attached,
-        Err(e) => {
-            Rejection::of(&authenticated, (Refusal::QuotaExceeded, e.to_string())).report(
-                peer,
-                &client_id,
-                &shared.metrics,
-            );
-            refuse(&mut wire, Refusal::QuotaExceeded).await;
-            return;
-        }
-    };
-
     let max_session_expiry = shared.broker.settings().max_session_expiry;
     let requested_expiry = match (version.is_v5(), clean_start) {
         (true, _) => Duration::from_secs(
@@ -313,6 +300,18 @@ pub(crate) async fn serve<S>(
         (false, true) => Duration::ZERO,
     };
     let session_expiry = requested_expiry.min(max_session_expiry);
+    let attached = match shared.broker.attach(key, clean_start, session_expiry) {
+        Ok(attached) => attached,
+        Err(e) => {
+            Rejection::of(&authenticated, (Refusal::QuotaExceeded, e.to_string())).report(
+                peer,
+                &client_id,
+                &shared.metrics,
+            );
+            refuse(&mut wire, Refusal::QuotaExceeded).await;
+            return;
+        }
+    };
     let (keep_alive, server_keep_alive) = match shared.limits.max_keep_alive {
         Some(max) if keep_alive == 0 || keep_alive > max => (max, Some(max)),
         _ => (keep_alive, None),

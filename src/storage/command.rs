@@ -32,7 +32,11 @@ pub(super) enum Write {
     },
     Retain(Arc<Message>, Answer),
     ClearRetained(Box<str>, Answer),
-    SaveSession(SessionKey, SessionRecord),
+    SaveSession {
+        key: SessionKey,
+        record: SessionRecord,
+        kept: Answer,
+    },
     /// A delivery for a parked session, at `position` of its stored queue
     /// (behind what its last `SaveSession` wrote).
     QueueParked {

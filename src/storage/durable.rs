@@ -83,7 +83,7 @@ impl DurableStore {
                 &key,
                 SessionRecord {
                     subscriptions: parked.subscriptions,
-                    expires_at: parked.expires_at,
+                    expiry: parked.expiry,
                     queued,
                 },
             );
@@ -137,9 +137,15 @@ impl Store for DurableStore {
         self.memory.each_retained(visit);
     }
 
-    fn save_session(&self, key: &SessionKey, record: SessionRecord) {
-        self.memory.save_session(key, record.clone());
-        self.write(Write::SaveSession(key.clone(), record));
+    fn save_session(&self, key: &SessionKey, record: SessionRecord) -> Option<Kept> {
+        let _ = self.memory.save_session(key, record.clone());
+        let (kept, receiver) = oneshot::channel();
+        self.write(Write::SaveSession {
+            key: key.clone(),
+            record,
+            kept,
+        });
+        Some(receiver)
     }
 
     fn queue_parked(&self, key: &SessionKey, position: u64, delivery: &Delivery) -> Option<Kept> {

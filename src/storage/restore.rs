@@ -8,6 +8,7 @@ use rusqlite::Connection;
 use tracing::warn;
 
 use super::rows::{self, MESSAGE_COLUMNS, MessageRow, RowError};
+use crate::broker::store::SessionExpiry;
 use crate::broker::{Publication, SessionKey};
 use crate::mqtt::{QoS, SubscriptionOptions};
 
@@ -16,18 +17,19 @@ use crate::mqtt::{QoS, SubscriptionOptions};
 pub struct Restored {
     /// Retained messages not yet expired.
     pub retained: Vec<Publication>,
-    /// Parked sessions, expired ones included (the broker discards them).
+    /// Persistent sessions, expired ones included (the broker discards
+    /// them).
     pub sessions: Vec<(SessionKey, ParkedSession)>,
     /// Rows that did not decode, reported and left out.
     pub skipped: usize,
 }
 
-/// A parked session as read back: its record, with the messages waiting
-/// for it not yet charged to the routing core's budget.
+/// A persistent session as read back: its record, with the messages
+/// waiting for it not yet charged to the routing core's budget.
 #[derive(Debug)]
 pub struct ParkedSession {
     pub subscriptions: Vec<(String, SubscriptionOptions)>,
-    pub expires_at: std::time::SystemTime,
+    pub expiry: SessionExpiry,
     pub queued: Vec<QueuedDelivery>,
 }
 
@@ -105,15 +107,25 @@ pub(super) fn restore(db: &Connection) -> rusqlite::Result<Restored> {
             }
         }
     }
-    let mut select =
-        db.prepare("SELECT subject, client_id, expires_at, subscriptions FROM sessions")?;
+    let mut select = db
+        .prepare("SELECT subject, client_id, expires_at, expiry_ms, subscriptions FROM sessions")?;
     let rows = select.query_map([], |row| {
-        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, Option<i64>>(3)?,
+            row.get::<_, String>(4)?,
+        ))
     })?;
     let mut queued = queued_deliveries(db, &mut restored.skipped)?;
     for row in rows {
-        let (subject, client_id, expires_at, subscriptions): (String, String, i64, String) = row?;
+        let (subject, client_id, expires_at, expiry_ms, subscriptions) = row?;
         let key = SessionKey::new(&subject, &client_id);
+        let expiry = match expiry_ms {
+            Some(ms) => SessionExpiry::AfterRestart(rows::duration_of_millis(ms)),
+            None => SessionExpiry::At(rows::system_time(expires_at)),
+        };
         match rows::subscriptions_from_json(&subscriptions) {
             Ok(subscriptions) => {
                 let queued = queued.remove(&key).unwrap_or_default();
@@ -121,7 +133,7 @@ pub(super) fn restore(db: &Connection) -> rusqlite::Result<Restored> {
                     key,
                     ParkedSession {
                         subscriptions,
-                        expires_at: rows::system_time(expires_at),
+                        expiry,
                         queued,
                     },
                 ));

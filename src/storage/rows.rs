@@ -187,6 +187,17 @@ pub(super) fn unix_millis(at: SystemTime) -> i64 {
     i64::try_from(millis).unwrap_or(i64::MAX)
 }
 
+/// A duration stored in milliseconds (a negative one, written by nobody,
+/// reads as zero).
+pub(super) fn duration_of_millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// A duration in milliseconds, as stored.
+pub(super) fn millis_of(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Time left until `at` (unix milliseconds); `None` once it has passed.
 pub(super) fn left_until(at: i64) -> Option<Duration> {
     system_time(at)

@@ -17,7 +17,8 @@ pub(super) const DB_FILE: &str = "jwtgate.sqlite";
 /// and tail), where the default 2 MiB made the drain re-read pages.
 pub(super) const PAGE_CACHE_KIB: i64 = -8192;
 /// The layout version this code writes, kept in SQLite's `user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// 2 added `sessions.expiry_ms`: a session written while connected.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Why the durable store could not be opened or read.
 #[derive(Debug, thiserror::Error)]
@@ -93,12 +94,24 @@ pub(super) fn prepare(
     if version > SCHEMA_VERSION {
         return Err(Prepared::Newer(version));
     }
+    if version == 1 {
+        // Sessions written by version 1 were all parked: NULL says so.
+        // One transaction with the version, so that an interrupted
+        // upgrade is redone, not half done.
+        db.execute_batch(
+            "BEGIN;
+             ALTER TABLE sessions ADD COLUMN expiry_ms INTEGER;
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )?;
+    }
     db.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS retained ({MESSAGE_SCHEMA}, PRIMARY KEY (topic)) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS sessions (
              subject TEXT NOT NULL,
              client_id TEXT NOT NULL,
              expires_at INTEGER NOT NULL,
+             expiry_ms INTEGER,
              subscriptions TEXT NOT NULL,
              PRIMARY KEY (subject, client_id)
          ) WITHOUT ROWID;

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::schema::DB_FILE;
 use super::*;
 use crate::broker::retained::Retained;
-use crate::broker::store::{SessionRecord, Store};
+use crate::broker::store::{SessionExpiry, SessionRecord, Store};
 use crate::broker::{Budget, Delivery, Message, Properties, Publication, SessionKey};
 use crate::config::StorageConfig;
 use crate::mqtt::TopicLimits;
@@ -383,7 +383,7 @@ async fn retained_messages_and_parked_sessions_survive_a_reopen() {
             &key,
             SessionRecord {
                 subscriptions: vec![("cmd/#".into(), options)],
-                expires_at,
+                expiry: SessionExpiry::At(expires_at),
                 queued: vec![
                     Delivery {
                         message: message(&budget, "cmd/first", b"1"),
@@ -404,11 +404,21 @@ async fn retained_messages_and_parked_sessions_survive_a_reopen() {
             &SessionKey::new("device-2", "gone"),
             SessionRecord {
                 subscriptions: vec![],
-                expires_at,
+                expiry: SessionExpiry::At(expires_at),
                 queued: Vec::new(),
             },
         );
         store.remove_session(&SessionKey::new("device-2", "gone"));
+        // Written while its client was connected: its interval counts from
+        // the reopen.
+        store.save_session(
+            &SessionKey::new("device-3", "connected"),
+            SessionRecord {
+                subscriptions: vec![("valve/#".into(), options)],
+                expiry: SessionExpiry::AfterRestart(Duration::from_secs(90)),
+                queued: Vec::new(),
+            },
+        );
         storage.close();
     }
     let (storage, restored) = Storage::open(&config(dir.path()), &[], &budget).expect("reopen");
@@ -435,16 +445,27 @@ async fn retained_messages_and_parked_sessions_survive_a_reopen() {
         props.user_properties,
         vec![("k".to_owned(), "v".to_owned())]
     );
-    let sessions = store.sessions();
-    assert_eq!(sessions.len(), 1);
+    let mut sessions = store.sessions();
+    sessions.sort_by(|a, b| a.0.subject().cmp(b.0.subject()));
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions[1].0, SessionKey::new("device-3", "connected"));
+    assert_eq!(
+        sessions[1].1.expiry,
+        SessionExpiry::AfterRestart(Duration::from_secs(90))
+    );
+    assert_eq!(
+        sessions[1].1.subscriptions,
+        vec![("valve/#".to_owned(), options)]
+    );
     assert_eq!(sessions[0].0, key);
     assert_eq!(
         sessions[0].1.subscriptions,
         vec![("cmd/#".to_owned(), options)]
     );
-    let drift = sessions[0]
-        .1
-        .expires_at
+    let SessionExpiry::At(restored_at) = sessions[0].1.expiry else {
+        panic!("a parked session came back as {:?}", sessions[0].1.expiry);
+    };
+    let drift = restored_at
         .duration_since(expires_at)
         .unwrap_or_else(|e| e.duration());
     assert!(drift < Duration::from_millis(2), "{drift:?}");
@@ -487,4 +508,56 @@ fn a_database_from_a_later_release_is_refused_not_rewritten() {
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("opened a newer database"),
     }
+}
+
+/// A database written by layout version 1 (no `sessions.expiry_ms`) is
+/// upgraded in place: its parked sessions come back parked, at their
+/// time, and the upgrade is not run twice.
+#[test]
+fn a_version_1_database_is_upgraded_and_keeps_its_sessions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config(dir.path());
+    std::fs::create_dir_all(&config.dir).expect("state dir");
+    let expires_at = SystemTime::now() + Duration::from_secs(600);
+    {
+        let db = Connection::open(config.dir.join(DB_FILE)).expect("create");
+        db.execute_batch(
+            "CREATE TABLE sessions (
+                 subject TEXT NOT NULL,
+                 client_id TEXT NOT NULL,
+                 expires_at INTEGER NOT NULL,
+                 subscriptions TEXT NOT NULL,
+                 PRIMARY KEY (subject, client_id)
+             ) WITHOUT ROWID;
+             PRAGMA user_version = 1;",
+        )
+        .expect("version 1 layout");
+        db.execute(
+            "INSERT INTO sessions VALUES ('dev', 'c1', ?1, '[{\"filter\":\"a/#\",\"qos\":1}]')",
+            [super::rows::unix_millis(expires_at)],
+        )
+        .expect("a parked session");
+    }
+    let budget = Budget::new(1 << 20);
+    for _ in 0..2 {
+        let (storage, restored) = Storage::open(&config, &[], &budget).expect("open");
+        assert_eq!(restored.skipped, 0);
+        assert_eq!(restored.sessions.len(), 1);
+        let (key, session) = &restored.sessions[0];
+        assert_eq!(key, &SessionKey::new("dev", "c1"));
+        assert_eq!(session.subscriptions.len(), 1);
+        let SessionExpiry::At(at) = session.expiry else {
+            panic!("came back as {:?}", session.expiry);
+        };
+        let drift = at
+            .duration_since(expires_at)
+            .unwrap_or_else(|e| e.duration());
+        assert!(drift < Duration::from_millis(2), "{drift:?}");
+        storage.close();
+    }
+    let db = Connection::open(config.dir.join(DB_FILE)).expect("reopen by hand");
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .expect("version");
+    assert_eq!(version, 2);
 }

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{Connection, ToSql, params, params_from_iter};
 use tracing::{error, info, warn};
@@ -36,6 +36,7 @@ use tracing::{error, info, warn};
 use super::command::Write;
 use super::queue::{Queue, Recent};
 use super::rows::{self, MESSAGE_COLUMNS, MessageRow};
+use crate::broker::store::SessionExpiry;
 use crate::broker::{CommitError, Delivery, SessionKey};
 
 /// Whether commits work, as the writer last found, for the metrics.
@@ -198,6 +199,7 @@ impl Writer {
                 match write {
                     Write::Append { kept, .. }
                     | Write::QueueParked { kept, .. }
+                    | Write::SaveSession { kept, .. }
                     | Write::Retain(_, kept)
                     | Write::ClearRetained(_, kept) => {
                         let _ = kept.send(outcome);
@@ -206,7 +208,7 @@ impl Writer {
                         let _ = done.send(());
                     }
                     acked @ Write::Acked { .. } if outcome.is_err() => self.retry.push(acked),
-                    Write::Acked { .. } | Write::SaveSession(..) | Write::RemoveSession(_) => {}
+                    Write::Acked { .. } | Write::RemoveSession(_) => {}
                 }
             }
             if stop {
@@ -369,15 +371,28 @@ impl Writer {
                     tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?
                         .execute([&**topic])?;
                 }
-                Write::SaveSession(key, record) => {
+                Write::SaveSession { key, record, .. } => {
+                    // A connected session's interval counts from the
+                    // restart; `expires_at` then only says when it was
+                    // written plus its interval, for someone reading the
+                    // table.
+                    let (expires_at, expiry_ms) = match record.expiry {
+                        SessionExpiry::At(at) => (at, None),
+                        SessionExpiry::AfterRestart(interval) => (
+                            SystemTime::now() + interval,
+                            Some(rows::millis_of(interval)),
+                        ),
+                    };
                     tx.prepare_cached(
-                        "INSERT OR REPLACE INTO sessions (subject, client_id, expires_at, subscriptions) \
-                         VALUES (?1, ?2, ?3, ?4)",
+                        "INSERT OR REPLACE INTO sessions \
+                         (subject, client_id, expires_at, expiry_ms, subscriptions) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
                     )?
                     .execute(params![
                         key.subject(),
                         key.client_id(),
-                        rows::unix_millis(record.expires_at),
+                        rows::unix_millis(expires_at),
+                        expiry_ms,
                         rows::subscriptions_json(record)
                     ])?;
                     remove_queued(&tx, key)?;

@@ -141,7 +141,9 @@ proptest! {
                     if live.iter().any(|a| a.session.key() == &key) {
                         continue;
                     }
-                    match broker.attach(key, clean) {
+                    // A persistent attach writes its record while connected.
+                    let expiry = if clean { Duration::ZERO } else { Duration::from_secs(60) };
+                    match broker.attach(key, clean, expiry) {
                         Ok(attached) => live.push(attached),
                         Err(_) => {
                             let held = live.iter().filter(|a| a.session.key().subject() == SUBJECTS[subject]).count();

@@ -38,7 +38,8 @@ pub(crate) enum Ending {
     /// The session's queue overflowed under the `disconnect` policy.
     SlowSubscriber,
     /// A message of an MQTT 3.1.1 client could not be kept, which its
-    /// ack has no way to say: it is closed without one.
+    /// ack has no way to say, or a session's changed subscriptions could
+    /// not be (see `Client::not_kept`): it is closed without the ack.
     NotKept(CommitError),
     /// The client read nothing of what it was sent for
     /// `[limits] write_timeout_secs`.
@@ -127,7 +128,7 @@ impl Ending {
             Ending::SlowSubscriber => Some(
                 "the session's queue is full and the client does not read it fast enough".into(),
             ),
-            Ending::NotKept(err) => Some(format!("a message could not be kept: {err}")),
+            Ending::NotKept(err) => Some(format!("what the client sent could not be kept: {err}")),
             _ => None,
         }
     }

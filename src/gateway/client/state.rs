@@ -264,8 +264,15 @@ impl Client {
     /// Answers a PUBLISH whose message could not be kept: MQTT 5 with the
     /// ack's reason (0x97 when there was no room, 0x80 otherwise), MQTT
     /// 3.1.1, whose ack cannot say it, by closing the connection without
-    /// one: the client sends the message again once it reconnects.
+    /// one: the client sends the message again once it reconnects. A
+    /// SUBSCRIBE or UNSUBSCRIBE whose session could not be written down
+    /// closes the connection in both versions: the change is in force in
+    /// memory, so a refusing SUBACK would not be true either, and the
+    /// client that sends it again on its next connection is right.
     fn not_kept(&mut self, ack: Packet, err: CommitError, out: &mut Outbox) -> Option<Ending> {
+        if matches!(ack, Packet::SubAck(..) | Packet::UnsubAck(..)) {
+            return Some(Ending::NotKept(err));
+        }
         // The QoS 2 exchange ends here (MQTT 5 §4.3.3): its packet id is
         // free again, so that the PUBLISH an MQTT 3.1.1 client sends again
         // on its resumed session is routed, not taken for a re-send of a

@@ -1,5 +1,9 @@
 //! SUBSCRIBE and UNSUBSCRIBE: each filter vetted and authorized on its
-//! own, and answered in one SUBACK or UNSUBACK.
+//! own, and answered in one SUBACK or UNSUBACK. For a session its client
+//! asked to keep, the answer waits until the changed subscriptions are
+//! written down, like a PUBACK for a message that must be: a SUBACK a
+//! crash could take back would leave a device waiting for messages that
+//! never come.
 
 use std::collections::HashMap;
 
@@ -63,14 +67,22 @@ impl Client {
             }
             return_codes.push(code);
         }
-        out.queue(Packet::SubAck(
+        let suback = Packet::SubAck(
             SubAck {
                 pkid: subscribe.pkid,
                 return_codes,
             },
             None,
-        ));
+        );
+        self.answer_when_kept(suback, out);
         None
+    }
+
+    /// Sends `ack` once the session's subscriptions are written down (at
+    /// once if they need not be), after the acks owed before it.
+    fn answer_when_kept(&mut self, ack: Packet, out: &mut Outbox) {
+        let kept = self.broker().keep_subscriptions(&self.session);
+        self.owed.push(kept.into_iter().collect(), Some(ack), out);
     }
 
     /// Vets one filter and, with `commit`, subscribes to it.
@@ -134,12 +146,13 @@ impl Client {
                 }
             })
             .collect();
-        out.queue(Packet::UnsubAck(
+        let unsuback = Packet::UnsubAck(
             UnsubAck {
                 pkid: unsubscribe.pkid,
                 reasons,
             },
             None,
-        ));
+        );
+        self.answer_when_kept(unsuback, out);
     }
 }

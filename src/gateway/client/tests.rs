@@ -40,7 +40,9 @@ fn client_with(
     settings: SessionSettings,
 ) -> Harness {
     let broker = Broker::new(&settings, 64 * 1024 * 1024, Arc::new(MemoryStore::new()));
-    let attached = broker.attach(SessionKey::new("dev", "c1"), true).unwrap();
+    let attached = broker
+        .attach(SessionKey::new("dev", "c1"), true, Duration::ZERO)
+        .unwrap();
     let grants = Grants::new(
         grants
             .iter()
@@ -667,7 +669,11 @@ mod sequences {
     ) -> Peer {
         let client_id = format!("c{i}");
         let attached = broker
-            .attach(SessionKey::new(&format!("dev{i}"), &client_id), true)
+            .attach(
+                SessionKey::new(&format!("dev{i}"), &client_id),
+                true,
+                Duration::ZERO,
+            )
             .unwrap();
         let grants = Grants::new(
             grants
