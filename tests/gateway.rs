@@ -549,18 +549,12 @@ async fn unauthorized_publish_is_dropped_and_publisher_stays() {
     );
 
     // Both publishers are still connected and working.
-    for (i, publisher) in [&mut pub4].into_iter().enumerate() {
-        assert!(
-            publisher.is_open().await,
-            "v4 publisher {i} still connected"
-        );
-        publisher.subscribe("a/#", QoS::AtLeastOnce).await;
-        publisher
-            .publish("a/echo", QoS::AtLeastOnce, false, b"still here")
-            .await;
-        publisher.expect_publish("a/echo").await;
-    }
-    assert!(pub5.is_open().await, "v5 publisher still connected");
+    pub4.assert_alive().await;
+    pub4.subscribe("a/#", QoS::AtLeastOnce).await;
+    pub4.publish("a/echo", QoS::AtLeastOnce, false, b"still here")
+        .await;
+    pub4.expect_publish("a/echo").await;
+    pub5.assert_alive().await;
     pub5.subscribe("a/#", QoS5::AtLeastOnce).await;
     pub5.publish("a/echo5", QoS5::AtLeastOnce, false, b"still here")
         .await;
@@ -759,7 +753,7 @@ async fn will_is_published_when_a_client_vanishes() {
     // Nothing else, ever, from the polite client.
     let late = watcher.publishes_within(QUIET).await;
     assert!(late.is_empty(), "{late:?}");
-    assert!(watcher.is_open().await, "the watcher left");
+    watcher.assert_alive().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -776,7 +770,8 @@ async fn token_expiry_closes_the_connection() {
 
     let mut v5 = gw.v5_connected("dev9-v5", &token).await;
     let mut v4 = gw.v4_connected("dev9-v4", &token).await;
-    assert!(v5.is_open().await && v4.is_open().await);
+    v5.assert_alive().await;
+    v4.assert_alive().await;
     assert!(
         ahead_of_now(exp) > Duration::ZERO,
         "connected after exp: nothing tested"
@@ -990,7 +985,7 @@ async fn silent_connections_do_not_stall_other_clients() {
         b"not stalled"
     );
     let mut c5 = gw.v5_connected("dev12-v5", &token).await;
-    assert!(c5.is_open().await);
+    c5.assert_alive().await;
     drop((silent_tcp, silent_tls));
 }
 
@@ -1070,11 +1065,8 @@ async fn keep_alive_zero_is_accepted_and_silence_is_closed() {
         silent4.1
     );
 
-    // Keep-alive 0 client is still connected after that silence.
-    assert!(
-        ka0.is_open().await,
-        "the keep-alive 0 client is not timed out"
-    );
+    // The keep-alive 0 client is not timed out by that silence.
+    ka0.assert_alive().await;
 
     let frames = &silent5.1;
     assert!(
@@ -1128,7 +1120,7 @@ async fn second_connection_with_same_client_id_takes_over() {
         &second.expect_publish("takeover/x").await.payload[..],
         b"mine now"
     );
-    assert!(second.is_open().await);
+    second.assert_alive().await;
 
     // 3.1.1 too.
     let mut first4 = gw.v4_connected("same-id-4", &token).await;
@@ -1143,7 +1135,7 @@ async fn second_connection_with_same_client_id_takes_over() {
     // Another subject using the same client id does not take it over.
     let other = gw.token("someone-else", &["takeover/#"], HOUR);
     let mut intruder = gw.v5_connected("same-id", &other).await;
-    assert!(intruder.is_open().await);
+    intruder.assert_alive().await;
     second
         .publish("takeover/z", QoS5::AtLeastOnce, false, b"still mine")
         .await;
@@ -1151,10 +1143,8 @@ async fn second_connection_with_same_client_id_takes_over() {
         &second.expect_publish("takeover/z").await.payload[..],
         b"still mine"
     );
-    assert!(
-        second.is_open().await,
-        "another subject's connection did not kick it"
-    );
+    // Another subject's connection did not kick it.
+    second.assert_alive().await;
     assert_eq!(
         end.disconnect,
         Some(DisconnectReasonCode::SessionTakenOver),
@@ -1186,21 +1176,20 @@ async fn shutdown_tells_v5_clients_and_stops() {
 // 16. The binary's first run
 // ---------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
+/// The first run, with no configuration: it listens where `--listen` says
+/// (port 0 here, reported by `--ready-file`, so no port is picked ahead and
+/// raced for).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_first_run_serves_mints_and_stops_on_sigterm() {
     common::init_tracing();
     let bin = env!("CARGO_BIN_EXE_jwtgate");
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let log_path = dir.path().join("serve.log");
+    let ready_path = dir.path().join("serve.ready");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = tokio::process::Command::new(bin)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--listen", "127.0.0.1:0", "--ready-file"])
+        .arg(&ready_path)
         .current_dir(dir.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -1209,26 +1198,10 @@ async fn binary_first_run_serves_mints_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let serve_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-
-    // Wait until it accepts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("jwtgate serve exited early ({status}):\n{}", serve_log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "jwtgate serve never listened:\n{}",
-            serve_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let port = common::wait_for_ready_file(&ready_path, &mut child, serve_log)
+        .await
+        .mqtt
+        .port();
     for file in [
         "keys/tls/ca.crt",
         "keys/tls/server.crt",

@@ -292,7 +292,7 @@ async fn removing_a_secret_refuses_its_tokens_and_closes_its_connections() {
         &on_next.expect_publish("devices/new-1/t").await.payload[..],
         b"still here"
     );
-    assert!(on_next.is_open().await);
+    on_next.assert_alive().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -639,7 +639,7 @@ async fn swapped_certificate_serves_new_handshakes_and_keeps_connections() {
         &live.expect_publish("devices/tls-1/t").await.payload[..],
         b"after the swap"
     );
-    assert!(live.is_open().await);
+    live.assert_alive().await;
 
     // A key that does not belong to the certificate: reported, and the
     // second certificate stays. Once the refusal is logged, the files do

@@ -258,7 +258,7 @@ async fn refused_reauthentications_end_the_connection_with_their_reason_and_no_w
             "{what}: closed after the DISCONNECT"
         );
         will_watch.expect_no_publish().await;
-        assert!(will_watch.is_open().await, "{what}: the will watcher left");
+        will_watch.assert_alive().await;
     }
 
     // A method other than JWT: refused too, no will.
@@ -280,7 +280,7 @@ async fn refused_reauthentications_end_the_connection_with_their_reason_and_no_w
         "will of the control",
         "a refused re-authentication's will was published"
     );
-    assert!(will_watch.is_open().await, "the will watcher left");
+    will_watch.assert_alive().await;
 
     // A reason other than 0x19 (no will here: a protocol error publishes
     // it).
