@@ -234,7 +234,7 @@ async fn publish(
 
 /// One edge broker under test.
 enum Edge {
-    Jwtgate(DevBinary),
+    Jwtgate(Box<DevBinary>),
     Mosquitto(Mosquitto),
 }
 
@@ -260,7 +260,7 @@ impl Edge {
                     ca = central.ca_pem_path().display(),
                     password = password.display(),
                 );
-                Edge::Jwtgate(DevBinary::start("", &table).await)
+                Edge::Jwtgate(Box::new(DevBinary::start("", &table).await))
             }
             _ => {
                 let conf = format!(

@@ -74,6 +74,7 @@ pub mod firstrun;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod gateway;
+pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod mqtt;

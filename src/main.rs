@@ -210,7 +210,12 @@ fn serve(
         // The listener is bound and keys, certificate and state are loaded:
         // a TLS connection made now is served.
         if let Some(path) = ready_file {
-            write_ready_file(path, addr, gateway.metrics_addr())?;
+            let lines = [
+                ("mqtt", Some(addr)),
+                ("metrics", gateway.metrics_addr()),
+                ("websocket", gateway.websocket_addr()),
+            ];
+            write_ready_file(path, &lines)?;
         }
         if let Err(e) = jwtgate::readiness::notify("READY=1") {
             tracing::warn!(error = %e, "could not notify systemd of readiness");
@@ -240,17 +245,17 @@ fn remove_stale_ready_file(path: &Path) -> Result<(), String> {
 }
 
 /// Writes the bound addresses to `path` (`mqtt=ADDR`, then `metrics=ADDR`
-/// when metrics are served), through `.NAME.tmp` next to it renamed into
-/// place: a reader sees no file or the whole of it.
+/// and `websocket=ADDR` for the listeners that are on), through
+/// `.NAME.tmp` next to it renamed into place: a reader sees no file or the
+/// whole of it.
 fn write_ready_file(
     path: &Path,
-    mqtt: std::net::SocketAddr,
-    metrics: Option<std::net::SocketAddr>,
+    lines: &[(&str, Option<std::net::SocketAddr>)],
 ) -> Result<(), String> {
-    let metrics_line = metrics
-        .map(|addr| format!("metrics={addr}\n"))
-        .unwrap_or_default();
-    let text = format!("mqtt={mqtt}\n{metrics_line}");
+    let text: String = lines
+        .iter()
+        .filter_map(|(name, addr)| addr.map(|addr| format!("{name}={addr}\n")))
+        .collect();
     let name = path
         .file_name()
         .ok_or_else(|| format!("--ready-file {}: not a file name", path.display()))?;

@@ -23,6 +23,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::watch::{handed_back, until_own_marker};
+use common::web::{self, ca_file};
 use common::{DevBinary, V4Client, WAIT, now_unix, sign_hs256};
 use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
 use serde_json::json;
@@ -98,13 +99,6 @@ fn python_with_paho() -> &'static Path {
                 )
             })
     })
-}
-
-/// The development CA the binary's server certificate is issued by.
-fn ca_file(gw: &DevBinary) -> PathBuf {
-    let ca = gw.keys_dir().join("tls").join("ca.crt");
-    assert!(ca.is_file(), "no development CA at {}", ca.display());
-    ca
 }
 
 /// A message as a client program reported it.
@@ -358,8 +352,20 @@ async fn mosquitto_pub(
     (output.status, text)
 }
 
-/// `tests/data/paho_client.py` for `client_id`, with a will if given
-/// (topic, payload, QoS); not yet known to be connected.
+/// A client program that speaks `tests/data/paho_client.py`'s line
+/// protocol, and the way it reaches the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driven {
+    /// paho-mqtt (Python) over TLS.
+    Paho,
+    /// paho-mqtt over secure WebSockets (`[websocket]`, path `/mqtt`).
+    PahoWss,
+    /// mqtt.js in Node over secure WebSockets (`tests/web/client.mjs`).
+    MqttJs,
+}
+
+/// `tests/data/paho_client.py` over TLS for `client_id`, with a will if
+/// given (topic, payload, QoS); not yet known to be connected.
 fn paho(
     gw: &DevBinary,
     version: Version,
@@ -367,24 +373,62 @@ fn paho(
     token: &str,
     will: Option<(&str, &str, u8)>,
 ) -> Program {
-    let mut command = Command::new(python_with_paho());
-    command
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/paho_client.py"
-        ))
-        .arg("localhost")
-        .arg(gw.addr().port().to_string())
-        .arg(ca_file(gw))
-        .args([client_id, token, version.tag()]);
-    if let Some((topic, payload, qos)) = will {
-        command.args([topic, payload, qos.to_string().as_str()]);
-    }
-    Program::spawn(format!("paho {client_id}"), command, true)
+    program(gw, Driven::Paho, version, client_id, token, will)
 }
 
-/// The CONNACK code paho reported.
-async fn paho_connack(client: &mut Program) -> u8 {
+/// `driven` for `client_id` (a will only for paho); not yet known to be
+/// connected.
+fn program(
+    gw: &DevBinary,
+    driven: Driven,
+    version: Version,
+    client_id: &str,
+    token: &str,
+    will: Option<(&str, &str, u8)>,
+) -> Program {
+    let mut command = match driven {
+        Driven::Paho | Driven::PahoWss => {
+            let port = match driven {
+                Driven::PahoWss => {
+                    let addr = gw.served.ready().websocket.expect("[websocket] listen");
+                    addr.port()
+                }
+                _ => gw.addr().port(),
+            };
+            let mut command = Command::new(python_with_paho());
+            command
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/data/paho_client.py"
+                ))
+                .arg("localhost")
+                .arg(port.to_string())
+                .arg(ca_file(gw))
+                .args([client_id, token, version.tag()]);
+            if driven == Driven::PahoWss {
+                command.env("PAHO_WS_PATH", "/mqtt");
+            }
+            if let Some((topic, payload, qos)) = will {
+                command.args([topic, payload, qos.to_string().as_str()]);
+            }
+            command
+        }
+        Driven::MqttJs => {
+            let mut command = Command::new("node");
+            command
+                .arg(web::packages().join("client.mjs"))
+                .arg(web::url(gw))
+                .arg(ca_file(gw))
+                .args([client_id, token, version.tag()]);
+            command
+        }
+    };
+    command.env_remove("NODE_OPTIONS");
+    Program::spawn(format!("{driven:?} {client_id}"), command, true)
+}
+
+/// The CONNACK code the program reported.
+async fn connack(client: &mut Program) -> u8 {
     let line = client
         .line("CONNACK", |line| line.starts_with("CONNACK "))
         .await;
@@ -401,20 +445,21 @@ async fn paho_connected(
     will: Option<(&str, &str, u8)>,
 ) -> Program {
     let mut client = paho(gw, version, client_id, token, will);
-    assert_eq!(paho_connack(&mut client).await, 0, "paho {client_id}");
+    assert_eq!(connack(&mut client).await, 0, "paho {client_id}");
     client
 }
 
-/// Subscribes at QoS 2; returns the SUBACK's code.
-async fn paho_subscribe(client: &mut Program, filter: &str) -> String {
+/// Subscribes at QoS 2; returns the SUBACK's code (what the program
+/// printed: the granted QoS, or the failure code in decimal).
+async fn subscribe_on(client: &mut Program, filter: &str) -> String {
     client.send(&format!("sub {filter} 2")).await;
     let line = client.line("SUBACK", |l| l.starts_with("SUBACK ")).await;
     line.rsplit(' ').next().unwrap_or_default().to_owned()
 }
 
-/// Publishes and waits until paho reports it done (QoS 0 sent, 1 PUBACKed,
-/// 2 PUBCOMPed).
-async fn paho_publish(client: &mut Program, topic: &str, qos: u8, retain: bool, payload: &str) {
+/// Publishes and waits until the program reports it done (QoS 0 sent, 1
+/// PUBACKed, 2 PUBCOMPed).
+async fn publish_on(client: &mut Program, topic: &str, qos: u8, retain: bool, payload: &str) {
     client
         .send(&format!("pub {topic} {qos} {} {payload}", u8::from(retain)))
         .await;
@@ -475,7 +520,7 @@ async fn mosquitto_and_paho_publish_and_subscribe_at_each_qos() {
         let mut msub = mosquitto_sub(&gw, version, &id("msub"), &token(&id("msub")), &filter, &[]);
         assert_eq!(subscribed(&mut msub).await, "2", "mosquitto_sub {v}");
         let mut psub = paho_connected(&gw, version, &id("psub"), &token(&id("psub")), None).await;
-        assert_eq!(paho_subscribe(&mut psub, &filter).await, "2", "paho {v}");
+        assert_eq!(subscribe_on(&mut psub, &filter).await, "2", "paho {v}");
         let mut ppub = paho_connected(&gw, version, &id("ppub"), &token(&id("ppub")), None).await;
 
         let mut sent = Vec::new();
@@ -494,7 +539,7 @@ async fn mosquitto_and_paho_publish_and_subscribe_at_each_qos() {
                 false,
                 &format!("from paho at qos {qos}"),
             );
-            paho_publish(&mut ppub, &msg.topic, qos, false, &msg.payload).await;
+            publish_on(&mut ppub, &msg.topic, qos, false, &msg.payload).await;
             sent.push(msg);
         }
         sent.sort();
@@ -526,7 +571,7 @@ async fn retained_messages_from_either_client_reach_later_subscribers() {
         .await;
         let by_paho = Msg::new(&format!("kept/{v}/paho"), 1, true, "set by paho");
         let mut ppub = paho_connected(&gw, version, &id("ppub"), &token(&id("ppub")), None).await;
-        paho_publish(&mut ppub, &by_paho.topic, 1, true, &by_paho.payload).await;
+        publish_on(&mut ppub, &by_paho.topic, 1, true, &by_paho.payload).await;
         ppub.send("disconnect").await;
         assert!(ppub.exit().await.success(), "paho publisher {v}");
 
@@ -535,7 +580,7 @@ async fn retained_messages_from_either_client_reach_later_subscribers() {
         assert_eq!(subscribed(&mut msub).await, "2");
         assert_eq!(msub.messages(2).await, both, "mosquitto_sub, MQTT {v}");
         let mut psub = paho_connected(&gw, version, &id("psub"), &token(&id("psub")), None).await;
-        assert_eq!(paho_subscribe(&mut psub, &filter).await, "2");
+        assert_eq!(subscribe_on(&mut psub, &filter).await, "2");
         assert_eq!(psub.messages(2).await, both, "paho, MQTT {v}");
     }
     gw.assert_no_panic();
@@ -667,12 +712,117 @@ async fn either_client_hears_the_documented_refusal_codes() {
             assert!(!status.success(), "mosquitto_pub, MQTT {v}, {what}");
 
             let mut client = paho(&gw, version, &format!("refused-p-{v}"), token, None);
+            assert_eq!(connack(&mut client).await, code, "paho, MQTT {v}, {what}");
+        }
+    }
+    gw.assert_no_panic();
+}
+
+// ---------------------------------------------------------------------------
+// Over secure WebSockets
+// ---------------------------------------------------------------------------
+
+/// README, "Browsers and web clients": "after the upgrade a WebSocket
+/// connection is a client like any other". mqtt.js (Node) and paho-mqtt,
+/// both over WSS, and rumqttc over TLS subscribe to the same filter; each
+/// publishes at QoS 1 and 2 and every one of them receives every message,
+/// over MQTT 3.1.1 and 5: the same routing core behind both transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_clients_over_wss_and_devices_over_tls_exchange_messages() {
+    let gw = DevBinary::start("", web::WEBSOCKET).await;
+    for version in VERSIONS {
+        let v = version.tag();
+        let filter = format!("web/{v}/#");
+        let token = |id: &str| gw.token(id, &[&filter], HOUR);
+        let mut web_clients = Vec::new();
+        for driven in [Driven::MqttJs, Driven::PahoWss] {
+            let id = format!("{driven:?}-{v}");
+            let mut client = program(&gw, driven, version, &id, &token(&id), None);
+            assert_eq!(connack(&mut client).await, 0, "{id}");
+            assert_eq!(subscribe_on(&mut client, &filter).await, "2", "{id}");
+            web_clients.push(client);
+        }
+        let device_id = format!("tls-{v}");
+        let mut device = V4Client::start(gw.v4_options(&device_id, &token(&device_id)));
+        assert_eq!(device.connack().await.code, ConnectReturnCode::Success);
+        device.subscribe(&filter, QoS::AtLeastOnce).await;
+
+        let mut expected = Vec::new();
+        for (i, qos) in [(0, 1u8), (1, 2u8)] {
+            let topic = format!("web/{v}/from-web-{i}");
+            publish_on(&mut web_clients[i], &topic, qos, false, "over wss").await;
+            expected.push(Msg::new(&topic, qos, false, "over wss"));
+        }
+        let tls_topic = format!("web/{v}/from-tls");
+        device
+            .publish(&tls_topic, QoS::ExactlyOnce, false, b"over tls")
+            .await;
+        expected.push(Msg::new(&tls_topic, 2, false, "over tls"));
+        expected.sort();
+        for client in &mut web_clients {
+            assert_eq!(client.messages(3).await, expected, "{}", client.name);
+        }
+        let mut got: Vec<String> = device
+            .publishes_expecting(3)
+            .await
+            .iter()
+            .map(|p| p.topic.clone())
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = expected.iter().map(|m| m.topic.clone()).collect();
+        want.sort();
+        assert_eq!(got, want, "the TLS device, MQTT {v}");
+    }
+    gw.assert_no_panic();
+}
+
+/// Over WSS a web client is held to its token as a device over TLS is: a
+/// filter outside its grant is refused in the SUBACK (0x80 / 0x87), an
+/// MQTT 5 PUBLISH outside it is answered 0x87 and delivered to nobody, and
+/// a token signed with another key gets CONNACK 4 / 0x86.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_clients_over_wss_are_held_to_their_grants() {
+    let gw = DevBinary::start("", web::WEBSOCKET).await;
+    let forged = sign_hs256(
+        b"not the gateway's secret, 32 bytes+",
+        &json!({ "sub": "intruder", "exp": now_unix() + 3600, "topics": ["#"] }),
+    );
+    let mut watcher = V4Client::start(gw.v4_options("watcher", &gw.token("watcher", &["#"], HOUR)));
+    assert_eq!(watcher.connack().await.code, ConnectReturnCode::Success);
+    watcher.subscribe("#", QoS::AtLeastOnce).await;
+    for (version, refused_filter, bad_token) in
+        [(Version::V311, "128", 4u8), (Version::V5, "135", 0x86)]
+    {
+        let v = version.tag();
+        for driven in [Driven::MqttJs, Driven::PahoWss] {
+            let id = format!("{driven:?}-{v}");
+            let token = gw.token(&id, &[&format!("mine/{v}/#")], HOUR);
+            let mut client = program(&gw, driven, version, &id, &token, None);
+            assert_eq!(connack(&mut client).await, 0, "{id}");
             assert_eq!(
-                paho_connack(&mut client).await,
-                code,
-                "paho, MQTT {v}, {what}"
+                subscribe_on(&mut client, "theirs/#").await,
+                refused_filter,
+                "{id}"
+            );
+            if driven == Driven::MqttJs && version == Version::V5 {
+                client.send("pub theirs/x 1 0 not mine").await;
+                let line = client
+                    .line("PUBREFUSED", |l| l.starts_with("PUBREFUSED "))
+                    .await;
+                assert_eq!(line, "PUBREFUSED 135", "{id}");
+            }
+            let mut forged_client =
+                program(&gw, driven, version, &format!("{id}-forged"), &forged, None);
+            assert_eq!(
+                connack(&mut forged_client).await,
+                bad_token,
+                "{id} with a forged token"
             );
         }
     }
+    // Nothing outside a grant was delivered, and the watcher is still
+    // served.
+    let stray = watcher.publishes_while_alive(common::QUIET).await;
+    assert!(stray.is_empty(), "{stray:?}");
     gw.assert_no_panic();
 }

@@ -63,6 +63,7 @@ mod document;
 mod limits;
 mod service;
 mod sessions;
+mod websocket;
 
 pub use auth::{AuthConfig, ClientIdBinding, DenyPublish};
 pub use bridge::{
@@ -72,12 +73,14 @@ pub use document::ConfigError;
 pub use limits::Limits;
 pub use service::{LogConfig, LogFormat, MetricsConfig, StorageConfig, TlsPaths};
 pub use sessions::{SessionSettings, SlowSubscriber};
+pub use websocket::WebSocketConfig;
 
 use auth::RawAuth;
 use document::Document;
 use limits::RawLimits;
 use service::{DEFAULT_LISTEN, RawLog, RawMetrics, RawStorage, RawTls};
 use sessions::{RawRouter, RawSessions};
+use websocket::RawWebSocket;
 
 /// The whole gateway configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +99,7 @@ pub struct Config {
     pub bridges: Vec<BridgeConfig>,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub websocket: WebSocketConfig,
 }
 
 impl Config {
@@ -137,6 +141,7 @@ impl Config {
             bridges: Vec::new(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            websocket: WebSocketConfig::default(),
         }
     }
 }
@@ -159,6 +164,7 @@ struct RawConfig {
     bridge: Vec<Spanned<bridge::RawBridge>>,
     log: RawLog,
     metrics: RawMetrics,
+    websocket: RawWebSocket,
     /// rumqttd's router's table, gone with it; read only to refuse it with
     /// an error naming the replacement.
     router: Option<Spanned<RawRouter>>,
@@ -182,6 +188,7 @@ impl RawConfig {
         config.bridges = bridge::validate(self.bridge, doc, base_dir, &config.limits.topics)?;
         self.log.apply(&mut config.log);
         config.metrics = self.metrics.validate(doc)?;
+        config.websocket = self.websocket.validate(doc)?;
         Ok(config)
     }
 }

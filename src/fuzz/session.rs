@@ -25,13 +25,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::broker::store::{MemoryStore, Store};
 use crate::broker::{Broker, Delivery, SessionKey};
 use crate::config::{DenyPublish, Limits, SessionSettings};
-use crate::gateway::connection;
+use crate::gateway::connection::{self, Peer};
 use crate::gateway::pending::Strangers;
 use crate::gateway::session::MAX_UNWRITTEN;
 use crate::gateway::shared::Shared;
 use crate::gateway::takeover::Registry;
 use crate::keys::KeyStore;
-use crate::mqtt::{QoS, RetainHandling, SubscriptionOptions};
+use crate::mqtt::{QoS, RetainHandling, SubscriptionOptions, Transport};
 use crate::token::Policy;
 
 /// Filters the probe subscribes to. A filter starting with a wildcard does
@@ -219,7 +219,11 @@ async fn run(
         let mut buffer = [0u8; 4096];
         while let Ok(1..) = client_read.read(&mut buffer).await {}
     };
-    let serve = connection::serve(server, SocketAddr::new(ip, 8883), place, shared, shutdown);
+    let peer = Peer {
+        addr: SocketAddr::new(ip, 8883),
+        transport: Transport::Tls,
+    };
+    let serve = connection::serve(server, peer, place, shared, shutdown);
     // All three at once: the gateway may write while the client is still
     // sending, and must not be held up by an unread output.
     let (ended, (), ()) = tokio::join!(

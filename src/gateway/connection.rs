@@ -56,7 +56,7 @@ use crate::acl::Grants;
 use crate::broker::{Properties, Publication, SessionKey, Will};
 use crate::metrics::{ConnectOutcome, Metrics};
 use crate::mqtt::TopicLimits;
-use crate::mqtt::{QoS, Version};
+use crate::mqtt::{QoS, Transport, Version};
 
 /// How long a new connection waits for an older one of the same session
 /// to let go of it.
@@ -120,10 +120,25 @@ struct ConnectRequest {
     login: Option<Login>,
 }
 
-/// Serves one accepted (TLS-established) connection to the end.
+/// Who is at the other end of a connection: its address, and what carries
+/// its MQTT bytes. Shown as the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// Serves one accepted connection (TLS up, and for a WebSocket its
+/// upgrade done) to the end.
 pub(crate) async fn serve<S>(
     mut stream: S,
-    peer: SocketAddr,
+    peer: Peer,
     pending: Pending,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
@@ -245,7 +260,7 @@ pub(crate) async fn serve<S>(
     let (authenticated, credentials, will) = match admitted {
         Ok(admitted) => admitted,
         Err(rejection) => {
-            rejection.report(peer, &client_id, &shared.metrics);
+            rejection.report(&peer, &client_id, &shared.metrics);
             refuse(&mut wire, rejection.refusal).await;
             return;
         }
@@ -260,7 +275,7 @@ pub(crate) async fn serve<S>(
         Ok(claim) => claim,
         Err(e) => {
             Rejection::of(&authenticated, (Refusal::Unavailable, e.to_string())).report(
-                peer,
+                &peer,
                 &client_id,
                 &shared.metrics,
             );
@@ -277,7 +292,7 @@ pub(crate) async fn serve<S>(
             shared.limits.max_connections
         );
         Rejection::of(&authenticated, (Refusal::Busy, reason)).report(
-            peer,
+            &peer,
             &client_id,
             &shared.metrics,
         );
@@ -304,7 +319,7 @@ pub(crate) async fn serve<S>(
         Ok(attached) => attached,
         Err(e) => {
             Rejection::of(&authenticated, (Refusal::QuotaExceeded, e.to_string())).report(
-                peer,
+                &peer,
                 &client_id,
                 &shared.metrics,
             );
@@ -353,16 +368,17 @@ pub(crate) async fn serve<S>(
         reason = "",
         code = ?ConnectReturnCode::Success,
         version = version.as_str(),
+        transport = peer.transport.as_str(),
         session_present = attached.present,
         "client connected"
     );
     shared.metrics.connect(ConnectOutcome::Accepted);
-    let _connected = shared.metrics.connected(version);
+    let _connected = shared.metrics.connected(version, peer.transport);
     let resumed = attached.present;
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let expires_at = authenticated.deadline(shared.leeway);
     let id = Identity {
-        remote: peer,
+        remote: peer.addr,
         client_id,
         version,
         subject: authenticated.token.subject,
@@ -468,7 +484,7 @@ impl Rejection {
     }
 
     /// Logs the refusal and counts its outcome.
-    fn report(&self, peer: SocketAddr, client_id: &str, metrics: &Metrics) {
+    fn report(&self, peer: &Peer, client_id: &str, metrics: &Metrics) {
         metrics.connect(self.outcome);
         info!(
             remote = %peer,
@@ -478,6 +494,7 @@ impl Rejection {
             outcome = "refused",
             reason = %self.reason,
             code = ?self.refusal.code(),
+            transport = peer.transport.as_str(),
             "connection refused"
         );
     }

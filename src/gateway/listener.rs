@@ -1,4 +1,5 @@
-//! The accept loop: TCP in, TLS up, one task per client.
+//! The accept loops: TCP in, TLS up (and on the WebSocket listener, the
+//! upgrade, [`super::websocket`]), one task per client.
 //!
 //! Handshakes run inside each connection's own task with a timeout, so a
 //! client that opens a TCP connection and says nothing holds only its own
@@ -20,9 +21,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, warn};
 
-use super::connection;
+use super::connection::{self, Peer};
 use super::shared::Shared;
+use super::websocket::{self, UpgradeError};
 use crate::metrics::HandshakeFailure;
+use crate::mqtt::Transport;
 
 /// Pause after an accept error (typically out of file descriptors) so the
 /// loop does not spin while the condition lasts.
@@ -31,8 +34,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// must not flood the log as well.
 const FLOOD_WARNING_EVERY: Duration = Duration::from_secs(10);
 
+/// What a listener serves: MQTT straight over TLS, or inside WebSockets
+/// upgraded under the policy.
+#[derive(Debug, Clone)]
+pub(super) enum Serves {
+    Mqtt,
+    WebSocket(Arc<websocket::Policy>),
+}
+
 pub(super) async fn accept_loop(
     listener: &TcpListener,
+    serves: &Serves,
     acceptor: &TlsAcceptor,
     shared: &Arc<Shared>,
     shutdown: &watch::Receiver<bool>,
@@ -73,6 +85,7 @@ pub(super) async fn accept_loop(
         let acceptor = acceptor.clone();
         let shared = Arc::clone(shared);
         let shutdown = shutdown.clone();
+        let serves = serves.clone();
         connections.spawn(async move {
             let handshake = tokio::select! {
                 () = pending.evicted() => {
@@ -81,20 +94,63 @@ pub(super) async fn accept_loop(
                 }
                 handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)) => handshake,
             };
-            match handshake {
-                // Boxed: the TLS stream is over a kilobyte and the
-                // connection future moves it around; every idle device's
-                // task would carry several copies of its slot.
-                Ok(Ok(tls)) => {
-                    connection::serve(Box::new(tls), peer, pending, shared, shutdown).await
-                }
+            // Boxed: the TLS stream is over a kilobyte and the connection
+            // future moves it around; every idle device's task would carry
+            // several copies of its slot.
+            let tls = match handshake {
+                Ok(Ok(tls)) => Box::new(tls),
                 Ok(Err(e)) => {
                     shared.metrics.handshake_failed(HandshakeFailure::Error);
                     debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
                 }
                 Err(_) => {
                     shared.metrics.handshake_failed(HandshakeFailure::Timeout);
                     debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            match serves {
+                Serves::Mqtt => {
+                    let peer = Peer {
+                        addr: peer,
+                        transport: Transport::Tls,
+                    };
+                    connection::serve(tls, peer, pending, shared, shutdown).await;
+                }
+                Serves::WebSocket(policy) => {
+                    // Still a stranger's: the upgrade runs under its place
+                    // and the handshake deadline, as the TLS handshake did.
+                    let upgrade = tokio::select! {
+                        () = pending.evicted() => {
+                            debug!(%peer, "WebSocket upgrade cut short: a newer connection took its place");
+                            return;
+                        }
+                        upgrade = tokio::time::timeout(shared.limits.handshake_timeout, policy.upgrade(tls)) => upgrade,
+                    };
+                    let ws = match upgrade {
+                        Ok(Ok(ws)) => Box::new(ws),
+                        Ok(Err(UpgradeError::Refused(refused))) => {
+                            shared.metrics.websocket_refused(refused.label());
+                            debug!(%peer, reason = %refused, "WebSocket upgrade refused");
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            shared.metrics.handshake_failed(HandshakeFailure::Error);
+                            debug!(%peer, error = %e, "WebSocket upgrade failed");
+                            return;
+                        }
+                        Err(_) => {
+                            shared.metrics.handshake_failed(HandshakeFailure::Timeout);
+                            debug!(%peer, "WebSocket upgrade timed out");
+                            return;
+                        }
+                    };
+                    let peer = Peer {
+                        addr: peer,
+                        transport: Transport::Wss,
+                    };
+                    connection::serve(ws, peer, pending, shared, shutdown).await;
                 }
             }
         });

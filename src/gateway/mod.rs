@@ -4,12 +4,15 @@
 //!
 //! - [`Gateway::bind`] loads the key set and the server certificate (both
 //!   reloadable at run time, see [`crate::reload`]), creates the routing
-//!   core ([`crate::broker`]) and binds the TLS listener. Nothing listens
+//!   core ([`crate::broker`]) and binds the TLS listener, and the
+//!   WebSocket listener when `[websocket] listen` is set. Nothing listens
 //!   in plaintext.
 //! - [`Gateway::run`] is the accept loop (`listener`): TCP_NODELAY, a place
 //!   among the unauthenticated connections (`pending`: capped per source
 //!   and in all, the oldest pushed out by newcomers), a TLS handshake with
-//!   a timeout, then one task per client.
+//!   a timeout, then one task per client. On the WebSocket listener the
+//!   task first takes the HTTP upgrade (`websocket`), and the rest runs on
+//!   its binary frames as on TLS bytes.
 //! - Each task answers CONNECT itself (`connection`; the token checked by
 //!   `authenticate`, also for MQTT 5 re-authentication, whose AUTH packet
 //!   `codec::auth` reads and writes), then runs the client's session loop
@@ -44,6 +47,7 @@ mod server;
 pub(crate) mod session;
 pub(crate) mod shared;
 pub(crate) mod takeover;
+mod websocket;
 mod wire;
 
 pub use server::{Gateway, StartError};

@@ -12,9 +12,10 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use super::client::ProtocolViolation;
-use super::listener;
+use super::listener::{self, Serves};
 use super::pending::Strangers;
 use super::shared::Shared;
+use super::websocket;
 use crate::bridge;
 use crate::broker::{Broker, Budget, Quotas};
 use crate::config::Config;
@@ -39,6 +40,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot serve MQTT over WebSockets on {addr} ([websocket] listen): {source}")]
+    WebSocketBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot serve metrics on {addr} ([metrics] listen): {source}")]
     MetricsBind {
         addr: SocketAddr,
@@ -60,6 +66,8 @@ pub struct Gateway {
     stop_bridges: tokio::sync::watch::Sender<bool>,
     /// `[metrics] listen`, bound, with what it serves.
     metrics: Option<(TcpListener, Arc<Exposition>)>,
+    /// `[websocket] listen`, bound, with its upgrade policy.
+    websocket: Option<(TcpListener, Arc<websocket::Policy>)>,
 }
 
 impl Gateway {
@@ -74,6 +82,7 @@ impl Gateway {
         let acceptor = TlsAcceptor::from(tls::server_config(Arc::clone(&certs))?);
         let metrics = Arc::new(Metrics::default());
         metrics.expect_protocol_violations(&ProtocolViolation::LABELS);
+        metrics.expect_websocket_refusals(&websocket::Refused::ALL.map(websocket::Refused::label));
         let reloader = Arc::new(Reloader::new(
             Arc::clone(&keys),
             certs,
@@ -179,6 +188,18 @@ impl Gateway {
         };
         // Bound last: a client that can connect finds the keys watched
         // and the durable state restored.
+        let websocket = match config.websocket.listen {
+            Some(addr) => Some((
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::WebSocketBind { addr, source })?,
+                Arc::new(websocket::Policy::new(
+                    &config.websocket,
+                    config.limits.max_packet_size,
+                )),
+            )),
+            None => None,
+        };
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -196,12 +217,21 @@ impl Gateway {
             bridges,
             stop_bridges,
             metrics,
+            websocket,
         })
     }
 
     /// The address the listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address MQTT over WebSockets is served on, when `[websocket]
+    /// listen` is set.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// The address `/metrics` is served on, when `[metrics] listen` is set.
@@ -250,6 +280,7 @@ impl Gateway {
             mut bridges,
             stop_bridges,
             metrics,
+            websocket,
             ..
         } = self;
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -260,25 +291,54 @@ impl Gateway {
                 stopped.clone(),
             ));
         }
+        // One set of connection tasks per listener, each owned by its
+        // accept loop while it runs.
         let mut connections = tokio::task::JoinSet::new();
+        let mut ws_connections = tokio::task::JoinSet::new();
+        let web = async {
+            match &websocket {
+                Some((listener, policy)) => {
+                    if let Ok(addr) = listener.local_addr() {
+                        info!(%addr, path = policy.path(), "serving MQTT over secure WebSockets");
+                    }
+                    let serves = Serves::WebSocket(Arc::clone(policy));
+                    listener::accept_loop(
+                        listener,
+                        &serves,
+                        &acceptor,
+                        &shared,
+                        &stopped,
+                        &mut ws_connections,
+                    )
+                    .await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            () = listener::accept_loop(&listener, &acceptor, &shared, &stopped, &mut connections) => {
+            () = listener::accept_loop(&listener, &Serves::Mqtt, &acceptor, &shared, &stopped, &mut connections) => {
                 error!("the listener stopped accepting connections");
+            }
+            () = web => {
+                error!("the WebSocket listener stopped accepting connections");
             }
             () = shutdown => {}
         }
         drop(listener);
+        drop(websocket);
         let _ = stop.send(true);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while connections.join_next().await.is_some() {}
+            while ws_connections.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
             warn!(
-                remaining = connections.len(),
+                remaining = connections.len() + ws_connections.len(),
                 "connections still open after the shutdown grace period; closing them"
             );
             connections.shutdown().await;
+            ws_connections.shutdown().await;
         }
         if let Some(watcher) = watcher {
             watcher.abort();

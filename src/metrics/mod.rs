@@ -41,7 +41,7 @@ use crate::bridge::Refusals;
 use crate::broker::Broker;
 use crate::keys::KeyStore;
 use crate::mqtt::QoS;
-use crate::mqtt::Version;
+use crate::mqtt::{Transport, Version};
 use crate::storage::{Health, Queue, QueueSnapshot};
 use crate::token::TokenError;
 
@@ -55,6 +55,13 @@ pub struct Metrics {
     connections: Family<Label, Gauge>,
     /// `connections`' gauges for MQTT 3.1, 3.1.1 and 5.
     connections_by_version: [Gauge; 3],
+    /// Authenticated connections open, by transport (`tls`, `wss`).
+    connections_by_transport: [Gauge; 2],
+    transports: Family<Label, Gauge>,
+    /// WebSocket upgrade requests refused, by why
+    /// (`gateway::websocket::Refused` labels, handed over at start as the
+    /// protocol violations are).
+    websocket_refusals: Family<Label, Counter>,
     connects: Family<Label, Counter>,
     publishes_received: Family<Label, Counter>,
     /// `publishes_received`' counters for QoS 0, 1 and 2.
@@ -81,8 +88,16 @@ impl Default for Metrics {
         let connections = Family::<Label, Gauge>::default();
         let publishes_received = Family::<Label, Counter>::default();
         let deliveries = Family::<Label, Counter>::default();
+        let transports = Family::<Label, Gauge>::default();
         let qos = ["0", "1", "2"];
         Metrics {
+            connections_by_transport: Transport::ALL.map(|t| {
+                transports
+                    .get_or_create(&[("transport", t.as_str())])
+                    .clone()
+            }),
+            transports,
+            websocket_refusals: Family::default(),
             connections_by_version: [Version::V3_1, Version::V3_1_1, Version::V5].map(|v| {
                 connections
                     .get_or_create(&[("protocol", v.as_str())])
@@ -131,10 +146,29 @@ fn with_labels<const N: usize>(
 impl Metrics {
     /// Counts an authenticated connection for as long as the returned
     /// guard lives.
-    pub fn connected(&self, version: Version) -> Connected {
-        let gauge = self.connections_by_version[version as usize].clone();
-        gauge.inc();
-        Connected(gauge)
+    pub fn connected(&self, version: Version, transport: Transport) -> Connected {
+        let gauges = [
+            self.connections_by_version[version as usize].clone(),
+            self.connections_by_transport[transport as usize].clone(),
+        ];
+        for gauge in &gauges {
+            gauge.inc();
+        }
+        Connected(gauges)
+    }
+
+    /// Exports every WebSocket upgrade refusal's label at zero.
+    pub fn expect_websocket_refusals(&self, labels: &[&'static str]) {
+        for label in labels {
+            drop(self.websocket_refusals.get_or_create(&[("reason", label)]));
+        }
+    }
+
+    /// Counts a refused WebSocket upgrade request.
+    pub fn websocket_refused(&self, label: &'static str) {
+        self.websocket_refusals
+            .get_or_create(&[("reason", label)])
+            .inc();
     }
 
     pub fn connect(&self, outcome: ConnectOutcome) {
@@ -218,6 +252,16 @@ impl Metrics {
             self.connections.clone(),
         );
         registry.register(
+            "jwtgate_connections_by_transport",
+            "Authenticated MQTT connections open, by transport (tls: MQTT over TLS; wss: over secure WebSockets)",
+            self.transports.clone(),
+        );
+        registry.register(
+            "jwtgate_websocket_upgrades_refused",
+            "WebSocket upgrade requests answered with an HTTP error, by why",
+            self.websocket_refusals.clone(),
+        );
+        registry.register(
             "jwtgate_connects",
             "CONNECT attempts, by outcome (accepted, or why refused)",
             self.connects.clone(),
@@ -282,11 +326,13 @@ impl Metrics {
 
 /// Keeps one connection counted in `jwtgate_connections`.
 #[derive(Debug)]
-pub struct Connected(Gauge);
+pub struct Connected([Gauge; 2]);
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        self.0.dec();
+        for gauge in &self.0 {
+            gauge.dec();
+        }
     }
 }
 

@@ -27,7 +27,9 @@ async fn events_are_rendered_with_their_labels() {
         refusals: Vec::new(),
     };
     let exposition = Exposition::new(&metrics, state);
-    let held = metrics.connected(Version::V5);
+    let held = metrics.connected(Version::V5, Transport::Wss);
+    metrics.expect_websocket_refusals(&["origin", "wrong_path"]);
+    metrics.websocket_refused("origin");
     metrics.connect(ConnectOutcome::Accepted);
     metrics.connect(ConnectOutcome::Expired);
     metrics.connect(ConnectOutcome::Expired);
@@ -41,6 +43,28 @@ async fn events_are_rendered_with_their_labels() {
     );
     assert_eq!(
         sample(&text, "jwtgate_connections{protocol=\"3.1\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "jwtgate_connections_by_transport{transport=\"wss\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "jwtgate_connections_by_transport{transport=\"tls\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "jwtgate_websocket_upgrades_refused_total{reason=\"origin\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "jwtgate_websocket_upgrades_refused_total{reason=\"wrong_path\"}"
+        ),
         Some(0.0)
     );
     assert_eq!(

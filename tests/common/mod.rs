@@ -65,6 +65,7 @@ pub mod raw5;
 pub mod relay;
 pub mod scrape;
 pub mod watch;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1910,6 +1911,9 @@ pub struct Ready {
     pub mqtt: SocketAddr,
     /// The `/metrics` listener (`metrics=`), when `[metrics] listen` is set.
     pub metrics: Option<SocketAddr>,
+    /// The WebSocket listener (`websocket=`), when `[websocket] listen` is
+    /// set.
+    pub websocket: Option<SocketAddr>,
 }
 
 impl Ready {
@@ -1918,18 +1922,21 @@ impl Ready {
     pub fn parse(text: &str) -> Option<Ready> {
         let mut mqtt = None;
         let mut metrics = None;
+        let mut websocket = None;
         for line in text.lines().filter(|line| !line.trim().is_empty()) {
             let (key, addr) = line.split_once('=')?;
             let addr: SocketAddr = addr.trim().parse().ok()?;
             match key.trim() {
                 "mqtt" => mqtt = Some(addr),
                 "metrics" => metrics = Some(addr),
+                "websocket" => websocket = Some(addr),
                 _ => return None,
             }
         }
         Some(Ready {
             mqtt: mqtt?,
             metrics,
+            websocket,
         })
     }
 }

@@ -5,7 +5,8 @@ gateway's codec.
 
     paho_client.py HOST PORT CAFILE CLIENT_ID TOKEN 311|5 [WILL_TOPIC WILL_PAYLOAD WILL_QOS]
 
-connects over TLS trusting CAFILE, with username JWT and TOKEN as password,
+connects over TLS trusting CAFILE (over secure WebSockets on the path in
+$PAHO_WS_PATH, when set), with username JWT and TOKEN as password,
 and reports on stdout, one line each:
 
     CONNACK <code>                    the CONNACK's return/reason code
@@ -48,12 +49,18 @@ def main():
     host, port, cafile, client_id, token, version = sys.argv[1:7]
     will = sys.argv[7:10]
     v5 = version == "5"
+    # PAHO_WS_PATH: MQTT over secure WebSockets on that path (paho offers
+    # the subprotocol "mqtt") instead of straight over TLS.
+    ws_path = os.environ.get("PAHO_WS_PATH")
     client = mqtt.Client(
         client_id=client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         clean_session=None if v5 else True,
         reconnect_on_failure=False,
+        transport="websockets" if ws_path else "tcp",
     )
+    if ws_path:
+        client.ws_set_options(path=ws_path)
     client.tls_set(ca_certs=cafile)
     client.username_pw_set("JWT", token)
     if will:

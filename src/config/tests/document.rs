@@ -64,6 +64,41 @@ fn bad_values_name_the_key_and_line() {
     // (text, line, column, key, part of the message)
     let cases = [
         (
+            "[websocket]\npath = \"mqtt\"\n",
+            2,
+            8,
+            "[websocket] path",
+            "does not start with '/'",
+        ),
+        (
+            "[websocket]\npath = \"/mqtt?token=x\"\n",
+            2,
+            8,
+            "[websocket] path",
+            "without a query",
+        ),
+        (
+            "[websocket]\nallowed_origins = [\"https://a.example\", \"https://b.example/app\"]\n",
+            2,
+            41,
+            "[websocket] allowed_origins[1]",
+            "with no path",
+        ),
+        (
+            "[websocket]\nallowed_origins = [\"a.example\"]\n",
+            2,
+            20,
+            "[websocket] allowed_origins[0]",
+            "is not an origin",
+        ),
+        (
+            "[websocket]\nlisten = \"8884\"\n",
+            2,
+            10,
+            "[websocket] listen",
+            "is not an IP address and port",
+        ),
+        (
             "[metrics]\nlisten = \"0.0.0.0:9883\"\n",
             2,
             10,

@@ -57,6 +57,10 @@ format = "text"                  # "text" (default) | "json": one JSON object pe
 [metrics]                        # Prometheus text format at http://LISTEN/metrics; off by default
 listen = "127.0.0.1:9883"        # a loopback address unless allow_remote = true
 allow_remote = false             # default false
+[websocket]                      # MQTT over secure WebSockets, for browsers and web clients; off by default
+listen = "0.0.0.0:8884"          # TLS with the [tls] certificate; there is no plaintext WebSocket listener
+path = "/mqtt"                   # the upgrade's path; default "/mqtt"
+allowed_origins = ["https://hmi.example"]  # Origin headers allowed to upgrade; default [] allows any
 [[bridge]]                       # one table per uplink; none by default
 name = "cloud"                   # required; letters, digits, - and _; unique
 remote = "mqtts://broker.example:8883"  # required; mqtts:// only, except a loopback host; port default 8883
@@ -171,6 +175,11 @@ fn full_example_parses_to_the_documented_values() {
             },
             metrics: MetricsConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 9883))),
+            },
+            websocket: WebSocketConfig {
+                listen: Some(SocketAddr::from(([0, 0, 0, 0], 8884))),
+                path: "/mqtt".to_owned(),
+                allowed_origins: vec!["https://hmi.example".to_owned()],
             },
         }
     );
