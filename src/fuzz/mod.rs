@@ -34,3 +34,6 @@ pub use mqtt::{connect_packet, mqtt_session};
 pub use session::{SESSION_MEMORY_BOUND, SessionOutcome, SessionSetup, fuzz_session};
 pub use tokens::{token_signed, verify_token};
 pub use topics::topic;
+
+#[cfg(test)]
+mod tests;

@@ -16,6 +16,11 @@ use crate::mqtt::QoS;
 /// CONNECT with the fixed token is sent first (bits 1-2 pick MQTT 3.1,
 /// 3.1.1 or 5; bit 6 clears clean session); otherwise the stream is sent
 /// as it is. Bit 4: refused publishes disconnect; bit 5: keep-alive capped.
+/// Bit 3: over a WebSocket, as the WebSocket listener serves it: a valid
+/// upgrade request goes first, then the stream in masked binary frames of
+/// 1, 7, 64 and 1024 bytes in turn (so packets span frames and frames hold
+/// several packets); with bit 7 too, only the prepended CONNECT is framed
+/// and the fuzzed bytes follow as they are, as raw frames.
 ///
 /// Asserts: the connection ends once the client has closed; nothing is
 /// routed or retained unless the stream can hold a valid token (the
@@ -42,11 +47,17 @@ pub fn mqtt_session(data: &[u8]) {
             &fixture.session_token,
         ));
     }
-    stream.extend_from_slice(rest);
+    let websocket = selector & 8 != 0;
+    if websocket {
+        stream = over_websocket(&stream, rest, selector & 128 != 0);
+    } else {
+        stream.extend_from_slice(rest);
+    }
     let may_authenticate = prepend || contains(rest, fixture.session_signed_part.as_bytes());
     let setup = SessionSetup {
         deny_disconnects: selector & 16 != 0,
         cap_keep_alive: selector & 32 != 0,
+        websocket,
     };
     let (outcome, peak) = peak_during(|| {
         fuzz_session(
@@ -88,6 +99,51 @@ pub fn mqtt_session(data: &[u8]) {
             "routed {topic:?}, outside the grants"
         );
     }
+}
+
+/// A WebSocket client's bytes: the upgrade request, `framed` in binary
+/// frames, then `rest` framed the same way or, with `raw`, as it is.
+pub(super) fn over_websocket(framed: &[u8], rest: &[u8], raw: bool) -> Vec<u8> {
+    let mut out = b"GET /mqtt HTTP/1.1\r\nHost: fuzz\r\nConnection: Upgrade\r\n\
+        Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+        .to_vec();
+    let mut sizes = [1, 7, 64, 1024].into_iter().cycle();
+    let mut frame = |bytes: &[u8], out: &mut Vec<u8>| {
+        let mut left = bytes;
+        while !left.is_empty() {
+            let (chunk, after) = left.split_at(sizes.next().unwrap_or(64).min(left.len()));
+            binary_frame(chunk, out);
+            left = after;
+        }
+    };
+    frame(framed, &mut out);
+    if raw {
+        out.extend_from_slice(rest);
+    } else {
+        frame(rest, &mut out);
+    }
+    out
+}
+
+/// One final, masked binary frame of `payload` (a client's frames must be
+/// masked, RFC 6455 §5.3).
+fn binary_frame(payload: &[u8], out: &mut Vec<u8>) {
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    out.push(0x82);
+    match payload.len() {
+        len @ 0..=125 => out.push(0x80 | len as u8),
+        len @ 126..=0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&MASK);
+    out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -3,7 +3,9 @@
 //!
 //! The target must drive exactly the function the TLS path calls
 //! (`gateway::connection::serve`), with a duplex stream where the TLS
-//! stream would be; the gateway opens that function and what it takes
+//! stream would be, or, in WebSocket mode, exactly what the WebSocket
+//! listener does on it (the upgrade, `gateway::websocket`, then the same
+//! function on the frames); the gateway opens those and what they take
 //! (`Shared`, a stranger's place) to the crate, and no further, for this
 //! harness. Everything
 //! around it is built small: short timeouts so a stalled exchange ends
@@ -24,12 +26,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::broker::store::{MemoryStore, Store};
 use crate::broker::{Broker, Delivery, SessionKey};
-use crate::config::{DenyPublish, Limits, SessionSettings};
+use crate::config::{DenyPublish, Limits, SessionSettings, WebSocketConfig};
 use crate::gateway::connection::{self, Peer};
 use crate::gateway::pending::Strangers;
 use crate::gateway::session::MAX_UNWRITTEN;
 use crate::gateway::shared::Shared;
 use crate::gateway::takeover::Registry;
+use crate::gateway::websocket;
 use crate::keys::KeyStore;
 use crate::mqtt::{QoS, RetainHandling, SubscriptionOptions, Transport};
 use crate::token::Policy;
@@ -52,14 +55,15 @@ const MEMORY_BUDGET: usize = 1024 * 1024;
 const MAX_PACKET: usize = 64 * 1024;
 
 /// The most heap memory one run may take beyond what it started with,
-/// allowed by its limits: the routing core's budget, four packets at the
+/// allowed by its limits: the routing core's budget, five packets at the
 /// size limit (the read buffer, the packet decoded from it, the message
-/// routed from it, its copy for a retained store), the output a session
+/// routed from it, its copy for a retained store, and in WebSocket mode
+/// the message tungstenite reassembles), the output a session
 /// lets wait for its client, and 256 KiB for everything of fixed size (the
 /// runtime, the broker's tables, the connection's state; a short run takes
 /// about 50 KiB in all). A run over it held memory its limits should have
 /// refused.
-pub const SESSION_MEMORY_BOUND: usize = MEMORY_BUDGET + 4 * MAX_PACKET + MAX_UNWRITTEN + 256 * 1024;
+pub const SESSION_MEMORY_BOUND: usize = MEMORY_BUDGET + 5 * MAX_PACKET + MAX_UNWRITTEN + 256 * 1024;
 
 /// How the connection is set up.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,6 +73,9 @@ pub struct SessionSetup {
     /// Cap the keep-alive, which makes the gateway announce a server keep
     /// alive to MQTT 5 clients.
     pub cap_keep_alive: bool,
+    /// Serve the stream as the WebSocket listener does: an HTTP upgrade
+    /// (path `/mqtt`, any origin), then MQTT in its frames.
+    pub websocket: bool,
 }
 
 /// What one run did.
@@ -219,11 +226,28 @@ async fn run(
         let mut buffer = [0u8; 4096];
         while let Ok(1..) = client_read.read(&mut buffer).await {}
     };
-    let peer = Peer {
-        addr: SocketAddr::new(ip, 8883),
-        transport: Transport::Tls,
+    let addr = SocketAddr::new(ip, 8883);
+    let serve = async move {
+        if !setup.websocket {
+            let peer = Peer {
+                addr,
+                transport: Transport::Tls,
+            };
+            return connection::serve(server, peer, place, shared, shutdown).await;
+        }
+        let policy = websocket::Policy::new(&WebSocketConfig::default(), MAX_PACKET);
+        let upgrade = policy.upgrade(server);
+        // As the listener does: the upgrade under the handshake deadline.
+        let Ok(Ok(ws)) = tokio::time::timeout(shared.limits.handshake_timeout, upgrade).await
+        else {
+            return;
+        };
+        let peer = Peer {
+            addr,
+            transport: Transport::Wss,
+        };
+        connection::serve(ws, peer, place, shared, shutdown).await;
     };
-    let serve = connection::serve(server, peer, place, shared, shutdown);
     // All three at once: the gateway may write while the client is still
     // sending, and must not be held up by an unread output.
     let (ended, (), ()) = tokio::join!(

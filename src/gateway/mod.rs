@@ -47,7 +47,7 @@ mod server;
 pub(crate) mod session;
 pub(crate) mod shared;
 pub(crate) mod takeover;
-mod websocket;
+pub(crate) mod websocket;
 mod wire;
 
 pub use server::{Gateway, StartError};
