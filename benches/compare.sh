@@ -32,7 +32,11 @@
 #                      fanin-qos0,fanin-qos1,fanout,fanout-rate,latency,idle
 #   --out DIR          output directory (default target/bench-compare/<time>)
 #   --no-build         use the binaries already built
-# Environment: JWT_PORT (default 18883), MOSQ_PORT (default 18884).
+#   --wss              also run every scenario against jwtgate's WebSocket
+#                      listener (label jwtgate-wss, the same process), and
+#                      print a second table: WSS against jwtgate's TLS rows
+# Environment: JWT_PORT (default 18883), MOSQ_PORT (default 18884),
+# JWT_WS_PORT (default 18885).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,6 +46,7 @@ IDLE_ROUNDS=
 SCENARIOS="connect,connect-resume,fanin-qos0,fanin-qos1,fanout,fanout-rate,latency,idle"
 OUT=
 BUILD=1
+WSS=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -50,6 +55,7 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS=$2; shift ;;
         --out) OUT=$2; shift ;;
         --no-build) BUILD=0 ;;
+        --wss) WSS=1 ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -65,6 +71,7 @@ else
 fi
 JWT_PORT=${JWT_PORT:-18883}
 MOSQ_PORT=${MOSQ_PORT:-18884}
+JWT_WS_PORT=${JWT_WS_PORT:-18885}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-$ROOT/target/bench-compare/$STAMP}
 mkdir -p "$OUT"
@@ -161,6 +168,9 @@ max_connections = $((IDLE_CLIENTS + 2000))
 
 [sessions]
 EOF
+if [ "$WSS" = 1 ]; then
+    printf '\n[websocket]\nlisten = "127.0.0.1:%s"\n' "$JWT_WS_PORT" >>"$WORK/jwtgate.toml"
+fi
 
 cat >"$WORK/mosquitto.conf" <<EOF
 # Keep root so the key files (mode 0600) stay readable; no effect otherwise.
@@ -184,7 +194,7 @@ wait_port() {
     done
     return 1
 }
-for port in "$JWT_PORT" "$MOSQ_PORT"; do
+for port in "$JWT_PORT" "$MOSQ_PORT" "$JWT_WS_PORT"; do
     if port_busy "$port"; then
         echo "compare.sh: port $port is in use (set JWT_PORT / MOSQ_PORT)" >&2
         exit 1
@@ -195,6 +205,9 @@ start_jwtgate() {
     (cd "$WORK" && NO_COLOR=1 exec "$JWTGATE" serve --config "$WORK/jwtgate.toml" >>"$WORK/jwtgate.log" 2>&1) &
     JWT_PID=$!
     wait_port "$JWT_PORT" || { tail -20 "$WORK/jwtgate.log" >&2; exit 1; }
+    if [ "$WSS" = 1 ]; then
+        wait_port "$JWT_WS_PORT" || { tail -20 "$WORK/jwtgate.log" >&2; exit 1; }
+    fi
 }
 start_mosquitto() {
     "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.stderr.log" 2>&1 &
@@ -217,6 +230,8 @@ run_one() { # broker scenario round
     local args=(run --label "$broker" --round "$round" --scenario "$scenario" "${COMMON[@]}")
     if [ "$broker" = jwtgate ]; then
         args+=(--port "$JWT_PORT" --secret-file "$WORK/keys/dev.b64" --broker-pid "$JWT_PID")
+    elif [ "$broker" = jwtgate-wss ]; then
+        args+=(--port "$JWT_WS_PORT" --ws-path /mqtt --secret-file "$WORK/keys/dev.b64" --broker-pid "$JWT_PID")
     else
         args+=(--port "$MOSQ_PORT" --username bench --password "$MOSQ_PASSWORD" --broker-pid "$MOSQ_PID")
     fi
@@ -227,8 +242,10 @@ run_one() { # broker scenario round
     tail -n 1 "$RESULTS" | cut -c1-240 >&2
     sleep 1
 }
-order() { # round -> the two brokers, alternating who goes first
-    if [ $(($1 % 2)) = 1 ]; then echo "jwtgate mosquitto"; else echo "mosquitto jwtgate"; fi
+order() { # round -> the brokers, alternating who goes first
+    local wss=
+    [ "$WSS" = 1 ] && wss=jwtgate-wss
+    if [ $(($1 % 2)) = 1 ]; then echo "jwtgate $wss mosquitto"; else echo "mosquitto $wss jwtgate"; fi
 }
 
 start_jwtgate
@@ -248,7 +265,7 @@ done
 if [[ ",$SCENARIOS," == *",idle,"* ]]; then
     for round in $(seq 1 "$IDLE_ROUNDS"); do
         for broker in $(order "$round"); do
-            restart "$broker"
+            restart "${broker%-wss}"
             run_one "$broker" idle "$round"
         done
     done
@@ -271,7 +288,15 @@ T1=$(date +%s)
     echo "scenario time: $((T1 - T0)) s"
 } >"$OUT/machine.txt"
 "$BENCH" report --a jwtgate --b mosquitto "$RESULTS" >"$OUT/table.md"
+if [ "$WSS" = 1 ]; then
+    "$BENCH" report --a jwtgate-wss --b jwtgate "$RESULTS" >"$OUT/table-wss.md"
+fi
 log "done in $((T1 - T0)) s; results in $OUT"
 cat "$OUT/machine.txt"
 echo
 cat "$OUT/table.md"
+if [ "$WSS" = 1 ]; then
+    echo
+    echo "MQTT over secure WebSockets (jwtgate-wss) against MQTT over TLS (jwtgate), the same process:"
+    cat "$OUT/table-wss.md"
+fi

@@ -130,6 +130,10 @@ struct RunArgs {
     host: String,
     #[arg(long, default_value_t = 8883)]
     port: u16,
+    /// MQTT over secure WebSockets on this path (`--port` then names the
+    /// WebSocket listener), instead of MQTT straight over TLS.
+    #[arg(long)]
+    ws_path: Option<String>,
     /// PEM file with the CA that signed the broker's certificate.
     #[arg(long)]
     ca: PathBuf,
@@ -363,6 +367,8 @@ struct Ctx {
     round: u32,
     host: String,
     port: u16,
+    /// `--ws-path`: over WSS when set.
+    ws_path: Option<String>,
     username: String,
     creds: Creds,
     prefix: String,
@@ -427,8 +433,21 @@ impl Spec {
 
 /// Connects one client and waits for its CONNACK.
 async fn connect(ctx: &Ctx, spec: Spec) -> Result<(AsyncClient, EventLoop), String> {
-    let mut options = MqttOptions::new(spec.id, ctx.host.clone(), ctx.port);
-    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(spec.tls)));
+    let tls = TlsConfiguration::Rustls(spec.tls);
+    let mut options = match &ctx.ws_path {
+        // rumqttc takes a WebSocket's whole URL as its host.
+        Some(path) => {
+            let url = format!("wss://{}:{}{path}", ctx.host, ctx.port);
+            let mut options = MqttOptions::new(spec.id, url, ctx.port);
+            options.set_transport(Transport::Wss(tls));
+            options
+        }
+        None => {
+            let mut options = MqttOptions::new(spec.id, ctx.host.clone(), ctx.port);
+            options.set_transport(Transport::Tls(tls));
+            options
+        }
+    };
     options.set_credentials(ctx.username.clone(), spec.password);
     options.set_keep_alive(ctx.keep_alive);
     options.set_clean_session(true);
@@ -1887,6 +1906,7 @@ fn run(args: RunArgs) {
         round: args.round,
         host: args.host.clone(),
         port: args.port,
+        ws_path: args.ws_path.clone(),
         username: args.username.clone(),
         creds,
         prefix: args.prefix.clone(),
