@@ -296,3 +296,172 @@ async fn the_endpoint_refuses_a_non_loopback_address_unless_allowed() {
     let scrape = scrape(metrics_port(&gw).await).await;
     assert_eq!(scrape.get("jwtgate_keys_loaded"), 1.0);
 }
+
+// ---------------------------------------------------------------------------
+// The HTTP under /metrics (issue 21: hyper, one request a connection, 64
+// places, the oldest closed for the newest)
+// ---------------------------------------------------------------------------
+
+const METRICS_ON: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+/// An HTTP answer read to the end of its connection: the head (status line
+/// and headers) and the body.
+#[derive(Debug)]
+struct Answer {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn status_line(&self) -> &str {
+        self.head.lines().next().unwrap_or_default()
+    }
+
+    /// The value of header `name` (any case).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then_some(value.trim())
+        })
+    }
+}
+
+/// Writes `request` as given on a new connection to the metrics port and
+/// reads the answer until the server closes (it serves one request a
+/// connection); returns it with the time from the connect to the close.
+async fn exchange(port: u16, request: &[u8]) -> (Answer, Duration) {
+    let started = std::time::Instant::now();
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the metrics port");
+    stream.write_all(request).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut bytes))
+        .await
+        .expect("the answer and the close within WAIT")
+        .expect("read the answer");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&bytes);
+    let (head, _) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {text:?}"));
+    let answer = Answer {
+        head: head.to_owned(),
+        body: bytes[head.len() + 4..].to_vec(),
+    };
+    (answer, took)
+}
+
+/// The exposition in `body`, which must hold the gateway's families.
+fn assert_exposition(body: &[u8]) {
+    let text = String::from_utf8_lossy(body);
+    assert!(
+        text.lines().any(|line| line == "jwtgate_keys_loaded 1"),
+        "not the exposition: {text}"
+    );
+}
+
+/// How long an honest scrape may take while strangers hold sockets open:
+/// the issue's bound.
+const SCRAPE_BOUND: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_bare_lf_line_endings_gets_the_exposition() {
+    let gw = DevBinary::start("", METRICS_ON).await;
+    let port = metrics_port(&gw).await;
+    let (answer, took) = exchange(port, b"GET /metrics HTTP/1.1\nHost: x\n\n").await;
+    eprintln!("bare-LF request answered in {took:?}");
+    assert_eq!(answer.status_line(), "HTTP/1.1 200 OK", "{answer:?}");
+    assert_exposition(&answer.body);
+    assert!(took < SCRAPE_BOUND, "answered in {took:?}");
+}
+
+/// Connections opened and left silent, each waiting for its request head
+/// (5 s), do not delay a scrape: 32 of them held open for the whole
+/// scrape, which is answered within the issue's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_silent_sockets_do_not_hold_off_a_scrape() {
+    let gw = DevBinary::start("", METRICS_ON).await;
+    silent_sockets_then_a_scrape(metrics_port(&gw).await, 32).await;
+    gw.assert_no_panic();
+}
+
+/// More silent sockets than the endpoint's places (64): the oldest make
+/// room, and a scrape is still answered within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_silent_sockets_than_places_do_not_hold_off_a_scrape() {
+    let gw = DevBinary::start("", METRICS_ON).await;
+    silent_sockets_then_a_scrape(metrics_port(&gw).await, 2 * 64).await;
+    gw.assert_no_panic();
+}
+
+/// Opens `count` connections to `port` that send nothing, then scrapes
+/// while holding them; asserts the scrape's answer and its time.
+async fn silent_sockets_then_a_scrape(port: u16, count: usize) {
+    let mut silent = Vec::with_capacity(count);
+    for _ in 0..count {
+        silent.push(
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect a silent socket"),
+        );
+    }
+    let (answer, took) = exchange(
+        port,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n",
+    )
+    .await;
+    // Held until the scrape is over: whichever the server let go of by now
+    // read as closed.
+    let still_open = silent
+        .iter()
+        .filter(|socket| {
+            let mut byte = [0u8; 1];
+            matches!(socket.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    eprintln!(
+        "scrape with {count} silent sockets held: {took:?} ({still_open} still open after it)"
+    );
+    drop(silent);
+    assert_eq!(answer.status_line(), "HTTP/1.1 200 OK", "{answer:?}");
+    assert_exposition(&answer.body);
+    assert!(
+        took < SCRAPE_BOUND,
+        "the scrape took {took:?} with {count} silent sockets held"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_gets_no_body_and_a_post_is_refused() {
+    let gw = DevBinary::start("", METRICS_ON).await;
+    let port = metrics_port(&gw).await;
+
+    let (head, _) = exchange(port, b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(head.status_line(), "HTTP/1.1 200 OK", "{head:?}");
+    assert!(head.body.is_empty(), "a body after HEAD: {head:?}");
+    assert!(
+        head.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{head:?}"
+    );
+
+    let (post, _) = exchange(
+        port,
+        b"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        post.status_line(),
+        "HTTP/1.1 405 Method Not Allowed",
+        "{post:?}"
+    );
+    assert_eq!(post.header("allow"), Some("GET, HEAD"), "{post:?}");
+
+    // The GET beside them is served as ever.
+    let (get, _) = exchange(port, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(get.status_line(), "HTTP/1.1 200 OK", "{get:?}");
+    assert_exposition(&get.body);
+}
