@@ -45,14 +45,25 @@ pub async fn serve_one<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service =
-        service_fn(move |request| std::future::ready(Ok::<_, Infallible>(answer(request))));
+    let service = service_fn(move |request| {
+        let mut response = answer(request);
+        // One request a connection: said in the answer rather than by
+        // turning keep-alive off, with which hyper also writes `close` into
+        // a 101's `Connection: Upgrade`, and WebSocket clients that hold to
+        // RFC 6455 (tungstenite's) refuse the upgrade.
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
     http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD)
         .max_headers(MAX_HEADERS)
-        .keep_alive(false)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades()
         .await

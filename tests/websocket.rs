@@ -702,14 +702,12 @@ async fn connections_by_transport_count_a_wss_client_while_connected() {
 // ---------------------------------------------------------------------------
 
 /// A client as strict as tungstenite's (rumqttc's `websocket` transport and
-/// other Rust clients use it) upgrades and connects. It does not: the 101
-/// says `Connection: Upgrade, close`, because hyper appends `close` to every
-/// response of a connection served with `keep_alive(false)`
-/// (src/http.rs, `serve_one`), and tungstenite wants `Connection` to be
-/// exactly `Upgrade` ("No \"Connection: upgrade\" header"). Browsers,
-/// mqtt.js and paho read the header as a token list and connect.
+/// other Rust clients use it) upgrades and connects. It wants `Connection`
+/// to be exactly `Upgrade` in the 101; hyper once wrote `Upgrade, close`
+/// there while the gateway turned keep-alive off (src/http.rs,
+/// `serve_one`), which browsers, mqtt.js and paho, reading the header as a
+/// token list, did not mind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: the 101 carries `Connection: Upgrade, close` (hyper's keep_alive(false) in src/http.rs), which tungstenite refuses"]
 async fn a_tungstenite_client_upgrades_and_connects() {
     use futures_util::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;

@@ -28,9 +28,12 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// The largest message the gateway sends in one write.
 pub const MAX_WRITE: usize = 64 * 1024;
-/// tungstenite's read buffer, allocated with the connection: small, since
-/// rustls below already buffers whole TLS records.
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite's read buffer, allocated with the connection, and what it
+/// reads at a time: 1 KiB like the TLS path's first read buffer, since
+/// rustls below already holds whole TLS records and an idle browser should
+/// cost about what an idle device does. It grows to a message's size while
+/// one arrives.
+const READ_BUFFER: usize = 1024;
 
 /// A server-side WebSocket read and written as bytes.
 pub struct WsStream {
