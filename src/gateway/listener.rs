@@ -11,17 +11,22 @@
 //! authenticated sessions' cap is applied at CONNECT
 //! ([`super::connection`]), so strangers never count against it.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio::time::error::Elapsed;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, error, warn};
 
 use super::connection::{self, Peer};
+use super::pending::Pending;
 use super::shared::Shared;
 use super::websocket::{self, UpgradeError};
 use crate::metrics::HandshakeFailure;
@@ -87,12 +92,10 @@ pub(super) async fn accept_loop(
         let shutdown = shutdown.clone();
         let serves = serves.clone();
         connections.spawn(async move {
-            let handshake = tokio::select! {
-                () = pending.evicted() => {
-                    debug!(%peer, "TLS handshake cut short: a newer connection took its place");
-                    return;
-                }
-                handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)) => handshake,
+            let limit = shared.limits.handshake_timeout;
+            let Some(handshake) = as_stranger(&pending, limit, acceptor.accept(tcp)).await else {
+                debug!(%peer, "TLS handshake cut short: a newer connection took its place");
+                return;
             };
             // Boxed: the TLS stream is over a kilobyte and the connection
             // future moves it around; every idle device's task would carry
@@ -119,32 +122,8 @@ pub(super) async fn accept_loop(
                     connection::serve(tls, peer, pending, shared, shutdown).await;
                 }
                 Serves::WebSocket(policy) => {
-                    // Still a stranger's: the upgrade runs under its place
-                    // and the handshake deadline, as the TLS handshake did.
-                    let upgrade = tokio::select! {
-                        () = pending.evicted() => {
-                            debug!(%peer, "WebSocket upgrade cut short: a newer connection took its place");
-                            return;
-                        }
-                        upgrade = tokio::time::timeout(shared.limits.handshake_timeout, policy.upgrade(tls)) => upgrade,
-                    };
-                    let ws = match upgrade {
-                        Ok(Ok(ws)) => Box::new(ws),
-                        Ok(Err(UpgradeError::Refused(refused))) => {
-                            shared.metrics.websocket_refused(refused.label());
-                            debug!(%peer, reason = %refused, "WebSocket upgrade refused");
-                            return;
-                        }
-                        Ok(Err(e)) => {
-                            shared.metrics.handshake_failed(HandshakeFailure::Error);
-                            debug!(%peer, error = %e, "WebSocket upgrade failed");
-                            return;
-                        }
-                        Err(_) => {
-                            shared.metrics.handshake_failed(HandshakeFailure::Timeout);
-                            debug!(%peer, "WebSocket upgrade timed out");
-                            return;
-                        }
+                    let Some(ws) = upgrade(&policy, tls, peer, &pending, &shared).await else {
+                        return;
                     };
                     let peer = Peer {
                         addr: peer,
@@ -154,6 +133,54 @@ pub(super) async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Runs one step of a stranger's setup (the TLS handshake, the WebSocket
+/// upgrade) under its place and the handshake deadline; `None` when a newer
+/// connection took the place first.
+async fn as_stranger<T>(
+    pending: &Pending,
+    limit: Duration,
+    step: impl Future<Output = T>,
+) -> Option<Result<T, Elapsed>> {
+    tokio::select! {
+        () = pending.evicted() => None,
+        done = tokio::time::timeout(limit, step) => Some(done),
+    }
+}
+
+/// Takes the WebSocket upgrade on `tls`, still as a stranger; `None`, said
+/// and counted, when it did not come.
+async fn upgrade(
+    policy: &websocket::Policy,
+    tls: Box<TlsStream<TcpStream>>,
+    peer: SocketAddr,
+    pending: &Pending,
+    shared: &Shared,
+) -> Option<Box<websocket::WsStream>> {
+    let limit = shared.limits.handshake_timeout;
+    let Some(upgrade) = as_stranger(pending, limit, policy.upgrade(tls)).await else {
+        debug!(%peer, "WebSocket upgrade cut short: a newer connection took its place");
+        return None;
+    };
+    match upgrade {
+        Ok(Ok(ws)) => Some(Box::new(ws)),
+        Ok(Err(UpgradeError::Refused(refused))) => {
+            shared.metrics.websocket_refused(refused.label());
+            debug!(%peer, reason = %refused, "WebSocket upgrade refused");
+            None
+        }
+        Ok(Err(e)) => {
+            shared.metrics.handshake_failed(HandshakeFailure::Error);
+            debug!(%peer, error = %e, "WebSocket upgrade failed");
+            None
+        }
+        Err(_) => {
+            shared.metrics.handshake_failed(HandshakeFailure::Timeout);
+            debug!(%peer, "WebSocket upgrade timed out");
+            None
+        }
     }
 }
 
