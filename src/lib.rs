@@ -49,6 +49,8 @@
 //!   on SIGHUP) and makes live connections re-check their tokens.
 //! - [`readiness`] tells systemd when the gateway is up, and pings its
 //!   watchdog while the routing core answers.
+//! - [`logging`] picks where the log goes: lines (coloured only on a
+//!   terminal), JSON, or native journal entries when stderr is the journal.
 //! - [`metrics`] counts what happens (connections, CONNECT outcomes,
 //!   packets, bytes, refusals, reloads) and serves it, with the state of
 //!   keys, routing core and bridges, to Prometheus on `[metrics] listen`.
@@ -76,6 +78,7 @@ pub mod fuzz;
 pub mod gateway;
 pub mod http;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod provision;

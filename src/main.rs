@@ -9,6 +9,10 @@
 //!   signed with a secret from the keys directory.
 //! - `jwtgate check TOKEN` says offline whether the gateway would accept a
 //!   token, and why (not).
+//!
+//! `mint` and `check` print their answer only: their log goes to stderr at
+//! `warn` unless `-v` (`RUST_LOG` overrides either). Where the log goes
+//! and how it looks is [`jwtgate::logging`]'s choice.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,8 +24,8 @@ use jwtgate::config::{Config, LogFormat};
 use jwtgate::firstrun;
 use jwtgate::gateway::Gateway;
 use jwtgate::keys::{KeySet, KeyStore};
+use jwtgate::logging::{self, Program};
 use jwtgate::token::{self, MintClaims, Policy};
-use tracing_subscriber::EnvFilter;
 
 /// jemalloc rather than the system allocator: with thousands of mostly
 /// idle connections, glibc's malloc kept about 45 KiB resident per
@@ -39,7 +43,8 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log format on stderr: `text`, or `json` (one object per line). For
-    /// `serve`, overrides the config's `[log] format`.
+    /// `serve`, overrides the config's `[log] format`, and `text` keeps
+    /// lines on stderr even when stderr is the journal.
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
 }
@@ -89,6 +94,9 @@ enum Command {
         /// token is bound to: its `clientid` claim, else its `sub`).
         #[arg(long, value_name = "ID")]
         client_id: Option<String>,
+        /// Log what is done (keys loaded) on stderr, not only warnings.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// Print an HS256 token signed with a secret from the keys directory.
     #[command(
@@ -113,6 +121,9 @@ enum Command {
         /// Sign with this key id (default: the newest *.b64 secret).
         #[arg(long)]
         kid: Option<String>,
+        /// Log what is done (keys loaded) on stderr, not only warnings.
+        #[arg(short, long)]
+        verbose: bool,
     },
 }
 
@@ -126,8 +137,9 @@ fn main() -> ExitCode {
             keys_dir,
             json,
             client_id,
+            verbose,
         } => {
-            init_logging(log_format.unwrap_or_default());
+            init_tool_logging(log_format, verbose);
             return check(&token, config, keys_dir, json, client_id.as_deref());
         }
         Command::Serve {
@@ -142,8 +154,9 @@ fn main() -> ExitCode {
             keys_dir,
             config,
             kid,
+            verbose,
         } => {
-            init_logging(log_format.unwrap_or_default());
+            init_tool_logging(log_format, verbose);
             mint(sub, topics, &ttl, keys_dir, config, kid)
         }
     };
@@ -156,18 +169,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr (journald under systemd); `RUST_LOG` filters them.
-fn init_logging(format: LogFormat) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn")),
-        )
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+/// `mint` and `check` answer on stdout; their log is for trouble
+/// (warnings and errors) unless `-v`. `RUST_LOG` overrides either.
+fn init_tool_logging(flag: Option<LogFormat>, verbose: bool) {
+    logging::init(&logging::Options {
+        flag,
+        config: LogFormat::default(),
+        default_filter: if verbose { "info" } else { "warn" },
+        program: Program::Tool,
+    });
 }
 
 fn serve(
@@ -179,11 +189,16 @@ fn serve(
     // The config says how to log, so it is read first; its errors go to
     // stderr as they are.
     let loaded = config_path.as_ref().map(|path| Config::load(path));
-    let format = match &loaded {
-        Some(Ok(config)) => log_format.unwrap_or(config.log.format),
-        _ => log_format.unwrap_or_default(),
+    let config_format = match &loaded {
+        Some(Ok(config)) => config.log.format,
+        _ => LogFormat::default(),
     };
-    init_logging(format);
+    logging::init(&logging::Options {
+        flag: log_format,
+        config: config_format,
+        default_filter: "info,rumqttd=warn",
+        program: Program::Gateway,
+    });
     let mut config = match loaded {
         Some(loaded) => loaded.map_err(|e| e.to_string())?,
         None => first_run_config()?,

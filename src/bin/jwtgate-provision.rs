@@ -6,21 +6,22 @@
 //! - `jwks` downloads the provider's JWK set into the gateway's keys
 //!   directory.
 //!
-//! Outcomes go to stdout; warnings, retries and errors to stderr.
+//! Outcomes go to stdout; warnings, retries and errors to stderr (the
+//! log at `warn` unless `-v`; `RUST_LOG` overrides either).
 
-use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
+use jwtgate::config::LogFormat;
+use jwtgate::logging::{self, Program};
 use jwtgate::provision::{
     self, Client, Error, Fresh, JwksStored, PasswordGrant, Provider, RefreshFile, Refreshed,
     RenewWhen, SecretReader, SecretSource, Stored, TokenKind, TokenOut, Verify,
 };
 use jwtgate::token::parse_ttl;
-use tracing_subscriber::EnvFilter;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -72,6 +73,10 @@ The running gateway picks the new keys up by itself.";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log what is done (verification keys loaded) on stderr, not only
+    /// warnings and retries.
+    #[arg(short, long, global = true)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -210,15 +215,12 @@ impl OutArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .with_target(false)
-        .init();
+    logging::init(&logging::Options {
+        flag: None,
+        config: LogFormat::Text,
+        default_filter: if cli.verbose { "info" } else { "warn" },
+        program: Program::Tool,
+    });
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
