@@ -40,6 +40,9 @@ pub struct WsStream {
     socket: WebSocketStream<TokioIo<Upgraded>>,
     /// What is left of the last binary message read.
     unread: Bytes,
+    /// An error met after bytes were already read in the same call: those
+    /// bytes go out first, the error with the next read.
+    deferred: Option<io::Error>,
 }
 
 impl WsStream {
@@ -55,6 +58,7 @@ impl WsStream {
         WsStream {
             socket: WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
             unread: Bytes::new(),
+            deferred: None,
         }
     }
 }
@@ -71,31 +75,55 @@ fn io_error(err: WsError) -> io::Error {
 }
 
 impl AsyncRead for WsStream {
+    /// Fills `buf` from as many messages as are already here: a client
+    /// that sends a packet a message (most do) is read a batch at a time,
+    /// as over TLS, rather than waking the connection's loop per packet.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        while this.unread.is_empty() {
-            match ready!(Pin::new(&mut this.socket).poll_next(cx)) {
-                // The close handshake, or the end of the stream: the end of
-                // the bytes.
-                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
-                Some(Ok(Message::Binary(payload))) => this.unread = payload,
-                Some(Ok(Message::Text(_))) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "a text frame: MQTT over WebSockets is carried in binary frames [MQTT-6.0.0-1]",
-                    )));
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Err(err)) => return Poll::Ready(Err(io_error(err))),
-            }
+        if let Some(err) = this.deferred.take() {
+            return Poll::Ready(Err(err));
         }
-        let n = buf.remaining().min(this.unread.len());
-        buf.put_slice(&this.unread.split_to(n));
-        Poll::Ready(Ok(()))
+        let start = buf.filled().len();
+        loop {
+            if !this.unread.is_empty() {
+                let n = buf.remaining().min(this.unread.len());
+                buf.put_slice(&this.unread.split_to(n));
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let next = match Pin::new(&mut this.socket).poll_next(cx) {
+                Poll::Ready(next) => next,
+                // What came so far is returned; the waker is registered
+                // for the rest.
+                Poll::Pending if buf.filled().len() > start => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            };
+            let err = match next {
+                // The close handshake, or the end of the stream: the end of
+                // the bytes (after what was read before it).
+                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
+                Some(Ok(Message::Binary(payload))) => {
+                    this.unread = payload;
+                    continue;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Text(_))) => io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a text frame: MQTT over WebSockets is carried in binary frames [MQTT-6.0.0-1]",
+                ),
+                Some(Err(err)) => io_error(err),
+            };
+            if buf.filled().len() > start {
+                this.deferred = Some(err);
+                return Poll::Ready(Ok(()));
+            }
+            return Poll::Ready(Err(err));
+        }
     }
 }
 
