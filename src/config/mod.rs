@@ -32,8 +32,8 @@
 //! their defaults, the raw table and the checks that turn one into the
 //! other: `auth` (`[auth]`), `limits` (`[limits]`), `sessions`
 //! (`[sessions]`, and the old `[router]` it replaced), `service` (the
-//! service's own `listen`, `[tls]`, `[storage]`, `[log]` and `[metrics]`)
-//! and `bridge` (`[[bridge]]`). They all report through `document` (the
+//! service's own `listen`, `[tls]`, `[storage]`, `[log]` and `[metrics]`),
+//! `websocket`, `admin`, `sys` and `bridge` (`[[bridge]]`). They all report through `document` (the
 //! text with its spans, and [`ConfigError`]), never through this module,
 //! which only assembles a [`Config`] from them: a section reads on its own,
 //! and no section imports what imports it. Of the rest of the crate,
@@ -57,14 +57,17 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod admin;
 mod auth;
 mod bridge;
 mod document;
 mod limits;
 mod service;
 mod sessions;
+mod sys;
 mod websocket;
 
+pub use admin::AdminConfig;
 pub use auth::{AuthConfig, ClientIdBinding, DenyPublish};
 pub use bridge::{
     BridgeConfig, ClientCert, Credential, ForwardRule, Protocol, Remote, SubscribeRule, Transport,
@@ -73,13 +76,16 @@ pub use document::ConfigError;
 pub use limits::Limits;
 pub use service::{LogConfig, LogFormat, MetricsConfig, StorageConfig, TlsPaths};
 pub use sessions::{SessionSettings, SlowSubscriber};
+pub use sys::SysConfig;
 pub use websocket::WebSocketConfig;
 
+use admin::RawAdmin;
 use auth::RawAuth;
 use document::Document;
 use limits::RawLimits;
 use service::{DEFAULT_LISTEN, RawLog, RawMetrics, RawStorage, RawTls};
 use sessions::{RawRouter, RawSessions};
+use sys::RawSys;
 use websocket::RawWebSocket;
 
 /// The whole gateway configuration.
@@ -100,6 +106,10 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub websocket: WebSocketConfig,
+    /// `[admin] socket`: the status and control commands' way in.
+    pub admin: AdminConfig,
+    /// `[sys] interval_secs`: the `$SYS/broker/...` figures.
+    pub sys: SysConfig,
 }
 
 impl Config {
@@ -142,6 +152,8 @@ impl Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             websocket: WebSocketConfig::default(),
+            admin: AdminConfig::defaults(base_dir),
+            sys: SysConfig::default(),
         }
     }
 }
@@ -165,6 +177,8 @@ struct RawConfig {
     log: RawLog,
     metrics: RawMetrics,
     websocket: RawWebSocket,
+    admin: RawAdmin,
+    sys: RawSys,
     /// rumqttd's router's table, gone with it; read only to refuse it with
     /// an error naming the replacement.
     router: Option<Spanned<RawRouter>>,
@@ -189,6 +203,8 @@ impl RawConfig {
         self.log.apply(&mut config.log);
         config.metrics = self.metrics.validate(doc)?;
         config.websocket = self.websocket.validate(doc)?;
+        config.admin = self.admin.validate(doc, base_dir)?;
+        config.sys = self.sys.validate(doc)?;
         Ok(config)
     }
 }

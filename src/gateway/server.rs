@@ -68,6 +68,8 @@ pub struct Gateway {
     metrics: Option<(TcpListener, Arc<Exposition>)>,
     /// `[websocket] listen`, bound, with its upgrade policy.
     websocket: Option<(TcpListener, Arc<websocket::Policy>)>,
+    /// The figures' owners, for what reports on them besides `/metrics`.
+    state: metrics::State,
 }
 
 impl Gateway {
@@ -140,20 +142,18 @@ impl Gateway {
             &refusals,
             &bridges_stopped,
         );
-        let exposition = Arc::new(Exposition::new(
-            &metrics,
-            metrics::State {
-                broker: Arc::clone(&broker),
-                keys: Arc::clone(&keys),
-                storage: storage.health(),
-                queues: config
-                    .bridges
-                    .iter()
-                    .filter_map(|bridge| storage.queue(&bridge.name).cloned())
-                    .collect(),
-                refusals,
-            },
-        ));
+        let state = metrics::State {
+            broker: Arc::clone(&broker),
+            keys: Arc::clone(&keys),
+            storage: storage.health(),
+            queues: config
+                .bridges
+                .iter()
+                .filter_map(|bridge| storage.queue(&bridge.name).cloned())
+                .collect(),
+            refusals,
+        };
+        let exposition = Arc::new(Exposition::new(&metrics, state.clone()));
         let shared = Shared {
             limits: config.limits.clone(),
             leeway: config.auth.leeway,
@@ -218,6 +218,7 @@ impl Gateway {
             stop_bridges,
             metrics,
             websocket,
+            state,
         })
     }
 

@@ -25,6 +25,9 @@
 //! ("Metrics") lists every name.
 
 pub mod endpoint;
+mod figures;
+
+pub use figures::Figures;
 
 use std::fmt;
 use std::sync::Arc;
@@ -559,7 +562,9 @@ impl SessionEnd {
     }
 }
 
-/// The figures read from their owners at scrape time.
+/// The figures read from their owners at scrape time (and by `jwtgate
+/// status` and `$SYS`, each with its own clone of the handles).
+#[derive(Clone)]
 pub struct State {
     pub broker: Arc<Broker>,
     pub keys: Arc<KeyStore>,

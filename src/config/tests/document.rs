@@ -64,6 +64,20 @@ fn bad_values_name_the_key_and_line() {
     // (text, line, column, key, part of the message)
     let cases = [
         (
+            "[sys]\ninterval_secs = -5\n",
+            2,
+            17,
+            "[sys] interval_secs",
+            "must be greater than 0",
+        ),
+        (
+            "[admin]\nsocket = \"/run/jwtgate/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock\"\n",
+            2,
+            10,
+            "[admin] socket",
+            "longer than the 107 bytes",
+        ),
+        (
             "[websocket]\npath = \"mqtt\"\n",
             2,
             8,

@@ -61,6 +61,10 @@ allow_remote = false             # default false
 listen = "0.0.0.0:8884"          # TLS with the [tls] certificate; there is no plaintext WebSocket listener
 path = "/mqtt"                   # the upgrade's path; default "/mqtt"
 allowed_origins = ["https://hmi.example"]  # Origin headers allowed to upgrade; default [] allows any
+[admin]                          # jwtgate status, sessions, disconnect reach the gateway here
+socket = "/run/jwtgate/admin.sock"  # a Unix socket, mode 0660; default "/run/jwtgate/admin.sock" ("state/admin.sock" with no config file); "" turns it off
+[sys]                            # $SYS/broker/... figures as retained messages, for tokens granted $SYS/#
+interval_secs = 10               # how often; default 0: none published
 [[bridge]]                       # one table per uplink; none by default
 name = "cloud"                   # required; letters, digits, - and _; unique
 remote = "mqtts://broker.example:8883"  # required; mqtts:// only, except a loopback host; port default 8883
@@ -180,6 +184,13 @@ fn full_example_parses_to_the_documented_values() {
                 listen: Some(SocketAddr::from(([0, 0, 0, 0], 8884))),
                 path: "/mqtt".to_owned(),
                 allowed_origins: vec!["https://hmi.example".to_owned()],
+            },
+            admin: AdminConfig {
+                socket: Some(PathBuf::from("/run/jwtgate/admin.sock")),
+                explicit: true,
+            },
+            sys: SysConfig {
+                interval: Some(Duration::from_secs(10)),
             },
         }
     );

@@ -71,6 +71,7 @@ fn empty_file_gives_the_defaults() {
         config,
         Config {
             source: Some(PathBuf::from(ORIGIN)),
+            admin: AdminConfig::packaged(),
             ..Config::defaults(Path::new(BASE))
         }
     );
