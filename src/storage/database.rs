@@ -82,7 +82,8 @@ impl Storage {
             let table = queue::table_name(name);
             db.execute_batch(&format!(
                 "CREATE TABLE IF NOT EXISTS {table} \
-                 (seq INTEGER PRIMARY KEY, size INTEGER NOT NULL, {MESSAGE_SCHEMA})"
+                 (seq INTEGER PRIMARY KEY, size INTEGER NOT NULL, queued_at INTEGER NOT NULL, \
+                 {MESSAGE_SCHEMA})"
             ))
             .map_err(open_err)?;
             let (tail, bytes, messages): (u64, u64, u64) = db
@@ -92,6 +93,8 @@ impl Storage {
                     |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )
                 .map_err(StorageError::Sql)?;
+            // What the last run left keeps the time it was queued.
+            let oldest = queue::head_queued_at(&db, &table).map_err(StorageError::Sql)?;
             let queue = Arc::new(Queue::new(
                 name,
                 index,
@@ -103,6 +106,7 @@ impl Storage {
                     messages,
                     bytes,
                     dropped: 0,
+                    oldest_queued_at: oldest,
                 },
                 Arc::clone(memory),
             ));

@@ -22,19 +22,28 @@
 //! while the budget is more than half used (a cut uplink must not fill
 //! memory that parked sessions and retained messages need). Whatever it
 //! does not hold, the bridge reads from the table.
+//!
+//! Each row carries the wall-clock time its message entered the queue
+//! (`queued_at`, written by the writer at commit), and the queue keeps
+//! the time of its head in memory ([`Queue::oldest_queued_at`]): the
+//! writer reads it back by the primary key after a commit that removed
+//! rows, and knows it without reading when messages enter an empty queue,
+//! so asking is one atomic load. A wall clock set back (a box without a
+//! real-time clock before NTP) makes ages read wrong by as much; the age
+//! of a message queued "in the future" reads as zero.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
 use super::command::Write;
-use super::rows::{MESSAGE_COLUMNS, MessageRow, RowError};
+use super::rows::{self, MESSAGE_COLUMNS, MessageRow, RowError};
 use super::schema::{PAGE_CACHE_KIB, StorageError};
 use crate::broker::{Budget, Kept, Message, Publication};
 use crate::mqtt::QoS;
@@ -54,6 +63,10 @@ pub struct Queue {
     bytes: AtomicU64,
     messages: AtomicU64,
     dropped: AtomicU64,
+    /// When the oldest message still queued entered the queue, in unix
+    /// milliseconds; 0 when the queue is empty. Only the writer sets it,
+    /// after a commit.
+    oldest: AtomicU64,
     /// The messages of the latest commits, oldest first.
     recent: Mutex<RecentCache>,
     /// The gateway's memory budget, which the cached messages are charged
@@ -126,6 +139,10 @@ pub struct QueueSnapshot {
     pub bytes: u64,
     /// Messages dropped by the budget since start.
     pub dropped: u64,
+    /// When the oldest of them entered the queue (rows queued before the
+    /// layout upgrade that added the time: the upgrade's time); `None`
+    /// when the queue is empty.
+    pub oldest_queued_at: Option<SystemTime>,
 }
 
 /// One queued message, as read back.
@@ -163,6 +180,7 @@ impl Queue {
             bytes: AtomicU64::new(stored.bytes),
             messages: AtomicU64::new(stored.messages),
             dropped: AtomicU64::new(stored.dropped),
+            oldest: AtomicU64::new(millis_or_zero(stored.oldest_queued_at)),
             recent: Mutex::default(),
             memory,
         }
@@ -288,7 +306,29 @@ impl Queue {
             messages: self.messages.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            oldest_queued_at: self.oldest_queued_at(),
         }
+    }
+
+    /// When the oldest message waiting for the remote entered the queue;
+    /// `None` when none waits. One atomic load: cheap enough for every
+    /// scrape.
+    pub fn oldest_queued_at(&self) -> Option<SystemTime> {
+        match self.oldest.load(Ordering::Relaxed) {
+            0 => None,
+            millis => Some(UNIX_EPOCH + Duration::from_millis(millis)),
+        }
+    }
+
+    /// Whether the queue held nothing after the last commit.
+    pub(super) fn was_empty(&self) -> bool {
+        self.oldest.load(Ordering::Relaxed) == 0
+    }
+
+    /// A commit changed the queue's oldest message: it entered at `at`,
+    /// or (`None`) the queue is empty. Only the writer calls it.
+    pub(super) fn set_oldest(&self, at: Option<SystemTime>) {
+        self.oldest.store(millis_or_zero(at), Ordering::Relaxed);
     }
 
     pub(super) fn table(&self) -> &str {
@@ -340,6 +380,24 @@ pub(super) fn table_name(name: &str) -> String {
     format!("\"queue:{name}\"")
 }
 
+/// When the first row of queue table `table` (quoted) entered the queue;
+/// `None` when it is empty. One lookup by the primary key. A row without
+/// a time (the column is NOT NULL: an edit by hand) counts from now.
+pub(super) fn head_queued_at(db: &Connection, table: &str) -> rusqlite::Result<Option<SystemTime>> {
+    let head: Option<Option<i64>> = db
+        .prepare_cached(&format!(
+            "SELECT queued_at FROM {table} ORDER BY seq LIMIT 1"
+        ))?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    Ok(head.map(|at| at.map_or_else(SystemTime::now, rows::system_time)))
+}
+
+/// `at` in unix milliseconds, at least 1 (0 says "empty"); 0 for `None`.
+fn millis_or_zero(at: Option<SystemTime>) -> u64 {
+    at.map_or(0, |at| rows::unix_millis(at).max(1).unsigned_abs())
+}
+
 /// Reads a queue in order.
 pub struct QueueReader {
     db: Connection,
@@ -381,3 +439,6 @@ impl QueueReader {
 fn log_bad_row(seq: u64, err: &RowError) {
     tracing::error!(seq, error = %err, "bridge queue: a stored message does not decode; it is skipped");
 }
+
+#[cfg(test)]
+mod tests;

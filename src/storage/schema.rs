@@ -3,12 +3,12 @@
 //! fails.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
 use tracing::warn;
 
-use super::rows::MESSAGE_SCHEMA;
+use super::rows::{MESSAGE_SCHEMA, unix_millis};
 
 /// The database file in `[storage] dir`.
 pub(super) const DB_FILE: &str = "jwtgate.sqlite";
@@ -17,8 +17,10 @@ pub(super) const DB_FILE: &str = "jwtgate.sqlite";
 /// and tail), where the default 2 MiB made the drain re-read pages.
 pub(super) const PAGE_CACHE_KIB: i64 = -8192;
 /// The layout version this code writes, kept in SQLite's `user_version`.
-/// 2 added `sessions.expiry_ms`: a session written while connected.
-const SCHEMA_VERSION: i64 = 2;
+/// 2 added `sessions.expiry_ms`: a session written while connected. 3
+/// added `queued_at` to the bridges' queue tables: when each message
+/// entered its queue, for the age of the oldest.
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// Why the durable store could not be opened or read.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +92,7 @@ pub(super) fn prepare(
     // otherwise checkpoint many times a second.
     db.pragma_update(None, "wal_autocheckpoint", 16_384)?;
     db.pragma_update(None, "cache_size", PAGE_CACHE_KIB)?;
-    let version: i64 = db.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let mut version: i64 = db.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(Prepared::Newer(version));
     }
@@ -104,6 +106,10 @@ pub(super) fn prepare(
              PRAGMA user_version = 2;
              COMMIT;",
         )?;
+        version = 2;
+    }
+    if version == 2 {
+        add_queued_at(db)?;
     }
     db.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS retained ({MESSAGE_SCHEMA}, PRIMARY KEY (topic)) WITHOUT ROWID;
@@ -128,4 +134,28 @@ pub(super) fn prepare(
          PRAGMA user_version = {SCHEMA_VERSION};"
     ))?;
     Ok(())
+}
+
+/// Layout 2 to 3: a `queued_at` column (unix milliseconds) in every
+/// queue table, including those of bridges no longer configured, which a
+/// later configuration may name again. Rows already queued get the
+/// upgrade's time, a column default, which costs no rewrite of a large
+/// backlog: their true age is unknown and at least that, so the age of
+/// the oldest reads low rather than not at all. One transaction with the
+/// version, so that an interrupted upgrade is redone, not half done.
+fn add_queued_at(db: &Connection) -> rusqlite::Result<()> {
+    let now = unix_millis(SystemTime::now());
+    let tx = db.unchecked_transaction()?;
+    let tables = tx
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'queue:*'")?
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for table in tables {
+        tx.execute_batch(&format!(
+            "ALTER TABLE \"{}\" ADD COLUMN queued_at INTEGER NOT NULL DEFAULT {now}",
+            table.replace('"', "\"\"")
+        ))?;
+    }
+    tx.pragma_update(None, "user_version", 3)?;
+    tx.commit()
 }

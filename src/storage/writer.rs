@@ -34,7 +34,7 @@ use rusqlite::{Connection, ToSql, params, params_from_iter};
 use tracing::{error, info, warn};
 
 use super::command::Write;
-use super::queue::{Queue, Recent};
+use super::queue::{self, Queue, Recent};
 use super::rows::{self, MESSAGE_COLUMNS, MessageRow};
 use crate::broker::store::SessionExpiry;
 use crate::broker::{CommitError, Delivery, SessionKey};
@@ -93,6 +93,9 @@ struct QueueChange {
     /// Messages larger than the whole budget, not queued.
     refused: u64,
     recent: Vec<Recent>,
+    /// When the queue's oldest message entered it (`None`: it is empty),
+    /// if the transaction changed which message that is.
+    oldest: Option<Option<SystemTime>>,
 }
 
 impl QueueChange {
@@ -107,6 +110,7 @@ impl QueueChange {
             evicted: 0,
             refused: 0,
             recent: Vec::new(),
+            oldest: None,
         }
     }
 
@@ -245,6 +249,9 @@ impl Writer {
                     "queue budget reached: the oldest messages were dropped",
                 );
             }
+            if let Some(oldest) = change.oldest {
+                queue.set_oldest(oldest);
+            }
             for recent in change.recent {
                 queue.committed_recently(recent);
             }
@@ -314,6 +321,10 @@ impl Writer {
         outcomes: &mut [Result<(), CommitError>],
     ) -> rusqlite::Result<()> {
         let tx = self.db.transaction()?;
+        // One time for the group: its writes arrived within a commit of
+        // each other. Whole milliseconds, as the row keeps it, so that the
+        // time in memory is the one a restart reads back.
+        let now = rows::system_time(rows::unix_millis(SystemTime::now()));
         for (write, outcome) in group.iter().zip(outcomes.iter_mut()) {
             match write {
                 Write::Append {
@@ -331,7 +342,7 @@ impl Writer {
                     };
                     let mut row = MessageRow::new(message, *qos);
                     row.topic.clone_from(topic);
-                    match append(&tx, &state.queue, change, row)? {
+                    match append(&tx, &state.queue, change, row, now)? {
                         Some(seq) => change.recent.push(Recent {
                             seq,
                             message: Arc::clone(message),
@@ -416,6 +427,14 @@ impl Writer {
                 Write::Flush(_) | Write::Stop(_) => {}
             }
         }
+        // A removal may have taken the head (acknowledgements need not
+        // come in order, the budget drops the oldest): read the new one
+        // by the primary key, once per queue and commit.
+        for (state, change) in self.queues.iter().zip(changes.iter_mut()) {
+            if change.removed > 0 {
+                change.oldest = Some(queue::head_queued_at(&tx, state.queue.table())?);
+            }
+        }
         tx.commit()
     }
 
@@ -489,6 +508,7 @@ fn append(
     queue: &Queue,
     change: &mut QueueChange,
     row: MessageRow,
+    now: SystemTime,
 ) -> rusqlite::Result<Option<u64>> {
     let size = row.size();
     if size > queue.budget() {
@@ -511,13 +531,22 @@ fn append(
         change.evicted += 1;
     }
     let seq = change.next_seq;
+    let queued_at = rows::unix_millis(now);
     tx.prepare_cached(&format!(
-        "INSERT INTO {} (seq, size, {MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO {} (seq, size, queued_at, {MESSAGE_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         queue.table()
     ))?
     .execute(params_from_iter(
-        [&seq as &dyn ToSql, &size].into_iter().chain(row.values()),
+        [&seq as &dyn ToSql, &size, &queued_at]
+            .into_iter()
+            .chain(row.values()),
     ))?;
+    // Into an empty queue, the first message is its head: known without
+    // reading (a removal in the same commit reads the head anyway).
+    if queue.was_empty() && change.oldest.is_none() {
+        change.oldest = Some(Some(now));
+    }
     change.next_seq += 1;
     change.added_bytes += size;
     change.added += 1;
