@@ -5,7 +5,7 @@
 //! re-exports both.
 
 use super::rules::{Rule, RuleList, RuleTopic};
-use crate::mqtt::{QoS, RequestedFilter, TopicFilter, validate_topic_name};
+use crate::mqtt::{QoS, RequestedFilter, TopicFilter, is_server_topic, validate_topic_name};
 
 /// What one connection may do: the token's rule lists, bound to it. Every
 /// list must allow.
@@ -49,10 +49,13 @@ impl Grants {
         !self.lists.is_empty() && self.lists.iter().all(RuleList::allows_something)
     }
 
-    /// Rule 1: `topic` is a valid topic name and every list allows
-    /// publishing to it at `qos`, retained or not.
+    /// Rule 1: `topic` is a valid topic name, not the server's own (the
+    /// `$` rule of the module docs: no grant reaches `$SYS/...` for
+    /// publishing), and every list allows publishing to it at `qos`,
+    /// retained or not.
     pub fn may_publish(&self, topic: &str, qos: QoS, retain: bool) -> bool {
         validate_topic_name(topic).is_ok()
+            && !is_server_topic(topic)
             && !self.lists.is_empty()
             && self
                 .lists

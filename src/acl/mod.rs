@@ -55,6 +55,11 @@
 //! as `$SYS/#`, does. Matching and covering apply the rule identically, so a
 //! grant of `#` does not cover a subscription to `$SYS/#` either.
 //!
+//! Such a grant only ever lets a client *read*: publishing to a `$` topic
+//! (a PUBLISH, a will) is refused whatever the token grants, since the
+//! server alone writes there (MQTT 5 §4.7.2); the gateway's own `$SYS`
+//! figures would otherwise be one retained publish away from a forgery.
+//!
 //! Matching runs on every PUBLISH, so nothing here allocates once grants
 //! are bound: levels are walked with `split('/')`.
 //!

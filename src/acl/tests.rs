@@ -55,6 +55,35 @@ fn may_publish_needs_a_matching_grant() {
     assert!(!Grants::default().may_publish("a", Q0, false));
 }
 
+/// A grant that spells out `$SYS` lets a client read the server's figures,
+/// never write them: no form of grant (a filter, an EMQX publish rule, an
+/// `eq` rule naming the topic) opens a `$` topic to a PUBLISH or a will.
+#[test]
+fn server_topics_are_readable_with_a_grant_and_never_writable() {
+    let sys = grants(&["$SYS/#"]);
+    assert!(sys.may_subscribe("$SYS/#", Q0));
+    assert!(sys.may_subscribe("$SYS/broker/uptime", Q2));
+    assert!(!sys.may_publish("$SYS/broker/version", Q1, true));
+    assert!(!sys.may_publish("$SYS/broker/version", Q0, false));
+    let part = grants(&["$SYS/broker/load/#"]);
+    assert!(part.may_subscribe("$SYS/broker/load/+/received/1min", Q0));
+    assert!(!part.may_subscribe("$SYS/#", Q0));
+    let all = grants(&["#", "+/#"]);
+    assert!(!all.may_subscribe("$SYS/#", Q0));
+    assert!(!all.may_publish("$SYS/broker/version", Q0, false));
+    assert!(!grants(&["$other/#"]).may_publish("$other/x", Q0, false));
+    let acl = from(
+        None,
+        Some(json!([
+            { "permission": "allow", "action": "publish", "topic": "eq $SYS/broker/version" },
+            { "permission": "allow", "action": "all", "topic": "$SYS/#" },
+        ])),
+    );
+    assert!(acl.may_subscribe("$SYS/#", Q0));
+    assert!(!acl.may_publish("$SYS/broker/version", Q0, true));
+    assert!(!acl.may_publish("$SYS/broker/uptime", Q0, true));
+}
+
 #[test]
 fn may_subscribe_needs_a_covering_grant() {
     let g = grants(&["sensors/#", "cmd/+"]);

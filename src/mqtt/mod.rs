@@ -18,7 +18,7 @@ pub use qos::{InvalidQoS, QoS};
 pub use subscription::{RetainHandling, SubscriptionOptions};
 pub use topic::{
     FilterError, LimitError, RequestedFilter, TopicError, TopicFilter, TopicLimits,
-    validate_topic_name,
+    is_server_topic, validate_topic_name,
 };
 pub use transport::Transport;
 pub use version::Version;

@@ -207,6 +207,14 @@ impl fmt::Display for TopicFilter {
     }
 }
 
+/// Whether `topic` is the server's own: its first level starts with `$`
+/// (`$SYS/...`), which MQTT (3.1.1 and 5, §4.7.2) reserves for the
+/// server. No client publishes there, whatever its grants ([`crate::acl`]),
+/// and the gateway's own figures there last only as long as the process.
+pub fn is_server_topic(topic: &str) -> bool {
+    topic.starts_with('$')
+}
+
 /// Checks that `topic` may be used as the topic of a PUBLISH.
 pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
     if topic.is_empty() {
