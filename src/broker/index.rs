@@ -35,6 +35,9 @@ pub struct Subscriber {
 #[derive(Debug, Default)]
 pub struct Index {
     root: Node,
+    /// Subscriptions held, each member of a shared group one: kept as
+    /// they come and go, since counting would walk the whole trie.
+    count: usize,
 }
 
 #[derive(Debug, Default)]
@@ -331,6 +334,7 @@ impl Index {
             }
             None => {
                 list.push(subscriber);
+                self.count += 1;
                 false
             }
         }
@@ -373,6 +377,7 @@ impl Index {
                 if let Some(chain) = node.take_child(level) {
                     dispose(chain);
                 }
+                self.count -= 1;
                 return true;
             }
             let Some(child) = node.child_mut(level) else {
@@ -380,7 +385,11 @@ impl Index {
             };
             node = child;
         }
-        node.remove_here(group, session)
+        let removed = node.remove_here(group, session);
+        if removed {
+            self.count -= 1;
+        }
+        removed
     }
 
     /// Visits every subscription matching `topic` (a valid topic name),
@@ -392,6 +401,11 @@ impl Index {
 
     pub fn is_empty(&self) -> bool {
         self.root.is_empty()
+    }
+
+    /// Subscriptions held (`$SYS/broker/subscriptions/count`).
+    pub fn count(&self) -> usize {
+        self.count
     }
 }
 

@@ -145,6 +145,17 @@ impl Broker {
         lock(&self.sessions).sessions.len()
     }
 
+    /// Subscriptions held, connected sessions' and parked ones', each
+    /// member of a shared group one.
+    pub fn subscription_count(&self) -> usize {
+        self.read_index().count()
+    }
+
+    /// Retained messages held (expired ones not yet purged included).
+    pub fn retained_count(&self) -> usize {
+        self.store.retained_count()
+    }
+
     /// Adds a tap, which sees every message routed from now on.
     pub fn add_tap(&self, tap: Arc<dyn Tap>) {
         self.taps

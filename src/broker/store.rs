@@ -86,6 +86,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Option<Position>;
     /// Every retained message with its charge, for checking the ledger.
     fn each_retained(&self, visit: &mut dyn FnMut(&Retained));
+    /// Retained messages held (expired ones not yet purged included).
+    fn retained_count(&self) -> usize;
     /// Writes down a persistent session: a connected one (its
     /// subscriptions) or a parked one (with the messages it holds). The
     /// commit as for [`Store::retain`]: a SUBACK waits on it.
@@ -128,14 +130,6 @@ impl MemoryStore {
 
     pub fn new() -> MemoryStore {
         MemoryStore::default()
-    }
-
-    /// Retained messages stored (expired ones not yet purged included).
-    pub fn retained_count(&self) -> usize {
-        self.retained
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
     }
 }
 
@@ -194,6 +188,13 @@ impl Store for MemoryStore {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .each(visit);
+    }
+
+    fn retained_count(&self) -> usize {
+        self.retained
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     fn save_session(&self, key: &SessionKey, record: SessionRecord) -> Option<Kept> {

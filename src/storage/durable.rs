@@ -8,6 +8,13 @@
 //! cleared hands its commit back ([`Kept`]), so that the publisher's ack
 //! waits for it: a kill after the PUBACK cannot lose it. At start the
 //! memory side is filled from what [`Storage::open`] read back.
+//!
+//! Retained messages on the server's own topics (`$SYS/...`, see
+//! [`is_server_topic`]) are the exception: they are the gateway's figures
+//! of this run, set by no client, and are kept in memory only. Written
+//! down, they would be rewritten every `[sys] interval_secs`, and read
+//! back after a restart as stale values (Mosquitto does not keep them
+//! either).
 
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
@@ -21,7 +28,7 @@ use crate::broker::budget::{Account, Kind};
 use crate::broker::retained::{self, Position, Retained};
 use crate::broker::store::{MemoryStore, SessionRecord, Store};
 use crate::broker::{Budget, Delivery, Kept, Message, SessionKey};
-use crate::mqtt::TopicLimits;
+use crate::mqtt::{TopicLimits, is_server_topic};
 
 pub struct DurableStore {
     memory: MemoryStore,
@@ -44,8 +51,12 @@ impl DurableStore {
         let writes = storage.writes();
         let mut refused = 0;
         for publication in restored.retained {
-            if limits.topic_name(&publication.topic).is_err() {
-                refused += 1;
+            let over_limits = limits.topic_name(&publication.topic).is_err();
+            // A `$` topic written down by a version that let clients
+            // publish there: no client may set it today, and it would
+            // outlive every figure the gateway publishes over it.
+            if over_limits || is_server_topic(&publication.topic) {
+                refused += usize::from(over_limits);
                 // Nobody waits for this commit.
                 let (kept, _) = oneshot::channel();
                 let _ = writes.send(Write::ClearRetained(publication.topic.into(), kept));
@@ -106,6 +117,10 @@ impl DurableStore {
 impl Store for DurableStore {
     fn retain(&self, retained: Retained) -> Option<Kept> {
         let message = Arc::clone(&retained.message);
+        if is_server_topic(message.topic()) {
+            // In memory only (see the module docs): nothing to commit.
+            return self.memory.retain(retained);
+        }
         let _ = self.memory.retain(retained);
         let (kept, receiver) = oneshot::channel();
         self.write(Write::Retain(message, kept));
@@ -113,6 +128,9 @@ impl Store for DurableStore {
     }
 
     fn clear_retained(&self, topic: &str) -> Option<Kept> {
+        if is_server_topic(topic) {
+            return self.memory.clear_retained(topic);
+        }
         self.memory.clear_retained(topic);
         let (kept, receiver) = oneshot::channel();
         self.write(Write::ClearRetained(topic.into(), kept));
@@ -135,6 +153,10 @@ impl Store for DurableStore {
 
     fn each_retained(&self, visit: &mut dyn FnMut(&Retained)) {
         self.memory.each_retained(visit);
+    }
+
+    fn retained_count(&self) -> usize {
+        self.memory.retained_count()
     }
 
     fn save_session(&self, key: &SessionKey, record: SessionRecord) -> Option<Kept> {

@@ -561,3 +561,62 @@ fn a_version_1_database_is_upgraded_and_keeps_its_sessions() {
         .expect("version");
     assert_eq!(version, 2);
 }
+
+/// `$SYS/...` retained messages are the gateway's figures of one run:
+/// held in memory and counted, never committed, and a `$` row an older
+/// version wrote (when a client granted `$foo/#` could publish there) is
+/// dropped from the database at the next start.
+#[tokio::test]
+async fn server_topics_are_retained_in_memory_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let budget = Budget::new(1 << 30);
+    {
+        let (storage, restored) = Storage::open(&config(dir.path()), &[], &budget).expect("open");
+        let store = DurableStore::new(&storage, restored, &budget, &TopicLimits::DEFAULT).0;
+        let sys = |payload: &[u8]| {
+            let message = Publication {
+                topic: "$SYS/broker/uptime".into(),
+                payload: Bytes::copy_from_slice(payload),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Properties::default(),
+                expiry: None,
+            };
+            retained(Message::new(message, &budget))
+        };
+        assert!(store.retain(sys(b"1 seconds")).is_none(), "no commit");
+        assert!(store.retain(sys(b"2 seconds")).is_none(), "no commit");
+        let kept = store.retain(retained(message(&budget, "status/a", b"on")));
+        assert_eq!(kept.expect("a commit").await, Ok(Ok(())));
+        assert_eq!(store.retained_count(), 2);
+        let mut seen = Vec::new();
+        store.retained("$SYS/#", None, usize::MAX, &mut |m| {
+            seen.push(m.payload().clone());
+        });
+        assert_eq!(seen, [Bytes::from_static(b"2 seconds")]);
+        assert!(store.clear_retained("$SYS/broker/uptime").is_none());
+        assert_eq!(store.retained_count(), 1);
+        // What an older version wrote down, behind the store's back.
+        let (old, written) = tokio::sync::oneshot::channel();
+        storage
+            .writes()
+            .send(super::command::Write::Retain(
+                message(&budget, "$old/figure", b"stale"),
+                old,
+            ))
+            .expect("the writer runs");
+        assert_eq!(written.await, Ok(Ok(())));
+        storage.close();
+    }
+    for pass in ["the first reopen drops the $ row", "it is gone"] {
+        let (storage, restored) = Storage::open(&config(dir.path()), &[], &budget).expect("reopen");
+        let topics: Vec<String> = restored.retained.iter().map(|p| p.topic.clone()).collect();
+        let store = DurableStore::new(&storage, restored, &budget, &TopicLimits::DEFAULT);
+        assert_eq!(store.1, 0, "{pass}: not counted as over the limits");
+        assert_eq!(store.0.retained_count(), 1, "{pass}");
+        if pass == "it is gone" {
+            assert_eq!(topics, ["status/a"], "{pass}");
+        }
+        storage.close();
+    }
+}

@@ -224,3 +224,32 @@ fn removing_one_of_several_leaves_the_rest() {
     assert!(index.remove(None, "x/y", &b));
     assert!(index.is_empty());
 }
+
+/// The count follows every way a subscription comes and goes: a
+/// replacement is not a new one, a shared member is one, a removal that
+/// cuts a chain and one that leaves it both count, a miss does not.
+#[test]
+fn the_count_follows_inserts_replacements_and_removals() {
+    let mut index = Index::default();
+    let (a, b) = (session("a"), session("b"));
+    let sub = |s: &Arc<Session>| Subscriber {
+        session: Arc::clone(s),
+        options: options(QoS::AtMostOnce),
+    };
+    index.insert(None, "x/y", sub(&a));
+    index.insert(None, "x/y", sub(&a));
+    index.insert(None, "x/y", sub(&b));
+    index.insert(Some("g"), "x/y", sub(&a));
+    index.insert(None, "x/y/z/deep", sub(&b));
+    assert_eq!(index.count(), 4);
+    assert!(!index.remove(None, "x/q", &a));
+    assert!(!index.remove(Some("h"), "x/y", &a));
+    assert_eq!(index.count(), 4);
+    assert!(index.remove(None, "x/y/z/deep", &b), "cuts its chain");
+    assert!(index.remove(None, "x/y", &a), "leaves b's");
+    assert_eq!(index.count(), 2);
+    assert!(index.remove(Some("g"), "x/y", &a));
+    assert!(index.remove(None, "x/y", &b));
+    assert_eq!(index.count(), 0);
+    assert!(index.is_empty());
+}
