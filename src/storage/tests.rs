@@ -559,7 +559,7 @@ fn a_version_1_database_is_upgraded_and_keeps_its_sessions() {
     let version: i64 = db
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, super::schema::SCHEMA_VERSION);
 }
 
 /// `$SYS/...` retained messages are the gateway's figures of one run:
