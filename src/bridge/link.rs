@@ -27,6 +27,7 @@ use super::backoff::Backoff;
 use super::connection::{self, Connection, LinkError, READ_ROOM};
 use super::outbound::{Outbound, Totals};
 use super::refusal::{Refusal, Refusals};
+use super::status::LinkStatus;
 use super::subscriptions;
 use super::wire::{InboundPublish, Incoming};
 use crate::broker::{Broker, CommitError, Message};
@@ -58,6 +59,8 @@ fn far_future() -> Instant {
 pub(super) struct Link {
     config: BridgeConfig,
     name: Arc<str>,
+    /// Where the link stands, for the metrics and `jwtgate status`.
+    status: Arc<LinkStatus>,
     queue: Arc<Queue>,
     broker: Arc<Broker>,
     /// `[limits]` topic limits, applied to what the remote sends as to
@@ -79,7 +82,7 @@ pub(super) struct Link {
 impl Link {
     pub fn new(
         config: BridgeConfig,
-        name: Arc<str>,
+        status: Arc<LinkStatus>,
         queue: Arc<Queue>,
         broker: Arc<Broker>,
         limits: TopicLimits,
@@ -89,7 +92,8 @@ impl Link {
         Link {
             subscriptions_file,
             config,
-            name,
+            name: status.shared_name(),
+            status,
             queue,
             broker,
             limits,
@@ -118,6 +122,7 @@ impl Link {
             };
             match attempt {
                 Ok(mut connection) => {
+                    self.status.connected();
                     info!(
                         bridge = &*self.name,
                         remote = self.remote(),
@@ -135,22 +140,28 @@ impl Link {
                                     .await;
                             break;
                         }
-                        Err(err) => warn!(
-                            bridge = &*self.name,
-                            remote = self.remote(),
-                            kind = err.kind(),
-                            error = %err,
-                            "bridge: connection ended; reconnecting"
-                        ),
+                        Err(err) => {
+                            self.status.failed(err.kind(), err.to_string());
+                            warn!(
+                                bridge = &*self.name,
+                                remote = self.remote(),
+                                kind = err.kind(),
+                                error = %err,
+                                "bridge: connection ended; reconnecting"
+                            );
+                        }
                     }
                 }
-                Err(err) => warn!(
-                    bridge = &*self.name,
-                    remote = self.remote(),
-                    kind = err.kind(),
-                    error = %err,
-                    "bridge: cannot connect"
-                ),
+                Err(err) => {
+                    self.status.failed(err.kind(), err.to_string());
+                    warn!(
+                        bridge = &*self.name,
+                        remote = self.remote(),
+                        kind = err.kind(),
+                        error = %err,
+                        "bridge: cannot connect"
+                    );
+                }
             }
             let wait = backoff.next_wait();
             tokio::select! {

@@ -42,13 +42,16 @@
 //! **Reconnects** back off exponentially from 1 s to 60 s with jitter, and
 //! every failure is logged once with its kind (credential file, DNS, TCP,
 //! TLS, CONNACK, protocol), so an operator can tell a wrong password from a
-//! dead link.
+//! dead link. Each link also keeps where it stands ([`LinkStatus`]:
+//! connecting, connected since when, or down since when with the last
+//! error) for the metrics and `jwtgate status`, which cannot read a log.
 
 mod backoff;
 mod connection;
 mod link;
 mod outbound;
 mod refusal;
+mod status;
 mod subscriptions;
 mod wire;
 
@@ -64,6 +67,7 @@ use crate::mqtt::TopicLimits;
 use crate::storage::{Queue, Storage};
 
 pub use refusal::{Refusal, Refusals};
+pub use status::{LinkState, LinkStatus};
 
 /// The tap that queues what a bridge forwards.
 struct Forwarder {
@@ -97,29 +101,53 @@ pub fn refusals(configs: &[BridgeConfig]) -> Vec<Arc<Refusals>> {
         .collect()
 }
 
+/// One [`LinkStatus`] per bridge of `configs`, connecting since now, for
+/// [`start`] and whoever reports on the links (metrics, `jwtgate status`).
+pub fn link_statuses(configs: &[BridgeConfig]) -> Vec<Arc<LinkStatus>> {
+    configs
+        .iter()
+        .map(|config| Arc::new(LinkStatus::new(&config.name, connection::remote(config))))
+        .collect()
+}
+
 /// Starts every bridge of `configs`: taps on `broker` for their forward
 /// rules, and one link task each, until `shutdown` turns true. The queues
-/// must have been opened in `storage`; `refusals` are those of
-/// [`refusals`] for the same `configs`, and `limits` the gateway's topic
-/// limits, which what comes in from a remote is held to.
+/// must have been opened in `storage`; `refusals` and `statuses` are those
+/// of [`refusals`] and [`link_statuses`] for the same `configs`, and
+/// `limits` the gateway's topic limits, which what comes in from a remote
+/// is held to.
 pub fn start(
     configs: &[BridgeConfig],
     storage: &Storage,
     broker: &Arc<Broker>,
     limits: &TopicLimits,
     refusals: &[Arc<Refusals>],
+    statuses: &[Arc<LinkStatus>],
     shutdown: &watch::Receiver<bool>,
 ) -> JoinSet<()> {
     let mut links = JoinSet::new();
     for config in configs {
+        // Looked up by name, not position: a status made for another list
+        // of bridges must not describe the wrong one.
+        let status = statuses
+            .iter()
+            .find(|status| status.name() == config.name)
+            .map_or_else(
+                || Arc::new(LinkStatus::new(&config.name, connection::remote(config))),
+                Arc::clone,
+            );
         let Some(queue) = storage.queue(&config.name) else {
             error!(
                 bridge = config.name,
                 "bridge: no queue was opened for it; not started"
             );
+            status.failed(
+                "storage",
+                "no queue was opened for it; not started".to_owned(),
+            );
             continue;
         };
-        let name: Arc<str> = config.name.as_str().into();
+        let name = status.shared_name();
         if !config.forward.is_empty() {
             broker.add_tap(Arc::new(Forwarder {
                 name: Arc::clone(&name),
@@ -140,7 +168,7 @@ pub fn start(
             .map(|dir| dir.join(format!("bridge-{}.subscriptions", config.name)));
         let link = link::Link::new(
             config.clone(),
-            name,
+            status,
             Arc::clone(queue),
             Arc::clone(broker),
             *limits,
