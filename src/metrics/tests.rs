@@ -25,6 +25,7 @@ async fn events_are_rendered_with_their_labels() {
         storage: Arc::default(),
         queues: Vec::new(),
         refusals: Vec::new(),
+        links: Vec::new(),
     };
     let exposition = Exposition::new(&metrics, state);
     let held = metrics.connected(Version::V5, Transport::Wss);
@@ -145,6 +146,10 @@ async fn each_bridge_queue_is_read_at_scrape_time() {
     let (storage, _) = Storage::open(&config, &[("cloud", 1 << 20)], &budget).unwrap();
     let queue = Arc::clone(storage.queue("cloud").unwrap());
     let keys = tempfile::tempdir().unwrap();
+    let link = Arc::new(crate::bridge::LinkStatus::new(
+        "cloud",
+        "127.0.0.1:8883".to_owned(),
+    ));
     let state = State {
         broker: Broker::new(
             &crate::config::SessionSettings::default(),
@@ -155,10 +160,20 @@ async fn each_bridge_queue_is_read_at_scrape_time() {
         storage: storage.health(),
         queues: vec![Arc::clone(&queue)],
         refusals: vec![Arc::new(Refusals::new("cloud"))],
+        links: vec![Arc::clone(&link)],
     };
     let exposition = Exposition::new(&Metrics::default(), state);
     let depth = "jwtgate_bridge_queue_messages{bridge=\"cloud\"}";
-    assert_eq!(sample(&exposition.render(), depth), Some(0.0));
+    let connected = "jwtgate_bridge_connected{bridge=\"cloud\"}";
+    let oldest = "jwtgate_bridge_queue_oldest_seconds{bridge=\"cloud\"}";
+    let text = exposition.render();
+    assert_eq!(sample(&text, depth), Some(0.0));
+    assert_eq!(sample(&text, connected), Some(0.0));
+    assert_eq!(sample(&text, oldest), Some(0.0));
+    link.connected();
+    assert_eq!(sample(&exposition.render(), connected), Some(1.0));
+    link.failed("tcp", "TCP: connection refused".to_owned());
+    assert_eq!(sample(&exposition.render(), connected), Some(0.0));
     // Every refusal reason is there from the start.
     for reason in crate::bridge::Refusal::ALL {
         let name = format!(
@@ -193,5 +208,28 @@ async fn each_bridge_queue_is_read_at_scrape_time() {
         ),
         Some(0.0)
     );
+    // The oldest message's wait grows at each scrape until it is gone.
+    let waited = sample(&text, oldest).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let later = sample(&exposition.render(), oldest).unwrap();
+    assert!(later >= waited + 0.015, "{waited} then {later}");
+    queue.acked(vec![1]);
+    storage.flush().await;
+    assert_eq!(sample(&exposition.render(), oldest), Some(0.0));
     storage.close();
+}
+
+#[test]
+fn the_oldest_wait_is_zero_for_none_and_for_a_clock_set_back() {
+    use std::time::{Duration, SystemTime};
+    let now = SystemTime::now();
+    assert_eq!(bridges::oldest_seconds(None, now), 0.0);
+    assert_eq!(
+        bridges::oldest_seconds(Some(now - Duration::from_millis(2500)), now),
+        2.5
+    );
+    assert_eq!(
+        bridges::oldest_seconds(Some(now + Duration::from_secs(60)), now),
+        0.0
+    );
 }
