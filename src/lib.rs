@@ -54,6 +54,9 @@
 //! - [`metrics`] counts what happens (connections, CONNECT outcomes,
 //!   packets, bytes, refusals, reloads) and serves it, with the state of
 //!   keys, routing core and bridges, to Prometheus on `[metrics] listen`.
+//! - [`sys`] publishes Mosquitto's `$SYS/broker/...` figures (and
+//!   jwtgate's own) as retained messages every `[sys] interval_secs`, for
+//!   tokens granted `$SYS/#`; no client may publish under `$`.
 //! - [`provision`], the only part that talks to the identity provider, backs `jwtgate-provision`.
 //!
 //! The `jwtgate` binary is a thin command-line layer over this library.
@@ -85,5 +88,6 @@ pub mod provision;
 pub mod readiness;
 pub mod reload;
 pub mod storage;
+pub mod sys;
 pub mod tls;
 pub mod token;

@@ -70,6 +70,8 @@ pub struct Gateway {
     websocket: Option<(TcpListener, Arc<websocket::Policy>)>,
     /// The figures' owners, for what reports on them besides `/metrics`.
     state: metrics::State,
+    /// `[sys] interval_secs`: how often `$SYS` figures go out, if at all.
+    sys: Option<Duration>,
 }
 
 impl Gateway {
@@ -219,6 +221,7 @@ impl Gateway {
             metrics,
             websocket,
             state,
+            sys: config.sys.interval,
         })
     }
 
@@ -282,9 +285,19 @@ impl Gateway {
             stop_bridges,
             metrics,
             websocket,
+            state,
+            sys,
             ..
         } = self;
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        if let Some(interval) = sys {
+            tokio::spawn(crate::sys::serve(
+                Arc::clone(&shared.metrics),
+                state.clone(),
+                interval,
+                stopped.clone(),
+            ));
+        }
         if let Some((listener, exposition)) = metrics {
             tokio::spawn(metrics::endpoint::serve(
                 listener,
