@@ -57,6 +57,9 @@
 //! - [`sys`] publishes Mosquitto's `$SYS/broker/...` figures (and
 //!   jwtgate's own) as retained messages every `[sys] interval_secs`, for
 //!   tokens granted `$SYS/#`; no client may publish under `$`.
+//! - [`admin`] is the admin socket (`jwtgate status`, `sessions`,
+//!   `disconnect`): its request and answer, the socket, the commands'
+//!   client side and tables; the gateway provides what it serves.
 //! - [`provision`], the only part that talks to the identity provider, backs `jwtgate-provision`.
 //!
 //! The `jwtgate` binary is a thin command-line layer over this library.
@@ -70,6 +73,7 @@
 //! `#[allow]` and a comment saying why they cannot fail.
 
 pub mod acl;
+pub mod admin;
 pub mod bridge;
 pub mod broker;
 pub mod check;

@@ -10,16 +10,24 @@
 //! - `jwtgate check TOKEN` says offline whether the gateway would accept a
 //!   token, and why (not).
 //!
+//! - `jwtgate status`, `jwtgate sessions [--subject S] [--client-id C]` and
+//!   `jwtgate disconnect --client-id C | --subject S [--discard-session]`
+//!   ask the running gateway over its admin socket; a table, or `--json`.
+//!   A gateway that does not answer, or a socket the caller may not open,
+//!   is one line on stderr and exit status 2.
+//!
 //! `mint` and `check` print their answer only: their log goes to stderr at
 //! `warn` unless `-v` (`RUST_LOG` overrides either). Where the log goes
 //! and how it looks is [`jwtgate::logging`]'s choice.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use jwtgate::admin::protocol::{Answer, Filter, Request};
+use jwtgate::admin::{client, render};
 use jwtgate::config::{Config, LogFormat};
 use jwtgate::firstrun;
 use jwtgate::gateway::Gateway;
@@ -65,7 +73,8 @@ enum Command {
         /// Once the MQTT listener (and the metrics listener, when
         /// `[metrics] listen` is set) is bound, write the bound addresses
         /// to this file, one a line: `mqtt=127.0.0.1:40123`, then
-        /// `metrics=127.0.0.1:40124` when metrics are on. Written to a
+        /// `metrics=127.0.0.1:40124` when metrics are on, `websocket=...`
+        /// likewise, and `admin=PATH` for the admin socket. Written to a
         /// temporary file next to it and renamed into place, so it never
         /// holds half of that; an existing file is removed at start. With
         /// port 0 (`--listen 127.0.0.1:0`), this is how to learn the port.
@@ -98,6 +107,48 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Ask the running gateway how it is: listeners, connections, sessions,
+    /// message rates, memory, keys, bridges, storage, last reload.
+    #[command(after_help = "Examples:\n  jwtgate status\n  jwtgate status --json | jq .bridges")]
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// List live and parked sessions.
+    #[command(
+        after_help = "Examples:\n  jwtgate sessions\n  jwtgate sessions --subject thermostat-3 --json"
+    )]
+    Sessions {
+        /// Only this token subject's.
+        #[arg(long, value_name = "SUB")]
+        subject: Option<String>,
+        /// Only this client id's.
+        #[arg(long, value_name = "ID")]
+        client_id: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// End matching connections now (MQTT 5 clients get DISCONNECT 0x98,
+    /// administrative action). The device may connect again; to keep it
+    /// out, add its token to the deny list (keys/revoked).
+    #[command(
+        after_help = "Examples:\n  jwtgate disconnect --client-id thermostat-3\n  jwtgate disconnect --subject thermostat-3 --discard-session"
+    )]
+    Disconnect {
+        /// The client id to end.
+        #[arg(long, value_name = "ID", required_unless_present = "subject")]
+        client_id: Option<String>,
+        /// Every session of this token subject (with --client-id: only
+        /// that one).
+        #[arg(long, value_name = "SUB")]
+        subject: Option<String>,
+        /// Also discard the sessions (subscriptions, queued messages),
+        /// parked ones included, instead of parking them.
+        #[arg(long)]
+        discard_session: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Print an HS256 token signed with a secret from the keys directory.
     #[command(
         after_help = "Example:\n  TOKEN=$(jwtgate mint --sub thermostat-1a --topics temperature,config --ttl 1h)"
@@ -127,6 +178,22 @@ enum Command {
     },
 }
 
+/// Where the admin commands find the gateway.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// The gateway's admin socket (default: the config's `[admin] socket`
+    /// with `--config`, else ./state/admin.sock if there, else
+    /// /run/jwtgate/admin.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Config file, for its `[admin] socket`.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Print the gateway's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_format = cli.log_format;
@@ -147,6 +214,35 @@ fn main() -> ExitCode {
             listen,
             ready_file,
         } => serve(config, listen, ready_file.as_deref(), log_format),
+        Command::Status { target } => {
+            init_tool_logging(log_format, false);
+            return admin_command(&target, Request::Status);
+        }
+        Command::Sessions {
+            subject,
+            client_id,
+            target,
+        } => {
+            init_tool_logging(log_format, false);
+            let filter = Filter { subject, client_id };
+            return admin_command(&target, Request::Sessions { filter });
+        }
+        Command::Disconnect {
+            client_id,
+            subject,
+            discard_session,
+            target,
+        } => {
+            init_tool_logging(log_format, false);
+            let filter = Filter { subject, client_id };
+            return admin_command(
+                &target,
+                Request::Disconnect {
+                    filter,
+                    discard_session,
+                },
+            );
+        }
         Command::Mint {
             sub,
             topics,
@@ -167,6 +263,52 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Asks the gateway and prints its answer. Exit status 2 when it could
+/// not be asked, or refused.
+fn admin_command(target: &AdminTarget, request: Request) -> ExitCode {
+    let asked = target
+        .config
+        .as_deref()
+        .map(Config::load)
+        .transpose()
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let socket =
+                client::socket_path(target.socket.as_deref(), config.as_ref().map(|c| &c.admin))
+                    .map_err(|e| e.to_string())?;
+            client::ask(&socket, &request).map_err(|e| e.to_string())
+        });
+    let answer = match asked {
+        Ok(answer) => answer,
+        Err(message) => {
+            eprintln!("jwtgate: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = match (&answer, target.json) {
+        (Answer::Status(status), false) => render::status(status),
+        (Answer::Sessions(rows), false) => render::sessions(rows),
+        (Answer::Disconnected(done), false) => render::disconnected(done),
+        (Answer::Status(status), true) => json(status),
+        (Answer::Sessions(rows), true) => json(rows),
+        (Answer::Disconnected(done), true) => json(done),
+        (Answer::Error(why), _) => {
+            eprintln!("jwtgate: the gateway refused: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    // A reader that stopped early (`| head`) wanted no more.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// `--json`: the answer's object, as the gateway sent it, pretty.
+fn json(value: &impl serde::Serialize) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// `mint` and `check` answer on stdout; their log is for trouble
@@ -226,9 +368,13 @@ fn serve(
         // a TLS connection made now is served.
         if let Some(path) = ready_file {
             let lines = [
-                ("mqtt", Some(addr)),
-                ("metrics", gateway.metrics_addr()),
-                ("websocket", gateway.websocket_addr()),
+                ("mqtt", Some(addr.to_string())),
+                ("metrics", gateway.metrics_addr().map(|a| a.to_string())),
+                ("websocket", gateway.websocket_addr().map(|a| a.to_string())),
+                (
+                    "admin",
+                    gateway.admin_socket().map(|p| p.display().to_string()),
+                ),
             ];
             write_ready_file(path, &lines)?;
         }
@@ -260,16 +406,14 @@ fn remove_stale_ready_file(path: &Path) -> Result<(), String> {
 }
 
 /// Writes the bound addresses to `path` (`mqtt=ADDR`, then `metrics=ADDR`
-/// and `websocket=ADDR` for the listeners that are on), through
+/// and `websocket=ADDR` for the listeners that are on, and `admin=PATH`
+/// for the admin socket), through
 /// `.NAME.tmp` next to it renamed into place: a reader sees no file or the
 /// whole of it.
-fn write_ready_file(
-    path: &Path,
-    lines: &[(&str, Option<std::net::SocketAddr>)],
-) -> Result<(), String> {
+fn write_ready_file(path: &Path, lines: &[(&str, Option<String>)]) -> Result<(), String> {
     let text: String = lines
         .iter()
-        .filter_map(|(name, addr)| addr.map(|addr| format!("{name}={addr}\n")))
+        .filter_map(|(name, value)| value.as_ref().map(|value| format!("{name}={value}\n")))
         .collect();
     let name = path
         .file_name()

@@ -23,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
@@ -51,6 +51,19 @@ pub struct Reloader {
     policy: Policy,
     /// The warnings last logged, so a reload logs only what is new.
     warned: Mutex<Vec<PolicyWarning>>,
+    /// The last reload's outcome, for `jwtgate status`.
+    last: Mutex<Option<LastReload>>,
+}
+
+/// How the last reload went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastReload {
+    pub at: SystemTime,
+    /// Every file read and put in force.
+    pub ok: bool,
+    /// The first thing that went wrong, when something did: what was
+    /// left out (and kept from before), or why nothing was loaded.
+    pub problem: Option<String>,
 }
 
 impl Reloader {
@@ -64,6 +77,7 @@ impl Reloader {
         Reloader {
             policy,
             warned: Mutex::default(),
+            last: Mutex::default(),
             keys,
             certs,
             tls,
@@ -76,24 +90,40 @@ impl Reloader {
     /// connection to re-check its token. A failure leaves the material in
     /// force untouched.
     pub fn reload(&self) {
-        match self.keys.reload() {
+        let mut problem = match self.keys.reload() {
             Ok(report) => {
                 report.log();
                 self.metrics.key_reload(report.issues.is_empty());
                 self.warn_about_policy();
+                report.issues.first().map(ToString::to_string)
             }
             Err(e) => {
                 error!(error = %e, "key reload failed; the keys in force are kept");
                 self.metrics.key_reload(false);
+                Some(e.to_string())
             }
-        }
+        };
         match self.certs.reload(&self.tls.cert, &self.tls.key) {
             Ok(()) => debug!(cert = %self.tls.cert.display(), "server certificate loaded"),
             Err(e) => {
                 error!(error = %e, "TLS reload failed; the certificate in force is kept");
+                problem.get_or_insert_with(|| e.to_string());
             }
         }
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(LastReload {
+            at: SystemTime::now(),
+            ok: problem.is_none(),
+            problem,
+        });
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// How the last reload since start went; `None` before the first.
+    pub fn last_reload(&self) -> Option<LastReload> {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Logs what is unsafe about the policy with the keys now in force, once

@@ -312,10 +312,18 @@ impl Broker {
 
     /// A parked session's expiry has come.
     fn expire(&self, session: &Arc<Session>) {
-        if self.unregister(session, true) {
-            info!(session = %session.key(), "session expired");
-            self.retire(session);
+        self.end_parked(session, "its expiry came");
+    }
+
+    /// Ends `session` if it is still the parked one registered, saying
+    /// `why`; false when a connection holds it or it is gone.
+    pub(super) fn end_parked(&self, session: &Arc<Session>, why: &str) -> bool {
+        if !self.unregister(session, true) {
+            return false;
         }
+        info!(session = %session.key(), why, "parked session ended");
+        self.retire(session);
+        true
     }
 
     /// Ends a session for good: out of the registry, the index and the

@@ -67,7 +67,7 @@ mod sessions;
 mod sys;
 mod websocket;
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, DEFAULT_SOCKET as DEFAULT_ADMIN_SOCKET};
 pub use auth::{AuthConfig, ClientIdBinding, DenyPublish};
 pub use bridge::{
     BridgeConfig, ClientCert, Credential, ForwardRule, Protocol, Remote, SubscribeRule, Transport,

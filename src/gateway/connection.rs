@@ -51,6 +51,7 @@ use super::codec::{Codec, CodecError, Inbound, sniff_version};
 use super::pending::Pending;
 use super::session::{self, Timers};
 use super::shared::Shared;
+use super::takeover::Live;
 use super::wire::Wire;
 use crate::acl::Grants;
 use crate::broker::{Properties, Publication, SessionKey, Will};
@@ -373,6 +374,12 @@ pub(crate) async fn serve<S>(
         "client connected"
     );
     shared.metrics.connect(ConnectOutcome::Accepted);
+    claim.go_live(Live::new(
+        peer.addr,
+        peer.transport,
+        version,
+        token.expires_at,
+    ));
     let _connected = shared.metrics.connected(version, peer.transport);
     let resumed = attached.present;
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));

@@ -35,6 +35,7 @@
 mod authenticate;
 mod client;
 mod codec;
+mod control;
 // Crate-visible, like the few items in them marked so, for the
 // `mqtt_session` fuzz harness (`crate::fuzz`), which serves a connection
 // over an in-memory stream; not part of the gateway's API.

@@ -12,13 +12,15 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use super::client::ProtocolViolation;
+use super::control::GatewayControl;
 use super::listener::{self, Serves};
 use super::pending::Strangers;
 use super::shared::Shared;
 use super::websocket;
+use crate::admin::{self, server::AdminSocket};
 use crate::bridge;
 use crate::broker::{Broker, Budget, Quotas};
-use crate::config::Config;
+use crate::config::{AdminConfig, Config};
 use crate::keys::{KeyDirError, KeyStore};
 use crate::metrics::{self, Exposition, Metrics};
 use crate::reload::{self, Reloader};
@@ -50,6 +52,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("[admin] socket: {0}")]
+    Admin(#[from] admin::server::BindError),
 }
 
 /// A bound, not yet running, gateway.
@@ -70,6 +74,8 @@ pub struct Gateway {
     websocket: Option<(TcpListener, Arc<websocket::Policy>)>,
     /// The figures' owners, for what reports on them besides `/metrics`.
     state: metrics::State,
+    /// `[admin] socket`, bound.
+    admin: Option<AdminSocket>,
     /// `[sys] interval_secs`: how often `$SYS` figures go out, if at all.
     sys: Option<Duration>,
 }
@@ -136,12 +142,14 @@ impl Gateway {
         // run drains while the listener comes up.
         let (stop_bridges, bridges_stopped) = tokio::sync::watch::channel(false);
         let refusals = bridge::refusals(&config.bridges);
+        let links = bridge::link_statuses(&config.bridges);
         let bridges = bridge::start(
             &config.bridges,
             &storage,
             &broker,
             &config.limits.topics,
             &refusals,
+            &links,
             &bridges_stopped,
         );
         let state = metrics::State {
@@ -154,6 +162,7 @@ impl Gateway {
                 .filter_map(|bridge| storage.queue(&bridge.name).cloned())
                 .collect(),
             refusals,
+            links,
         };
         let exposition = Arc::new(Exposition::new(&metrics, state.clone()));
         let shared = Shared {
@@ -202,6 +211,7 @@ impl Gateway {
             )),
             None => None,
         };
+        let admin = bind_admin(&config.admin)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -221,6 +231,7 @@ impl Gateway {
             metrics,
             websocket,
             state,
+            admin,
             sys: config.sys.interval,
         })
     }
@@ -243,6 +254,11 @@ impl Gateway {
         self.metrics
             .as_ref()
             .and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
+    /// The admin socket's path, when it is bound.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin.as_ref().map(AdminSocket::path)
     }
 
     /// The key store connections verify against.
@@ -285,9 +301,10 @@ impl Gateway {
             stop_bridges,
             metrics,
             websocket,
+            reloader,
             state,
+            admin,
             sys,
-            ..
         } = self;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         if let Some(interval) = sys {
@@ -297,6 +314,32 @@ impl Gateway {
                 interval,
                 stopped.clone(),
             ));
+        }
+        if let Some(admin) = admin {
+            let mut listeners = std::collections::BTreeMap::new();
+            for (name, addr) in [
+                ("mqtt", listener.local_addr().ok()),
+                (
+                    "websocket",
+                    websocket.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+                ),
+                (
+                    "metrics",
+                    metrics.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+                ),
+            ] {
+                if let Some(addr) = addr {
+                    listeners.insert(name.to_owned(), addr.to_string());
+                }
+            }
+            let control = Arc::new(GatewayControl::new(
+                Arc::clone(&shared),
+                state,
+                reloader,
+                listeners,
+            ));
+            tokio::spawn(Arc::clone(&control).sample(stopped.clone()));
+            tokio::spawn(admin.serve(control, stopped.clone()));
         }
         if let Some((listener, exposition)) = metrics {
             tokio::spawn(metrics::endpoint::serve(
@@ -387,6 +430,27 @@ impl Gateway {
         if closed.is_err() {
             error!("storage: closing the database failed; the last changes may be lost");
         }
+    }
+}
+
+/// Binds `[admin] socket`. The default path only exists under the
+/// packaged unit (`/run/jwtgate`), so a gateway started elsewhere from a
+/// config file that does not name one goes without, and says so; a path
+/// the operator chose must work.
+fn bind_admin(config: &AdminConfig) -> Result<Option<AdminSocket>, StartError> {
+    let Some(path) = &config.socket else {
+        return Ok(None);
+    };
+    match AdminSocket::bind(path) {
+        Ok(socket) => {
+            info!(socket = %path.display(), "admin socket ready (jwtgate status, sessions, disconnect)");
+            Ok(Some(socket))
+        }
+        Err(e) if !config.explicit => {
+            warn!(error = %e, "no admin socket: jwtgate status, sessions and disconnect will not reach this gateway; set [admin] socket to a path it can create");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

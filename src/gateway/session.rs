@@ -38,7 +38,7 @@ use super::client::{Client, Ending, WRITE_BATCH};
 use super::codec::auth;
 use super::quiet::Kind;
 use super::shared::Shared;
-use super::takeover::Claim;
+use super::takeover::{Claim, Kicked};
 use super::wire::{Progress, Wire};
 use crate::broker::{Broker, Pending};
 use crate::metrics::{ConnectOutcome, Metrics};
@@ -89,7 +89,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         return ending;
     }
     loop {
-        if let Some(ending) = reauthenticate(client, wire, shared, expiry.as_mut()) {
+        if let Some(ending) = reauthenticate(client, wire, shared, claim, expiry.as_mut()) {
             return ending;
         }
         if let Some(ending) = client.pump(&mut wire.output) {
@@ -115,7 +115,10 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             _ = shutdown.changed() => return Ending::Shutdown,
-            () = claim.taken_over() => return Ending::TakenOver,
+            kicked = claim.kicked() => return match kicked {
+                Kicked::TakenOver => Ending::TakenOver,
+                Kicked::Administrative { discard_session } => Ending::Administrative { discard_session },
+            },
             () = &mut expiry => return Ending::TokenExpired,
             () = &mut idle => return Ending::KeepAliveTimeout,
             () = &mut stalled, if renew_at.is_some() => return Ending::WriteStalled,
@@ -177,6 +180,7 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut Client,
     wire: &mut Wire<S>,
     shared: &Shared,
+    claim: &Claim,
     mut expiry: Pin<&mut Sleep>,
 ) -> Option<Ending> {
     while let Some(token) = client.take_reauth() {
@@ -241,6 +245,7 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
         expiry
             .as_mut()
             .reset(deadline_or_far(authenticated.deadline(shared.leeway)));
+        claim.renewed(authenticated.token.expires_at);
         client.reauthenticated(
             authenticated.grants,
             authenticated.credential,

@@ -164,6 +164,11 @@ impl KeySet {
             .is_some_and(|in_force| Arc::ptr_eq(in_force, key))
     }
 
+    /// When the file `key` came from was last modified, as loaded.
+    pub fn modified(&self, key: &Key) -> Option<SystemTime> {
+        self.files.get(key.source()).map(|file| file.modified)
+    }
+
     /// The deny list loaded with these keys.
     pub fn deny_list(&self) -> &DenyList {
         &self.deny

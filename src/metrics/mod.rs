@@ -16,14 +16,16 @@
 //! - **State**, read from its owner at scrape time by [`State`]: the keys
 //!   loaded, the routing core's losses (slow subscribers, expiry, size,
 //!   memory budget), whether the durable store's commits work (a full
-//!   disk, failed commits), each uplink bridge's queue (depth, bytes,
-//!   drops) and what each bridge refused of what its remote sent (by
-//!   reason, from [`crate::bridge::Refusals`]).
+//!   disk, failed commits), each uplink bridge's link state (connected or
+//!   not, from [`crate::bridge::LinkStatus`]), its queue (depth, bytes,
+//!   drops, the age of the oldest message) and what each bridge refused of
+//!   what its remote sent (by reason, from [`crate::bridge::Refusals`]).
 //!
 //! [`Exposition`] joins both in one registry and renders the Prometheus
 //! text format; [`endpoint`] serves it on `[metrics] listen`. The README
 //! ("Metrics") lists every name.
 
+mod bridges;
 pub mod endpoint;
 mod figures;
 
@@ -34,18 +36,17 @@ use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
-use crate::bridge::Refusals;
+use crate::bridge::{LinkStatus, Refusals};
 use crate::broker::Broker;
 use crate::keys::KeyStore;
 use crate::mqtt::QoS;
 use crate::mqtt::{Transport, Version};
-use crate::storage::{Health, Queue, QueueSnapshot};
+use crate::storage::{Health, Queue};
 use crate::token::TokenError;
 
 /// One label, `name="value"`: every family here but the bridges'
@@ -207,6 +208,21 @@ impl Metrics {
         Traffic {
             received: self.bytes_received.clone(),
             sent: self.bytes_sent.clone(),
+        }
+    }
+
+    /// The counters now. Each is read on its own, so two read during a
+    /// burst may be a few events apart.
+    pub fn figures(&self) -> Figures {
+        // A gauge counts open connections and never goes below zero.
+        let gauge = |g: &Gauge| g.get().max(0).unsigned_abs();
+        Figures {
+            connections_by_version: self.connections_by_version.each_ref().map(gauge),
+            connections_by_transport: self.connections_by_transport.each_ref().map(gauge),
+            received: self.received_by_qos.iter().map(|c| c.get()).sum(),
+            delivered: self.delivered_by_qos.iter().map(|c| c.get()).sum(),
+            bytes_received: self.bytes_received.get(),
+            bytes_sent: self.bytes_sent.get(),
         }
     }
 
@@ -522,12 +538,14 @@ pub enum SessionEnd {
     /// An MQTT 3.1.1 client's message could not be kept (a full disk),
     /// which its ack cannot say.
     NotKept,
+    /// An operator's `jwtgate disconnect`.
+    Administrative,
 }
 
 impl SessionEnd {
     /// Every reason, so each label is exported from the start at zero (a
     /// variant added above belongs here too).
-    const ALL: [SessionEnd; 13] = [
+    const ALL: [SessionEnd; 14] = [
         SessionEnd::Client,
         SessionEnd::Vanished,
         SessionEnd::ProtocolError,
@@ -541,6 +559,7 @@ impl SessionEnd {
         SessionEnd::WriteStalled,
         SessionEnd::ReauthRefused,
         SessionEnd::NotKept,
+        SessionEnd::Administrative,
     ];
 
     fn as_str(self) -> &'static str {
@@ -558,6 +577,7 @@ impl SessionEnd {
             SessionEnd::WriteStalled => "write_stalled",
             SessionEnd::ReauthRefused => "reauth_refused",
             SessionEnd::NotKept => "not_kept",
+            SessionEnd::Administrative => "administrative",
         }
     }
 }
@@ -574,6 +594,8 @@ pub struct State {
     pub queues: Vec<Arc<Queue>>,
     /// What each bridge did not route of what its remote sent.
     pub refusals: Vec<Arc<Refusals>>,
+    /// Where each bridge's link stands (connected, connecting, down).
+    pub links: Vec<Arc<LinkStatus>>,
 }
 
 impl fmt::Debug for State {
@@ -646,60 +668,7 @@ impl Collector for State {
                 counter.metric_type(),
             )?)?;
         }
-        // A family with no member would still print its header.
-        if !self.refusals.is_empty() {
-            let mut family = encoder.encode_descriptor(
-                "jwtgate_bridge_refused",
-                "Messages from a bridge's remote not routed locally, by reason (topic_levels, topic_bytes: over [limits] max_topic_levels/max_topic_bytes; invalid_topic; unmapped: no subscribe rule matches); each was acknowledged to the remote",
-                None,
-                MetricType::Counter,
-            )?;
-            for refusals in &self.refusals {
-                for (refusal, count) in refusals.snapshot() {
-                    let labels = [("bridge", refusals.name()), ("reason", refusal.as_str())];
-                    ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        if self.queues.is_empty() {
-            return Ok(());
-        }
-        let snapshots: Vec<_> = self
-            .queues
-            .iter()
-            .map(|q| (q.name(), q.snapshot()))
-            .collect();
-        for (name, help, kind, value) in [
-            (
-                "jwtgate_bridge_queue_messages",
-                "Messages queued for a bridge's remote, not yet acknowledged",
-                MetricType::Gauge,
-                (|s: &QueueSnapshot| s.messages) as fn(&QueueSnapshot) -> u64,
-            ),
-            (
-                "jwtgate_bridge_queue_bytes",
-                "Bytes those messages take, against the bridge's max_queue_bytes",
-                MetricType::Gauge,
-                |s| s.bytes,
-            ),
-            (
-                "jwtgate_bridge_queue_dropped",
-                "Messages a bridge's queue budget dropped (oldest first)",
-                MetricType::Counter,
-                |s| s.dropped,
-            ),
-        ] {
-            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-            for (bridge, snapshot) in &snapshots {
-                let label = [("bridge", *bridge)];
-                let labelled = family.encode_family(&label)?;
-                match kind {
-                    MetricType::Counter => ConstCounter::new(value(snapshot)).encode(labelled)?,
-                    _ => ConstGauge::new(saturating_i64(value(snapshot))).encode(labelled)?,
-                }
-            }
-        }
-        Ok(())
+        bridges::encode(&self.links, &self.refusals, &self.queues, &mut encoder)
     }
 }
 

@@ -61,6 +61,7 @@
 
 pub mod checks;
 pub mod mosquitto;
+pub mod programs;
 pub mod raw5;
 pub mod relay;
 pub mod scrape;
@@ -1904,8 +1905,8 @@ impl Memory {
 }
 
 /// What `jwtgate serve --ready-file FILE` reported: the addresses its
-/// listeners are bound to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// listeners are bound to, and its admin socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ready {
     /// The MQTT (TLS) listener (`mqtt=`).
     pub mqtt: SocketAddr,
@@ -1914,6 +1915,8 @@ pub struct Ready {
     /// The WebSocket listener (`websocket=`), when `[websocket] listen` is
     /// set.
     pub websocket: Option<SocketAddr>,
+    /// The admin socket (`admin=`), when it is bound.
+    pub admin: Option<PathBuf>,
 }
 
 impl Ready {
@@ -1923,9 +1926,14 @@ impl Ready {
         let mut mqtt = None;
         let mut metrics = None;
         let mut websocket = None;
+        let mut admin = None;
         for line in text.lines().filter(|line| !line.trim().is_empty()) {
-            let (key, addr) = line.split_once('=')?;
-            let addr: SocketAddr = addr.trim().parse().ok()?;
+            let (key, value) = line.split_once('=')?;
+            if key.trim() == "admin" {
+                admin = Some(PathBuf::from(value.trim()));
+                continue;
+            }
+            let addr: SocketAddr = value.trim().parse().ok()?;
             match key.trim() {
                 "mqtt" => mqtt = Some(addr),
                 "metrics" => metrics = Some(addr),
@@ -1937,6 +1945,7 @@ impl Ready {
             mqtt: mqtt?,
             metrics,
             websocket,
+            admin,
         })
     }
 }
@@ -2089,7 +2098,7 @@ impl ServedBinary {
 
     /// The addresses the running process reported.
     pub fn ready(&self) -> Ready {
-        self.ready
+        self.ready.clone()
     }
 
     /// The MQTT listener's address.
@@ -2225,6 +2234,7 @@ impl DevBinary {
             &config,
             format!(
                 "[tls]\ncert = \"keys/tls/server.crt\"\nkey = \"keys/tls/server.key\"\n\n\
+                 [admin]\nsocket = \"state/admin.sock\"\n\n\
                  [auth]\nkeys_dir = \"keys\"\n{auth}\n{extra}"
             ),
         )

@@ -29,6 +29,11 @@ pub(crate) enum Ending {
     KeepAliveTimeout,
     TokenExpired,
     TakenOver,
+    /// An operator ended it (`jwtgate disconnect`); with `discard_session`
+    /// the session ends too, else a persistent one is parked as usual.
+    Administrative {
+        discard_session: bool,
+    },
     Shutdown,
     /// After a reload the token no longer verifies: its key was removed or
     /// replaced, or the deny list names it.
@@ -73,6 +78,7 @@ impl Ending {
             // connection's.
             Ending::TokenExpired => Some(DisconnectReasonCode::MaximumConnectTime),
             Ending::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
+            Ending::Administrative { .. } => Some(DisconnectReasonCode::AdministrativeAction),
             Ending::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
             Ending::PublishDenied | Ending::Revoked(_) => Some(DisconnectReasonCode::NotAuthorized),
             Ending::SlowSubscriber | Ending::NotKept(CommitError::Full) => {
@@ -91,7 +97,10 @@ impl Ending {
             | Ending::Shutdown
             | Ending::Revoked(_)
             | Ending::ReauthRefused { .. } => false,
-            Ending::Vanished
+            // The device did not say goodbye: whoever watches its will
+            // learns that it is gone, as when its link drops.
+            Ending::Administrative { .. }
+            | Ending::Vanished
             | Ending::Protocol(..)
             | Ending::KeepAliveTimeout
             | Ending::TokenExpired
@@ -111,6 +120,7 @@ impl Ending {
             Ending::KeepAliveTimeout => SessionEnd::KeepAliveTimeout,
             Ending::TokenExpired => SessionEnd::TokenExpired,
             Ending::TakenOver => SessionEnd::TakenOver,
+            Ending::Administrative { .. } => SessionEnd::Administrative,
             Ending::Shutdown => SessionEnd::Shutdown,
             Ending::Revoked(_) => SessionEnd::Revoked,
             Ending::PublishDenied => SessionEnd::PublishDenied,
@@ -129,6 +139,14 @@ impl Ending {
                 "the session's queue is full and the client does not read it fast enough".into(),
             ),
             Ending::NotKept(err) => Some(format!("what the client sent could not be kept: {err}")),
+            Ending::Administrative { discard_session } => Some(
+                if *discard_session {
+                    "ended by an operator (jwtgate disconnect), its session discarded"
+                } else {
+                    "ended by an operator (jwtgate disconnect)"
+                }
+                .to_owned(),
+            ),
             _ => None,
         }
     }

@@ -372,7 +372,13 @@ impl Client {
         } else {
             None
         };
+        let expiry = match ending {
+            Ending::Administrative {
+                discard_session: true,
+            } => Duration::ZERO,
+            _ => self.session_expiry,
+        };
         self.broker
-            .detach(self.session, self.inflight, self.session_expiry, will);
+            .detach(self.session, self.inflight, expiry, will);
     }
 }
