@@ -6,8 +6,9 @@
 //! - Into a file or a pipe: the same lines without colour.
 //! - Into the journal (systemd's `JOURNAL_STREAM` names stderr's device
 //!   and inode): the gateway writes native journal entries (priority per
-//!   level, `MESSAGE`, and each event field as a journal field: `SUB`,
-//!   `CLIENT_ID`, `OUTCOME`...), unless `--log-format` asked for lines.
+//!   level, `MESSAGE` as a terminal's line would read, and each event
+//!   field as a journal field: `SUB`, `CLIENT_ID`, `OUTCOME`...; see
+//!   `journal`), unless `--log-format` asked for lines.
 //!   Lines that go to the journal (the tools', an explicit format's, or
 //!   the gateway's when journald's socket cannot be reached) carry no
 //!   timestamp, since journald stamps each entry, and start with a
@@ -19,9 +20,9 @@ use std::fmt;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
-use tracing::{Event, Level, Subscriber};
-use tracing_journald::{Priority, PriorityMappings};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, MakeWriter};
@@ -29,6 +30,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::{LookupSpan, Registry};
 
 use crate::config::LogFormat;
+
+mod journal;
+
+use journal::Journal;
+pub use journal::priority;
 
 /// Who is logging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,29 +149,6 @@ pub fn identity(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u64, u64)> {
     Some((meta.dev(), meta.ino()))
 }
 
-/// The syslog priority of a level: `<3>` error, `<4>` warning, `<6>` info,
-/// `<7>` debug and trace, as `journalctl -p` filters them.
-pub fn priority(level: Level) -> u8 {
-    match level {
-        Level::ERROR => 3,
-        Level::WARN => 4,
-        Level::INFO => 6,
-        _ => 7,
-    }
-}
-
-/// The same priorities for tracing-journald, whose default gives info
-/// `5` (notice): jwtgate's info lines are routine.
-fn priority_mappings() -> PriorityMappings {
-    PriorityMappings {
-        error: Priority::Error,
-        warn: Priority::Warning,
-        info: Priority::Informational,
-        debug: Priority::Debug,
-        trace: Priority::Debug,
-    }
-}
-
 /// Sets the process's logger to stderr (or journald) as [`choose`] says,
 /// filtered by `RUST_LOG` or else `options.default_filter`. When
 /// journald's socket cannot be reached, logs lines instead and says so
@@ -180,11 +163,8 @@ pub fn init(options: &Options<'_>) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(options.default_filter))
     };
     let (subscriber, fallback) = match sink {
-        Sink::Journald => match tracing_journald::layer() {
+        Sink::Journald => match Journal::connect(Path::new(journal::SOCKET), "jwtgate") {
             Ok(layer) => {
-                let layer = layer
-                    .with_field_prefix(None)
-                    .with_priority_mappings(priority_mappings());
                 let subscriber: Box<dyn Subscriber + Send + Sync> =
                     Box::new(tracing_subscriber::registry().with(filter()).with(layer));
                 (subscriber, None)

@@ -5,6 +5,8 @@ use super::*;
 use std::ffi::OsString;
 use std::sync::{Arc, Mutex};
 
+use tracing::Level;
+
 fn gateway(flag: Option<LogFormat>, config: LogFormat) -> Options<'static> {
     Options {
         flag,
