@@ -8,7 +8,8 @@
 //!   and inode): the gateway writes native journal entries (priority per
 //!   level, `MESSAGE` as a terminal's line would read, and each event
 //!   field as a journal field: `SUB`, `CLIENT_ID`, `OUTCOME`...; see
-//!   `journal`), unless `--log-format` asked for lines.
+//!   `journal`), unless `--log-format` or `[log] format` asked for
+//!   `text` or `json` (the default is `auto`).
 //!   Lines that go to the journal (the tools', an explicit format's, or
 //!   the gateway's when journald's socket cannot be reached) carry no
 //!   timestamp, since journald stamps each entry, and start with a
@@ -51,12 +52,9 @@ pub enum Program {
 /// What the caller knows about how to log.
 #[derive(Debug, Clone, Copy)]
 pub struct Options<'a> {
-    /// `--log-format`, when given: it always wins, and keeps lines even
-    /// when stderr is the journal.
+    /// `--log-format`, when given: it wins over the config.
     pub flag: Option<LogFormat>,
-    /// The config's `[log] format` (text when the config says nothing:
-    /// the two cannot be told apart, so `text` there still lets the
-    /// gateway write native entries to the journal).
+    /// The config's `[log] format` (`auto` when it says nothing).
     pub config: LogFormat,
     /// The filter used when `RUST_LOG` is unset or unreadable.
     pub default_filter: &'a str,
@@ -99,20 +97,16 @@ pub enum Sink {
 }
 
 /// Decides where the log goes: `--log-format` over the config's format;
-/// json stays json; text becomes native journal entries for the gateway
-/// when stderr is the journal and no flag asked for lines; colour only on
+/// json stays json, text stays lines; auto is native journal entries for
+/// the gateway when stderr is the journal, lines otherwise; colour only on
 /// a terminal and without `NO_COLOR`.
 pub fn choose(options: &Options<'_>, stderr: Stderr, no_color: bool) -> Sink {
     match options.flag.unwrap_or(options.config) {
         LogFormat::Json => Sink::Json {
             journal: stderr.journal,
         },
-        LogFormat::Text
-            if stderr.journal && options.flag.is_none() && options.program == Program::Gateway =>
-        {
-            Sink::Journald
-        }
-        LogFormat::Text => Sink::Text {
+        LogFormat::Auto if stderr.journal && options.program == Program::Gateway => Sink::Journald,
+        LogFormat::Auto | LogFormat::Text => Sink::Text {
             colour: stderr.terminal && !no_color,
             journal: stderr.journal,
         },

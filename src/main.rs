@@ -50,9 +50,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log format on stderr: `text`, or `json` (one object per line). For
-    /// `serve`, overrides the config's `[log] format`, and `text` keeps
-    /// lines on stderr even when stderr is the journal.
+    /// Log format: `auto` (native journal entries when stderr is the
+    /// journal, else text lines), `text` (lines, even to the journal), or
+    /// `json` (one object per line). For `serve`, overrides the config's
+    /// `[log] format`.
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
 }

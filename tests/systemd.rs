@@ -162,6 +162,17 @@ fn the_packaged_config_is_valid_and_generates_nothing() {
         "the unit starts the packaged binary with the packaged config"
     );
     assert!(unit.contains("\nStateDirectory=jwtgate\n"));
+    assert_eq!(
+        config.admin.socket.as_deref(),
+        Some(std::path::Path::new("/run/jwtgate/admin.sock")),
+        "the admin socket under the unit's RuntimeDirectory="
+    );
+    assert!(unit.contains("\nRuntimeDirectory=jwtgate\n"));
+    assert_eq!(
+        config.log.format,
+        jwtgate::config::LogFormat::Auto,
+        "native journal entries under the unit"
+    );
 
     // On a machine without the package installed: started as the unit
     // starts it, before keys and certificate exist, it says so and stops.

@@ -217,7 +217,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(&logging::Options {
         flag: None,
-        config: LogFormat::Text,
+        config: LogFormat::Auto,
         default_filter: if cli.verbose { "info" } else { "warn" },
         program: Program::Tool,
     });

@@ -39,14 +39,19 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-/// One line per event either way; `json` for log shippers, with every
-/// field (client id, subject, key id, remote address, outcome, reason) a
-/// key of its own.
+/// How the log looks (see `crate::logging` for where it goes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// What fits where stderr goes: native journal entries when it is the
+    /// journal, text lines otherwise.
     #[default]
+    Auto,
+    /// Text lines, one per event, wherever stderr goes.
     Text,
+    /// One JSON object per line, for log shippers, with every field
+    /// (client id, subject, key id, remote address, outcome, reason) a key
+    /// of its own.
     Json,
 }
 

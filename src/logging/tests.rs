@@ -75,26 +75,36 @@ fn identity_is_the_files_device_and_inode() {
 
 #[test]
 fn the_gateway_writes_native_entries_only_to_the_journal_and_unasked() {
-    let text = gateway(None, LogFormat::Text);
-    assert_eq!(choose(&text, JOURNAL, false), Sink::Journald);
+    let auto = gateway(None, LogFormat::Auto);
+    assert_eq!(choose(&auto, JOURNAL, false), Sink::Journald);
     assert_eq!(
-        choose(&text, FILE, false),
+        choose(&auto, FILE, false),
         Sink::Text {
             colour: false,
             journal: false
         }
     );
-    // --log-format text asks for lines, even on the journal.
+    // text, from the flag or the config, asks for lines, even on the
+    // journal; the flag's auto gives the journal back.
+    for options in [
+        gateway(Some(LogFormat::Text), LogFormat::Auto),
+        gateway(None, LogFormat::Text),
+    ] {
+        assert_eq!(
+            choose(&options, JOURNAL, false),
+            Sink::Text {
+                colour: false,
+                journal: true
+            }
+        );
+    }
     assert_eq!(
         choose(
-            &gateway(Some(LogFormat::Text), LogFormat::Text),
+            &gateway(Some(LogFormat::Auto), LogFormat::Text),
             JOURNAL,
             false
         ),
-        Sink::Text {
-            colour: false,
-            journal: true
-        }
+        Sink::Journald
     );
     // json, from the flag or the config, stays json.
     for options in [
@@ -125,7 +135,7 @@ fn the_gateway_writes_native_entries_only_to_the_journal_and_unasked() {
 fn tools_write_lines_even_to_the_journal() {
     let tool = Options {
         program: Program::Tool,
-        ..gateway(None, LogFormat::Text)
+        ..gateway(None, LogFormat::Auto)
     };
     assert_eq!(
         choose(&tool, JOURNAL, false),
@@ -138,7 +148,7 @@ fn tools_write_lines_even_to_the_journal() {
 
 #[test]
 fn colour_only_on_a_terminal_without_no_color() {
-    let text = gateway(None, LogFormat::Text);
+    let text = gateway(None, LogFormat::Auto);
     let colour = |stderr, no_color| match choose(&text, stderr, no_color) {
         Sink::Text { colour, .. } => colour,
         other => panic!("{other:?}"),

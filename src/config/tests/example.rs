@@ -53,7 +53,7 @@ max_subscription_bytes = 262144  # subscriptions of one session, in bytes; defau
 dir = "state"                    # default "state" next to the config; created if missing
 sync_interval_ms = 1000          # what a power cut may lose; default 1000; 0 forces every commit; at most 60000
 [log]
-format = "text"                  # "text" (default) | "json": one JSON object per line; --log-format overrides
+format = "text"                  # "auto" (default: journal entries when stderr is the journal, else lines) | "text" | "json"; --log-format overrides
 [metrics]                        # Prometheus text format at http://LISTEN/metrics; off by default
 listen = "127.0.0.1:9883"        # a loopback address unless allow_remote = true
 allow_remote = false             # default false
