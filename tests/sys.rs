@@ -4,62 +4,24 @@
 //! granted `$SYS/#` or a part of it, and written by no client.
 //!
 //! The real binary over TLS, read with Mosquitto's own `mosquitto_sub -t
-//! '$SYS/#'` (Debian's `mosquitto-clients`; `stdbuf` from coreutils keeps
-//! its lines coming as they are printed): present with the grant, absent
+//! '$SYS/#'` (`common::programs`): present with the grant, absent
 //! with a grant of `#` or `a/#`, refused on publish and as a will (and the
 //! retained value unchanged), and absent altogether without `[sys]`.
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::programs::{Program, Version, mosquitto_connection, mosquitto_pub, tool};
 use common::scrape::{metrics_port, scrape, value};
 use common::watch::until_own_marker;
-use common::web::ca_file;
-use common::{DevBinary, V4Client, WAIT};
+use common::{DevBinary, V4Client};
 use rumqttc::{ConnectReturnCode, LastWill, QoS, SubscribeReasonCode};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::process::Command;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const VERSION: &str = concat!("jwtgate ", env!("CARGO_PKG_VERSION"));
 const SYS: &str = "[sys]\ninterval_secs = 1\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
-
-/// `name` on `PATH`, or a failure naming the Debian package to install.
-fn tool(name: &str, package: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(name))
-                .find(|candidate| candidate.is_file())
-        })
-        .unwrap_or_else(|| panic!("{name} is not on PATH: install the Debian package `{package}`"))
-}
-
-/// `-h localhost -p PORT --cafile CA -u JWT -P TOKEN -V VERSION -i ID`.
-fn connection(gw: &DevBinary, version: &str, client_id: &str, token: &str) -> Vec<String> {
-    [
-        "-h",
-        "localhost",
-        "-p",
-        &gw.addr().port().to_string(),
-        "--cafile",
-        &ca_file(gw).display().to_string(),
-        "-u",
-        "JWT",
-        "-P",
-        token,
-        "-V",
-        version,
-        "-i",
-        client_id,
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
 
 /// One message as `mosquitto_sub` printed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,71 +32,28 @@ struct Msg {
 }
 
 /// `mosquitto_sub -t FILTER` running beside the test; killed when dropped.
-struct Sub {
-    _child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    /// Everything it printed so far, for failure messages.
-    seen: Vec<String>,
-}
+struct Sub(Program);
 
 impl Sub {
     /// `mosquitto_sub` over MQTT 5 on `filter`, printing
-    /// `MSG|<retain>|<topic>|<payload>` (topics here hold spaces).
+    /// `MSG|<retain>|<topic>|<payload>` (topics here hold spaces, which
+    /// the harness's `MSG <qos> <retain> <topic> <payload>` cannot carry).
     fn start(gw: &DevBinary, client_id: &str, token: &str, filter: &str) -> Sub {
         let mut command = Command::new(tool("stdbuf", "coreutils"));
         command
             .arg("-oL")
             .arg(tool("mosquitto_sub", "mosquitto-clients"))
-            .args(connection(gw, "mqttv5", client_id, token))
-            .args(["-d", "-t", filter, "-F", "MSG|%r|%t|%p"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("spawn mosquitto_sub");
-        let (tx, lines) = mpsc::unbounded_channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        for (reader, prefix) in [
-            (
-                Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                "",
-            ),
-            (Box::new(stderr), "stderr: "),
-        ] {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(reader).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if tx.send(format!("{prefix}{line}")).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Sub {
-            _child: child,
-            lines,
-            seen: Vec::new(),
-        }
+            .args(mosquitto_connection(gw, Version::V5, client_id, token))
+            .args(["-d", "-t", filter, "-F", "MSG|%r|%t|%p"]);
+        Sub(Program::spawn(
+            format!("mosquitto_sub {client_id}"),
+            command,
+            false,
+        ))
     }
 
-    /// The next line `matches` accepts; panics after [`WAIT`] or at the
-    /// end of the output, with what was printed.
     async fn line(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) => {
-                    self.seen.push(line.clone());
-                    if matches(&line) {
-                        return line;
-                    }
-                }
-                Ok(None) => panic!("output ended before {what}:\n{}", self.seen.join("\n")),
-                Err(_) => panic!("no {what} within {WAIT:?}:\n{}", self.seen.join("\n")),
-            }
-        }
+        self.0.line(what, matches).await
     }
 
     /// Reads on until the messages printed so far satisfy `done` (at
@@ -165,7 +84,11 @@ impl Sub {
     }
 
     fn messages(&self) -> Vec<Msg> {
-        self.seen.iter().filter_map(|line| parse(line)).collect()
+        self.0
+            .seen()
+            .iter()
+            .filter_map(|line| parse(line))
+            .collect()
     }
 }
 
@@ -298,39 +221,11 @@ async fn figures_reach_granted_readers_only_and_no_client_writes_them() {
     }
 
     // A client granted $SYS/# may read it, never write it.
-    let pub_out = |version: &'static str| {
-        let gw = &gw;
-        let token = reader_token.clone();
-        async move {
-            let output = tokio::time::timeout(
-                WAIT,
-                Command::new(tool("mosquitto_pub", "mosquitto-clients"))
-                    .args(connection(
-                        gw,
-                        version,
-                        &format!("forger-{version}"),
-                        &token,
-                    ))
-                    .args(["-d", "-q", "1", "-r", "-t", "$SYS/broker/version"])
-                    .args(["-m", "forged"])
-                    .stdin(Stdio::null())
-                    .kill_on_drop(true)
-                    .output(),
-            )
-            .await
-            .expect("mosquitto_pub ends")
-            .expect("run mosquitto_pub");
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            )
-        }
-    };
-    let v5 = pub_out("mqttv5").await;
+    let args = ["-q", "1", "-r", "-t", "$SYS/broker/version", "-m", "forged"];
+    let (_, v5) = mosquitto_pub(&gw, Version::V5, "forger-5", &reader_token, &args).await;
     assert!(v5.contains("received PUBACK (Mid: 1, RC:135)"), "{v5}");
     // MQTT 3.1.1 has no reason code: acknowledged, and dropped.
-    let v311 = pub_out("mqttv311").await;
+    let (_, v311) = mosquitto_pub(&gw, Version::V311, "forger-311", &reader_token, &args).await;
     assert!(v311.contains("received PUBACK"), "{v311}");
     let mut will = gw.v4_options("will", &reader_token);
     will.set_last_will(LastWill::new(

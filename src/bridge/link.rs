@@ -109,6 +109,18 @@ impl Link {
         connection::remote(&self.config)
     }
 
+    /// Marks the link down with `err`, and says so.
+    fn failed(&self, err: &LinkError, what: &str) {
+        self.status.failed(err.kind(), err.to_string());
+        warn!(
+            bridge = &*self.name,
+            remote = self.remote(),
+            kind = err.kind(),
+            error = %err,
+            "bridge: {what}"
+        );
+    }
+
     /// Connects, serves, reconnects, until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new();
@@ -140,28 +152,10 @@ impl Link {
                                     .await;
                             break;
                         }
-                        Err(err) => {
-                            self.status.failed(err.kind(), err.to_string());
-                            warn!(
-                                bridge = &*self.name,
-                                remote = self.remote(),
-                                kind = err.kind(),
-                                error = %err,
-                                "bridge: connection ended; reconnecting"
-                            );
-                        }
+                        Err(err) => self.failed(&err, "connection ended; reconnecting"),
                     }
                 }
-                Err(err) => {
-                    self.status.failed(err.kind(), err.to_string());
-                    warn!(
-                        bridge = &*self.name,
-                        remote = self.remote(),
-                        kind = err.kind(),
-                        error = %err,
-                        "bridge: cannot connect"
-                    );
-                }
+                Err(err) => self.failed(&err, "cannot connect"),
             }
             let wait = backoff.next_wait();
             tokio::select! {

@@ -211,6 +211,11 @@ impl Program {
         }
     }
 
+    /// Every line it printed that a [`Program::line`] has read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// The next `count` messages it reports, sorted.
     pub async fn messages(&mut self, count: usize) -> Vec<Msg> {
         while self.messages.len() < count {
