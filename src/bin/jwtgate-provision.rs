@@ -1,8 +1,15 @@
 //! `jwtgate-provision`: device tokens and the provider's signing keys, the
 //! command line over [`jwtgate::provision`].
 //!
+//! - `client-assertion` gets a device its token with the client credentials
+//!   grant, authenticated by the device's own key (`private_key_jwt`) or
+//!   its TLS client certificate (RFC 8705).
+//! - `device-code` gets it with the device authorization grant (RFC 8628),
+//!   approved by a technician in a browser.
 //! - `token` logs a device in (OAuth 2 password grant) and stores its token.
-//! - `refresh` renews that token with the stored refresh token.
+//! - `refresh` renews a token: with the stored refresh token, or by running
+//!   the client credentials grant again when given the device's key.
+//! - `keygen` makes a device key pair (and a CSR for the mTLS path).
 //! - `jwks` downloads the provider's JWK set into the gateway's keys
 //!   directory.
 //!
@@ -18,8 +25,9 @@ use clap::{Args, Parser, Subcommand};
 use jwtgate::config::LogFormat;
 use jwtgate::logging::{self, Program};
 use jwtgate::provision::{
-    self, Client, Error, Fresh, JwksStored, PasswordGrant, Provider, RefreshFile, Refreshed,
-    RenewWhen, SecretReader, SecretSource, Stored, TokenKind, TokenOut, Verify,
+    self, Client, ClientCertFiles, ClientCredentials, DeviceCodeGrant, DeviceKey, Error, Fresh,
+    Generated, JwksStored, Keygen, PasswordGrant, Provider, RefreshFile, Refreshed, RenewWhen,
+    SecretReader, SecretSource, Stored, TokenKind, TokenOut, UserCode, Verify,
 };
 use jwtgate::token::parse_ttl;
 
@@ -27,11 +35,57 @@ const EXAMPLES: &str = "\
 Examples:
   # on the gateway: the provider's signing keys, for RS256/ES256 tokens
   jwtgate-provision jwks --domain https://tenant.eu.auth0.com --out /etc/jwtgate/keys/auth0.json
-  # on the device: log in once, then keep the token fresh from a timer
-  jwtgate-provision token --domain https://tenant.eu.auth0.com --client-id ID \\
-      --username thermostat-1a --password-file - --scope 'openid offline_access' --out device.jwt
+  # on the device: a key of its own, registered with the provider, then a token
+  jwtgate-provision keygen --out /etc/jwtgate/provision
+  jwtgate-provision client-assertion --domain https://tenant.eu.auth0.com --client-id ID \\
+      --key /etc/jwtgate/provision/device.key --audience mqtt-gateway --out device.jwt
+  # from a timer: renew once it is due
+  jwtgate-provision refresh --domain https://tenant.eu.auth0.com --client-id ID \\
+      --key /etc/jwtgate/provision/device.key --audience mqtt-gateway --out device.jwt
+  # with a technician beside the device instead, and a refresh token to renew with
+  jwtgate-provision device-code --domain https://tenant.eu.auth0.com --client-id ID \\
+      --scope 'openid offline_access' --audience mqtt-gateway --out device.jwt
   jwtgate-provision refresh --domain https://tenant.eu.auth0.com --client-id ID \\
       --out device.jwt";
+
+const CLIENT_ASSERTION_EXAMPLE: &str = "\
+Example (private_key_jwt: the device signs a 60-second assertion with its key):
+  jwtgate-provision client-assertion --domain https://tenant.eu.auth0.com \\
+      --client-id 'ZXlK...' --key /etc/jwtgate/provision/device.key \\
+      --assertion-audience https://tenant.eu.auth0.com/ --audience mqtt-gateway \\
+      --out /var/lib/jwtgate-provision/device.jwt
+
+Example (mTLS: the device's certificate authenticates it and binds the token):
+  jwtgate-provision client-assertion --domain https://tenant.eu.auth0.com \\
+      --client-id 'ZXlK...' --mtls-cert device.crt --mtls-key device.key \\
+      --mtls-endpoint https://mtls.auth.example.com/oauth/token \\
+      --audience mqtt-gateway --out /var/lib/jwtgate-provision/device.jwt
+
+Writes the token to --out (mode 0600, replaced atomically). The grant returns
+no refresh token: `refresh` with the same --key (or --mtls-cert/--mtls-key)
+runs it again once the token is due. The assertion's aud is the token
+endpoint's URL unless --assertion-audience (Auth0 documents its tenant's
+URL with a trailing /); its kid is the key's JWK thumbprint unless --kid.";
+
+const DEVICE_CODE_EXAMPLE: &str = "\
+Example (a technician approves the device in a browser):
+  jwtgate-provision device-code --domain https://tenant.eu.auth0.com \\
+      --client-id 'ZXlK...' --scope 'openid offline_access' --audience mqtt-gateway \\
+      --out /var/lib/jwtgate-provision/device.jwt
+
+Prints where to go and the code to enter on stderr, polls at the interval
+the provider sets (slower after slow_down) until the code is approved,
+denied or expired, then writes the token to --out and, with
+offline_access, the refresh token to --out.refresh (mode 0600).";
+
+const KEYGEN_EXAMPLE: &str = "\
+Example:
+  jwtgate-provision keygen --out /etc/jwtgate/provision --csr --subject thermostat-1a
+
+Writes DIR/device.key (P-256, PKCS#8, mode 0600), DIR/device.pub.pem and
+DIR/device.jwk.json (register one with the provider for Private Key JWT), and
+with --csr DIR/device.csr, for the device CA to sign for the mTLS path.
+Refuses if any of them exists: a key is never replaced.";
 
 const TOKEN_EXAMPLE: &str = "\
 Example:
@@ -81,6 +135,57 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Get a token with the client credentials grant, the device proving who it is with its own key (private_key_jwt) or TLS client certificate (mTLS).
+    #[command(after_help = CLIENT_ASSERTION_EXAMPLE)]
+    ClientAssertion {
+        #[command(flatten)]
+        provider: ProviderArgs,
+        /// The application's client id.
+        #[arg(long, value_name = "ID")]
+        client_id: String,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// API identifier the access token is for.
+        #[arg(long, value_name = "API")]
+        audience: Option<String>,
+        /// Scopes to ask for.
+        #[arg(long)]
+        scope: Option<String>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Get a token with the device authorization grant: a technician approves the device in a browser.
+    #[command(after_help = DEVICE_CODE_EXAMPLE)]
+    DeviceCode {
+        #[command(flatten)]
+        provider: ProviderArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// API identifier the access token is for.
+        #[arg(long, value_name = "API")]
+        audience: Option<String>,
+        /// Scopes, e.g. "openid offline_access" (offline_access: a refresh token).
+        #[arg(long)]
+        scope: Option<String>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Make a device key pair (ES256) and, with --csr, a certificate signing request.
+    #[command(after_help = KEYGEN_EXAMPLE)]
+    Keygen {
+        /// Directory to write to (created 0700 when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The files' name: NAME.key, NAME.pub.pem, NAME.jwk.json, NAME.csr.
+        #[arg(long, default_value = "device")]
+        name: String,
+        /// Also write NAME.csr, for a client certificate (the mTLS path).
+        #[arg(long, requires = "subject")]
+        csr: bool,
+        /// The CSR's subject common name, e.g. the device's name.
+        #[arg(long, value_name = "CN", requires = "csr")]
+        subject: Option<String>,
+    },
     /// Log a device in (OAuth 2 password grant) and store its token.
     #[command(after_help = TOKEN_EXAMPLE)]
     Token {
@@ -127,6 +232,15 @@ enum Command {
         /// Renew whatever the token held.
         #[arg(long, conflicts_with = "min_remaining")]
         force: bool,
+        /// With --key or --mtls-cert: renew by running the client credentials grant again, not with a refresh token.
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// With --key or --mtls-cert: the API identifier the access token is for.
+        #[arg(long, value_name = "API")]
+        audience: Option<String>,
+        /// With --key or --mtls-cert: the scopes to ask for.
+        #[arg(long)]
+        scope: Option<String>,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -159,6 +273,66 @@ struct ClientArgs {
     /// File holding the application's client secret; `-` reads standard input.
     #[arg(long, value_name = "FILE")]
     client_secret_file: Option<SecretSource>,
+}
+
+/// How a device proves who it is without a shared secret.
+#[derive(Args)]
+struct DeviceArgs {
+    /// The device's private key (PEM: P-256 signs ES256, RSA signs RS256), to sign the client assertion with.
+    #[arg(long, value_name = "PEM")]
+    key: Option<PathBuf>,
+    /// The assertion's kid [default: the key's JWK thumbprint, as keygen's JWK says].
+    #[arg(long, value_name = "KID", requires = "key")]
+    kid: Option<String>,
+    /// The assertion's aud [default: the token endpoint's URL].
+    #[arg(long, value_name = "URL", requires = "key")]
+    assertion_audience: Option<String>,
+    /// The device's TLS client certificate (PEM) for mTLS client authentication (RFC 8705).
+    #[arg(long, value_name = "PEM", requires = "mtls_key")]
+    mtls_cert: Option<PathBuf>,
+    /// The private key of --mtls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "mtls_cert")]
+    mtls_key: Option<PathBuf>,
+    /// The token endpoint that asks for client certificates [default: DOMAIN/oauth/token].
+    #[arg(long, value_name = "URL", requires = "mtls_cert")]
+    mtls_endpoint: Option<String>,
+}
+
+impl DeviceArgs {
+    fn is_given(&self) -> bool {
+        self.key.is_some() || self.mtls_cert.is_some()
+    }
+
+    /// The provider, reached with the client certificate when there is one.
+    fn provider(&self, provider: Provider) -> Result<Provider, Error> {
+        match (&self.mtls_cert, &self.mtls_key) {
+            (Some(cert), Some(key)) => provider.with_client_cert(&ClientCertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                endpoint: self.mtls_endpoint.clone(),
+            }),
+            _ => Ok(provider),
+        }
+    }
+
+    fn grant(
+        self,
+        client_id: String,
+        audience: Option<String>,
+        scope: Option<String>,
+    ) -> Result<ClientCredentials, Error> {
+        let key = self
+            .key
+            .map(|path| DeviceKey::load(&path, self.kid))
+            .transpose()?;
+        Ok(ClientCredentials {
+            client_id,
+            key,
+            assertion_audience: self.assertion_audience,
+            audience,
+            scope,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -233,6 +407,54 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<(), Error> {
     let mut secrets = SecretReader::default();
     match command {
+        Command::ClientAssertion {
+            provider,
+            client_id,
+            device,
+            audience,
+            scope,
+            out,
+        } => {
+            let provider = device.provider(connect(provider)?)?;
+            let grant = device.grant(client_id, audience, scope)?;
+            let stored =
+                provision::fetch_client_credentials(&provider, &grant, &out.into_token_out()?)?;
+            report_stored(&stored);
+        }
+        Command::DeviceCode {
+            provider,
+            client,
+            audience,
+            scope,
+            out,
+        } => {
+            let provider = connect(provider)?;
+            let grant = DeviceCodeGrant {
+                client: read_client(client, &mut secrets)?,
+                audience,
+                scope,
+            };
+            let stored = provision::fetch_with_device_code(
+                &provider,
+                &grant,
+                &out.into_token_out()?,
+                &mut show_user_code,
+            )?;
+            report_stored(&stored);
+        }
+        Command::Keygen {
+            out,
+            name,
+            csr: _,
+            subject,
+        } => {
+            let generated = provision::keygen(&Keygen {
+                dir: out,
+                name,
+                csr_subject: subject,
+            })?;
+            report_keygen(&generated);
+        }
         Command::Token {
             provider,
             client,
@@ -264,20 +486,40 @@ fn run(command: Command) -> Result<(), Error> {
             client,
             min_remaining,
             force,
+            device,
+            audience,
+            scope,
             out,
         } => {
-            // Every run checks its settings and reads the client secret, due
-            // or not, so that a setup that cannot work fails the timer's
-            // first run rather than the first renewal.
+            // Every run checks its settings and reads the client secret or
+            // the device key, due or not, so that a setup that cannot work
+            // fails the timer's first run rather than the first renewal.
             let provider = connect(provider)?;
-            let client = read_client(client, &mut secrets)?;
             let out = out.into_token_out()?;
             let when = if force {
                 RenewWhen::Always
             } else {
                 RenewWhen::Due { min_remaining }
             };
-            match provision::refresh_token(&provider, &client, &out, when)? {
+            let refreshed = if device.is_given() {
+                if client.client_secret_file.is_some() {
+                    return Err(Error::Usage(
+                        "--client-secret-file is for the refresh token grant; with --key or --mtls-cert the device authenticates without one",
+                    ));
+                }
+                let provider = device.provider(provider)?;
+                let grant = device.grant(client.client_id, audience, scope)?;
+                provision::renew_client_credentials(&provider, &grant, &out, when)?
+            } else {
+                if audience.is_some() || scope.is_some() {
+                    return Err(Error::Usage(
+                        "--audience and --scope belong to --key or --mtls-cert; a refresh token keeps those of its login",
+                    ));
+                }
+                let client = read_client(client, &mut secrets)?;
+                provision::refresh_token(&provider, &client, &out, when)?
+            };
+            match refreshed {
                 Refreshed::NotNeeded(fresh) => {
                     println!("{}: not refreshed", NotDue(&out.path, &fresh));
                 }
@@ -350,6 +592,44 @@ fn expiry(exp: u64) -> String {
     match exp.checked_sub(now) {
         Some(left) => format!("expires in {}", Human(Duration::from_secs(left))),
         None => format!("EXPIRED {} ago", Human(Duration::from_secs(now - exp))),
+    }
+}
+
+/// The technician's two lines, on stderr with the other things meant for
+/// a person (stdout says what was written).
+fn show_user_code(code: &UserCode) {
+    eprintln!(
+        "To authorize this device, open {} and enter the code {}",
+        code.verification_uri, code.user_code
+    );
+    match &code.verification_uri_complete {
+        Some(complete) => eprintln!(
+            "(or open {complete}); the code expires in {}. Waiting for approval...",
+            Human(code.expires_in)
+        ),
+        None => eprintln!(
+            "The code expires in {}. Waiting for approval...",
+            Human(code.expires_in)
+        ),
+    }
+}
+
+fn report_keygen(generated: &Generated) {
+    println!(
+        "wrote the private key to {} (mode 0600; it stays on the device)",
+        generated.key.display()
+    );
+    println!(
+        "wrote the public key to {} and {} (kid {:?}): register one with the provider",
+        generated.public_pem.display(),
+        generated.jwk.display(),
+        generated.kid
+    );
+    if let Some(csr) = &generated.csr {
+        println!(
+            "wrote the certificate signing request to {}: have the device CA sign it",
+            csr.display()
+        );
     }
 }
 

@@ -19,6 +19,9 @@ const DESCRIPTION_CHARS: usize = 200;
 /// the successful write of a rotated refresh token, which must not be lost.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Flags that do not go together.
+    #[error("{0}")]
+    Usage(&'static str),
     #[error("--domain {domain:?}: {reason}")]
     BadDomain {
         domain: String,
@@ -165,6 +168,57 @@ pub enum Error {
         url: String,
         skipped: Vec<SkippedJwk>,
     },
+    #[error("--mtls-endpoint {url:?}: {reason}")]
+    MtlsEndpoint { url: String, reason: &'static str },
+    #[error("cannot use {flag} {}: {reason}", path.display())]
+    ClientCert {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cannot use --key {}: {reason}", path.display())]
+    DeviceKey { path: PathBuf, reason: String },
+    #[error(
+        "the client credentials grant needs the device's key (--key) or its client certificate (--mtls-cert and --mtls-key)"
+    )]
+    NoClientAuthentication,
+    #[error("cannot sign the client assertion: {reason}")]
+    Sign { reason: String },
+    #[error(
+        "the provider refused the client assertion of application {client_id:?} ({code}: {description:?}); check that the public key registered for the application is the one of --key{}, that the application uses Private Key JWT, --assertion-audience, and the device's clock",
+        kid.as_deref().map(|kid| format!(" (kid {kid:?}; --kid gives another)")).unwrap_or_default()
+    )]
+    AssertionRefused {
+        client_id: String,
+        kid: Option<String>,
+        code: String,
+        description: String,
+    },
+    #[error(
+        "the provider refused the client certificate of application {client_id:?} ({code}: {description:?}); check that the application authenticates with mTLS and that its registered subject or certificate is the one of --mtls-cert"
+    )]
+    CertificateRefused {
+        client_id: String,
+        code: String,
+        description: String,
+    },
+    #[error(
+        "the technician declined the device's request (access_denied: {description:?}); run `jwtgate-provision device-code` again to get a new code"
+    )]
+    DeviceDenied { description: String },
+    #[error(
+        "the device code expired before anyone approved it ({description}); run `jwtgate-provision device-code` again to get a new code"
+    )]
+    DeviceCodeExpired { description: String },
+    #[error("--out {}: {reason}", path.display())]
+    KeygenDir { path: PathBuf, reason: String },
+    #[error(
+        "refusing to overwrite {}: keygen never replaces a key; move it away or choose another --out or --name",
+        path.display()
+    )]
+    KeygenExists { path: PathBuf },
+    #[error("cannot make the key pair: {reason}")]
+    Keygen { reason: String },
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,

@@ -1,8 +1,9 @@
 //! The one way provisioning talks to the provider: HTTPS (plain HTTP only
-//! on loopback), timeouts, and bounded retries when the provider is busy.
+//! on loopback), timeouts, bounded retries when the provider is busy, and
+//! the TLS client certificate of RFC 8705 when the device has one.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +11,12 @@ use serde::Serialize;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
 use ureq::Agent;
 use ureq::http::{Response, Uri};
-use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 
 use super::error::Error;
 
 const TOKEN_PATH: &str = "/oauth/token";
+const DEVICE_CODE_PATH: &str = "/oauth/device/code";
 const JWKS_PATH: &str = "/.well-known/jwks.json";
 
 /// Tries per request when the provider answers 429 or 5xx.
@@ -43,8 +45,31 @@ const USER_AGENT: &str = concat!("jwtgate-provision/", env!("CARGO_PKG_VERSION")
 pub struct Provider {
     /// Scheme, authority and any path prefix, without a trailing `/`.
     base: String,
+    /// `{base}/oauth/token`, or the mTLS endpoint given with a client
+    /// certificate.
+    token_url: String,
     agent: Agent,
+    roots: Arc<Vec<Certificate<'static>>>,
+    loopback: bool,
+    mtls: bool,
 }
+
+/// The device's TLS client certificate (RFC 8705 §2): the provider
+/// authenticates the device by it and binds the tokens it issues to it.
+#[derive(Debug, Clone)]
+pub struct ClientCertFiles {
+    /// PEM: the device's certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM: its private key.
+    pub key: PathBuf,
+    /// The token endpoint that asks for client certificates (Auth0: on an
+    /// mTLS custom domain); `None` for `{domain}/oauth/token`.
+    pub endpoint: Option<String>,
+}
+
+/// A form body, built anew for each attempt: a client assertion's `jti`
+/// may be used once only, so a retry must carry a fresh one.
+pub(super) type FormBody<'a> = &'a dyn Fn() -> Result<Vec<(&'static str, String)>, Error>;
 
 /// The JSON body of a token request; absent members are left out.
 #[derive(Serialize, Default)]
@@ -74,6 +99,11 @@ pub(super) enum Endpoint<'a> {
         body: &'a TokenRequest<'a>,
         forwarded_for: Option<IpAddr>,
     },
+    /// `POST` to the token endpoint, form-encoded (RFC 6749 §4.4.2, RFC 8628
+    /// §3.4): the grants added after the password grant.
+    TokenForm(FormBody<'a>),
+    /// `POST /oauth/device/code` (RFC 8628 §3.1).
+    DeviceCode(FormBody<'a>),
     /// `GET /.well-known/jwks.json`.
     Jwks,
 }
@@ -128,31 +158,49 @@ impl Provider {
         if let Some(path) = ca_file {
             roots.extend(read_ca_file(path)?);
         }
-        let tls = TlsConfig::builder()
-            .root_certs(RootCerts::Specific(Arc::new(roots)))
-            .unversioned_rustls_crypto_provider(Arc::new(aws_lc_rs::default_provider()))
-            .build();
-        let mut config = Agent::config_builder()
-            .http_status_as_error(false)
-            // A redirect of a POST carrying a password is not followed
-            // anywhere; it is reported as the unexpected answer it is.
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .timeout_resolve(Some(CONNECT_TIMEOUT))
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_recv_response(Some(READ_TIMEOUT))
-            .timeout_recv_body(Some(READ_TIMEOUT))
-            .user_agent(USER_AGENT)
-            .tls_config(tls);
-        if loopback {
-            // A proxy from the environment cannot reach this machine's
-            // loopback interface.
-            config = config.proxy(None);
-        }
+        let roots = Arc::new(roots);
         Ok(Provider {
+            token_url: format!("{base}{TOKEN_PATH}"),
             base,
-            agent: config.build().new_agent(),
+            agent: agent(&roots, None, loopback),
+            roots,
+            loopback,
+            mtls: false,
         })
+    }
+
+    /// The same provider, reached with the device's client certificate: its
+    /// token requests go to `files.endpoint` (an `https://` URL) when given.
+    /// Nothing is sent yet.
+    pub fn with_client_cert(self, files: &ClientCertFiles) -> Result<Provider, Error> {
+        let cert = read_client_cert(files)?;
+        let (token_url, loopback) = match &files.endpoint {
+            Some(url) => parse_mtls_endpoint(url)?,
+            None if self.token_url.starts_with("https://") => (self.token_url, self.loopback),
+            None => {
+                return Err(Error::MtlsEndpoint {
+                    url: self.token_url,
+                    reason: "a client certificate needs https:// (give --mtls-endpoint)",
+                });
+            }
+        };
+        Ok(Provider {
+            agent: agent(&self.roots, Some(cert), loopback),
+            token_url,
+            mtls: true,
+            ..self
+        })
+    }
+
+    /// Where token requests go: what a client assertion's `aud` names by
+    /// default.
+    pub fn token_url(&self) -> &str {
+        &self.token_url
+    }
+
+    /// Whether the device authenticates with its TLS client certificate.
+    pub fn has_client_cert(&self) -> bool {
+        self.mtls
     }
 
     /// Sends `endpoint` until it gets an answer that is not 429 or 5xx, at
@@ -161,13 +209,14 @@ impl Provider {
     /// message.
     pub(super) fn send(&self, endpoint: &Endpoint<'_>) -> Result<Answer, Error> {
         let url = match endpoint {
-            Endpoint::Token { .. } => format!("{}{TOKEN_PATH}", self.base),
+            Endpoint::Token { .. } | Endpoint::TokenForm(_) => self.token_url.clone(),
+            Endpoint::DeviceCode(_) => format!("{}{DEVICE_CODE_PATH}", self.base),
             Endpoint::Jwks => format!("{}{JWKS_PATH}", self.base),
         };
         let mut attempt = 1;
         loop {
             let response = self
-                .send_once(&url, endpoint)
+                .send_once(&url, endpoint)?
                 .map_err(|error| transport_error(&url, error))?;
             let retry_after = retry_after(&response);
             let mut answer = read_answer(url.clone(), response)?;
@@ -190,12 +239,15 @@ impl Provider {
         }
     }
 
+    /// One attempt; the outer error is building the body, the inner one
+    /// the transport's.
+    #[allow(clippy::type_complexity)]
     fn send_once(
         &self,
         url: &str,
         endpoint: &Endpoint<'_>,
-    ) -> Result<Response<ureq::Body>, ureq::Error> {
-        match endpoint {
+    ) -> Result<Result<Response<ureq::Body>, ureq::Error>, Error> {
+        Ok(match endpoint {
             Endpoint::Token {
                 body,
                 forwarded_for,
@@ -206,13 +258,52 @@ impl Provider {
                 }
                 request.send_json(body)
             }
+            Endpoint::TokenForm(form) | Endpoint::DeviceCode(form) => {
+                let pairs = form()?;
+                self.agent
+                    .post(url)
+                    .header("accept", "application/json")
+                    .send_form(pairs.iter().map(|(name, value)| (*name, value.as_str())))
+            }
             Endpoint::Jwks => self
                 .agent
                 .get(url)
                 .header("accept", "application/json")
                 .call(),
-        }
+        })
     }
+}
+
+/// The HTTP client: the given roots, aws-lc-rs, the device's certificate
+/// when it has one, no redirects, timeouts.
+fn agent(
+    roots: &Arc<Vec<Certificate<'static>>>,
+    client_cert: Option<ClientCert>,
+    loopback: bool,
+) -> Agent {
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::clone(roots)))
+        .client_cert(client_cert)
+        .unversioned_rustls_crypto_provider(Arc::new(aws_lc_rs::default_provider()))
+        .build();
+    let mut config = Agent::config_builder()
+        .http_status_as_error(false)
+        // A redirect of a POST carrying a password is not followed
+        // anywhere; it is reported as the unexpected answer it is.
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .timeout_resolve(Some(CONNECT_TIMEOUT))
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_recv_response(Some(READ_TIMEOUT))
+        .timeout_recv_body(Some(READ_TIMEOUT))
+        .user_agent(USER_AGENT)
+        .tls_config(tls);
+    if loopback {
+        // A proxy from the environment cannot reach this machine's
+        // loopback interface.
+        config = config.proxy(None);
+    }
+    config.build().new_agent()
 }
 
 /// Splits `--domain` into the base URL requests are made under and whether
@@ -262,6 +353,59 @@ fn parse_domain(domain: &str) -> Result<(String, bool), Error> {
 fn is_loopback(host: &str) -> bool {
     let ip = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks `--mtls-endpoint`: a whole URL, over `https://` (a client
+/// certificate means TLS), without credentials or query.
+fn parse_mtls_endpoint(url: &str) -> Result<(String, bool), Error> {
+    let bad = |reason| Error::MtlsEndpoint {
+        url: url.to_owned(),
+        reason,
+    };
+    let uri: Uri = url.trim().parse().map_err(|_| bad("not a URL"))?;
+    let Some(authority) = uri.authority() else {
+        return Err(bad("no host name"));
+    };
+    if uri.scheme_str() != Some("https") {
+        return Err(bad("a client certificate needs https://"));
+    }
+    if authority.as_str().contains('@') {
+        return Err(bad("credentials do not belong in the URL"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("a query does not belong in the URL"));
+    }
+    Ok((
+        format!("https://{authority}{}", uri.path()),
+        is_loopback(authority.host()),
+    ))
+}
+
+/// The device's certificate chain and key for the TLS handshake.
+fn read_client_cert(files: &ClientCertFiles) -> Result<ClientCert, Error> {
+    let failed = |flag, path: &Path, reason: String| Error::ClientCert {
+        flag,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(&files.cert)
+        .map_err(|error| failed("--mtls-cert", &files.cert, error.to_string()))?;
+    let chain = rustls_pemfile::certs(&mut pem.as_slice())
+        .map(|cert| cert.map(|der| Certificate::from_der(&der).to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| failed("--mtls-cert", &files.cert, error.to_string()))?;
+    if chain.is_empty() {
+        return Err(failed(
+            "--mtls-cert",
+            &files.cert,
+            "it holds no PEM certificate".to_owned(),
+        ));
+    }
+    let pem = std::fs::read(&files.key)
+        .map_err(|error| failed("--mtls-key", &files.key, error.to_string()))?;
+    let key = PrivateKey::from_pem(&pem)
+        .map_err(|error| failed("--mtls-key", &files.key, error.to_string()))?;
+    Ok(ClientCert::new_with_certs(&chain, key))
 }
 
 fn read_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, Error> {

@@ -1,6 +1,7 @@
 //! Logging a device in (the password grant) and renewing its token (the
-//! refresh token grant): the round trip to the token endpoint, what a
-//! refusal means, and the files written from the answer.
+//! refresh token grant); and what every grant shares: the round trip to the
+//! token endpoint, what a refusal means, and the files written from the
+//! answer.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -12,7 +13,7 @@ use serde_json::{Map, Value};
 use super::claims::{fresh, inspect};
 use super::error::{Error, clip};
 use super::files::{check_out_dir, write_atomically};
-use super::http::{Answer, Endpoint, Provider, TokenRequest};
+use super::http::{Answer, Endpoint, FormBody, Provider, TokenRequest};
 use super::secret::{Secret, read_secret_file};
 use super::token_out::TokenOut;
 use super::types::{
@@ -105,12 +106,25 @@ pub(super) enum Grant<'a> {
         client_id: &'a str,
         refresh_path: &'a Path,
     },
+    /// The client credentials grant; the client authenticates with a signed
+    /// assertion (`signed`, whose key is `kid`) or its TLS certificate.
+    ClientCredentials {
+        client_id: &'a str,
+        signed: bool,
+        kid: Option<&'a str>,
+    },
+    DeviceCode {
+        client_id: &'a str,
+    },
 }
 
 impl Grant<'_> {
     fn client_id(&self) -> &str {
         match self {
-            Grant::Password { client_id, .. } | Grant::Refresh { client_id, .. } => client_id,
+            Grant::Password { client_id, .. }
+            | Grant::Refresh { client_id, .. }
+            | Grant::ClientCredentials { client_id, .. }
+            | Grant::DeviceCode { client_id } => client_id,
         }
     }
 
@@ -120,10 +134,12 @@ impl Grant<'_> {
         match self {
             Grant::Password { .. } => "Password",
             Grant::Refresh { .. } => "Refresh Token",
+            Grant::ClientCredentials { .. } => "Client Credentials",
+            Grant::DeviceCode { .. } => "Device Code",
         }
     }
 
-    fn refusal(&self, status: u16, oauth: &OAuthError) -> Error {
+    pub(super) fn refusal(&self, status: u16, oauth: &OAuthError) -> Error {
         let description = clip(oauth.error_description.as_deref().unwrap_or(""));
         let client_id = self.client_id().to_owned();
         match (oauth.error.as_str(), self) {
@@ -142,6 +158,28 @@ impl Grant<'_> {
                     description,
                 }
             }
+            (
+                "unauthorized_client" | "invalid_client",
+                Grant::ClientCredentials {
+                    signed: true, kid, ..
+                },
+            ) => Error::AssertionRefused {
+                client_id,
+                kid: kid.map(str::to_owned),
+                code: clip(&oauth.error),
+                description,
+            },
+            ("unauthorized_client" | "invalid_client", Grant::ClientCredentials { .. }) => {
+                Error::CertificateRefused {
+                    client_id,
+                    code: clip(&oauth.error),
+                    description,
+                }
+            }
+            ("access_denied", Grant::DeviceCode { .. }) => Error::DeviceDenied { description },
+            ("expired_token", Grant::DeviceCode { .. }) => Error::DeviceCodeExpired {
+                description: format!("expired_token: {description:?}"),
+            },
             ("unauthorized_client" | "access_denied" | "invalid_client", _) => {
                 Error::ClientRefused {
                     client_id,
@@ -172,10 +210,10 @@ impl Grant<'_> {
 
 /// An OAuth 2 error answer (RFC 6749, 5.2).
 #[derive(Deserialize)]
-struct OAuthError {
-    error: String,
+pub(super) struct OAuthError {
+    pub(super) error: String,
     #[serde(default)]
-    error_description: Option<String>,
+    pub(super) error_description: Option<String>,
 }
 
 /// The error for an answer that is not a success: what the provider's
@@ -196,13 +234,17 @@ pub(super) fn refused(answer: &Answer, grant: Option<&Grant<'_>>) -> Error {
 }
 
 /// The tokens of a successful answer from the token endpoint.
-struct TokenAnswer {
+pub(super) struct TokenAnswer {
     token: String,
     refresh: Option<String>,
 }
 
 impl TokenAnswer {
-    fn parse(answer: &Answer, grant: &Grant<'_>, kind: TokenKind) -> Result<TokenAnswer, Error> {
+    pub(super) fn parse(
+        answer: &Answer,
+        grant: &Grant<'_>,
+        kind: TokenKind,
+    ) -> Result<TokenAnswer, Error> {
         if !answer.is_success() {
             return Err(refused(answer, Some(grant)));
         }
@@ -241,7 +283,20 @@ fn field_names(fields: &Map<String, Value>, had_refresh: bool) -> String {
         .join(", ")
 }
 
-/// The token endpoint round trip of both grants.
+/// The token endpoint round trip of the grants sent as a form: the client
+/// credentials grant (client assertion or certificate).
+pub(super) fn exchange_form(
+    provider: &Provider,
+    form: FormBody<'_>,
+    grant: &Grant<'_>,
+    out: &TokenOut,
+) -> Result<Stored, Error> {
+    let answer = provider.send(&Endpoint::TokenForm(form))?;
+    let tokens = TokenAnswer::parse(&answer, grant, out.kind)?;
+    store(tokens, out, grant)
+}
+
+/// The token endpoint round trip of the password and refresh grants.
 fn exchange(
     provider: &Provider,
     request: &TokenRequest<'_>,
@@ -250,7 +305,7 @@ fn exchange(
 ) -> Result<Stored, Error> {
     let forwarded_for = match grant {
         Grant::Password { forwarded_for, .. } => *forwarded_for,
-        Grant::Refresh { .. } => None,
+        _ => None,
     };
     let answer = provider.send(&Endpoint::Token {
         body: request,
@@ -260,7 +315,13 @@ fn exchange(
     store(tokens, out, grant)
 }
 
-fn store(tokens: TokenAnswer, out: &TokenOut, grant: &Grant<'_>) -> Result<Stored, Error> {
+/// Stores an answer's tokens at `out` (see [`Error`] for what a failure
+/// leaves).
+pub(super) fn store(
+    tokens: TokenAnswer,
+    out: &TokenOut,
+    grant: &Grant<'_>,
+) -> Result<Stored, Error> {
     let (summary, mut warnings) = inspect(&tokens.token, out)?;
     let refresh_path = out.refresh_path();
     // The refresh token first: a provider that rotates refresh tokens has
@@ -277,19 +338,13 @@ fn store(tokens: TokenAnswer, out: &TokenOut, grant: &Grant<'_>) -> Result<Store
         // A refresh token left from an earlier login belongs to another
         // grant (another scope, audience, maybe account); a refresh timer
         // must not go on using it.
-        (None, Grant::Password { .. }) => {
+        (None, Grant::Password { .. } | Grant::DeviceCode { .. }) => {
             warnings.push(Warning::NoRefreshToken);
-            match std::fs::remove_file(&refresh_path) {
-                Ok(()) => RefreshFile::Removed(refresh_path),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => RefreshFile::Absent,
-                Err(source) => {
-                    return Err(Error::Write {
-                        path: refresh_path,
-                        source,
-                    });
-                }
-            }
+            remove_stale(refresh_path)?
         }
+        // The client credentials grant returns none (RFC 6749 §4.4.3): the
+        // device key renews, so no warning.
+        (None, Grant::ClientCredentials { .. }) => remove_stale(refresh_path)?,
     };
     Ok(Stored {
         path: out.path.clone(),
@@ -298,6 +353,18 @@ fn store(tokens: TokenAnswer, out: &TokenOut, grant: &Grant<'_>) -> Result<Store
         refresh,
         warnings,
     })
+}
+
+/// Removes the refresh token of an earlier login.
+fn remove_stale(refresh_path: std::path::PathBuf) -> Result<RefreshFile, Error> {
+    match std::fs::remove_file(&refresh_path) {
+        Ok(()) => Ok(RefreshFile::Removed(refresh_path)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(RefreshFile::Absent),
+        Err(source) => Err(Error::Write {
+            path: refresh_path,
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]

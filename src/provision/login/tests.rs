@@ -88,3 +88,41 @@ fn refusals_name_the_cause() {
         assert!(message.contains(expected), "{code}: {message}");
     }
 }
+
+#[test]
+fn refusals_of_the_keyed_grants_name_their_cause() {
+    let assertion = Grant::ClientCredentials {
+        client_id: "app",
+        signed: true,
+        kid: Some("kid-1"),
+    };
+    let certificate = Grant::ClientCredentials {
+        client_id: "app",
+        signed: false,
+        kid: None,
+    };
+    let device = Grant::DeviceCode { client_id: "app" };
+    let oauth = |error: &str| OAuthError {
+        error: error.into(),
+        error_description: Some("why".into()),
+    };
+    for (grant, code, expected) in [
+        (&assertion, "invalid_client", "public key registered"),
+        (&assertion, "invalid_client", "\"kid-1\""),
+        (&certificate, "invalid_client", "--mtls-cert"),
+        (&assertion, "unauthorized_client", "client assertion"),
+        (&device, "access_denied", "declined"),
+        (&device, "expired_token", "expired"),
+        (&device, "invalid_client", "check --client-id"),
+    ] {
+        let message = grant.refusal(400, &oauth(code)).to_string();
+        assert!(message.contains(expected), "{code}: {message}");
+        assert!(!message.contains('\n'), "{message}");
+    }
+    let disabled = OAuthError {
+        error: "unauthorized_client".into(),
+        error_description: Some("Grant type 'client_credentials' not allowed".into()),
+    };
+    let message = assertion.refusal(403, &disabled).to_string();
+    assert!(message.contains("\"Client Credentials\""), "{message}");
+}
