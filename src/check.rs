@@ -41,6 +41,13 @@ pub struct CheckReport {
     pub expires_at: Option<u64>,
     /// The client id placeholders were bound to.
     pub client_id: String,
+    /// The client certificate thumbprint the token is bound to
+    /// (`cnf.x5t#S256`, RFC 8705), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bound_to: Option<String>,
+    /// The thumbprint of the certificate checked with (`--client-cert`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     /// The filters of the `topics` claim, bound to the client id.
     pub topics: Vec<String>,
     /// The effective rules, one list per grant claim; every list must
@@ -79,16 +86,35 @@ pub const DEFAULT_CLIENT_ID: &str = "jwtgate-check";
 /// is for: the client id its `clientid` claim names, else its `sub` (both
 /// bind `${clientid}`), else [`DEFAULT_CLIENT_ID`].
 pub fn check(token: &str, keys: &KeySet, policy: &Policy) -> CheckReport {
-    report(token, keys, policy, None)
+    report(token, keys, policy, None, None)
 }
 
 /// Checks `token` as the gateway would at a CONNECT from `client_id` with
 /// user name `JWT`.
 pub fn check_as(token: &str, keys: &KeySet, policy: &Policy, client_id: &str) -> CheckReport {
-    report(token, keys, policy, Some(client_id))
+    report(token, keys, policy, Some(client_id), None)
 }
 
-fn report(token: &str, keys: &KeySet, policy: &Policy, client_id: Option<&str>) -> CheckReport {
+/// Checks `token` as the gateway would at a CONNECT from `client_id` (or
+/// the one the token is bound to), over a connection that presented the
+/// client certificate of thumbprint `certificate` (or none).
+pub fn check_with(
+    token: &str,
+    keys: &KeySet,
+    policy: &Policy,
+    client_id: Option<&str>,
+    certificate: Option<&str>,
+) -> CheckReport {
+    report(token, keys, policy, client_id, certificate)
+}
+
+fn report(
+    token: &str,
+    keys: &KeySet,
+    policy: &Policy,
+    client_id: Option<&str>,
+    certificate: Option<&str>,
+) -> CheckReport {
     let warnings = policy
         .warnings(keys)
         .iter()
@@ -116,6 +142,8 @@ fn report(token: &str, keys: &KeySet, policy: &Policy, client_id: Option<&str>) 
                 subject: signed.and_then(|s| s.subject),
                 expires_at,
                 client_id: client_id.unwrap_or(DEFAULT_CLIENT_ID).to_owned(),
+                bound_to: None,
+                certificate: certificate.map(str::to_owned),
                 topics: Vec::new(),
                 rules: Vec::new(),
                 rejected_topics: Vec::new(),
@@ -147,6 +175,15 @@ fn report(token: &str, keys: &KeySet, policy: &Policy, client_id: Option<&str>) 
                 })
                 .map_err(|e| e.to_string())
         });
+    let bound = bound.and_then(|bound| {
+        token::binding::check(
+            verified.certificate.as_deref(),
+            certificate,
+            policy.requires_certificate_binding(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(bound)
+    });
     let mut rejected_topics: Vec<RejectedTopic> = verified
         .grants
         .ignored()
@@ -187,6 +224,8 @@ fn report(token: &str, keys: &KeySet, policy: &Policy, client_id: Option<&str>) 
         subject: verified.subject,
         expires_at: verified.expires_at,
         client_id: client_id.to_owned(),
+        bound_to: verified.certificate,
+        certificate: certificate.map(str::to_owned),
         topics,
         rules,
         rejected_topics,
@@ -224,6 +263,17 @@ impl fmt::Display for CheckReport {
                     Err(_) => writeln!(f, " (passed)")?,
                 }
             }
+        }
+        if let Some(bound_to) = &self.bound_to {
+            let presented = match &self.certificate {
+                Some(presented) if presented == bound_to => "the certificate given",
+                Some(_) => "not the certificate given",
+                None => "give it with --client-cert",
+            };
+            writeln!(
+                f,
+                "bound:    to client certificate {bound_to} ({presented})"
+            )?;
         }
         if !self.topics.is_empty() {
             writeln!(f, "topics:   {}", self.topics.join(", "))?;

@@ -104,6 +104,11 @@ enum Command {
         /// token is bound to: its `clientid` claim, else its `sub`).
         #[arg(long, value_name = "ID")]
         client_id: Option<String>,
+        /// Check as over a connection that presented this client
+        /// certificate (PEM, leaf first): for tokens bound to one
+        /// (`cnf.x5t#S256`, RFC 8705).
+        #[arg(long, value_name = "FILE")]
+        client_cert: Option<PathBuf>,
         /// Log what is done (keys loaded) on stderr, not only warnings.
         #[arg(short, long)]
         verbose: bool,
@@ -173,6 +178,11 @@ enum Command {
         /// Sign with this key id (default: the newest *.b64 secret).
         #[arg(long)]
         kid: Option<String>,
+        /// Bind the token to this client certificate (PEM, leaf first):
+        /// its `cnf.x5t#S256`, so that the gateway accepts it only over a
+        /// connection presenting that certificate (RFC 8705).
+        #[arg(long, value_name = "FILE")]
+        bind_cert: Option<PathBuf>,
         /// Log what is done (keys loaded) on stderr, not only warnings.
         #[arg(short, long)]
         verbose: bool,
@@ -205,10 +215,18 @@ fn main() -> ExitCode {
             keys_dir,
             json,
             client_id,
+            client_cert,
             verbose,
         } => {
             init_tool_logging(log_format, verbose);
-            return check(&token, config, keys_dir, json, client_id.as_deref());
+            return check(
+                &token,
+                config,
+                keys_dir,
+                json,
+                client_id.as_deref(),
+                client_cert.as_deref(),
+            );
         }
         Command::Serve {
             config,
@@ -251,10 +269,19 @@ fn main() -> ExitCode {
             keys_dir,
             config,
             kid,
+            bind_cert,
             verbose,
         } => {
             init_tool_logging(log_format, verbose);
-            mint(sub, topics, &ttl, keys_dir, config, kid)
+            mint(
+                sub,
+                topics,
+                &ttl,
+                keys_dir,
+                config,
+                kid,
+                bind_cert.as_deref(),
+            )
         }
     };
     match result {
@@ -554,6 +581,7 @@ fn check(
     keys_dir: Option<PathBuf>,
     json: bool,
     client_id: Option<&str>,
+    client_cert: Option<&Path>,
 ) -> ExitCode {
     let token = if token == "-" {
         let mut text = String::new();
@@ -572,11 +600,16 @@ fn check(
             return ExitCode::from(2);
         }
     };
-    let policy = Policy::from_config(&config.auth);
-    let report = match client_id {
-        Some(client_id) => jwtgate::check::check_as(&token, &keys, &policy, client_id),
-        None => jwtgate::check::check(&token, &keys, &policy),
+    let certificate = match client_cert.map(thumbprint_of).transpose() {
+        Ok(certificate) => certificate,
+        Err(message) => {
+            eprintln!("jwtgate: --client-cert: {message}");
+            return ExitCode::from(2);
+        }
     };
+    let policy = Policy::from_config(&config.auth);
+    let report =
+        jwtgate::check::check_with(&token, &keys, &policy, client_id, certificate.as_deref());
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
@@ -602,8 +635,13 @@ fn mint(
     keys_dir: Option<PathBuf>,
     config_path: Option<PathBuf>,
     kid: Option<String>,
+    bind_cert: Option<&Path>,
 ) -> Result<(), String> {
     let ttl = token::parse_ttl(ttl).map_err(|e| format!("--ttl: {e}"))?;
+    let certificate = bind_cert
+        .map(thumbprint_of)
+        .transpose()
+        .map_err(|e| format!("--bind-cert: {e}"))?;
     let (config, keys) = config_and_keys(config_path, keys_dir)?;
     let keys_dir = &config.auth.keys_dir;
     let key = match &kid {
@@ -625,7 +663,17 @@ fn mint(
         issuer: config.auth.issuer,
         audience: config.auth.audience.unwrap_or_default(),
     };
-    let token = token::mint(key, &claims).map_err(|e| e.to_string())?;
+    let token =
+        token::mint_bound(key, &claims, certificate.as_deref()).map_err(|e| e.to_string())?;
     println!("{token}");
     Ok(())
+}
+
+/// The RFC 8705 thumbprint of the first (leaf) certificate in a PEM file.
+fn thumbprint_of(path: &Path) -> Result<String, String> {
+    let certs = jwtgate::tls::read_certificates(path).map_err(|e| e.to_string())?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| format!("{} holds no certificate", path.display()))?;
+    Ok(jwtgate::tls::Thumbprint::of(leaf).to_string())
 }

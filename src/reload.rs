@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::TlsPaths;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
-use crate::tls::CertResolver;
+use crate::tls::{CertResolver, ClientVerifier};
 use crate::token::{Policy, PolicyWarning};
 
 /// How long the files must be quiet before a reload: editors, `cp` and
@@ -53,6 +53,9 @@ pub struct Reloader {
     warned: Mutex<Vec<PolicyWarning>>,
     /// The last reload's outcome, for `jwtgate status`.
     last: Mutex<Option<LastReload>>,
+    /// With `[tls] client_ca`: the client certificates' CAs, reloaded
+    /// with the server certificate.
+    clients: Option<Arc<ClientVerifier>>,
 }
 
 /// How the last reload went.
@@ -78,12 +81,19 @@ impl Reloader {
             policy,
             warned: Mutex::default(),
             last: Mutex::default(),
+            clients: None,
             keys,
             certs,
             tls,
             generation: watch::channel(0).0,
             metrics,
         }
+    }
+
+    /// Reloads `clients`' CA file (`[tls] client_ca`) too.
+    pub fn with_client_verifier(mut self, clients: Option<Arc<ClientVerifier>>) -> Reloader {
+        self.clients = clients;
+        self
     }
 
     /// Reloads keys and certificate, logs what happened, and wakes every
@@ -107,6 +117,12 @@ impl Reloader {
             Ok(()) => debug!(cert = %self.tls.cert.display(), "server certificate loaded"),
             Err(e) => {
                 error!(error = %e, "TLS reload failed; the certificate in force is kept");
+                problem.get_or_insert_with(|| e.to_string());
+            }
+        }
+        if let (Some(clients), Some(ca)) = (&self.clients, &self.tls.client_ca) {
+            if let Err(e) = clients.reload(ca) {
+                error!(error = %e, "client CA reload failed; the client CAs in force are kept");
                 problem.get_or_insert_with(|| e.to_string());
             }
         }
@@ -152,7 +168,10 @@ impl Reloader {
     fn watched_dirs(&self) -> BTreeSet<PathBuf> {
         let mut dirs = BTreeSet::new();
         dirs.insert(self.keys.dir().to_path_buf());
-        for file in [&self.tls.cert, &self.tls.key] {
+        for file in [&self.tls.cert, &self.tls.key]
+            .into_iter()
+            .chain(self.tls.client_ca.as_ref())
+        {
             if let Some(parent) = file.parent() {
                 dirs.insert(parent.to_path_buf());
             }

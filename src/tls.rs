@@ -15,6 +15,10 @@
 //! one after the other, and serving a half-rotated pair would fail every
 //! handshake with an error the devices cannot explain.
 //!
+//! With `[tls] client_ca`, the listeners ask for client certificates
+//! ([`ClientVerifier`], swappable like the server certificate), whose
+//! [`thumbprint`] a certificate-bound token is checked against.
+//!
 //! All cryptography goes through the aws-lc-rs provider, named explicitly so
 //! that the configuration does not depend on a process-wide default.
 
@@ -25,11 +29,19 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::crypto::{CryptoProvider, aws_lc_rs};
+use tokio_rustls::rustls::pki_types::UnixTime;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio_rustls::rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, WebPkiClientVerifier,
+};
 use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::{ClientConfig, InconsistentKeys, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, Error, InconsistentKeys, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
 
 /// Sessions remembered for TLS 1.2 clients that resume by session ID rather
 /// than by ticket (common in embedded TLS stacks). An entry costs a few
@@ -93,6 +105,9 @@ pub enum TlsError {
     /// does not fit its key, say).
     #[error("cannot build the TLS client configuration: {0}")]
     ClientConfig(rustls::Error),
+    /// `[tls] client_ca` gives no CA to check client certificates with.
+    #[error("[tls] client_ca {} cannot be used: {reason}", path.display())]
+    ClientCa { path: PathBuf, reason: String },
 }
 
 /// Hands every new handshake the current certificate, which can be replaced
@@ -199,18 +214,25 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
         })
 }
 
-/// The server configuration: TLS 1.3 and 1.2, no client certificates (the
-/// device proves itself with its JWT), and session resumption by stateless
-/// ticket and by session ID.
+/// The server configuration: TLS 1.3 and 1.2, client certificates only
+/// with `clients` (`[tls] client_ca`: the device proves itself with its
+/// JWT, a certificate only binds a token to it), and session resumption by
+/// stateless ticket and by session ID.
 ///
 /// No ALPN protocol is configured, so rustls neither requires nor rejects
 /// one: devices may offer "mqtt" or nothing at all.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    clients: Option<Arc<ClientVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::Config)?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(TlsError::Config)?;
+    let builder = match clients {
+        Some(clients) => builder.with_client_cert_verifier(clients),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     // Resumption skips the certificate and its signature (and in TLS 1.2
     // the key exchange too), which roughly doubles the connect rate when a
     // whole fleet reconnects at once.
@@ -269,6 +291,143 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         io,
     })
+}
+
+// Client certificates. A certificate admits no one on its own: the token
+// stays the credential. What a verified certificate gives is a thumbprint
+// a certificate-bound token (RFC 8705, `cnf.x5t#S256`) is checked against,
+// so that a token copied off a device is useless without the device's
+// private key. rustls fixes a server's client verifier when its
+// configuration is built, so `ClientVerifier` is one that stays and
+// delegates every check to the webpki verifier of the CA file in force,
+// swapped by `reload` (a broken file keeps the CAs in force). It hints no
+// CA names in its certificate request: the hints are fixed per
+// configuration, and clients (OpenSSL, rustls, the Python and Node
+// stacks) send the certificate they were given without them.
+
+/// The client verifier of the gateway's listeners.
+#[derive(Debug)]
+pub struct ClientVerifier {
+    current: ArcSwap<Current>,
+    required: bool,
+}
+
+#[derive(Debug)]
+struct Current(Arc<dyn ClientCertVerifier>);
+
+impl ClientVerifier {
+    /// Reads the CA certificates of `ca`; with `required`, a handshake
+    /// without a client certificate fails.
+    pub fn load(ca: &Path, required: bool) -> Result<ClientVerifier, TlsError> {
+        Ok(ClientVerifier {
+            current: ArcSwap::from_pointee(Current(build(ca, required)?)),
+            required,
+        })
+    }
+
+    /// Reads `ca` again and puts its CAs in force for new handshakes; on
+    /// error, the CAs in force stay.
+    pub fn reload(&self, ca: &Path) -> Result<(), TlsError> {
+        let verifier = build(ca, self.required)?;
+        self.current.store(Arc::new(Current(verifier)));
+        Ok(())
+    }
+}
+
+fn build(ca: &Path, required: bool) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certificates(ca)? {
+        roots.add(cert).map_err(|reason| TlsError::InvalidCa {
+            path: ca.to_path_buf(),
+            reason,
+        })?;
+    }
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()));
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder.build().map_err(|e| TlsError::ClientCa {
+        path: ca.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.required
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        self.current
+            .load()
+            .0
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.current
+            .load()
+            .0
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.current
+            .load()
+            .0
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current.load().0.supported_verify_schemes()
+    }
+}
+
+/// The RFC 8705 thumbprint of a certificate: the SHA-256 of its DER, shown
+/// as base64url without padding, as a bound token's `cnf.x5t#S256` holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thumbprint([u8; 32]);
+
+impl Thumbprint {
+    pub fn of(cert: &CertificateDer<'_>) -> Thumbprint {
+        let digest = ::aws_lc_rs::digest::digest(&::aws_lc_rs::digest::SHA256, cert.as_ref());
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        Thumbprint(bytes)
+    }
+}
+
+impl std::fmt::Display for Thumbprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use base64::Engine as _;
+        f.write_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0))
+    }
 }
 
 #[cfg(test)]

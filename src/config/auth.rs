@@ -48,6 +48,10 @@ pub struct AuthConfig {
     pub deny_publish: DenyPublish,
     /// What ties a client id to a token, for `${clientid}` in grants.
     pub client_id_binding: ClientIdBinding,
+    /// `[auth] require_certificate_binding`: refuse tokens without a `cnf`
+    /// binding them to the connection's client certificate (RFC 8705);
+    /// a token with one is held to it either way.
+    pub require_certificate_binding: bool,
 }
 
 /// What happens to a connection after the gateway refuses one of its
@@ -97,6 +101,7 @@ impl AuthConfig {
             algorithms: None,
             deny_publish: DenyPublish::Drop,
             client_id_binding: ClientIdBinding::ClaimOrSubject,
+            require_certificate_binding: false,
         }
     }
 }
@@ -117,6 +122,7 @@ pub(super) struct RawAuth {
     algorithms: Option<Spanned<Vec<Spanned<String>>>>,
     deny_publish: Option<Spanned<DenyPublish>>,
     client_id_binding: Option<Spanned<ClientIdBinding>>,
+    require_certificate_binding: Option<bool>,
 }
 
 /// `audience` is written either as one string or as a list of strings.
@@ -243,6 +249,9 @@ impl RawAuth {
         }
         if let Some(require_exp) = self.require_exp {
             auth.require_exp = require_exp;
+        }
+        if let Some(required) = self.require_certificate_binding {
+            auth.require_certificate_binding = required;
         }
         if let Some(require_subject) = self.require_subject {
             auth.require_subject = require_subject;

@@ -74,7 +74,7 @@ pub use bridge::{
 };
 pub use document::ConfigError;
 pub use limits::Limits;
-pub use service::{LogConfig, LogFormat, MetricsConfig, StorageConfig, TlsPaths};
+pub use service::{ClientAuth, LogConfig, LogFormat, MetricsConfig, StorageConfig, TlsPaths};
 pub use sessions::{SessionSettings, SlowSubscriber};
 pub use sys::SysConfig;
 pub use websocket::WebSocketConfig;

@@ -76,6 +76,24 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// `[tls] client_ca`: the CA certificates devices' client certificates
+    /// must chain to; no client certificate is asked for without it.
+    pub client_ca: Option<PathBuf>,
+    /// `[tls] client_auth`: whether a client certificate is required.
+    pub client_auth: ClientAuth,
+}
+
+/// Whether a client certificate is required, when `client_ca` is set. The
+/// token stays the credential either way: a certificate alone admits no
+/// one, it is what a certificate-bound token is checked against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Asked for; a device may present none (and then use no bound token).
+    #[default]
+    Optional,
+    /// A handshake without a valid client certificate fails.
+    Required,
 }
 
 #[derive(Default, Deserialize)]
@@ -83,6 +101,8 @@ pub struct TlsPaths {
 pub(super) struct RawTls {
     cert: Option<Spanned<PathBuf>>,
     key: Option<Spanned<PathBuf>>,
+    client_ca: Option<Spanned<PathBuf>>,
+    client_auth: Option<Spanned<ClientAuth>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -175,6 +195,8 @@ impl TlsPaths {
         TlsPaths {
             cert: base_dir.join("keys/tls/server.crt"),
             key: base_dir.join("keys/tls/server.key"),
+            client_ca: None,
+            client_auth: ClientAuth::Optional,
         }
     }
 }
@@ -191,6 +213,19 @@ impl RawTls {
         }
         if let Some(key) = &self.key {
             tls.key = doc.path(key, "[tls] key", base_dir)?;
+        }
+        if let Some(client_ca) = &self.client_ca {
+            tls.client_ca = Some(doc.path(client_ca, "[tls] client_ca", base_dir)?);
+        }
+        if let Some(client_auth) = &self.client_auth {
+            if tls.client_ca.is_none() {
+                return Err(doc.bad(
+                    client_auth,
+                    "[tls] client_auth",
+                    "needs [tls] client_ca, the CA client certificates are checked against",
+                ));
+            }
+            tls.client_auth = *client_auth.get_ref();
         }
         Ok(())
     }

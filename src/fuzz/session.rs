@@ -232,6 +232,7 @@ async fn run(
             let peer = Peer {
                 addr,
                 transport: Transport::Tls,
+                certificate: None,
             };
             return connection::serve(server, peer, place, shared, shutdown).await;
         }
@@ -245,6 +246,7 @@ async fn run(
         let peer = Peer {
             addr,
             transport: Transport::Wss,
+            certificate: None,
         };
         connection::serve(ws, peer, place, shared, shutdown).await;
     };

@@ -8,7 +8,8 @@
 //! client is refused, and `${clientid}` resolves only for a client id the
 //! token vouches for), its grants are bound to that client id, the subject
 //! and the user name ([`crate::acl::GrantTemplate::bind`]), and it must
-//! allow something. A failure says whether the credentials are bad, the
+//! allow something. A token bound to a client certificate (RFC 8705) must
+//! come over a connection that presented it. A failure says whether the credentials are bad, the
 //! client id is not the token's, or the identity is not authorized, which
 //! is all the client is told.
 
@@ -30,7 +31,8 @@ use super::quiet::{Kind, Quiet};
 use super::shared::Shared;
 use crate::acl::{Bindings, Grants};
 use crate::metrics::ConnectOutcome;
-use crate::token::{self, TokenError, VerifiedToken};
+use crate::tls::Thumbprint;
+use crate::token::{self, TokenError, VerifiedToken, binding};
 
 /// A token accepted for a connection.
 pub(super) struct Authenticated {
@@ -84,6 +86,7 @@ pub(super) fn authenticate(
     shared: &Shared,
     client_id: &str,
     username: Option<&str>,
+    certificate: Option<Thumbprint>,
     token: String,
     mut quiet: Option<&mut Quiet>,
 ) -> Result<Authenticated, Failure> {
@@ -97,9 +100,10 @@ pub(super) fn authenticate(
                 // revoked one matches the DISCONNECT a live connection gets; a
                 // token without a subject names no one a session could belong
                 // to.
-                TokenError::Grants(_) | TokenError::Revoked { .. } | TokenError::MissingSubject => {
-                    FailureKind::NotAuthorized
-                }
+                TokenError::Grants(_)
+                | TokenError::Revoked { .. }
+                | TokenError::MissingSubject
+                | TokenError::UnsupportedConfirmation => FailureKind::NotAuthorized,
                 _ => FailureKind::BadCredentials,
             },
             outcome: ConnectOutcome::from(&e),
@@ -134,6 +138,19 @@ pub(super) fn authenticate(
             kid: Some(verified.key_id.clone()),
             subject: verified.subject.clone(),
         })?;
+    // RFC 8705: a bound token only with its certificate.
+    binding::check(
+        verified.certificate.as_deref(),
+        certificate.map(|t| t.to_string()).as_deref(),
+        shared.policy.requires_certificate_binding(),
+    )
+    .map_err(|e| Failure {
+        kind: FailureKind::NotAuthorized,
+        outcome: ConnectOutcome::CertificateBinding,
+        reason: e.to_string(),
+        kid: Some(verified.key_id.clone()),
+        subject: verified.subject.clone(),
+    })?;
     let mut warn_about = |line: &dyn Fn(&str)| match quiet.as_deref_mut() {
         Some(quiet) => quiet.log(Kind::GrantIgnored, client_id, line),
         None => line(client_id),

@@ -58,6 +58,7 @@ use crate::broker::{Properties, Publication, SessionKey, Will};
 use crate::metrics::{ConnectOutcome, Metrics};
 use crate::mqtt::TopicLimits;
 use crate::mqtt::{QoS, Transport, Version};
+use crate::tls::Thumbprint;
 
 /// How long a new connection waits for an older one of the same session
 /// to let go of it.
@@ -121,12 +122,15 @@ struct ConnectRequest {
     login: Option<Login>,
 }
 
-/// Who is at the other end of a connection: its address, and what carries
-/// its MQTT bytes. Shown as the address.
+/// Who is at the other end of a connection: its address, what carries
+/// its MQTT bytes, and the client certificate it presented, if any. Shown
+/// as the address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Peer {
     pub addr: SocketAddr,
     pub transport: Transport,
+    /// `[tls] client_ca`: the verified client certificate's thumbprint.
+    pub certificate: Option<Thumbprint>,
 }
 
 impl std::fmt::Display for Peer {
@@ -239,6 +243,7 @@ pub(crate) async fn serve<S>(
                 &shared,
                 &client_id,
                 !assigned_id || clean_start,
+                peer.certificate,
                 credentials,
             )
         })
@@ -386,6 +391,7 @@ pub(crate) async fn serve<S>(
     let expires_at = authenticated.deadline(shared.leeway);
     let id = Identity {
         remote: peer.addr,
+        certificate: peer.certificate,
         client_id,
         version,
         subject: authenticated.token.subject,
@@ -576,6 +582,7 @@ fn admit(
     shared: &Shared,
     client_id: &str,
     id_acceptable: bool,
+    certificate: Option<Thumbprint>,
     mut credentials: Credentials,
 ) -> Result<(Authenticated, Credentials), Rejection> {
     // A client without an id must ask for a clean session: there is no
@@ -596,8 +603,8 @@ fn admit(
     }
     let token = std::mem::take(&mut credentials.token);
     let username = credentials.username.as_deref();
-    let authenticated =
-        authenticate(shared, client_id, username, token, None).map_err(|failure| Rejection {
+    let authenticated = authenticate(shared, client_id, username, certificate, token, None)
+        .map_err(|failure| Rejection {
             refusal: match failure.kind {
                 FailureKind::BadCredentials => Refusal::BadCredentials,
                 FailureKind::NotAuthorized => Refusal::NotAuthorized,

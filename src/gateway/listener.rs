@@ -31,6 +31,7 @@ use super::shared::Shared;
 use super::websocket::{self, UpgradeError};
 use crate::metrics::HandshakeFailure;
 use crate::mqtt::Transport;
+use crate::tls::Thumbprint;
 
 /// Pause after an accept error (typically out of file descriptors) so the
 /// loop does not spin while the condition lasts.
@@ -113,11 +114,19 @@ pub(super) async fn accept_loop(
                     return;
                 }
             };
+            // Verified by the handshake against `[tls] client_ca`.
+            let certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(<[_]>::first)
+                .map(Thumbprint::of);
             match serves {
                 Serves::Mqtt => {
                     let peer = Peer {
                         addr: peer,
                         transport: Transport::Tls,
+                        certificate,
                     };
                     connection::serve(tls, peer, pending, shared, shutdown).await;
                 }
@@ -128,6 +137,7 @@ pub(super) async fn accept_loop(
                     let peer = Peer {
                         addr: peer,
                         transport: Transport::Wss,
+                        certificate,
                     };
                     connection::serve(ws, peer, pending, shared, shutdown).await;
                 }

@@ -20,12 +20,12 @@ use super::websocket;
 use crate::admin::{self, server::AdminSocket};
 use crate::bridge;
 use crate::broker::{Broker, Budget, Quotas};
-use crate::config::{AdminConfig, Config};
+use crate::config::{AdminConfig, ClientAuth, Config};
 use crate::keys::{KeyDirError, KeyStore};
 use crate::metrics::{self, Exposition, Metrics};
 use crate::reload::{self, Reloader};
 use crate::storage::{DurableStore, Storage, StorageError};
-use crate::tls::{self, CertResolver, TlsError};
+use crate::tls::{self, CertResolver, ClientVerifier, TlsError};
 use crate::token::Policy;
 
 /// Why the gateway could not start.
@@ -89,17 +89,27 @@ impl Gateway {
         report.log();
         let keys = Arc::new(keys);
         let certs = Arc::new(CertResolver::load(&config.tls.cert, &config.tls.key)?);
-        let acceptor = TlsAcceptor::from(tls::server_config(Arc::clone(&certs))?);
+        let clients = match &config.tls.client_ca {
+            Some(ca) => Some(Arc::new(ClientVerifier::load(
+                ca,
+                config.tls.client_auth == ClientAuth::Required,
+            )?)),
+            None => None,
+        };
+        let acceptor = TlsAcceptor::from(tls::server_config(Arc::clone(&certs), clients.clone())?);
         let metrics = Arc::new(Metrics::default());
         metrics.expect_protocol_violations(&ProtocolViolation::LABELS);
         metrics.expect_websocket_refusals(&websocket::Refused::ALL.map(websocket::Refused::label));
-        let reloader = Arc::new(Reloader::new(
-            Arc::clone(&keys),
-            certs,
-            config.tls.clone(),
-            Arc::clone(&metrics),
-            Policy::from_config(&config.auth),
-        ));
+        let reloader = Arc::new(
+            Reloader::new(
+                Arc::clone(&keys),
+                certs,
+                config.tls.clone(),
+                Arc::clone(&metrics),
+                Policy::from_config(&config.auth),
+            )
+            .with_client_verifier(clients),
+        );
         reloader.warn_about_policy();
         // Restored before the listener takes anyone: a device that
         // resumes its session or subscribes finds what the last run kept.

@@ -185,10 +185,12 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Option<Ending> {
     while let Some(token) = client.take_reauth() {
         let (client_id, username) = (client.id().client_id.clone(), client.id().username.clone());
+        let certificate = client.id().certificate;
         let verified = authenticate(
             shared,
             &client_id,
             username.as_deref(),
+            certificate,
             token,
             Some(client.quiet()),
         );

@@ -419,6 +419,10 @@ pub enum ConnectOutcome {
     BadClientId,
     /// The token's `clientid` claim names another client id.
     ClientIdMismatch,
+    /// The token is bound (`cnf`) to a client certificate the connection
+    /// did not present, or is unbound under `[auth]
+    /// require_certificate_binding`.
+    CertificateBinding,
     BadAuthMethod,
     /// Over a limit of the CONNECT's own (MQTT 5 property bytes), or of the
     /// subject's (`[sessions] max_sessions_per_subject`, the memory budget).
@@ -434,7 +438,7 @@ pub enum ConnectOutcome {
 impl ConnectOutcome {
     /// Every outcome, so each label is exported from the start at zero
     /// (a variant added above belongs here too).
-    pub const ALL: [ConnectOutcome; 19] = [
+    pub const ALL: [ConnectOutcome; 20] = [
         ConnectOutcome::Accepted,
         ConnectOutcome::UnsupportedProtocol,
         ConnectOutcome::BadUsername,
@@ -449,6 +453,7 @@ impl ConnectOutcome {
         ConnectOutcome::NotAuthorized,
         ConnectOutcome::BadClientId,
         ConnectOutcome::ClientIdMismatch,
+        ConnectOutcome::CertificateBinding,
         ConnectOutcome::BadAuthMethod,
         ConnectOutcome::QuotaExceeded,
         ConnectOutcome::TopicNameInvalid,
@@ -472,6 +477,7 @@ impl ConnectOutcome {
             ConnectOutcome::NotAuthorized => "not_authorized",
             ConnectOutcome::BadClientId => "bad_client_id",
             ConnectOutcome::ClientIdMismatch => "client_id_mismatch",
+            ConnectOutcome::CertificateBinding => "certificate_binding",
             ConnectOutcome::BadAuthMethod => "bad_auth_method",
             ConnectOutcome::QuotaExceeded => "quota_exceeded",
             ConnectOutcome::TopicNameInvalid => "topic_name_invalid",
@@ -489,6 +495,7 @@ impl From<&TokenError> for ConnectOutcome {
             | TokenError::CriticalHeader
             | TokenError::ClaimsNotAnObject
             | TokenError::BadClaim { .. } => ConnectOutcome::MalformedToken,
+            TokenError::UnsupportedConfirmation => ConnectOutcome::CertificateBinding,
             TokenError::UnknownKey { .. } | TokenError::NoKeyForAlgorithm { .. } => {
                 ConnectOutcome::UnknownKid
             }

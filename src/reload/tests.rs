@@ -55,6 +55,8 @@ async fn a_dropped_key_file_is_loaded() {
         TlsPaths {
             cert: material.server_cert.clone(),
             key: material.server_key.clone(),
+            client_ca: None,
+            client_auth: crate::config::ClientAuth::Optional,
         },
         Arc::default(),
         Policy::from_config(&crate::config::Config::defaults(&keys_dir).auth),

@@ -147,6 +147,7 @@ fn blamed(err: &TlsError) -> (&'static str, &Path) {
         TlsError::InvalidCa { path, .. } => ("InvalidCa", path),
         TlsError::NoSystemRoots => ("NoSystemRoots", Path::new("")),
         TlsError::ClientConfig(_) => ("ClientConfig", Path::new("")),
+        TlsError::ClientCa { path, .. } => ("ClientCa", path),
     }
 }
 
@@ -214,7 +215,7 @@ async fn reload_swaps_served_certificate() {
     let (_two, second) = dev_tls();
     let resolver =
         Arc::new(CertResolver::load(&first.server_cert, &first.server_key).expect("load"));
-    let server = server_config(resolver.clone()).expect("config");
+    let server = server_config(resolver.clone(), None).expect("config");
     let name = ServerName::try_from("localhost").expect("name");
 
     let old_client = Arc::new(client_config(ca_path(&first), DEFAULT_VERSIONS));
@@ -234,7 +235,7 @@ async fn reload_swaps_served_certificate() {
 async fn handshakes_by_name_and_by_ip() {
     let (_dir, tls) = dev_tls();
     let resolver = Arc::new(CertResolver::load(&tls.server_cert, &tls.server_key).expect("load"));
-    let server = server_config(resolver).expect("config");
+    let server = server_config(resolver, None).expect("config");
     let plain = client_config(ca_path(&tls), DEFAULT_VERSIONS);
     // Built afresh: a clone would share the session store, and resume.
     let mut mqtt = client_config(ca_path(&tls), DEFAULT_VERSIONS);
@@ -258,7 +259,7 @@ async fn handshakes_by_name_and_by_ip() {
 async fn sessions_resume_on_tls12_and_tls13() {
     let (_dir, tls) = dev_tls();
     let resolver = Arc::new(CertResolver::load(&tls.server_cert, &tls.server_key).expect("load"));
-    let server = server_config(resolver).expect("config");
+    let server = server_config(resolver, None).expect("config");
     let cases = [
         (&rustls::version::TLS13, Tls12Resumption::SessionIdOrTickets),
         (&rustls::version::TLS12, Tls12Resumption::SessionIdOrTickets),
@@ -286,4 +287,61 @@ async fn sessions_resume_on_tls12_and_tls13() {
             "{version:?} {tls12:?}"
         );
     }
+}
+
+/// A CA and a client certificate it issued, as PEM, and the client's DER.
+fn client_pki(name: &str) -> (String, String, CertificateDer<'static>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} CA"));
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), cert.der().clone())
+}
+
+#[test]
+fn client_certificates_of_the_ca_in_force_verify_and_a_broken_reload_keeps_it() {
+    use tokio_rustls::rustls::pki_types::UnixTime;
+    use tokio_rustls::rustls::server::danger::ClientCertVerifier;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_a, _, device_a) = client_pki("device-a");
+    let (ca_b, _, device_b) = client_pki("device-b");
+    let ca = dir.path().join("clients-ca.crt");
+    fs::write(&ca, &ca_a).unwrap();
+    let verifier = ClientVerifier::load(&ca, false).unwrap();
+    assert!(!verifier.client_auth_mandatory());
+    assert!(
+        ClientVerifier::load(&ca, true)
+            .unwrap()
+            .client_auth_mandatory()
+    );
+    let now = UnixTime::now();
+    assert!(verifier.verify_client_cert(&device_a, &[], now).is_ok());
+    assert!(verifier.verify_client_cert(&device_b, &[], now).is_err());
+    // A CA file turned to garbage: refused, the CA in force kept.
+    fs::write(&ca, "not PEM").unwrap();
+    assert!(verifier.reload(&ca).is_err());
+    assert!(verifier.verify_client_cert(&device_a, &[], now).is_ok());
+    // Rotated to the other CA: the other devices verify.
+    fs::write(&ca, &ca_b).unwrap();
+    verifier.reload(&ca).unwrap();
+    assert!(verifier.verify_client_cert(&device_b, &[], now).is_ok());
+    assert!(verifier.verify_client_cert(&device_a, &[], now).is_err());
+}
+
+#[test]
+fn a_thumbprint_is_the_base64url_sha256_of_the_der() {
+    let der = CertificateDer::from(b"not really a certificate".to_vec());
+    let shown = Thumbprint::of(&der).to_string();
+    assert_eq!(shown.len(), 43, "32 bytes, unpadded base64url");
+    assert!(!shown.contains(['+', '/', '=']));
+    // echo -n 'not really a certificate' | openssl dgst -sha256 -binary | basenc --base64url
+    assert_eq!(shown, "1hgiVeVznVX8l4F1nHqCPU3_PSt9F5SecIXufAzCKs8");
 }

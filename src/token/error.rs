@@ -56,6 +56,13 @@ pub enum TokenError {
     ClaimsNotAnObject,
     #[error("claim {claim:?} has the wrong type")]
     BadClaim { claim: &'static str },
+    /// RFC 7800's `cnf` binds the token to a key by a method other than a
+    /// client certificate's thumbprint (`x5t#S256`): possession cannot be
+    /// checked here, so the token is not accepted as a bearer token.
+    #[error(
+        "certificate binding: the token's \"cnf\" claim binds it by a method other than \"x5t#S256\", which this gateway cannot check"
+    )]
+    UnsupportedConfirmation,
     #[error(
         "no subject: the \"sub\" claim is missing or empty, and [auth] require_subject \
          is on (sessions are keyed by subject)"

@@ -13,7 +13,7 @@ use crate::keys::Key;
 
 /// Registered claim names `mint` writes or `verify` reads; topics under one
 /// of these names would clash with it.
-const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+const REGISTERED_CLAIMS: [&str; 8] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf"];
 
 /// What [`mint`] puts in a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,17 @@ pub enum MintError {
 /// `sub`, `iat`, `exp`, a random `jti`, the topics, and `iss`/`aud` when
 /// given.
 pub fn mint(key: &Key, claims: &MintClaims) -> Result<String, MintError> {
+    mint_bound(key, claims, None)
+}
+
+/// As [`mint`], with `certificate` (a client certificate's thumbprint,
+/// base64url SHA-256) as `cnf.x5t#S256`: a token good only with that
+/// certificate (RFC 8705).
+pub fn mint_bound(
+    key: &Key,
+    claims: &MintClaims,
+    certificate: Option<&str>,
+) -> Result<String, MintError> {
     let signing_key = key.signing_key().ok_or_else(|| MintError::NotHmac {
         kid: key.id().to_owned(),
     })?;
@@ -105,6 +116,11 @@ pub fn mint(key: &Key, claims: &MintClaims) -> Result<String, MintError> {
         }
     }
     payload.insert(claims.topics_claim.clone(), claims.topics.clone().into());
+    if let Some(thumbprint) = certificate {
+        let mut cnf = Map::new();
+        cnf.insert("x5t#S256".into(), thumbprint.into());
+        payload.insert("cnf".into(), cnf.into());
+    }
 
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(key.id().to_owned());

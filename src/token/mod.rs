@@ -55,6 +55,11 @@
 //! [`mint()`] creates HS256 development tokens, such as those `jwtgate mint`
 //! prints, with any key that holds an HMAC secret.
 //!
+//! A token bound to a client certificate (`cnf.x5t#S256`, RFC 8705)
+//! carries its thumbprint in [`VerifiedToken::certificate`]; whether the
+//! connection presented that certificate is [`binding::check`]'s to say,
+//! for the connection that knows it.
+//!
 //! One file per job: `compact.rs` splits the token, decodes its header and
 //! finds the key whose signature it carries, `claims.rs` judges the claims,
 //! `policy.rs` holds the [`Policy`] they are judged by, `error.rs` the
@@ -73,6 +78,7 @@
     clippy::panic
 )]
 
+pub mod binding;
 mod claims;
 mod compact;
 mod error;
@@ -90,7 +96,7 @@ use crate::config::ClientIdBinding;
 use crate::keys::KeySet;
 
 pub use error::{Malformed, TokenError};
-pub use mint::{MintClaims, MintError, TtlError, mint, parse_ttl};
+pub use mint::{MintClaims, MintError, TtlError, mint, mint_bound, parse_ttl};
 pub use policy::{MAX_TOKEN_BYTES, Policy, PolicyWarning};
 
 use claims::{check_claims, string_claim};
@@ -110,6 +116,9 @@ pub struct VerifiedToken {
     /// `exp`, in seconds since the Unix epoch.
     pub expires_at: Option<u64>,
     pub jti: Option<String>,
+    /// `cnf.x5t#S256` (RFC 8705): the thumbprint of the client certificate
+    /// the token may only be used with ([`binding::check`]).
+    pub certificate: Option<String>,
     /// What the `topics` and `acl` claims grant, to be bound to a
     /// connection ([`GrantTemplate::bind`]). It may grant nothing; whether
     /// that is worth a connection is the caller's call.
@@ -217,6 +226,7 @@ fn verify_at(
     if policy.require_subject && subject.is_none_or(str::is_empty) {
         return Err(signed(TokenError::MissingSubject));
     }
+    let certificate = binding::confirmation(&claims).map_err(signed)?;
     let checked = check_claims(&claims, policy, now).map_err(signed)?;
     Ok(VerifiedToken {
         subject: subject.map(str::to_owned),
@@ -225,6 +235,7 @@ fn verify_at(
         key_file: key.source().to_path_buf(),
         expires_at: checked.exp,
         jti: jti.map(str::to_owned),
+        certificate,
         grants: checked.grants,
     })
 }

@@ -32,6 +32,7 @@ pub struct Policy {
     /// `None` accepts every algorithm some key allows.
     algorithms: Option<Vec<Algorithm>>,
     client_id_binding: ClientIdBinding,
+    require_certificate_binding: bool,
 }
 
 impl Policy {
@@ -51,7 +52,13 @@ impl Policy {
             max_lifetime: auth.max_token_lifetime.map(|max| max.as_secs()),
             algorithms: auth.algorithms.clone(),
             client_id_binding: auth.client_id_binding,
+            require_certificate_binding: auth.require_certificate_binding,
         }
+    }
+
+    /// `[auth] require_certificate_binding`: tokens without `cnf` refused.
+    pub fn requires_certificate_binding(&self) -> bool {
+        self.require_certificate_binding
     }
 
     /// What ties a connection's client id to its token, for `${clientid}`.

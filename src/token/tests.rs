@@ -1138,3 +1138,69 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_cnf_thumbprint_is_read_and_other_confirmation_methods_refused() {
+    let with_cnf = |cnf: Value| {
+        let mut claims = claims();
+        claims["cnf"] = cnf;
+        check(&sign(Algorithm::HS256, Some("dev"), &claims, &hmac()))
+    };
+    assert_eq!(
+        check(&sign(Algorithm::HS256, Some("dev"), &claims(), &hmac()))
+            .unwrap()
+            .certificate,
+        None
+    );
+    assert_eq!(
+        with_cnf(json!({ "x5t#S256": "abc" }))
+            .unwrap()
+            .certificate
+            .as_deref(),
+        Some("abc")
+    );
+    assert!(matches!(
+        with_cnf(json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" })),
+        Err(TokenError::UnsupportedConfirmation)
+    ));
+    assert!(matches!(
+        with_cnf(json!("abc")),
+        Err(TokenError::BadClaim { claim: "cnf" })
+    ));
+    assert!(matches!(
+        with_cnf(json!({ "x5t#S256": 7 })),
+        Err(TokenError::BadClaim { claim: "cnf" })
+    ));
+}
+
+#[test]
+fn a_minted_bound_token_carries_its_thumbprint() {
+    let token = mint_bound(dev_key(), &mint_claims("dev-1", &["a/#"]), Some("thumb")).unwrap();
+    let verified = verify(&token, &fixture().keys, &policy(|_| {})).unwrap();
+    assert_eq!(verified.certificate.as_deref(), Some("thumb"));
+}
+
+#[test]
+fn the_binding_holds_only_with_the_certificate_it_names() {
+    use binding::{BindingError, check};
+    assert_eq!(check(Some("a"), Some("a"), false), Ok(()));
+    assert_eq!(
+        check(Some("a"), Some("b"), false),
+        Err(BindingError::OtherCertificate)
+    );
+    assert_eq!(
+        check(Some("a"), None, false),
+        Err(BindingError::NoCertificate)
+    );
+    assert_eq!(check(None, Some("a"), false), Ok(()));
+    assert_eq!(check(None, None, false), Ok(()));
+    assert_eq!(check(None, Some("a"), true), Err(BindingError::Unbound));
+    assert_eq!(check(Some("a"), Some("a"), true), Ok(()));
+    for e in [
+        BindingError::OtherCertificate,
+        BindingError::NoCertificate,
+        BindingError::Unbound,
+    ] {
+        assert!(e.to_string().starts_with("certificate binding: "), "{e}");
+    }
+}

@@ -132,6 +132,15 @@ pub fn now_unix() -> u64 {
 
 /// A rustls client config trusting exactly the CA certificates in `ca_pem`.
 pub fn client_tls_config(ca_pem: &[u8]) -> Arc<rustls::ClientConfig> {
+    client_tls_config_with_cert(ca_pem, None)
+}
+
+/// As [`client_tls_config`], presenting `client_cert` (certificate chain
+/// and key, PEM) when the server asks for one.
+pub fn client_tls_config_with_cert(
+    ca_pem: &[u8],
+    client_cert: Option<(&[u8], &[u8])>,
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
         roots
@@ -142,8 +151,20 @@ pub fn client_tls_config(ca_pem: &[u8]) -> Arc<rustls::ClientConfig> {
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client_cert {
+        Some((cert, key)) => config
+            .with_client_auth_cert(
+                rustls_pemfile::certs(&mut &cert[..])
+                    .map(|c| c.expect("client certificate PEM"))
+                    .collect(),
+                rustls_pemfile::private_key(&mut &key[..])
+                    .expect("client key PEM")
+                    .expect("a client key"),
+            )
+            .expect("client certificate and key fit"),
+        None => config.with_no_client_auth(),
+    };
     Arc::new(config)
 }
 
@@ -1257,8 +1278,26 @@ impl RawClient {
         RawClient::handshake(tcp, ca_pem).await
     }
 
+    /// Like [`RawClient::connect`], presenting `client_cert` (certificate
+    /// and key, PEM).
+    pub async fn connect_with_cert(
+        addr: SocketAddr,
+        ca_pem: &[u8],
+        client_cert: (&[u8], &[u8]),
+    ) -> RawClient {
+        let tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("TCP connect timed out")
+            .expect("TCP connect");
+        RawClient::handshake_with(tcp, client_tls_config_with_cert(ca_pem, Some(client_cert))).await
+    }
+
     async fn handshake(tcp: TcpStream, ca_pem: &[u8]) -> RawClient {
-        let connector = TlsConnector::from(client_tls_config(ca_pem));
+        RawClient::handshake_with(tcp, client_tls_config(ca_pem)).await
+    }
+
+    async fn handshake_with(tcp: TcpStream, config: Arc<rustls::ClientConfig>) -> RawClient {
+        let connector = TlsConnector::from(config);
         let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("server name");
         let stream = tokio::time::timeout(WAIT, connector.connect(name, tcp))
             .await
@@ -2204,7 +2243,19 @@ impl DevBinary {
     /// As [`DevBinary::start`], with `env` added to the process's
     /// environment.
     pub async fn start_with_env(auth: &str, extra: &str, env: &[(&str, &str)]) -> DevBinary {
-        DevBinary::spawn(auth, extra, env, None).await
+        DevBinary::spawn(auth, extra, env, None, None).await
+    }
+
+    /// As [`DevBinary::start`], asking devices for client certificates
+    /// issued by `client_ca` (PEM, written to `keys/tls/clients-ca.crt`),
+    /// with `tls` added to the `[tls]` table (`"client_auth = \"required\"\n"`).
+    pub async fn start_with_client_ca(
+        client_ca: &str,
+        tls: &str,
+        auth: &str,
+        extra: &str,
+    ) -> DevBinary {
+        DevBinary::spawn(auth, extra, &[], None, Some((client_ca, tls))).await
     }
 
     /// As [`DevBinary::start`], with the process's files limited to
@@ -2212,18 +2263,29 @@ impl DevBinary {
     /// that a write past it fails with EFBIG): a disk that fills up,
     /// without root. [`ServedBinary::lift_file_size_limit`] lifts it.
     pub async fn start_with_file_size_limit(auth: &str, extra: &str, file_size: u64) -> DevBinary {
-        DevBinary::spawn(auth, extra, &[], Some(file_size)).await
+        DevBinary::spawn(auth, extra, &[], Some(file_size), None).await
     }
 
+    /// `client_ca`: the client CA's PEM and the `[tls]` lines that go with
+    /// it.
     async fn spawn(
         auth: &str,
         extra: &str,
         env: &[(&str, &str)],
         file_size: Option<u64>,
+        client_ca: Option<(&str, &str)>,
     ) -> DevBinary {
         let dir = tempfile::tempdir().expect("temp dir");
         let material =
             firstrun::ensure_dev_material(&dir.path().join("keys")).expect("dev material");
+        let tls = match client_ca {
+            Some((pem, tls)) => {
+                std::fs::write(dir.path().join("keys/tls/clients-ca.crt"), pem)
+                    .expect("write the client CA");
+                format!("client_ca = \"keys/tls/clients-ca.crt\"\n{tls}")
+            }
+            None => String::new(),
+        };
         let ca = std::fs::read(material.ca_cert.expect("a dev CA")).expect("read the CA");
         let secret = keys::decode_secret(
             &std::fs::read_to_string(&material.secret).expect("read the secret"),
@@ -2233,7 +2295,7 @@ impl DevBinary {
         std::fs::write(
             &config,
             format!(
-                "[tls]\ncert = \"keys/tls/server.crt\"\nkey = \"keys/tls/server.key\"\n\n\
+                "[tls]\ncert = \"keys/tls/server.crt\"\nkey = \"keys/tls/server.key\"\n{tls}\n\
                  [admin]\nsocket = \"state/admin.sock\"\n\n\
                  [auth]\nkeys_dir = \"keys\"\n{auth}\n{extra}"
             ),

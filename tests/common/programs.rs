@@ -379,6 +379,20 @@ pub fn program(
     token: &str,
     will: Option<(&str, &str, u8)>,
 ) -> Program {
+    program_with_cert(gw, driven, version, client_id, token, will, None)
+}
+
+/// As [`program`], presenting `client_cert` (certificate and key PEM
+/// files) in the TLS handshake, paho only.
+pub fn program_with_cert(
+    gw: &DevBinary,
+    driven: Driven,
+    version: Version,
+    client_id: &str,
+    token: &str,
+    will: Option<(&str, &str, u8)>,
+    client_cert: Option<(&Path, &Path)>,
+) -> Program {
     let mut command = match driven {
         Driven::Paho | Driven::PahoWss => {
             let port = match driven {
@@ -416,6 +430,14 @@ pub fn program(
             command
         }
     };
+    if let Some((cert, key)) = client_cert {
+        assert_ne!(
+            driven,
+            Driven::MqttJs,
+            "client certificates are paho's here"
+        );
+        command.env("PAHO_CERTFILE", cert).env("PAHO_KEYFILE", key);
+    }
     command.env_remove("NODE_OPTIONS");
     Program::spawn(format!("{driven:?} {client_id}"), command, true)
 }

@@ -6,7 +6,9 @@ gateway's codec.
     paho_client.py HOST PORT CAFILE CLIENT_ID TOKEN 311|5 [WILL_TOPIC WILL_PAYLOAD WILL_QOS]
 
 connects over TLS trusting CAFILE (over secure WebSockets on the path in
-$PAHO_WS_PATH, when set), with username JWT and TOKEN as password,
+$PAHO_WS_PATH, when set; presenting the client certificate in
+$PAHO_CERTFILE with the key in $PAHO_KEYFILE, when set), with username
+JWT and TOKEN as password,
 and reports on stdout, one line each:
 
     CONNACK <code>                    the CONNACK's return/reason code
@@ -61,7 +63,13 @@ def main():
     )
     if ws_path:
         client.ws_set_options(path=ws_path)
-    client.tls_set(ca_certs=cafile)
+    # PAHO_CERTFILE and PAHO_KEYFILE: a client certificate for the
+    # handshake (for tokens bound to it, RFC 8705).
+    client.tls_set(
+        ca_certs=cafile,
+        certfile=os.environ.get("PAHO_CERTFILE"),
+        keyfile=os.environ.get("PAHO_KEYFILE"),
+    )
     client.username_pw_set("JWT", token)
     if will:
         client.will_set(will[0], will[1], int(will[2]))

@@ -9,6 +9,8 @@ listen = "0.0.0.0:8883"          # TLS only; there is no plaintext listener. def
 [tls]
 cert = "keys/tls/server.crt"     # PEM chain; default "keys/tls/server.crt"
 key  = "keys/tls/server.key"     # PEM private key (PKCS#8, PKCS#1 or SEC1); default "keys/tls/server.key"
+client_ca = "keys/tls/clients-ca.crt"  # optional; asks devices for a client certificate chaining to these CAs (reloaded like cert)
+client_auth = "optional"         # "optional" (default) | "required"; needs client_ca
 [auth]
 keys_dir = "keys"                # default "keys"
 topics_claim = "topics"          # default "topics"; must be non-empty
@@ -23,6 +25,7 @@ max_token_lifetime_secs = 86400  # optional cap on exp - iat; must be > 0
 algorithms = ["HS256", "RS256"]  # optional allow-list; each must be a jsonwebtoken::Algorithm name; empty list is an error
 deny_publish = "drop"            # "drop" (default) | "disconnect": what happens to a connection after a refused PUBLISH
 client_id_binding = "claim_or_subject"  # default; "none" lets ${clientid} take any client id
+require_certificate_binding = true  # default false; refuse tokens not bound (cnf.x5t#S256) to the connection's client certificate
 [limits]
 handshake_timeout_secs = 10      # TLS handshake timeout; default 10; must be > 0
 connect_timeout_secs = 10        # time from TLS up to a CONNECT packet; default 10; must be > 0
@@ -94,6 +97,8 @@ fn full_example_parses_to_the_documented_values() {
             tls: TlsPaths {
                 cert: base.join("keys/tls/server.crt"),
                 key: base.join("keys/tls/server.key"),
+                client_ca: Some(base.join("keys/tls/clients-ca.crt")),
+                client_auth: ClientAuth::Optional,
             },
             auth: AuthConfig {
                 keys_dir: base.join("keys"),
@@ -109,6 +114,7 @@ fn full_example_parses_to_the_documented_values() {
                 algorithms: Some(vec![Algorithm::HS256, Algorithm::RS256]),
                 deny_publish: DenyPublish::Drop,
                 client_id_binding: ClientIdBinding::ClaimOrSubject,
+                require_certificate_binding: true,
             },
             limits: Limits {
                 handshake_timeout: Duration::from_secs(10),

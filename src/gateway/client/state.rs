@@ -89,6 +89,9 @@ impl ClientLimits {
 pub(crate) struct Identity {
     /// Where the connection comes from, for the log.
     pub remote: std::net::SocketAddr,
+    /// The client certificate it presented: what a re-authentication's
+    /// bound token must name too.
+    pub certificate: Option<crate::tls::Thumbprint>,
     pub client_id: String,
     pub version: Version,
     /// The token's `sub`: a re-authentication must name the same.

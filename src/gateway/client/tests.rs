@@ -50,6 +50,7 @@ fn client_with(
             .collect(),
     );
     let id = Identity {
+        certificate: None,
         remote: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         client_id: "c1".to_owned(),
         version,
@@ -682,6 +683,7 @@ mod sequences {
                 .collect(),
         );
         let id = Identity {
+            certificate: None,
             remote: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             client_id,
             version,
