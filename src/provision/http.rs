@@ -443,7 +443,9 @@ fn read_answer(url: String, mut response: Response<ureq::Body>) -> Result<Answer
 }
 
 /// 429 and 5xx say "later", except Auth0's 429 `too_many_attempts`, which
-/// blocks an account after failed logins: retrying it only adds failures.
+/// blocks an account after failed logins: retrying it only adds failures;
+/// and its 429 `slow_down` to a device code poll, which the poll loop
+/// answers by waiting longer (RFC 8628 §3.5), not sooner.
 fn is_busy(answer: &Answer) -> bool {
     #[derive(serde::Deserialize)]
     struct Code {
@@ -451,8 +453,9 @@ fn is_busy(answer: &Answer) -> bool {
     }
     match answer.status {
         500..=599 => true,
-        429 => serde_json::from_slice::<Code>(&answer.body)
-            .map_or(true, |code| code.error != "too_many_attempts"),
+        429 => serde_json::from_slice::<Code>(&answer.body).map_or(true, |code| {
+            code.error != "too_many_attempts" && code.error != "slow_down"
+        }),
         _ => false,
     }
 }

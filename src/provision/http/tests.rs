@@ -78,6 +78,7 @@ fn busy_answers() {
     assert!(is_busy(&answer(429, r#"{"error":"too_many_requests"}"#)));
     assert!(is_busy(&answer(429, "slow down")));
     assert!(!is_busy(&answer(429, r#"{"error":"too_many_attempts"}"#)));
+    assert!(!is_busy(&answer(429, r#"{"error":"slow_down"}"#)));
     assert!(!is_busy(&answer(403, "")));
 }
 
