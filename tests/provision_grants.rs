@@ -622,3 +622,40 @@ fn every_new_command_has_an_example_in_its_help() {
         );
     }
 }
+
+/// The packaged refresh unit's command line, expanded with the README's
+/// provision.env for a device key, renews by running the grant again.
+#[test]
+fn the_refresh_units_command_line_renews_with_the_device_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit =
+        std::fs::read_to_string(root.join("systemd/jwtgate-provision-refresh.service")).unwrap();
+    let exec_start = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .unwrap();
+    let device = Device::new();
+    let provision_args = format!(
+        "--key {} --audience mqtt-gateway --ca-file {}",
+        arg(&device.path("keys/device.key")),
+        arg(&device.provider.ca_file)
+    );
+    let line = exec_start
+        .replace("${PROVISION_DOMAIN}", &device.provider.domain())
+        .replace("${PROVISION_CLIENT_ID}", CLIENT_ID)
+        .replace("${PROVISION_OUT}", &arg(&device.path("device.jwt")))
+        .replace("${PROVISION_MIN_REMAINING}", "10m")
+        .replace("$PROVISION_ARGS", &provision_args);
+    let mut words = line.split_whitespace().map(str::to_owned);
+    assert_eq!(words.next().as_deref(), Some("/usr/bin/jwtgate-provision"));
+    let words: Vec<String> = words.collect();
+    // No token yet: renewed at once; then fresh: nothing sent.
+    assert!(
+        provision(&words)
+            .ok()
+            .stdout
+            .contains("wrote the access token")
+    );
+    assert!(provision(&words).ok().stdout.contains("not refreshed"));
+    assert_eq!(device.provider.accepted().len(), 1);
+}

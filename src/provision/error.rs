@@ -168,6 +168,10 @@ pub enum Error {
         url: String,
         skipped: Vec<SkippedJwk>,
     },
+    #[error(
+        "TLS with {url} failed: the server closed the connection ({reason}), which is how it refuses a client certificate; check that --mtls-cert was issued by the CA the provider trusts for this application"
+    )]
+    ClientCertClosed { url: String, reason: String },
     #[error("--mtls-endpoint {url:?}: {reason}")]
     MtlsEndpoint { url: String, reason: &'static str },
     #[error("cannot use {flag} {}: {reason}", path.display())]

@@ -217,7 +217,18 @@ impl Provider {
         loop {
             let response = self
                 .send_once(&url, endpoint)?
-                .map_err(|error| transport_error(&url, error))?;
+                .map_err(|error| match error {
+                    // A TLS 1.3 server refuses a client certificate after
+                    // the client thinks the handshake is over: the request
+                    // then meets a closed connection, not an alert.
+                    ureq::Error::Io(error) if self.mtls && is_closed(&error) => {
+                        Error::ClientCertClosed {
+                            url: url.clone(),
+                            reason: error.to_string(),
+                        }
+                    }
+                    error => transport_error(&url, error),
+                })?;
             let retry_after = retry_after(&response);
             let mut answer = read_answer(url.clone(), response)?;
             if !is_busy(&answer) {
@@ -508,6 +519,14 @@ fn transport_error(url: &str, error: ureq::Error) -> Error {
             reason: other.to_string(),
         },
     }
+}
+
+fn is_closed(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(
+        error.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+    )
 }
 
 fn is_tls(error: &std::io::Error) -> bool {
