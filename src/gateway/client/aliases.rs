@@ -47,7 +47,7 @@ impl ReceivedAliases {
     ) -> Result<String, ProtocolViolation> {
         let topic = std::str::from_utf8(raw).map_err(|_| ProtocolViolation::TopicNotUtf8)?;
         let Some(alias) = alias else {
-            validate_topic_name(topic).map_err(ProtocolViolation::TopicName)?;
+            validate_topic_name(topic).map_err(ProtocolViolation::of_topic)?;
             return Ok(topic.to_owned());
         };
         if alias == 0 || alias > self.max {
@@ -65,7 +65,7 @@ impl ReceivedAliases {
                 .map(str::to_owned)
                 .ok_or(ProtocolViolation::TopicAliasUnset(alias));
         }
-        validate_topic_name(topic).map_err(ProtocolViolation::TopicName)?;
+        validate_topic_name(topic).map_err(ProtocolViolation::of_topic)?;
         if self.topics.len() <= slot {
             self.topics.resize(slot + 1, None);
         }

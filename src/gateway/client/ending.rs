@@ -179,6 +179,18 @@ pub(crate) enum ProtocolViolation {
     /// a non-zero packet identifier, and so do the acks that answer them.
     #[error("[MQTT-2.2.1-3] packet identifier 0 on a {0}")]
     PacketIdZero(&'static str),
+    /// [MQTT-3.8.3-2]: a SUBSCRIBE names at least one topic filter; MQTT 5
+    /// §3.8.3 makes one without a Protocol Error.
+    #[error("[MQTT-3.8.3-2] SUBSCRIBE without a topic filter")]
+    SubscribeWithoutFilters,
+    /// [MQTT-3.10.3-2]: an UNSUBSCRIBE names at least one topic filter;
+    /// MQTT 5 §3.10.3 makes one without a Protocol Error.
+    #[error("[MQTT-3.10.3-2] UNSUBSCRIBE without a topic filter")]
+    UnsubscribeWithoutFilters,
+    /// MQTT 5 §3.8.3.1: Maximum QoS 3 or Retain Handling 3 in a
+    /// subscription's options is a Protocol Error.
+    #[error("[MQTT 5 §3.8.3.1] subscription options: {0}")]
+    SubscriptionOptions(&'static str),
     /// §3.14.2.2.2: a DISCONNECT may not set a session expiry when the
     /// CONNECT set none.
     #[error("[MQTT 5 §3.14.2.2.2] DISCONNECT sets a session expiry after CONNECT set none")]
@@ -193,11 +205,19 @@ pub(crate) enum ProtocolViolation {
     /// identifier.
     #[error("[MQTT-3.3.4-6] a client PUBLISH may not carry a subscription identifier")]
     SubscriptionIdOnPublish,
-    /// [MQTT-1.5.4-1]: a topic is well-formed UTF-8.
+    /// [MQTT-1.5.4-1]: a topic is well-formed UTF-8; one that is not makes
+    /// the packet malformed.
     #[error("[MQTT-1.5.4-1] topic is not UTF-8")]
     TopicNotUtf8,
-    /// [MQTT-3.3.2-2], [MQTT-4.7.3-1], [MQTT-4.7.3-2]: a topic name is not
-    /// empty and holds neither wildcards nor U+0000.
+    /// [MQTT-1.5.4-2], [MQTT-4.7.3-2]: a topic holds no U+0000; one that
+    /// does makes the packet malformed.
+    #[error("[MQTT-1.5.4-2] topic contains U+0000")]
+    TopicNul,
+    /// MQTT 5 §3.3.2.3.4: an empty topic name without a topic alias is a
+    /// Protocol Error ([MQTT-4.7.3-1] in MQTT 3.1.1, which has no aliases).
+    #[error("[MQTT 5 §3.3.2.3.4] empty topic name without a topic alias")]
+    TopicEmpty,
+    /// [MQTT-3.3.2-2]: a topic name holds no wildcards.
     #[error("[MQTT-3.3.2-2] {0}")]
     TopicName(TopicError),
     /// `[limits] max_topic_levels` and `max_topic_bytes`, which an MQTT
@@ -232,20 +252,24 @@ impl ProtocolViolation {
     /// The DISCONNECT reason an MQTT 5 client is given.
     pub(super) fn reason_code(&self) -> DisconnectReasonCode {
         use ProtocolViolation::*;
+        // MQTT 5 §1.2: a Malformed Packet is one that cannot be parsed; a
+        // Protocol Error is found in a packet that parsed, such as a packet
+        // identifier 0 or an empty filter list.
         match self {
             TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
-            // What rumqttd's decoder says of a PUBLISH with identifier 0,
-            // so that every packet with one ends the same way.
-            Malformed(_) | PacketIdZero(_) => DisconnectReasonCode::MalformedPacket,
-            TopicNotUtf8 | TopicName(_) | TopicOverLimits(_) => {
-                DisconnectReasonCode::TopicNameInvalid
-            }
+            Malformed(_) | TopicNotUtf8 | TopicNul => DisconnectReasonCode::MalformedPacket,
+            TopicName(_) | TopicOverLimits(_) => DisconnectReasonCode::TopicNameInvalid,
             ReceiveMaximum(_) => DisconnectReasonCode::ReceiveMaximumExceeded,
             TopicAliasInvalid { .. } => DisconnectReasonCode::TopicAliasInvalid,
             TopicAliasesTooLarge => DisconnectReasonCode::QuotaExceeded,
             SecondConnect
             | UnexpectedPacket(_)
             | ForbiddenPacketType(_)
+            | PacketIdZero(_)
+            | SubscribeWithoutFilters
+            | UnsubscribeWithoutFilters
+            | SubscriptionOptions(_)
+            | TopicEmpty
             | SessionExpiryAfterZero
             | AuthReason(_)
             | SubscriptionIdOnPublish
@@ -258,17 +282,22 @@ impl ProtocolViolation {
     /// Every [`label`](Self::label), so that
     /// `jwtgate_protocol_violations_total` is exported at zero from the
     /// start, as every other refusal family is.
-    pub(crate) const LABELS: [&'static str; 18] = [
+    pub(crate) const LABELS: [&'static str; 23] = [
         "second_connect",
         "unexpected_packet",
         "forbidden_packet_type",
         "packet_too_large",
         "malformed_packet",
         "packet_id_zero",
+        "subscribe_without_filters",
+        "unsubscribe_without_filters",
+        "subscription_options",
         "session_expiry_after_zero",
         "auth_reason",
         "subscription_id_on_publish",
         "topic_not_utf8",
+        "topic_nul",
+        "topic_empty",
         "topic_name_invalid",
         "topic_over_limits",
         "receive_maximum_exceeded",
@@ -289,10 +318,15 @@ impl ProtocolViolation {
             TooLarge { .. } => "packet_too_large",
             Malformed(_) => "malformed_packet",
             PacketIdZero(_) => "packet_id_zero",
+            SubscribeWithoutFilters => "subscribe_without_filters",
+            UnsubscribeWithoutFilters => "unsubscribe_without_filters",
+            SubscriptionOptions(_) => "subscription_options",
             SessionExpiryAfterZero => "session_expiry_after_zero",
             AuthReason(_) => "auth_reason",
             SubscriptionIdOnPublish => "subscription_id_on_publish",
             TopicNotUtf8 => "topic_not_utf8",
+            TopicNul => "topic_nul",
+            TopicEmpty => "topic_empty",
             TopicName(_) => "topic_name_invalid",
             TopicOverLimits(_) => "topic_over_limits",
             ReceiveMaximum(_) => "receive_maximum_exceeded",
@@ -305,11 +339,25 @@ impl ProtocolViolation {
     }
 }
 
+impl ProtocolViolation {
+    /// The rule a PUBLISH's topic name (after its alias) breaks.
+    pub(super) fn of_topic(e: TopicError) -> ProtocolViolation {
+        match e {
+            TopicError::Empty => ProtocolViolation::TopicEmpty,
+            TopicError::Nul => ProtocolViolation::TopicNul,
+            other => ProtocolViolation::TopicName(other),
+        }
+    }
+}
+
 impl From<CodecError> for ProtocolViolation {
     fn from(e: CodecError) -> ProtocolViolation {
         match e {
             CodecError::TooLarge { size, limit } => ProtocolViolation::TooLarge { size, limit },
             CodecError::ForbiddenPacketType(kind) => ProtocolViolation::ForbiddenPacketType(kind),
+            CodecError::PacketIdZero => ProtocolViolation::PacketIdZero("PUBLISH"),
+            CodecError::SubscribeWithoutFilters => ProtocolViolation::SubscribeWithoutFilters,
+            CodecError::SubscriptionOptions(what) => ProtocolViolation::SubscriptionOptions(what),
             other => ProtocolViolation::Malformed(other),
         }
     }

@@ -160,6 +160,11 @@ impl Client {
             }
             Packet::Unsubscribe(unsubscribe, _) => {
                 packet_id(unsubscribe.pkid, "UNSUBSCRIBE")?;
+                // rumqttd's decoder lets an empty one through, unlike an
+                // empty SUBSCRIBE.
+                if unsubscribe.filters.is_empty() {
+                    return Err(ProtocolViolation::UnsubscribeWithoutFilters);
+                }
                 self.unsubscribe(out, unsubscribe);
                 None
             }
@@ -186,7 +191,8 @@ impl Client {
 }
 
 /// The identifier of a packet that must carry one ([MQTT-2.2.1-3]);
-/// rumqttd's decoder refuses a zero only on a PUBLISH.
+/// rumqttd's decoder refuses a zero only on a PUBLISH (the codec turns
+/// that into the same violation).
 fn packet_id(id: u16, packet: &'static str) -> Result<PacketId, ProtocolViolation> {
     PacketId::new(id).ok_or(ProtocolViolation::PacketIdZero(packet))
 }

@@ -1287,7 +1287,7 @@ fn a_packet_id_of_zero_ends_the_session() {
         );
         assert_eq!(
             violation(ending),
-            (DisconnectReasonCode::MalformedPacket, "packet_id_zero")
+            (DisconnectReasonCode::ProtocolError, "packet_id_zero")
         );
     }
     let mut h = client(Version::V3_1_1, &["dev/#"]);
@@ -1298,11 +1298,92 @@ fn a_packet_id_of_zero_ends_the_session() {
             "SUBSCRIBE"
         )))
     ));
-    // rumqttd's decoder refuses it on a PUBLISH already.
+    // rumqttd's decoder refuses it on a PUBLISH already; it parsed, so it
+    // is the same Protocol Error (MQTT 5 §1.2), not a malformed packet.
     let mut h = client(Version::V3_1_1, &["dev/#"]);
     let publish = h.publish("dev/x", 1, 0, &[]);
     assert_eq!(
         violation(h.send(&publish)),
+        (DisconnectReasonCode::ProtocolError, "packet_id_zero")
+    );
+}
+
+#[test]
+fn subscribe_and_unsubscribe_without_filters_are_protocol_errors() {
+    for version in [Version::V3_1_1, Version::V5] {
+        let mut h = client(version, &["dev/#"]);
+        let subscribe = h.subscribe(1, &[]);
+        assert_eq!(
+            violation(h.send(&subscribe)),
+            (
+                DisconnectReasonCode::ProtocolError,
+                "subscribe_without_filters"
+            )
+        );
+        let mut h = client(version, &["dev/#"]);
+        let mut body = 1u16.to_be_bytes().to_vec();
+        if version.is_v5() {
+            body.push(0);
+        }
+        assert_eq!(
+            violation(h.send(&frame(0xA2, &body))),
+            (
+                DisconnectReasonCode::ProtocolError,
+                "unsubscribe_without_filters"
+            )
+        );
+        assert!(h.answers().is_empty(), "no UNSUBACK");
+    }
+}
+
+#[test]
+fn forbidden_subscription_options_are_protocol_errors_in_mqtt_5() {
+    for options in [0x03, 0x30] {
+        let mut h = client(Version::V5, &["dev/#"]);
+        let subscribe = h.subscribe(1, &[("dev/x", options)]);
+        assert_eq!(
+            violation(h.send(&subscribe)),
+            (DisconnectReasonCode::ProtocolError, "subscription_options"),
+            "options {options:#04x}"
+        );
+    }
+    // MQTT 3.1.1 [MQTT-3.8.3-4] calls a QoS of 3 malformed.
+    let mut h = client(Version::V3_1_1, &["dev/#"]);
+    let subscribe = h.subscribe(1, &[("dev/x", 0x03)]);
+    assert_eq!(
+        violation(h.send(&subscribe)),
         (DisconnectReasonCode::MalformedPacket, "malformed_packet")
     );
+}
+
+#[test]
+fn publish_topics_break_the_rule_they_break() {
+    for (topic, expected) in [
+        (
+            &b""[..],
+            (DisconnectReasonCode::ProtocolError, "topic_empty"),
+        ),
+        (
+            b"dev/\0",
+            (DisconnectReasonCode::MalformedPacket, "topic_nul"),
+        ),
+        (
+            b"dev/\xff",
+            (DisconnectReasonCode::MalformedPacket, "topic_not_utf8"),
+        ),
+        (
+            b"dev/#",
+            (DisconnectReasonCode::TopicNameInvalid, "topic_name_invalid"),
+        ),
+    ] {
+        let mut h = client(Version::V5, &["#"]);
+        let mut body = u16::try_from(topic.len()).unwrap().to_be_bytes().to_vec();
+        body.extend_from_slice(topic);
+        body.push(0);
+        assert_eq!(
+            violation(h.send(&frame(0x30, &body))),
+            expected,
+            "{topic:?}"
+        );
+    }
 }

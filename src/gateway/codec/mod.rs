@@ -241,11 +241,22 @@ impl Codec {
             Version::V3_1 | Version::V3_1_1 => V4.read_mut(buf, limit),
         }))
         .map_err(|_| CodecError::CodecPanic)?;
+        // rumqttd's decoder also refuses packets that parse but break a
+        // rule; those are Protocol Errors (MQTT 5 §1.2), not malformed.
         match decoded {
             Ok(packet) => Ok(Some(Inbound::Packet { packet, publish })),
             Err(protocol::Error::InsufficientBytes(_)) => Err(CodecError::Malformed(
                 "frame shorter than its remaining length".into(),
             )),
+            Err(protocol::Error::PacketIdZero) => Err(CodecError::PacketIdZero),
+            Err(protocol::Error::EmptySubscription) => Err(CodecError::SubscribeWithoutFilters),
+            // MQTT 3.1.1 [MQTT-3.8.3-4] calls these malformed.
+            Err(protocol::Error::InvalidQoS(3)) if kind == SUBSCRIBE && self.version.is_v5() => {
+                Err(CodecError::SubscriptionOptions("Maximum QoS 3"))
+            }
+            Err(protocol::Error::InvalidRetainForwardRule(_)) if self.version.is_v5() => {
+                Err(CodecError::SubscriptionOptions("Retain Handling 3"))
+            }
             Err(e) => Err(CodecError::Malformed(e.to_string())),
         }
     }

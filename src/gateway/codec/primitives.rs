@@ -20,6 +20,17 @@ pub enum CodecError {
     TooLarge { size: usize, limit: usize },
     #[error("malformed packet: {0}")]
     Malformed(String),
+    /// Parsed, but with a packet identifier 0 ([MQTT-2.2.1-3]): a Protocol
+    /// Error rather than a malformed packet.
+    #[error("packet identifier 0")]
+    PacketIdZero,
+    /// A SUBSCRIBE without a topic filter ([MQTT-3.8.3-2]).
+    #[error("SUBSCRIBE without a topic filter")]
+    SubscribeWithoutFilters,
+    /// MQTT 5 subscription options with a value the protocol forbids
+    /// (§3.8.3.1).
+    #[error("subscription options: {0}")]
+    SubscriptionOptions(&'static str),
     #[error("the MQTT codec panicked on this input")]
     CodecPanic,
 }

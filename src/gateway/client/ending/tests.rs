@@ -13,11 +13,16 @@ fn every_violation() -> Vec<ProtocolViolation> {
         TooLarge { size: 2, limit: 1 },
         Malformed(CodecError::Malformed("test".into())),
         PacketIdZero("PUBACK"),
+        SubscribeWithoutFilters,
+        UnsubscribeWithoutFilters,
+        SubscriptionOptions("Retain Handling 3"),
         SessionExpiryAfterZero,
         AuthReason(0x18),
         SubscriptionIdOnPublish,
         TopicNotUtf8,
-        TopicName(TopicError::Empty),
+        TopicNul,
+        TopicEmpty,
+        TopicName(TopicError::Wildcard('#')),
         TopicOverLimits(TopicError::Empty),
         ReceiveMaximum(1),
         TopicAliasInvalid { alias: 9, max: 8 },
@@ -34,10 +39,15 @@ fn every_violation() -> Vec<ProtocolViolation> {
             | TooLarge { .. }
             | Malformed(_)
             | PacketIdZero(_)
+            | SubscribeWithoutFilters
+            | UnsubscribeWithoutFilters
+            | SubscriptionOptions(_)
             | SessionExpiryAfterZero
             | AuthReason(_)
             | SubscriptionIdOnPublish
             | TopicNotUtf8
+            | TopicNul
+            | TopicEmpty
             | TopicName(_)
             | TopicOverLimits(_)
             | ReceiveMaximum(_)
