@@ -10,7 +10,9 @@
 //!    will the token allows, MQTT 5 properties within their caps, a free
 //!    place among the authenticated connections. A refusal gets the
 //!    CONNACK code the client's protocol version has for it, then the
-//!    connection is closed. An accepted client gives back its stranger's
+//!    connection is closed; a CONNECT that breaks a rule of the protocol
+//!    is refused before its token is read, and MQTT 3.1.1, which has no
+//!    code for that, is closed without a CONNACK (`refusal`). An accepted client gives back its stranger's
 //!    place, takes its session from the routing core (after any older
 //!    connection of the same session has let go of it) and gets its
 //!    CONNACK.
@@ -59,6 +61,7 @@ use crate::metrics::{ConnectOutcome, Metrics};
 use crate::mqtt::TopicLimits;
 use crate::mqtt::{QoS, Transport, Version};
 use crate::tls::Thumbprint;
+use refusal::{Refusal, Refused, check_connect_properties, will_topic};
 
 /// How long a new connection waits for an older one of the same session
 /// to let go of it.
@@ -66,49 +69,7 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// How long a refused client gets to read its CONNACK.
 const REFUSAL_WRITE: Duration = Duration::from_secs(2);
 
-/// Why the gateway refused a CONNECT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    BadCredentials,
-    NotAuthorized,
-    BadClientId,
-    BadAuthenticationMethod,
-    QuotaExceeded,
-    TopicNameInvalid,
-    /// Every place for an authenticated connection is taken.
-    Busy,
-    Unavailable,
-}
-
-impl Refusal {
-    /// The outcome counted for a refusal that is not the token's fault
-    /// (a token's own failure is counted by its reason).
-    fn outcome(self) -> ConnectOutcome {
-        match self {
-            Refusal::BadCredentials => ConnectOutcome::BadUsername,
-            Refusal::NotAuthorized => ConnectOutcome::NotAuthorized,
-            Refusal::BadClientId => ConnectOutcome::BadClientId,
-            Refusal::BadAuthenticationMethod => ConnectOutcome::BadAuthMethod,
-            Refusal::QuotaExceeded => ConnectOutcome::QuotaExceeded,
-            Refusal::TopicNameInvalid => ConnectOutcome::TopicNameInvalid,
-            Refusal::Busy => ConnectOutcome::ServerBusy,
-            Refusal::Unavailable => ConnectOutcome::ServerUnavailable,
-        }
-    }
-
-    fn code(self) -> ConnectReturnCode {
-        match self {
-            Refusal::BadCredentials => ConnectReturnCode::BadUserNamePassword,
-            Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
-            Refusal::BadClientId => ConnectReturnCode::ClientIdentifierNotValid,
-            Refusal::BadAuthenticationMethod => ConnectReturnCode::BadAuthenticationMethod,
-            Refusal::QuotaExceeded => ConnectReturnCode::QuotaExceeded,
-            Refusal::TopicNameInvalid => ConnectReturnCode::TopicNameInvalid,
-            Refusal::Busy => ConnectReturnCode::ServerBusy,
-            Refusal::Unavailable => ConnectReturnCode::ServerUnavailable,
-        }
-    }
-}
+mod refusal;
 
 /// A CONNECT, taken apart.
 struct ConnectRequest {
@@ -212,7 +173,10 @@ pub(crate) async fn serve<S>(
             }
         }
         Ok(_) | Err(_) => {
+            // Closed without a CONNACK (MQTT 5 §4.13.1 makes it optional,
+            // 3.1.1's [MQTT-3.1.4-1] forbids it), but counted.
             debug!(%peer, "malformed CONNECT");
+            shared.metrics.connect(ConnectOutcome::MalformedPacket);
             return;
         }
     };
@@ -236,7 +200,15 @@ pub(crate) async fn serve<S>(
     // must still reach it.
     let mut reloads = shared.reloads.clone();
     reloads.mark_unchanged();
-    let admitted = credentials(login, properties.as_ref())
+    // The CONNECT's own form first: a rule broken is refused whoever sends
+    // it, before the token is read or a grant consulted.
+    let admitted = check_connect_properties(properties.as_ref())
+        .and_then(|()| {
+            will.as_ref()
+                .map(|(will, _)| will_topic(&shared.limits.topics, will))
+                .transpose()
+        })
+        .and_then(|_| credentials(login, properties.as_ref()))
         .map_err(Rejection::from)
         .and_then(|credentials| {
             admit(
@@ -267,7 +239,7 @@ pub(crate) async fn serve<S>(
         Ok(admitted) => admitted,
         Err(rejection) => {
             rejection.report(&peer, &client_id, &shared.metrics);
-            refuse(&mut wire, rejection.refusal).await;
+            refuse(&mut wire, rejection.refusal, version).await;
             return;
         }
     };
@@ -285,7 +257,7 @@ pub(crate) async fn serve<S>(
                 &client_id,
                 &shared.metrics,
             );
-            refuse(&mut wire, Refusal::Unavailable).await;
+            refuse(&mut wire, Refusal::Unavailable, version).await;
             return;
         }
     };
@@ -302,7 +274,7 @@ pub(crate) async fn serve<S>(
             &client_id,
             &shared.metrics,
         );
-        refuse(&mut wire, Refusal::Busy).await;
+        refuse(&mut wire, Refusal::Busy, version).await;
         return;
     };
     // Authenticated, with a place: no longer a stranger.
@@ -329,7 +301,7 @@ pub(crate) async fn serve<S>(
                 &client_id,
                 &shared.metrics,
             );
-            refuse(&mut wire, Refusal::QuotaExceeded).await;
+            refuse(&mut wire, Refusal::QuotaExceeded, version).await;
             return;
         }
     };
@@ -459,8 +431,6 @@ async fn read_version<S: AsyncRead + Unpin>(
         }
     }
 }
-
-type Refused = (Refusal, String);
 
 /// A refused CONNECT, with what is known of whose token it carried: the
 /// one log line of a refusal, with the same fields as an acceptance's.
@@ -652,16 +622,8 @@ fn will_of(
     will: LastWill,
     properties: Option<LastWillProperties>,
 ) -> Result<Will, Refused> {
-    let topic = std::str::from_utf8(&will.topic).map_err(|_| {
-        (
-            Refusal::TopicNameInvalid,
-            "will topic is not UTF-8".to_owned(),
-        )
-    })?;
-    limits
-        .topic_name(topic)
-        .map_err(|e| (Refusal::TopicNameInvalid, format!("will topic: {e}")))?;
-    if !grants.may_publish(topic, QoS::from(will.qos), will.retain) {
+    let topic = will_topic(limits, &will)?.to_owned();
+    if !grants.may_publish(&topic, QoS::from(will.qos), will.retain) {
         return Err((
             Refusal::NotAuthorized,
             "will topic is not granted".to_owned(),
@@ -678,7 +640,7 @@ fn will_of(
     });
     Ok(Will {
         publication: Publication {
-            topic: topic.to_owned(),
+            topic,
             payload: will.message,
             qos: QoS::from(will.qos),
             retain: will.retain,
@@ -697,12 +659,18 @@ fn will_of(
     })
 }
 
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<S>, refusal: Refusal) {
-    let ack = ConnAck {
-        session_present: false,
-        code: refusal.code(),
-    };
-    wire.output.queue(Packet::ConnAck(ack, None));
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    wire: &mut Wire<S>,
+    refusal: Refusal,
+    version: Version,
+) {
+    if refusal.answered(version) {
+        let ack = ConnAck {
+            session_present: false,
+            code: refusal.code(),
+        };
+        wire.output.queue(Packet::ConnAck(ack, None));
+    }
     wire.close(REFUSAL_WRITE).await;
 }
 

@@ -396,6 +396,12 @@ pub enum ConnectOutcome {
     Accepted,
     /// Not an MQTT version the gateway speaks.
     UnsupportedProtocol,
+    /// A CONNECT that cannot be parsed (nor its will topic read as a
+    /// topic): closed without a CONNACK.
+    MalformedPacket,
+    /// A CONNECT that parsed but breaks a rule of MQTT 5 (a Receive
+    /// Maximum of 0, say): CONNACK 0x82.
+    ProtocolError,
     /// No user name `JWT` with a password, nor authentication method
     /// `JWT` with data.
     BadUsername,
@@ -438,9 +444,11 @@ pub enum ConnectOutcome {
 impl ConnectOutcome {
     /// Every outcome, so each label is exported from the start at zero
     /// (a variant added above belongs here too).
-    pub const ALL: [ConnectOutcome; 20] = [
+    pub const ALL: [ConnectOutcome; 22] = [
         ConnectOutcome::Accepted,
         ConnectOutcome::UnsupportedProtocol,
+        ConnectOutcome::MalformedPacket,
+        ConnectOutcome::ProtocolError,
         ConnectOutcome::BadUsername,
         ConnectOutcome::MalformedToken,
         ConnectOutcome::UnknownKid,
@@ -465,6 +473,8 @@ impl ConnectOutcome {
         match self {
             ConnectOutcome::Accepted => "accepted",
             ConnectOutcome::UnsupportedProtocol => "unsupported_protocol",
+            ConnectOutcome::MalformedPacket => "malformed_packet",
+            ConnectOutcome::ProtocolError => "protocol_error",
             ConnectOutcome::BadUsername => "bad_username",
             ConnectOutcome::MalformedToken => "malformed_token",
             ConnectOutcome::UnknownKid => "unknown_kid",

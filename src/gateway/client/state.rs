@@ -61,6 +61,9 @@ impl ClientLimits {
         deny_publish: DenyPublish,
         properties: Option<&ConnectProperties>,
     ) -> ClientLimits {
+        // A CONNECT with a Receive Maximum or Maximum Packet Size of 0 is
+        // refused as a Protocol Error before it gets here; the filters only
+        // keep a 0 from stalling the window should that ever change.
         let receive_maximum = properties
             .and_then(|p| p.receive_maximum)
             .filter(|&r| r > 0)
