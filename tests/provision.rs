@@ -6,8 +6,11 @@
 //! scripted [`Reply`] (the last one repeats) and records what it got, so a
 //! test can assert the JSON body and headers the binary sent.
 
+#[path = "common/request.rs"]
+mod request;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -175,26 +178,12 @@ fn exchange(
     recorded: &Mutex<Vec<Recorded>>,
 ) -> Option<()> {
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next()?.to_owned(), words.next()?.to_owned());
-    let mut headers = HashMap::new();
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).ok()?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        let (name, value) = header.split_once(':')?;
-        headers.insert(name.trim().to_lowercase(), value.trim().to_owned());
-    }
-    let length = headers
-        .get("content-length")
-        .map_or(0, |length| length.parse().unwrap());
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
+    let request::Request {
+        method,
+        path,
+        headers,
+        body,
+    } = request::read(&mut reader)?;
     recorded.lock().unwrap().push(Recorded {
         method,
         path,

@@ -23,8 +23,11 @@
 
 #![allow(dead_code)]
 
+#[path = "request.rs"]
+mod request;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -308,26 +311,12 @@ impl StandIn {
         stream: &mut rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>,
     ) -> Option<()> {
         let mut reader = BufReader::new(&mut *stream);
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let mut words = line.split_whitespace();
-        let (method, path) = (words.next()?.to_owned(), words.next()?.to_owned());
-        let mut headers = HashMap::new();
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header).ok()?;
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':')?;
-            headers.insert(name.trim().to_lowercase(), value.trim().to_owned());
-        }
-        let length = headers
-            .get("content-length")
-            .map_or(0, |length| length.parse().unwrap());
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).ok()?;
+        let request::Request {
+            method,
+            path,
+            headers,
+            body,
+        } = request::read(&mut reader)?;
         let cert = stream
             .conn
             .peer_certificates()
