@@ -1,0 +1,299 @@
+//! The answer the gateway gives to each broken rule of MQTT, against the
+//! real `jwtgate` binary over TLS (issue 24, "Protocol answers"): raw MQTT
+//! 5 and MQTT 3.1.1 frames, since client libraries will not send them.
+//!
+//! MQTT 5 tells a Malformed Packet (one that cannot be parsed, 0x81) from
+//! a Protocol Error (one that parsed but breaks a rule, 0x82) and from
+//! the more precise codes (0x90 topic name invalid...), §1.2 and §4.13;
+//! MQTT 3.1.1 has no DISCONNECT, and closes the network connection
+//! (3.1.1 §4.8), at CONNECT without a CONNACK ([MQTT-3.1.4-1] of 3.1.1).
+//! Each test's doc cites the statement it holds the gateway to, and each
+//! checks the count in `jwtgate_protocol_violations_total{violation}` or
+//! `jwtgate_connects_total{outcome}`. /work/notes/reason_code_audit.md
+//! lists every refusal of the gateway with its rule, code and test.
+
+mod common;
+
+use std::time::Duration;
+
+use common::checks::until_metric;
+use common::raw5::{Raw5, v5};
+use common::{DevBinary, RawClient, mqtt};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn gateway() -> DevBinary {
+    DevBinary::start("", "[metrics]\nlisten = \"127.0.0.1:0\"\n").await
+}
+
+fn violation(label: &str) -> String {
+    format!("jwtgate_protocol_violations_total{{violation=\"{label}\"}}")
+}
+
+fn outcome(label: &str) -> String {
+    format!("jwtgate_connects_total{{outcome=\"{label}\"}}")
+}
+
+/// Waits for `series` to read `count`.
+async fn counted(gw: &DevBinary, series: &str, count: f64) {
+    until_metric(gw, series, |v| v == count).await;
+}
+
+/// A connected MQTT 5 session of `id`, granted `a/#`.
+async fn v5_session(gw: &DevBinary, id: &str) -> Raw5 {
+    let token = gw.token(id, &["a/#"], HOUR);
+    let (conn, ack) = Raw5::over(gw.raw().await, v5::Connect::new(id, &token)).await;
+    assert_eq!(ack.reason, 0, "CONNACK {ack:?}");
+    conn
+}
+
+/// A connected MQTT 3.1.1 session of `id`, granted `a/#`.
+async fn v4_session(gw: &DevBinary, id: &str) -> RawClient {
+    let token = gw.token(id, &["a/#"], HOUR);
+    let mut raw = gw.raw().await;
+    raw.send_ok(
+        &mqtt::Connect::new(4, id)
+            .username("JWT")
+            .password(&token)
+            .encode(),
+    )
+    .await;
+    assert_eq!(raw.read_packet().await, mqtt::CONNACK_OK_V4);
+    raw
+}
+
+/// The next packet is a DISCONNECT, and then the connection closes:
+/// nothing (no ack) came before it. Returns its reason code.
+async fn disconnected(conn: &mut Raw5) -> u8 {
+    match conn.next().await {
+        Some(v5::Packet::Disconnect { reason, .. }) => {
+            assert_eq!(conn.next().await, None, "open after DISCONNECT");
+            reason
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+}
+
+/// MQTT 3.1.1: the connection is closed with nothing sent first.
+async fn closed_silently(raw: &mut RawClient, what: &str) {
+    let frames = raw.expect_closed().await;
+    assert!(
+        frames.is_empty(),
+        "{what}: sent {frames:02x?} before closing"
+    );
+}
+
+/// An MQTT 5 PUBLISH at QoS 0 whose topic is `topic`'s bytes as given.
+fn v5_publish_raw_topic(topic: &[u8]) -> Vec<u8> {
+    let mut body = u16::try_from(topic.len()).unwrap().to_be_bytes().to_vec();
+    body.extend_from_slice(topic);
+    body.push(0); // no properties
+    body.extend_from_slice(b"x");
+    mqtt::frame(0x30, &body)
+}
+
+/// [MQTT-3.10.3-2]: an UNSUBSCRIBE names at least one topic filter; MQTT 5
+/// §3.10.3: "An UNSUBSCRIBE packet with no Payload is a Protocol Error".
+/// Was: an UNSUBACK, the connection kept. Now MQTT 5: DISCONNECT 0x82;
+/// MQTT 3.1.1: closed, no UNSUBACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_without_a_topic_filter_is_a_protocol_error() {
+    let gw = gateway().await;
+    let mut conn = v5_session(&gw, "unsub-5").await;
+    conn.send(&mqtt::frame(0xA2, &[0x00, 0x01, 0x00])).await;
+    assert_eq!(disconnected(&mut conn).await, 0x82);
+
+    let mut raw = v4_session(&gw, "unsub-4").await;
+    raw.send_ok(&mqtt::frame(0xA2, &[0x00, 0x01])).await;
+    closed_silently(&mut raw, "MQTT 3.1.1 empty UNSUBSCRIBE").await;
+    counted(&gw, &violation("unsubscribe_without_filters"), 2.0).await;
+    gw.assert_no_panic();
+}
+
+/// [MQTT-3.8.3-2]: a SUBSCRIBE names at least one topic filter; MQTT 5
+/// §3.8.3: "A SUBSCRIBE packet with no Payload is a Protocol Error". Was:
+/// closed as malformed (0x81); now MQTT 5: DISCONNECT 0x82; 3.1.1: closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_without_a_topic_filter_is_a_protocol_error() {
+    let gw = gateway().await;
+    let mut conn = v5_session(&gw, "sub-5").await;
+    conn.send(&mqtt::frame(0x82, &[0x00, 0x01, 0x00])).await;
+    assert_eq!(disconnected(&mut conn).await, 0x82);
+
+    let mut raw = v4_session(&gw, "sub-4").await;
+    raw.send_ok(&mqtt::frame(0x82, &[0x00, 0x01])).await;
+    closed_silently(&mut raw, "MQTT 3.1.1 empty SUBSCRIBE").await;
+    counted(&gw, &violation("subscribe_without_filters"), 2.0).await;
+}
+
+/// MQTT 5 §3.1.2.11.3: "It is a Protocol Error to include the Receive
+/// Maximum value more than once or for it to have the value 0". Was:
+/// accepted as if absent; now CONNACK 0x82 and the close (§4.13.1), before
+/// the token is read. (MQTT 3.1.1 has no properties.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_maximum_zero_is_refused_as_a_protocol_error() {
+    let gw = gateway().await;
+    let token = gw.token("recv-max", &["a/#"], HOUR);
+    let connect =
+        v5::Connect::new("recv-max", &token).props(v5::Props::new().u16(v5::RECEIVE_MAXIMUM, 0));
+    let (mut conn, ack) = Raw5::over(gw.raw().await, connect).await;
+    assert_eq!(ack.reason, 0x82, "{ack:?}");
+    assert_eq!(conn.next().await, None, "closed after the CONNACK");
+    counted(&gw, &outcome("protocol_error"), 1.0).await;
+    counted(&gw, &outcome("accepted"), 0.0).await;
+}
+
+/// MQTT 5 §3.1.2.11.4: "It is a Protocol Error to include the Maximum
+/// Packet Size more than once, or for the value to be set to zero". Was:
+/// accepted as if absent; now CONNACK 0x82.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maximum_packet_size_zero_is_refused_as_a_protocol_error() {
+    let gw = gateway().await;
+    let token = gw.token("max-packet", &["a/#"], HOUR);
+    let connect = v5::Connect::new("max-packet", &token).props(v5::Props::new().u32(0x27, 0));
+    let (mut conn, ack) = Raw5::over(gw.raw().await, connect).await;
+    assert_eq!(ack.reason, 0x82, "{ack:?}");
+    assert_eq!(conn.next().await, None, "closed after the CONNACK");
+    counted(&gw, &outcome("protocol_error"), 1.0).await;
+}
+
+/// MQTT 5 §3.3.2.3.4: "It is a Protocol Error if the Topic Name is zero
+/// length and there is no Topic Alias"; MQTT 3.1.1 [MQTT-4.7.3-1]: a topic
+/// name is at least one character long. Was: DISCONNECT 0x90; now 0x82,
+/// and 3.1.1 is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_topic_without_an_alias_is_a_protocol_error() {
+    let gw = gateway().await;
+    let mut conn = v5_session(&gw, "empty-5").await;
+    conn.send(&v5::publish("", b"x", 1, false, 1, &v5::Props::new()))
+        .await;
+    assert_eq!(disconnected(&mut conn).await, 0x82);
+
+    let mut raw = v4_session(&gw, "empty-4").await;
+    raw.send_ok(&mqtt::publish(4, "", b"x", 1, 1)).await;
+    closed_silently(&mut raw, "MQTT 3.1.1 empty topic").await;
+    counted(&gw, &violation("topic_empty"), 2.0).await;
+}
+
+/// [MQTT-4.7.1-1]: wildcards are not used within a topic name, a will
+/// topic included; MQTT 5's CONNACK 0x90 is "Topic Name invalid". Was:
+/// MQTT 3.1.1 got CONNACK 5 (not authorized) while the log said the topic
+/// was invalid, and MQTT 5 got 0x90 only once the token had verified (a
+/// bad token 0x86 first). Now MQTT 5 gets 0x90 before the token or any
+/// grant is looked at, whatever the token; MQTT 3.1.1 has no such return
+/// code: the CONNECT does not conform to its §3.1, and is closed without
+/// a CONNACK ([MQTT-3.1.4-1] of 3.1.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_topic_with_a_wildcard_is_topic_name_invalid() {
+    let gw = gateway().await;
+    // Granted a/# only: the will's topic is no topic, granted or not.
+    let token = gw.token("will-5", &["a/#"], HOUR);
+    for (id, topic, token) in [
+        ("will-5", "a/#", token.as_str()),
+        ("will-5b", "b/+/c", token.as_str()),
+        ("will-5c", "a/#", "not.a.token"),
+    ] {
+        let connect = v5::Connect::new(id, token).will(v5::Will::new(topic, b"gone"));
+        let (mut conn, ack) = Raw5::over(gw.raw().await, connect).await;
+        assert_eq!(ack.reason, 0x90, "{topic} with {token:.10}: {ack:?}");
+        assert_eq!(conn.next().await, None, "closed after the CONNACK");
+    }
+
+    let token = gw.token("will-4", &["a/#"], HOUR);
+    let mut raw = gw.raw().await;
+    raw.send_ok(
+        &mqtt::Connect::new(4, "will-4")
+            .username("JWT")
+            .password(&token)
+            .will("a/#", b"gone")
+            .encode(),
+    )
+    .await;
+    closed_silently(&mut raw, "MQTT 3.1.1 wildcard will").await;
+    counted(&gw, &outcome("topic_name_invalid"), 4.0).await;
+    counted(&gw, &outcome("not_authorized"), 0.0).await;
+}
+
+/// [MQTT-1.5.4-2]: a UTF-8 string holds no U+0000, and a packet with one
+/// "is a Malformed Packet" (as [MQTT-1.5.4-1] says of ill-formed UTF-8).
+/// Was: CONNACK 0x90 for such a will topic; now the CONNECT is closed
+/// without a CONNACK, as every malformed CONNECT (MQTT 5 §4.13.1 makes the
+/// CONNACK optional), and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_topic_with_nul_is_malformed() {
+    let gw = gateway().await;
+    let token = gw.token("nul-will", &["a/#"], HOUR);
+    let mut raw = gw.raw().await;
+    let connect = v5::Connect::new("nul-will", &token).will(v5::Will::new("a/\0", b"gone"));
+    raw.send_ok(&connect.encode()).await;
+    closed_silently(&mut raw, "MQTT 5 will topic with NUL").await;
+    counted(&gw, &outcome("malformed_packet"), 1.0).await;
+}
+
+/// [MQTT-1.5.4-1] and [MQTT-1.5.4-2]: a topic of ill-formed UTF-8, or
+/// holding U+0000, makes the PUBLISH "a Malformed Packet". Was: DISCONNECT
+/// 0x90; now 0x81.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_topic_of_bad_utf8_or_nul_is_malformed() {
+    let gw = gateway().await;
+    let mut conn = v5_session(&gw, "utf8-5").await;
+    conn.send(&v5_publish_raw_topic(b"a/\xff")).await;
+    assert_eq!(disconnected(&mut conn).await, 0x81);
+    let mut conn = v5_session(&gw, "nul-5").await;
+    conn.send(&v5_publish_raw_topic(b"a/\0")).await;
+    assert_eq!(disconnected(&mut conn).await, 0x81);
+    counted(&gw, &violation("topic_not_utf8"), 1.0).await;
+    counted(&gw, &violation("topic_nul"), 1.0).await;
+}
+
+/// [MQTT-3.3.2-2]: a PUBLISH's topic name holds no wildcard; MQTT 5
+/// DISCONNECT 0x90 "Topic Name invalid". Unchanged (checked here beside
+/// the cases above): 0x90, and MQTT 3.1.1 is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_topic_with_a_wildcard_is_topic_name_invalid() {
+    let gw = gateway().await;
+    let mut conn = v5_session(&gw, "wild-5").await;
+    conn.send(&v5::publish("a/#", b"x", 1, false, 1, &v5::Props::new()))
+        .await;
+    assert_eq!(disconnected(&mut conn).await, 0x90);
+    let mut raw = v4_session(&gw, "wild-4").await;
+    raw.send_ok(&mqtt::publish(4, "a/+", b"x", 1, 1)).await;
+    closed_silently(&mut raw, "MQTT 3.1.1 wildcard topic").await;
+    counted(&gw, &violation("topic_name_invalid"), 2.0).await;
+}
+
+/// [MQTT-2.2.1-3]: a PUBLISH at QoS 1/2 and a SUBSCRIBE carry a non-zero
+/// packet identifier. A packet with identifier 0 parses, so the breach is
+/// a Protocol Error (MQTT 5 §1.2), not a Malformed Packet. Was:
+/// DISCONNECT 0x81; now 0x82 (3.1.1: closed, as before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packet_identifier_zero_is_a_protocol_error() {
+    let gw = gateway().await;
+    let mut conn = v5_session(&gw, "pkid-pub").await;
+    conn.send(&v5::publish("a/b", b"x", 1, false, 0, &v5::Props::new()))
+        .await;
+    assert_eq!(disconnected(&mut conn).await, 0x82);
+    let mut conn = v5_session(&gw, "pkid-sub").await;
+    conn.send(&v5::subscribe(0, &[("a/b", 1)], &v5::Props::new()))
+        .await;
+    assert_eq!(disconnected(&mut conn).await, 0x82);
+    let mut raw = v4_session(&gw, "pkid-4").await;
+    raw.send_ok(&mqtt::publish(4, "a/b", b"x", 1, 0)).await;
+    closed_silently(&mut raw, "MQTT 3.1.1 packet id 0").await;
+    counted(&gw, &violation("packet_id_zero"), 3.0).await;
+}
+
+/// MQTT 5 §3.8.3.1: "It is a Protocol Error if the Maximum QoS field has
+/// the value 3" and "to send a Retain Handling value of 3". Was:
+/// DISCONNECT 0x81 (rumqttd's decoder refuses them); now 0x82.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_options_of_value_3_are_protocol_errors() {
+    let gw = gateway().await;
+    for (id, options) in [("qos-3", 0x03), ("retain-handling-3", 0x30)] {
+        let mut conn = v5_session(&gw, id).await;
+        conn.send(&v5::subscribe(1, &[("a/b", options)], &v5::Props::new()))
+            .await;
+        assert_eq!(disconnected(&mut conn).await, 0x82, "{id}");
+    }
+    counted(&gw, &violation("subscription_options"), 2.0).await;
+}
