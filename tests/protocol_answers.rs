@@ -297,3 +297,97 @@ async fn subscription_options_of_value_3_are_protocol_errors() {
     }
     counted(&gw, &violation("subscription_options"), 2.0).await;
 }
+
+/// [MQTT-3.3.4-6]: "A PUBLISH packet sent from a Client to a Server MUST
+/// NOT contain a Subscription Identifier". Unchanged: DISCONNECT 0x82.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_identifier_on_a_clients_publish_is_a_protocol_error() {
+    let gw = gateway().await;
+    let mut conn = v5_session(&gw, "sub-id-pub").await;
+    let mut body = Vec::new();
+    mqtt::string(b"a/b", &mut body);
+    body.extend_from_slice(&[2, 0x0B, 1]); // Subscription Identifier 1
+    body.extend_from_slice(b"x");
+    conn.send(&mqtt::frame(0x30, &body)).await;
+    assert_eq!(disconnected(&mut conn).await, 0x82);
+    counted(&gw, &violation("subscription_id_on_publish"), 1.0).await;
+}
+
+/// MQTT 5 §3.8.2.1.2: "It is a Protocol Error if the Subscription
+/// Identifier has a value of 0". Unchanged: DISCONNECT 0x82.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_identifier_of_0_is_a_protocol_error() {
+    let gw = gateway().await;
+    let mut conn = v5_session(&gw, "sub-id-0").await;
+    let mut body = vec![0x00, 0x01, 2, 0x0B, 0]; // Subscription Identifier 0
+    mqtt::string(b"a/b", &mut body);
+    body.push(1);
+    conn.send(&mqtt::frame(0x82, &body)).await;
+    assert_eq!(disconnected(&mut conn).await, 0x82);
+    counted(&gw, &violation("subscription_id_zero"), 1.0).await;
+}
+
+/// MQTT 5 §4.12: a server that does not support the client's
+/// Authentication Method may answer CONNACK 0x8C "Bad authentication
+/// method" ([MQTT-4.12.0-1]). Unchanged: 0x8C, counted `bad_auth_method`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authentication_method_other_than_jwt_is_a_bad_authentication_method() {
+    let gw = gateway().await;
+    let token = gw.token("scram", &["a/#"], HOUR);
+    let connect = v5::Connect::new("scram", &token)
+        .props(v5::Props::new().text(v5::AUTHENTICATION_METHOD, "SCRAM-SHA-1"));
+    let (mut conn, ack) = Raw5::over(gw.raw().await, connect).await;
+    assert_eq!(ack.reason, 0x8C, "{ack:?}");
+    assert_eq!(conn.next().await, None, "closed after the CONNACK");
+    counted(&gw, &outcome("bad_auth_method"), 1.0).await;
+}
+
+/// MQTT 3.1.1 [MQTT-3.1.3-8]: an empty client id with CleanSession 0 gets
+/// return code 0x02 (identifier rejected); MQTT 5 [MQTT-3.1.3-8] allows
+/// 0x85 "Client Identifier not valid" for an id the server rejects.
+/// Unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_client_id_for_a_persistent_session_is_rejected() {
+    let gw = gateway().await;
+    let token = gw.token("no-id", &["a/#"], HOUR);
+    let connect = v5::Connect::new("", &token).clean_start(false);
+    let (mut conn, ack) = Raw5::over(gw.raw().await, connect).await;
+    assert_eq!(ack.reason, 0x85, "{ack:?}");
+    assert_eq!(conn.next().await, None, "closed after the CONNACK");
+    let mut raw = gw.raw().await;
+    raw.send_ok(
+        &mqtt::Connect::new(4, "")
+            .clean(false)
+            .username("JWT")
+            .password(&token)
+            .encode(),
+    )
+    .await;
+    assert_eq!(
+        raw.expect_closed().await,
+        vec![vec![0x20, 0x02, 0x00, 0x02]]
+    );
+    counted(&gw, &outcome("bad_client_id"), 2.0).await;
+}
+
+/// MQTT 5 §3.11.3: UNSUBACK says 0x11 "No subscription existed" and 0x8F
+/// "Topic Filter invalid" per filter, and the connection goes on.
+/// Unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsuback_has_a_reason_code_per_filter() {
+    let gw = gateway().await;
+    let mut conn = v5_session(&gw, "unsuback").await;
+    assert_eq!(conn.subscribe(1, &[("a/b", 1)]).await, vec![0x01]);
+    let mut body = vec![0x00, 0x02, 0x00];
+    for filter in ["a/b", "a/c", "a/#/b"] {
+        mqtt::string(filter.as_bytes(), &mut body);
+    }
+    conn.send(&mqtt::frame(0xA2, &body)).await;
+    match conn.next().await {
+        Some(v5::Packet::Other(frame)) => {
+            assert_eq!(frame, vec![0xB0, 0x06, 0x00, 0x02, 0x00, 0x00, 0x11, 0x8F])
+        }
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    }
+    assert_eq!(conn.subscribe(3, &[("a/d", 0)]).await, vec![0x00]);
+}
