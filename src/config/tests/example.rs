@@ -207,7 +207,14 @@ fn the_documented_example_matches_the_defaults_where_it_states_them() {
     let example = parse(FULL_EXAMPLE).expect("the documented example is valid");
     let defaults = Config::defaults(Path::new(BASE));
     assert_eq!(example.listen, defaults.listen);
-    assert_eq!(example.tls, defaults.tls);
+    // client_ca, optional, is set; client_auth is its default.
+    assert_eq!(
+        example.tls,
+        TlsPaths {
+            client_ca: Some(Path::new(BASE).join("keys/tls/clients-ca.crt")),
+            ..defaults.tls
+        }
+    );
     // max_keep_alive_secs is the one optional key the example sets.
     assert_eq!(
         example.limits,
