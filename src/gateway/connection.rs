@@ -399,7 +399,11 @@ pub(crate) async fn serve<S>(
         timers,
     )
     .await;
-    session::finish(client, &mut wire, ending, &shared.metrics).await;
+    // Boxed, as the refusals' last words are: the state machine of a
+    // connection's task is as large as its largest step, and this one
+    // (the client moved in, the close under its deadline) would otherwise
+    // double what every idle connection holds.
+    Box::pin(session::finish(client, &mut wire, ending, &shared.metrics)).await;
     // Only now, with the session handed back and its place given up, may a
     // newer connection of this client take them.
     drop(place);
@@ -671,7 +675,8 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
         };
         wire.output.queue(Packet::ConnAck(ack, None));
     }
-    wire.close(REFUSAL_WRITE).await;
+    // Boxed: see `finish` in `serve`.
+    Box::pin(wire.close(REFUSAL_WRITE)).await;
 }
 
 fn generated_client_id() -> String {

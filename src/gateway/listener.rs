@@ -94,15 +94,19 @@ pub(super) async fn accept_loop(
         let serves = serves.clone();
         connections.spawn(async move {
             let limit = shared.limits.handshake_timeout;
-            let Some(handshake) = as_stranger(&pending, limit, acceptor.accept(tcp)).await else {
+            // The stream is boxed as the handshake ends: held unboxed in
+            // a local of this task, its kilobyte would stay reserved in
+            // every idle device's task after it moved out.
+            let accept = async { acceptor.accept(tcp).await.map(Box::new) };
+            let Some(handshake) = as_stranger(&pending, limit, accept).await else {
                 debug!(%peer, "TLS handshake cut short: a newer connection took its place");
                 return;
             };
-            // Boxed: the TLS stream is over a kilobyte and the connection
-            // future moves it around; every idle device's task would carry
-            // several copies of its slot.
+            // Boxed (above): the TLS stream is over a kilobyte and the
+            // connection future moves it around; every idle device's task
+            // would carry several copies of its slot.
             let tls = match handshake {
-                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     shared.metrics.handshake_failed(HandshakeFailure::Error);
                     debug!(%peer, error = %e, "TLS handshake failed");
@@ -131,15 +135,22 @@ pub(super) async fn accept_loop(
                     connection::serve(tls, peer, pending, shared, shutdown).await;
                 }
                 Serves::WebSocket(policy) => {
-                    let Some(ws) = upgrade(&policy, tls, peer, &pending, &shared).await else {
-                        return;
-                    };
-                    let peer = Peer {
-                        addr: peer,
-                        transport: Transport::Wss,
-                        certificate,
-                    };
-                    connection::serve(ws, peer, pending, shared, shutdown).await;
+                    // Boxed: a task is as large as its largest state, and
+                    // this arm's (the HTTP upgrade, the WebSocket stream
+                    // around the TLS one) would size every TLS device's
+                    // task for it.
+                    Box::pin(async move {
+                        let Some(ws) = upgrade(&policy, tls, peer, &pending, &shared).await else {
+                            return;
+                        };
+                        let peer = Peer {
+                            addr: peer,
+                            transport: Transport::Wss,
+                            certificate,
+                        };
+                        connection::serve(ws, peer, pending, shared, shutdown).await;
+                    })
+                    .await;
                 }
             }
         });
