@@ -15,7 +15,7 @@ use crate::token::{self, Policy};
 use super::error::{Error, clip};
 use super::secret::read_secret_file;
 use super::token_out::TokenOut;
-use super::types::{Fresh, Summary, Warning};
+use super::types::{Fresh, RenewWhen, Summary, Warning};
 
 /// Decodes the token's claims (verifying it first when `out.verify` asks
 /// for it) and says what the gateway will think of them.
@@ -103,6 +103,15 @@ fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
     }
     let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
     serde_json::from_slice(&json).ok()
+}
+
+/// The token in `path` when `when` finds it not due yet, so that a
+/// renewal sends and writes nothing; `None` when it must be renewed.
+pub(super) fn not_due(path: &Path, when: RenewWhen) -> Option<Fresh> {
+    match when {
+        RenewWhen::Always => None,
+        RenewWhen::Due { min_remaining } => fresh(path, min_remaining, SystemTime::now()),
+    }
 }
 
 /// The token in `path` when it is fresh enough to keep at `now`; `None`

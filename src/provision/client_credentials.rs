@@ -7,9 +7,7 @@
 //! running it again, which [`renew_client_credentials`] does when the token
 //! held is due, with the same rules as the refresh token grant.
 
-use std::time::SystemTime;
-
-use super::claims::fresh;
+use super::claims::not_due;
 use super::device_key::{ASSERTION_TYPE, DeviceKey};
 use super::error::Error;
 use super::files::check_out_dir;
@@ -87,9 +85,7 @@ pub fn renew_client_credentials(
     when: RenewWhen,
 ) -> Result<Refreshed, Error> {
     check_out_dir(&out.path)?;
-    if let RenewWhen::Due { min_remaining } = when
-        && let Some(fresh) = fresh(&out.path, min_remaining, SystemTime::now())
-    {
+    if let Some(fresh) = not_due(&out.path, when) {
         return Ok(Refreshed::NotNeeded(fresh));
     }
     fetch_client_credentials(provider, grant, out).map(Refreshed::Stored)

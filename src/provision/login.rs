@@ -5,12 +5,11 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::claims::{fresh, inspect};
+use super::claims::{inspect, not_due};
 use super::error::{Error, clip};
 use super::files::{check_out_dir, write_atomically};
 use super::http::{Answer, Endpoint, FormBody, Provider, TokenRequest};
@@ -69,9 +68,7 @@ pub fn refresh_token(
     when: RenewWhen,
 ) -> Result<Refreshed, Error> {
     check_out_dir(&out.path)?;
-    if let RenewWhen::Due { min_remaining } = when
-        && let Some(fresh) = fresh(&out.path, min_remaining, SystemTime::now())
-    {
+    if let Some(fresh) = not_due(&out.path, when) {
         return Ok(Refreshed::NotNeeded(fresh));
     }
     let refresh_path = out.refresh_path();
