@@ -23,12 +23,13 @@ const HOUR: u64 = 3600;
 
 /// `jwtgate ARGS`, run to its end.
 async fn jwtgate(args: &[&str]) -> Output {
-    jwtgate_as(args, None).await
+    jwtgate_as(args, Path::new(env!("CARGO_BIN_EXE_jwtgate")), None).await
 }
 
-/// As [`jwtgate`], as user and group `id` when given (needs root).
-async fn jwtgate_as(args: &[&str], id: Option<u32>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jwtgate"));
+/// As [`jwtgate`], run from `binary`, as user and group `id` when given
+/// (needs root).
+async fn jwtgate_as(args: &[&str], binary: &Path, id: Option<u32>) -> Output {
+    let mut command = Command::new(binary);
     command.args(args).env_remove("RUST_LOG");
     if let Some(id) = id {
         command.uid(id).gid(id);
@@ -236,12 +237,18 @@ async fn the_socket_is_for_its_owner_and_group_only() {
     // A caller outside owner and group: as root, run as nobody with the
     // directories open to all, so that the socket's own mode decides; as
     // anyone else, the owner takes its own permission away.
+    // The binary is copied there too: the checkout it was built in may be
+    // closed to others (a clone in a 0700 `mktemp -d`).
     let root = unsafe { libc::geteuid() } == 0;
+    let binary = gw.dir().join("jwtgate");
     let nobody = if root {
         for dir in [gw.dir(), &gw.dir().join("state")] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
                 .expect("open the directory");
         }
+        std::fs::copy(env!("CARGO_BIN_EXE_jwtgate"), &binary).expect("copy the binary");
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))
+            .expect("make the copy runnable by all");
         Some(65534)
     } else {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o000))
@@ -249,7 +256,12 @@ async fn the_socket_is_for_its_owner_and_group_only() {
         None
     };
     let path = socket.to_str().expect("a UTF-8 path");
-    let out = jwtgate_as(&["status", "--socket", path], nobody).await;
+    let binary = if nobody.is_some() {
+        binary
+    } else {
+        PathBuf::from(env!("CARGO_BIN_EXE_jwtgate"))
+    };
+    let out = jwtgate_as(&["status", "--socket", path], &binary, nobody).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let said = stderr(&out);
     assert_eq!(said.lines().count(), 1, "{said}");
