@@ -19,6 +19,9 @@
 //! ([`ClientVerifier`], swappable like the server certificate), whose
 //! [`thumbprint`] a certificate-bound token is checked against.
 //!
+//! Devices' connections are [`stream::TlsStream`]s, which hold no buffer
+//! while a device is quiet.
+//!
 //! All cryptography goes through the aws-lc-rs provider, named explicitly so
 //! that the configuration does not depend on a process-wide default.
 
@@ -429,6 +432,8 @@ impl std::fmt::Display for Thumbprint {
         f.write_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0))
     }
 }
+
+pub mod stream;
 
 #[cfg(test)]
 mod tests;

@@ -16,13 +16,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio::time::error::Elapsed;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+use tokio_rustls::rustls::ServerConfig;
 use tracing::{debug, error, warn};
 
 use super::connection::{self, Peer};
@@ -32,6 +31,7 @@ use super::websocket::{self, UpgradeError};
 use crate::metrics::HandshakeFailure;
 use crate::mqtt::Transport;
 use crate::tls::Thumbprint;
+use crate::tls::stream::{self, TlsStream};
 
 /// Pause after an accept error (typically out of file descriptors) so the
 /// loop does not spin while the condition lasts.
@@ -51,7 +51,7 @@ pub(super) enum Serves {
 pub(super) async fn accept_loop(
     listener: &TcpListener,
     serves: &Serves,
-    acceptor: &TlsAcceptor,
+    tls_config: &Arc<ServerConfig>,
     shared: &Arc<Shared>,
     shutdown: &watch::Receiver<bool>,
     connections: &mut JoinSet<()>,
@@ -88,7 +88,7 @@ pub(super) async fn accept_loop(
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(%peer, error = %e, "could not set TCP_NODELAY");
         }
-        let acceptor = acceptor.clone();
+        let tls_config = Arc::clone(tls_config);
         let shared = Arc::clone(shared);
         let shutdown = shutdown.clone();
         let serves = serves.clone();
@@ -97,7 +97,7 @@ pub(super) async fn accept_loop(
             // The stream is boxed as the handshake ends: held unboxed in
             // a local of this task, its kilobyte would stay reserved in
             // every idle device's task after it moved out.
-            let accept = async { acceptor.accept(tcp).await.map(Box::new) };
+            let accept = async { stream::accept(tls_config, tcp).await.map(Box::new) };
             let Some(handshake) = as_stranger(&pending, limit, accept).await else {
                 debug!(%peer, "TLS handshake cut short: a newer connection took its place");
                 return;
@@ -120,8 +120,6 @@ pub(super) async fn accept_loop(
             };
             // Verified by the handshake against `[tls] client_ca`.
             let certificate = tls
-                .get_ref()
-                .1
                 .peer_certificates()
                 .and_then(<[_]>::first)
                 .map(Thumbprint::of);
@@ -175,7 +173,7 @@ async fn as_stranger<T>(
 /// and counted, when it did not come.
 async fn upgrade(
     policy: &websocket::Policy,
-    tls: Box<TlsStream<TcpStream>>,
+    tls: Box<TlsStream>,
     peer: SocketAddr,
     pending: &Pending,
     shared: &Shared,

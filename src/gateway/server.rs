@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 use tracing::{error, info, warn};
 
 use super::client::ProtocolViolation;
@@ -59,7 +59,7 @@ pub enum StartError {
 /// A bound, not yet running, gateway.
 pub struct Gateway {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<ServerConfig>,
     reloader: Arc<Reloader>,
     /// The file watcher; `None` when it could not start (SIGHUP still
     /// reloads).
@@ -96,7 +96,7 @@ impl Gateway {
             )?)),
             None => None,
         };
-        let acceptor = TlsAcceptor::from(tls::server_config(Arc::clone(&certs), clients.clone())?);
+        let acceptor = tls::server_config(Arc::clone(&certs), clients.clone())?;
         let metrics = Arc::new(Metrics::default());
         metrics.expect_protocol_violations(&ProtocolViolation::LABELS);
         metrics.expect_websocket_refusals(&websocket::Refused::ALL.map(websocket::Refused::label));

@@ -5,12 +5,12 @@ use ::aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::client::{Resumption, Tls12Resumption};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{
     ClientConfig, DEFAULT_VERSIONS, HandshakeKind, RootCertStore, SupportedProtocolVersion,
 };
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::*;
 use crate::firstrun::{DevTls, write_dev_tls};
@@ -68,19 +68,23 @@ async fn handshake(
     client: Arc<ClientConfig>,
     name: ServerName<'static>,
 ) -> Handshake {
-    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
     let serve = tokio::spawn(async move {
-        let mut tls = TlsAcceptor::from(server)
-            .accept(server_io)
-            .await
-            .expect("server handshake");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut tls = stream::accept(server, tcp).await.expect("server handshake");
         let mut byte = [0u8; 1];
         tls.read_exact(&mut byte).await.expect("server read");
         tls.write_all(&byte).await.expect("server write");
         tls.flush().await.expect("server flush");
     });
     let mut tls = TlsConnector::from(client)
-        .connect(name, client_io)
+        .connect(
+            name,
+            tokio::net::TcpStream::connect(addr).await.expect("connect"),
+        )
         .await
         .expect("client handshake");
     tls.write_all(b"x").await.expect("client write");
