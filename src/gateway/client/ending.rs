@@ -11,7 +11,7 @@
 use rumqttd::protocol::DisconnectReasonCode;
 
 use crate::broker::CommitError;
-use crate::gateway::codec::CodecError;
+use crate::gateway::codec::{CodecError, PropertyAt};
 use crate::metrics::SessionEnd;
 use crate::mqtt::TopicError;
 
@@ -246,6 +246,15 @@ pub(crate) enum ProtocolViolation {
     /// [MQTT-3.8.3-4]: No Local is not set on a shared subscription.
     #[error("[MQTT-3.8.3-4] No Local on a shared subscription")]
     NoLocalOnShared,
+    /// MQTT 5: "It is a Protocol Error to include [a property] more than
+    /// once", in the section of each property but User Property; the
+    /// codec finds it before rumqttd's decoder keeps the last copy.
+    #[error("{0} more than once")]
+    DuplicateProperty(PropertyAt),
+    /// MQTT 5 §3.3.2.3.2: a Payload Format Indicator is 0 (unspecified
+    /// bytes) or 1 (UTF-8); another value is a Protocol Error.
+    #[error("{at} of {value}, neither 0 nor 1")]
+    PayloadFormatIndicator { at: PropertyAt, value: u8 },
 }
 
 impl ProtocolViolation {
@@ -275,14 +284,16 @@ impl ProtocolViolation {
             | SubscriptionIdOnPublish
             | TopicAliasUnset(_)
             | SubscriptionIdZero
-            | NoLocalOnShared => DisconnectReasonCode::ProtocolError,
+            | NoLocalOnShared
+            | DuplicateProperty(_)
+            | PayloadFormatIndicator { .. } => DisconnectReasonCode::ProtocolError,
         }
     }
 
     /// Every [`label`](Self::label), so that
     /// `jwtgate_protocol_violations_total` is exported at zero from the
     /// start, as every other refusal family is.
-    pub(crate) const LABELS: [&'static str; 23] = [
+    pub(crate) const LABELS: [&'static str; 25] = [
         "second_connect",
         "unexpected_packet",
         "forbidden_packet_type",
@@ -306,6 +317,8 @@ impl ProtocolViolation {
         "topic_aliases_too_large",
         "subscription_id_zero",
         "no_local_on_shared",
+        "duplicate_property",
+        "payload_format_indicator",
     ];
 
     /// The `violation` label of `jwtgate_protocol_violations` and the log.
@@ -335,6 +348,8 @@ impl ProtocolViolation {
             TopicAliasesTooLarge => "topic_aliases_too_large",
             SubscriptionIdZero => "subscription_id_zero",
             NoLocalOnShared => "no_local_on_shared",
+            DuplicateProperty(_) => "duplicate_property",
+            PayloadFormatIndicator { .. } => "payload_format_indicator",
         }
     }
 }
@@ -358,6 +373,13 @@ impl From<CodecError> for ProtocolViolation {
             CodecError::PacketIdZero => ProtocolViolation::PacketIdZero("PUBLISH"),
             CodecError::SubscribeWithoutFilters => ProtocolViolation::SubscribeWithoutFilters,
             CodecError::SubscriptionOptions(what) => ProtocolViolation::SubscriptionOptions(what),
+            CodecError::DuplicateProperty(at) => ProtocolViolation::DuplicateProperty(at),
+            CodecError::PayloadFormatIndicator { at, value } => {
+                ProtocolViolation::PayloadFormatIndicator { at, value }
+            }
+            // Only a CONNECT carries it, and a CONNECT once a session is up
+            // is a second one, whatever its flags say.
+            CodecError::PasswordWithoutUsername => ProtocolViolation::SecondConnect,
             other => ProtocolViolation::Malformed(other),
         }
     }

@@ -9,6 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::primitives::{CodecError, Reader, put_str, put_varint};
+use super::properties::{self, Block};
 
 /// The one authentication method jwtgate speaks.
 pub const METHOD: &str = "JWT";
@@ -62,6 +63,9 @@ impl Auth {
         if rest.is_empty() {
             return Ok(auth);
         }
+        // A property given twice is a Protocol Error (§3.15.2.2.2 to .4),
+        // told apart from the malformed cases below by the shared scan.
+        properties::scan(Block::Auth, &mut Reader(rest))?;
         let mut reader = Reader(rest);
         let length = reader
             .varint()
@@ -91,6 +95,8 @@ impl Auth {
                         .and_then(|_| properties.string())
                         .ok_or_else(|| malformed("bad user property"))?;
                 }
+                // The scan above let through only AUTH's own properties,
+                // each once.
                 _ => return Err(malformed("unknown or repeated property")),
             }
         }

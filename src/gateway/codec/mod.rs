@@ -24,6 +24,10 @@
 //!   subscription identifiers and remaining expiry without copying the
 //!   message into rumqttd's types first.
 //!
+//! - Rules of a packet's form that rumqttd's decoder does not check (a
+//!   property given twice, reserved bits, DUP on QoS 0...) are checked on
+//!   the frame before it decodes it, in `rules` and `properties`.
+//!
 //! The varints, strings and fixed-header reading that this module and
 //! [`auth`] both build on are in `primitives`.
 
@@ -40,6 +44,8 @@
 
 pub(super) mod auth;
 mod primitives;
+mod properties;
+mod rules;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -54,23 +60,11 @@ use crate::mqtt::QoS;
 use crate::mqtt::Version;
 use auth::Auth;
 use primitives::{
-    Frame, complete_frame, mqtt_str, put_str, put_varint, remaining_length, varint_len,
+    AUTH, CONNECT, DISCONNECT, Frame, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBSCRIBE,
+    UNSUBSCRIBE, complete_frame, mqtt_str, put_str, put_varint, remaining_length, varint_len,
 };
 
-pub use primitives::CodecError;
-
-/// Fixed-header packet types (MQTT 3.1.1 §2.2.1, MQTT 5 §2.1.2).
-const CONNECT: u8 = 1;
-const PUBLISH: u8 = 3;
-const PUBACK: u8 = 4;
-const PUBREC: u8 = 5;
-const PUBREL: u8 = 6;
-const PUBCOMP: u8 = 7;
-const SUBSCRIBE: u8 = 8;
-const UNSUBSCRIBE: u8 = 10;
-const PINGREQ: u8 = 12;
-const DISCONNECT: u8 = 14;
-const AUTH: u8 = 15;
+pub use primitives::{CodecError, PropertyAt};
 
 /// What a PUBLISH carries on the wire that rumqttd keeps private.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +225,9 @@ impl Codec {
         } else {
             None
         };
+        // What rumqttd's decoder would let through or lose: properties
+        // given twice, reserved bits and flags (`rules`).
+        rules::check(&frame, self.version.is_v5())?;
         if kind == CONNECT && self.version == Version::V3_1 {
             let (header, size) = (frame.header, frame.bytes.len());
             upgrade_v31_connect(buf, header, size)?;

@@ -1,11 +1,24 @@
 //! The byte-level MQTT primitives the codec and the AUTH packet share:
-//! variable byte integers, length-prefixed strings, the fixed header of a
-//! frame, and the error every reader here fails with.
+//! packet types, variable byte integers, length-prefixed strings, the
+//! fixed header of a frame, and the error every reader here fails with.
 //!
 //! They sit below both `codec` and `codec::auth` so that neither has to
 //! import the other's internals to read or write a field.
 
 use bytes::{BufMut, BytesMut};
+
+/// Fixed-header packet types (MQTT 3.1.1 §2.2.1, MQTT 5 §2.1.2).
+pub(super) const CONNECT: u8 = 1;
+pub(super) const PUBLISH: u8 = 3;
+pub(super) const PUBACK: u8 = 4;
+pub(super) const PUBREC: u8 = 5;
+pub(super) const PUBREL: u8 = 6;
+pub(super) const PUBCOMP: u8 = 7;
+pub(super) const SUBSCRIBE: u8 = 8;
+pub(super) const UNSUBSCRIBE: u8 = 10;
+pub(super) const PINGREQ: u8 = 12;
+pub(super) const DISCONNECT: u8 = 14;
+pub(super) const AUTH: u8 = 15;
 
 /// Why a byte stream could not be turned into packets.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +44,45 @@ pub enum CodecError {
     /// (§3.8.3.1).
     #[error("subscription options: {0}")]
     SubscriptionOptions(&'static str),
+    /// MQTT 5: a property given twice where the section defining it says
+    /// "It is a Protocol Error to include [it] more than once" (every
+    /// property but User Property, and a server's Subscription
+    /// Identifiers). rumqttd's decoder keeps the last copy.
+    #[error("{0} more than once")]
+    DuplicateProperty(PropertyAt),
+    /// MQTT 5: a Payload Format Indicator of neither of the two values its
+    /// section defines (0 unspecified bytes, 1 UTF-8): data the protocol
+    /// does not allow, so a Protocol Error.
+    #[error("{at} of {value}, neither 0 nor 1")]
+    PayloadFormatIndicator { at: PropertyAt, value: u8 },
+    /// MQTT 3.1.1 [MQTT-3.1.2-22]: "If the User Name Flag is set to 0, the
+    /// Password Flag MUST be set to 0" (MQTT 5 allows a password alone).
+    #[error("[MQTT-3.1.2-22] CONNECT with a password and no user name")]
+    PasswordWithoutUsername,
     #[error("the MQTT codec panicked on this input")]
     CodecPanic,
+}
+
+/// A property where the codec met it: the packet (or a CONNECT's will),
+/// the property, and the section of MQTT 5 that defines it there, so that
+/// the log cites the statement broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PropertyAt {
+    pub packet: &'static str,
+    pub id: u8,
+    pub name: &'static str,
+    /// E.g. `3.3.2.3.2`.
+    pub section: &'static str,
+}
+
+impl std::fmt::Display for PropertyAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[MQTT 5 §{}] {} {} ({:#04x})",
+            self.section, self.packet, self.name, self.id
+        )
+    }
 }
 
 /// The remaining-length field: how many bytes it takes and the value.

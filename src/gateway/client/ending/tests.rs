@@ -1,6 +1,13 @@
 use super::*;
 use crate::mqtt::TopicError;
 
+const AT: PropertyAt = PropertyAt {
+    packet: "PUBLISH",
+    id: 0x01,
+    name: "Payload Format Indicator",
+    section: "3.3.2.3.2",
+};
+
 /// One value of every variant. The match below has no wildcard, so a new
 /// variant does not compile until it is added here, and so to the check
 /// that its label is exported at zero.
@@ -30,6 +37,8 @@ fn every_violation() -> Vec<ProtocolViolation> {
         TopicAliasesTooLarge,
         SubscriptionIdZero,
         NoLocalOnShared,
+        DuplicateProperty(AT),
+        PayloadFormatIndicator { at: AT, value: 2 },
     ];
     for violation in &all {
         match violation {
@@ -55,7 +64,9 @@ fn every_violation() -> Vec<ProtocolViolation> {
             | TopicAliasUnset(_)
             | TopicAliasesTooLarge
             | SubscriptionIdZero
-            | NoLocalOnShared => {}
+            | NoLocalOnShared
+            | DuplicateProperty(_)
+            | PayloadFormatIndicator { .. } => {}
         }
     }
     all

@@ -45,3 +45,22 @@ fn a_disconnect_with_any_reason_code() {
     assert_eq!(out[3], 10);
     assert_eq!(out[4], REASON_STRING);
 }
+
+/// §3.15.2.2.2 to .4: "It is a Protocol Error to include [the
+/// Authentication Method, Data, Reason String] more than once", unlike a
+/// malformed AUTH; User Property may repeat.
+#[test]
+fn a_property_given_twice_is_a_protocol_error() {
+    let twice = [0x19, 8, 0x15, 0, 1, b'a', 0x15, 0, 1, b'b'];
+    let Err(CodecError::DuplicateProperty(at)) = Auth::decode(&twice) else {
+        panic!("not refused as a duplicate");
+    };
+    assert_eq!((at.packet, at.id, at.section), ("AUTH", 0x15, "3.15.2.2.2"));
+    let reasons = [0x19, 6, 0x1F, 0, 0, 0x1F, 0, 0];
+    assert!(matches!(
+        Auth::decode(&reasons),
+        Err(CodecError::DuplicateProperty(_))
+    ));
+    let users = [0x19, 10, 0x26, 0, 0, 0, 0, 0x26, 0, 0, 0, 0];
+    assert_eq!(Auth::decode(&users).unwrap().reason, REAUTHENTICATE);
+}
