@@ -12,10 +12,11 @@
 //! knows nothing of sockets: the protocol layer ([`super::client`]) writes
 //! into it and is tested without I/O.
 //!
-//! Buffers grow with use and shrink back when idle, so the thousands of
-//! quiet devices of a fleet hold little memory: reads start at 1 KiB and
-//! double while a client keeps filling them; the output buffer is freed
-//! once written out if it grew large.
+//! Buffers exist while they hold something, so the thousands of quiet
+//! devices of a fleet hold none: a client that sends little is read
+//! through the stack and its input buffer given back once its packets are
+//! taken; reads double from 1 KiB while a client keeps filling them; the
+//! output buffer is given back once written out.
 
 use std::future::poll_fn;
 use std::io;
@@ -25,18 +26,16 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use rumqttd::protocol::Packet;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::warn;
 
 use super::codec::{Codec, OutgoingPublish};
 use crate::metrics::Traffic;
 
-/// Room the input buffer gets before a socket read: from the minimum,
-/// doubled each time a read fills it, up to the maximum.
+/// Room a socket read gets: from the minimum (on the stack while the input
+/// buffer is empty), doubled each time a read fills it, up to the maximum.
 const MIN_READ_CHUNK: usize = 1024;
 const MAX_READ_CHUNK: usize = 32 * 1024;
-/// An emptied output buffer larger than this is freed rather than kept.
-const KEEP_OUTPUT: usize = 8 * 1024;
 
 /// Packets encoded for the client, waiting for the socket.
 pub(super) struct Outbox {
@@ -137,7 +136,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Writes pending output and, if `read`, reads input: whichever the
     /// socket allows first. Cancel-safe.
     pub async fn progress(&mut self, read: bool) -> Progress {
-        if read && self.input.capacity() - self.input.len() < self.chunk / 2 {
+        // A client reading in small pieces is read through the stack while
+        // nothing of its is buffered: the wait for its next packet holds no
+        // heap.
+        let through_stack = self.input.is_empty() && self.chunk == MIN_READ_CHUNK;
+        if through_stack {
+            self.input = BytesMut::new();
+        } else if read && self.input.capacity() - self.input.len() < self.chunk / 2 {
             self.input.reserve(self.chunk);
         }
         poll_fn(|cx| {
@@ -162,9 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     Poll::Ready(Ok(())) => {
                         self.unflushed = false;
                         wrote = true;
-                        if output.capacity() > KEEP_OUTPUT {
-                            *output = BytesMut::new();
-                        }
+                        *output = BytesMut::new();
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Progress::Failed(e)),
                     Poll::Pending => {}
@@ -176,6 +179,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             if !read {
                 return Poll::Pending;
             }
+            if through_stack {
+                let mut chunk = [0u8; MIN_READ_CHUNK];
+                let mut buf = ReadBuf::new(&mut chunk);
+                return match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Progress::Closed),
+                    Poll::Ready(Ok(())) => {
+                        let n = buf.filled().len();
+                        self.traffic.received(n);
+                        if n == MIN_READ_CHUNK {
+                            self.chunk *= 2;
+                        }
+                        self.input.extend_from_slice(buf.filled());
+                        Poll::Ready(Progress::Read)
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Progress::Failed(e)),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
             let room = self.input.capacity() - self.input.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.input) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Progress::Closed),
@@ -183,6 +204,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     self.traffic.received(n);
                     if n >= room {
                         self.chunk = (self.chunk * 2).min(MAX_READ_CHUNK);
+                    } else if n < room / 4 {
+                        // The client slowed down: down again, to the stack
+                        // in the end.
+                        self.chunk = (self.chunk / 2).max(MIN_READ_CHUNK);
                     }
                     Poll::Ready(Progress::Read)
                 }
@@ -228,3 +253,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
