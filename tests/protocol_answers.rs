@@ -391,3 +391,274 @@ async fn unsuback_has_a_reason_code_per_filter() {
     }
     assert_eq!(conn.subscribe(3, &[("a/d", 0)]).await, vec![0x00]);
 }
+
+/// `frame`, a CONNECT, with `bits` set in its Connect Flags byte (after
+/// the fixed header, the protocol name and the level).
+fn connect_flags_or(mut frame: Vec<u8>, bits: u8) -> Vec<u8> {
+    let length_bytes = frame[1..].iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+    let name_at = 1 + length_bytes;
+    let name = usize::from(u16::from_be_bytes([frame[name_at], frame[name_at + 1]]));
+    frame[name_at + 2 + name + 1] |= bits;
+    frame
+}
+
+/// MQTT 5: "It is a Protocol Error to include [the property] more than
+/// once" — §3.3.2.3.2 (PUBLISH Payload Format Indicator), §3.8.2.1.2
+/// (SUBSCRIBE Subscription Identifier), §3.4.2.2.2 (PUBACK Reason String),
+/// §3.14.2.2.2 (DISCONNECT Session Expiry Interval) and the section of
+/// every other property but User Property, which may repeat (§3.3.2.3.7).
+/// Was: accepted, rumqttd's decoder keeping the last copy; now DISCONNECT
+/// 0x82, found by the codec before rumqttd decodes the packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_property_given_twice_is_a_protocol_error() {
+    let gw = gateway().await;
+    let format_twice = v5::Props::new()
+        .byte(v5::PAYLOAD_FORMAT_INDICATOR, 0)
+        .byte(v5::PAYLOAD_FORMAT_INDICATOR, 1);
+    let mut conn = v5_session(&gw, "twice-pub").await;
+    conn.send(&v5::publish("a/b", b"x", 1, false, 1, &format_twice))
+        .await;
+    assert_eq!(disconnected(&mut conn).await, 0x82, "PUBLISH");
+
+    let ids_twice = v5::Props::new()
+        .byte(v5::SUBSCRIPTION_IDENTIFIER, 1)
+        .byte(v5::SUBSCRIPTION_IDENTIFIER, 2);
+    let mut conn = v5_session(&gw, "twice-sub").await;
+    conn.send(&v5::subscribe(1, &[("a/b", 1)], &ids_twice))
+        .await;
+    assert_eq!(disconnected(&mut conn).await, 0x82, "SUBSCRIBE");
+
+    // A PUBACK for a message the gateway sent, with its Reason String
+    // twice.
+    let mut conn = v5_session(&gw, "twice-ack").await;
+    assert_eq!(conn.subscribe(1, &[("a/b", 1)]).await, vec![0x01]);
+    conn.send(&v5::publish("a/b", b"x", 1, false, 1, &v5::Props::new()))
+        .await;
+    let mut pkid = None;
+    while pkid.is_none() {
+        match conn.next().await {
+            Some(v5::Packet::PubAck { pkid: 1, reason: 0 }) => {}
+            Some(v5::Packet::Publish(p)) => pkid = Some(p.pkid),
+            other => panic!("expected PUBACK and PUBLISH, got {other:?}"),
+        }
+    }
+    let mut body = pkid.unwrap().to_be_bytes().to_vec();
+    body.extend_from_slice(&[0x00, 6, 0x1F, 0, 0, 0x1F, 0, 0]);
+    conn.send(&mqtt::frame(0x40, &body)).await;
+    assert_eq!(disconnected(&mut conn).await, 0x82, "PUBACK");
+
+    let mut conn = v5_session(&gw, "twice-disc").await;
+    let expiry_twice = v5::Props::new()
+        .u32(v5::SESSION_EXPIRY_INTERVAL, 0)
+        .u32(v5::SESSION_EXPIRY_INTERVAL, 0);
+    conn.send(&v5::disconnect(0x00, &expiry_twice)).await;
+    assert_eq!(disconnected(&mut conn).await, 0x82, "DISCONNECT");
+    counted(&gw, &violation("duplicate_property"), 4.0).await;
+
+    // User Property may repeat: the PUBLISH goes through.
+    let mut conn = v5_session(&gw, "users-twice").await;
+    let users = v5::Props::new().user("k", "1").user("k", "2");
+    conn.send(&v5::publish("a/b", b"x", 1, false, 7, &users))
+        .await;
+    assert_eq!(conn.puback().await, (7, 0x00));
+    counted(&gw, &violation("duplicate_property"), 4.0).await;
+    gw.assert_no_panic();
+}
+
+/// MQTT 5 §3.1.2.11.2: "It is a Protocol Error to include the Session
+/// Expiry Interval more than once" (and so for each CONNECT and Will
+/// property, §3.1.2.11 and §3.1.3.2). Was: accepted, the last copy kept.
+/// Now the codec refuses the CONNECT before rumqttd decodes it or the
+/// token is read; the connection layer closes a CONNECT the codec refuses
+/// without a CONNACK, which MQTT 5 allows (§4.13.1: "In the case of an
+/// error in a CONNECT packet it MAY send a CONNACK"), and counts it
+/// `malformed_packet` (see the audit's "Not done": CONNACK 0x82 and
+/// `protocol_error` need `src/gateway/connection.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_or_will_property_given_twice_is_refused_before_the_token() {
+    let gw = gateway().await;
+    let token = gw.token("twice-conn", &["a/#"], HOUR);
+    let expiry_twice = v5::Props::new()
+        .u32(v5::SESSION_EXPIRY_INTERVAL, 10)
+        .u32(v5::SESSION_EXPIRY_INTERVAL, 20);
+    let connect = v5::Connect::new("twice-conn", &token).props(expiry_twice);
+    let mut raw = gw.raw().await;
+    raw.send_ok(&connect.encode()).await;
+    closed_silently(&mut raw, "MQTT 5 CONNECT property twice").await;
+
+    let delay_twice = v5::Props::new().u32(0x18, 1).u32(0x18, 1);
+    let will = v5::Will::new("a/will", b"gone").props(delay_twice);
+    let connect = v5::Connect::new("twice-conn", &token).will(will);
+    let mut raw = gw.raw().await;
+    raw.send_ok(&connect.encode()).await;
+    closed_silently(&mut raw, "MQTT 5 Will property twice").await;
+    counted(&gw, &outcome("malformed_packet"), 2.0).await;
+    counted(&gw, &outcome("accepted"), 0.0).await;
+}
+
+/// MQTT 5 [MQTT-3.8.3-5]: "The Server MUST treat a SUBSCRIBE packet as
+/// malformed if any of Reserved bits in the Payload are non-zero" (bits 6
+/// and 7 of the subscription options); MQTT 3.1.1 [MQTT-3-8.3-4] (bits 2
+/// to 7): "treat a SUBSCRIBE packet as malformed and close the Network
+/// Connection". Was: accepted, rumqttd dropping the bits; now DISCONNECT
+/// 0x81, and 3.1.1 is closed without a SUBACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_subscription_option_bits_are_malformed() {
+    let gw = gateway().await;
+    for (id, options) in [("reserved-6", 0x41), ("reserved-7", 0x81)] {
+        let mut conn = v5_session(&gw, id).await;
+        conn.send(&v5::subscribe(1, &[("a/b", options)], &v5::Props::new()))
+            .await;
+        assert_eq!(disconnected(&mut conn).await, 0x81, "{id}");
+    }
+    let mut raw = v4_session(&gw, "reserved-4").await;
+    raw.send_ok(&mqtt::subscribe(4, 1, "a/b", 0x05)).await;
+    closed_silently(&mut raw, "MQTT 3.1.1 reserved option bit").await;
+    counted(&gw, &violation("malformed_packet"), 3.0).await;
+}
+
+/// [MQTT-3.1.2-3], MQTT 5: "The Server MUST validate that the reserved
+/// flag in the CONNECT packet is set to 0. If the reserved flag is not 0
+/// it is a Malformed Packet"; MQTT 3.1.1: "... and disconnect the Client
+/// if it is not zero". Was: accepted (rumqttd does not look). Now closed
+/// without a CONNACK, like every malformed CONNECT (MQTT 5 §4.13.1 makes
+/// CONNACK 0x81 optional; 3.1.1 [MQTT-3.1.4-1] forbids a CONNACK),
+/// before the token is read, and counted `malformed_packet`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_reserved_flag_is_malformed() {
+    let gw = gateway().await;
+    let token = gw.token("reserved-flag", &["a/#"], HOUR);
+    let v5_connect = v5::Connect::new("reserved-flag", &token).encode();
+    let v4_connect = mqtt::Connect::new(4, "reserved-flag")
+        .username("JWT")
+        .password(&token)
+        .encode();
+    for (version, connect) in [("MQTT 5", v5_connect), ("MQTT 3.1.1", v4_connect)] {
+        let mut raw = gw.raw().await;
+        raw.send_ok(&connect_flags_or(connect, 0x01)).await;
+        closed_silently(&mut raw, version).await;
+    }
+    counted(&gw, &outcome("malformed_packet"), 2.0).await;
+    counted(&gw, &outcome("accepted"), 0.0).await;
+}
+
+/// MQTT 3.1.1 [MQTT-3.1.2-22]: "If the User Name Flag is set to 0, the
+/// Password Flag MUST be set to 0"; a CONNECT that does not conform is
+/// closed without a CONNACK ([MQTT-3.1.4-1] of 3.1.1). Was: CONNACK 4 (bad
+/// user name or password). MQTT 5 allows a password alone (§3.1.2.9), so
+/// that one gets the gateway's own answer, 0x86 (the user name is not
+/// `JWT`). Counted `malformed_packet`, as the connection layer counts
+/// every CONNECT the codec refuses (see the audit's "Not done").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_without_a_user_name_is_closed_in_3_1_1() {
+    let gw = gateway().await;
+    let token = gw.token("lone-password", &["a/#"], HOUR);
+    let mut raw = gw.raw().await;
+    raw.send_ok(
+        &mqtt::Connect::new(4, "lone-password")
+            .password(&token)
+            .encode(),
+    )
+    .await;
+    closed_silently(&mut raw, "MQTT 3.1.1 password without user name").await;
+    counted(&gw, &outcome("malformed_packet"), 1.0).await;
+
+    let mut raw = gw.raw().await;
+    raw.send_ok(
+        &mqtt::Connect::new(5, "lone-password")
+            .password(&token)
+            .encode(),
+    )
+    .await;
+    let frames = raw.expect_closed().await;
+    match frames.as_slice() {
+        [connack] => match v5::parse(connack) {
+            v5::Packet::ConnAck(ack) => assert_eq!(ack.reason, 0x86, "{ack:?}"),
+            other => panic!("expected CONNACK, got {other:?}"),
+        },
+        other => panic!("expected one CONNACK, got {other:02x?}"),
+    }
+    counted(&gw, &outcome("bad_username"), 1.0).await;
+}
+
+/// [MQTT-3.3.1-2]: "The DUP flag MUST be set to 0 for all QoS 0
+/// messages"; MQTT 5 §2.1.3: "If invalid flags are received it is a
+/// Malformed Packet" — so 0x81, not 0x82 (Mosquitto answers it as
+/// malformed too). Was: accepted and routed. Now DISCONNECT 0x81; 3.1.1
+/// closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dup_on_a_qos_0_publish_is_malformed() {
+    let gw = gateway().await;
+    let mut conn = v5_session(&gw, "dup-5").await;
+    let mut publish = v5::publish("a/b", b"x", 0, false, 0, &v5::Props::new());
+    publish[0] |= 0x08;
+    conn.send(&publish).await;
+    assert_eq!(disconnected(&mut conn).await, 0x81);
+    let mut raw = v4_session(&gw, "dup-4").await;
+    let mut publish = mqtt::publish(4, "a/b", b"x", 0, 0);
+    publish[0] |= 0x08;
+    raw.send_ok(&publish).await;
+    closed_silently(&mut raw, "MQTT 3.1.1 DUP on QoS 0").await;
+    counted(&gw, &violation("malformed_packet"), 2.0).await;
+    counted(&gw, "jwtgate_publishes_received_total{qos=\"0\"}", 0.0).await;
+}
+
+/// MQTT 5 §3.3.2.3.2 and §3.1.3.2.3 define two Payload Format Indicator
+/// values, 0 (unspecified bytes) and 1 (UTF-8); another one is data the
+/// protocol does not allow, a Protocol Error (§1.2; reason code 0x82 is
+/// "the packet received does not conform to this specification"). Was:
+/// accepted and passed on to subscribers as sent. Now PUBLISH gets
+/// DISCONNECT 0x82; a will with one is refused at CONNECT before the
+/// token is read (closed without a CONNACK and counted
+/// `malformed_packet`, as above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_format_indicator_over_1_is_a_protocol_error() {
+    let gw = gateway().await;
+    let mut conn = v5_session(&gw, "format-2").await;
+    let format = v5::Props::new().byte(v5::PAYLOAD_FORMAT_INDICATOR, 2);
+    conn.send(&v5::publish("a/b", b"x", 1, false, 1, &format))
+        .await;
+    assert_eq!(disconnected(&mut conn).await, 0x82);
+    counted(&gw, &violation("payload_format_indicator"), 1.0).await;
+
+    let token = gw.token("format-will", &["a/#"], HOUR);
+    let will = v5::Will::new("a/will", b"gone").props(format);
+    let mut raw = gw.raw().await;
+    raw.send_ok(&v5::Connect::new("format-will", &token).will(will).encode())
+        .await;
+    closed_silently(&mut raw, "MQTT 5 will Payload Format Indicator 2").await;
+    counted(&gw, &outcome("malformed_packet"), 1.0).await;
+    counted(&gw, &outcome("accepted"), 1.0).await;
+}
+
+/// `[limits] max_property_bytes` also bounds the topics a client parks in
+/// its topic aliases (MQTT 5 §3.3.2.3.4), which would otherwise hold any
+/// number of long topics: past it, DISCONNECT 0x97 "Quota exceeded"
+/// (§3.14.2.1: "An implementation or administrative imposed limit has
+/// been exceeded"). Was untested over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_aliases_over_max_property_bytes_are_quota_exceeded() {
+    let gw = DevBinary::start(
+        "",
+        "[limits]\nmax_property_bytes = 256\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let mut conn = v5_session(&gw, "aliases").await;
+    // 100 bytes a topic: two aliases hold 200, the third 300 > 256.
+    let topic = |n: u16| format!("a/{n}/{}", "x".repeat(96));
+    for alias in 1..=2 {
+        let props = v5::Props::new().u16(v5::TOPIC_ALIAS, alias);
+        conn.send(&v5::publish(&topic(alias), b"x", 1, false, alias, &props))
+            .await;
+        assert_eq!(conn.puback().await, (alias, 0x00), "alias {alias}");
+    }
+    // Each alias works.
+    let known = v5::Props::new().u16(v5::TOPIC_ALIAS, 2);
+    conn.send(&v5::publish("", b"x", 1, false, 3, &known)).await;
+    assert_eq!(conn.puback().await, (3, 0x00));
+    let third = v5::Props::new().u16(v5::TOPIC_ALIAS, 3);
+    conn.send(&v5::publish(&topic(3), b"x", 1, false, 4, &third))
+        .await;
+    assert_eq!(disconnected(&mut conn).await, 0x97);
+    counted(&gw, &violation("topic_aliases_too_large"), 1.0).await;
+}

@@ -131,6 +131,8 @@ impl Raw5 {
 /// Hand-encoded MQTT 5 packets (§2 and §3) and a decoder for what the
 /// server sends.
 pub mod v5 {
+    pub const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
+    pub const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
     pub const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
     pub const SERVER_KEEP_ALIVE: u8 = 0x13;
     pub const RECEIVE_MAXIMUM: u8 = 0x21;
@@ -151,6 +153,14 @@ pub mod v5 {
             Props::default()
         }
 
+        /// A one-byte property (Payload Format Indicator, Request Problem
+        /// Information...).
+        pub fn byte(mut self, id: u8, value: u8) -> Props {
+            self.0.push(id);
+            self.0.push(value);
+            self
+        }
+
         pub fn u16(mut self, id: u8, value: u16) -> Props {
             self.0.push(id);
             self.0.extend_from_slice(&value.to_be_bytes());
@@ -165,6 +175,14 @@ pub mod v5 {
 
         pub fn text(mut self, id: u8, value: &str) -> Props {
             self.0.push(id);
+            string(value.as_bytes(), &mut self.0);
+            self
+        }
+
+        /// A User Property (0x26): a name and a value.
+        pub fn user(mut self, name: &str, value: &str) -> Props {
+            self.0.push(0x26);
+            string(name.as_bytes(), &mut self.0);
             string(value.as_bytes(), &mut self.0);
             self
         }
@@ -202,6 +220,12 @@ pub mod v5 {
                 qos: 0,
                 props: Props::new(),
             }
+        }
+
+        /// The Will Properties (§3.1.3.2).
+        pub fn props(mut self, props: Props) -> Will {
+            self.props = props;
+            self
         }
     }
 
