@@ -321,3 +321,34 @@ fn garbage_never_panics() {
         let _ = codec.decode(&mut buf);
     }
 }
+
+/// CONNACK 0x88 "Server unavailable" is what a client whose older
+/// connection did not let go of the session within the takeover wait is
+/// told (`connection.rs`, `TakeoverTimeout`); MQTT 3.1.1 hears its return
+/// code 3, "Server unavailable". The wait cannot be made to run out from
+/// outside: a holder taken over stops at once and closes within a second
+/// or two, under the 5 s the newcomer waits (takeover/tests.rs times a
+/// holder that never lets go out); so the answer is held here, on the
+/// bytes each version is sent.
+#[test]
+fn server_unavailable_is_0x88_and_3_in_mqtt_3_1_1() {
+    let ack = || {
+        Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::ServerUnavailable,
+            },
+            None,
+        )
+    };
+    let mut out = BytesMut::new();
+    Codec::new(Version::V5, 1024)
+        .encode(ack(), &mut out)
+        .unwrap();
+    assert_eq!(&out[..4], &[0x20, 0x03, 0x00, 0x88]);
+    for version in [Version::V3_1_1, Version::V3_1] {
+        let mut out = BytesMut::new();
+        Codec::new(version, 1024).encode(ack(), &mut out).unwrap();
+        assert_eq!(&out[..], &[0x20, 0x02, 0x00, 0x03], "{version:?}");
+    }
+}
