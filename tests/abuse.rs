@@ -282,6 +282,47 @@ async fn slow_loris_handshakes_are_cut_at_the_handshake_timeout() {
     );
 }
 
+/// A ClientHello that never ends (1 MiB announced, sent as full 16 KiB
+/// records) is refused once rustls's 64 KiB limit for a handshake message
+/// is reached: the connection closes before a quarter of it is written, so
+/// what the gateway held for it stayed bounded, and devices are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_client_hello_is_cut_at_64_kib() {
+    const RECORD: usize = 16 * 1024;
+    let gw = DevBinary::start("", "[metrics]\nlisten = \"127.0.0.1:0\"\n").await;
+    let mut tcp = tcp_from(loopback(4), gw.addr()).await.expect("TCP connect");
+    let mut sent = 0;
+    let cut = loop {
+        let mut record = vec![0x16, 0x03, 0x01, (RECORD >> 8) as u8, 0];
+        let mut body = vec![0u8; RECORD];
+        if sent == 0 {
+            // ClientHello, 1 MiB long.
+            body[..4].copy_from_slice(&[0x01, 0x10, 0x00, 0x00]);
+        }
+        record.extend_from_slice(&body);
+        if tcp.write_all(&record).await.is_err() {
+            break true;
+        }
+        sent += RECORD;
+        if sent >= 256 * 1024 {
+            // Unread data may sit in the socket buffers: the answer says.
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(
+                WAIT,
+                tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut answer),
+            )
+            .await;
+            break matches!(read, Ok(Ok(_) | Err(_)));
+        }
+    };
+    assert!(cut, "the gateway kept reading a ClientHello past 256 KiB");
+    eprintln!(
+        "an endless ClientHello was cut after {} KiB were written",
+        sent / 1024
+    );
+    device_is_served(&gw, "after-endless-hello").await;
+}
+
 /// A first frame larger than `max_connect_packet_size` (16 KiB) closes the
 /// connection from its fixed header, before its body is buffered: a
 /// CONNECT announcing 256 MiB, and a real 20 KiB CONNECT.

@@ -60,6 +60,7 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         outgoing: Outgoing::default(),
         read_closed: false,
         close_queued: false,
+        failed: false,
     };
     poll_fn(|cx| stream.poll_handshake(cx)).await?;
     Ok(stream)
@@ -80,6 +81,9 @@ pub struct TlsStream {
     /// The peer's `close_notify` arrived: every read from now on ends.
     read_closed: bool,
     close_queued: bool,
+    /// rustls failed: it is not called again (it keeps offsets into the
+    /// input it failed on, which is gone).
+    failed: bool,
 }
 
 impl TlsStream {
@@ -119,6 +123,12 @@ impl TlsStream {
     /// `outgoing`. True once nothing stands between the connection and
     /// application data but more input.
     fn process(&mut self, mut read: Option<&mut ReadBuf<'_>>) -> io::Result<bool> {
+        if self.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS connection failed",
+            ));
+        }
         loop {
             let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut self.incoming);
@@ -126,10 +136,17 @@ impl TlsStream {
                 Ok(state) => state,
                 Err(e) => return Err(self.failed(e)),
             };
+            let mut broken = None;
             let done = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     while let Some(record) = traffic.next_record() {
-                        let record = record.map_err(tls_error)?;
+                        let record = match record {
+                            Ok(record) => record,
+                            Err(e) => {
+                                broken = Some(e);
+                                break;
+                            }
+                        };
                         discard += record.discard;
                         let mut payload = record.payload;
                         if let Some(read) = read.as_deref_mut() {
@@ -168,6 +185,9 @@ impl TlsStream {
                     ));
                 }
             };
+            if let Some(e) = broken {
+                return Err(self.failed(e));
+            }
             self.incoming.drain(..discard);
             if self.incoming.is_empty() {
                 self.incoming = Vec::new();
@@ -238,23 +258,16 @@ impl TlsStream {
     /// queueing the alert rustls has for the peer (sent if the socket takes
     /// it).
     fn failed(&mut self, error: rustls::Error) -> io::Error {
-        // Nothing more is read on a failed connection; fed again, the
-        // records that failed would fail again.
-        self.incoming = Vec::new();
-        // The alert comes out as one more record to encode.
-        for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            let Ok(ConnectionState::EncodeTlsData(mut encode)) = state else {
-                break;
-            };
-            if self
-                .outgoing
-                .put(|out| encode.encode(out), encode_room)
-                .is_err()
-            {
-                break;
-            }
+        // The alert is the first thing rustls hands out after its error,
+        // before it looks at input again. Called once more, it would take
+        // up the records that failed (and rustls keeps offsets into them:
+        // the buffer must stay as it was).
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+            let _ = self.outgoing.put(|out| encode.encode(out), encode_room);
         }
+        self.failed = true;
+        self.incoming = Vec::new();
         let _ = self.outgoing.try_send(&self.tcp);
         tls_error(error)
     }
@@ -322,7 +335,7 @@ impl AsyncWrite for TlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.close_queued {
+        if !this.close_queued && !this.failed {
             ready!(this.outgoing.poll_send(&mut this.tcp, cx))?;
             this.close_queued = true;
             if this.process(None)? {

@@ -197,3 +197,23 @@ async fn a_handshake_cut_short_is_an_unexpected_eof() {
         .expect_err("half a ClientHello");
     assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
 }
+
+#[tokio::test]
+async fn a_forged_record_fails_the_stream_for_good_without_a_panic() {
+    let (_dir, server, client) = configs(&version::TLS13);
+    let (mut server, client) = pair(server, client).await;
+    let (mut raw, _) = client.into_inner();
+    // Application data that no key encrypted.
+    let mut forged = vec![23, 3, 3, 0, 40];
+    forged.extend_from_slice(&[0x5a; 40]);
+    raw.write_all(&forged).await.expect("raw write");
+    let mut byte = [0u8; 1];
+    let err = server.read(&mut byte).await.expect_err("a forged record");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    // Whatever the connection's owner does next is refused, not a panic.
+    let again = server.read(&mut byte).await.expect_err("still failed");
+    assert_eq!(again.kind(), io::ErrorKind::BrokenPipe);
+    assert!(server.write_all(b"late").await.is_err());
+    let _ = server.shutdown().await;
+    assert_eq!(server.buffered(), 0);
+}
