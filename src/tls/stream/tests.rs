@@ -217,3 +217,32 @@ async fn a_forged_record_fails_the_stream_for_good_without_a_panic() {
     let _ = server.shutdown().await;
     assert_eq!(server.buffered(), 0);
 }
+
+#[tokio::test]
+async fn a_key_update_the_client_asks_for_is_answered_and_data_flows_on() {
+    let (_dir, server, client) = configs(&version::TLS13);
+    let (mut server, mut client) = pair(server, client).await;
+    let echo = tokio::spawn(async move {
+        let mut piece = [0u8; 5];
+        for _ in 0..3 {
+            server.read_exact(&mut piece).await.expect("server read");
+            server.write_all(&piece).await.expect("server write");
+            server.flush().await.expect("server flush");
+        }
+    });
+    for word in [b"one..", b"two..", b"three"] {
+        // The server must move to the client's new keys to read what
+        // follows, and answers (rustls asks it to) with an update of its own.
+        client
+            .get_mut()
+            .1
+            .refresh_traffic_keys()
+            .expect("key update");
+        client.write_all(word).await.expect("client write");
+        client.flush().await.expect("client flush");
+        let mut back = [0u8; 5];
+        client.read_exact(&mut back).await.expect("client read");
+        assert_eq!(&back, word);
+    }
+    echo.await.expect("echo task");
+}
