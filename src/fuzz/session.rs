@@ -236,7 +236,10 @@ async fn run(
             };
             return connection::serve(server, peer, place, shared, shutdown).await;
         }
-        let policy = websocket::Policy::new(&WebSocketConfig::default(), MAX_PACKET);
+        let policy = Arc::new(websocket::Policy::new(
+            &WebSocketConfig::default(),
+            MAX_PACKET,
+        ));
         let upgrade = policy.upgrade(server);
         // As the listener does: the upgrade under the handshake deadline.
         let Ok(Ok(ws)) = tokio::time::timeout(shared.limits.handshake_timeout, upgrade).await

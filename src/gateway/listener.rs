@@ -172,7 +172,7 @@ async fn as_stranger<T>(
 /// Takes the WebSocket upgrade on `tls`, still as a stranger; `None`, said
 /// and counted, when it did not come.
 async fn upgrade(
-    policy: &websocket::Policy,
+    policy: &Arc<websocket::Policy>,
     tls: Box<TlsStream>,
     peer: SocketAddr,
     pending: &Pending,

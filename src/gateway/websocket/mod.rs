@@ -167,13 +167,13 @@ impl Policy {
 
     /// Takes the upgrade request from `io` (after TLS) and, when it may
     /// upgrade, answers 101 and hands back the WebSocket.
-    pub async fn upgrade<I>(&self, io: I) -> Result<WsStream, UpgradeError>
+    pub async fn upgrade<I>(self: &Arc<Self>, io: I) -> Result<WsStream, UpgradeError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // Filled by the answer: the request's upgrade, or why it had none.
         let outcome: Arc<Mutex<Option<Result<OnUpgrade, Refused>>>> = Arc::default();
-        let policy = self.clone();
+        let policy = Arc::clone(self);
         let answered = Arc::clone(&outcome);
         http::serve_one(io, move |mut request| {
             let (response, result) = match policy.check(&request) {
