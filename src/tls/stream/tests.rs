@@ -34,18 +34,25 @@ fn configs(
     (dir, server, Arc::new(client))
 }
 
-/// A handshake over loopback TCP: the server's stream and the client's.
-async fn pair(
+/// A loopback TCP connection, and the server's handshake on its far end.
+async fn accepting(
     server: Arc<ServerConfig>,
-    client: Arc<ClientConfig>,
-) -> (TlsStream, ClientStream<TcpStream>) {
+) -> (TcpStream, tokio::task::JoinHandle<io::Result<TlsStream>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let accepting = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
         accept(server, tcp).await
     });
-    let tcp = TcpStream::connect(addr).await.expect("connect");
+    (TcpStream::connect(addr).await.expect("connect"), accepting)
+}
+
+/// A handshake over loopback TCP: the server's stream and the client's.
+async fn pair(
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+) -> (TlsStream, ClientStream<TcpStream>) {
+    let (tcp, accepting) = accepting(server).await;
     let name = ServerName::try_from("localhost").expect("name");
     let client = TlsConnector::from(client)
         .connect(name, tcp)
@@ -156,20 +163,15 @@ async fn close_notify_ends_the_stream_and_a_bare_close_is_an_unexpected_eof() {
 #[tokio::test]
 async fn a_peer_that_does_not_speak_tls_fails_the_handshake() {
     let (_dir, server, _) = configs(&version::TLS13);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let accepting = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.expect("accept");
-        accept(server, tcp).await.map(|_| ())
-    });
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut tcp, accepting) = accepting(server).await;
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
     let err = accepting
         .await
         .expect("accept task")
-        .expect_err("HTTP is not a ClientHello");
+        .err()
+        .expect("HTTP is not a ClientHello");
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     // The server said why (an alert record, content type 21) before it
     // closed.
@@ -181,20 +183,15 @@ async fn a_peer_that_does_not_speak_tls_fails_the_handshake() {
 #[tokio::test]
 async fn a_handshake_cut_short_is_an_unexpected_eof() {
     let (_dir, server, _) = configs(&version::TLS13);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let accepting = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.expect("accept");
-        accept(server, tcp).await.map(|_| ())
-    });
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut tcp, accepting) = accepting(server).await;
     // The start of a ClientHello record, then nothing.
     tcp.write_all(&[22, 3, 1, 0, 200, 1]).await.expect("write");
     drop(tcp);
     let err = accepting
         .await
         .expect("accept task")
-        .expect_err("half a ClientHello");
+        .err()
+        .expect("half a ClientHello");
     assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
 }
 
