@@ -128,7 +128,7 @@ pub struct KeyRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BridgeRow {
     pub name: String,
-    /// `connected`, `connecting` or `down`.
+    /// `connected`, `connecting`, `down` or (at shutdown) `stopped`.
     pub state: String,
     /// Since when it has been in that state.
     pub since: Option<String>,

@@ -163,6 +163,7 @@ impl Link {
                 _ = shutdown.changed() => break,
             }
         }
+        self.status.stopped();
         info!(
             bridge = &*self.name,
             forwarded = self.totals.forwarded,

@@ -1,6 +1,7 @@
-//! Where each bridge's link stands: connecting, connected since when, or
-//! down since when and why. The link task writes it at each transition;
-//! the metrics (`jwtgate_bridge_connected`) and `jwtgate status` read it.
+//! Where each bridge's link stands: connecting, connected since when,
+//! down since when and why, or stopped by the gateway's shutdown. The link
+//! task writes it at each transition; the metrics
+//! (`jwtgate_bridge_connected`) and `jwtgate status` read it.
 //!
 //! A link that is down stays [`LinkState::Down`] while it retries, with
 //! the time it went down and the last attempt's error: "down since 10:02,
@@ -32,6 +33,9 @@ pub enum LinkState {
         error: String,
         failures: u64,
     },
+    /// The gateway is shutting down: the link was closed (or its retries
+    /// given up) since then, and will not come back in this process.
+    Stopped { since: SystemTime },
 }
 
 impl LinkState {
@@ -41,6 +45,7 @@ impl LinkState {
             LinkState::Connecting { .. } => "connecting",
             LinkState::Connected { .. } => "connected",
             LinkState::Down { .. } => "down",
+            LinkState::Stopped { .. } => "stopped",
         }
     }
 
@@ -49,6 +54,7 @@ impl LinkState {
         match self {
             LinkState::Connecting { since }
             | LinkState::Connected { since }
+            | LinkState::Stopped { since }
             | LinkState::Down { since, .. } => *since,
         }
     }
@@ -122,13 +128,24 @@ impl LinkStatus {
             LinkState::Down {
                 since, failures, ..
             } => (*since, failures.saturating_add(1)),
-            LinkState::Connecting { .. } | LinkState::Connected { .. } => (SystemTime::now(), 1),
+            LinkState::Connecting { .. }
+            | LinkState::Connected { .. }
+            | LinkState::Stopped { .. } => (SystemTime::now(), 1),
         };
         *state = LinkState::Down {
             since,
             kind,
             error,
             failures,
+        };
+        self.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// The link task ended, at shutdown: no longer counted as connected
+    /// while the rest of the gateway drains.
+    pub(crate) fn stopped(&self) {
+        *self.lock() = LinkState::Stopped {
+            since: SystemTime::now(),
         };
         self.connected.store(false, Ordering::Relaxed);
     }

@@ -72,3 +72,18 @@ fn connected_then_lost_is_down_from_the_end_of_the_connection() {
     assert!(since >= before, "{since:?} before {before:?}");
     assert_eq!((kind, failures), ("connection", 1));
 }
+
+#[test]
+fn a_stopped_link_is_not_connected_and_says_since_when() {
+    let status = LinkStatus::new("cloud", "broker.example:8883".to_owned());
+    status.connected();
+    assert!(status.is_connected());
+    let before = SystemTime::now();
+    status.stopped();
+    assert!(!status.is_connected());
+    let state = status.state();
+    assert_eq!(state.as_str(), "stopped");
+    assert!(state.since() >= before);
+    // A shutdown is not a failure: nothing was counted.
+    assert!(matches!(state, LinkState::Stopped { .. }));
+}
