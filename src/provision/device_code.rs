@@ -220,7 +220,8 @@ impl Poll<TokenAnswer> {
 }
 
 /// Polls with `ask` every `interval` (at least [`MIN_INTERVAL`], longer
-/// after each `slow_down`) until it is approved or a refusal ends it, and
+/// after each `slow_down`, twice as long after each poll the network
+/// failed) until it is approved or a refusal ends it, and
 /// gives up once the next poll would come after the code expires,
 /// `expires_in` after `started`.
 pub(super) fn poll<T>(
@@ -242,10 +243,22 @@ pub(super) fn poll<T>(
             });
         }
         clock.sleep(interval);
-        match ask()? {
-            Poll::Approved(tokens) => return Ok(tokens),
-            Poll::Pending => {}
-            Poll::SlowDown => {
+        match ask() {
+            Ok(Poll::Approved(tokens)) => return Ok(tokens),
+            Ok(Poll::Pending) => {}
+            // A network that drops for a moment should not cost the user
+            // the code they are typing in; polling less often while it is
+            // down is what RFC 8628 §3.5 asks.
+            Err(e @ (Error::Unreachable { .. } | Error::Timeout { .. })) => {
+                interval *= 2;
+                tracing::warn!(
+                    error = %e,
+                    "the provider could not be asked; trying again in {} s",
+                    interval.as_secs()
+                );
+            }
+            Err(e) => return Err(e),
+            Ok(Poll::SlowDown) => {
                 interval += SLOW_DOWN_STEP;
                 tracing::info!(
                     "the provider asked to poll less often; polling every {} s",

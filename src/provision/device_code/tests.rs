@@ -108,3 +108,52 @@ fn a_refusal_ends_the_loop() {
     assert!(matches!(result, Err(Error::DeviceDenied { .. })));
     assert_eq!(polls, 3);
 }
+
+#[test]
+fn a_network_failure_doubles_the_interval_and_polling_goes_on() {
+    let clock = FakeClock::new();
+    let mut polls = 0;
+    let result: Result<&str, Error> = poll(
+        &clock,
+        clock.now(),
+        Duration::from_secs(5),
+        Duration::from_secs(600),
+        || {
+            polls += 1;
+            match polls {
+                1 => Ok(Poll::Pending),
+                2 => Err(Error::Unreachable {
+                    url: "https://idp.example/oauth/token".to_owned(),
+                    reason: "connection refused".to_owned(),
+                }),
+                3 => Err(Error::Timeout {
+                    url: "https://idp.example/oauth/token".to_owned(),
+                    what: "read".to_owned(),
+                }),
+                _ => Ok(Poll::Approved("tokens")),
+            }
+        },
+    );
+    assert_eq!(result.unwrap(), "tokens");
+    assert_eq!(clock.sleeps.into_inner(), vec![5, 5, 10, 20]);
+}
+
+#[test]
+fn a_network_that_stays_down_ends_with_the_code() {
+    let clock = FakeClock::new();
+    let result: Result<(), Error> = poll(
+        &clock,
+        clock.now(),
+        Duration::from_secs(5),
+        Duration::from_secs(100),
+        || {
+            Err(Error::Unreachable {
+                url: "https://idp.example/oauth/token".to_owned(),
+                reason: "no route to host".to_owned(),
+            })
+        },
+    );
+    assert!(matches!(result, Err(Error::DeviceCodeExpired { .. })));
+    // 5, 10, 20, 40: the next (80 s) would come after the code expired.
+    assert_eq!(clock.sleeps.into_inner(), vec![5, 10, 20, 40]);
+}
