@@ -469,11 +469,8 @@ async fn a_property_given_twice_is_a_protocol_error() {
 /// Expiry Interval more than once" (and so for each CONNECT and Will
 /// property, §3.1.2.11 and §3.1.3.2). Was: accepted, the last copy kept.
 /// Now the codec refuses the CONNECT before rumqttd decodes it or the
-/// token is read; the connection layer closes a CONNECT the codec refuses
-/// without a CONNACK, which MQTT 5 allows (§4.13.1: "In the case of an
-/// error in a CONNECT packet it MAY send a CONNACK"), and counts it
-/// `malformed_packet` (see the audit's "Not done": CONNACK 0x82 and
-/// `protocol_error` need `src/gateway/connection.rs`).
+/// token is read: CONNACK 0x82 and the close (§4.13.1), counted
+/// `protocol_error`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_or_will_property_given_twice_is_refused_before_the_token() {
     let gw = gateway().await;
@@ -482,17 +479,18 @@ async fn a_connect_or_will_property_given_twice_is_refused_before_the_token() {
         .u32(v5::SESSION_EXPIRY_INTERVAL, 10)
         .u32(v5::SESSION_EXPIRY_INTERVAL, 20);
     let connect = v5::Connect::new("twice-conn", &token).props(expiry_twice);
-    let mut raw = gw.raw().await;
-    raw.send_ok(&connect.encode()).await;
-    closed_silently(&mut raw, "MQTT 5 CONNECT property twice").await;
+    let (mut conn, ack) = Raw5::over(gw.raw().await, connect).await;
+    assert_eq!(ack.reason, 0x82, "{ack:?}");
+    assert_eq!(conn.next().await, None, "closed after the CONNACK");
 
     let delay_twice = v5::Props::new().u32(0x18, 1).u32(0x18, 1);
     let will = v5::Will::new("a/will", b"gone").props(delay_twice);
     let connect = v5::Connect::new("twice-conn", &token).will(will);
-    let mut raw = gw.raw().await;
-    raw.send_ok(&connect.encode()).await;
-    closed_silently(&mut raw, "MQTT 5 Will property twice").await;
-    counted(&gw, &outcome("malformed_packet"), 2.0).await;
+    let (mut conn, ack) = Raw5::over(gw.raw().await, connect).await;
+    assert_eq!(ack.reason, 0x82, "{ack:?}");
+    assert_eq!(conn.next().await, None, "closed after the CONNACK");
+    counted(&gw, &outcome("protocol_error"), 2.0).await;
+    counted(&gw, &outcome("malformed_packet"), 0.0).await;
     counted(&gw, &outcome("accepted"), 0.0).await;
 }
 
@@ -547,8 +545,7 @@ async fn the_connect_reserved_flag_is_malformed() {
 /// closed without a CONNACK ([MQTT-3.1.4-1] of 3.1.1). Was: CONNACK 4 (bad
 /// user name or password). MQTT 5 allows a password alone (§3.1.2.9), so
 /// that one gets the gateway's own answer, 0x86 (the user name is not
-/// `JWT`). Counted `malformed_packet`, as the connection layer counts
-/// every CONNECT the codec refuses (see the audit's "Not done").
+/// `JWT`). Counted `protocol_error`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_without_a_user_name_is_closed_in_3_1_1() {
     let gw = gateway().await;
@@ -561,7 +558,7 @@ async fn a_password_without_a_user_name_is_closed_in_3_1_1() {
     )
     .await;
     closed_silently(&mut raw, "MQTT 3.1.1 password without user name").await;
-    counted(&gw, &outcome("malformed_packet"), 1.0).await;
+    counted(&gw, &outcome("protocol_error"), 1.0).await;
 
     let mut raw = gw.raw().await;
     raw.send_ok(
@@ -608,9 +605,8 @@ async fn dup_on_a_qos_0_publish_is_malformed() {
 /// protocol does not allow, a Protocol Error (§1.2; reason code 0x82 is
 /// "the packet received does not conform to this specification"). Was:
 /// accepted and passed on to subscribers as sent. Now PUBLISH gets
-/// DISCONNECT 0x82; a will with one is refused at CONNECT before the
-/// token is read (closed without a CONNACK and counted
-/// `malformed_packet`, as above).
+/// DISCONNECT 0x82; a will with one gets CONNACK 0x82 before the token
+/// is read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_format_indicator_over_1_is_a_protocol_error() {
     let gw = gateway().await;
@@ -623,11 +619,11 @@ async fn a_payload_format_indicator_over_1_is_a_protocol_error() {
 
     let token = gw.token("format-will", &["a/#"], HOUR);
     let will = v5::Will::new("a/will", b"gone").props(format);
-    let mut raw = gw.raw().await;
-    raw.send_ok(&v5::Connect::new("format-will", &token).will(will).encode())
-        .await;
-    closed_silently(&mut raw, "MQTT 5 will Payload Format Indicator 2").await;
-    counted(&gw, &outcome("malformed_packet"), 1.0).await;
+    let connect = v5::Connect::new("format-will", &token).will(will);
+    let (mut conn, ack) = Raw5::over(gw.raw().await, connect).await;
+    assert_eq!(ack.reason, 0x82, "{ack:?}");
+    assert_eq!(conn.next().await, None, "closed after the CONNACK");
+    counted(&gw, &outcome("protocol_error"), 1.0).await;
     counted(&gw, &outcome("accepted"), 1.0).await;
 }
 

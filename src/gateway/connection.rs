@@ -172,6 +172,16 @@ pub(crate) async fn serve<S>(
                 login,
             }
         }
+        Err(e) if e.is_protocol_error() => {
+            // A CONNECT that parses but breaks a rule the codec checks on
+            // the frame (a property given twice, a will's Payload Format
+            // Indicator over 1, a 3.1.1 password without a user name):
+            // refused like the rules of `refusal`, before the token is read.
+            let refused = (Refusal::ProtocolError, e.to_string());
+            Rejection::from(refused).report(&peer, "", &shared.metrics);
+            refuse(&mut wire, Refusal::ProtocolError, version).await;
+            return;
+        }
         Ok(_) | Err(_) => {
             // Closed without a CONNACK (MQTT 5 §4.13.1 makes it optional,
             // 3.1.1's [MQTT-3.1.4-1] forbids it), but counted.

@@ -85,6 +85,23 @@ impl std::fmt::Display for PropertyAt {
     }
 }
 
+impl CodecError {
+    /// A packet that parses but breaks a rule of the protocol (MQTT 5
+    /// §1.2's Protocol Error, 0x82), as against one that does not parse:
+    /// at CONNECT the first gets CONNACK 0x82, the second no CONNACK.
+    pub fn is_protocol_error(&self) -> bool {
+        matches!(
+            self,
+            CodecError::PacketIdZero
+                | CodecError::SubscribeWithoutFilters
+                | CodecError::SubscriptionOptions(_)
+                | CodecError::DuplicateProperty(_)
+                | CodecError::PayloadFormatIndicator { .. }
+                | CodecError::PasswordWithoutUsername
+        )
+    }
+}
+
 /// The remaining-length field: how many bytes it takes and the value.
 /// `None` when more bytes are needed.
 pub(super) fn remaining_length(buf: &[u8]) -> Result<Option<(usize, usize)>, CodecError> {
