@@ -1521,24 +1521,37 @@ async fn will_is_not_published_when_the_session_resumes_within_the_delay() {
 
 /// §3.14.2.1 and §3.1.2.5: DISCONNECT with reason 0x04 (Disconnect with
 /// Will Message) publishes the will; a normal DISCONNECT (0x00) discards
-/// it.
+/// it. Either way whether or not the DISCONNECT ends after its reason code
+/// (§3.14.2.2.1: a Remaining Length below 2 means no properties), which
+/// rumqttd alone reads as malformed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_with_will_message_publishes_the_will() {
     let gw = TestGateway::start().await;
     let token = gw.token("dw", &["dw/#"], HOUR);
     let mut watch = watcher(&gw, &token, "dw-watch", "dw/#").await;
 
-    for (id, reason) in [("dw-normal", 0x00), ("dw-with-will", 0x04)] {
+    for (id, reason, short) in [
+        ("dw-normal", 0x00, false),
+        ("dw-normal-short", 0x00, true),
+        ("dw-with-will", 0x04, false),
+        ("dw-with-will-short", 0x04, true),
+    ] {
         let (mut raw, _) = Raw5::connect(
             &gw,
             v5::Connect::new(id, &token).will(v5::Will::new(&format!("dw/{id}"), id.as_bytes())),
         )
         .await;
-        raw.send(&v5::disconnect(reason, &v5::Props::new())).await;
+        if short {
+            raw.send(&[0xE0, 0x01, reason]).await;
+        } else {
+            raw.send(&v5::disconnect(reason, &v5::Props::new())).await;
+        }
         raw.closed().await;
     }
-    let will = watch.expect_publish("dw/dw-with-will").await;
-    assert_eq!(&will.payload[..], b"dw-with-will");
+    for id in ["dw-with-will", "dw-with-will-short"] {
+        let will = watch.expect_publish(&format!("dw/{id}")).await;
+        assert_eq!(&will.payload[..], id.as_bytes());
+    }
     let rest = watch.publishes_while_alive(QUIET).await;
     assert!(
         rest.is_empty(),

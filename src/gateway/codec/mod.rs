@@ -174,6 +174,19 @@ fn upgrade_v31_connect(buf: &mut BytesMut, header: usize, size: usize) -> Result
     Ok(())
 }
 
+/// An MQTT 5 DISCONNECT may end after its reason code (§3.14.2.2.1: "If
+/// the Remaining Length is less than 2, a value of 0 is used"), which
+/// rumqttd 0.20 reads as malformed: a device's normal DISCONNECT would
+/// end its connection as a protocol error and publish its will. The
+/// 3-byte frame at the front of `buf` becomes the same DISCONNECT with an
+/// empty property length.
+fn give_disconnect_its_property_length(buf: &mut BytesMut, reason: u8) {
+    let mut out = BytesMut::with_capacity(buf.len() + 1);
+    out.put_slice(&[DISCONNECT << 4, 2, reason, 0]);
+    out.put_slice(buf.get(3..).unwrap_or_default());
+    *buf = out;
+}
+
 /// The per-connection codec, once the version is known.
 #[derive(Debug, Clone, Copy)]
 pub struct Codec {
@@ -228,9 +241,16 @@ impl Codec {
         // What rumqttd's decoder would let through or lose: properties
         // given twice, reserved bits and flags (`rules`).
         rules::check(&frame, self.version.is_v5())?;
+        let short_disconnect = match frame.bytes.get(frame.header..) {
+            Some(&[reason]) if kind == DISCONNECT && self.version.is_v5() => Some(reason),
+            _ => None,
+        };
         if kind == CONNECT && self.version == Version::V3_1 {
             let (header, size) = (frame.header, frame.bytes.len());
             upgrade_v31_connect(buf, header, size)?;
+        }
+        if let Some(reason) = short_disconnect {
+            give_disconnect_its_property_length(buf, reason);
         }
         let limit = self.max_packet_size;
         let decoded = catch_unwind(AssertUnwindSafe(|| match self.version {

@@ -352,3 +352,32 @@ fn server_unavailable_is_0x88_and_3_in_mqtt_3_1_1() {
         assert_eq!(&out[..], &[0x20, 0x02, 0x00, 0x03], "{version:?}");
     }
 }
+
+#[test]
+fn a_v5_disconnect_that_ends_after_its_reason_code_is_read_as_sent() {
+    let codec = Codec::new(Version::V5, 1024);
+    // Reason 0x04 (disconnect with will), no property length, then a
+    // PINGREQ already behind it.
+    let mut buf = BytesMut::from(&[0xE0, 0x01, 0x04, 0xC0, 0x00][..]);
+    match codec.decode(&mut buf) {
+        Ok(Some(Inbound::Packet {
+            packet: Packet::Disconnect(d, properties),
+            ..
+        })) => {
+            assert_eq!(
+                d.reason_code,
+                rumqttd::protocol::DisconnectReasonCode::DisconnectWithWillMessage
+            );
+            assert!(properties.is_none());
+        }
+        other => panic!("not a DISCONNECT: {other:?}"),
+    }
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Ok(Some(Inbound::Packet {
+            packet: Packet::PingReq(_),
+            ..
+        }))
+    ));
+    assert!(buf.is_empty());
+}
