@@ -43,7 +43,7 @@ use rumqttd::protocol::{
     Login, Packet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::{debug, info};
 
 use super::authenticate::{Authenticated, FailureKind, authenticate};
@@ -53,11 +53,11 @@ use super::codec::{Codec, CodecError, Inbound, sniff_version};
 use super::pending::Pending;
 use super::session::{self, Timers};
 use super::shared::Shared;
-use super::takeover::Live;
+use super::takeover::{Claim, Live};
 use super::wire::Wire;
 use crate::acl::Grants;
 use crate::broker::{Properties, Publication, SessionKey, Will};
-use crate::metrics::{ConnectOutcome, Metrics};
+use crate::metrics::{ConnectOutcome, Connected, Metrics};
 use crate::mqtt::TopicLimits;
 use crate::mqtt::{QoS, Transport, Version};
 use crate::tls::Thumbprint;
@@ -103,12 +103,71 @@ impl std::fmt::Display for Peer {
 /// Serves one accepted connection (TLS up, and for a WebSocket its
 /// upgrade done) to the end.
 pub(crate) async fn serve<S>(
-    mut stream: S,
+    stream: S,
     peer: Peer,
     pending: Pending,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Boxed: admission (the CONNECT, the token, the takeover wait) holds
+    // far more than a session that runs; inline, every idle device's task
+    // would keep room for it, twice what its session needs.
+    let Some(mut admitted) = Box::pin(take_connect(stream, peer, pending, &shared)).await else {
+        return;
+    };
+    // The session runs on the admitted client's fields in place: handed to
+    // a function of its own by value, the client would be held twice (its
+    // argument and its local are apart in a future).
+    let ending = session::run(
+        &mut admitted.client,
+        &mut admitted.wire,
+        &shared,
+        &mut admitted.claim,
+        admitted.reloads,
+        shutdown,
+        admitted.timers,
+    )
+    .await;
+    // Boxed, as the refusals' last words are: the state machine of a
+    // connection's task is as large as its largest step, and this one (the
+    // client moved in, the close under its deadline) would otherwise
+    // double what every idle connection holds.
+    Box::pin(session::finish(
+        admitted.client,
+        &mut admitted.wire,
+        ending,
+        &shared.metrics,
+    ))
+    .await;
+    // Only now, with the session handed back and its place given up, may a
+    // newer connection of this client take them.
+    drop(admitted.place);
+    drop(admitted.claim);
+    drop(admitted.connected);
+}
+
+/// A client let in: what its session runs with.
+struct Admitted<S> {
+    client: Client,
+    wire: Wire<S>,
+    claim: Claim,
+    place: OwnedSemaphorePermit,
+    reloads: watch::Receiver<u64>,
+    timers: Timers,
+    connected: Connected,
+}
+
+/// Takes the CONNECT and answers it; the session to run when the client
+/// is let in, `None` when it was refused (and told) or went away.
+async fn take_connect<S>(
+    mut stream: S,
+    peer: Peer,
+    pending: Pending,
+    shared: &Arc<Shared>,
+) -> Option<Admitted<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut input = BytesMut::with_capacity(4096);
@@ -117,7 +176,7 @@ pub(crate) async fn serve<S>(
     let first = tokio::select! {
         () = pending.evicted() => {
             debug!(%peer, "no CONNECT yet, and a newer connection took its place");
-            return;
+            return None;
         }
         first = tokio::time::timeout(
             shared.limits.connect_timeout,
@@ -135,15 +194,15 @@ pub(crate) async fn serve<S>(
                 tokio::time::timeout(REFUSAL_WRITE, stream.write_all(&[0x20, 0x02, 0x00, 0x01]))
                     .await;
             let _ = tokio::time::timeout(REFUSAL_WRITE, stream.shutdown()).await;
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "closed before a valid CONNECT");
-            return;
+            return None;
         }
         Err(_) => {
             debug!(%peer, "no CONNECT within the connect timeout");
-            return;
+            return None;
         }
     };
     let mut wire = Wire::new(
@@ -180,14 +239,14 @@ pub(crate) async fn serve<S>(
             let refused = (Refusal::ProtocolError, e.to_string());
             Rejection::from(refused).report(&peer, "", &shared.metrics);
             refuse(&mut wire, Refusal::ProtocolError, version).await;
-            return;
+            return None;
         }
         Ok(_) | Err(_) => {
             // Closed without a CONNACK (MQTT 5 §4.13.1 makes it optional,
             // 3.1.1's [MQTT-3.1.4-1] forbids it), but counted.
             debug!(%peer, "malformed CONNECT");
             shared.metrics.connect(ConnectOutcome::MalformedPacket);
-            return;
+            return None;
         }
     };
     if wire.input.is_empty() {
@@ -222,7 +281,7 @@ pub(crate) async fn serve<S>(
         .map_err(Rejection::from)
         .and_then(|credentials| {
             admit(
-                &shared,
+                shared,
                 &client_id,
                 !assigned_id || clean_start,
                 peer.certificate,
@@ -230,7 +289,7 @@ pub(crate) async fn serve<S>(
             )
         })
         .and_then(|(authenticated, credentials)| {
-            let will = check_properties(&shared, properties.as_ref(), will.as_ref())
+            let will = check_properties(shared, properties.as_ref(), will.as_ref())
                 .and_then(|()| {
                     will.map(|(will, properties)| {
                         will_of(
@@ -250,7 +309,7 @@ pub(crate) async fn serve<S>(
         Err(rejection) => {
             rejection.report(&peer, &client_id, &shared.metrics);
             refuse(&mut wire, rejection.refusal, version).await;
-            return;
+            return None;
         }
     };
 
@@ -268,7 +327,7 @@ pub(crate) async fn serve<S>(
                 &shared.metrics,
             );
             refuse(&mut wire, Refusal::Unavailable, version).await;
-            return;
+            return None;
         }
     };
     // A place among the authenticated connections, taken once an older
@@ -285,7 +344,7 @@ pub(crate) async fn serve<S>(
             &shared.metrics,
         );
         refuse(&mut wire, Refusal::Busy, version).await;
-        return;
+        return None;
     };
     // Authenticated, with a place: no longer a stranger.
     drop(pending);
@@ -312,7 +371,7 @@ pub(crate) async fn serve<S>(
                 &shared.metrics,
             );
             refuse(&mut wire, Refusal::QuotaExceeded, version).await;
-            return;
+            return None;
         }
     };
     let (keep_alive, server_keep_alive) = match shared.limits.max_keep_alive {
@@ -367,7 +426,7 @@ pub(crate) async fn serve<S>(
         version,
         token.expires_at,
     ));
-    let _connected = shared.metrics.connected(version, peer.transport);
+    let connected = shared.metrics.connected(version, peer.transport);
     let resumed = attached.present;
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let expires_at = authenticated.deadline(shared.leeway);
@@ -399,25 +458,15 @@ pub(crate) async fn serve<S>(
         keep_alive,
         expires_at,
     };
-    let ending = session::run(
-        &mut client,
-        &mut wire,
-        &shared,
-        &mut claim,
+    Some(Admitted {
+        client,
+        wire,
+        claim,
+        place,
         reloads,
-        shutdown,
         timers,
-    )
-    .await;
-    // Boxed, as the refusals' last words are: the state machine of a
-    // connection's task is as large as its largest step, and this one
-    // (the client moved in, the close under its deadline) would otherwise
-    // double what every idle connection holds.
-    Box::pin(session::finish(client, &mut wire, ending, &shared.metrics)).await;
-    // Only now, with the session handed back and its place given up, may a
-    // newer connection of this client take them.
-    drop(place);
-    drop(claim);
+        connected,
+    })
 }
 
 /// Errors while waiting for the CONNECT.
