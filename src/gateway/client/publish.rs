@@ -15,7 +15,7 @@ use crate::gateway::wire::Outbox;
 use crate::mqtt::{PacketId, QoS};
 
 use super::ending::{Ending, ProtocolViolation};
-use super::state::Client;
+use super::state::{Client, Waiting};
 
 impl Client {
     /// Authorizes and routes one PUBLISH.
@@ -121,7 +121,7 @@ impl Client {
         if pending.is_done() {
             self.owed.push(kept, ack, out);
         } else {
-            self.pending = Some((pending, ack, kept));
+            self.pending = Some(Box::new(Waiting { pending, ack, kept }));
         }
         None
     }

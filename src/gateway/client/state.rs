@@ -111,7 +111,8 @@ pub(crate) struct Client {
     pub(super) broker: Arc<Broker>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) id: Identity,
-    pub(super) will: Option<Will>,
+    /// Boxed: a will is a few hundred bytes most clients never set.
+    pub(super) will: Option<Box<Will>>,
     pub(super) session: Arc<Session>,
     pub(super) inflight: Inflight,
     /// The exchanges of a resumed session still have to be re-sent.
@@ -124,9 +125,9 @@ pub(crate) struct Client {
     pub(super) aliases: ReceivedAliases,
     /// Topic aliases the gateway set towards the client.
     pub(super) sent_aliases: SentAliases,
-    /// A publication some subscriber has not taken yet, and the ack its
-    /// publisher gets once it has.
-    pub(super) pending: Option<(Pending, Option<Packet>, Vec<Kept>)>,
+    /// A publication some subscriber has not taken yet (boxed: rare, and
+    /// larger than all the rest an idle client holds).
+    pub(super) pending: Option<Box<Waiting>>,
     /// Acks waiting for their messages to be committed by the bridges.
     pub(super) owed: Owed,
     /// Packets read while a publication waits, with their sizes.
@@ -140,6 +141,14 @@ pub(crate) struct Client {
     pub(super) reauth: Option<String>,
     /// How many more lines the client's refusals may write to the log.
     pub(super) quiet: Quiet,
+}
+
+/// A publication some subscriber has not taken yet, and the ack its
+/// publisher gets once it has.
+pub(super) struct Waiting {
+    pub pending: Pending,
+    pub ack: Option<Packet>,
+    pub kept: Vec<Kept>,
 }
 
 impl Client {
@@ -167,7 +176,7 @@ impl Client {
             broker,
             metrics,
             id,
-            will,
+            will: will.map(Box::new),
             session: attached.session,
             resend: attached.inflight.outgoing() > 0,
             inflight: attached.inflight,
@@ -234,7 +243,7 @@ impl Client {
     /// owed once the bridges' queues commit.
     pub fn waits(&mut self) -> (Option<&mut Pending>, &mut Owed) {
         (
-            self.pending.as_mut().map(|(pending, _, _)| pending),
+            self.pending.as_mut().map(|waiting| &mut waiting.pending),
             &mut self.owed,
         )
     }
@@ -242,10 +251,11 @@ impl Client {
     /// After the pending publication went through: its publisher's ack
     /// joins those owed, and the packets put aside meanwhile are handled.
     pub fn publication_done(&mut self, input: &mut BytesMut, out: &mut Outbox) -> Option<Ending> {
-        if !self.pending.as_ref().is_some_and(|(p, _, _)| p.is_done()) {
+        if !self.pending.as_ref().is_some_and(|w| w.pending.is_done()) {
             return None;
         }
-        if let Some((_, ack, kept)) = self.pending.take() {
+        if let Some(waiting) = self.pending.take() {
+            let Waiting { ack, kept, .. } = *waiting;
             self.owed.push(kept, ack, out);
         }
         self.take_input(input, out)
@@ -365,7 +375,8 @@ impl Client {
     /// subscribers still get it, its publisher no longer its ack.
     pub fn hand_back(mut self, ending: &Ending) {
         self.quiet.finish(&self.id.client_id);
-        if let Some((mut pending, _, _)) = self.pending {
+        if let Some(waiting) = self.pending {
+            let mut pending = waiting.pending;
             let broker = Arc::clone(&self.broker);
             tokio::spawn(async move {
                 while !pending.is_done() {
@@ -374,7 +385,7 @@ impl Client {
             });
         }
         let will = if ending.publishes_will() {
-            self.will
+            self.will.map(|will| *will)
         } else {
             None
         };
