@@ -20,8 +20,12 @@
 #      in each round; the idle-capacity scenario restarts each broker first
 #      so its RSS is that of a fresh process;
 #   6. writes results.jsonl, table.md (medians, ratio jwtgate/Mosquitto,
-#      issue 8's targets, the brokers' context switches per message) and
-#      machine.txt to the output directory and prints the table;
+#      the brokers' CPU time and context switches per message, and the
+#      targets: issue 8's throughput, latency and memory; issue 24's at the
+#      fixed rate of fanout-rate, CPU per delivery at most Mosquitto's and
+#      context switches per delivery at most twice its, and idle RSS per
+#      connection at most Mosquitto's) and machine.txt to the output
+#      directory and prints the table;
 #   7. stops everything it started (trap on EXIT).
 #
 # Options:
