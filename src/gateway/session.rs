@@ -68,7 +68,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     wire: &mut Wire<S>,
     shared: &Shared,
     claim: &mut Claim,
-    mut reloads: watch::Receiver<u64>,
+    reloads: watch::Receiver<u64>,
     mut shutdown: watch::Receiver<bool>,
     timers: Timers,
 ) -> Ending {
@@ -82,9 +82,21 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let stalled = sleep_until(far);
     tokio::pin!(expiry, idle, stalled);
     // While output waits: the byte count that, once written, renews the
-    // write deadline.
+    // write deadline, and that deadline. The timer is re-armed lazily: a
+    // renewal only moves `stall_at`, and a timer that goes off before it
+    // is set again, so a steady stream of deliveries does not touch the
+    // timer wheel for each.
     let mut renew_at: Option<u64> = None;
+    let mut stall_at = far;
     let session = client.session();
+    // The futures that wait for a wake-up are kept across the loop's turns
+    // rather than made anew for each: each new one joins (and each dropped
+    // one leaves) a list of waiters behind a lock, the shutdown's and the
+    // reloads' shared with every other connection.
+    let ready = session.mailbox().ready();
+    let shutting_down = shutdown.changed();
+    let reload = next_reload(reloads);
+    tokio::pin!(ready, shutting_down, reload);
     if let Some(ending) = client.start(&mut wire.input, &mut wire.output) {
         return ending;
     }
@@ -100,9 +112,10 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             (true, Some(at)) if wire.written() < at => {}
             (true, _) => {
                 renew_at = Some(wire.written() + WRITE_PROGRESS);
-                stalled
-                    .as_mut()
-                    .reset(Instant::now() + shared.limits.write_timeout);
+                stall_at = Instant::now() + shared.limits.write_timeout;
+                if stalled.deadline() > stall_at {
+                    stalled.as_mut().reset(stall_at);
+                }
             }
         }
         let read = client.reads_input() && wire.output.len() < MAX_UNWRITTEN;
@@ -114,21 +127,27 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let (pending, owed) = client.waits();
         tokio::select! {
             biased;
-            _ = shutdown.changed() => return Ending::Shutdown,
+            _ = &mut shutting_down => return Ending::Shutdown,
             kicked = claim.kicked() => return match kicked {
                 Kicked::TakenOver => Ending::TakenOver,
                 Kicked::Administrative { discard_session } => Ending::Administrative { discard_session },
             },
             () = &mut expiry => return Ending::TokenExpired,
             () = &mut idle => return Ending::KeepAliveTimeout,
-            () = &mut stalled, if renew_at.is_some() => return Ending::WriteStalled,
-            Ok(()) = reloads.changed() => {
+            () = &mut stalled, if renew_at.is_some() => {
+                if Instant::now() >= stall_at {
+                    return Ending::WriteStalled;
+                }
+                stalled.as_mut().reset(stall_at);
+            }
+            reloads = &mut reload => {
+                reload.set(next_reload(reloads));
                 let keys = shared.keys.snapshot();
                 if let Err(e) = token::verify(&client.id().credential, &keys, &shared.policy) {
                     return Ending::Revoked(e.to_string());
                 }
             }
-            () = session.mailbox().ready() => {}
+            () = &mut ready => ready.set(session.mailbox().ready()),
             () = owed.settled() => {
                 if let Some(ending) = client.release_owed(&mut wire.output) {
                     return ending;
@@ -269,6 +288,15 @@ fn far_future() -> Instant {
 fn deadline_or_far(deadline: Option<Instant>) -> Instant {
     let far = far_future();
     deadline.map_or(far, |at| at.min(far))
+}
+
+/// Resolves, handing the receiver back, once keys or deny list were
+/// reloaded; never once the reloader is gone.
+async fn next_reload(mut reloads: watch::Receiver<u64>) -> watch::Receiver<u64> {
+    if reloads.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    reloads
 }
 
 /// Advances the pending publication, if there is one.
