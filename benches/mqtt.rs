@@ -1213,9 +1213,49 @@ async fn publish_flat_out(
             out.awaiting.len()
         );
     }
+    if qos == QoS::AtMostOnce && !fence(&client, &mut eventloop, &topic, drain).await {
+        eprintln!("publisher {topic}: the QoS 1 fence was not acknowledged within {drain:?}");
+    }
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(5), hold(eventloop)).await;
     out
+}
+
+/// Publishes a QoS 1 message on `{topic}/fence` (no subscriber's filter
+/// matches it) and waits for its PUBACK: a broker acknowledges it only
+/// after reading every QoS 0 message the connection carried before it. A
+/// QoS 0 message counts as sent once rumqttc has it written out, which may
+/// be into its own buffers; a publisher that disconnected with some still
+/// there (its broker pacing it) would have them counted as the broker's
+/// loss. False when no PUBACK came within `limit`.
+async fn fence(
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    topic: &str,
+    limit: Duration,
+) -> bool {
+    if client
+        .try_publish(
+            format!("{topic}/fence"),
+            QoS::AtLeastOnce,
+            false,
+            Vec::new(),
+        )
+        .is_err()
+    {
+        return false;
+    }
+    tokio::time::timeout(limit, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// What one subscriber received, by tag.
