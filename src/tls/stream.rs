@@ -188,7 +188,9 @@ impl TlsStream {
             if let Some(e) = broken {
                 return Err(self.failed(e));
             }
-            self.incoming.drain(..discard);
+            // rustls never asks for more than it was given; the bound is
+            // there so input could not make a drain panic if it did.
+            self.incoming.drain(..discard.min(self.incoming.len()));
             if self.incoming.is_empty() {
                 self.incoming = Vec::new();
             }
@@ -207,6 +209,9 @@ impl TlsStream {
             ));
         }
         let data = &data[..data.len().min(MAX_WRITE)];
+        // Asked once more, with nothing left to process, rustls hands out
+        // the write state itself: `process` cannot return it, as it borrows
+        // the connection across the loop.
         let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
         let Ok(ConnectionState::WriteTraffic(mut traffic)) = state else {
             return Err(io::Error::other("TLS connection not ready to write"));
