@@ -38,16 +38,38 @@ fn run(
     expires_in: u64,
     script: Vec<Poll<&'static str>>,
 ) -> (Result<&'static str, Error>, Vec<u64>) {
-    let clock = FakeClock::new();
     let mut script = script.into_iter();
+    run_with(interval, expires_in, |_| {
+        Ok(script.next().unwrap_or(Poll::Pending))
+    })
+}
+
+/// Polls with `answer(n)` for the n-th poll (from 1).
+fn run_with(
+    interval: u64,
+    expires_in: u64,
+    mut answer: impl FnMut(u32) -> Result<Poll<&'static str>, Error>,
+) -> (Result<&'static str, Error>, Vec<u64>) {
+    let clock = FakeClock::new();
+    let mut polls = 0;
     let result = poll(
         &clock,
         clock.now(),
         Duration::from_secs(interval),
         Duration::from_secs(expires_in),
-        || Ok(script.next().unwrap_or(Poll::Pending)),
+        || {
+            polls += 1;
+            answer(polls)
+        },
     );
     (result, clock.sleeps.into_inner())
+}
+
+fn unreachable_provider() -> Error {
+    Error::Unreachable {
+        url: "https://idp.example/oauth/token".to_owned(),
+        reason: "connection refused".to_owned(),
+    }
 }
 
 #[test]
@@ -87,73 +109,40 @@ fn gives_up_when_the_next_poll_would_come_after_the_code_expires() {
 
 #[test]
 fn a_refusal_ends_the_loop() {
-    let clock = FakeClock::new();
     let mut polls = 0;
-    let result: Result<(), Error> = poll(
-        &clock,
-        clock.now(),
-        Duration::from_secs(5),
-        Duration::from_secs(600),
-        || {
-            polls += 1;
-            if polls == 3 {
-                Err(Error::DeviceDenied {
-                    description: "no".into(),
-                })
-            } else {
-                Ok(Poll::Pending)
-            }
-        },
-    );
+    let (result, _) = run_with(5, 600, |n| {
+        polls = n;
+        if n == 3 {
+            Err(Error::DeviceDenied {
+                description: "no".into(),
+            })
+        } else {
+            Ok(Poll::Pending)
+        }
+    });
     assert!(matches!(result, Err(Error::DeviceDenied { .. })));
     assert_eq!(polls, 3);
 }
 
 #[test]
 fn a_network_failure_doubles_the_interval_and_polling_goes_on() {
-    let clock = FakeClock::new();
-    let mut polls = 0;
-    let result: Result<&str, Error> = poll(
-        &clock,
-        clock.now(),
-        Duration::from_secs(5),
-        Duration::from_secs(600),
-        || {
-            polls += 1;
-            match polls {
-                1 => Ok(Poll::Pending),
-                2 => Err(Error::Unreachable {
-                    url: "https://idp.example/oauth/token".to_owned(),
-                    reason: "connection refused".to_owned(),
-                }),
-                3 => Err(Error::Timeout {
-                    url: "https://idp.example/oauth/token".to_owned(),
-                    what: "read".to_owned(),
-                }),
-                _ => Ok(Poll::Approved("tokens")),
-            }
-        },
-    );
+    let (result, sleeps) = run_with(5, 600, |n| match n {
+        1 => Ok(Poll::Pending),
+        2 => Err(unreachable_provider()),
+        3 => Err(Error::Timeout {
+            url: "https://idp.example/oauth/token".to_owned(),
+            what: "read".to_owned(),
+        }),
+        _ => Ok(Poll::Approved("tokens")),
+    });
     assert_eq!(result.unwrap(), "tokens");
-    assert_eq!(clock.sleeps.into_inner(), vec![5, 5, 10, 20]);
+    assert_eq!(sleeps, vec![5, 5, 10, 20]);
 }
 
 #[test]
 fn a_network_that_stays_down_ends_with_the_code() {
-    let clock = FakeClock::new();
-    let result: Result<(), Error> = poll(
-        &clock,
-        clock.now(),
-        Duration::from_secs(5),
-        Duration::from_secs(100),
-        || {
-            Err(Error::Unreachable {
-                url: "https://idp.example/oauth/token".to_owned(),
-                reason: "no route to host".to_owned(),
-            })
-        },
-    );
+    let (result, sleeps) = run_with(5, 100, |_| Err(unreachable_provider()));
     assert!(matches!(result, Err(Error::DeviceCodeExpired { .. })));
     // 5, 10, 20, 40: the next (80 s) would come after the code expired.
-    assert_eq!(clock.sleeps.into_inner(), vec![5, 10, 20, 40]);
+    assert_eq!(sleeps, vec![5, 10, 20, 40]);
 }
